@@ -1,0 +1,42 @@
+"""Errors the emulator reports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Hazard:
+    """A timing or resource violation: with no interlocks on the chip it means wrong data."""
+
+    kind: str  # short name, e.g. "stream-empty", "stream-collision", "unit-busy", "bank-conflict"
+    cycle: int
+    chip: int
+    slice: str
+    index: int  # instruction index in its queue
+    text: str  # the instruction's assembly text
+    node: str  # ONNX node it serves ("" if none)
+    detail: str
+
+    def __str__(self) -> str:
+        where = f"cycle {self.cycle}, chip {self.chip}, {self.slice} #{self.index}: {self.text}"
+        node = f" (node {self.node})" if self.node else ""
+        return f"{self.kind}: {self.detail} at {where}{node}"
+
+
+class HazardError(RuntimeError):
+    """Strict mode stopped at a hazard."""
+
+    def __init__(self, hazard: Hazard, more: int = 0):
+        self.hazard = hazard
+        self.more = more
+        extra = f" (and {more} more hazard(s); --no-strict runs through them)" if more else ""
+        super().__init__(f"hazard {hazard}{extra}")
+
+
+class InputError(ValueError):
+    """Inputs (.npz) that do not match the program's input descriptors."""
+
+
+class EmulatorLimit(RuntimeError):
+    """A program the vectorised emulator cannot evaluate (the message says why)."""

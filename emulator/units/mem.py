@@ -1,0 +1,66 @@
+"""MEM slice handlers: READ, WRITE, GATHER."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from emulator.units import handles
+
+
+@handles("READ")
+def read(em, op):
+    """s[j] = sram[addr + j*stride]."""
+    src, row = op.sram
+    return {"s": em.gather_rows(src, row, np.uint8)}
+
+
+@handles("WRITE")
+def write(em, op):
+    """sram[addr + j*stride] = s[j] (the words become op.store, rows in j order)."""
+    op.store = em.stream_in(op, "s")
+
+
+@handles("GATHER")
+def gather(em, op):
+    """s[j] = sram[addr + idx[0][j]*stride] for j < n <= lanes."""
+    o = op.inst.ops
+    n = o["n"]
+    ix = em.stream_in(op, "idx")[0].astype(np.int64)
+    cycles = next(st for st in op.timing.store if st.space == "sram").cycles
+    if n > em.lanes:
+        em.hazard(op, "operand", op.inst.issue, f"GATHER n={n} exceeds the {em.lanes} lanes of one index vector")
+        n = em.lanes
+        cycles = cycles[:n]
+    addrs = o["addr"] + ix[:n] * o["stride"]
+    size = em.chip.words_per_slice
+    ok = (addrs >= 0) & (addrs < size)
+    if not ok.all():
+        i = int(np.argmin(ok))
+        em.hazard(op, "out-of-range", cycles[i], f"gathered address {int(addrs[i])} (index {int(ix[i])}) is "
+                                                 f"outside 0..{size - 1}")
+    store = em.sram[(op.chip, op.slice.name)]
+    src, row = store.lookup(np.where(ok, addrs, 0), cycles)
+    src = np.where(ok, src, -1)
+    if ((src < 0) & ok).any():
+        i = int(np.argmax((src < 0) & ok))
+        em.hazard(op, "unwritten-read", cycles[i], f"gathered address {int(addrs[i])} was never written")
+    _check_gather_banks(em, op, addrs, cycles)
+    out = em.gather_rows(src, row, np.uint8)
+    if len(out) < o["n"]:
+        out = np.concatenate([out, np.zeros((o["n"] - len(out), em.lanes), np.uint8)])
+    return {"s": out}
+
+
+def _check_gather_banks(em, op, addrs, cycles) -> None:
+    writes = em.mem_writes.get((op.chip, op.slice.name))
+    if not writes:
+        return
+    bw = em.chip.bank_words
+    wc = np.concatenate([c for _, c, _ in writes])
+    wb = np.concatenate([a // bw for a, _, _ in writes])
+    common, ri, wi = np.intersect1d(cycles, wc, return_indices=True)
+    bad = (addrs[ri] // bw) == wb[wi]
+    if bad.any():
+        k = int(np.argmax(bad))
+        em.hazard(op, "bank-conflict", common[k], f"{op.slice.name} gathers from and writes bank "
+                                                  f"{int(wb[wi[k]])} in the same cycle")

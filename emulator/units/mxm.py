@@ -1,0 +1,68 @@
+"""MXM handlers: IW (install weights), MATMUL, ACCR (read accumulators)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from emulator.units import handles
+from isa import semantics
+from isa.dtypes import BY_CODE, DTYPES
+
+
+@handles("IW")
+def install(em, op):
+    """W[buf] = (clr ? 0 : W[buf]) with rows (or columns) r0.. replaced by the masked vectors."""
+    o = op.inst.ops
+    dt = BY_CODE[o["dt"]]
+    lanes = em.lanes
+    vecs = em.stream_in(op, "s")
+    hi = o["hi"] or lanes
+    if o["r0"] + o["n"] > lanes or o["lo"] > lanes or hi > lanes:
+        em.hazard(op, "operand", op.inst.issue, f"r0={o['r0']} n={o['n']} lo={o['lo']} hi={o['hi']} exceed the "
+                                                f"{lanes}x{lanes} weight buffer")
+        vecs = vecs[: max(0, lanes - o["r0"])]
+    base = None
+    if not o["clr"] and op.weights >= 0:
+        base = em.sources[op.weights].store
+        if base.dtype != dt.np:
+            em.hazard(op, "operand", op.inst.issue, f"buffer {o['buf']} holds {_name(base)} weights; IW.{dt.name} "
+                                                    f"must clear it first (clr=1)")
+            base = None
+    if base is None:
+        base = np.zeros((lanes, lanes), dtype=dt.np)  # weight buffers hold zeros until installed
+    op.store = semantics.install(base, vecs, o["r0"], o["t"], min(o["lo"], lanes), hi)
+
+
+@handles("MATMUL")
+def matmul(em, op):
+    """acc[acc+j] = (mode ? acc[acc+j] : 0) + round_f32(exact x_j . W[buf])."""
+    o = op.inst.ops
+    dt = BY_CODE[o["dt"]]
+    x = em.stream_in(op, "s")
+    w = em.sources[op.weights].store if op.weights >= 0 else np.zeros((em.lanes, em.lanes), dt.np)
+    if w.dtype != dt.np:
+        em.hazard(op, "operand", op.inst.issue, f"buffer {o['buf']} holds {_name(w)} weights, MATMUL.{dt.name} "
+                                                f"needs {dt.name}")
+        w = w.astype(dt.np)
+    y = semantics.matmul(x, w)
+    if o["mode"]:
+        prev = em.gather_rows(*op.acc, dtype=y.dtype)
+        if prev.dtype != y.dtype:
+            em.hazard(op, "operand", op.inst.issue, f"accumulator rows hold {_name(prev)}, this MATMUL adds {y.dtype}")
+            prev = prev.view(y.dtype) if prev.dtype.itemsize == y.dtype.itemsize else np.zeros_like(y)
+        y = semantics.accumulate(prev, y)
+    op.store = y
+
+
+@handles("ACCR")
+def accr(em, op):
+    """d[j] = convert(acc[acc+j]) to `to`."""
+    rows = em.gather_rows(*op.acc, dtype=np.float32)
+    src = DTYPES["i32"] if rows.dtype == np.int32 else DTYPES["f32"]
+    return {"d": semantics.convert(rows, src, BY_CODE[op.inst.ops["to"]])}
+
+
+def _name(a: np.ndarray) -> str:
+    from isa.dtypes import from_numpy
+
+    return from_numpy(a.dtype)

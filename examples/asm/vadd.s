@@ -1,0 +1,42 @@
+; vadd.s -- z = x + y for two f32 tensors of shape [4, 16], streamed from two MEM hemispheres.
+;
+; Floorplan of the tiny chip (position: slices):
+;   0 C2C0 | 1 MXM_W0 | 2 SXM_W | 3 MEM_W3 | 4 MEM_W2 | 5 MEM_W1 | 6 MEM_W0 | 7 VXM0..3, ICU |
+;   8 MEM_E0 | 9 MEM_E1 | 10 MEM_E2 | 11 MEM_E3 | 12 SXM_E | 13 MXM_E0 | 14 C2C1
+;
+; An f32 vector is 4 byte planes. x keeps plane k in MEM_Wk, y in MEM_Ek, and each plane travels on
+; its own stream: x on E0..E3 (eastward), y on W0..W3 (westward). For all 8 planes to meet at the
+; VXM (position 7) in cycle 5, a slice at position p issues its READ in cycle
+;     5 - L.mem_read - |7 - p|        (L.mem_read = 1 on tiny)
+; The ADD reads both groups in cycles 5..8 and writes z on E4..E7 in cycles 7..10
+; (L.vxm_alu = 2); MEM_Ek sits k+1 positions east of the VXM, so it takes plane k in cycle 8+k.
+; The last word is written in cycle 11 + 3 + L.mem_write = 15, so the program takes 16 cycles.
+.chip tiny
+.tensor x const f32 [4, 16] planes=MEM_W0@0,MEM_W1@0,MEM_W2@0,MEM_W3@0 = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63]
+.tensor y const f32 [4, 16] planes=MEM_E0@0,MEM_E1@0,MEM_E2@0,MEM_E3@0 = [0.5, 0.25, -1, 1e-3, 3.5, 100, -7, 0.125, 2, 2, 2, 2, -0, 1e30, -1e30, 0.1, 0.5, 0.25, -1, 1e-3, 3.5, 100, -7, 0.125, 2, 2, 2, 2, -0, 1e30, -1e30, 0.1, 0.5, 0.25, -1, 1e-3, 3.5, 100, -7, 0.125, 2, 2, 2, 2, -0, 1e30, -1e30, 0.1, 0.5, 0.25, -1, 1e-3, 3.5, 100, -7, 0.125, 2, 2, 2, 2, -0, 1e30, -1e30, 0.1]
+.tensor z output f32 [4, 16] planes=MEM_E0@16,MEM_E1@16,MEM_E2@16,MEM_E3@16
+
+.queue MEM_W3
+@0 READ addr=0, n=4, s=E3
+.queue MEM_W2
+@1 READ addr=0, n=4, s=E2
+.queue MEM_W1
+@2 READ addr=0, n=4, s=E1
+.queue MEM_W0
+@3 READ addr=0, n=4, s=E0
+
+.queue MEM_E3
+@0 READ addr=0, n=4, s=W3
+@11 WRITE addr=16, n=4, s=E7
+.queue MEM_E2
+@1 READ addr=0, n=4, s=W2
+@10 WRITE addr=16, n=4, s=E6
+.queue MEM_E1
+@2 READ addr=0, n=4, s=W1
+@9 WRITE addr=16, n=4, s=E5
+.queue MEM_E0
+@3 READ addr=0, n=4, s=W0
+@8 WRITE addr=16, n=4, s=E4
+
+.queue VXM0
+@5 ADD.f32 a=E0, b=W0, n=4, d=E4

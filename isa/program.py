@@ -1,0 +1,318 @@
+"""The ``.lpu`` program file: everything ``lpuc run`` needs, and nothing else.
+
+Layout (all integers little-endian)::
+
+    offset  size  what
+    0       8     magic b"LPUPROG\\0"
+    8       2     format version (FORMAT_VERSION)
+    10      2     reserved, 0
+    12      4     header length H
+    16      H     header: UTF-8 JSON (chip config, system, queue directory, tensors, node names, meta)
+    16+H    ...   instruction records, queue after queue in header order; one record is 24 bytes:
+                  u32 issue cycle, i32 node index (-1: none), 16-byte instruction word (isa.encoding)
+    ...     ...   constant tensor data, tensor after tensor in header order (raw chip-dtype bytes)
+    end-32  32    SHA-256 of everything before it
+
+Tensor layout in SRAM: a tensor of shape (..., D) is viewed as ``R = prod(shape[:-1])`` rows of
+``D`` elements, cut into ``C = cdiv(D, lanes)`` vectors per row (the last one zero-padded). Vector
+``v = r*C + c`` holds elements ``[r, c*lanes : (c+1)*lanes]``. Byte plane ``k`` of vector ``v`` is the
+word at address ``base_k + v`` of slice ``slice_k``, where ``planes[k] = (slice_k, base_k)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from isa.config import ChipConfig, ConfigError, SystemConfig
+from isa.dtypes import DTYPES, DType
+from isa.encoding import EncodingError, decode, encode
+from isa.instructions import Instr
+
+MAGIC = b"LPUPROG\0"
+FORMAT_VERSION = 1
+RECORD = struct.Struct("<Ii16s")
+
+
+class ProgramError(ValueError):
+    """A program file or program object that is malformed; the message says what and where."""
+
+
+@dataclass
+class Inst:
+    """One instruction in a queue, issued in an absolute cycle of the global counter."""
+
+    issue: int
+    spec: Instr
+    ops: dict[str, int]
+    node: int = -1  # index into Program.nodes (the ONNX node it serves), -1 if none
+
+
+@dataclass
+class TensorDesc:
+    """Where a host-visible tensor (input, output or constant) lives in SRAM."""
+
+    name: str
+    role: str  # "input", "output" or "const"
+    dtype: str  # chip dtype
+    shape: tuple[int, ...]
+    chip: int
+    planes: list[tuple[str, int]]  # (MEM slice name, base address) for each byte plane
+    host_dtype: str = ""  # numpy dtype the host uses (e.g. int64, bool); "" = same as dtype
+    data: bytes | None = None  # constants: row-major values in the chip dtype
+
+    @property
+    def dt(self) -> DType:
+        return DTYPES[self.dtype]
+
+    @property
+    def row_len(self) -> int:
+        return self.shape[-1] if self.shape else 1
+
+    @property
+    def rows(self) -> int:
+        return math.prod(self.shape[:-1]) if self.shape else 1
+
+    def chunks(self, lanes: int) -> int:
+        return max(1, -(-self.row_len // lanes))
+
+    def vectors(self, lanes: int) -> int:
+        return self.rows * self.chunks(lanes)
+
+    def to_vectors(self, values: np.ndarray, lanes: int) -> np.ndarray:
+        """Host array -> vectors[nvec, lanes] in the chip dtype (zero padding in the last chunk)."""
+        c = self.chunks(lanes)
+        flat = np.asarray(values, dtype=self.dt.np).reshape(self.rows, self.row_len)
+        out = np.zeros((self.rows, c * lanes), dtype=self.dt.np)
+        out[:, : self.row_len] = flat
+        return out.reshape(self.rows * c, lanes)
+
+    def from_vectors(self, vectors: np.ndarray, lanes: int) -> np.ndarray:
+        """Inverse of to_vectors: vectors[nvec, lanes] -> array of ``shape``."""
+        c = self.chunks(lanes)
+        flat = vectors.reshape(self.rows, c * lanes)[:, : self.row_len]
+        return flat.reshape(self.shape)
+
+    def const_array(self) -> np.ndarray:
+        assert self.data is not None
+        return np.frombuffer(self.data, dtype=self.dt.np).reshape(self.shape)
+
+
+@dataclass
+class Program:
+    system: SystemConfig
+    queues: dict[tuple[int, str], list[Inst]] = field(default_factory=dict)  # (chip, slice) -> queue
+    tensors: list[TensorDesc] = field(default_factory=list)
+    nodes: list[str] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def chip(self) -> ChipConfig:
+        return self.system.chip
+
+    def queue(self, chip: int, slice_name: str) -> list[Inst]:
+        return self.queues.setdefault((chip, slice_name), [])
+
+    def add(self, chip: int, slice_name: str, issue: int, spec: Instr, ops: dict[str, int],
+            node: int = -1) -> Inst:
+        inst = Inst(issue, spec, dict(ops), node)
+        self.queue(chip, slice_name).append(inst)
+        return inst
+
+    def tensor(self, name: str) -> TensorDesc:
+        for t in self.tensors:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+    def io(self, role: str) -> list[TensorDesc]:
+        return [t for t in self.tensors if t.role == role]
+
+    @property
+    def instruction_count(self) -> int:
+        return sum(len(q) for q in self.queues.values())
+
+    # ------------------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        """Raise ProgramError unless the program is well formed for its chip and system."""
+        chip = self.chip
+        for (c, sname), q in self.queues.items():
+            if not 0 <= c < self.system.chips:
+                raise ProgramError(f"queue of chip {c}: the system has {self.system.chips} chip(s)")
+            try:
+                sl = chip.slice(sname)
+            except ConfigError as e:
+                raise ProgramError(str(e)) from None
+            last = -1
+            for k, inst in enumerate(q):
+                if inst.spec.unit not in (sl.unit, "ANY"):
+                    raise ProgramError(f"chip {c} {sname} instruction {k}: {inst.spec.mnemonic} is a "
+                                       f"{inst.spec.unit} instruction, the slice is a {sl.unit}")
+                if inst.issue <= last:
+                    raise ProgramError(f"chip {c} {sname} instruction {k}: issue cycle {inst.issue} is not "
+                                       f"after the previous one ({last}); a queue issues at most one "
+                                       f"instruction per cycle, in order")
+                if inst.issue >= 1 << 32:
+                    raise ProgramError(f"chip {c} {sname} instruction {k}: issue cycle beyond 2^32")
+                if not -1 <= inst.node < len(self.nodes):
+                    raise ProgramError(f"chip {c} {sname} instruction {k}: node index {inst.node} out of range")
+                last = inst.issue
+        names: set[str] = set()
+        for t in self.tensors:
+            if t.name in names:
+                raise ProgramError(f"tensor '{t.name}' is described twice")
+            names.add(t.name)
+            self._validate_tensor(t)
+
+    def _validate_tensor(self, t: TensorDesc) -> None:
+        chip = self.chip
+        if t.role not in ("input", "output", "const"):
+            raise ProgramError(f"tensor '{t.name}': role must be input, output or const")
+        if t.dtype not in DTYPES:
+            raise ProgramError(f"tensor '{t.name}': unknown dtype '{t.dtype}'")
+        if any(d < 1 for d in t.shape):
+            raise ProgramError(f"tensor '{t.name}': every dimension must be at least 1, got {list(t.shape)}")
+        if not 0 <= t.chip < self.system.chips:
+            raise ProgramError(f"tensor '{t.name}': chip {t.chip} is not in the system")
+        if len(t.planes) != t.dt.width:
+            raise ProgramError(f"tensor '{t.name}': {t.dtype} needs {t.dt.width} byte plane(s), "
+                               f"{len(t.planes)} given")
+        nvec = t.vectors(chip.lanes)
+        for sname, base in t.planes:
+            try:
+                sl = chip.slice(sname)
+            except ConfigError as e:
+                raise ProgramError(f"tensor '{t.name}': {e}") from None
+            if sl.unit != "MEM":
+                raise ProgramError(f"tensor '{t.name}': {sname} is not a MEM slice")
+            if base < 0 or base + nvec > chip.words_per_slice:
+                raise ProgramError(f"tensor '{t.name}': {nvec} words from address {base} do not fit "
+                                   f"{sname} ({chip.words_per_slice} words)")
+        if t.role == "const":
+            need = math.prod(t.shape) * t.dt.width
+            if t.data is None or len(t.data) != need:
+                raise ProgramError(f"constant '{t.name}' needs {need} data bytes")
+        elif t.data is not None:
+            raise ProgramError(f"tensor '{t.name}': only constants carry data")
+
+    # ------------------------------------------------------------------------------ bytes
+    def to_bytes(self) -> bytes:
+        self.validate()
+        qdir = []
+        body = bytearray()
+        for (c, sname), q in sorted(self.queues.items(), key=lambda kv: (kv[0][0], self.chip.slice(kv[0][1]).index)):
+            if not q:
+                continue
+            qdir.append({"chip": c, "slice": sname, "count": len(q)})
+            for inst in q:
+                body += RECORD.pack(inst.issue, inst.node, encode(inst.spec, inst.ops))
+        tensors = []
+        for t in self.tensors:
+            d = {"name": t.name, "role": t.role, "dtype": t.dtype, "shape": list(t.shape), "chip": t.chip,
+                 "planes": [[s, b] for s, b in t.planes]}
+            if t.host_dtype:
+                d["host_dtype"] = t.host_dtype
+            if t.data is not None:
+                d["data_len"] = len(t.data)
+                body += t.data
+            tensors.append(d)
+        header = {
+            "format_version": FORMAT_VERSION,
+            "chip": self.chip.raw,
+            "chip_digest": self.chip.digest,
+            "system": self.system.to_dict(),
+            "queues": qdir,
+            "tensors": tensors,
+            "nodes": self.nodes,
+            "meta": self.meta,
+        }
+        hbytes = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+        blob = MAGIC + struct.pack("<HHI", FORMAT_VERSION, 0, len(hbytes)) + hbytes + bytes(body)
+        return blob + hashlib.sha256(blob).digest()
+
+    @staticmethod
+    def from_bytes(data: bytes, origin: str = "program") -> "Program":
+        if len(data) < 16 + 32:
+            raise ProgramError(f"{origin}: too short to be an .lpu program ({len(data)} bytes)")
+        if data[:8] != MAGIC:
+            raise ProgramError(f"{origin}: not an .lpu program (bad magic); compile or assemble one with lpuc")
+        version, _, hlen = struct.unpack_from("<HHI", data, 8)
+        if version != FORMAT_VERSION:
+            raise ProgramError(f"{origin}: format version {version}, this lpuc reads version {FORMAT_VERSION}; "
+                               f"recompile it with this lpuc")
+        if hashlib.sha256(data[:-32]).digest() != data[-32:]:
+            raise ProgramError(f"{origin}: checksum mismatch: the file is truncated or corrupt")
+        try:
+            header = json.loads(data[16:16 + hlen].decode())
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ProgramError(f"{origin}: unreadable header ({e})") from None
+        try:
+            return Program._from_header(header, data, 16 + hlen, len(data) - 32, origin)
+        except (KeyError, TypeError, ValueError) as e:
+            if isinstance(e, ProgramError):
+                raise
+            raise ProgramError(f"{origin}: malformed header or body ({type(e).__name__}: {e})") from None
+
+    @staticmethod
+    def _from_header(header: dict[str, Any], data: bytes, pos: int, end: int, origin: str) -> "Program":
+        try:
+            chip = ChipConfig.from_dict(header["chip"])
+        except ConfigError as e:
+            raise ProgramError(f"{origin}: embedded chip config: {e}") from None
+        if chip.digest != header["chip_digest"]:
+            raise ProgramError(f"{origin}: embedded chip config does not match its digest")
+        system = SystemConfig.from_dict(header["system"], chip)
+        prog = Program(system=system, nodes=list(header["nodes"]), meta=dict(header["meta"]))
+        for qd in header["queues"]:
+            q = prog.queue(int(qd["chip"]), str(qd["slice"]))
+            for k in range(int(qd["count"])):
+                if pos + RECORD.size > end:
+                    raise ProgramError(f"{origin}: instruction records run past the end of the file")
+                issue, node, word = RECORD.unpack_from(data, pos)
+                pos += RECORD.size
+                try:
+                    spec, ops = decode(word)
+                except EncodingError as e:
+                    raise ProgramError(f"{origin}: chip {qd['chip']} {qd['slice']} instruction {k}: {e}") from None
+                q.append(Inst(issue, spec, ops, node))
+        for td in header["tensors"]:
+            blob = None
+            if "data_len" in td:
+                n = int(td["data_len"])
+                if pos + n > end:
+                    raise ProgramError(f"{origin}: constant data runs past the end of the file")
+                blob = bytes(data[pos:pos + n])
+                pos += n
+            prog.tensors.append(TensorDesc(
+                name=str(td["name"]), role=str(td["role"]), dtype=str(td["dtype"]),
+                shape=tuple(int(x) for x in td["shape"]), chip=int(td["chip"]),
+                planes=[(str(s), int(b)) for s, b in td["planes"]],
+                host_dtype=str(td.get("host_dtype", "")), data=blob))
+        if pos != end:
+            raise ProgramError(f"{origin}: {end - pos} unexpected bytes after the program body")
+        prog.validate()
+        return prog
+
+    def save(self, path: str | Path) -> None:
+        """Write atomically: a failed write never leaves a partial file behind."""
+        path = Path(path)
+        blob = self.to_bytes()
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(blob)
+        tmp.replace(path)
+
+    @staticmethod
+    def load(path: str | Path) -> "Program":
+        path = Path(path)
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise ProgramError(f"{path}: cannot read ({e.strerror})") from None
+        return Program.from_bytes(data, str(path))

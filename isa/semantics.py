@@ -1,0 +1,250 @@
+"""Bit-level semantics of every computing instruction, as pure numpy functions.
+
+This is the arithmetic of the chip. The emulator's handlers call these functions on the vectors an
+instruction reads; the compiler's op-level reference evaluation calls the same functions, so a
+difference between the two can only come from data movement or timing, never from arithmetic.
+
+All functions take and return numpy arrays of shape ``(n, lanes)`` in the chip dtype's numpy type.
+Results are identical on every machine: float32 +, -, *, / and sqrt are IEEE correctly rounded;
+transcendentals are the fixed fp32 algorithms of ``isa.transcendental``; matrix products go through
+``isa.exactdot`` (exact dot product rounded once); nan results are canonicalised because hardware
+differs in the sign and payload of the nan an invalid operation produces.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from isa.dtypes import DType, DTYPES
+
+F32 = np.dtype(np.float32)
+
+
+def canon_nan(x: np.ndarray) -> np.ndarray:
+    """Replace every nan of a float array by the canonical quiet nan (sign 0, payload 0), in place."""
+    m = x != x
+    if m.any():
+        if x.dtype.itemsize == 4:
+            x.view(np.uint32)[m] = 0x7FC00000
+        elif x.dtype == np.float16:
+            x.view(np.uint16)[m] = 0x7E00
+        else:  # bfloat16
+            x.view(np.uint16)[m] = 0x7FC0
+    return x
+
+
+def widen(a: np.ndarray, dt: DType) -> np.ndarray:
+    """Exact widening of f16/bf16 to f32 (f32 passes through)."""
+    return a.astype(np.float32) if dt.np != F32 else a
+
+
+def narrow(x: np.ndarray, dt: DType) -> np.ndarray:
+    """Round an f32 result to ``dt`` (nearest even) and canonicalise nans."""
+    return canon_nan(x.astype(dt.np))  # astype copies, so the caller's array is never changed
+
+
+# ------------------------------------------------------------------------------------------------
+# elementwise binary
+# ------------------------------------------------------------------------------------------------
+def _fmax(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.where(a >= b, a, b) if a.dtype.kind != "f" else np.where((a != a) | (b != b), np.float32(np.nan),
+                                                                       np.where(a >= b, a, b)).astype(a.dtype)
+
+
+def _fmin(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.where(a <= b, a, b) if a.dtype.kind != "f" else np.where((a != a) | (b != b), np.float32(np.nan),
+                                                                       np.where(a <= b, a, b)).astype(a.dtype)
+
+
+def _int_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a64, b64 = a.astype(np.int64), b.astype(np.int64)
+    safe = np.where(b64 == 0, 1, b64)
+    q = np.abs(a64) // np.abs(safe)
+    q = np.where((a64 < 0) != (safe < 0), -q, q)
+    return np.where(b64 == 0, 0, q).astype(a.dtype)  # astype wraps: MIN / -1 = MIN
+
+
+_FLOAT_BINARY: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide, "max": _fmax, "min": _fmin,
+}
+_INT_BINARY: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "add": np.add, "sub": np.subtract, "mul": np.multiply, "div": _int_div, "max": _fmax, "min": _fmin,
+    "and": np.bitwise_and, "or": np.bitwise_or, "xor": np.bitwise_xor,
+}
+
+
+def binary(op: str, dt: DType, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """d = a (op) b elementwise in ``dt`` (b may be a scalar of ``dt``)."""
+    if dt.kind == "float":
+        with np.errstate(all="ignore"):
+            r = _FLOAT_BINARY[op](widen(a, dt), widen(np.asarray(b, dtype=dt.np), dt))
+        return narrow(np.asarray(r, dtype=F32), dt)
+    with np.errstate(all="ignore"):
+        r = _INT_BINARY[op](a, np.asarray(b, dtype=dt.np))
+    return np.asarray(r, dtype=dt.np)
+
+
+_COMPARE = {"eq": np.equal, "ne": np.not_equal, "lt": np.less, "le": np.less_equal, "gt": np.greater,
+            "ge": np.greater_equal}
+
+
+def compare(op: str, dt: DType, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """d = u8(a (op) b); IEEE comparisons (nan compares unequal to everything)."""
+    if dt.kind == "float":
+        a, b = widen(a, dt), widen(np.asarray(b, dtype=dt.np), dt)
+    return _COMPARE[op](a, b).astype(np.uint8)
+
+
+# ------------------------------------------------------------------------------------------------
+# elementwise unary
+# ------------------------------------------------------------------------------------------------
+def _relu(x: np.ndarray) -> np.ndarray:
+    zero = np.zeros((), dtype=x.dtype)
+    return np.where((x > zero) | (x != x), x, zero)
+
+
+def _transcendental(name: str) -> Callable[[np.ndarray], np.ndarray]:
+    def f(x: np.ndarray) -> np.ndarray:
+        from isa import transcendental  # imported lazily: the module is large
+
+        return transcendental.FUNCTIONS[name](x)
+
+    return f
+
+
+_UNARY: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "mov": lambda x: x.copy(),
+    "neg": np.negative,
+    "abs": np.abs,
+    "relu": _relu,
+    "not": np.invert,
+    "exp": _transcendental("exp"),
+    "log": _transcendental("log"),
+    "tanh": _transcendental("tanh"),
+    "erf": _transcendental("erf"),
+    "sigmoid": _transcendental("sigmoid"),
+    "sqrt": np.sqrt,
+    "rsqrt": lambda x: np.float32(1) / np.sqrt(x),
+    "recip": lambda x: np.float32(1) / x,
+}
+
+
+def unary(op: str, dt: DType, a: np.ndarray) -> np.ndarray:
+    """d = op(a) elementwise in ``dt``."""
+    if op == "mov":
+        return a.copy()
+    if op == "isnan":
+        return (a != a).astype(np.uint8)
+    if dt.kind == "float":
+        with np.errstate(all="ignore"):
+            r = _UNARY[op](widen(a, dt))
+        return narrow(np.asarray(r, dtype=F32), dt)
+    with np.errstate(all="ignore"):
+        return np.asarray(_UNARY[op](a), dtype=dt.np)
+
+
+def select(c: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """d = c != 0 ? a : b (bits copied unchanged)."""
+    return np.where(c != 0, a, np.asarray(b, dtype=a.dtype))
+
+
+# ------------------------------------------------------------------------------------------------
+# conversion
+# ------------------------------------------------------------------------------------------------
+def convert(a: np.ndarray, src: DType, dst: DType) -> np.ndarray:
+    """Type conversion with the CONVERT rules of the ISA."""
+    if src.kind == "float" and dst.kind == "float":
+        return narrow(widen(a, src), dst)
+    if src.kind == "float":
+        x = widen(a, src).astype(np.float64)  # exact
+        info = np.iinfo(dst.np)
+        with np.errstate(invalid="ignore"):
+            t = np.trunc(x)
+            t = np.where(t != t, 0.0, np.clip(t, info.min, info.max))
+        return t.astype(dst.np)
+    if dst.kind == "float":
+        return narrow(a.astype(np.float32), dst)
+    info = np.iinfo(dst.np)
+    return np.clip(a.astype(np.int64), info.min, info.max).astype(dst.np)
+
+
+# ------------------------------------------------------------------------------------------------
+# cross-lane reductions
+# ------------------------------------------------------------------------------------------------
+def _combine(op: str, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    if op == "sum":
+        return left + right
+    return _fmax(left, right) if op == "max" else _fmin(left, right)
+
+
+def reduce_lanes(op: str, dt: DType, a: np.ndarray, m: int) -> np.ndarray:
+    """d[j][l] = tree_op(a[j][0..m-1]) for every lane l (pairwise tree, see ISA.md)."""
+    lanes = a.shape[1]
+    if dt.kind == "float":
+        x = widen(a[:, :m], dt).astype(np.float32, copy=True)
+    else:
+        x = a[:, :m].astype(np.int64)  # wrapping at the end equals wrapping at every step
+    with np.errstate(all="ignore"):
+        while x.shape[1] > 1:
+            k = x.shape[1]
+            pair = _combine(op, x[:, 0:k - 1:2], x[:, 1:k:2])
+            x = np.concatenate([pair, x[:, k - 1:]], axis=1) if k % 2 else pair
+    r = narrow(x, dt) if dt.kind == "float" else x.astype(dt.np)
+    return np.repeat(r, lanes, axis=1)
+
+
+# ------------------------------------------------------------------------------------------------
+# switch
+# ------------------------------------------------------------------------------------------------
+def permute(a: np.ndarray, ix: np.ndarray) -> np.ndarray:
+    """d[j][l] = 0 <= ix[l] < lanes ? a[j][ix[l]] : 0."""
+    lanes = a.shape[1]
+    ok = (ix >= 0) & (ix < lanes)
+    out = a[:, np.where(ok, ix, 0)]
+    out[:, ~ok] = 0
+    return out
+
+
+def transpose(a: np.ndarray, m: int) -> np.ndarray:
+    """d[i][l] = l < n ? a[l][i] : 0 for i < m (n = len(a))."""
+    n, lanes = a.shape
+    out = np.zeros((m, lanes), dtype=a.dtype)
+    out[:, :n] = a[:, :m].T
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# matrix unit
+# ------------------------------------------------------------------------------------------------
+def install(w: np.ndarray, vecs: np.ndarray, r0: int, t: int, lo: int, hi: int) -> np.ndarray:
+    """Return the weight buffer after installing ``vecs`` (IW semantics; ``w`` is not modified)."""
+    lanes = w.shape[0]
+    hi = hi or lanes
+    v = vecs.copy()
+    v[:, :lo] = 0
+    v[:, hi:] = 0
+    out = w.copy()
+    if t:
+        out[:, r0:r0 + len(v)] = v.T
+    else:
+        out[r0:r0 + len(v), :] = v
+    return out
+
+
+def matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """y[j, c] = round_f32(exact sum_k x[j, k] * w[k, c]) (i8: exact i32)."""
+    from isa import exactdot
+
+    return exactdot.matmul_pass(x, w)
+
+
+def accumulate(acc: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """acc + y in f32 (IEEE) or i32 (wrapping)."""
+    with np.errstate(all="ignore"):
+        r = acc + y
+    return canon_nan(r) if r.dtype.kind == "f" else r
+
+
+ACC_DTYPE = {"i8": DTYPES["i32"], "f16": DTYPES["f32"], "bf16": DTYPES["f32"], "f32": DTYPES["f32"]}

@@ -1,0 +1,191 @@
+"""Concrete timing of one instruction on one chip: the single timing model.
+
+Evaluates the table's timing expressions (``isa.instructions``) for an instruction's operands and a
+chip config. The emulator uses this to place every stream, SRAM, accumulator, weight and link
+access in time; the compiler's scheduler uses the very same function to predict them. Nothing else
+in the project computes a latency.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from types import CodeType, SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from isa.config import ChipConfig
+from isa.dtypes import BY_CODE, DTYPES, DType
+from isa.encoding import Stream, is_imm
+from isa.instructions import Instr, StreamIO
+
+
+class TimingError(ValueError):
+    """Operands that no chip cycle can honour (bad stream group, out-of-range lane count...)."""
+
+
+def cdiv(a: Any, b: Any) -> Any:
+    """Ceiling division, elementwise for numpy arrays."""
+    return -((-a) // b)
+
+
+@lru_cache(maxsize=None)
+def _compile(expr: str) -> CodeType:
+    return compile(expr, f"<timing {expr}>", "eval")
+
+
+def evaluate(expr: str, ns: dict[str, Any]) -> Any:
+    """Evaluate a timing expression from the table in namespace ``ns`` (no builtins)."""
+    return eval(_compile(expr), {"__builtins__": {}}, ns)
+
+
+@dataclass
+class StreamAccess:
+    """Vectors ``vec[i]`` of a typed stream group, read or written at the slice in ``cycles[i]``."""
+
+    kind: str  # "r" or "w"
+    field: str
+    dir: str  # "E" or "W"
+    base: int  # first stream index of the group
+    dtype: DType
+    vec: np.ndarray  # logical vector index of each access (int64)
+    cycles: np.ndarray  # absolute cycle of each access (int64)
+
+    @property
+    def streams(self) -> range:
+        return range(self.base, self.base + self.dtype.width)
+
+
+@dataclass
+class StoreAccess:
+    space: str
+    mode: str
+    addrs: np.ndarray | None  # None when data-dependent (GATHER) or not addressed (link)
+    cycles: np.ndarray
+
+
+@dataclass
+class Timing:
+    reads: list[StreamAccess]
+    writes: list[StreamAccess]
+    store: list[StoreAccess]
+    busy: list[tuple[str, int, int]]  # (port, first cycle, end cycle exclusive)
+
+    @property
+    def end(self) -> int:
+        """One past the last cycle in which the instruction does anything."""
+        last = 0
+        for acc in (*self.reads, *self.writes, *self.store):
+            if len(acc.cycles):
+                last = max(last, int(acc.cycles[-1]) + 1)
+        for _, _, e in self.busy:
+            last = max(last, e)
+        return last
+
+
+@lru_cache(maxsize=16)
+def _chip_ns(chip: ChipConfig) -> dict[str, Any]:
+    return {
+        "L": SimpleNamespace(**chip.latency),
+        "lanes": chip.lanes,
+        "c2c_latency": int(chip.c2c["latency"]),
+        "sync_latency": int(chip.raw["icu"]["sync_latency"]),
+        "cdiv": cdiv,
+    }
+
+
+def namespace(spec: Instr, ops: dict[str, int], chip: ChipConfig) -> dict[str, Any]:
+    """The names a timing expression of ``spec`` may use."""
+    ns = dict(_chip_ns(chip))
+    ns.update(ops)
+    if "dt" in ops:
+        dt = BY_CODE[ops["dt"]]
+        ns["w"] = dt.width
+        if spec.unit == "MXM" and dt.name in chip.mxm["cycles_per_vector"]:
+            ns["cpv"] = chip.cycles_per_vector(dt.name)
+    else:
+        ns["w"] = 1
+    ns["cv"] = cdiv(ns["w"] * chip.lanes, int(chip.c2c["bytes_per_cycle"]))
+    return ns
+
+
+def _dtype_of(io_dtype: str, ops: dict[str, int]) -> DType:
+    if io_dtype in DTYPES:
+        return DTYPES[io_dtype]
+    return BY_CODE[ops[io_dtype]]
+
+
+def _stream_accesses(kind: str, io: StreamIO, spec: Instr, ops: dict[str, int], issue: int,
+                     ns: dict[str, Any], chip: ChipConfig) -> list[StreamAccess]:
+    code = ops[io.field]
+    if is_imm(code):
+        return []  # an immediate operand reads no stream
+    st = Stream.from_code(code)
+    dt = _dtype_of(io.dtype, ops)
+    count = int(evaluate(io.count, ns))
+    start = int(evaluate(io.start, ns))
+    step = int(evaluate(io.step, ns))
+    groups = int(evaluate(io.groups, ns))
+    if groups < 1:
+        raise TimingError(f"{spec.mnemonic}: '{io.field}' needs at least one stream group")
+    out = []
+    for k in range(groups):
+        base = st.index + k * dt.width
+        if base % dt.width:
+            raise TimingError(f"{spec.mnemonic}: {dt.name} stream group {st.dir}{base} must start at a "
+                              f"multiple of {dt.width}")
+        if base + dt.width > chip.streams:
+            raise TimingError(f"{spec.mnemonic}: stream group {st.dir}{base} ({dt.name}, {dt.width} streams) "
+                              f"does not fit {chip.streams} streams")
+        vec = np.arange(k, count, groups, dtype=np.int64)
+        cycles = issue + start + np.arange(len(vec), dtype=np.int64) * step
+        out.append(StreamAccess(kind, io.field, st.dir, base, dt, vec, cycles))
+    return out
+
+
+def instruction_timing(spec: Instr, ops: dict[str, int], issue: int, chip: ChipConfig) -> Timing:
+    """Every access of one instruction issued in cycle ``issue`` on ``chip``."""
+    ns = namespace(spec, ops, chip)
+    reads: list[StreamAccess] = []
+    writes: list[StreamAccess] = []
+    for io in spec.reads:
+        reads += _stream_accesses("r", io, spec, ops, issue, ns, chip)
+    for io in spec.writes:
+        writes += _stream_accesses("w", io, spec, ops, issue, ns, chip)
+    store: list[StoreAccess] = []
+    for so in spec.store:
+        count = int(evaluate(so.count, ns))
+        j = np.arange(count, dtype=np.int64)
+        cycles = issue + int(evaluate(so.start, ns)) + j * int(evaluate(so.step, ns))
+        addrs = None
+        if so.addr:
+            a = evaluate(so.addr, {**ns, "j": j})
+            addrs = np.broadcast_to(np.asarray(a, dtype=np.int64), j.shape).copy()
+        store.append(StoreAccess(so.space, so.mode, addrs, cycles))
+    busy = []
+    for b in spec.busy:
+        s = issue + int(evaluate(b.start, ns))
+        busy.append((b.port, s, s + int(evaluate(b.length, ns))))
+    return Timing(reads, writes, store, busy)
+
+
+def distance(chip: ChipConfig, slice_a: str, slice_b: str) -> int:
+    """Cycles a stream value needs from slice_a's position to slice_b's."""
+    return abs(chip.slice(slice_a).position - chip.slice(slice_b).position)
+
+
+def host_transfer_us(chip: ChipConfig, nbytes: int) -> float:
+    """Host transfer model for one direction: fixed latency + bytes / PCIe bandwidth."""
+    host = chip.raw["host"]
+    if nbytes == 0:
+        return 0.0
+    return float(host["pcie_latency_us"]) + nbytes / (float(host["pcie_gb_per_s"]) * 1e3)
+
+
+def cycles_to_us(chip: ChipConfig, cycles: int) -> float:
+    return cycles / chip.clock_mhz
+
+
+__all__ = ["Timing", "StreamAccess", "StoreAccess", "TimingError", "instruction_timing", "namespace",
+           "evaluate", "cdiv", "distance", "host_transfer_us", "cycles_to_us"]
