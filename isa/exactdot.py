@@ -80,8 +80,21 @@ Let ``u = 2**-53`` (float64 unit roundoff) and ``p_k = x[j, k] * w[k, c]``.
    ``hi < 0`` hence ``S < 0``.  All-zero rows of ``x`` / columns of ``w`` are handled
    by an explicit sign pass (products all zero; ``-0`` iff every product is ``-0``).
 
-3. *Exact fallback* for the uncertified elements (exact cancellation, ties, results
-   near a float32 rounding boundary; typically a tiny fraction).  The K products of
+3. *Exact-sum certificate* for what the interval cannot decide (mostly exact ties,
+   which are frequent with 8- or 11-bit inputs).  If every ``x[j, k]`` is a multiple of
+   ``2**gx`` and every ``w[k, c]`` of ``2**gw`` (a value ``f * 2**e``, ``0.5 <= f < 1``,
+   with ``P`` significant bits is a multiple of ``2**(e - P)``, and of the dtype's
+   smallest subnormal; take the smallest non-zero ``|x[j, k]|``), all products and all
+   partial sums are multiples of ``2**g``, ``g = gx + gw``, of magnitude at most
+   ``sum_k |p_k|``.  If ``sum_k |p_k| <= 2**(g + 53)`` every partial sum is representable,
+   every addition is exact and ``s == S``; then ``y = RNE_f32(s)`` (for ``s == 0`` only
+   the zero-sign rule is left).  Certificate: ``E = fl(rx * 2**-gx * rw * 2**-gw)``
+   (power-of-two scalings are exact) has ``sum|p_k| * 2**-g <= E / ((1-u)**3 (1-g_{K-1}))
+   < E * (1 + 2**-30)``, so ``E <= 2**53 * (1 - 2**-29)`` suffices.
+
+4. *Exact fallback* for the rest (results within the float64 error bound of a float32
+   rounding boundary that are not exact in float64; ~3e-4 of random fp32 passes, ~0 for
+   fp16/bf16).  The K products of
    each such element are formed exactly and split error-free in "levels"
    (Rump-Ogita-Oishi ExtractVector): with ``mb = ceil(log2(2K))``, ``e`` such that
    ``max|p| < 2**e`` and ``sigma = 2**(e + mb)``::
@@ -101,6 +114,11 @@ Let ``u = 2**-53`` (float64 unit roundoff) and ``p_k = x[j, k] * w[k, c]``.
    more bits than float32 everywhere, so every float32 value, midpoint and the overflow
    threshold is an *even* float64 and cannot lie strictly between ``S`` and its odd
    round-to-odd value).
+
+5. *Special lines.*  Rows of ``x`` / columns of ``w`` holding nan or inf are zeroed for
+   the BLAS call and their results (all non-finite) are recomputed from 0/1 indicator
+   matrices (float32 matmuls of 0/1 values count exactly).  All-zero rows / columns get
+   their signed zeros from a sign-count matmul.
 
 ``round_f64_to_f32_bits`` performs the final float64 -> float32 rounding; the
 float32-subnormal range is rounded with integer arithmetic, so even a process running
@@ -144,6 +162,15 @@ POS_INF_BITS = np.uint32(0x7F800000)
 NEG_INF_BITS = np.uint32(0xFF800000)
 NEG_ZERO_BITS = np.uint32(0x80000000)
 
+# significand bits and log2(smallest subnormal) of each float input dtype
+_PRECISION: dict[np.dtype, tuple[int, int]] = {
+    np.dtype(np.float16): (11, -24),
+    BF16: (8, -133),
+    np.dtype(np.float32): (24, -149),
+}
+# exactness certificate: fl(rx*2**-gx * rw*2**-gw) <= this  =>  sum|p| < 2**(gx+gw+53)
+_EXACT_LIMIT = 2.0**53 * (1 - 2.0**-29)
+
 _F32_MIN_NORMAL = 2.0**-126
 _SCALE_SUBNORMAL = 2.0**149
 _FALLBACK_CHUNK_ELEMS = 1 << 21  # max rows*K float64 values per fallback chunk
@@ -164,7 +191,9 @@ class PassStats:
     """Counters filled in by ``matmul_pass(..., stats=PassStats())``."""
 
     elements: int = 0  # n * N
-    uncertified: int = 0  # elements sent to the exact fallback
+    interval_failed: int = 0  # elements the interval certificate could not decide
+    exact_sum: int = 0  # of those, decided because the float64 sum was exact
+    uncertified: int = 0  # elements sent to the exact (level-splitting) fallback
     fraction_path: int = 0  # of those, elements that needed > 2 levels (Python Fractions)
     special_rows: int = 0  # rows of x containing nan/inf
     special_cols: int = 0  # columns of w containing nan/inf
@@ -311,9 +340,10 @@ def _validate(x: np.ndarray, w: np.ndarray) -> None:
 
 def _to_f64(a: np.ndarray) -> F64Array:
     """Exact widening to float64 (all bit patterns, including nan/inf/subnormals)."""
-    if a.dtype == BF16:
-        a = a.astype(np.float32)  # exact
-    return a.astype(np.float64)
+    with np.errstate(all="ignore"):  # signalling-nan patterns may raise 'invalid'
+        if a.dtype == BF16:
+            a = a.astype(np.float32)  # exact
+        return a.astype(np.float64)
 
 
 # --------------------------------------------------------------------------- special values
@@ -396,7 +426,23 @@ def _clean_nonfinite(a: F64Array, nsq: F64Array, axis: int) -> tuple[F64Array, n
     return a, bad
 
 
-def _matmul_float(x64: F64Array, w64: F64Array, stats: PassStats | None) -> npt.NDArray[np.float32]:
+def _granularity(a: F64Array, axis: int, prec: int, floor_exp: int) -> npt.NDArray[np.int64]:
+    """Per row (axis=1) / column (axis=0): g with every entry a multiple of 2**g.
+
+    A non-zero v = f * 2**e (0.5 <= f < 1) with ``prec`` significant bits is a multiple of
+    2**(e - prec), and of 2**floor_exp (the dtype's smallest subnormal); the smallest
+    non-zero |v| gives the smallest such e.  All-zero lines get 0 (never used)."""
+    mag = np.abs(a)
+    mag[mag == 0] = np.inf
+    amin = mag.min(axis=axis)
+    amin[np.isinf(amin)] = 1.0
+    e = np.frexp(amin)[1].astype(np.int64)
+    return np.maximum(e - prec, floor_exp)
+
+
+def _matmul_float(
+    x64: F64Array, w64: F64Array, prec: int, floor_exp: int, stats: PassStats | None
+) -> npt.NDArray[np.float32]:
     n, K = x64.shape
     N = w64.shape[1]
     if stats is not None:
@@ -412,9 +458,9 @@ def _matmul_float(x64: F64Array, w64: F64Array, stats: PassStats | None) -> npt.
     # ---- fast path: float64 BLAS + certified rounding (module docstring, point 2)
     s = _gemm_f64(xf, wf)
     G = K * 2.0**-52
-    rxg = np.sqrt(nx2)
-    rxg *= G
-    b = np.multiply.outer(rxg, np.sqrt(nw2))  # T = fl(fl(G*rx)*rw)
+    rx = np.sqrt(nx2)
+    rw = np.sqrt(nw2)
+    b = np.multiply.outer(rx * G, rw)  # T = fl(fl(G*rx)*rw)
     t = np.abs(s)
     t *= 2.0**-51  # A (exact)
     b += t  # b = fl(T + A)
@@ -431,14 +477,33 @@ def _matmul_float(x64: F64Array, w64: F64Array, stats: PassStats | None) -> npt.
     for idx in (zero_cols, bad_cols):
         cert[:, idx] = True
 
-    # ---- exact fallback for the uncertified elements (point 3)
+    # ---- second certificate: the float64 sum was exact (module docstring, point 3)
     unc = np.flatnonzero(~cert)
-    n_frac = 0
+    n_exact = n_frac = n_fallback = 0
     if unc.size:
         jj, cc = np.divmod(unc, N)
-        wt = np.ascontiguousarray(wf.T)
-        bits, n_frac = exact_dot_rows_f32_bits(xf[jj], wt[cc])
-        out.reshape(-1)[unc] = bits
+        gx = _granularity(xf, 1, prec, floor_exp)
+        gw = _granularity(wf, 0, prec, floor_exp)
+        E = np.ldexp(rx[jj], -gx[jj])
+        E *= np.ldexp(rw[cc], -gw[cc])
+        exact = E <= _EXACT_LIMIT
+        sv = s.reshape(-1)[unc]
+        ok = exact & (sv != 0)
+        if ok.any():
+            out.reshape(-1)[unc[ok]] = round_f64_to_f32_bits(sv[ok])
+        n_exact = int(np.count_nonzero(ok))
+        zr = exact & (sv == 0)
+        if zr.any():  # S == 0 exactly: only the sign rule is left
+            P = xf[jj[zr]] * wf[:, cc[zr]].T
+            neg0 = np.all((P == 0) & np.signbit(P), axis=1)
+            out.reshape(-1)[unc[zr]] = np.where(neg0, NEG_ZERO_BITS, np.uint32(0))
+        # ---- exact fallback for the rest (module docstring, point 4)
+        rest = ~exact
+        n_fallback = int(np.count_nonzero(rest))
+        if n_fallback:
+            wcols = np.ascontiguousarray(wf[:, cc[rest]].T)
+            bits, n_frac = exact_dot_rows_f32_bits(xf[jj[rest]], wcols)
+            out.reshape(-1)[unc[rest]] = bits
 
     # ---- all-zero rows / columns: every product is a signed zero
     if zero_rows.size:
@@ -453,7 +518,9 @@ def _matmul_float(x64: F64Array, w64: F64Array, stats: PassStats | None) -> npt.
         out[:, bad_cols] = _special_block(x64, w64[:, bad_cols])
 
     if stats is not None:
-        stats.uncertified = int(unc.size)
+        stats.interval_failed = int(unc.size)
+        stats.exact_sum = n_exact
+        stats.uncertified = n_fallback
         stats.fraction_path = n_frac
         stats.special_rows = int(bad_rows.size)
         stats.special_cols = int(bad_cols.size)
@@ -476,7 +543,8 @@ def matmul_pass(x: np.ndarray, w: np.ndarray, *, stats: PassStats | None = None)
     K = x.shape[1]
     if K > MAX_K_FLOAT:
         raise ValueError(f"float matmul_pass needs K <= {MAX_K_FLOAT}, got {K}")
-    return _matmul_float(_to_f64(x), _to_f64(w), stats)
+    prec, floor_exp = _PRECISION[x.dtype]
+    return _matmul_float(_to_f64(x), _to_f64(w), prec, floor_exp, stats)
 
 
 # --------------------------------------------------------------------------- reference

@@ -295,9 +295,10 @@ MXM = [
          _f("mode", "uint", 1, "0: overwrite the accumulator, 1: add to it")),
         "Multiply n activation vectors by the installed weights into accumulator rows.",
         "for j < n: y[c] = round_f32(EXACT sum over k < lanes of x_j[k] * W[buf][k, c]) "
-        "(i8: exact i32 sum); acc[acc+j] = mode ? acc[acc+j] + y : y (f32 addition, or i32 wrapping); "
-        "x_j is read in cycle t + j*cpv, the row is written in t + j*cpv + L.mxm_matmul",
-        reads=(StreamIO("s", "dt", "0", "n", "cpv"),),
+        "(i8: exact i32 sum); acc[acc+j] = mode ? acc[acc+j] + y : y (f32 addition, or i32 wrapping). "
+        "x_j is taken from the stream into the activation buffer in cycle t + j; pass j reads the "
+        "accumulator row and writes it in cycle t + j*cpv + L.mxm_matmul",
+        reads=(StreamIO("s", "dt", "0"),),
         store=(StoreIO("weights", "r", "buf", "0", "1"),
                StoreIO("acc", "rw", "acc + j", "L.mxm_matmul", "n", "cpv")),
         busy=(Busy("compute", "0", "n*cpv"),),
@@ -348,9 +349,10 @@ C2C = [
     Instr(
         "SEND", "C2C", (DT, _f("s", "stream", STREAM_BITS, "stream group to send"), N),
         "Send n vectors over this slice's link to the peer chip.",
-        "for j < n: the vector on s in cycle t + j*cv enters the link; it arrives in the peer's "
-        "receive FIFO in cycle t + (j+1)*cv + c2c.latency. cv = cdiv(w*lanes, c2c.bytes_per_cycle)",
-        reads=(StreamIO("s", "dt", "0", "n", "cv"),),
+        "for j < n: the vector on s in cycle t + j enters the transmit buffer; the link sends one "
+        "vector per cv = cdiv(w*lanes, c2c.bytes_per_cycle) cycles, so vector j arrives in the peer's "
+        "receive FIFO in cycle t + (j+1)*cv + c2c.latency",
+        reads=(StreamIO("s", "dt", "0"),),
         store=(StoreIO("link", "w", "", "cv + c2c_latency", "n", "cv"),),
         busy=(Busy("tx", "0", "n*cv"),),
         dtypes=ALL_TYPES, group="c2c",

@@ -1,0 +1,3 @@
+from lpuc.cli import main
+
+raise SystemExit(main())

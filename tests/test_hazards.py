@@ -1,0 +1,184 @@
+"""Every hazard kind has a program that provokes it; strict mode stops, --no-strict runs through."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from emulator import Emulator, HazardError
+from isa.asm import assemble
+from isa.program import Program
+
+VADD = (__import__("pathlib").Path(__file__).parent.parent / "examples" / "asm" / "vadd.s").read_text()
+
+
+def run(text: str, strict: bool = True):
+    prog = Program.from_bytes(assemble(text).to_bytes())
+    return Emulator(prog, strict=strict).run()
+
+
+def hazard_of(text: str) -> object:
+    with pytest.raises(HazardError) as e:
+        run(text)
+    return e.value.hazard
+
+
+def test_vadd_is_clean():
+    r = run(VADD)
+    assert r.hazards == [] and r.cycles == 16
+
+
+def test_stream_empty_when_the_add_is_one_cycle_late():
+    text = VADD.replace("@5 ADD.f32", "@6 ADD.f32")
+    h = hazard_of(text)
+    # the first hazard in time: MEM_E0's WRITE finds nothing on E4 in cycle 8 (z now starts in 9)
+    assert h.kind == "stream-empty" and h.slice == "MEM_E0" and h.cycle == 8 and "WRITE" in h.text
+    # --no-strict behaves like the hardware and lists every hazard: the late ADD's last read (cycle 9)
+    # finds nothing passing and reads zeros
+    r = run(text, strict=False)
+    late = [x for x in r.hazards if x.slice == "VXM0"]
+    assert late and late[0].kind == "stream-empty" and late[0].cycle == 9 and "ADD.f32" in late[0].text
+    prog = assemble(VADD)
+    x, y = prog.tensor("x").const_array(), prog.tensor("y").const_array()
+    z = r.outputs["z"]
+    assert not np.array_equal(z, x + y)
+
+
+def test_report_names_the_onnx_node():
+    text = VADD.replace("@5 ADD.f32 a=E0, b=W0, n=4, d=E4", '@4 ADD.f32 a=E0, b=W0, n=4, d=E4 {"Add_7"}')
+    h = hazard_of(text)
+    assert h.node == "Add_7" and "Add_7" in str(h) and "cycle 4" in str(h)
+
+
+def test_stream_collision_two_alus_write_one_stream():
+    text = VADD + "\n.queue VXM1\n@5 SUB.f32 a=E0, b=W0, n=4, d=E4\n"
+    h = hazard_of(text)
+    assert h.kind == "stream-collision" and h.cycle == 7
+
+
+def test_unit_busy_read_port():
+    text = VADD.replace("@3 READ addr=0, n=4, s=W0", "@3 READ addr=0, n=4, s=W0\n@5 READ addr=8, n=2, s=W0")
+    h = hazard_of(text)
+    assert h.kind == "unit-busy" and h.cycle == 5 and h.slice == "MEM_E0"
+
+
+def test_nop_occupies_the_queue():
+    text = VADD.replace(".queue VXM0\n@5 ADD", ".queue VXM0\n@1 NOP n=10\n@5 ADD")
+    h = hazard_of(text)
+    assert h.kind == "unit-busy" and "queue" in h.detail
+
+
+def test_bank_conflict_read_and_write_same_bank():
+    # MEM_E0 writes z to address 16 (bank 0) in cycles 9..12; a read of bank 0 in cycle 10 conflicts
+    text = VADD.replace("@8 WRITE addr=16, n=4, s=E4", "@8 WRITE addr=16, n=4, s=E4\n@10 READ addr=0, n=1, s=W4")
+    h = hazard_of(text)
+    assert h.kind == "bank-conflict" and h.cycle == 10
+    # the same read from bank 1 (address 512 on tiny) is fine
+    ok = VADD.replace("@8 WRITE addr=16, n=4, s=E4", "@8 WRITE addr=16, n=4, s=E4\n@10 READ addr=600, n=1, s=W4")
+    with pytest.raises(HazardError) as e:  # but address 600 was never written
+        run(ok)
+    assert e.value.hazard.kind == "unwritten-read"
+
+
+def test_out_of_range_address():
+    text = VADD.replace("@3 READ addr=0, n=4, s=W0", "@3 READ addr=1030, n=4, s=W0")
+    h = hazard_of(text)
+    assert h.kind == "out-of-range" and "1030" in h.detail and "0..1023" in h.detail
+
+
+def test_unwritten_read():
+    text = VADD.replace("@3 READ addr=0, n=4, s=W0", "@3 READ addr=100, n=4, s=W0")
+    assert hazard_of(text).kind == "unwritten-read"
+
+
+MXM = """.chip tiny
+.tensor w const f16 [16, 16] planes=MEM_W0@0,MEM_W1@0 = [{w}]
+.tensor x const f16 [4, 16] planes=MEM_W2@0,MEM_W3@0 = [{x}]
+.queue MEM_W0
+@0 READ addr=0, n=16, s=W0
+.queue MEM_W1
+@1 READ addr=0, n=16, s=W1
+.queue MEM_W2
+@{rx} READ addr=0, n=4, s=W2
+.queue MEM_W3
+@{rx1} READ addr=0, n=4, s=W3
+.queue MXM_W0
+@6 IW.f16 buf=0, s=W0, n=16, clr=1
+@{tm} MATMUL.f16 buf=0, s=W2, n=4, acc=0, mode=0
+"""
+
+
+def mxm(tm: int, extra: str = "") -> str:
+    vals = ", ".join(["1"] * 256)
+    return MXM.format(w=vals, x=", ".join(["1"] * 64), rx=tm - 4, rx1=tm - 3, tm=tm) + extra
+
+
+def test_weights_not_ready():
+    assert run(mxm(23)).hazards == []
+    h = hazard_of(mxm(22))
+    assert h.kind == "weights-not-ready" and h.cycle == 22
+
+
+def test_weights_changed_during_matmul():
+    # a second install into buffer 0 while the MATMUL (compute port busy in 23..38) still uses it
+    text = mxm(23) + "@30 IW.f16 buf=0, s=W0, n=16, clr=1\n"
+    with pytest.raises(HazardError) as e:
+        run(text)
+    kinds = {e.value.hazard.kind}
+    r = run(text, strict=False)
+    kinds |= {h.kind for h in r.hazards}
+    assert "weights-changed" in kinds
+
+
+def test_read_of_unwritten_accumulator():
+    text = mxm(23).replace("mode=0", "mode=1")
+    assert hazard_of(text).kind == "unwritten-read"
+
+
+PAIR = """.system pair-tiny
+.tensor x const f32 [2, 16] planes=MEM_W0@0,MEM_W1@0,MEM_W2@0,MEM_W3@0 = [{vals}]
+.queue MEM_W0
+@3 READ addr=0, n=2, s=W0
+.queue MEM_W1
+@4 READ addr=0, n=2, s=W1
+.queue MEM_W2
+@5 READ addr=0, n=2, s=W2
+.queue MEM_W3
+@6 READ addr=0, n=2, s=W3
+.queue C2C0
+@{send} SEND.f32 s=W0, n=2
+.queue C2C0 chip=1
+@{recv} RECV.f32 d=E0, n=2
+"""
+
+
+def pair(send: int, recv: int) -> str:
+    return PAIR.format(vals=", ".join(str(i) for i in range(32)), send=send, recv=recv)
+
+
+def test_link_empty_when_receiving_too_early():
+    # plane k leaves MEM_Wk (position 6-k) L.mem_read = 1 cycle after its READ in 3+k: all reach
+    # C2C0 (position 0) in cycle 10;
+    # tiny links move 4 bytes per cycle: a 64-byte f32 vector takes cv = 16 cycles; latency 20
+    send = 10
+    arrive0 = send + 16 + 20
+    arrive1 = arrive0 + 16
+    assert run(pair(send, arrive1 - 1)).hazards == []  # vector 1 is taken in recv + 1 = arrive1
+    h = hazard_of(pair(send, arrive1 - 2))
+    assert h.kind == "link-empty" and h.chip == 1 and h.slice == "C2C0"
+
+
+def test_sync_needs_an_early_enough_notify():
+    base = ".system pair-tiny\n.queue ICU\n@0 NOTIFY id=3\n.queue ICU chip=1\n"
+    assert run(base + "@10 SYNC id=3\n").hazards == []  # tiny: icu.sync_latency = 10
+    h = hazard_of(base + "@9 SYNC id=3\n")
+    assert h.kind == "sync-early" and h.chip == 1
+
+
+def test_strict_error_message_counts_more_hazards():
+    text = VADD.replace("@5 ADD.f32", "@7 ADD.f32")
+    with pytest.raises(HazardError) as e:
+        run(text)
+    assert re.search(r"and \d+ more hazard", str(e.value))
