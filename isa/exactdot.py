@@ -120,9 +120,19 @@ Let ``u = 2**-53`` (float64 unit roundoff) and ``p_k = x[j, k] * w[k, c]``.
    matrices (float32 matmuls of 0/1 values count exactly).  All-zero rows / columns get
    their signed zeros from a sign-count matmul.
 
-``round_f64_to_f32_bits`` performs the final float64 -> float32 rounding; the
-float32-subnormal range is rounded with integer arithmetic, so even a process running
-with FTZ set gets IEEE gradual underflow.
+``round_f64_to_f32_bits`` performs the final float64 -> float32 rounding; zero and
+subnormal float32 results are recomputed with integer arithmetic, so even a process
+running with FTZ set gets IEEE gradual underflow.
+
+Public API
+==========
+
+* ``matmul_pass(x, w, *, stats=None)``: the pass; ``stats=PassStats()`` receives how many
+  elements each certificate / the fallback decided.
+* ``round_f64_to_f32_bits(v)`` / ``round_f64_to_f32(v)``: RNE float64 -> float32.
+* ``exact_dot_rows_f32_bits(xr, wc)``: the exact fallback on its own (row-wise dots).
+* ``matmul_pass_reference(x, w)`` and ``reference_round_fraction_to_f32(q)``: slow,
+  obviously-correct reference (Python integers / ``fractions.Fraction``), for tests.
 """
 
 from __future__ import annotations
@@ -171,7 +181,6 @@ _PRECISION: dict[np.dtype, tuple[int, int]] = {
 # exactness certificate: fl(rx*2**-gx * rw*2**-gw) <= this  =>  sum|p| < 2**(gx+gw+53)
 _EXACT_LIMIT = 2.0**53 * (1 - 2.0**-29)
 
-_F32_MIN_NORMAL = 2.0**-126
 _SCALE_SUBNORMAL = 2.0**149
 _FALLBACK_CHUNK_ELEMS = 1 << 21  # max rows*K float64 values per fallback chunk
 
@@ -215,10 +224,13 @@ def round_f64_to_f32_bits(v: F64Array) -> U32Array:
     v = np.asarray(v, dtype=np.float64)
     with np.errstate(over="ignore", under="ignore", invalid="ignore"):
         bits = v.astype(np.float32).view(np.uint32)
-        small = np.abs(v) < _F32_MIN_NORMAL
+    # Zero / subnormal float32 results (exponent field 0) are recomputed exactly.  With
+    # correct hardware rounding this is a no-op; with FTZ it repairs flushed results
+    # (a value rounding up to 2**-126 is not tiny after rounding and is never flushed).
+    small = (bits & np.uint32(0x7F800000)) == 0
     if small.any():
         vs = v[small]
-        # |vs| * 2**149 < 2**23 is exact (power-of-two scaling); np.rint is ties-to-even.
+        # |vs| * 2**149 <= 2**23 is exact (power-of-two scaling); np.rint is ties-to-even.
         mag = np.rint(np.abs(vs) * _SCALE_SUBNORMAL).astype(np.uint32)
         bits[small] = mag | (np.signbit(vs).astype(np.uint32) << np.uint32(31))
     return bits
@@ -254,8 +266,12 @@ def exact_dot_rows_f32_bits(xr: F64Array, wc: F64Array) -> tuple[U32Array, int]:
     """Exact ``RNE_f32(sum_k xr[i, k] * wc[i, k])`` for each row i, as float32 bits.
 
     ``xr`` and ``wc`` (shape (M, K), float64) must hold finite float32-representable
-    values (so that the products are exact).  Returns the bits and the number of rows
-    that needed the (rare) Fraction path."""
+    values (so that the products are exact; not checked).  Returns the bits and the
+    number of rows that needed the (rare) Fraction path."""
+    if xr.shape != wc.shape or xr.ndim != 2:
+        raise ValueError(f"need two (M, K) arrays, got {xr.shape} and {wc.shape}")
+    if not (np.isfinite(xr).all() and np.isfinite(wc).all()):
+        raise ValueError("exact_dot_rows_f32_bits needs finite inputs")
     M, K = xr.shape
     out = np.empty(M, dtype=np.uint32)
     if M == 0:
@@ -426,7 +442,7 @@ def _clean_nonfinite(a: F64Array, nsq: F64Array, axis: int) -> tuple[F64Array, n
     return a, bad
 
 
-def _granularity(a: F64Array, axis: int, prec: int, floor_exp: int) -> npt.NDArray[np.int64]:
+def _granularity(a: F64Array, axis: int, prec: int, floor_exp: int) -> npt.NDArray[np.int32]:
     """Per row (axis=1) / column (axis=0): g with every entry a multiple of 2**g.
 
     A non-zero v = f * 2**e (0.5 <= f < 1) with ``prec`` significant bits is a multiple of
@@ -436,8 +452,8 @@ def _granularity(a: F64Array, axis: int, prec: int, floor_exp: int) -> npt.NDArr
     mag[mag == 0] = np.inf
     amin = mag.min(axis=axis)
     amin[np.isinf(amin)] = 1.0
-    e = np.frexp(amin)[1].astype(np.int64)
-    return np.maximum(e - prec, floor_exp)
+    e = np.frexp(amin)[1].astype(np.int32)
+    return np.maximum(e - prec, floor_exp).astype(np.int32)
 
 
 def _matmul_float(
@@ -567,9 +583,9 @@ def reference_round_fraction_to_f32(q: Fraction) -> np.float32:
         return np.float32(-np.inf)
     with np.errstate(over="ignore"):
         a = np.float32(float(q))
-    if np.isinf(a):
-        a = np.float32(math.copysign(float(_F32_MAX), float(a)))
-    cands = [np.nextafter(a, np.float32(-np.inf)), a, np.nextafter(a, np.float32(np.inf))]
+        if np.isinf(a):
+            a = np.float32(math.copysign(float(_F32_MAX), float(a)))
+        cands = [np.nextafter(a, np.float32(-np.inf)), a, np.nextafter(a, np.float32(np.inf))]
     cands = [c for c in cands if np.isfinite(c)]
 
     def key(c: np.float32) -> tuple[Fraction, int]:
