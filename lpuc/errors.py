@@ -1,0 +1,13 @@
+"""Errors the compiler reports as one line (exit code 2)."""
+
+
+class CompileError(ValueError):
+    """The model cannot be compiled as given; the message says what to change."""
+
+
+class UnsupportedOp(CompileError):
+    """An ONNX op (or a form of it) the compiler does not lower."""
+
+
+class CapacityError(CompileError):
+    """The model does not fit the chip's SRAM."""

@@ -1,0 +1,118 @@
+"""The graph IR: ONNX semantics on a networkx graph.
+
+Values are tensors with static shapes; nodes are ONNX ops. The import pass builds it, the folding
+pass simplifies it, and the lowering pass turns it into chip primitives (``lpuc.prim``). Edges of
+``Graph.nx`` run from producer node to consumer node, so networkx answers the graph questions
+(topological order, reachability) and the IR stays small.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import networkx as nx
+import numpy as np
+
+
+@dataclass
+class Value:
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    const: np.ndarray | None = None  # known at compile time
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape)) if self.shape else 1
+
+
+@dataclass
+class Node:
+    name: str
+    op: str  # ONNX op_type
+    inputs: list[str]  # "" for an omitted optional input
+    outputs: list[str]
+    attrs: dict[str, Any] = field(default_factory=dict)
+    domain: str = ""
+
+
+class Graph:
+    def __init__(self) -> None:
+        self.values: dict[str, Value] = {}
+        self.nodes: dict[str, Node] = {}
+        self.inputs: list[str] = []
+        self.outputs: list[str] = []
+        self.opset = 0
+        self.nx = nx.DiGraph()
+        self._producer: dict[str, str] = {}
+        self._consumers: dict[str, set[str]] = {}
+
+    # ------------------------------------------------------------------------------ building
+    def add_value(self, v: Value) -> Value:
+        self.values[v.name] = v
+        return v
+
+    def add_node(self, node: Node) -> Node:
+        if node.name in self.nodes:
+            raise ValueError(f"duplicate node name {node.name}")
+        self.nodes[node.name] = node
+        self.nx.add_node(node.name)
+        for o in node.outputs:
+            if o:
+                self._producer[o] = node.name
+        for i in node.inputs:
+            if not i:
+                continue
+            self._consumers.setdefault(i, set()).add(node.name)
+            p = self._producer.get(i)
+            if p is not None:
+                self.nx.add_edge(p, node.name)
+        for o in node.outputs:  # consumers added before their producer (unsorted input)
+            for c in self._consumers.get(o, ()):
+                if c != node.name:
+                    self.nx.add_edge(node.name, c)
+        return node
+
+    def remove_node(self, name: str) -> None:
+        node = self.nodes.pop(name)
+        for i in node.inputs:
+            self._consumers.get(i, set()).discard(name)
+        for o in node.outputs:
+            if self._producer.get(o) == name:
+                del self._producer[o]
+        self.nx.remove_node(name)
+
+    def replace_uses(self, old: str, new: str) -> None:
+        """Every consumer of value ``old`` (and the graph outputs) uses ``new`` instead."""
+        for cname in sorted(self._consumers.pop(old, set())):
+            node = self.nodes[cname]
+            node.inputs = [new if i == old else i for i in node.inputs]
+            self._consumers.setdefault(new, set()).add(cname)
+            p = self._producer.get(new)
+            if p is not None:
+                self.nx.add_edge(p, cname)
+            q = self._producer.get(old)
+            if q is not None and self.nx.has_edge(q, cname) \
+                    and not any(o in node.inputs for o in self.nodes[q].outputs):
+                self.nx.remove_edge(q, cname)
+        self.outputs = [new if o == old else o for o in self.outputs]
+
+    # ------------------------------------------------------------------------------ queries
+    def producer(self, value: str) -> Node | None:
+        p = self._producer.get(value)
+        return self.nodes[p] if p is not None else None
+
+    def consumers(self, value: str) -> list[Node]:
+        return [self.nodes[c] for c in sorted(self._consumers.get(value, ()))]
+
+    def topo(self) -> Iterator[Node]:
+        order = {name: i for i, name in enumerate(self.nodes)}
+        for name in nx.lexicographical_topological_sort(self.nx, key=lambda n: order[n]):
+            yield self.nodes[name]
+
+    def value(self, name: str) -> Value:
+        return self.values[name]
+
+    def is_const(self, name: str) -> bool:
+        return name != "" and self.values[name].const is not None

@@ -1,0 +1,467 @@
+"""One lowering function per ONNX op, named after the op.
+
+Each function reads its node's inputs through the lowering context ``lw`` (``lpuc.passes.lower``),
+emits chip primitives and binds its outputs. Pure data-movement ops compute *where every output
+element comes from* by applying the op to an array of element indices with numpy, and hand that map
+to ``lw.move``, which picks the cheapest chip primitive (a view, a row copy, an SXM transpose or a
+lane relayout).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+
+from lpuc.errors import CompileError
+from lpuc.ir import Node
+from lpuc.passes.lower import Lowering, chip_dtype
+from lpuc.prim import Imm, Tensor
+
+OPS: dict[str, Callable[[Lowering, Node], None]] = {}
+
+
+def op(fn: Callable[[Lowering, Node], None]) -> Callable[[Lowering, Node], None]:
+    OPS[fn.__name__] = fn
+    return fn
+
+
+def _out(lw: Lowering, node: Node, t: Tensor, k: int = 0) -> None:
+    shape = lw.shape(node.outputs[k])
+    if tuple(t.shape) != tuple(shape):
+        if int(np.prod(t.shape)) != int(np.prod(shape)):
+            raise CompileError(f"{lw.where}: computed shape {list(t.shape)}, the model says {list(shape)}")
+        t = lw.move(t, np.arange(int(np.prod(shape))), shape)
+    lw.bind(node.outputs[k], t)
+
+
+def _idx(shape: tuple[int, ...], base: int = 0) -> np.ndarray:
+    return base + np.arange(int(np.prod(shape)), dtype=np.int64).reshape(shape)
+
+
+def _axis(axis: int, rank: int) -> int:
+    return axis + rank if axis < 0 else axis
+
+
+def _float_type(lw: Lowering, name: str) -> str:
+    return chip_dtype(lw.g.values[name].dtype, lw.where)
+
+
+# ================================================================================================
+# elementwise arithmetic
+# ================================================================================================
+def _binary(mnemonic: str) -> Callable[[Lowering, Node], None]:
+    def lower_binary(lw: Lowering, node: Node) -> None:
+        dt = _float_type(lw, node.inputs[0])
+        a, b = (lw.operand(i, dt) for i in node.inputs[:2])
+        if isinstance(a, Imm):  # keep the tensor first; SUB/DIV need the operand order
+            if mnemonic in ("ADD", "MUL", "MAX", "MIN", "EQ", "AND", "OR", "XOR"):
+                a, b = b, a
+            else:
+                a = lw.tensor(node.inputs[0])
+        _out(lw, node, lw.ewise(mnemonic, [a, b], dt, out_dtype=_float_type(lw, node.outputs[0])))
+
+    return lower_binary
+
+
+for _name, _m in {"Add": "ADD", "Sub": "SUB", "Mul": "MUL", "Div": "DIV", "Max": "MAX", "Min": "MIN",
+                  "Equal": "EQ", "Less": "LT", "Greater": "GT", "LessOrEqual": "LE",
+                  "GreaterOrEqual": "GE", "And": "AND", "Or": "OR", "Xor": "XOR"}.items():
+    _fn = _binary(_m)
+    _fn.__name__ = _name
+    OPS[_name] = _fn
+
+
+def _unary(mnemonic: str) -> Callable[[Lowering, Node], None]:
+    def lower_unary(lw: Lowering, node: Node) -> None:
+        dt = _float_type(lw, node.inputs[0])
+        t = lw.tensor(node.inputs[0])
+        _out(lw, node, lw.ewise(mnemonic, [t], dt, out_dtype=_float_type(lw, node.outputs[0])))
+
+    return lower_unary
+
+
+for _name, _m in {"Sqrt": "SQRT", "Reciprocal": "RECIP", "Neg": "NEG", "Exp": "EXP", "Log": "LOG",
+                  "Tanh": "TANH", "Erf": "ERF", "Sigmoid": "SIGMOID", "Relu": "RELU", "Abs": "ABS",
+                  "IsNaN": "ISNAN"}.items():
+    _fn = _unary(_m)
+    _fn.__name__ = _name
+    OPS[_name] = _fn
+
+
+@op
+def Not(lw: Lowering, node: Node) -> None:
+    _out(lw, node, lw.ewise("XOR", [lw.tensor(node.inputs[0]), Imm(1)], "u8"))
+
+
+@op
+def Pow(lw: Lowering, node: Node) -> None:
+    x = lw.tensor(node.inputs[0])
+    e = lw.const(node.inputs[1])
+    if e is None or e.size != 1:
+        y = lw.operand(node.inputs[1], x.dtype)
+        _out(lw, node, lw.ewise("EXP", [lw.ewise("MUL", [lw.ewise("LOG", [x]), y])]))
+        return
+    p = float(e.reshape(()))
+    if p == 1:
+        _out(lw, node, lw.ewise("MOV", [x]))
+    elif p == 2:
+        _out(lw, node, lw.ewise("MUL", [x, x]))
+    elif p == 3:
+        _out(lw, node, lw.ewise("MUL", [lw.ewise("MUL", [x, x]), x]))
+    elif p == 0.5:
+        _out(lw, node, lw.ewise("SQRT", [x]))
+    elif p == -0.5:
+        _out(lw, node, lw.ewise("RSQRT", [x]))
+    elif p == -1:
+        _out(lw, node, lw.ewise("RECIP", [x]))
+    else:  # x^p = exp(p * log x): exact semantics differ from libm pow for x <= 0 (nan)
+        _out(lw, node, lw.ewise("EXP", [lw.ewise("MUL", [lw.ewise("LOG", [x]), Imm(p)])]))
+
+
+@op
+def Gelu(lw: Lowering, node: Node) -> None:
+    x = lw.tensor(node.inputs[0])
+    if node.attrs.get("approximate", b"none") in (b"tanh", "tanh"):
+        # 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+        x3 = lw.ewise("MUL", [lw.ewise("MUL", [x, x]), x])
+        inner = lw.ewise("MUL", [lw.ewise("ADD", [x, lw.ewise("MUL", [x3, Imm(0.044715)])]),
+                                 Imm(math.sqrt(2 / math.pi))])
+        t = lw.ewise("ADD", [lw.ewise("TANH", [inner]), Imm(1.0)])
+    else:  # 0.5 x (1 + erf(x / sqrt 2))
+        t = lw.ewise("ADD", [lw.ewise("ERF", [lw.ewise("MUL", [x, Imm(1 / math.sqrt(2))])]), Imm(1.0)])
+    _out(lw, node, lw.ewise("MUL", [lw.ewise("MUL", [x, Imm(0.5)]), t]))
+
+
+@op
+def Where(lw: Lowering, node: Node) -> None:
+    dt = _float_type(lw, node.outputs[0])
+    c = lw.tensor(node.inputs[0])
+    a = lw.operand(node.inputs[1], dt)
+    b = lw.operand(node.inputs[2], dt)
+    if isinstance(a, Imm):  # SELECT takes a stream for a: swap and invert the condition
+        if isinstance(b, Imm):
+            b = lw.tensor(node.inputs[2])
+        c = lw.ewise("XOR", [c, Imm(1)], "u8")
+        a, b = b, a
+    shape = lw.shape(node.outputs[0])
+    _out(lw, node, lw.ewise("SELECT", [c, a, b], dt, shape=shape))
+
+
+@op
+def Cast(lw: Lowering, node: Node) -> None:
+    x = lw.tensor(node.inputs[0])
+    to_np = lw.g.values[node.outputs[0]].dtype
+    to = chip_dtype(to_np, lw.where)
+    if to_np == np.bool_:
+        _out(lw, node, lw.ewise("NE", [x, Imm(0)], x.dtype, out_dtype="u8"))
+    else:
+        _out(lw, node, lw.convert(x, to))
+
+
+# ================================================================================================
+# reductions and normalisations (last axis)
+# ================================================================================================
+def _reduce_axes(lw: Lowering, node: Node) -> list[int]:
+    rank = len(lw.shape(node.inputs[0]))
+    axes = node.attrs.get("axes")
+    if axes is None and len(node.inputs) > 1 and node.inputs[1]:
+        c = lw.const(node.inputs[1])
+        if c is None:
+            raise lw.unsupported("reduction axes must be constant")
+        axes = c.tolist()
+    if axes is None or len(axes) == 0:
+        if node.attrs.get("noop_with_empty_axes", 0):
+            return []
+        axes = list(range(rank))
+    return sorted(_axis(int(a), rank) for a in axes)
+
+
+def _reduce(lw: Lowering, node: Node, kind: str) -> None:
+    x = lw.tensor(node.inputs[0])
+    rank = len(x.shape)
+    axes = _reduce_axes(lw, node)
+    if not axes:
+        _out(lw, node, lw.ewise("MOV", [x]))
+        return
+    # bring the reduced axes last (a relayout), then reduce them as one axis
+    keep = [a for a in range(rank) if a not in axes]
+    if axes != list(range(rank - len(axes), rank)):
+        perm = keep + axes
+        idx = np.transpose(_idx(x.shape), perm)
+        x = lw.move(x, idx, idx.shape)
+    flat = x.shape[: len(keep)] + (int(np.prod([lw.shape(node.inputs[0])[a] for a in axes])),)
+    if flat != x.shape:
+        x = lw.move(x, _idx(flat), flat)
+    r = lw.reduce_last("sum" if kind == "mean" else kind, x)
+    if kind == "mean":
+        r = lw.ewise("MUL", [r, Imm(1.0 / flat[-1])]) if flat[-1] & (flat[-1] - 1) == 0 else \
+            lw.ewise("DIV", [r, Imm(float(flat[-1]))])
+    _out(lw, node, r)
+
+
+@op
+def ReduceSum(lw: Lowering, node: Node) -> None:
+    _reduce(lw, node, "sum")
+
+
+@op
+def ReduceMean(lw: Lowering, node: Node) -> None:
+    _reduce(lw, node, "mean")
+
+
+@op
+def ReduceMax(lw: Lowering, node: Node) -> None:
+    _reduce(lw, node, "max")
+
+
+@op
+def ReduceMin(lw: Lowering, node: Node) -> None:
+    _reduce(lw, node, "min")
+
+
+def _last_axis(lw: Lowering, node: Node, default: int) -> None:
+    rank = len(lw.shape(node.inputs[0]))
+    if _axis(node.attrs.get("axis", default), rank) != rank - 1:
+        raise lw.unsupported(f"only the last axis is supported (axis={node.attrs.get('axis', default)})")
+
+
+@op
+def Softmax(lw: Lowering, node: Node) -> None:
+    _last_axis(lw, node, -1)
+    x = lw.tensor(node.inputs[0])
+    m = lw.reduce_last("max", x)
+    e = lw.ewise("EXP", [lw.ewise("SUB", [x, m])])
+    s = lw.reduce_last("sum", e)
+    _out(lw, node, lw.ewise("DIV", [e, s]))
+
+
+@op
+def LayerNormalization(lw: Lowering, node: Node) -> None:
+    _last_axis(lw, node, -1)
+    if len([o for o in node.outputs if o]) > 1:
+        raise lw.unsupported("the Mean and InvStdDev outputs are not supported")
+    x = lw.tensor(node.inputs[0])
+    d = x.last
+    eps = float(node.attrs.get("epsilon", 1e-5))
+    mean = lw.ewise("DIV", [lw.reduce_last("sum", x), Imm(float(d))])
+    xc = lw.ewise("SUB", [x, mean])
+    var = lw.ewise("DIV", [lw.reduce_last("sum", lw.ewise("MUL", [xc, xc])), Imm(float(d))])
+    inv = lw.ewise("RSQRT", [lw.ewise("ADD", [var, Imm(eps)])])
+    y = lw.ewise("MUL", [xc, inv])
+    y = _affine(lw, y, node.inputs[1], node.inputs[2] if len(node.inputs) > 2 else "")
+    _out(lw, node, y)
+
+
+@op
+def RMSNormalization(lw: Lowering, node: Node) -> None:
+    _last_axis(lw, node, -1)
+    x = lw.tensor(node.inputs[0])
+    eps = float(node.attrs.get("epsilon", 1e-5))
+    ms = lw.ewise("DIV", [lw.reduce_last("sum", lw.ewise("MUL", [x, x])), Imm(float(x.last))])
+    y = lw.ewise("MUL", [x, lw.ewise("RSQRT", [lw.ewise("ADD", [ms, Imm(eps)])])])
+    _out(lw, node, _affine(lw, y, node.inputs[1], ""))
+
+
+def _affine(lw: Lowering, y: Tensor, scale: str, bias: str) -> Tensor:
+    if scale:
+        y = lw.ewise("MUL", [y, lw.operand(scale, y.dtype)])
+    if bias:
+        y = lw.ewise("ADD", [y, lw.operand(bias, y.dtype)])
+    return y
+
+
+# ================================================================================================
+# matrix products
+# ================================================================================================
+@op
+def MatMul(lw: Lowering, node: Node) -> None:
+    a_name, b_name = node.inputs
+    a = lw.tensor(a_name)
+    tb = False
+    prod = lw.g.producer(b_name)
+    bshape = lw.shape(b_name)
+    if prod is not None and prod.op == "Transpose" and len(bshape) >= 2:
+        r = len(bshape)
+        perm = list(prod.attrs.get("perm", list(range(r))[::-1]))
+        if perm == list(range(r - 2)) + [r - 1, r - 2]:
+            b = lw.tensor(prod.inputs[0])  # install the untransposed rows as columns
+            tb = True
+    if not tb:
+        b = lw.tensor(b_name)
+    if len(a.shape) == 1:
+        a = lw.view(a, (1, a.shape[0]))
+    if len(bshape) == 1:
+        b = lw.view(b, (b.shape[0], 1))
+    _out(lw, node, lw.matmul(a, b, tb))
+
+
+@op
+def Gemm(lw: Lowering, node: Node) -> None:
+    alpha = float(node.attrs.get("alpha", 1.0))
+    beta = float(node.attrs.get("beta", 1.0))
+    a = lw.tensor(node.inputs[0])
+    if node.attrs.get("transA", 0):
+        a = lw.move(a, _idx(a.shape).T, a.shape[::-1])
+    b = lw.tensor(node.inputs[1])
+    y = lw.matmul(a, b, tb=bool(node.attrs.get("transB", 0)))
+    if alpha != 1.0:
+        y = lw.ewise("MUL", [y, Imm(alpha)])
+    if len(node.inputs) > 2 and node.inputs[2]:
+        c = lw.operand(node.inputs[2], "f32")
+        if beta != 1.0:
+            c = Imm(c.value * beta) if isinstance(c, Imm) else lw.ewise("MUL", [c, Imm(beta)])
+        y = lw.ewise("ADD", [y, c])
+    _out(lw, node, y)
+
+
+# ================================================================================================
+# data movement
+# ================================================================================================
+def _move(lw: Lowering, node: Node, idx: np.ndarray, k: int = 0) -> None:
+    x = lw.tensor(node.inputs[0])
+    shape = lw.shape(node.outputs[k])
+    lw.bind(node.outputs[k], lw.move(x, np.asarray(idx).reshape(shape), shape))
+
+
+@op
+def Reshape(lw: Lowering, node: Node) -> None:
+    _move(lw, node, _idx(lw.shape(node.inputs[0])))
+
+
+@op
+def Flatten(lw: Lowering, node: Node) -> None:
+    _move(lw, node, _idx(lw.shape(node.inputs[0])))
+
+
+@op
+def Squeeze(lw: Lowering, node: Node) -> None:
+    _move(lw, node, _idx(lw.shape(node.inputs[0])))
+
+
+@op
+def Unsqueeze(lw: Lowering, node: Node) -> None:
+    _move(lw, node, _idx(lw.shape(node.inputs[0])))
+
+
+@op
+def Identity(lw: Lowering, node: Node) -> None:
+    _out(lw, node, lw.ewise("MOV", [lw.tensor(node.inputs[0])]))
+
+
+@op
+def Transpose(lw: Lowering, node: Node) -> None:
+    shape = lw.shape(node.inputs[0])
+    perm = node.attrs.get("perm", list(range(len(shape)))[::-1])
+    _move(lw, node, np.transpose(_idx(shape), perm))
+
+
+@op
+def Expand(lw: Lowering, node: Node) -> None:
+    shape = lw.shape(node.outputs[0])
+    _move(lw, node, np.broadcast_to(_idx(lw.shape(node.inputs[0])), shape))
+
+
+def _const_input(lw: Lowering, node: Node, k: int, what: str) -> np.ndarray:
+    c = lw.const(node.inputs[k]) if len(node.inputs) > k and node.inputs[k] else None
+    if c is None:
+        raise lw.unsupported(f"{what} must be a compile-time constant")
+    return c
+
+
+@op
+def Slice(lw: Lowering, node: Node) -> None:
+    shape = lw.shape(node.inputs[0])
+    starts = _const_input(lw, node, 1, "starts")
+    ends = _const_input(lw, node, 2, "ends")
+    axes = lw.const(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] else np.arange(len(starts))
+    steps = lw.const(node.inputs[4]) if len(node.inputs) > 4 and node.inputs[4] else np.ones(len(starts), np.int64)
+    sl = [slice(None)] * len(shape)
+    for s, e, a, st in zip(starts, ends, axes, steps):
+        sl[_axis(int(a), len(shape))] = slice(int(s), int(e), int(st))
+    _move(lw, node, _idx(shape)[tuple(sl)])
+
+
+@op
+def Split(lw: Lowering, node: Node) -> None:
+    shape = lw.shape(node.inputs[0])
+    axis = _axis(node.attrs.get("axis", 0), len(shape))
+    sizes = [lw.shape(o)[axis] for o in node.outputs]
+    idx = _idx(shape)
+    start = 0
+    for k, n in enumerate(sizes):
+        sl = [slice(None)] * len(shape)
+        sl[axis] = slice(start, start + n)
+        _move(lw, node, idx[tuple(sl)], k)
+        start += n
+
+
+@op
+def Concat(lw: Lowering, node: Node) -> None:
+    axis = node.attrs["axis"]
+    parts = [lw.tensor(i) for i in node.inputs if i]
+    dt = _float_type(lw, node.outputs[0])
+    parts = [lw.convert(p, dt) for p in parts]
+    shape = lw.shape(node.outputs[0])
+    # concatenate the inputs' index spaces: input k's elements follow input k-1's
+    base, idxs = 0, []
+    for p in parts:
+        idxs.append(_idx(p.shape, base))
+        base += int(np.prod(p.shape))
+    index = np.concatenate(idxs, axis=_axis(axis, len(shape)))
+    lw.bind(node.outputs[0], lw.move_many(parts, index, shape))
+
+
+@op
+def Gather(lw: Lowering, node: Node) -> None:
+    data_shape = lw.shape(node.inputs[0])
+    axis = _axis(node.attrs.get("axis", 0), len(data_shape))
+    ind = lw.const(node.inputs[1])
+    if ind is not None:
+        ind = np.where(ind < 0, ind + data_shape[axis], ind)
+        _move(lw, node, np.take(_idx(data_shape), ind, axis=axis))
+        return
+    if axis != 0 or len(data_shape) != 2:
+        raise lw.unsupported("a Gather with computed indices must pick rows (axis 0) of a 2-D table")
+    table = lw.tensor(node.inputs[0])
+    ids = lw.tensor(node.inputs[1])
+    ids = lw.convert(ids, "i32")
+    n = int(np.prod(ids.shape))
+    flat = lw.move(ids, np.arange(n), (n,)) if ids.shape != (n,) else ids
+    out = lw.temp(table.dtype, (n, data_shape[1]))
+    lw.pg.add("gather", [table, flat], out, node.name)
+    _out(lw, node, out)
+
+
+@op
+def GatherElements(lw: Lowering, node: Node) -> None:
+    shape = lw.shape(node.inputs[0])
+    ind = _const_input(lw, node, 1, "indices")
+    axis = _axis(node.attrs.get("axis", 0), len(shape))
+    ind = np.where(ind < 0, ind + shape[axis], ind)
+    _move(lw, node, np.take_along_axis(_idx(shape), ind, axis=axis))
+
+
+@op
+def Trilu(lw: Lowering, node: Node) -> None:
+    x = lw.tensor(node.inputs[0])
+    k = int(lw.const(node.inputs[1]).reshape(())) if len(node.inputs) > 1 and node.inputs[1] else 0
+    rows, cols = x.shape[-2:]
+    keep = np.tril(np.ones((rows, cols), bool), k) if not node.attrs.get("upper", 1) else \
+        np.triu(np.ones((rows, cols), bool), k)
+    mask = lw.pg.const(f"{node.name}.mask", np.broadcast_to(keep, x.shape).astype(np.uint8), "u8")
+    _out(lw, node, lw.ewise("SELECT", [mask, x, Imm(0)], x.dtype))
+
+
+@op
+def Dropout(lw: Lowering, node: Node) -> None:
+    _out(lw, node, lw.ewise("MOV", [lw.tensor(node.inputs[0])]))
+
+
+for _name in ("Constant", "ConstantOfShape", "Range", "Shape", "Size"):  # folded at compile time
+    def _folded(lw: Lowering, node: Node, _n: str = _name) -> None:
+        raise lw.unsupported(f"{_n} with inputs computed on the chip cannot be lowered")
+
+    _folded.__name__ = _name
+    OPS[_name] = _folded

@@ -1,0 +1,96 @@
+"""Pass 2 -- fold: evaluate everything known at compile time, drop no-ops and dead nodes.
+
+Exports carry a lot of shape arithmetic (Shape -> Gather -> Concat -> Reshape, Range, masks built
+with Trilu/Where on constants). With static shapes all of it is constant: ``Shape`` becomes the
+shape, and any node whose inputs are all constant is evaluated by onnx's reference evaluator.
+Identity, Dropout (inference) and Casts to the same type are removed. What remains runs on the chip.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper
+from onnx.reference import ReferenceEvaluator
+
+from lpuc.errors import CompileError
+from lpuc.ir import Graph, Node
+
+#: ops never evaluated at compile time even with constant inputs (non-deterministic)
+_NO_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
+#: constant results larger than this many elements stay on the chip when an input is not constant
+#: anyway; with all-constant inputs the result is folded whatever its size (it becomes SRAM data)
+
+
+def _evaluate(node: Node, g: Graph) -> list[np.ndarray]:
+    inputs = [i for i in node.inputs]
+    feeds = {f"in{k}": g.values[i].const for k, i in enumerate(inputs) if i}
+    names = [f"in{k}" if i else "" for k, i in enumerate(inputs)]
+    outs = [f"out{k}" for k in range(len(node.outputs))]
+    onode = helper.make_node(node.op, names, outs, domain=node.domain or None, **node.attrs)
+    graph = helper.make_graph(
+        [onode], "fold",
+        [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(feeds[n].dtype), feeds[n].shape)
+         for n in names if n],
+        [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in outs])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", g.opset)])
+    try:
+        res = ReferenceEvaluator(model).run(None, feeds)
+    except Exception as e:
+        raise CompileError(f"node {node.name} ({node.op}): constant folding failed: {e}") from None
+    return [np.asarray(r) for r in res]
+
+
+def fold_constants(g: Graph) -> Graph:
+    for node in list(g.topo()):
+        outs = [o for o in node.outputs if o]
+        if node.op == "Constant":
+            (res,) = _evaluate(node, g) if node.attrs else ([],)
+            g.values[outs[0]].const = res.astype(g.values[outs[0]].dtype)
+            g.remove_node(node.name)
+            continue
+        if node.op == "Shape" and node.domain in ("", "ai.onnx"):
+            shape = np.array(g.values[node.inputs[0]].shape, dtype=np.int64)
+            start, end = node.attrs.get("start", 0), node.attrs.get("end", None)
+            g.values[outs[0]].const = shape[start:end]
+            g.remove_node(node.name)
+            continue
+        if node.op == "Size":
+            g.values[outs[0]].const = np.array(g.values[node.inputs[0]].size, dtype=np.int64)
+            g.remove_node(node.name)
+            continue
+        if _is_noop(node, g) and not (set(outs) & set(g.outputs)):
+            g.replace_uses(outs[0], node.inputs[0])
+            g.remove_node(node.name)
+            continue
+        if node.op not in _NO_FOLD and all(g.is_const(i) for i in node.inputs if i) and node.inputs:
+            for o, r in zip(node.outputs, _evaluate(node, g)):
+                if o:
+                    v = g.values[o]
+                    v.const = np.asarray(r, dtype=v.dtype).reshape(v.shape)
+            g.remove_node(node.name)
+    _dead_code(g)
+    return g
+
+
+def _is_noop(node: Node, g: Graph) -> bool:
+    if node.op == "Identity":
+        return True
+    if node.op == "Dropout":
+        return len([o for o in node.outputs if o]) == 1
+    if node.op == "Cast":
+        return g.values[node.inputs[0]].dtype == g.values[node.outputs[0]].dtype
+    if node.op in ("Reshape", "Squeeze", "Unsqueeze", "Flatten", "Expand"):
+        return g.values[node.inputs[0]].shape == g.values[node.outputs[0]].shape
+    return False
+
+
+def _dead_code(g: Graph) -> None:
+    needed = set(g.outputs)
+    for node in reversed(list(g.topo())):
+        if any(o in needed for o in node.outputs):
+            needed.update(i for i in node.inputs if i)
+        else:
+            g.remove_node(node.name)
+    for name in [n for n, v in g.values.items() if v.const is not None and n not in needed]:
+        del g.values[name]

@@ -1,0 +1,128 @@
+"""Pass 1 -- import: an ONNX file (with external data) -> the graph IR with static shapes.
+
+Uses what onnx provides: the loader (external data included), the checker and shape inference with
+data propagation. The only change made to the model is fixing dynamic input dimensions to the
+values given with ``--input-shape``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper, shape_inference
+
+from lpuc.errors import CompileError
+from lpuc.ir import Graph, Node, Value
+
+MIN_OPSET = 17
+
+
+def _dims(vi: onnx.ValueInfoProto) -> list[int | str]:
+    t = vi.type.tensor_type
+    if not t.HasField("shape"):
+        return []
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim]
+
+
+def load_model(path: str | Path) -> onnx.ModelProto:
+    path = Path(path)
+    if not path.is_file():
+        raise CompileError(f"{path}: no such file")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf raises its own DecodeError types
+        raise CompileError(f"{path}: not a valid ONNX model ({type(e).__name__}); export it again") from None
+    try:
+        onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
+    except FileNotFoundError as e:
+        raise CompileError(f"{path}: external data file {Path(e.filename).name} is missing; keep it next "
+                           f"to the model") from None
+    except Exception as e:
+        raise CompileError(f"{path}: cannot load external data ({e})") from None
+    return model
+
+
+def fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> None:
+    inits = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    names = [i.name for i in inputs]
+    unknown = sorted(set(shapes) - set(names))
+    if unknown:
+        raise CompileError(f"--input-shape names unknown input(s) {', '.join(unknown)}; the model's inputs are "
+                           f"{', '.join(names)}")
+    for vi in inputs:
+        dims = _dims(vi)
+        if vi.name in shapes:
+            want = shapes[vi.name]
+            if len(want) != len(dims):
+                raise CompileError(f"--input-shape {vi.name}: the input has {len(dims)} dims {dims}, "
+                                   f"{len(want)} given")
+            for k, (d, w) in enumerate(zip(dims, want)):
+                if isinstance(d, int) and d > 0 and d != w:
+                    raise CompileError(f"--input-shape {vi.name}: dim {k} is fixed to {d} in the model, {w} given")
+            shape = vi.type.tensor_type.shape
+            for k, w in enumerate(want):
+                shape.dim[k].Clear()
+                shape.dim[k].dim_value = int(w)
+            continue
+        for k, d in enumerate(dims):
+            if not isinstance(d, int) or d <= 0:
+                example = "x".join(str(x) if isinstance(x, int) and x > 0 else "N" for x in dims)
+                raise CompileError(f"input '{vi.name}' has dynamic dim {k} ('{d}'); fix it with "
+                                   f"--input-shape {vi.name}={example}")
+
+
+def import_onnx(path: str | Path, input_shapes: dict[str, tuple[int, ...]] | None = None) -> Graph:
+    model = load_model(path)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < MIN_OPSET:
+        raise CompileError(f"{path}: opset {opset}; lpuc needs opset {MIN_OPSET} or newer (re-export with "
+                           f"opset_version={MIN_OPSET}+, or convert with onnx.version_converter)")
+    if opset > onnx.defs.onnx_opset_version():
+        raise CompileError(f"{path}: opset {opset} is newer than this onnx ({onnx.defs.onnx_opset_version()})")
+    fix_input_shapes(model, input_shapes or {})
+    try:
+        onnx.checker.check_model(model)
+        model = shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CompileError(f"{path}: the model is invalid: {first}") from None
+    return to_graph(model, opset)
+
+
+def to_graph(model: onnx.ModelProto, opset: int) -> Graph:
+    g = Graph()
+    g.opset = opset
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    for vi in list(graph.input) + list(graph.value_info) + list(graph.output):
+        if vi.name in g.values or vi.name in inits:
+            continue
+        tt = vi.type.tensor_type
+        if not vi.type.HasField("tensor_type") or not tt.HasField("shape"):
+            raise CompileError(f"value '{vi.name}' has no static tensor shape after shape inference")
+        dims = _dims(vi)
+        if any(not isinstance(d, int) or d <= 0 for d in dims):
+            if any(d == 0 for d in dims):
+                raise CompileError(f"value '{vi.name}' has an empty dimension {dims}; empty tensors are not supported")
+            raise CompileError(f"value '{vi.name}' has a dimension shape inference could not resolve ({dims}); "
+                               f"fix the inputs' shapes with --input-shape")
+        g.add_value(Value(vi.name, tuple(int(d) for d in dims), np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))))
+    for name, init in inits.items():
+        arr = numpy_helper.to_array(init)
+        g.add_value(Value(name, tuple(arr.shape), arr.dtype, arr))
+    inputs = [i.name for i in graph.input if i.name not in inits]
+    g.inputs = inputs
+    g.outputs = [o.name for o in graph.output]
+    for k, n in enumerate(graph.node):
+        name = n.name or f"{n.op_type}_{k}"
+        while name in g.nodes:
+            name += "_"
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        for o in n.output:
+            if o and o not in g.values:
+                raise CompileError(f"node {name} ({n.op_type}): shape inference gave no shape for output '{o}'")
+        g.add_node(Node(name, n.op_type, list(n.input), list(n.output), attrs, n.domain))
+    return g

@@ -1,0 +1,284 @@
+"""Pass 3 -- lower: ONNX graph IR -> chip primitives (``lpuc.prim``).
+
+The per-op functions live in ``lpuc/ops/onnx_ops.py``, one function per ONNX op, named after it.
+This module holds the context they share: mapping ONNX values to chip tensors, choosing chip
+dtypes, and small builders (elementwise ops with broadcasting, reductions, conversions) that the op
+functions compose.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from isa.config import ChipConfig
+from lpuc.errors import CompileError, UnsupportedOp
+from lpuc.ir import Graph, Node
+from lpuc.prim import Imm, Operand, PrimGraph, Tensor
+
+#: ONNX numpy dtype -> chip dtype
+CHIP_DTYPE = {
+    np.dtype(np.float32): "f32", np.dtype(np.float16): "f16", np.dtype(np.int64): "i32",
+    np.dtype(np.int32): "i32", np.dtype(np.bool_): "u8", np.dtype(np.int8): "i8", np.dtype(np.uint8): "u8",
+}
+try:
+    import ml_dtypes
+
+    CHIP_DTYPE[np.dtype(ml_dtypes.bfloat16)] = "bf16"
+except ImportError:  # pragma: no cover
+    pass
+
+PRECISIONS = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}
+
+
+def chip_dtype(dt: np.dtype, what: str) -> str:
+    try:
+        return CHIP_DTYPE[np.dtype(dt)]
+    except KeyError:
+        raise UnsupportedOp(f"{what}: dtype {dt} has no chip type (supported: float32, float16, bfloat16, "
+                            f"int64/int32 as i32, int8, uint8, bool)") from None
+
+
+class Lowering:
+    """State shared by the per-op lowering functions."""
+
+    def __init__(self, g: Graph, chip: ChipConfig, precision: str):
+        self.g = g
+        self.chip = chip
+        self.lanes = chip.lanes
+        self.mxm_dtype = PRECISIONS[precision]
+        self.pg = PrimGraph()
+        self.env: dict[str, Tensor] = {}
+        self.node: Node | None = None
+        self._n = 0
+
+    # ------------------------------------------------------------------------------ values
+    def const(self, name: str) -> np.ndarray | None:
+        v = self.g.values.get(name) if name else None
+        return None if v is None else v.const
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.g.values[name].shape
+
+    def tensor(self, name: str, splat: bool = False) -> Tensor:
+        """The chip tensor of ONNX value ``name`` (constants become SRAM constants on first use)."""
+        t = self.env.get(name)
+        if t is not None:
+            return t
+        v = self.g.values[name]
+        if v.const is None:
+            raise CompileError(f"value '{name}' is used before it is computed")
+        dt = chip_dtype(v.dtype, f"constant '{name}'")
+        t = self.pg.const(name, v.const, dt)
+        self.env[name] = t
+        return t
+
+    def operand(self, name: str, dtype: str) -> Operand:
+        """A tensor, or an immediate if the value is a constant with a single element."""
+        c = self.const(name)
+        if c is not None and c.size == 1:
+            return Imm(c.reshape(()).item())
+        t = self.tensor(name)
+        if t.dtype != dtype:
+            t = self.convert(t, dtype)
+        return t
+
+    def bind(self, name: str, t: Tensor) -> Tensor:
+        self.env[name] = t
+        return t
+
+    def temp(self, dtype: str, shape: tuple[int, ...], splat: bool = False, hint: str = "t") -> Tensor:
+        self._n += 1
+        return self.pg.tensor(f"{hint}{self._n}", dtype, shape, splat=splat)
+
+    @property
+    def where(self) -> str:
+        return f"node {self.node.name} ({self.node.op})" if self.node else "lowering"
+
+    def unsupported(self, what: str) -> UnsupportedOp:
+        return UnsupportedOp(f"{self.where}: {what}")
+
+    # ------------------------------------------------------------------------------ builders
+    def ewise(self, op: str, operands: list[Operand], dtype: str | None = None, out_dtype: str | None = None,
+              shape: tuple[int, ...] | None = None) -> Tensor:
+        """Elementwise VXM op with numpy broadcasting; ``dtype`` is the op type (suffix)."""
+        tensors = [o for o in operands if isinstance(o, Tensor)]
+        if not tensors:
+            raise CompileError(f"{self.where}: an elementwise op needs at least one tensor operand")
+        dtype = dtype or tensors[0].dtype
+        ops: list[Operand] = []
+        for o in operands:
+            if isinstance(o, Tensor) and o.dtype != dtype:
+                o = self.convert(o, dtype)
+            ops.append(o)
+        tensors = [o for o in ops if isinstance(o, Tensor)]
+        out_shape = shape or tuple(np.broadcast_shapes(*[t.shape for t in tensors]))
+        # a last dimension of 1 broadcast against a wider one needs its value in every lane
+        if out_shape and out_shape[-1] > 1:
+            ops = [self.splat(o) if isinstance(o, Tensor) and o.last == 1 and not o.splat else o for o in ops]
+        splat = bool(out_shape) and out_shape[-1] == 1 and all(t.splat for t in ops if isinstance(t, Tensor))
+        out = self.temp(out_dtype or dtype, out_shape, splat=splat)
+        return self.pg.add("ewise", ops, out, self._node_name(), op=op, dtype=dtype)
+
+    def convert(self, t: Tensor, to: str) -> Tensor:
+        if t.dtype == to:
+            return t
+        out = self.temp(to, t.shape, splat=t.splat)
+        return self.pg.add("convert", [t], out, self._node_name(), to=to)
+
+    def splat(self, t: Tensor) -> Tensor:
+        """Replicate lane 0 of every row of a [.., 1] tensor into all lanes."""
+        if t.splat:
+            return t
+        if t.const is not None:
+            c = self.pg.const(t.name + ".splat", t.const, t.dtype, splat=True)
+            return c
+        out = self.temp(t.dtype, t.shape, splat=True)
+        n = t.rows
+        return self.pg.add("relayout", [t], out, self._node_name(), emap=np.arange(n, dtype=np.int64),
+                           splat=True)
+
+    def reduce_last(self, op: str, t: Tensor) -> Tensor:
+        """Reduce the last axis to 1 (splat): per lane chunk a tree reduction, then chunks in order."""
+        if t.last == 1:
+            return self.splat(t)
+        lanes = self.lanes
+        parts = []
+        for c in range(t.chunks(lanes)):
+            m = min(lanes, t.last - c * lanes)
+            part = self.temp(t.dtype, t.shape[:-1] + (1,), splat=True)
+            parts.append(self.pg.add("rchunk", [t], part, self._node_name(), op=op, chunk=c, m=m))
+        acc = parts[0]
+        combine = {"sum": "ADD", "max": "MAX", "min": "MIN"}[op]
+        for p in parts[1:]:
+            acc = self.ewise(combine, [acc, p])
+        return acc
+
+    def matmul(self, a: Tensor, b: Tensor, tb: bool) -> Tensor:
+        """a [.., M, K] @ b [.., K, N] (or b [.., N, K] with tb) on the MXM, f32 result."""
+        a = self.convert(a, self.mxm_dtype)
+        b = self.convert(b, self.mxm_dtype)
+        K = a.shape[-1]
+        bk = b.shape[-1] if tb else (b.shape[-2] if len(b.shape) >= 2 else b.shape[0])
+        if K != bk:
+            raise CompileError(f"{self.where}: matmul inner dimensions differ ({K} vs {bk})")
+        N = b.shape[-2] if tb else b.shape[-1]
+        batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) if len(b.shape) > 2 else a.shape[:-2]
+        out_shape = tuple(batch) + ((a.shape[-2],) if len(a.shape) >= 2 else ()) + (N,)
+        if len(b.shape) > 2 and tuple(b.shape[:-2]) != tuple(batch):
+            raise self.unsupported(f"matmul with a broadcast right-hand batch {list(b.shape)}")
+        out = self.temp("f32", out_shape)
+        return self.pg.add("matmul", [a, b], out, self._node_name(), tb=tb)
+
+    def copy_rows(self, t: Tensor, rowmap: np.ndarray, shape: tuple[int, ...]) -> Tensor:
+        """out row r = t row rowmap[r] (whole rows; the last dimension is unchanged)."""
+        rowmap = np.asarray(rowmap, dtype=np.int64).ravel()
+        if t.const is not None:
+            src = t.const.reshape(t.rows, t.last)[rowmap].reshape(shape)
+            return self.pg.const(t.name + ".rows", src, t.dtype, splat=t.splat)
+        if len(rowmap) == t.rows and (rowmap == np.arange(t.rows)).all():
+            return self.view(t, shape)
+        out = self.temp(t.dtype, shape, splat=t.splat)
+        return self.pg.add("copy", [t], out, self._node_name(), rowmap=rowmap)
+
+    def view(self, t: Tensor, shape: tuple[int, ...]) -> Tensor:
+        """The same vectors under another shape with the same last dimension (no data moves)."""
+        assert (shape[-1] if shape else 1) == t.last and int(np.prod(shape)) == int(np.prod(t.shape))
+        if t.const is not None:
+            return self.pg.const(t.name + ".view", t.const.reshape(shape), t.dtype, splat=t.splat)
+        out = self.temp(t.dtype, shape, splat=t.splat)
+        return self.pg.add("view", [t], out, self._node_name())
+
+    def move(self, t: Tensor, index: np.ndarray, shape: tuple[int, ...]) -> Tensor:
+        """General data movement: out.flat[e] = t.flat[index[e]] (index -1: zero)."""
+        return self.move_many([t], index, shape)
+
+    def move_many(self, ts: list[Tensor], index: np.ndarray, shape: tuple[int, ...]) -> Tensor:
+        """out.flat[e] = (concatenation of the flattened ts)[index[e]] (index -1: zero).
+
+        Picks the cheapest primitive: a constant (all inputs constant), a view (same vectors),
+        a row copy (whole rows move), an SXM transpose (last two axes swapped) or a relayout.
+        """
+        index = np.asarray(index, dtype=np.int64).reshape(shape)
+        dtype = ts[0].dtype
+        if all(t.const is not None for t in ts):
+            flat = np.concatenate([t.const.reshape(-1) for t in ts])
+            src = np.where(index >= 0, flat[np.maximum(index, 0)], 0).astype(ts[0].const.dtype)
+            return self.pg.const((ts[0].name if len(ts) == 1 else "concat") + ".moved", src, dtype)
+        ts = [self.tensor_of(t) for t in ts]
+        last_in = {t.last for t in ts}
+        last_out = shape[-1] if shape else 1
+        # whole-row moves are cheap copies (or free views); moving elements across lanes is a relayout
+        if last_in == {last_out} and (index >= 0).all():
+            rows = index.reshape(-1, last_out)
+            base = rows[:, :1]
+            if (rows == base + np.arange(last_out)).all() and (base % last_out == 0).all():
+                rowmap = base[:, 0] // last_out
+                if len(ts) == 1:
+                    return self.copy_rows(ts[0], rowmap, shape)
+                out = self.temp(dtype, shape, splat=all(t.splat for t in ts))
+                return self.pg.add("copy", ts, out, self._node_name(), rowmap=rowmap)
+        if len(ts) == 1 and len(shape) >= 2 and len(shape) == len(ts[0].shape) \
+                and shape[:-2] == ts[0].shape[:-2] and shape[-2:] == ts[0].shape[-2:][::-1]:
+            expect = np.arange(int(np.prod(shape))).reshape(ts[0].shape)
+            if np.array_equal(index, np.swapaxes(expect, -1, -2)):
+                out = self.temp(dtype, shape)
+                return self.pg.add("transpose", ts, out, self._node_name())
+        out = self.temp(dtype, shape)
+        return self.pg.add("relayout", ts, out, self._node_name(), emap=index.reshape(-1))
+
+    def tensor_of(self, t: Tensor) -> Tensor:
+        """Constants used by data movement together with computed tensors stay SRAM constants."""
+        return t
+
+    def _node_name(self) -> str:
+        return self.node.name if self.node else ""
+
+
+def lower(g: Graph, chip: ChipConfig, precision: str = "fp32") -> PrimGraph:
+    from lpuc.ops.onnx_ops import OPS
+
+    lw = Lowering(g, chip, precision)
+    for name in g.inputs:
+        v = g.values[name]
+        t = lw.pg.tensor(name, chip_dtype(v.dtype, f"input '{name}'"), v.shape, role="input",
+                         host_dtype=str(v.dtype))
+        lw.pg.inputs.append(t)
+        lw.env[name] = t
+    for node in g.topo():
+        fn: Callable[[Lowering, Node], Any] | None = OPS.get(node.op) if node.domain in ("", "ai.onnx") else None
+        if fn is None:
+            raise UnsupportedOp(f"node {node.name}: op {node.domain + '.' if node.domain else ''}{node.op} is not "
+                                f"supported; supported ops: {', '.join(sorted(OPS))}")
+        lw.node = node
+        fn(lw, node)
+    lw.node = None
+    for name in g.outputs:
+        v = g.values[name]
+        t = lw.env.get(name)
+        if t is None:  # a constant output: materialise it on the chip
+            t = lw.tensor(name)
+        want = chip_dtype(v.dtype, f"output '{name}'")
+        if t.dtype != want:
+            t = lw.convert(t, want)
+        if t.role in ("input", "const", "output"):
+            # inputs, constants and values output twice get their own copy in SRAM
+            out = lw.pg.tensor(name, t.dtype, v.shape, splat=t.splat)
+            lw.pg.add("copy", [t], out, "", rowmap=np.arange(t.rows, dtype=np.int64))
+            t = out
+        t.name, t.role, t.host_dtype = name, "output", str(v.dtype)
+        lw.pg.outputs.append(t)
+    _dead_prims(lw.pg)
+    return lw.pg
+
+
+def _dead_prims(pg: PrimGraph) -> None:
+    """Drop primitives whose results nothing uses (e.g. a Transpose folded into a MatMul)."""
+    live = {t.id for t in pg.outputs}
+    keep = []
+    for p in reversed(pg.prims):
+        if p.out.id in live:
+            keep.append(p)
+            live.update(t.id for t in p.ins if isinstance(t, Tensor))
+    pg.prims = keep[::-1]

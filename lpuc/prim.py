@@ -1,0 +1,129 @@
+"""The chip-primitive IR: what the lowering pass produces and the tiling pass consumes.
+
+A ``Tensor`` is a chip value: a chip dtype (``isa.dtypes``), a shape, and once allocated the SRAM
+byte planes it lives in (``isa.program.TensorDesc`` layout: rows of lane chunks). A *splat* tensor
+has last dimension 1 and holds its value in every lane, so it can be combined lane-wise with any
+chunk of a wider tensor.
+
+A ``Prim`` is one operation the chip performs as a whole:
+
+=============  ==========================================================================================
+kind           meaning
+=============  ==========================================================================================
+``ewise``      elementwise VXM op over broadcast operands (tensors or scalar immediates)
+``convert``    elementwise type conversion (VXM CONVERT)
+``rchunk``     cross-lane reduction of one lane chunk of every row -> splat [.., 1] (RSUM/RMAX/RMIN)
+``matmul``     ``a @ b`` on the MXM; ``b`` is ``[.., K, N]`` (or ``[.., N, K]`` with ``tb``)
+``copy``       whole-vector row movement: out row r = in row rowmap[r] (last dimension unchanged)
+``relayout``   element movement with lane changes: out element e = in element emap[e] (or 0 if -1)
+``transpose``  swap of the last two axes (SXM TRANSPOSE blocks)
+``gather``     rows of a table selected by an index tensor (MEM GATHER)
+=============  ==========================================================================================
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from isa.dtypes import DTYPES, DType
+
+
+@dataclass(eq=False)
+class Tensor:
+    id: int
+    name: str
+    dtype: str  # chip dtype
+    shape: tuple[int, ...]
+    const: np.ndarray | None = None  # in the chip dtype, logical shape
+    splat: bool = False
+    role: str = "temp"  # "input", "output", "const" or "temp"
+    host_dtype: str = ""  # numpy dtype on the host side of an input/output
+    planes: list[tuple[str, int]] = field(default_factory=list)  # set by the allocation pass
+    bank: int = 0
+
+    @property
+    def dt(self) -> DType:
+        return DTYPES[self.dtype]
+
+    @property
+    def last(self) -> int:
+        return self.shape[-1] if self.shape else 1
+
+    @property
+    def rows(self) -> int:
+        return math.prod(self.shape[:-1]) if self.shape else 1
+
+    def chunks(self, lanes: int) -> int:
+        return max(1, -(-self.last // lanes))
+
+    def vectors(self, lanes: int) -> int:
+        return self.rows * self.chunks(lanes)
+
+    def __repr__(self) -> str:
+        s = "splat " if self.splat else ""
+        return f"%{self.id}:{self.name}<{s}{self.dtype}{list(self.shape)}>"
+
+
+@dataclass(frozen=True)
+class Imm:
+    """A scalar immediate operand (in the op's dtype)."""
+
+    value: float | int
+
+    def __repr__(self) -> str:
+        return f"#{self.value}"
+
+
+Operand = Tensor | Imm
+
+
+@dataclass(eq=False)
+class Prim:
+    kind: str
+    ins: list[Operand]
+    out: Tensor
+    attrs: dict[str, Any] = field(default_factory=dict)
+    node: str = ""  # the ONNX node it implements
+
+    def __repr__(self) -> str:
+        attrs = ", ".join(f"{k}={_short(v)}" for k, v in self.attrs.items())
+        ins = ", ".join(map(repr, self.ins))
+        return f"{self.out!r} = {self.kind}({ins}{', ' if attrs else ''}{attrs})  # {self.node}"
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, np.ndarray):
+        return f"array{list(v.shape)}"
+    return repr(v)
+
+
+class PrimGraph:
+    """Primitives in program order (a valid topological order) and their tensors."""
+
+    def __init__(self) -> None:
+        self.tensors: list[Tensor] = []
+        self.prims: list[Prim] = []
+        self.inputs: list[Tensor] = []
+        self.outputs: list[Tensor] = []
+
+    def tensor(self, name: str, dtype: str, shape: tuple[int, ...], **kw: Any) -> Tensor:
+        t = Tensor(len(self.tensors), name, dtype, tuple(int(d) for d in shape), **kw)
+        self.tensors.append(t)
+        return t
+
+    def const(self, name: str, value: np.ndarray, dtype: str, splat: bool = False) -> Tensor:
+        arr = np.asarray(value).astype(DTYPES[dtype].np)
+        return self.tensor(name, dtype, arr.shape, const=arr, role="const", splat=splat)
+
+    def add(self, kind: str, ins: list[Operand], out: Tensor, node: str = "", **attrs: Any) -> Tensor:
+        self.prims.append(Prim(kind, ins, out, attrs, node))
+        return out
+
+    def dump(self) -> str:
+        lines = [f"inputs: {self.inputs}", f"outputs: {self.outputs}"]
+        lines += [repr(p) for p in self.prims]
+        return "\n".join(lines)
