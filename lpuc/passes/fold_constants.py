@@ -67,10 +67,45 @@ def fold_constants(g: Graph) -> Graph:
             for o, r in zip(node.outputs, _evaluate(node, g)):
                 if o:
                     v = g.values[o]
-                    v.const = np.asarray(r, dtype=v.dtype).reshape(v.shape)
+                    v.const = np.asarray(r, dtype=v.dtype)
+                    v.shape = tuple(v.const.shape)
             g.remove_node(node.name)
+            continue
+        if any(g.values[o].shape is None for o in outs):
+            _infer_shapes(node, g)
     _dead_code(g)
+    for v in g.values.values():
+        if v.shape is None:
+            raise CompileError(f"value '{v.name}': its shape depends on data computed on the chip; "
+                               f"lpuc needs static shapes")
     return g
+
+
+def _infer_shapes(node: Node, g: Graph) -> None:
+    """Shapes shape inference could not give before folding (they depended on folded values)."""
+    types, data = {}, {}
+    for i in node.inputs:
+        if not i:
+            continue
+        v = g.values[i]
+        if v.shape is None:
+            raise CompileError(f"node {node.name} ({node.op}): the shape of input '{i}' is unknown")
+        types[i] = helper.make_tensor_type_proto(helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+        if v.const is not None:
+            data[i] = onnx.numpy_helper.from_array(v.const, i)
+    onode = helper.make_node(node.op, node.inputs, node.outputs, domain=node.domain or None, **node.attrs)
+    try:
+        schema = onnx.defs.get_schema(node.op, g.opset, node.domain)
+        res = onnx.shape_inference.infer_node_outputs(
+            schema, onode, types, data, opset_imports=[helper.make_opsetid(node.domain, g.opset)])
+    except Exception as e:
+        raise CompileError(f"node {node.name} ({node.op}): cannot infer output shapes ({e})") from None
+    for o in node.outputs:
+        if o and o in res:
+            dims = [d.dim_value if d.HasField("dim_value") else -1 for d in res[o].tensor_type.shape.dim]
+            if any(d <= 0 for d in dims):
+                raise CompileError(f"node {node.name} ({node.op}): output '{o}' has no static shape")
+            g.values[o].shape = tuple(dims)
 
 
 def _is_noop(node: Node, g: Graph) -> bool:

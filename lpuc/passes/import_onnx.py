@@ -85,6 +85,10 @@ def import_onnx(path: str | Path, input_shapes: dict[str, tuple[int, ...]] | Non
     fix_input_shapes(model, input_shapes or {})
     try:
         onnx.checker.check_model(model)
+        # shapes recorded by the exporter may hold symbolic dims; let inference recompute them all
+        del model.graph.value_info[:]
+        for o in model.graph.output:
+            o.type.tensor_type.ClearField("shape")
         model = shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -104,12 +108,11 @@ def to_graph(model: onnx.ModelProto, opset: int) -> Graph:
         if not vi.type.HasField("tensor_type") or not tt.HasField("shape"):
             raise CompileError(f"value '{vi.name}' has no static tensor shape after shape inference")
         dims = _dims(vi)
-        if any(not isinstance(d, int) or d <= 0 for d in dims):
-            if any(d == 0 for d in dims):
-                raise CompileError(f"value '{vi.name}' has an empty dimension {dims}; empty tensors are not supported")
-            raise CompileError(f"value '{vi.name}' has a dimension shape inference could not resolve ({dims}); "
-                               f"fix the inputs' shapes with --input-shape")
-        g.add_value(Value(vi.name, tuple(int(d) for d in dims), np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))))
+        if any(d == 0 for d in dims):
+            raise CompileError(f"value '{vi.name}' has an empty dimension {dims}; empty tensors are not supported")
+        # a dim shape inference could not resolve (it depends on values) is settled by the fold pass
+        shape = None if any(not isinstance(d, int) or d <= 0 for d in dims) else tuple(int(d) for d in dims)
+        g.add_value(Value(vi.name, shape, np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))))  # type: ignore[arg-type]
     for name, init in inits.items():
         arr = numpy_helper.to_array(init)
         g.add_value(Value(name, tuple(arr.shape), arr.dtype, arr))
