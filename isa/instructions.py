@@ -292,9 +292,10 @@ MXM = [
     Instr(
         "MATMUL", "MXM",
         (DT, _BUF, _f("s", "stream", STREAM_BITS, "activation stream group"), N, _ACC,
-         _f("mode", "uint", 1, "0: overwrite the accumulator, 1: add to it")),
+         _f("mode", "uint", 1, "0: overwrite the accumulator, 1: add to it"),
+         _f("k", "uint", 11, "activation lanes used, the rest count as 0 (0 means lanes)", default=0)),
         "Multiply n activation vectors by the installed weights into accumulator rows.",
-        "for j < n: y[c] = round_f32(EXACT sum over k < lanes of x_j[k] * W[buf][k, c]) "
+        "for j < n: y[c] = round_f32(EXACT sum over i < K of x_j[i] * W[buf][i, c]) with K = k or lanes "
         "(i8: exact i32 sum); acc[acc+j] = mode ? acc[acc+j] + y : y (f32 addition, or i32 wrapping). "
         "x_j is taken from the stream into the activation buffer in cycle t + j; pass j reads the "
         "accumulator row and writes it in cycle t + j*cpv + L.mxm_matmul",

@@ -77,12 +77,7 @@ def evaluate_prim(p: Prim, vals: dict[int, np.ndarray], lanes: int) -> np.ndarra
     if k == "matmul":
         a, b = (vals[t.id] for t in p.ins)
         return matmul(a, b, p.attrs["tb"], lanes).reshape(p.out.shape)
-    if k == "copy":
-        rows = np.concatenate([vals[t.id].reshape(t.rows, t.last) for t in p.ins])
-        return rows[p.attrs["rowmap"]].reshape(p.out.shape)
-    if k == "view":
-        return vals[p.ins[0].id].reshape(p.out.shape)
-    if k == "relayout":
+    if k in ("view", "copy", "relayout"):
         flat = np.concatenate([vals[t.id].reshape(-1) for t in p.ins])
         e = p.attrs["emap"]
         out = np.where(e >= 0, flat[np.maximum(e, 0)], np.zeros((), flat.dtype))

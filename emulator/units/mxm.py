@@ -35,10 +35,13 @@ def install(em, op):
 
 @handles("MATMUL")
 def matmul(em, op):
-    """acc[acc+j] = (mode ? acc[acc+j] : 0) + round_f32(exact x_j . W[buf])."""
+    """acc[acc+j] = (mode ? acc[acc+j] : 0) + round_f32(exact x_j[:k] . W[buf][:k])."""
     o = op.inst.ops
     dt = BY_CODE[o["dt"]]
     x = em.stream_in(op, "s")
+    if 0 < o["k"] < em.lanes:  # lanes from k on count as zero (padding may hold anything)
+        x = x.copy()
+        x[:, o["k"]:] = 0
     w = em.sources[op.weights].store if op.weights >= 0 else np.zeros((em.lanes, em.lanes), dt.np)
     if w.dtype != dt.np:
         em.hazard(op, "operand", op.inst.issue, f"buffer {o['buf']} holds {_name(w)} weights, MATMUL.{dt.name} "

@@ -282,11 +282,16 @@ def MatMul(lw: Lowering, node: Node) -> None:
     tb = False
     prod = lw.g.producer(b_name)
     bshape = lw.shape(b_name)
-    if prod is not None and prod.op == "Transpose" and len(bshape) >= 2:
+    if prod is not None and prod.op == "Transpose" and len(bshape) >= 2 and prod.inputs[0] in lw.env:
         r = len(bshape)
         perm = list(prod.attrs.get("perm", list(range(r))[::-1]))
-        if perm == list(range(r - 2)) + [r - 1, r - 2]:
-            b = lw.tensor(prod.inputs[0])  # install the untransposed rows as columns
+        if perm[-2] == r - 1:
+            # b = x.transpose(perm) brings x's last axis to -2: b's transpose keeps it last, which is
+            # a cheap row move; its rows are then installed as the weight buffer's columns
+            x = lw.tensor(prod.inputs[0])
+            perm_t = perm[:-2] + [perm[-1], perm[-2]]
+            shape_t = tuple(x.shape[a] for a in perm_t)
+            b = lw.move(x, np.transpose(_idx(x.shape), perm_t), shape_t)
             tb = True
     if not tb:
         b = lw.tensor(b_name)
@@ -353,7 +358,16 @@ def Identity(lw: Lowering, node: Node) -> None:
 @op
 def Transpose(lw: Lowering, node: Node) -> None:
     shape = lw.shape(node.inputs[0])
-    perm = node.attrs.get("perm", list(range(len(shape)))[::-1])
+    r = len(shape)
+    perm = list(node.attrs.get("perm", list(range(r))[::-1]))
+    x = lw.tensor(node.inputs[0])
+    if r > 2 and perm[-1] == r - 2 and perm[-2] == r - 1 and perm[:-2] != list(range(r - 2)):
+        # reorder the leading axes first (a row move), then swap the last two (SXM transpose)
+        first = perm[:-2] + [r - 2, r - 1]
+        mid = lw.move(x, np.transpose(_idx(shape), first), tuple(shape[a] for a in first))
+        out_shape = lw.shape(node.outputs[0])
+        lw.bind(node.outputs[0], lw.move(mid, np.swapaxes(_idx(mid.shape), -1, -2), out_shape))
+        return
     _move(lw, node, np.transpose(_idx(shape), perm))
 
 

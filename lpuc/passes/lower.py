@@ -171,24 +171,20 @@ class Lowering:
         out = self.temp("f32", out_shape)
         return self.pg.add("matmul", [a, b], out, self._node_name(), tb=tb)
 
-    def copy_rows(self, t: Tensor, rowmap: np.ndarray, shape: tuple[int, ...]) -> Tensor:
-        """out row r = t row rowmap[r] (whole rows; the last dimension is unchanged)."""
-        rowmap = np.asarray(rowmap, dtype=np.int64).ravel()
-        if t.const is not None:
-            src = t.const.reshape(t.rows, t.last)[rowmap].reshape(shape)
-            return self.pg.const(t.name + ".rows", src, t.dtype, splat=t.splat)
-        if len(rowmap) == t.rows and (rowmap == np.arange(t.rows)).all():
-            return self.view(t, shape)
-        out = self.temp(t.dtype, shape, splat=t.splat)
-        return self.pg.add("copy", [t], out, self._node_name(), rowmap=rowmap)
+    def copy_all(self, t: Tensor, shape: tuple[int, ...] | None = None) -> Tensor:
+        """A fresh copy of every vector of t."""
+        out = self.temp(t.dtype, shape or t.shape, splat=t.splat)
+        n = t.vectors(self.lanes)
+        return self.pg.add("copy", [t], out, self._node_name(), vmap=np.arange(n, dtype=np.int64),
+                           emap=np.arange(int(np.prod(t.shape)), dtype=np.int64))
 
     def view(self, t: Tensor, shape: tuple[int, ...]) -> Tensor:
         """The same vectors under another shape with the same last dimension (no data moves)."""
-        assert (shape[-1] if shape else 1) == t.last and int(np.prod(shape)) == int(np.prod(t.shape))
+        assert int(np.prod(shape)) == int(np.prod(t.shape))
         if t.const is not None:
             return self.pg.const(t.name + ".view", t.const.reshape(shape), t.dtype, splat=t.splat)
         out = self.temp(t.dtype, shape, splat=t.splat)
-        return self.pg.add("view", [t], out, self._node_name())
+        return self.pg.add("view", [t], out, self._node_name(), emap=np.arange(int(np.prod(shape)), dtype=np.int64))
 
     def move(self, t: Tensor, index: np.ndarray, shape: tuple[int, ...]) -> Tensor:
         """General data movement: out.flat[e] = t.flat[index[e]] (index -1: zero)."""
@@ -207,18 +203,18 @@ class Lowering:
             src = np.where(index >= 0, flat[np.maximum(index, 0)], 0).astype(ts[0].const.dtype)
             return self.pg.const((ts[0].name if len(ts) == 1 else "concat") + ".moved", src, dtype)
         ts = [self.tensor_of(t) for t in ts]
-        last_in = {t.last for t in ts}
-        last_out = shape[-1] if shape else 1
-        # whole-row moves are cheap copies (or free views); moving elements across lanes is a relayout
-        if last_in == {last_out} and (index >= 0).all():
-            rows = index.reshape(-1, last_out)
-            base = rows[:, :1]
-            if (rows == base + np.arange(last_out)).all() and (base % last_out == 0).all():
-                rowmap = base[:, 0] // last_out
-                if len(ts) == 1:
-                    return self.copy_rows(ts[0], rowmap, shape)
-                out = self.temp(dtype, shape, splat=all(t.splat for t in ts))
-                return self.pg.add("copy", ts, out, self._node_name(), rowmap=rowmap)
+        if len(ts) == 1 and index.size == int(np.prod(ts[0].shape)) and shape and ts[0].shape \
+                and shape[-1] == ts[0].last and (index.reshape(-1) == np.arange(index.size)).all():
+            return self.view(ts[0], shape)
+        # moves of whole lane-aligned vectors are cheap copies; moving lanes is a relayout
+        vmap = _vector_map(ts, index, shape, self.lanes)
+        if vmap is not None and len(ts) == 1 and len(vmap) == ts[0].vectors(self.lanes) \
+                and (vmap == np.arange(len(vmap))).all() and not ts[0].splat:
+            # the same vectors in the same places: only the logical shape changes
+            return self.pg.add("view", ts, self.temp(dtype, shape), self._node_name(), emap=index.reshape(-1))
+        if vmap is not None:
+            out = self.temp(dtype, shape, splat=all(t.splat for t in ts) and (shape[-1] if shape else 1) == 1)
+            return self.pg.add("copy", ts, out, self._node_name(), vmap=vmap, emap=index.reshape(-1))
         if len(ts) == 1 and len(shape) >= 2 and len(shape) == len(ts[0].shape) \
                 and shape[:-2] == ts[0].shape[:-2] and shape[-2:] == ts[0].shape[-2:][::-1]:
             expect = np.arange(int(np.prod(shape))).reshape(ts[0].shape)
@@ -264,13 +260,44 @@ def lower(g: Graph, chip: ChipConfig, precision: str = "fp32") -> PrimGraph:
             t = lw.convert(t, want)
         if t.role in ("input", "const", "output"):
             # inputs, constants and values output twice get their own copy in SRAM
-            out = lw.pg.tensor(name, t.dtype, v.shape, splat=t.splat)
-            lw.pg.add("copy", [t], out, "", rowmap=np.arange(t.rows, dtype=np.int64))
-            t = out
+            t = lw.copy_all(t, v.shape)
         t.name, t.role, t.host_dtype = name, "output", str(v.dtype)
         lw.pg.outputs.append(t)
     _dead_prims(lw.pg)
     return lw.pg
+
+
+def _vector_map(ts: list[Tensor], index: np.ndarray, shape: tuple[int, ...], lanes: int) -> np.ndarray | None:
+    """If every valid lane of every output vector comes from the same lane of one input vector,
+    the vector each output vector copies (index into the inputs' concatenated vectors); else None.
+    Padding lanes beyond an output row's end may carry anything (the layout never reads them)."""
+    flat = index.reshape(-1)
+    if (flat < 0).any():
+        return None
+    last_out = shape[-1] if shape else 1
+    sizes = np.array([int(np.prod(t.shape)) for t in ts])
+    offs = np.concatenate([[0], np.cumsum(sizes)])
+    k = np.searchsorted(offs, flat, side="right") - 1
+    local = flat - offs[k]
+    lasts = np.array([t.last for t in ts])[k]
+    chunks = np.array([t.chunks(lanes) for t in ts])
+    vec_base = np.concatenate([[0], np.cumsum([t.vectors(lanes) for t in ts])])
+    row, pos = local // lasts, local % lasts
+    src_vec = vec_base[k] + row * chunks[k] + pos // lanes
+    src_lane = pos % lanes
+    e = np.arange(len(flat))
+    out_pos = e % last_out
+    out_lane = out_pos % lanes
+    if not (src_lane == out_lane).all():
+        return None
+    C = -(-last_out // lanes)
+    out_vec = (e // last_out) * C + out_pos // lanes
+    n_out = (len(flat) // max(last_out, 1)) * C
+    vmap = np.full(n_out, -1, dtype=np.int64)
+    vmap[out_vec] = src_vec
+    if (vmap[out_vec] != src_vec).any() or (vmap < 0).any():
+        return None
+    return vmap
 
 
 def _dead_prims(pg: PrimGraph) -> None:

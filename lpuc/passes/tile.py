@@ -1,0 +1,392 @@
+"""Pass 4 -- tile: chip primitives -> tasks over lane chunks and MXM tiles.
+
+Every primitive becomes tasks whose SRAM accesses are strided runs of vectors (one READ or WRITE
+instruction each): an elementwise op over a whole tensor is one task; a broadcast operand splits it
+into runs along which every operand's vector index is arithmetic. A matrix product becomes one
+*chain* per (batch, row block, output lane chunk): install weights and multiply for each K chunk,
+then read the accumulators out. A relayout becomes PERMUTE tasks (one per group of vectors sharing
+a lane map) and, where an output vector gathers lanes from several source vectors, OR tasks that
+merge the pieces bit-exactly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from isa.config import ChipConfig
+from lpuc.prim import Imm, Prim, PrimGraph, Tensor
+from lpuc.tasks import Access, TaskGraph
+
+
+def arithmetic_runs(arrays: list[np.ndarray]) -> list[tuple[int, int]]:
+    """Split [0, n) into maximal segments on which every array has a constant step.
+
+    Returns (first, last_exclusive) pairs covering [0, n) in order.
+    """
+    n = len(arrays[0])
+    if n == 0:
+        return []
+    if n == 1:
+        return [(0, 1)]
+    d = np.stack([np.diff(a) for a in arrays])  # [k, n-1]
+    change = np.nonzero(np.any(d[:, 1:] != d[:, :-1], axis=0))[0] + 1  # diff index where a new step starts
+    bounds = np.concatenate([[0], change, [n - 1]])
+    runs = []
+    s = 0
+    k = 0
+    while s < n:
+        if s == n - 1:
+            runs.append((s, n))
+            break
+        # the diff segment containing diff index s ends at the next change after s
+        while k + 1 < len(bounds) and bounds[k + 1] <= s:
+            k += 1
+        end_diff = bounds[k + 1] if k + 1 < len(bounds) else n - 1
+        last = end_diff  # element index end_diff is reached by diff end_diff - 1
+        runs.append((s, last + 1))
+        s = last + 1
+    return runs
+
+
+class Tiler:
+    def __init__(self, pg: PrimGraph, chip: ChipConfig):
+        self.pg = pg
+        self.chip = chip
+        self.L = chip.lanes
+        self.tg = TaskGraph(pg.tensors, pg.inputs, pg.outputs)
+        self.view_of: dict[int, Tensor] = {}
+        self.idx_consts: dict[bytes, Tensor] = {}
+
+    def base(self, t: Tensor) -> Tensor:
+        while t.id in self.view_of:
+            t = self.view_of[t.id]
+        return t
+
+    def acc(self, t: Tensor, start: int, stride: int, n: int, plane: int | None = None) -> Access:
+        return Access(self.base(t), int(start), int(stride), int(n), plane)
+
+    def temp(self, like: Tensor, name: str) -> Tensor:
+        return self.pg.tensor(f"{name}{len(self.pg.tensors)}", like.dtype, like.shape, splat=like.splat)
+
+    # ------------------------------------------------------------------------------ helpers
+    def row_map(self, x: Tensor, out_shape: tuple[int, ...]) -> np.ndarray:
+        """For each row of the (broadcast) output, the row of x it reads."""
+        lead_o = out_shape[:-1]
+        lead_x = x.shape[:-1]
+        rows_x = np.arange(max(1, int(np.prod(lead_x))), dtype=np.int64).reshape(lead_x)
+        pad = (1,) * (len(lead_o) - len(lead_x)) + tuple(lead_x)
+        return np.broadcast_to(rows_x.reshape(pad), lead_o).reshape(-1)
+
+    def operand_vectors(self, x: Tensor, out: Tensor) -> np.ndarray:
+        """Vector index of x read for each output vector (flat order v = r*C + c)."""
+        C = out.chunks(self.L)
+        xr = self.row_map(x, out.shape)
+        if x.last == out.last:
+            return (xr[:, None] * C + np.arange(C)[None, :]).reshape(-1)
+        assert x.last == 1, (x, out)  # a splat operand: its one vector per row serves every chunk
+        return np.repeat(xr, C)
+
+    def orders(self, out: Tensor) -> list[np.ndarray]:
+        """Candidate orders of the output vectors: flat, and chunk-major (each chunk down the rows)."""
+        C = out.chunks(self.L)
+        nvec = out.vectors(self.L)
+        flat = np.arange(nvec, dtype=np.int64)
+        if C == 1:
+            return [flat]
+        return [flat, flat.reshape(-1, C).T.reshape(-1)]
+
+    def best_runs(self, out: Tensor, arrays_of: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray], list[tuple[int, int]]]:
+        best = None
+        for order in self.orders(out):
+            arrays = [order] + [a[order] for a in arrays_of]
+            runs = arithmetic_runs(arrays)
+            if best is None or len(runs) < len(best[2]):
+                best = (order, [a[order] for a in arrays_of], runs)
+        assert best is not None
+        return best
+
+    # ------------------------------------------------------------------------------ primitives
+    def ewise(self, p: Prim, op: str | None = None, dtype: str | None = None) -> None:
+        out = p.out
+        tensors = [o for o in p.ins if isinstance(o, Tensor)]
+        vecs = {}
+        # one tensor read twice with different patterns would need two reads of one slice at once
+        seen: dict[int, np.ndarray] = {}
+        ins: list = []
+        for o in p.ins:
+            if isinstance(o, Tensor):
+                v = self.operand_vectors(o, out)
+                b = self.base(o)
+                if b.id in seen and not np.array_equal(seen[b.id], v):
+                    o = self.copy_whole(o, p)
+                    v = self.operand_vectors(o, out)
+                    b = self.base(o)
+                seen[b.id] = v
+                vecs[id(o)] = v
+            ins.append(o)
+        tensors = [o for o in ins if isinstance(o, Tensor)]
+        uniq: list[Tensor] = []
+        for t in tensors:
+            if all(self.base(t) is not self.base(u) for u in uniq):
+                uniq.append(t)
+        order, arrays, runs = self.best_runs(out, [vecs[id(t)] for t in uniq])
+        for s, e in runs:
+            n = e - s
+            reads = []
+            for t, arr in zip(uniq, arrays):
+                step = int(arr[s + 1] - arr[s]) if n > 1 else 1
+                reads.append(self.acc(t, arr[s], step, n))
+            ostep = int(order[s + 1] - order[s]) if n > 1 else 1
+            operands = []
+            for o in ins:
+                if isinstance(o, Imm):
+                    operands.append(("imm", o.value))
+                else:
+                    operands.append(("read", next(k for k, u in enumerate(uniq) if self.base(u) is self.base(o))))
+            self.tg.add("vxm", reads, [self.acc(out, order[s], ostep, n)], p, op=op or p.attrs["op"],
+                        dtype=dtype or p.attrs.get("dtype", out.dtype), operands=operands,
+                        to=p.attrs.get("to"), m=p.attrs.get("m"))
+
+    def copy_whole(self, t: Tensor, p: Prim) -> Tensor:
+        """A fresh copy of t (so that one task can read two patterns of it from different slices)."""
+        new = self.temp(t, "dup")
+        self.tg.add("copy", [self.acc(t, 0, 1, t.vectors(self.L))], [self.acc(new, 0, 1, new.vectors(self.L))], p)
+        return new
+
+    def convert(self, p: Prim) -> None:
+        self.ewise(p, op="CONVERT", dtype=p.ins[0].dtype)
+
+    def rchunk(self, p: Prim) -> None:
+        x, out = p.ins[0], p.out
+        C = x.chunks(self.L)
+        R = x.rows
+        op = {"sum": "RSUM", "max": "RMAX", "min": "RMIN"}[p.attrs["op"]]
+        self.tg.add("vxm", [self.acc(x, p.attrs["chunk"], C, R)], [self.acc(out, 0, 1, R)], p, op=op,
+                    dtype=x.dtype, operands=[("read", 0)], m=p.attrs["m"], to=None)
+
+    def matmul(self, p: Prim) -> None:
+        a, b = p.ins
+        out = p.out
+        tb = p.attrs["tb"]
+        L = self.L
+        K = a.shape[-1]
+        M = a.shape[-2] if len(a.shape) >= 2 else 1
+        N = out.shape[-1]
+        Ck, Cn = -(-K // L), -(-N // L)
+        batch = out.shape[:-2]
+        nb = int(np.prod(batch)) if batch else 1
+        a_batch = _batch_map(a.shape[:-2] if len(a.shape) > 2 else (), batch)
+        b_batch = _batch_map(b.shape[:-2] if len(b.shape) > 2 else (), batch)
+        region = int(self.chip.mxm["acc_rows"]) // 2
+        for beta in range(nb):
+            ab, bb = int(a_batch[beta]), int(b_batch[beta])
+            for m0 in range(0, M, region):
+                rows = min(region, M - m0)
+                for j in range(Cn):
+                    steps = []
+                    for i in range(Ck):
+                        kk = min(L, K - i * L)
+                        if not tb:  # rows k of b, lane chunk j
+                            w = self.acc(b, (bb * K + i * L) * Cn + j, Cn, kk)
+                            hi = 0
+                        else:  # rows n of b^T become columns; mask the padding lanes of K
+                            nn = min(L, N - j * L)
+                            w = self.acc(b, (bb * N + j * L) * Ck + i, Ck, nn)
+                            hi = kk if kk < L else 0
+                        x = self.acc(a, (ab * M + m0) * Ck + i, Ck, rows)
+                        steps.append({"w": w, "x": x, "t": int(tb), "hi": hi, "k": kk if kk < L else 0})
+                    o = self.acc(out, (beta * M + m0) * Cn + j, Cn, rows)
+                    reads = [s["w"] for s in steps] + [s["x"] for s in steps]
+                    self.tg.add("chain", reads, [o], p, steps=steps, rows=rows, dtype=a.dtype)
+
+    def copy(self, p: Prim) -> None:
+        """Whole vectors from one place to another: READ from the source planes, WRITE to the target's."""
+        out = p.out
+        vbase = np.cumsum([0] + [t.vectors(self.L) for t in p.ins])
+        vmap = p.attrs["vmap"]
+        k = np.searchsorted(vbase, vmap, side="right") - 1
+        local = vmap - vbase[k]
+        order, (sk, sv), runs = self.best_runs(out, [k, local])
+        for s, e in runs:
+            # a run may not mix inputs (its source step would be meaningless)
+            for s2, e2 in _split_constant(sk, s, e):
+                n = e2 - s2
+                step = int(sv[s2 + 1] - sv[s2]) if n > 1 else 1
+                ostep = int(order[s2 + 1] - order[s2]) if n > 1 else 1
+                src = p.ins[int(sk[s2])]
+                self.tg.add("copy", [self.acc(src, sv[s2], step, n)], [self.acc(out, order[s2], ostep, n)], p)
+
+    def transpose(self, p: Prim) -> None:
+        x, out = p.ins[0], p.out
+        L = self.L
+        M, N = x.shape[-2], x.shape[-1]
+        Cm, Cn = -(-M // L), -(-N // L)
+        nb = int(np.prod(x.shape[:-2])) if len(x.shape) > 2 else 1
+        for beta in range(nb):
+            for i in range(Cm):
+                rows = min(L, M - i * L)
+                for j in range(Cn):
+                    cols = min(L, N - j * L)
+                    src = self.acc(x, (beta * M + i * L) * Cn + j, Cn, rows)
+                    dst = self.acc(out, (beta * N + j * L) * Cm + i, Cm, cols)
+                    self.tg.add("transpose", [src], [dst], p, n=rows, m=cols, dtype=x.dtype)
+
+    def gather(self, p: Prim) -> None:
+        table, ids = p.ins
+        out = p.out
+        L = self.L
+        C = table.chunks(L)
+        N = ids.shape[0]
+        for q in range(-(-N // L)):
+            nq = min(L, N - q * L)
+            for c in range(C):
+                self.tg.add("gather", [self.acc(ids, q, 1, 1), self.acc(table, c, C, 1)],
+                            [self.acc(out, q * L * C + c, C, nq)], p, chunk=c, n=nq, stride=C)
+
+    def relayout(self, p: Prim) -> None:
+        out = p.out
+        L = self.L
+        emap = p.attrs["emap"]
+        sizes = [int(np.prod(t.shape)) for t in p.ins]
+        offs = np.cumsum([0] + sizes)
+        valid = emap >= 0
+        e = np.maximum(emap, 0)
+        sk = np.searchsorted(offs, e, side="right") - 1
+        local = e - offs[sk]
+        lasts = np.array([t.last for t in p.ins])
+        chunks = np.array([t.chunks(L) for t in p.ins])
+        srow, spos = local // lasts[sk], local % lasts[sk]
+        sv = srow * chunks[sk] + spos // L
+        sl = spos % L
+        C = out.chunks(L)
+        if out.splat:  # one element per row, replicated into every lane
+            ov = np.arange(out.rows, dtype=np.int64)
+            olane = None
+        else:
+            pos = np.arange(len(emap)) % out.last
+            ov = (np.arange(len(emap)) // out.last) * C + pos // L
+            olane = pos % L
+        nvec = out.vectors(L)
+        # pieces: (out vector, source input, source vector) with the lane map they contribute
+        vi = np.nonzero(valid)[0]
+        order = np.lexsort((sv[vi], sk[vi], ov[vi]))
+        vi = vi[order]
+        grp_start = np.ones(len(vi), bool)
+        if len(vi) > 1:
+            grp_start[1:] = (ov[vi][1:] != ov[vi][:-1]) | (sk[vi][1:] != sk[vi][:-1]) | (sv[vi][1:] != sv[vi][:-1])
+        gid = np.cumsum(grp_start) - 1
+        ngroups = int(gid[-1]) + 1 if len(vi) else 0
+        maps = np.full((ngroups, L), -1, dtype=np.int32)
+        if ngroups:
+            if olane is None:
+                maps[gid, :] = sl[vi][:, None]
+            else:
+                maps[gid, olane[vi]] = sl[vi]
+        g_first = vi[grp_start] if len(vi) else np.zeros(0, np.int64)
+        g_ov, g_sk, g_sv = ov[g_first], sk[g_first], sv[g_first]
+        # ordinal of each piece within its output vector; pad every output vector to P pieces
+        count = np.bincount(g_ov, minlength=nvec) if ngroups else np.zeros(nvec, np.int64)
+        P = max(1, int(count.max()) if nvec else 1)
+        ordinal = np.zeros(ngroups, np.int64)
+        if ngroups:
+            first_of_vec = np.searchsorted(g_ov, g_ov, side="left")
+            ordinal = np.arange(ngroups) - first_of_vec
+        pad_v = np.repeat(np.arange(nvec), P - count)
+        pad_ord = np.concatenate([np.arange(count[v], P) for v in range(nvec)]) if len(pad_v) else np.zeros(0, np.int64)
+        all_ov = np.concatenate([g_ov, pad_v]).astype(np.int64)
+        all_sk = np.concatenate([g_sk, np.zeros(len(pad_v), np.int64)])
+        all_sv = np.concatenate([g_sv, np.zeros(len(pad_v), np.int64)])
+        all_ord = np.concatenate([ordinal, pad_ord]).astype(np.int64)
+        all_maps = np.concatenate([maps, np.full((len(pad_v), L), -1, np.int32)])
+        targets = [out] if P == 1 else [self.temp(out, "piece") for _ in range(P)]
+        # group pieces with the same ordinal, source input and lane map; then arithmetic runs
+        map_ids: dict[bytes, int] = {}
+        mid = np.array([map_ids.setdefault(m.tobytes(), len(map_ids)) for m in all_maps], dtype=np.int64)
+        groups = np.lexsort((all_ov, mid, all_sk, all_ord))
+        cur: list[int] = []
+        def flush(members: list[int]) -> None:
+            if not members:
+                return
+            idxs = np.array(members)
+            ovs, svs = all_ov[idxs], all_sv[idxs]
+            for s, e2 in arithmetic_runs([ovs, svs]):
+                n = e2 - s
+                first = idxs[s]
+                src = p.ins[int(all_sk[first])]
+                ostep = int(ovs[s + 1] - ovs[s]) if n > 1 else 1
+                step = int(svs[s + 1] - svs[s]) if n > 1 else 1
+                tgt = targets[int(all_ord[first])]
+                idxc = self.index_const(all_maps[first])
+                self.tg.add("permute", [self.acc(src, svs[s], step, n), self.acc(idxc, 0, 1, 1)],
+                            [self.acc(tgt, ovs[s], ostep, n)], p, dtype=src.dtype)
+        prev = None
+        for g in groups:
+            k = (all_ord[g], all_sk[g], mid[g])
+            if k != prev:
+                flush(cur)
+                cur = []
+                prev = k
+            cur.append(int(g))
+        flush(cur)
+        if P > 1:
+            self.merge(p, targets, out)
+
+    def index_const(self, lane_map: np.ndarray) -> Tensor:
+        key = lane_map.astype(np.int32).tobytes()
+        t = self.idx_consts.get(key)
+        if t is None:
+            t = self.pg.const(f"lanemap{len(self.idx_consts)}", lane_map.astype(np.int32), "i32")
+            self.idx_consts[key] = t
+        return t
+
+    def merge(self, p: Prim, parts: list[Tensor], out: Tensor) -> None:
+        """out = parts[0] | parts[1] | ...: each piece is zero outside its lanes, so OR merges bits exactly."""
+        nvec = out.vectors(self.L)
+        w = out.dt.width
+        acc = parts[0]
+        for k, part in enumerate(parts[1:], start=1):
+            dst = out if k == len(parts) - 1 else self.temp(out, "merge")
+            if w in (1, 4):
+                dt = "u8" if w == 1 else "i32"
+                self.tg.add("vxm", [self.acc(acc, 0, 1, nvec), self.acc(part, 0, 1, nvec)],
+                            [self.acc(dst, 0, 1, nvec)], p, op="OR", dtype=dt,
+                            operands=[("read", 0), ("read", 1)], to=None, m=None)
+            else:  # no 16-bit integer type: merge each byte plane as u8
+                for pl in range(w):
+                    self.tg.add("vxm", [self.acc(acc, 0, 1, nvec, pl), self.acc(part, 0, 1, nvec, pl)],
+                                [self.acc(dst, 0, 1, nvec, pl)], p, op="OR", dtype="u8",
+                                operands=[("read", 0), ("read", 1)], to=None, m=None)
+            acc = dst
+
+
+def _batch_map(lead: tuple[int, ...], batch: tuple[int, ...]) -> np.ndarray:
+    """For each (flat) batch index of the output, the flat batch index of an operand with ``lead``."""
+    nb = int(np.prod(batch)) if batch else 1
+    if not lead:
+        return np.zeros(nb, np.int64)
+    idx = np.arange(int(np.prod(lead)), dtype=np.int64).reshape(lead)
+    pad = (1,) * (len(batch) - len(lead)) + tuple(lead)
+    return np.broadcast_to(idx.reshape(pad), batch).reshape(-1)
+
+
+def _split_constant(a: np.ndarray, s: int, e: int) -> list[tuple[int, int]]:
+    out = []
+    start = s
+    for i in range(s + 1, e):
+        if a[i] != a[i - 1]:
+            out.append((start, i))
+            start = i
+    out.append((start, e))
+    return out
+
+
+def tile(pg: PrimGraph, chip: ChipConfig) -> TaskGraph:
+    t = Tiler(pg, chip)
+    for p in pg.prims:
+        if p.kind == "view":
+            t.view_of[p.out.id] = p.ins[0]
+            continue
+        getattr(t, p.kind)(p)
+    t.tg.view_of = {k: t.base(v) for k, v in t.view_of.items()}  # type: ignore[attr-defined]
+    t.tg.tensors = pg.tensors
+    return t.tg

@@ -1,0 +1,75 @@
+"""Tasks: the unit the scheduler places.
+
+A task is a rigid group of instructions (SRAM reads, a unit operation, SRAM writes) whose relative
+timing follows from the floorplan; the scheduler only chooses its anchor cycle, the ALU/plane/switch
+that runs it, and the streams its flights use. The tiling pass creates tasks with symbolic SRAM
+accesses (tensor vector runs); the allocation pass gives the tensors SRAM planes; the scheduling
+pass turns each task into a concrete ``Template`` (``lpuc.templates``) and places it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from lpuc.prim import Prim, Tensor
+
+
+@dataclass(eq=False)
+class Access:
+    """Vectors ``start + j*stride`` (j < n) of a tensor; ``plane`` selects one byte plane (u8 view)."""
+
+    tensor: Tensor
+    start: int
+    stride: int
+    n: int
+    plane: int | None = None
+
+    def indices(self) -> np.ndarray:
+        return self.start + self.stride * np.arange(self.n, dtype=np.int64)
+
+    def __repr__(self) -> str:
+        p = f".p{self.plane}" if self.plane is not None else ""
+        return f"{self.tensor.name}{p}[{self.start}:+{self.stride}x{self.n}]"
+
+
+@dataclass(eq=False)
+class Task:
+    id: int
+    kind: str  # "vxm", "copy", "permute", "transpose", "gather", "chain"
+    reads: list[Access]
+    writes: list[Access]
+    attrs: dict[str, Any] = field(default_factory=dict)
+    prim: Prim | None = None
+    # filled by the scheduler
+    start: int = -1
+    template: Any = None
+    unit: str = ""  # the ALU, plane or switch chosen
+    streams: list[int] = field(default_factory=list)  # base stream of each flight
+
+    @property
+    def node(self) -> str:
+        return self.prim.node if self.prim else ""
+
+    def __repr__(self) -> str:
+        a = " ".join(f"{k}={v}" for k, v in self.attrs.items() if not isinstance(v, (np.ndarray, list)))
+        return f"task {self.id} {self.kind} {a}: {self.reads} -> {self.writes}"
+
+
+class TaskGraph:
+    def __init__(self, tensors: list[Tensor], inputs: list[Tensor], outputs: list[Tensor]):
+        self.tasks: list[Task] = []
+        self.tensors = tensors
+        self.inputs = inputs
+        self.outputs = outputs
+        self.nodes: list[str] = []
+
+    def add(self, kind: str, reads: list[Access], writes: list[Access], prim: Prim | None, **attrs: Any) -> Task:
+        t = Task(len(self.tasks), kind, reads, writes, attrs, prim)
+        self.tasks.append(t)
+        return t
+
+    def dump(self) -> str:
+        return "\n".join(repr(t) for t in self.tasks)
