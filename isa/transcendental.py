@@ -304,6 +304,25 @@ def _finish(y: np.ndarray, shape: tuple) -> np.ndarray:
     return y.reshape(shape)
 
 
+# Work on blocks of this many elements: the ~100 temporaries per block then
+# stay in cache (2-3x faster than whole-array passes).  Results are
+# elementwise, so blocking cannot change any bit.
+_BLOCK = 32768
+
+
+def _apply(core, x) -> np.ndarray:
+    x, shape = _prep(x)
+    n = x.size
+    with np.errstate(all="ignore"):  # overflow/underflow/nan are intended
+        if n <= _BLOCK:
+            y = core(x)
+        else:
+            y = np.empty(n, dtype=np.float32)
+            for i in range(0, n, _BLOCK):
+                y[i : i + _BLOCK] = core(x[i : i + _BLOCK])
+    return _finish(y, shape)
+
+
 def _select(m: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Bitwise select: a where m == -1, b where m == 0 (int32 result)."""
     ai = a.view(_I)
@@ -324,6 +343,12 @@ def _lt_mask(ia: np.ndarray, bound: np.float32) -> np.ndarray:
 
 
 # --------------------------------------------------------------------- exp --
+def _exp_block(x: np.ndarray) -> np.ndarray:
+    yh, yl, k = _exp_core(x)
+    y = _scale_dd(yh, yl, k)
+    return y
+
+
 def exp_f32(x: np.ndarray) -> np.ndarray:
     """e^x, bit-exact float32.
 
@@ -342,11 +367,7 @@ def exp_f32(x: np.ndarray) -> np.ndarray:
     nan -> canonical nan.
     Measured max error: {exp} ulp (exhaustive).
     """
-    x, shape = _prep(x)
-    with np.errstate(all="ignore"):
-        yh, yl, k = _exp_core(x)
-        y = _scale_dd(yh, yl, k)
-    return _finish(y, shape)
+    return _apply(_exp_block, x)
 
 
 # --------------------------------------------------------------------- log --
@@ -361,6 +382,44 @@ _LOG_R = (
     _h("0x1.999c26p-2"),
     _h("0x1.555554p-1"),
 )
+
+
+def _log_block(x: np.ndarray) -> np.ndarray:
+    ix = x.view(_I)
+    sub = (ix - _LOG_MIN_NORMAL) >> _I(31)  # -1 where x < 2^-126 (or sign set)
+    fscale = (sub & _LOG_SUB_SCALE_BITS) + _I(0x3F800000)
+    xs = x * fscale.view(np.float32)  # exact: x * 2^25 or x * 1
+    j = xs.view(_I) + _I(0x3F800000 - 0x3F3504F3)
+    k = (j >> _I(23)) - _I(127)
+    k -= sub & _I(25)
+    j &= _I(0x007FFFFF)
+    j += _SQRT_HALF_BITS
+    f = j.view(np.float32) - _ONE  # exact (Sterbenz)
+    s = f + _TWO
+    np.divide(f, s, out=s)
+    z = s * s
+    R = _horner(_LOG_R, z)
+    R *= z
+    hfsq = _HALF * f
+    hfsq *= f
+    kf = k.astype(np.float32)  # |k| <= 152: exact
+    R += hfsq
+    R *= s
+    R += kf * _LN2_LO
+    np.subtract(hfsq, R, out=R)
+    R -= f
+    y = kf * _LN2_HI
+    y -= R
+    # Special inputs, patched with bit masks (no data-dependent paths):
+    # +-0 -> -inf, x < 0 -> nan, +inf -> +inf, nan -> nan.
+    neg = ix >> _I(31)  # -1 for any sign-bit-set input
+    zero = ((ix & _ABS) - _I(1)) >> _I(31)  # -1 for +-0
+    big = ~((ix - _I(0x7F800000)) >> _I(31)) & ~neg  # -1 for +inf and +nan
+    spec = (zero & _I(-0x00800000)) | (~zero & _QNAN_I)  # -inf or nan
+    yi = y.view(_I)
+    yi ^= (yi ^ spec) & (neg | zero)
+    yi ^= (yi ^ ix) & big
+    return y
 
 
 def log_f32(x: np.ndarray) -> np.ndarray:
@@ -382,43 +441,7 @@ def log_f32(x: np.ndarray) -> np.ndarray:
     log(1) = +0, nan -> canonical nan.
     Measured max error: {log} ulp (exhaustive).
     """
-    x, shape = _prep(x)
-    with np.errstate(all="ignore"):
-        ix = x.view(_I)
-        sub = (ix - _LOG_MIN_NORMAL) >> _I(31)  # -1 where x < 2^-126 (or sign set)
-        fscale = (sub & _LOG_SUB_SCALE_BITS) + _I(0x3F800000)
-        xs = x * fscale.view(np.float32)  # exact: x * 2^25 or x * 1
-        j = xs.view(_I) + _I(0x3F800000 - 0x3F3504F3)
-        k = (j >> _I(23)) - _I(127)
-        k -= sub & _I(25)
-        j &= _I(0x007FFFFF)
-        j += _SQRT_HALF_BITS
-        f = j.view(np.float32) - _ONE  # exact (Sterbenz)
-        s = f + _TWO
-        np.divide(f, s, out=s)
-        z = s * s
-        R = _horner(_LOG_R, z)
-        R *= z
-        hfsq = _HALF * f
-        hfsq *= f
-        kf = k.astype(np.float32)  # |k| <= 152: exact
-        R += hfsq
-        R *= s
-        R += kf * _LN2_LO
-        np.subtract(hfsq, R, out=R)
-        R -= f
-        y = kf * _LN2_HI
-        y -= R
-        # Special inputs, patched with bit masks (no data-dependent paths):
-        # +-0 -> -inf, x < 0 -> nan, +inf -> +inf, nan -> nan.
-        neg = ix >> _I(31)  # -1 for any sign-bit-set input
-        zero = ((ix & _ABS) - _I(1)) >> _I(31)  # -1 for +-0
-        big = ~((ix - _I(0x7F800000)) >> _I(31)) & ~neg  # -1 for +inf and +nan
-        spec = (zero & _I(-0x00800000)) | (~zero & _QNAN_I)  # -inf or nan
-        yi = y.view(_I)
-        yi ^= (yi ^ spec) & (neg | zero)
-        yi ^= (yi ^ ix) & big
-    return _finish(y, shape)
+    return _apply(_log_block, x)
 
 
 # -------------------------------------------------------------------- tanh --
@@ -433,6 +456,47 @@ _TANH_P = (
     _h("0x1.110e72p-3"),
     _h("-0x1.555552p-2"),
 )
+
+
+def _tanh_block(x: np.ndarray) -> np.ndarray:
+    ix = x.view(_I)
+    sign = ix & _SIGN
+    ia = ix & _ABS
+    a = ia.view(np.float32)
+    # small branch
+    z = a * a
+    p = _horner(_TANH_P, z)
+    p *= z
+    p *= a
+    p += a
+    # large branch: 1 - 2/(e^(2b) + 1)
+    b = np.minimum(a, _TANH_CLAMP)
+    b += b
+    eh, el, k = _exp_core(b)
+    sc = _pow2(k)  # k in [0, 29]: exact scaling of both parts
+    eh *= sc
+    el *= sc
+    d = eh + _ONE  # D = d + dl exactly (up to el's own precision)
+    dl = d - eh  # exact: Fast2Sum(eh, 1), eh >= 1
+    np.subtract(_ONE, dl, out=dl)
+    dl += el
+    g = _TWO / d
+    pr = g * d
+    rem = _TWO - pr  # exact (Sterbenz)
+    rem -= _two_prod_err(g, d, pr)  # 2 - g*d: the division's remainder
+    dl *= g
+    np.subtract(rem, dl, out=rem)
+    rem /= d  # 2/D = g + rem (first order)
+    s1 = _ONE - g  # Fast2Sum(1, -g): 1 - g = s1 + e1 exactly
+    e1 = _ONE - s1
+    e1 -= g
+    e1 -= rem
+    s1 += e1  # tanh = fl(1 - g - rem): one final rounding
+    g = s1
+    y = _select(_lt_mask(ia, _TANH_SMALL), p, g)
+    y |= sign
+    y = y.view(np.float32)
+    return y
 
 
 def tanh_f32(x: np.ndarray) -> np.ndarray:
@@ -453,49 +517,41 @@ def tanh_f32(x: np.ndarray) -> np.ndarray:
     canonical nan.
     Measured max error: {tanh} ulp (exhaustive).
     """
-    x, shape = _prep(x)
-    with np.errstate(all="ignore"):
-        ix = x.view(_I)
-        sign = ix & _SIGN
-        ia = ix & _ABS
-        a = ia.view(np.float32)
-        # small branch
-        z = a * a
-        p = _horner(_TANH_P, z)
-        p *= z
-        p *= a
-        p += a
-        # large branch: 1 - 2/(e^(2b) + 1)
-        b = np.minimum(a, _TANH_CLAMP)
-        b += b
-        eh, el, k = _exp_core(b)
-        sc = _pow2(k)  # k in [0, 29]: exact scaling of both parts
-        eh *= sc
-        el *= sc
-        d = eh + _ONE  # D = d + dl exactly (up to el's own precision)
-        dl = d - eh  # exact: Fast2Sum(eh, 1), eh >= 1
-        np.subtract(_ONE, dl, out=dl)
-        dl += el
-        g = _TWO / d
-        pr = g * d
-        rem = _TWO - pr  # exact (Sterbenz)
-        rem -= _two_prod_err(g, d, pr)  # 2 - g*d: the division's remainder
-        dl *= g
-        np.subtract(rem, dl, out=rem)
-        rem /= d  # 2/D = g + rem (first order)
-        s1 = _ONE - g  # Fast2Sum(1, -g): 1 - g = s1 + e1 exactly
-        e1 = _ONE - s1
-        e1 -= g
-        e1 -= rem
-        s1 += e1  # tanh = fl(1 - g - rem): one final rounding
-        g = s1
-        y = _select(_lt_mask(ia, _TANH_SMALL), p, g)
-        y |= sign
-        y = y.view(np.float32)
-    return _finish(y, shape)
+    return _apply(_tanh_block, x)
 
 
 # ----------------------------------------------------------------- sigmoid --
+def _sigmoid_block(x: np.ndarray) -> np.ndarray:
+    ix = x.view(_I)
+    na = (ix | _SIGN).view(np.float32)  # -|x|
+    eh, el, k = _exp_core(na)
+    eh = _scale_dd(eh, el, k)  # == exp_f32(-|x|)
+    el = _scale(el, k)  # remainder of eh
+    # Below 2^-100 the remainder would itself be rounded to the subnormal
+    # grid (and is irrelevant there anyway): drop it.
+    el.view(_I)[...] &= ~_lt_mask(eh.view(_I), _h("0x1p-100"))
+    s = eh + _ONE  # 1 + e = s + dlt exactly (Fast2Sum, eh <= 1)
+    dlt = s - _ONE
+    np.subtract(eh, dlt, out=dlt)
+    dlt += el
+    q = eh / s
+    pr = q * s
+    rem = eh - pr  # exact (Sterbenz)
+    rem -= _two_prod_err(q, s, pr)  # eh - q*s: the division's remainder
+    rem += el
+    dlt *= q
+    rem -= dlt
+    rem /= s  # e/(1 + e) = q + rem (first order)
+    s1 = _ONE - q  # Fast2Sum(1, -q), q <= 1/2
+    e1 = _ONE - s1
+    e1 -= q
+    e1 -= rem
+    pos = s1 + e1  # fl(1 - q - rem)
+    q += rem  # fl(q + rem)
+    y = _select(ix >> _I(31), q, pos).view(np.float32)
+    return y
+
+
 def sigmoid_f32(x: np.ndarray) -> np.ndarray:
     """Logistic sigmoid 1/(1 + e^-x), bit-exact float32.
 
@@ -513,36 +569,7 @@ def sigmoid_f32(x: np.ndarray) -> np.ndarray:
     nan -> canonical nan.
     Measured max error: {sigmoid} ulp (exhaustive).
     """
-    x, shape = _prep(x)
-    with np.errstate(all="ignore"):
-        ix = x.view(_I)
-        na = (ix | _SIGN).view(np.float32)  # -|x|
-        eh, el, k = _exp_core(na)
-        eh = _scale_dd(eh, el, k)  # == exp_f32(-|x|)
-        el = _scale(el, k)  # remainder of eh
-        # Below 2^-100 the remainder would itself be rounded to the subnormal
-        # grid (and is irrelevant there anyway): drop it.
-        el.view(_I)[...] &= ~_lt_mask(eh.view(_I), _h("0x1p-100"))
-        s = eh + _ONE  # 1 + e = s + dlt exactly (Fast2Sum, eh <= 1)
-        dlt = s - _ONE
-        np.subtract(eh, dlt, out=dlt)
-        dlt += el
-        q = eh / s
-        pr = q * s
-        rem = eh - pr  # exact (Sterbenz)
-        rem -= _two_prod_err(q, s, pr)  # eh - q*s: the division's remainder
-        rem += el
-        dlt *= q
-        rem -= dlt
-        rem /= s  # e/(1 + e) = q + rem (first order)
-        s1 = _ONE - q  # Fast2Sum(1, -q), q <= 1/2
-        e1 = _ONE - s1
-        e1 -= q
-        e1 -= rem
-        pos = s1 + e1  # fl(1 - q - rem)
-        q += rem  # fl(q + rem)
-        y = _select(ix >> _I(31), q, pos).view(np.float32)
-    return _finish(y, shape)
+    return _apply(_sigmoid_block, x)
 
 
 # --------------------------------------------------------------------- erf --
@@ -602,6 +629,39 @@ _ERF_PIECES = (
 )
 
 
+def _erf_block(x: np.ndarray) -> np.ndarray:
+    ix = x.view(_I)
+    sign = ix & _SIGN
+    ia = ix & _ABS
+    a = ia.view(np.float32)
+    z = a * a
+    q = _horner(_ERF_Q, z)
+    # Normal a below 2^-100 is scaled by 2^24 (and the result back by
+    # 2^-24, both exact) so that a*Q(z) does not round on the subnormal
+    # grid; subnormal a needs no scaling (a + a*Q is then exact but for
+    # the single rounding of a*Q).
+    tiny = _lt_mask(ia, _ERF_TINY) & ~_lt_mask(ia, _MIN_NORMAL)
+    up = ((tiny & _I(24 << 23)) + _I(0x3F800000)).view(np.float32)
+    dn = ((tiny & _I(-24 << 23)) + _I(0x3F800000)).view(np.float32)
+    sa = a * up
+    q *= sa
+    q += sa
+    q *= dn
+    y = q.view(_I)
+    ac = np.minimum(a, _ERF_CLAMP)  # keeps the last polynomial in range
+    for lo, c, hi_c, lo_c, coefs in _ERF_PIECES:
+        t = ac - c
+        p = _horner(coefs, t)
+        p *= t
+        p += lo_c
+        p += hi_c
+        # keep the previous choice where a < lo, else take this piece
+        y = _select(_lt_mask(ia, lo), y, p)
+    y |= sign
+    y = y.view(np.float32)
+    return y
+
+
 def erf_f32(x: np.ndarray) -> np.ndarray:
     """Error function, bit-exact float32, exactly odd.
 
@@ -621,38 +681,7 @@ def erf_f32(x: np.ndarray) -> np.ndarray:
     Special cases: erf(+-inf) = +-1, nan -> canonical nan.
     Measured max error: {erf} ulp (exhaustive).
     """
-    x, shape = _prep(x)
-    with np.errstate(all="ignore"):
-        ix = x.view(_I)
-        sign = ix & _SIGN
-        ia = ix & _ABS
-        a = ia.view(np.float32)
-        z = a * a
-        q = _horner(_ERF_Q, z)
-        # Normal a below 2^-100 is scaled by 2^24 (and the result back by
-        # 2^-24, both exact) so that a*Q(z) does not round on the subnormal
-        # grid; subnormal a needs no scaling (a + a*Q is then exact but for
-        # the single rounding of a*Q).
-        tiny = _lt_mask(ia, _ERF_TINY) & ~_lt_mask(ia, _MIN_NORMAL)
-        up = ((tiny & _I(24 << 23)) + _I(0x3F800000)).view(np.float32)
-        dn = ((tiny & _I(-24 << 23)) + _I(0x3F800000)).view(np.float32)
-        sa = a * up
-        q *= sa
-        q += sa
-        q *= dn
-        y = q.view(_I)
-        ac = np.minimum(a, _ERF_CLAMP)  # keeps the last polynomial in range
-        for lo, c, hi_c, lo_c, coefs in _ERF_PIECES:
-            t = ac - c
-            p = _horner(coefs, t)
-            p *= t
-            p += lo_c
-            p += hi_c
-            # keep the previous choice where a < lo, else take this piece
-            y = _select(_lt_mask(ia, lo), y, p)
-        y |= sign
-        y = y.view(np.float32)
-    return _finish(y, shape)
+    return _apply(_erf_block, x)
 
 
 # ------------------------------------------------------------ registration --
@@ -697,8 +726,8 @@ def reference_f64(name: str, x: np.ndarray) -> np.ndarray:
     (slow, fine for test-sized inputs).  All are accurate to a few float64
     ulp, i.e. ~2^-28 float32 ulp.
     """
-    d = np.asarray(x, dtype=np.float32).astype(np.float64)
     with np.errstate(all="ignore"):
+        d = np.asarray(x, dtype=np.float32).astype(np.float64)
         if name == "exp":
             return np.exp(d)
         if name == "log":

@@ -75,17 +75,17 @@ def test_bank_conflict_read_and_write_same_bank():
     text = VADD.replace("@8 WRITE addr=16, n=4, s=E4", "@8 WRITE addr=16, n=4, s=E4\n@10 READ addr=0, n=1, s=W4")
     h = hazard_of(text)
     assert h.kind == "bank-conflict" and h.cycle == 10
-    # the same read from bank 1 (address 512 on tiny) is fine
-    ok = VADD.replace("@8 WRITE addr=16, n=4, s=E4", "@8 WRITE addr=16, n=4, s=E4\n@10 READ addr=600, n=1, s=W4")
+    # the same read from bank 1 (addresses from 4096 on tiny) is fine
+    ok = VADD.replace("@8 WRITE addr=16, n=4, s=E4", "@8 WRITE addr=16, n=4, s=E4\n@10 READ addr=5000, n=1, s=W4")
     with pytest.raises(HazardError) as e:  # but address 600 was never written
         run(ok)
     assert e.value.hazard.kind == "unwritten-read"
 
 
 def test_out_of_range_address():
-    text = VADD.replace("@3 READ addr=0, n=4, s=W0", "@3 READ addr=1030, n=4, s=W0")
+    text = VADD.replace("@3 READ addr=0, n=4, s=W0", "@3 READ addr=9000, n=4, s=W0")
     h = hazard_of(text)
-    assert h.kind == "out-of-range" and "1030" in h.detail and "0..1023" in h.detail
+    assert h.kind == "out-of-range" and "9000" in h.detail and "0..8191" in h.detail
 
 
 def test_unwritten_read():
@@ -105,25 +105,27 @@ MXM = """.chip tiny
 .queue MEM_W3
 @{rx1} READ addr=0, n=4, s=W3
 .queue MXM_W0
-@6 IW.f16 buf=0, s=W0, n=16, clr=1
+@10 IW.f16 buf=0, s=W0, n=16, clr=1
 @{tm} MATMUL.f16 buf=0, s=W2, n=4, acc=0, mode=0
 """
 
 
 def mxm(tm: int, extra: str = "") -> str:
+    # x planes leave MEM_W2 (position 8) and MEM_W3 (7) and meet at MXM_W0 (position 1) in cycle tm
     vals = ", ".join(["1"] * 256)
-    return MXM.format(w=vals, x=", ".join(["1"] * 64), rx=tm - 4, rx1=tm - 3, tm=tm) + extra
+    return MXM.format(w=vals, x=", ".join(["1"] * 64), rx=tm - 8, rx1=tm - 7, tm=tm) + extra
 
 
 def test_weights_not_ready():
-    assert run(mxm(23)).hazards == []
-    h = hazard_of(mxm(22))
-    assert h.kind == "weights-not-ready" and h.cycle == 22
+    # IW takes rows in 10..25: the buffer is ready in 25 + L.mxm_install (2) = 27
+    assert run(mxm(27)).hazards == []
+    h = hazard_of(mxm(26))
+    assert h.kind == "weights-not-ready" and h.cycle == 26
 
 
 def test_weights_changed_during_matmul():
-    # a second install into buffer 0 while the MATMUL (compute port busy in 23..38) still uses it
-    text = mxm(23) + "@30 IW.f16 buf=0, s=W0, n=16, clr=1\n"
+    # a second install into buffer 0 while the MATMUL (compute port busy in 27..42) still uses it
+    text = mxm(27) + "@34 IW.f16 buf=0, s=W0, n=16, clr=1\n"
     with pytest.raises(HazardError) as e:
         run(text)
     kinds = {e.value.hazard.kind}
@@ -133,7 +135,7 @@ def test_weights_changed_during_matmul():
 
 
 def test_read_of_unwritten_accumulator():
-    text = mxm(23).replace("mode=0", "mode=1")
+    text = mxm(27).replace("mode=0", "mode=1")
     assert hazard_of(text).kind == "unwritten-read"
 
 
@@ -159,10 +161,10 @@ def pair(send: int, recv: int) -> str:
 
 
 def test_link_empty_when_receiving_too_early():
-    # plane k leaves MEM_Wk (position 6-k) L.mem_read = 1 cycle after its READ in 3+k: all reach
-    # C2C0 (position 0) in cycle 10;
+    # plane k leaves MEM_Wk (position 10-k) L.mem_read = 1 cycle after its READ in 3+k: all reach
+    # C2C0 (position 0) in cycle 14;
     # tiny links move 4 bytes per cycle: a 64-byte f32 vector takes cv = 16 cycles; latency 20
-    send = 10
+    send = 14
     arrive0 = send + 16 + 20
     arrive1 = arrive0 + 16
     assert run(pair(send, arrive1 - 1)).hazards == []  # vector 1 is taken in recv + 1 = arrive1

@@ -1,7 +1,7 @@
 ; softmax.s -- y = softmax(x) along the 16 lanes of each of 2 rows (f32), all on the VXM:
 ;     m = RMAX(x);  e = EXP(x - m);  s = RSUM(e);  y = e / s
 ;
-; Streams hold no data: a value is at the VXM (position 7) for exactly one cycle. So x is read
+; Streams hold no data: a value is at the VXM (position 11) for exactly one cycle. So x is read
 ; from SRAM twice (for RMAX and for SUB), and e, which the DIV needs 4 cycles after it appears,
 ; is kept alive by two MOVs on a free ALU (a two-cycle delay line each). tiny has 8 streams per
 ; direction, i.e. two f32 groups (E0, E4, W0, W4); every group is reused once its earlier value
@@ -15,8 +15,8 @@
 ;  15    VXM0  MOV    e -> E0          W0                  E0 (17,18)
 ;  17    VXM0  MOV    e -> W4          E0                  W4 (19,20)
 ;  19    VXM1  DIV    e / s -> E0      W4, E4              E0 (21,22)
-; x plane k (MEM_Wk, position 6-k) is READ in cycles 3-k and 7-k to pass the VXM in 5 and 9.
-; y plane k reaches MEM_Ek (position 8+k) in cycle 22+k; the last word is written in
+; x plane k (MEM_Wk, position 10-k) is READ in cycles 3-k and 7-k to pass the VXM in 5 and 9.
+; y plane k reaches MEM_Ek (position 12+k) in cycle 22+k; the last word is written in
 ; 25 + 1 + L.mem_write(1) = 27, so the program takes 28 cycles.
 .chip tiny
 .tensor x const f32 [2, 16] planes=MEM_W0@0,MEM_W1@0,MEM_W2@0,MEM_W3@0 = [0, 0.5, 1, 1.5, 2, 2.5, 3, 3.5, 4, 4.5, 5, 5.5, 6, 6.5, 7, 7.5, -3.32478, -3.64831, 4.0066, -1.52131, 0.875041, -0.101371, -1.32344, -1.52388, 1.89025, -0.905603, -0.454331, 0.0666647, 3.52953, 2.04153, 1.1478, -1.69071]

@@ -1,13 +1,13 @@
 ; vadd.s -- z = x + y for two f32 tensors of shape [4, 16], streamed from two MEM hemispheres.
 ;
 ; Floorplan of the tiny chip (position: slices):
-;   0 C2C0 | 1 MXM_W0 | 2 SXM_W | 3 MEM_W3 | 4 MEM_W2 | 5 MEM_W1 | 6 MEM_W0 | 7 VXM0..3, ICU |
-;   8 MEM_E0 | 9 MEM_E1 | 10 MEM_E2 | 11 MEM_E3 | 12 SXM_E | 13 MXM_E0 | 14 C2C1
+;   0 C2C0 | 1 MXM_W0 | 2 SXM_W | 3..10 MEM_W7..MEM_W0 | 11 VXM0..3, ICU |
+;   12..19 MEM_E0..MEM_E7 | 20 SXM_E | 21 MXM_E0 | 22 C2C1
 ;
 ; An f32 vector is 4 byte planes. x keeps plane k in MEM_Wk, y in MEM_Ek, and each plane travels on
 ; its own stream: x on E0..E3 (eastward), y on W0..W3 (westward). For all 8 planes to meet at the
-; VXM (position 7) in cycle 5, a slice at position p issues its READ in cycle
-;     5 - L.mem_read - |7 - p|        (L.mem_read = 1 on tiny)
+; VXM (position 11) in cycle 5, a slice at position p issues its READ in cycle
+;     5 - L.mem_read - |11 - p|        (L.mem_read = 1 on tiny)
 ; The ADD reads both groups in cycles 5..8 and writes z on E4..E7 in cycles 7..10
 ; (L.vxm_alu = 2); MEM_Ek sits k+1 positions east of the VXM, so it takes plane k in cycle 8+k.
 ; The last word is written in cycle 11 + 3 + L.mem_write = 15, so the program takes 16 cycles.

@@ -1,0 +1,244 @@
+"""Pass 5 -- allocate: give every tensor its SRAM planes (slice, bank, address), reusing freed space.
+
+Rules the schedule relies on:
+
+* A tensor of a ``w``-byte type has ``w`` byte planes in ``w`` different MEM slices of one
+  hemisphere, each plane a run of consecutive words inside one bank.
+* Tensors one task reads together lie in disjoint slices (a slice reads one word per cycle).
+* A task's output never shares a (slice, bank) with its inputs (a slice may read and write in one
+  cycle only in different banks).
+* The index vector of a GATHER lies in the other hemisphere than the table, so that one flight of it
+  passes every plane of the table.
+* Matrix weights go to the hemisphere whose MXM planes will use them, alternating to balance planes.
+
+Space is reused in program (task) order: a tensor's words are free once its last reader is done;
+the scheduler turns every reuse into a write-after-read dependency.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from isa.config import ChipConfig
+from lpuc.errors import CapacityError, CompileError
+from lpuc.prim import Tensor
+from lpuc.tasks import TaskGraph
+
+
+@dataclass
+class Allocation:
+    reuse: list[tuple[Tensor, Tensor]] = field(default_factory=list)  # (earlier tensor, later one) sharing words
+    peak_bytes: int = 0
+    used_bytes: int = 0
+    side: dict[int, str] = field(default_factory=dict)  # tensor id -> hemisphere of its planes
+
+    def dump(self, tg: TaskGraph) -> str:
+        lines = [f"peak live SRAM: {self.peak_bytes} bytes"]
+        for t in tg.tensors:
+            if t.planes:
+                lines.append(f"{t!r}: " + ", ".join(f"{s}@{a}" for s, a in t.planes) + f" bank {t.bank}")
+        return "\n".join(lines)
+
+
+class _FreeList:
+    """Free address intervals of one (slice, bank), plus which tensor last used each word range."""
+
+    def __init__(self, lo: int, hi: int):
+        self.free: list[tuple[int, int]] = [(lo, hi)]
+        self.used: list[tuple[int, int, Tensor]] = []  # ranges given out (for reuse bookkeeping)
+
+    def fit(self, n: int) -> int | None:
+        for s, e in self.free:
+            if e - s >= n:
+                return s
+        return None
+
+    def take(self, start: int, n: int) -> None:
+        for k, (s, e) in enumerate(self.free):
+            if s <= start and start + n <= e:
+                new = [(s, start)] if start > s else []
+                if start + n < e:
+                    new.append((start + n, e))
+                self.free[k:k + 1] = new
+                return
+        raise AssertionError("taking space that is not free")
+
+    def give(self, start: int, n: int) -> None:
+        self.free.append((start, start + n))
+        self.free.sort()
+        merged: list[tuple[int, int]] = []
+        for s, e in self.free:
+            if merged and merged[-1][1] == s:
+                merged[-1] = (merged[-1][0], e)
+            else:
+                merged.append((s, e))
+        self.free = merged
+
+
+def allocate(tg: TaskGraph, chip: ChipConfig) -> Allocation:
+    L = chip.lanes
+    view_of: dict[int, Tensor] = getattr(tg, "view_of", {})
+    tensors = {t.id: t for t in tg.tensors}
+
+    def base(t: Tensor) -> Tensor:
+        return view_of.get(t.id, t)
+
+    # ---------------------------------------------------------------- lifetimes and constraints
+    first: dict[int, int] = {}
+    last: dict[int, int] = {}
+    apart: dict[int, set[int]] = defaultdict(set)  # must not share a slice
+    bank_apart: dict[int, set[int]] = defaultdict(set)  # must not share a (slice, bank)
+    opposite: dict[int, set[int]] = defaultdict(set)  # must be in the other hemisphere
+    weights: dict[int, int] = {}  # weight tensor id -> words, for the hemisphere balance
+    n_tasks = len(tg.tasks)
+    for t in list(tg.inputs) + [x for x in tg.tensors if x.const is not None]:
+        first[base(t).id] = -1
+    for task in tg.tasks:
+        rs = {a.tensor.id for a in task.reads}
+        ws = {a.tensor.id for a in task.writes}
+        for a in task.reads:
+            last[a.tensor.id] = max(last.get(a.tensor.id, -1), task.id)
+            first.setdefault(a.tensor.id, task.id)
+        for a in task.writes:
+            first[a.tensor.id] = min(first.get(a.tensor.id, task.id), task.id)
+            last[a.tensor.id] = max(last.get(a.tensor.id, -1), task.id)
+        for x in rs:
+            apart[x] |= rs - {x}
+        for w in ws:
+            for x in rs:
+                bank_apart[w].add(x)
+                bank_apart[x].add(w)
+        if task.kind == "gather":
+            ids, table = task.reads[0].tensor.id, task.reads[1].tensor.id
+            opposite[ids].add(table)
+            opposite[table].add(ids)
+        if task.kind == "chain":
+            for st in task.attrs["steps"]:
+                weights[st["w"].tensor.id] = tensors[st["w"].tensor.id].vectors(L)
+    for t in tg.outputs:
+        last[base(t).id] = n_tasks
+    for t in tg.inputs:
+        first[base(t).id] = -1
+    live_ids = sorted((i for i in first if i in last or tensors[i].role in ("input", "output")),
+                      key=lambda i: (first[i], i))
+
+    # ---------------------------------------------------------------- capacity check (clear error first)
+    def nbytes(t: Tensor) -> int:
+        return t.vectors(L) * L * t.dt.width
+
+    events = []
+    for i in live_ids:
+        events.append((first[i], 1, nbytes(tensors[i])))
+        events.append((last.get(i, first[i]) + 0.5, -1, nbytes(tensors[i])))
+    live = peak = 0
+    for _, kind, b in sorted(events):
+        live += kind * b
+        peak = max(peak, live)
+    result = Allocation(peak_bytes=peak)
+    if peak > chip.sram_bytes:
+        chips = math.ceil(peak / chip.sram_bytes)
+        raise CapacityError(f"the model needs {peak:,} bytes of SRAM at its peak; one {chip.name} chip has "
+                            f"{chip.sram_bytes:,} (it would need about {chips} chips; the multi-chip "
+                            f"compiler is not available yet: use a bigger chip config or a smaller model)")
+
+    # ---------------------------------------------------------------- placement
+    mem = {h: [s for s in chip.slices_of("MEM") if s.hemisphere == h] for h in ("W", "E")}
+    for h in mem:  # nearest to the centre first
+        mem[h].sort(key=lambda s: abs(s.position - chip.slice("VXM0").position))
+    bw = chip.bank_words
+    free = {(s.name, b): _FreeList(b * bw, (b + 1) * bw) for h in mem for s in mem[h] for b in range(chip.banks)}
+    occupants: dict[tuple[str, int], list[tuple[int, int, Tensor]]] = defaultdict(list)
+    slice_load: dict[str, int] = defaultdict(int)
+    placed: dict[int, tuple[str, list[str], list[tuple[str, int]]]] = {}  # id -> (hemisphere, slices, spots)
+    weight_words = {"W": 0, "E": 0}
+    active: list[tuple[int, Tensor, list[tuple[str, int, int]]]] = []
+
+    def release(upto: int) -> None:
+        keep = []
+        for end, t, spots in active:
+            if end < upto:
+                for sname, bank, addr in spots:
+                    free[(sname, bank)].give(addr, t.vectors(L))
+                    slice_load[sname] -= 1
+            else:
+                keep.append((end, t, spots))
+        active[:] = keep
+
+    for i in live_ids:
+        t = tensors[i]
+        release(first[i])
+        n = t.vectors(L)
+        w = t.dt.width
+        if n > bw:
+            raise CapacityError(f"tensor {t.name} ({t.dtype} {list(t.shape)}) needs {n} words per plane; a "
+                                f"{chip.name} bank holds {bw} (tensors this large are not split yet)")
+        banned_slices = {s for j in apart[i] if j in placed for s in placed[j][1]}
+        banned_spots = {spot for j in bank_apart[i] if j in placed for spot in placed[j][2]}
+        hemis = ["W", "E"]
+        forced = {placed[j][0] for j in opposite[i] if j in placed}
+        if forced:
+            hemis = [h for h in hemis if h not in forced]
+        if i in weights:  # balance matrix weights between the two hemispheres' MXM planes
+            hemis.sort(key=lambda h: weight_words[h])
+        best = None
+        for h in hemis:
+            choice = []
+            cost = 0
+            for s in mem[h]:
+                if s.name in banned_slices:
+                    continue
+                for b in range(chip.banks):
+                    if (s.name, b) in banned_spots:
+                        continue
+                    addr = free[(s.name, b)].fit(n)
+                    if addr is not None:
+                        choice.append((slice_load[s.name] * 4 + len(choice) // 8, s.name, b, addr))
+                        break
+            choice.sort(key=lambda c: (c[0], [x.name for x in mem[h]].index(c[1])))
+            if len(choice) >= w:
+                pick = choice[:w]
+                cost = sum(c[0] for c in pick)
+                if i in weights:
+                    cost = 0  # the hemisphere order above decides
+                if best is None or cost < best[0]:
+                    best = (cost, h, pick)
+                if i in weights:
+                    break
+        if best is None:
+            raise CompileError(f"cannot place tensor {t.name} ({t.dtype} {list(t.shape)}): {chip.name} has no "
+                               f"{w} free MEM slices in one hemisphere apart from the tensors it is used with")
+        _, h, pick = best
+        spots = []
+        planes = []
+        for _, sname, b, addr in pick:
+            free[(sname, b)].take(addr, n)
+            for (a0, a1, prev) in occupants[(sname, b)]:
+                if a0 < addr + n and addr < a1 and prev is not t:
+                    result.reuse.append((prev, t))
+            occupants[(sname, b)].append((addr, addr + n, t))
+            slice_load[sname] += 1
+            spots.append((sname, b, addr))
+            planes.append((sname, addr))
+        t.planes = planes
+        t.bank = pick[0][2]
+        placed[i] = (h, [p[1] for p in pick], [(p[1], p[2]) for p in pick])
+        result.side[i] = h
+        if i in weights:
+            weight_words[h] += n * w
+        active.append((last.get(i, n_tasks), t, spots))
+        result.used_bytes += nbytes(t)
+    for vid, b in view_of.items():
+        v = tensors[vid]
+        v.planes, v.bank = list(b.planes), b.bank
+        result.side[vid] = result.side.get(b.id, "W")
+    # de-duplicate reuse pairs
+    seen = set()
+    uniq = []
+    for a, b in result.reuse:
+        if (a.id, b.id) not in seen:
+            seen.add((a.id, b.id))
+            uniq.append((a, b))
+    result.reuse = uniq
+    return result
