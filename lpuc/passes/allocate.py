@@ -77,6 +77,29 @@ class _FreeList:
         self.free = merged
 
 
+def _stream_load(tid: int, hemi: str, tasks: list, placed: dict, tensors: dict) -> int:
+    """The most streams one direction needs at the VXM over these tasks if tensor tid goes to hemi."""
+    worst = 0
+    for task in tasks:
+        use = {"E": 0, "W": 0}
+        seen = set()
+        for acc in task.reads:
+            x = acc.tensor.id
+            if x in seen:
+                continue
+            seen.add(x)
+            h = hemi if x == tid else (placed[x][0] if x in placed else None)
+            if h is not None:
+                use["E" if h == "W" else "W"] += tensors[x].dt.width if acc.plane is None else 1
+        for acc in task.writes:
+            x = acc.tensor.id
+            h = hemi if x == tid else (placed[x][0] if x in placed else None)
+            if h is not None:
+                use["E" if h == "E" else "W"] += tensors[x].dt.width if acc.plane is None else 1
+        worst = max(worst, use["E"], use["W"])
+    return worst
+
+
 def allocate(tg: TaskGraph, chip: ChipConfig) -> Allocation:
     L = chip.lanes
     view_of: dict[int, Tensor] = getattr(tg, "view_of", {})
@@ -92,6 +115,7 @@ def allocate(tg: TaskGraph, chip: ChipConfig) -> Allocation:
     bank_apart: dict[int, set[int]] = defaultdict(set)  # must not share a (slice, bank)
     opposite: dict[int, set[int]] = defaultdict(set)  # must be in the other hemisphere
     weights: dict[int, int] = {}  # weight tensor id -> words, for the hemisphere balance
+    vxm_tasks: dict[int, list] = defaultdict(list)  # tensor id -> VXM tasks that touch it
     n_tasks = len(tg.tasks)
     for t in list(tg.inputs) + [x for x in tg.tensors if x.const is not None]:
         first[base(t).id] = -1
@@ -110,6 +134,9 @@ def allocate(tg: TaskGraph, chip: ChipConfig) -> Allocation:
             for x in rs:
                 bank_apart[w].add(x)
                 bank_apart[x].add(w)
+        if task.kind == "vxm":
+            for x in rs | ws:
+                vxm_tasks[x].append(task)
         if task.kind == "gather":
             ids, table = task.reads[0].tensor.id, task.reads[1].tensor.id
             opposite[ids].add(table)
@@ -182,6 +209,12 @@ def allocate(tg: TaskGraph, chip: ChipConfig) -> Allocation:
             hemis = [h for h in hemis if h not in forced]
         if i in weights:  # balance matrix weights between the two hemispheres' MXM planes
             hemis.sort(key=lambda h: weight_words[h])
+        elif vxm_tasks.get(i):
+            # the VXM sits between the hemispheres: operands from the west arrive on eastward streams,
+            # results for the east leave on eastward streams. Keep each direction within its streams.
+            load = {h: _stream_load(i, h, vxm_tasks[i], placed, tensors) for h in hemis}
+            hemis = [h for h in hemis if load[h] <= chip.streams] or hemis
+            hemis.sort(key=lambda h: load[h])
         best = None
         for h in hemis:
             choice = []

@@ -1,0 +1,74 @@
+"""Pass 7 -- codegen: scheduled tasks -> an ``.lpu`` program.
+
+Each template instruction becomes a queue entry at ``anchor + relative cycle`` on its slice (the
+chosen unit for ``*``), with the streams the scheduler assigned. Tensors become the program's
+input, output and constant descriptors. The predicted cycle count is computed here with the same
+timing function the emulator uses.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from isa.config import ChipConfig, SystemConfig
+from isa.encoding import Stream
+from isa.instructions import BY_MNEMONIC
+from isa.program import Program, TensorDesc
+from isa.timing import instruction_timing
+from lpuc.passes.schedule import Schedule
+from lpuc.prim import Tensor
+from lpuc.tasks import TaskGraph
+
+
+def _desc(t: Tensor, role: str, lanes: int) -> TensorDesc:
+    if role == "const":
+        data = t.const
+        shape = t.shape
+        if t.splat:  # stored with the value in every lane
+            data = np.repeat(t.const.reshape(t.rows, 1), lanes, axis=1)
+            shape = (t.rows, lanes)
+        return TensorDesc(f"c{t.id}:{t.name}", "const", t.dtype, tuple(shape), 0, list(t.planes),
+                          data=np.ascontiguousarray(data.astype(t.dt.np)).tobytes())
+    return TensorDesc(t.name, role, t.dtype, tuple(t.shape), 0, list(t.planes), host_dtype=t.host_dtype)
+
+
+def codegen(tg: TaskGraph, sched: Schedule, chip: ChipConfig, meta: dict | None = None) -> Program:
+    prog = Program(system=SystemConfig.single(chip), meta=dict(meta or {}))
+    node_index: dict[str, int] = {}
+    entries = []
+    for task in tg.tasks:
+        p = sched.placements[task.id]
+        tpl = sched.templates[task.id]
+        node = -1
+        if task.node:
+            node = node_index.setdefault(task.node, len(node_index))
+        for ti in tpl.insts:
+            ops = dict(ti.ops)
+            for fld, (fl, off) in ti.refs.items():
+                f = tpl.flights[fl]
+                ops[fld] = Stream(f.dir, p.streams[fl] + off).code
+            if ti.acc_region:
+                ops["acc"] += p.region * sched.region_rows
+            entries.append((p.unit if ti.slice == "*" else ti.slice, p.start + ti.rel, ti.mnemonic, ops, node))
+    prog.nodes = list(node_index)
+    for sname, issue, mn, ops, node in sorted(entries, key=lambda e: (e[0], e[1])):
+        prog.add(0, sname, issue, BY_MNEMONIC[mn], ops, node)
+    used = {a.tensor.id for task in tg.tasks for a in task.reads + task.writes}
+    for t in tg.inputs:
+        prog.tensors.append(_desc(t, "input", chip.lanes))
+    for t in tg.outputs:
+        prog.tensors.append(_desc(t, "output", chip.lanes))
+    for t in tg.tensors:
+        if t.const is not None and t.id in used and t.role != "output":
+            prog.tensors.append(_desc(t, "const", chip.lanes))
+    prog.meta["predicted_cycles"] = predicted_cycles(prog)
+    return prog
+
+
+def predicted_cycles(prog: Program) -> int:
+    """One past the last cycle any instruction does anything (the emulator's definition)."""
+    end = 0
+    for q in prog.queues.values():
+        for inst in q:
+            end = max(end, instruction_timing(inst.spec, inst.ops, inst.issue, prog.chip).end)
+    return end

@@ -1,0 +1,314 @@
+"""Pass 6 -- schedule: give every task an anchor cycle, a unit and its streams.
+
+Reservation tables hold what is taken: per slice port the busy intervals, per (slice, bank) the
+cycles it is read and written, per stream the (diagonal x position) rectangles its flights occupy
+(``lpuc.templates``). A task fits at anchor ``T`` when none of its shifted windows meets a reserved
+one; the search jumps straight past each conflict it meets.
+
+Three schedulers, a teaching knob:
+
+* ``naive``: one task at a time, in program order, each after the previous one has finished.
+* ``asap``: program order, each task at the earliest cycle where its inputs are ready and its
+  resources are free (it may slip into gaps left by earlier tasks).
+* ``list``: like asap, but among the tasks whose inputs are scheduled it always places the one with
+  the longest remaining critical path first.
+
+Dependencies: a task reads a tensor's vector only after its writer's SRAM store cycle (read after
+write); when the allocator reused words, the new tensor's writers wait for the old one's last
+reader (write after read).
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from isa.config import ChipConfig
+from lpuc.errors import CompileError
+from lpuc.passes.allocate import Allocation
+from lpuc.tasks import Task, TaskGraph
+from lpuc.templates import Template, build_template
+
+SCHEDULERS = ("list", "asap", "naive")
+
+
+class Intervals:
+    """Disjoint half-open intervals, sorted."""
+
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+
+    def conflict(self, s: int, e: int) -> int | None:
+        """End of an interval overlapping [s, e), or None."""
+        k = bisect.bisect_right(self.starts, s) - 1
+        if k >= 0 and self.ends[k] > s:
+            return self.ends[k]
+        k += 1
+        if k < len(self.starts) and self.starts[k] < e:
+            return self.ends[k]
+        return None
+
+    def add(self, s: int, e: int) -> None:
+        k = bisect.bisect_left(self.starts, s)
+        self.starts.insert(k, s)
+        self.ends.insert(k, e)
+
+
+class Rects:
+    """Rectangles (diagonal range x position range) occupied on one stream."""
+
+    def __init__(self) -> None:
+        self.d0: list[int] = []
+        self.items: list[tuple[int, int, int, int]] = []
+        self.maxlen = 0
+
+    def conflict(self, d0: int, d1: int, p0: int, p1: int) -> int | None:
+        lo = bisect.bisect_left(self.d0, d0 - self.maxlen)
+        hi = bisect.bisect_right(self.d0, d1)
+        worst = None
+        for k in range(lo, hi):
+            a0, a1, q0, q1 = self.items[k]
+            if a1 >= d0 and a0 <= d1 and q0 <= p1 and p0 <= q1:
+                worst = a1 if worst is None else max(worst, a1)
+        return worst
+
+    def add(self, d0: int, d1: int, p0: int, p1: int) -> None:
+        k = bisect.bisect_left(self.d0, d0)
+        self.d0.insert(k, d0)
+        self.items.insert(k, (d0, d1, p0, p1))
+        self.maxlen = max(self.maxlen, d1 - d0)
+
+
+@dataclass
+class Placement:
+    start: int
+    unit: str
+    region: int
+    streams: list[int]
+
+
+@dataclass
+class Schedule:
+    scheduler: str
+    placements: dict[int, Placement] = field(default_factory=dict)
+    templates: dict[int, Template] = field(default_factory=dict)
+    region_rows: int = 0
+
+    def dump(self, tg: TaskGraph) -> str:
+        lines = []
+        for t in sorted(tg.tasks, key=lambda t: (self.placements[t.id].start, t.id)):
+            p = self.placements[t.id]
+            tpl = self.templates[t.id]
+            lines.append(f"@{p.start + tpl.begin:>7}..{p.start + tpl.end:<7} {t.kind:<9} {p.unit:<7} task {t.id} "
+                         f"{t.node}")
+        return "\n".join(lines)
+
+
+class Scheduler:
+    def __init__(self, tg: TaskGraph, alloc: Allocation, chip: ChipConfig, kind: str):
+        if kind not in SCHEDULERS:
+            raise CompileError(f"unknown scheduler '{kind}'; choose one of {', '.join(SCHEDULERS)}")
+        self.tg = tg
+        self.chip = chip
+        self.kind = kind
+        self.streams = chip.streams
+        self.ports: dict[tuple[str, str], Intervals] = defaultdict(Intervals)
+        self.banks: dict[tuple[str, int, str], Intervals] = defaultdict(Intervals)
+        self.rects: dict[tuple[str, int], Rects] = defaultdict(Rects)
+        self.sched = Schedule(kind, region_rows=int(chip.mxm["acc_rows"]) // 2)
+        self.tpl = {t.id: build_template(t, chip) for t in tg.tasks}
+        self.sched.templates = self.tpl
+        self.deps = self._dependencies(alloc)
+        alus = [s.name for s in chip.slices_of("VXM")]
+        planes = chip.slices_of("MXM")
+        self.units = {
+            "VXM": alus,
+            "MXM_W": [p.name for p in planes if p.hemisphere == "W"],
+            "MXM_E": [p.name for p in planes if p.hemisphere == "E"],
+        }
+
+    # ------------------------------------------------------------------------------ dependencies
+    def _dependencies(self, alloc: Allocation) -> dict[int, list[tuple[int, int]]]:
+        """task id -> [(earlier task, delta)]: start(task) >= start(earlier) + delta."""
+        L = self.chip.lanes
+        deps: dict[int, dict[int, int]] = defaultdict(dict)
+        owner: dict[int, np.ndarray] = {}
+        readers: dict[int, list[int]] = defaultdict(list)
+        writers: dict[int, list[int]] = defaultdict(list)
+
+        def need(b: int, a: int, delta: int) -> None:
+            if a != b:
+                deps[b][a] = max(deps[b].get(a, -(1 << 62)), delta)
+
+        for t in self.tg.tasks:
+            tpl = self.tpl[t.id]
+            for acc in t.reads:
+                tid = acc.tensor.id
+                readers[tid].append(t.id)
+                own = owner.get(tid)
+                if own is None:
+                    continue
+                idx = acc.indices()
+                for w in np.unique(own[idx[(idx >= 0) & (idx < len(own))]]):
+                    if w < 0:
+                        continue
+                    wt = self.tpl[int(w)]
+                    need(t.id, int(w), wt.stores[tid][1] + 1 - tpl.reads[tid][0])
+            for acc in t.writes:
+                tid = acc.tensor.id
+                writers[tid].append(t.id)
+                own = owner.setdefault(tid, np.full(acc.tensor.vectors(L), -1, dtype=np.int64))
+                own[acc.indices()] = t.id
+        for old, new in alloc.reuse:
+            for b in writers.get(new.id, []):
+                first_store = self.tpl[b].stores[new.id][0]
+                for a in readers.get(old.id, []):
+                    need(b, a, self.tpl[a].reads[old.id][1] + 1 - first_store)
+                for a in writers.get(old.id, []):
+                    need(b, a, self.tpl[a].stores[old.id][1] + 1 - first_store)
+        return {b: list(d.items()) for b, d in deps.items()}
+
+    # ------------------------------------------------------------------------------ fitting
+    def _try(self, tpl: Template, T: int, unit: str, region: int) -> tuple[list[int] | None, int]:
+        """Streams for each flight if the template fits at T on (unit, region); else (None, next T)."""
+        def name(s: str) -> str:
+            return unit if s == "*" else s
+
+        for sl, port, s, e in tpl.ports:
+            port = f"acc{region}" if port == "acc*" else port
+            c = self.ports[(name(sl), port)].conflict(T + s, T + e)
+            if c is not None:
+                return None, c - s
+        for sl, bank, kind, s, e in tpl.banks:
+            c = self.banks[(sl, bank, "w" if kind == "r" else "r")].conflict(T + s, T + e)
+            if c is not None:
+                return None, c - s
+        chosen: list[int] = []
+        local: list[tuple[str, int, int, int, int, int]] = []
+        for f in tpl.flights:
+            d0, d1 = T + f.d0, T + f.d1
+            hint = None
+            found = None
+            for base in range(0, self.streams - f.width + 1, f.width):
+                bad = None
+                for k, (p0, p1) in enumerate(f.rects):
+                    c = self.rects[(f.dir, base + k)].conflict(d0, d1, p0, p1)
+                    for (ld, ls, a0, a1, q0, q1) in local:
+                        if ld == f.dir and ls == base + k and a1 >= d0 and a0 <= d1 and q0 <= p1 and p0 <= q1:
+                            c = a1 if c is None else max(c, a1)
+                    if c is not None:
+                        bad = c if bad is None else max(bad, c)
+                        break
+                if bad is None:
+                    found = base
+                    break
+                h = bad + 1 - f.d0
+                hint = h if hint is None else min(hint, h)
+            if found is None:
+                return None, hint if hint is not None else T + 1
+            chosen.append(found)
+            for k, (p0, p1) in enumerate(f.rects):
+                local.append((f.dir, found + k, d0, d1, p0, p1))
+        return chosen, T
+
+    def _fit(self, task: Task, ready: int) -> Placement:
+        tpl = self.tpl[task.id]
+        units = self.units.get(tpl.unit, [""])
+        regions = range(tpl.regions)
+        T = ready
+        need = defaultdict(int)
+        for f in tpl.flights:
+            need[f.dir] += f.width
+        for d, n in need.items():
+            if n > self.streams * 4:  # flights of one task may share streams only where they do not overlap
+                raise CompileError(f"task {task.id} ({task.kind}, node {task.node}) needs {n} {d} streams")
+        stall = 0
+        for _ in range(1_000_000):
+            best_hint = None
+            for unit in units:
+                for region in regions:
+                    streams, hint = self._try(tpl, T, unit, region)
+                    if streams is not None:
+                        return Placement(T, unit, region, streams)
+                    best_hint = hint if best_hint is None else min(best_hint, hint)
+            nxt = max(T + 1, best_hint or T + 1)
+            stall = stall + 1 if nxt == T + 1 else 0
+            if stall > 4 * (tpl.end - tpl.begin) + 64:
+                raise CompileError(f"task {task.id} ({task.kind}, node {task.node}) cannot be placed: its own "
+                                   f"flights need more streams than the chip has at one position")
+            T = nxt
+        raise CompileError(f"task {task.id} ({task.kind}) found no free slot")
+
+    def _commit(self, task: Task, p: Placement) -> None:
+        tpl = self.tpl[task.id]
+        T = p.start
+        for sl, port, s, e in tpl.ports:
+            port = f"acc{p.region}" if port == "acc*" else port
+            if e > s:
+                self.ports[(p.unit if sl == "*" else sl, port)].add(T + s, T + e)
+        for sl, bank, kind, s, e in tpl.banks:
+            self.banks[(sl, bank, kind)].add(T + s, T + e)
+        for f, base in zip(tpl.flights, p.streams):
+            for k, (p0, p1) in enumerate(f.rects):
+                self.rects[(f.dir, base + k)].add(T + f.d0, T + f.d1, p0, p1)
+        self.sched.placements[task.id] = p
+
+    # ------------------------------------------------------------------------------ drivers
+    def run(self) -> Schedule:
+        if self.kind == "list":
+            self._run_list()
+            return self.sched
+        finish = 0
+        for task in self.tg.tasks:
+            ready = self._ready(task)
+            if self.kind == "naive":  # nothing overlaps: wait until the previous task is done
+                ready = max(ready, finish - self.tpl[task.id].begin)
+            p = self._fit(task, ready)
+            self._commit(task, p)
+            finish = max(finish, p.start + self.tpl[task.id].end)
+        return self.sched
+
+    def _ready(self, task: Task) -> int:
+        # no task may start an access before cycle 0
+        t = -self.tpl[task.id].begin
+        for a, delta in self.deps.get(task.id, []):
+            t = max(t, self.sched.placements[a].start + delta)
+        return t
+
+    def _run_list(self) -> None:
+        tasks = self.tg.tasks
+        succ: dict[int, list[tuple[int, int]]] = defaultdict(list)
+        pending = {t.id: 0 for t in tasks}
+        for b, ds in self.deps.items():
+            for a, delta in ds:
+                succ[a].append((b, delta))
+                pending[b] += 1
+        prio: dict[int, int] = {}
+        for t in reversed(tasks):  # task order is topological: successors come later
+            tpl = self.tpl[t.id]
+            best = tpl.end - tpl.begin
+            for b, delta in succ[t.id]:
+                best = max(best, delta + prio[b])
+            prio[t.id] = best
+        heap = [(-prio[t.id], t.id) for t in tasks if pending[t.id] == 0]
+        heapq.heapify(heap)
+        while heap:
+            _, tid = heapq.heappop(heap)
+            task = tasks[tid]
+            p = self._fit(task, self._ready(task))
+            self._commit(task, p)
+            for b, _ in succ[tid]:
+                pending[b] -= 1
+                if pending[b] == 0:
+                    heapq.heappush(heap, (-prio[b], b))
+        if len(self.sched.placements) != len(tasks):
+            raise CompileError("the task graph has a dependency cycle")
+
+
+def schedule(tg: TaskGraph, alloc: Allocation, chip: ChipConfig, kind: str = "list") -> Schedule:
+    return Scheduler(tg, alloc, chip, kind).run()

@@ -1,0 +1,383 @@
+"""Task templates: the instructions of one task with their cycles relative to the task's anchor.
+
+A template is built from the floorplan and the instruction table only: the anchor instruction (the
+VXM op, the SXM op, the first weight install of a chain...) sits at relative cycle 0; its timing
+(``isa.timing.instruction_timing``) says when it reads and writes its streams; every READ is issued
+so that its vectors pass the unit exactly then (``issue = arrival - L.mem_read - distance``) and every
+WRITE is issued when the results pass its slice. The same timing function then gives the template's
+busy ports, SRAM bank accesses and stream flights, which the scheduler reserves.
+
+Slice names ``*`` stand for the unit the scheduler picks (an ALU, an MXM plane); a chain's
+accumulator region is picked the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from isa.config import ChipConfig
+from isa.dtypes import DTYPES
+from isa.encoding import IMM_FLAG, Stream
+from isa.instructions import BY_MNEMONIC
+from isa.timing import instruction_timing
+from lpuc.tasks import Access, Task
+
+
+@dataclass
+class TInst:
+    slice: str  # "*" = the chosen unit
+    rel: int
+    mnemonic: str
+    ops: dict[str, int]
+    refs: dict[str, tuple[int, int]] = field(default_factory=dict)  # stream field -> (flight, offset)
+    acc_region: bool = False  # the acc operand is relative to the chosen accumulator region
+
+
+@dataclass
+class TFlight:
+    dir: str
+    width: int
+    rects: list[tuple[int, int]]  # per stream of the group: (lowest, highest) position it occupies
+    d0: int  # first diagonal (relative to the anchor)
+    d1: int  # last diagonal
+
+
+@dataclass
+class Template:
+    insts: list[TInst]
+    flights: list[TFlight]
+    ports: list[tuple[str, str, int, int]]  # (slice, port, start, end) relative
+    banks: list[tuple[str, int, str, int, int]]  # (slice, bank, "r"/"w", start, end) relative
+    reads: dict[int, tuple[int, int]]  # tensor id -> first/last SRAM read cycle (relative)
+    stores: dict[int, tuple[int, int]]  # tensor id -> first/last SRAM store cycle (relative)
+    begin: int
+    end: int  # one past the last relative cycle of any access
+    unit: str = ""  # "VXM", "MXM_W", "MXM_E" or "" (no choice)
+    regions: int = 1  # accumulator regions to choose from (chains)
+
+
+class Builder:
+    def __init__(self, chip: ChipConfig):
+        self.chip = chip
+        self.L = chip.lanes
+        self.lat = chip.latency
+        self.insts: list[TInst] = []
+        self.flights: list[TFlight] = []
+        self.region_rows = 0
+        self.sram: list[tuple[int, str, int, str, np.ndarray]] = []  # tensor id, slice, bank, kind, cycles
+        self.extra_ports: list[tuple[str, str, int, int]] = []
+
+    def bank(self, addr: int) -> int:
+        return addr // self.chip.bank_words
+
+    def pos(self, slice_name: str) -> int:
+        return self.chip.slice(slice_name).position
+
+    def inst(self, slice_name: str, rel: int, mnemonic: str, **ops: int) -> TInst:
+        ti = TInst(slice_name, rel, mnemonic, dict(ops))
+        self.insts.append(ti)
+        return ti
+
+    def unit_timing(self, ti: TInst, unit_slice: str) -> Any:
+        """Timing of a unit instruction with placeholder streams (only directions matter)."""
+        ops = dict(ti.ops)
+        spec = BY_MNEMONIC[ti.mnemonic]
+        for f in spec.fields:
+            if f.kind in ("stream", "sorimm") and f.name in ti.refs:
+                fl, off = ti.refs[f.name]
+                ops[f.name] = Stream(self.flights[fl].dir, 0).code
+        return instruction_timing(spec, ops, ti.rel, self.chip)
+
+    def new_flight(self, direction: str, width: int) -> int:
+        self.flights.append(TFlight(direction, width, [], 0, 0))
+        return len(self.flights) - 1
+
+    # ------------------------------------------------------------------------------ streams
+    def read_group(self, acc: Access, dst_pos: int, arrive: int, user: TInst, fld: str) -> None:
+        """READ the planes of ``acc`` so that vector j passes ``dst_pos`` in cycle ``arrive + j``."""
+        t = acc.tensor
+        planes = t.planes if acc.plane is None else [t.planes[acc.plane]]
+        pos = [self.pos(s) for s, _ in planes]
+        direction = "E" if pos[0] < dst_pos else "W"
+        assert all((p < dst_pos) == (direction == "E") for p in pos), "a tensor's planes straddle the unit"
+        fl = self.new_flight(direction, len(planes))
+        f = self.flights[fl]
+        for k, ((sname, base), p) in enumerate(zip(planes, pos)):
+            rel = arrive - self.lat["mem_read"] - abs(dst_pos - p)
+            r = self.inst(sname, rel, "READ", addr=base + acc.start, n=acc.n, stride=acc.stride)
+            r.refs["s"] = (fl, k)
+            f.rects.append((min(p, dst_pos), max(p, dst_pos)))
+            self.sram.append((t.id, sname, self.bank(base), "r", rel + np.arange(acc.n)))
+        f.d0 = arrive - dst_pos if direction == "E" else arrive + dst_pos
+        f.d1 = f.d0 + acc.n - 1
+        user.refs[fld] = (fl, 0)
+
+    def write_group(self, acc: Access, src_pos: int, depart: int, writer: TInst, fld: str) -> None:
+        """WRITE the vectors a unit at ``src_pos`` puts on the streams in ``depart + j``."""
+        t = acc.tensor
+        planes = t.planes if acc.plane is None else [t.planes[acc.plane]]
+        pos = [self.pos(s) for s, _ in planes]
+        direction = "E" if pos[0] > src_pos else "W"
+        assert all((p > src_pos) == (direction == "E") for p in pos), "a tensor's planes straddle the unit"
+        fl = self.new_flight(direction, len(planes))
+        f = self.flights[fl]
+        for k, ((sname, base), p) in enumerate(zip(planes, pos)):
+            rel = depart + abs(p - src_pos)
+            w = self.inst(sname, rel, "WRITE", addr=base + acc.start, n=acc.n, stride=acc.stride)
+            w.refs["s"] = (fl, k)
+            f.rects.append((min(p, src_pos), max(p, src_pos)))
+            self.sram.append((t.id, sname, self.bank(base), "w", rel + self.lat["mem_write"] + np.arange(acc.n)))
+        f.d0 = depart - src_pos if direction == "E" else depart + src_pos
+        f.d1 = f.d0 + acc.n - 1
+        writer.refs[fld] = (fl, 0)
+
+    # ------------------------------------------------------------------------------ result
+    def finish(self, unit: str = "", regions: int = 1) -> Template:
+        ports: list[tuple[str, str, int, int]] = list(self.extra_ports)
+        begin, end = 0, 0
+        issued = set()
+        for ti in self.insts:
+            assert (ti.slice, ti.rel) not in issued, f"template issues twice on {ti.slice} in cycle {ti.rel}"
+            issued.add((ti.slice, ti.rel))
+            tm = self.unit_timing(ti, ti.slice)
+            for port, s, e in tm.busy:
+                ports.append((ti.slice, port, s, e))
+            if not any(p == "queue" for p, _, _ in tm.busy):
+                ports.append((ti.slice, "queue", ti.rel, ti.rel + 1))
+            begin = min(begin, ti.rel)
+            end = max(end, tm.end)
+        banks: list[tuple[str, int, str, int, int]] = []
+        reads: dict[int, tuple[int, int]] = {}
+        stores: dict[int, tuple[int, int]] = {}
+        for tid, sname, bank, kind, cyc in self.sram:
+            if not len(cyc):
+                continue
+            banks.append((sname, bank, kind, int(cyc[0]), int(cyc[-1]) + 1))
+            d = reads if kind == "r" else stores
+            lo, hi = d.get(tid, (int(cyc[0]), int(cyc[-1])))
+            d[tid] = (min(lo, int(cyc[0])), max(hi, int(cyc[-1])))
+            end = max(end, int(cyc[-1]) + 1)
+        return Template(self.insts, self.flights, ports, banks, reads, stores, begin, end, unit, regions)
+
+
+# ================================================================================================
+# one builder per task kind
+# ================================================================================================
+def _operand_codes(task: Task) -> list[tuple[str, Any]]:
+    return task.attrs["operands"]
+
+
+def vxm_template(task: Task, chip: ChipConfig) -> Template:
+    b = Builder(chip)
+    a = task.attrs
+    spec = BY_MNEMONIC[a["op"]]
+    dt = DTYPES[a["dtype"]]
+    out = task.writes[0]
+    n = out.n
+    ops: dict[str, int] = {"dt": dt.code, "n": n}
+    if a["op"] == "CONVERT":
+        ops["to"] = DTYPES[a["to"]].code
+    if spec.group == "reduce":
+        ops["m"] = a["m"]
+    names = [f.name for f in spec.fields if f.kind in ("stream", "sorimm") and f.name != "d"]
+    ti = b.inst("*", 0, a["op"], **ops)
+    vpos = b.pos("VXM0")
+    reads_of: dict[str, int] = {}
+    for name, (kind, val) in zip(names, _operand_codes(task)):
+        if kind == "imm":
+            from isa.asm import imm_bits
+
+            ti.ops[name] = IMM_FLAG | imm_bits(dt.np.type(val), dt)
+        else:
+            ti.ops[name] = 0
+            reads_of[name] = val
+    ti.ops["d"] = 0
+    # the op's own timing says when each operand must pass the VXM and when the result leaves
+    probe = instruction_timing(spec, ti.ops, 0, chip)
+    read_at = {r.field: int(r.cycles[0]) for r in probe.reads}
+    flight_of: dict[int, tuple[int, int]] = {}
+    for name, k in reads_of.items():
+        if k in flight_of:  # the same tensor for two operands: one flight serves both
+            ti.refs[name] = flight_of[k]
+            continue
+        b.read_group(task.reads[k], vpos, read_at[name], ti, name)
+        flight_of[k] = ti.refs[name]
+    depart = int(probe.writes[0].cycles[0])
+    b.write_group(out, vpos, depart, ti, "d")
+    return b.finish(unit="VXM")
+
+
+def copy_template(task: Task, chip: ChipConfig) -> Template:
+    """MEM to MEM: each plane's READ feeds the WRITE of the same plane directly."""
+    b = Builder(chip)
+    src, dst = task.reads[0], task.writes[0]
+    lat = chip.latency
+    for k, ((ss, sb), (ds, db)) in enumerate(zip(src.tensor.planes, dst.tensor.planes)):
+        p, q = b.pos(ss), b.pos(ds)
+        direction = "E" if q >= p else "W"
+        fl = b.new_flight(direction, 1)
+        r = b.inst(ss, 0, "READ", addr=sb + src.start, n=src.n, stride=src.stride)
+        r.refs["s"] = (fl, 0)
+        depart = lat["mem_read"]
+        w = b.inst(ds, depart + abs(q - p), "WRITE", addr=db + dst.start, n=dst.n, stride=dst.stride)
+        w.refs["s"] = (fl, 0)
+        f = b.flights[fl]
+        f.rects = [(min(p, q), max(p, q))]
+        f.d0 = depart - p if direction == "E" else depart + p
+        f.d1 = f.d0 + src.n - 1
+        b.sram.append((src.tensor.id, ss, b.bank(sb), "r", np.arange(src.n)))
+        b.sram.append((dst.tensor.id, ds, b.bank(db), "w", depart + abs(q - p) + lat["mem_write"] + np.arange(dst.n)))
+    return b.finish()
+
+
+def sxm_side(task: Task, chip: ChipConfig) -> str:
+    """The switch nearer the data: the hemisphere of the source tensor."""
+    s = task.reads[0].tensor.planes[0][0]
+    return "SXM_W" if chip.slice(s).hemisphere == "W" else "SXM_E"
+
+
+def permute_template(task: Task, chip: ChipConfig) -> Template:
+    b = Builder(chip)
+    src, idx = task.reads
+    out = task.writes[0]
+    side = sxm_side(task, chip)
+    dt = DTYPES[src.tensor.dtype]
+    ti = b.inst(side, 0, "PERMUTE", dt=dt.code, a=0, idx=0, n=src.n, d=0)
+    probe = instruction_timing(BY_MNEMONIC["PERMUTE"], ti.ops, 0, chip)
+    at = {r.field: int(r.cycles[0]) for r in probe.reads}
+    x = b.pos(side)
+    b.read_group(idx, x, at["idx"], ti, "idx")
+    b.read_group(src, x, at["a"], ti, "a")
+    b.write_group(out, x, int(probe.writes[0].cycles[0]), ti, "d")
+    return b.finish()
+
+
+def transpose_template(task: Task, chip: ChipConfig) -> Template:
+    b = Builder(chip)
+    src, out = task.reads[0], task.writes[0]
+    side = sxm_side(task, chip)
+    dt = DTYPES[src.tensor.dtype]
+    ti = b.inst(side, 0, "TRANSPOSE", dt=dt.code, a=0, n=task.attrs["n"], m=task.attrs["m"], d=0)
+    probe = instruction_timing(BY_MNEMONIC["TRANSPOSE"], ti.ops, 0, chip)
+    x = b.pos(side)
+    b.read_group(src, x, int(probe.reads[0].cycles[0]), ti, "a")
+    b.write_group(out, x, int(probe.writes[0].cycles[0]), ti, "d")
+    return b.finish()
+
+
+def gather_template(task: Task, chip: ChipConfig) -> Template:
+    """One flight of the index vector passes every plane of the table; each plane GATHERs from it."""
+    b = Builder(chip)
+    ids, table = task.reads
+    out = task.writes[0]
+    lat = chip.latency
+    tpos = [b.pos(s) for s, _ in table.tensor.planes]
+    ipos = [b.pos(s) for s, _ in ids.tensor.planes]
+    direction = "E" if max(ipos) < min(tpos) else "W"
+    assert direction == "E" or min(ipos) > max(tpos), "index vector and table must be in different hemispheres"
+    # the index group is aligned on one diagonal; it passes table plane k in cycle (diag + pos_k) (E)
+    first = min(tpos) if direction == "E" else max(tpos)
+    last = max(tpos) if direction == "E" else min(tpos)
+    fl = b.new_flight(direction, 4)
+    f = b.flights[fl]
+    arrive_first = 0  # the index vector passes the nearest table plane in cycle 0
+    for k, ((sname, base), p) in enumerate(zip(ids.tensor.planes, ipos)):
+        rel = arrive_first - lat["mem_read"] - abs(first - p)
+        r = b.inst(sname, rel, "READ", addr=base + ids.start, n=1, stride=1)
+        r.refs["s"] = (fl, k)
+        f.rects.append((min(p, last), max(p, last)))
+        b.sram.append((ids.tensor.id, sname, b.bank(base), "r", np.array([rel])))
+    f.d0 = f.d1 = arrive_first - first if direction == "E" else arrive_first + first
+    w = DTYPES[table.tensor.dtype].width
+    for k in range(w):
+        sname, base = table.tensor.planes[k]
+        p = tpos[k]
+        t_k = abs(p - first)
+        g = b.inst(sname, t_k, "GATHER", addr=base + task.attrs["chunk"], n=task.attrs["n"],
+                   stride=task.attrs["stride"], idx=0, s=0)
+        g.refs["idx"] = (fl, 0)
+        b.sram.append((table.tensor.id, sname, b.bank(base), "r", t_k + 1 + np.arange(task.attrs["n"])))
+        probe = instruction_timing(BY_MNEMONIC["GATHER"], {**g.ops, "idx": 0, "s": 0}, t_k, chip)
+        depart = int(probe.writes[0].cycles[0])
+        # plane k of the result goes to plane k of the output
+        one = Access(out.tensor, out.start, out.stride, out.n, plane=k)
+        b.write_group(one, p, depart, g, "s")
+    return b.finish()
+
+
+def chain_template(task: Task, chip: ChipConfig, region_rows: int) -> Template:
+    """Install weights and multiply for every K chunk, then read the accumulators out.
+
+    IW i uses weight buffer i % 2, so the next install overlaps the current multiply; a buffer is
+    reinstalled only after the multiply that used it has finished.
+    """
+    b = Builder(chip)
+    lat = chip.latency
+    steps = task.attrs["steps"]
+    rows = task.attrs["rows"]
+    dt = DTYPES[task.attrs["dtype"]]
+    cpv = chip.cycles_per_vector(dt.name)
+    out = task.writes[0]
+    wside = chip.slice(steps[0]["w"].tensor.planes[0][0]).hemisphere
+    plane = chip.slices_of("MXM")[0 if wside == "W" else -1].name
+    x = b.pos(plane)
+    t_iw = 0
+    mm_end: list[int] = []
+    mm_start: list[int] = []
+    used: set[int] = set()
+    iw_starts: list[int] = []
+    for i, st in enumerate(steps):
+        w, a = st["w"], st["x"]
+        if i >= 2:
+            t_iw = max(t_iw, mm_end[i - 2])  # buffer i % 2 is free once multiply i-2 is done
+        while t_iw in used:  # one instruction per cycle in the plane's queue
+            t_iw += 1
+        used.add(t_iw)
+        iw = b.inst("*", t_iw, "IW", dt=dt.code, buf=i % 2, s=0, n=w.n, r0=0, g=1, t=st["t"], clr=1,
+                    lo=0, hi=st["hi"])
+        probe = instruction_timing(BY_MNEMONIC["IW"], {**iw.ops, "s": 0}, t_iw, chip)
+        b.read_group(w, x, int(probe.reads[0].cycles[0]), iw, "s")
+        ready = int(probe.store[0].cycles[0])
+        t_mm = max(ready, mm_end[-1] if mm_end else 0)
+        while t_mm in used:
+            t_mm += 1
+        used.add(t_mm)
+        mm = b.inst("*", t_mm, "MATMUL", dt=dt.code, buf=i % 2, s=0, n=rows, acc=0, mode=int(i > 0), k=st["k"])
+        mm.acc_region = True
+        probe_mm = instruction_timing(BY_MNEMONIC["MATMUL"], {**mm.ops, "s": 0}, t_mm, chip)
+        b.read_group(a, x, int(probe_mm.reads[0].cycles[0]), mm, "s")
+        iw_starts.append(t_iw)
+        mm_start.append(t_mm)
+        mm_end.append(t_mm + rows * cpv)
+        b.extra_ports.append(("*", f"buf{i % 2}", t_iw, t_mm + rows * cpv))
+        t_iw = t_iw + -(-w.n // 1)  # the install port takes one row per cycle
+    last_rows = mm_start[-1] + lat["mxm_matmul"] + (rows - 1) * cpv
+    t_accr = last_rows + 1  # row j is read in t + j, after the last multiply wrote it in ... + j*cpv
+    while t_accr in used:
+        t_accr += 1
+    accr = b.inst("*", t_accr, "ACCR", acc=0, n=rows, to=DTYPES["f32"].code, d=0)
+    accr.acc_region = True
+    probe = instruction_timing(BY_MNEMONIC["ACCR"], {**accr.ops, "d": 0}, t_accr, chip)
+    b.write_group(out, x, int(probe.writes[0].cycles[0]), accr, "d")
+    b.extra_ports.append(("*", "acc*", mm_start[0], t_accr + rows))
+    return b.finish(unit="MXM_" + wside, regions=max(1, int(chip.mxm["acc_rows"]) // region_rows))
+
+
+def build_template(task: Task, chip: ChipConfig) -> Template:
+    k = task.kind
+    if k == "vxm":
+        return vxm_template(task, chip)
+    if k == "copy":
+        return copy_template(task, chip)
+    if k == "permute":
+        return permute_template(task, chip)
+    if k == "transpose":
+        return transpose_template(task, chip)
+    if k == "gather":
+        return gather_template(task, chip)
+    if k == "chain":
+        return chain_template(task, chip, int(chip.mxm["acc_rows"]) // 2)
+    raise AssertionError(k)
