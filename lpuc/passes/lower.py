@@ -106,11 +106,12 @@ class Lowering:
         tensors = [o for o in operands if isinstance(o, Tensor)]
         if not tensors:
             raise CompileError(f"{self.where}: an elementwise op needs at least one tensor operand")
-        dtype = dtype or tensors[0].dtype
+        dtype = dtype or (tensors[-1].dtype if op == "SELECT" else tensors[0].dtype)
         ops: list[Operand] = []
-        for o in operands:
-            if isinstance(o, Tensor) and o.dtype != dtype:
-                o = self.convert(o, dtype)
+        for k, o in enumerate(operands):
+            want = "u8" if op == "SELECT" and k == 0 else dtype  # SELECT's condition is a u8 stream
+            if isinstance(o, Tensor) and o.dtype != want:
+                o = self.convert(o, want) if want != "u8" else self.ewise("NE", [o, Imm(0)], o.dtype, "u8")
             ops.append(o)
         tensors = [o for o in ops if isinstance(o, Tensor)]
         out_shape = shape or tuple(np.broadcast_shapes(*[t.shape for t in tensors]))

@@ -221,12 +221,6 @@ class Scheduler:
         units = self.units.get(tpl.unit, [""])
         regions = range(tpl.regions)
         T = ready
-        need = defaultdict(int)
-        for f in tpl.flights:
-            need[f.dir] += f.width
-        for d, n in need.items():
-            if n > self.streams * 4:  # flights of one task may share streams only where they do not overlap
-                raise CompileError(f"task {task.id} ({task.kind}, node {task.node}) needs {n} {d} streams")
         stall = 0
         for _ in range(1_000_000):
             best_hint = None
