@@ -35,7 +35,7 @@ from isa.asm import format_instruction
 from isa.config import Slice
 from isa.dtypes import DType, from_planes, to_planes
 from isa.program import Inst, Program, ProgramError, TensorDesc
-from isa.timing import StreamAccess, Timing, TimingError, host_transfer_us, instruction_timing
+from isa.timing import StreamAccess, Timing, TimingError, host_transfer_us, instruction_timing, utilization
 
 
 @dataclass(eq=False)
@@ -543,15 +543,7 @@ class Emulator:
     def stats(self) -> dict[str, Any]:
         chip = self.chip
         cycles = max(self.cycles, 1)
-        busy_slice: dict[tuple[int, str], int] = {}
-        for (c, sname), ivs in self._busy_intervals().items():
-            busy_slice[(c, sname)] = _union_length(ivs)
-        units: dict[str, dict[str, float]] = {}
-        for unit in ("MEM", "VXM", "MXM", "SXM", "C2C", "ICU"):
-            names = [s.name for s in chip.slices_of(unit)]
-            total = sum(busy_slice.get((c, n), 0) for c in range(self.system.chips) for n in names)
-            units[unit] = {"busy_cycles": total,
-                           "utilization": total / (cycles * len(names) * self.system.chips) if names else 0.0}
+        units = utilization(chip, self.system.chips, self._busy_intervals(), cycles)
         sram = [sum(st.written_addresses() for (c, _), st in self.sram.items() if c == ch) * self.lanes
                 for ch in range(self.system.chips)]
         in_bytes = sum(int(np.prod(t.shape)) * t.dt.width for t in self.prog.io("input"))
@@ -576,18 +568,6 @@ class Emulator:
                 if port != "queue":
                     out[(op.chip, op.slice.name)].append((s, e))
         return out
-
-
-def _union_length(ivs: list[tuple[int, int]]) -> int:
-    total, end = 0, None
-    for s, e in sorted(ivs):
-        if end is None or s >= end:
-            total += e - s
-            end = e
-        elif e > end:
-            total += e - end
-            end = e
-    return total
 
 
 def _progress(done: int, total: int, secs: float, final: bool = False) -> None:

@@ -170,6 +170,45 @@ def instruction_timing(spec: Instr, ops: dict[str, int], issue: int, chip: ChipC
     return Timing(reads, writes, store, busy)
 
 
+def union_length(ivs: list[tuple[int, int]]) -> int:
+    """Cycles covered by a set of half-open intervals."""
+    total, end = 0, None
+    for s, e in sorted(ivs):
+        if end is None or s >= end:
+            total += e - s
+            end = e
+        elif e > end:
+            total += e - end
+            end = e
+    return total
+
+
+def utilization(chip: ChipConfig, chips: int, busy: dict[tuple[int, str], list[tuple[int, int]]],
+                cycles: int) -> dict[str, dict[str, float]]:
+    """Per unit kind: busy cycles (a slice is busy while any of its ports is) and the fraction of
+    (cycles x slices of that kind) they fill."""
+    out: dict[str, dict[str, float]] = {}
+    for unit in ("MEM", "VXM", "MXM", "SXM", "C2C", "ICU"):
+        names = [s.name for s in chip.slices_of(unit)]
+        total = sum(union_length(busy.get((c, n), [])) for c in range(chips) for n in names)
+        out[unit] = {"busy_cycles": total,
+                     "utilization": total / (max(cycles, 1) * len(names) * chips) if names else 0.0}
+    return out
+
+
+def program_busy(queues: dict[tuple[int, str], list], chip: ChipConfig) -> tuple[dict, int]:
+    """Busy intervals per (chip, slice) and the program's cycle count, from the instructions alone."""
+    busy: dict[tuple[int, str], list[tuple[int, int]]] = {}
+    end = 0
+    for key, q in queues.items():
+        ivs = busy.setdefault(key, [])
+        for inst in q:
+            tm = instruction_timing(inst.spec, inst.ops, inst.issue, chip)
+            ivs.extend((s, e) for port, s, e in tm.busy if port != "queue")
+            end = max(end, tm.end)
+    return busy, end
+
+
 def distance(chip: ChipConfig, slice_a: str, slice_b: str) -> int:
     """Cycles a stream value needs from slice_a's position to slice_b's."""
     return abs(chip.slice(slice_a).position - chip.slice(slice_b).position)
@@ -188,4 +227,4 @@ def cycles_to_us(chip: ChipConfig, cycles: int) -> float:
 
 
 __all__ = ["Timing", "StreamAccess", "StoreAccess", "TimingError", "instruction_timing", "namespace",
-           "evaluate", "cdiv", "distance", "host_transfer_us", "cycles_to_us"]
+           "evaluate", "cdiv", "distance", "union_length", "utilization", "program_busy", "host_transfer_us", "cycles_to_us"]

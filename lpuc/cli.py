@@ -111,6 +111,98 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _input_shapes(items: list[str] | None) -> dict[str, tuple[int, ...]]:
+    shapes = {}
+    for item in items or []:
+        name, sep, dims = item.rpartition("=")
+        try:
+            if not sep or not name:
+                raise ValueError
+            shapes[name] = tuple(int(d) for d in dims.lower().split("x"))
+            if any(d < 1 for d in shapes[name]):
+                raise ValueError
+        except ValueError:
+            raise UsageError(f"--input-shape '{item}': expected NAME=D1xD2x..., e.g. input_ids=1x128") from None
+    return shapes
+
+
+def _compile(args: argparse.Namespace, out=sys.stdout):
+    from isa.config import load_chip
+    from lpuc.pipeline import compile_model
+
+    chip = load_chip(args.chip)
+    return compile_model(args.model, chip, precision=args.precision, scheduler=args.scheduler,
+                         input_shapes=_input_shapes(args.input_shape), dump_after=args.dump_after, out=out)
+
+
+def _summary(c) -> str:
+    from isa.timing import program_busy, utilization
+
+    prog = c.program
+    cycles = prog.meta["predicted_cycles"]
+    busy, _ = program_busy(prog.queues, c.chip)
+    util = utilization(c.chip, 1, busy, cycles)
+    rl = c.roofline
+    used = c.alloc.used_bytes
+    lines = [
+        f"model              {prog.meta.get('model')} ({len(c.graph.nodes)} ONNX nodes after folding, "
+        f"{len(c.prims.prims)} primitives, {len(c.tasks.tasks)} tasks)",
+        f"chip               {c.chip.name} @ {c.chip.clock_mhz:g} MHz, {prog.meta['precision']}, "
+        f"{prog.meta['scheduler']} scheduler",
+        f"instructions       {prog.instruction_count}",
+        f"predicted cycles   {cycles}  ({cycles / c.chip.clock_mhz:.3f} us at the clock)",
+        f"roofline bound     {rl.cycles} cycles, bound by {rl.bound_by}; predicted / bound = "
+        f"{cycles / max(rl.cycles, 1):.2f}",
+        "                   " + ", ".join(f"{k} {v}" for k, v in rl.parts.items()),
+        f"sram               peak live {c.alloc.peak_bytes:,} B, allocated {used:,} B of {c.chip.sram_bytes:,} B",
+        "utilization        " + ", ".join(f"{u} {100 * v['utilization']:.1f}%" for u, v in util.items()
+                                          if u not in ("C2C", "ICU")),
+        f"compile time       {c.seconds:.2f} s",
+    ]
+    return "\n".join(lines)
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from isa.asm import disassemble
+
+    c = _compile(args)
+    out = args.output or str(Path(args.model).with_suffix(".lpu"))
+    blob = c.program.to_bytes()
+    text = disassemble(c.program) if args.emit_asm else None
+    _atomic_write(out, lambda p: p.write_bytes(blob))
+    if text is not None:
+        _atomic_write(args.emit_asm, lambda p: p.write_text(text))
+    print(_summary(c))
+    print(f"wrote              {out}" + (f" and {args.emit_asm}" if args.emit_asm else ""))
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    import io
+
+    from lpuc.verify import verify
+
+    buf = io.StringIO()
+    c = _compile(args, out=buf if args.json else sys.stdout)
+    inputs = _load_npz(args.inputs) if args.inputs else None
+    v = verify(c, args.model, args.precision, inputs, args.seed)
+    r = v.report
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return 0 if v.ok else 1
+    print(_summary(c))
+    print(f"emulated cycles    {r['emulated_cycles']}  (predicted {r['predicted_cycles']}: "
+          f"{'equal' if r['emulated_cycles'] == r['predicted_cycles'] else 'DIFFERENT'})")
+    print(f"bit-exact          {'yes' if r['bit_exact'] else 'NO'} (emulator vs the compiler's reference evaluation)")
+    for name, o in r["outputs"].items():
+        print(f"output {name:<12} max |err| {o['max_abs_err']:.3e}, max rel {o['max_rel_err']:.3e} vs onnxruntime "
+              f"(atol {o['atol']:g}, rtol {o['rtol']:g}): {'ok' if o['ok'] else 'FAIL'}")
+    print(f"times              compile {r['compile_s']:.2f} s, emulate {r['emulate_s']:.2f} s, "
+          f"onnxruntime {r['onnxruntime_s'] * 1e3:.1f} ms")
+    print("VERIFIED" if v.ok else "FAILED")
+    return 0 if v.ok else 1
+
+
 def cmd_chips(args: argparse.Namespace) -> int:
     from isa.config import CONFIG_DIR, load_chip
 
@@ -152,6 +244,29 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-strict", action="store_true", help="run through hazards like the hardware would")
     r.add_argument("--json", action="store_true", help="print the report as JSON")
     r.set_defaults(fn=cmd_run)
+
+    def compile_options(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("model", help="ONNX model (external data next to it is loaded)")
+        sp.add_argument("--chip", default="lpu-v1", help="chip config: tiny, lpu-v1 or a .toml path")
+        sp.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+        sp.add_argument("--input-shape", action="append", metavar="NAME=D1xD2",
+                        help="fix a dynamic input shape, e.g. input_ids=1x128 (repeatable)")
+        sp.add_argument("--scheduler", default="list", choices=["list", "asap", "naive"])
+        sp.add_argument("--dump-after", metavar="PASS",
+                        help="print the IR after a pass: import, fold, lower, tile, allocate, schedule, codegen")
+
+    cp = sub.add_parser("compile", help="compile an ONNX model to a .lpu program")
+    compile_options(cp)
+    cp.add_argument("-o", "--output")
+    cp.add_argument("--emit-asm", metavar="FILE.s", help="also write the program as assembly")
+    cp.set_defaults(fn=cmd_compile)
+
+    vp = sub.add_parser("verify", help="compile, emulate and check against onnxruntime")
+    compile_options(vp)
+    vp.add_argument("--inputs", help=".npz of inputs (default: random, valid ranges)")
+    vp.add_argument("--seed", type=int, default=0)
+    vp.add_argument("--json", action="store_true", help="print one JSON object")
+    vp.set_defaults(fn=cmd_verify)
 
     c = sub.add_parser("chips", help="list chip configs, or show one chip's floorplan")
     c.add_argument("chip", nargs="?")

@@ -14,7 +14,7 @@ from isa.config import ChipConfig, SystemConfig
 from isa.encoding import Stream
 from isa.instructions import BY_MNEMONIC
 from isa.program import Program, TensorDesc
-from isa.timing import instruction_timing
+from isa.timing import program_busy
 from lpuc.passes.schedule import Schedule
 from lpuc.prim import Tensor
 from lpuc.tasks import TaskGraph
@@ -67,8 +67,4 @@ def codegen(tg: TaskGraph, sched: Schedule, chip: ChipConfig, meta: dict | None 
 
 def predicted_cycles(prog: Program) -> int:
     """One past the last cycle any instruction does anything (the emulator's definition)."""
-    end = 0
-    for q in prog.queues.values():
-        for inst in q:
-            end = max(end, instruction_timing(inst.spec, inst.ops, inst.issue, prog.chip).end)
-    return end
+    return program_busy(prog.queues, prog.chip)[1]

@@ -15,7 +15,7 @@ import numpy as np
 from isa.config import ChipConfig
 from lpuc.errors import CompileError, UnsupportedOp
 from lpuc.ir import Graph, Node
-from lpuc.prim import Imm, Operand, PrimGraph, Tensor
+from lpuc.prim import Imm, Operand, Prim, PrimGraph, Tensor
 
 #: ONNX numpy dtype -> chip dtype
 CHIP_DTYPE = {
@@ -120,13 +120,29 @@ class Lowering:
             ops = [self.splat(o) if isinstance(o, Tensor) and o.last == 1 and not o.splat else o for o in ops]
         splat = bool(out_shape) and out_shape[-1] == 1 and all(t.splat for t in ops if isinstance(t, Tensor))
         out = self.temp(out_dtype or dtype, out_shape, splat=splat)
-        return self.pg.add("ewise", ops, out, self._node_name(), op=op, dtype=dtype)
+        prim = Prim("ewise", ops, out, {"op": op, "dtype": dtype}, self._node_name())
+        if all(o.const is not None for o in ops if isinstance(o, Tensor)):
+            # everything is known: compute it now, with the chip's arithmetic, into a constant
+            return self._fold(prim)
+        self.pg.prims.append(prim)
+        return out
+
+    def _fold(self, prim: Prim) -> Tensor:
+        from lpuc.reference import evaluate_prim
+
+        vals = {t.id: t.const for t in prim.ins if isinstance(t, Tensor)}
+        value = evaluate_prim(prim, vals, self.lanes)
+        return self.pg.const(f"{prim.out.name}.folded", value, prim.out.dtype, splat=prim.out.splat)
 
     def convert(self, t: Tensor, to: str) -> Tensor:
         if t.dtype == to:
             return t
         out = self.temp(to, t.shape, splat=t.splat)
-        return self.pg.add("convert", [t], out, self._node_name(), to=to)
+        prim = Prim("convert", [t], out, {"to": to}, self._node_name())
+        if t.const is not None:
+            return self._fold(prim)
+        self.pg.prims.append(prim)
+        return out
 
     def splat(self, t: Tensor) -> Tensor:
         """Replicate lane 0 of every row of a [.., 1] tensor into all lanes."""

@@ -98,6 +98,7 @@ class Schedule:
     placements: dict[int, Placement] = field(default_factory=dict)
     templates: dict[int, Template] = field(default_factory=dict)
     region_rows: int = 0
+    deps: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
 
     def dump(self, tg: TaskGraph) -> str:
         lines = []
@@ -124,6 +125,7 @@ class Scheduler:
         self.tpl = {t.id: build_template(t, chip) for t in tg.tasks}
         self.sched.templates = self.tpl
         self.deps = self._dependencies(alloc)
+        self.sched.deps = self.deps
         alus = [s.name for s in chip.slices_of("VXM")]
         planes = chip.slices_of("MXM")
         self.units = {

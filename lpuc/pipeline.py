@@ -1,0 +1,90 @@
+"""The compiler pipeline, straight-line: one pass after the other, each in ``lpuc/passes/<name>.py``.
+
+    import -> fold -> lower -> tile -> allocate -> schedule -> codegen
+
+``compile_model(..., dump_after="tile")`` prints the IR after that pass (``lpuc compile
+--dump-after tile``), so every step can be read.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, TextIO
+
+from isa.asm import disassemble
+from isa.config import ChipConfig
+from isa.program import Program
+from lpuc.errors import CompileError
+from lpuc.ir import Graph
+from lpuc.passes.allocate import Allocation, allocate
+from lpuc.passes.codegen import codegen
+from lpuc.passes.fold_constants import fold_constants
+from lpuc.passes.import_onnx import import_onnx
+from lpuc.passes.lower import PRECISIONS, lower
+from lpuc.passes.schedule import SCHEDULERS, Schedule, schedule
+from lpuc.passes.tile import tile
+from lpuc.prim import PrimGraph
+from lpuc.roofline import Roofline, roofline
+from lpuc.tasks import TaskGraph
+
+PASSES = ("import", "fold", "lower", "tile", "allocate", "schedule", "codegen")
+
+
+@dataclass
+class Compiled:
+    program: Program
+    graph: Graph
+    prims: PrimGraph
+    tasks: TaskGraph
+    alloc: Allocation
+    sched: Schedule
+    roofline: Roofline
+    chip: ChipConfig
+    seconds: float
+    pass_seconds: dict[str, float] = field(default_factory=dict)
+
+
+def dump_graph(g: Graph) -> str:
+    lines = [f"opset {g.opset}; inputs {g.inputs}; outputs {g.outputs}"]
+    for n in g.topo():
+        ins = ", ".join(f"{i}{list(g.values[i].shape) if i and g.values[i].shape is not None else ''}"
+                        + ("=const" if i and g.values[i].const is not None else "") for i in n.inputs)
+        outs = ", ".join(f"{o}{list(g.values[o].shape) if g.values[o].shape is not None else ''}" for o in n.outputs if o)
+        lines.append(f"{n.name}: {n.op}({ins}) -> {outs}")
+    return "\n".join(lines)
+
+
+def compile_model(path: str | Path, chip: ChipConfig, precision: str = "fp32", scheduler: str = "list",
+                  input_shapes: dict[str, tuple[int, ...]] | None = None, dump_after: str | None = None,
+                  out: TextIO = sys.stdout) -> Compiled:
+    if precision not in PRECISIONS:
+        raise CompileError(f"unknown precision '{precision}'; choose one of {', '.join(PRECISIONS)}")
+    if scheduler not in SCHEDULERS:
+        raise CompileError(f"unknown scheduler '{scheduler}'; choose one of {', '.join(SCHEDULERS)}")
+    if dump_after is not None and dump_after not in PASSES:
+        raise CompileError(f"unknown pass '{dump_after}' for --dump-after; passes are {', '.join(PASSES)}")
+    times: dict[str, float] = {}
+    t_all = time.perf_counter()
+
+    def step(name: str, fn: Callable[[], Any], dump: Callable[[Any], str]) -> Any:
+        t0 = time.perf_counter()
+        result = fn()
+        times[name] = time.perf_counter() - t0
+        if dump_after == name:
+            out.write(f"=== after {name} ===\n{dump(result)}\n")
+        return result
+
+    g = step("import", lambda: import_onnx(path, input_shapes), dump_graph)
+    g = step("fold", lambda: fold_constants(g), dump_graph)
+    pg = step("lower", lambda: lower(g, chip, precision), lambda r: r.dump())
+    tg = step("tile", lambda: tile(pg, chip), lambda r: r.dump())
+    al = step("allocate", lambda: allocate(tg, chip), lambda r: r.dump(tg))
+    sc = step("schedule", lambda: schedule(tg, al, chip, scheduler), lambda r: r.dump(tg))
+    meta = {"model": Path(path).name, "precision": precision, "scheduler": scheduler}
+    prog = step("codegen", lambda: codegen(tg, sc, chip, meta), lambda r: disassemble(r, with_data=False))
+    rl = roofline(tg, sc, chip)
+    prog.meta["roofline_cycles"] = rl.cycles
+    return Compiled(prog, g, pg, tg, al, sc, rl, chip, time.perf_counter() - t_all, times)

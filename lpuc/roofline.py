@@ -1,0 +1,91 @@
+"""The roofline lower bound on a program's cycles, computed from the compiler's tasks.
+
+No schedule of these tasks can be shorter than any of:
+
+* ``mxm``: multiply cycles (``rows * cycles_per_vector`` per K chunk) shared by all MXM planes;
+* ``install``: weight-install cycles (one row per cycle per plane) shared by all planes;
+* ``vxm``: vectors through the ALUs (one per cycle per ALU) shared by all ALUs;
+* ``sxm``: switch cycles shared by the two switch units;
+* ``sram``: words read (or written) shared by all MEM slices (one read and one write per slice per cycle);
+* ``stream``: stream-register hops (vectors x positions travelled) over all streams' registers;
+* ``critical_path``: the longest chain of dependent tasks, each at its minimum latency, with unlimited
+  units and streams.
+
+The bound is the largest of these; ``predicted cycles / bound`` says how close the schedule is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from isa.config import ChipConfig
+from lpuc.tasks import TaskGraph
+
+
+@dataclass
+class Roofline:
+    parts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def cycles(self) -> int:
+        return max(self.parts.values()) if self.parts else 0
+
+    @property
+    def bound_by(self) -> str:
+        return max(self.parts, key=self.parts.get) if self.parts else ""
+
+
+def _cdiv(a: float, b: float) -> int:
+    return int(-(-a // b)) if b else 0
+
+
+def roofline(tg: TaskGraph, sched, chip: ChipConfig) -> Roofline:
+    planes = len(chip.slices_of("MXM"))
+    alus = len(chip.slices_of("VXM"))
+    mems = len(chip.slices_of("MEM"))
+    mxm = install = vxm = sxm = 0
+    reads = writes = hops = 0
+    for t in tg.tasks:
+        tpl = sched.templates[t.id]
+        if t.kind == "chain":
+            cpv = chip.cycles_per_vector(t.attrs["dtype"])
+            for st in t.attrs["steps"]:
+                mxm += t.attrs["rows"] * cpv
+                install += st["w"].n
+        elif t.kind == "vxm":
+            vxm += t.writes[0].n
+        elif t.kind in ("permute", "transpose"):
+            sxm += max(e - s for sl, port, s, e in tpl.ports if port == "sxm")
+        for sl, bank, kind, s, e in tpl.banks:
+            if kind == "r":
+                reads += e - s
+            else:
+                writes += e - s
+        for f in tpl.flights:
+            for p0, p1 in f.rects:
+                hops += (f.d1 - f.d0 + 1) * (p1 - p0 + 1)
+    parts = {
+        "mxm": _cdiv(mxm, planes),
+        "install": _cdiv(install, planes),
+        "vxm": _cdiv(vxm, alus),
+        "sxm": _cdiv(sxm, 2),
+        "sram": _cdiv(max(reads, writes), mems),
+        "stream": _cdiv(hops, 2 * chip.streams * chip.positions),
+        "critical_path": _critical_path(tg, sched),
+    }
+    return Roofline(parts)
+
+
+def _critical_path(tg: TaskGraph, sched) -> int:
+    """Longest dependency chain with every task at its earliest start (no resource limits)."""
+    est: dict[int, int] = {}
+    deps = sched.deps if hasattr(sched, "deps") else {}
+    longest = 0
+    for t in tg.tasks:  # task order is topological
+        tpl = sched.templates[t.id]
+        s = -tpl.begin
+        for a, delta in deps.get(t.id, []):
+            s = max(s, est[a] + delta)
+        est[t.id] = s
+        longest = max(longest, s + tpl.end)
+    return longest
