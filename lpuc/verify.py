@@ -8,8 +8,8 @@ Three checks, all required:
    the chip's arithmetic (``lpuc.reference``): any difference is a scheduling or data-movement bug;
 3. the compiler's predicted cycle count equals the emulated one.
 
-Tolerances (documented in README): fp32 atol 1e-4, rtol 1e-3; fp16 atol 2e-2, rtol 2e-2; bf16 atol
-1e-1, rtol 5e-2. The low-precision figures cover the weights and matrix inputs rounded to 11 or 8
+Tolerances (documented in README): fp32 atol 1e-4, rtol 1e-3; fp16 atol 5e-3, rtol 1e-2; bf16 atol
+3e-2, rtol 3e-2. The low-precision figures cover the weights and matrix inputs rounded to 11 or 8
 significant bits; the vector unit keeps computing in f32.
 """
 
@@ -29,7 +29,7 @@ from lpuc.ir import Graph
 from lpuc.pipeline import Compiled
 from lpuc.reference import run_reference
 
-TOLERANCE = {"fp32": (1e-4, 1e-3), "fp16": (2e-2, 2e-2), "bf16": (1e-1, 5e-2)}
+TOLERANCE = {"fp32": (1e-4, 1e-3), "fp16": (5e-3, 1e-2), "bf16": (3e-2, 3e-2)}
 
 
 def make_inputs(g: Graph, seed: int) -> dict[str, np.ndarray]:
