@@ -59,7 +59,7 @@ SUMMARY = {
         "R4 degree 4 in s^2 (Horner)."
     ),
     "tanh": (
-        "a = |x|; a < 0.3: a + a*(z*P3(z)), z = a^2, P3 degree 3; else "
+        "a = |x|; a < 0.3: a + a*(z*P3(z)), z = a^2, P3 degree 3 (Horner); else "
         "1 - 2/(e^(2*min(a,10)) + 1) with e^(2a) as a double-float from the exp "
         "core, the rounding of E+1 and the division remainder (Dekker product) "
         "compensated; sign bit OR-ed back."
@@ -74,7 +74,7 @@ SUMMARY = {
         "a = |x|; a < 0.5: a + a*Q5(a^2) (normal a < 2^-100 pre-scaled by 2^24); "
         "else 6 intervals [0.5,0.8,1.1,1.5,2,2.8,inf): erf = H + (L + t*P(t)), "
         "t = min(a,4) - c, H+L = erf(c) as a float32 pair, P degree 7..9 (Horner); "
-        "saturates to exactly 1 from 3.9192; sign bit OR-ed back."
+        "capped at 1 - 2^-24 below 3.919206 and exactly 1 from there; sign bit OR-ed back."
     ),
 }
 
@@ -87,25 +87,38 @@ class Stats:
     max_err: float = -1.0
     max_bits: int = 0
     not_cr: int = 0  # results != the correctly rounded float32 of the reference
+    non_monotone: int = 0  # adjacent inputs where f steps down
 
     def merge(self, o: "Stats") -> None:
         self.n += o.n
         self.n_all += o.n_all
         self.sum_err += o.sum_err
         self.not_cr += o.not_cr
+        self.non_monotone += o.non_monotone
         if o.max_err > self.max_err:
             self.max_err, self.max_bits = o.max_err, o.max_bits
 
 
-def _chunk(task: tuple[str, int, int, int]) -> tuple[str, Stats]:
-    name, lo, hi, step = task
-    bits = np.arange(lo, hi, step, dtype=np.uint64).astype(np.uint32)
+def _chunk(task: tuple[str, int, int, int, int]) -> tuple[str, Stats]:
+    name, lo, hi, step, top = task
+    # one extra pattern past the chunk links it to the next for the
+    # monotonicity check; statistics use the first n patterns only
+    bits = np.arange(lo, min(hi + step, top), step, dtype=np.uint64).astype(np.uint32)
+    n = len(range(lo, hi, step))
     x = bits.view(np.float32)
     y = T.FUNCTIONS[name](x)
-    ref = T.reference_f64(name, x)
-    err = T.ulp_error(y, ref)
     st = Stats()
     with np.errstate(all="ignore"):
+        # consecutive patterns of one sign are consecutive float32 values
+        # (ascending for sign 0, descending for sign 1): a non-decreasing f
+        # must not step the other way; NaN pairs compare False.
+        d = np.diff(y.astype(np.float64))
+        neg = bits >= np.uint32(0x80000000)
+        same = neg[1:] == neg[:-1]
+        st.non_monotone = int((same & np.where(neg[1:], d > 0, d < 0)).sum())
+        bits, x, y = bits[:n], x[:n], y[:n]
+        ref = T.reference_f64(name, x)
+        err = T.ulp_error(y, ref)
         valid = ~np.isnan(ref)
         st.n = int(valid.sum())
         st.n_all = int(x.size)
@@ -140,7 +153,7 @@ def measure(names: list[str], step: int, workers: int) -> dict[str, Stats]:
         top = 1 << 31 if name in ODD else 1 << 32
         span = CHUNK * step
         for lo in range(0, top, span):
-            tasks.append((name, lo, min(lo + span, top), step))
+            tasks.append((name, lo, min(lo + span, top), step, top))
     out = {name: Stats() for name in names}
     t0 = time.time()
     done = 0
@@ -193,18 +206,22 @@ def render(stats: dict[str, Stats], step: int, speeds: dict[str, float], secs: f
         "results).  Measured over " + scope + " (NaN references excluded from the",
         "mean; special values such as +-0, +-inf, NaN, overflow and underflow are all",
         "inside the sweep).  \"Correctly rounded\" counts results equal to the float32",
-        "rounding of the reference.",
+        "rounding of the reference.  \"Monotone\" means no two adjacent inputs of the",
+        "sweep where the (non-decreasing) function steps down; for tanh and erf the",
+        "negative half follows from the exact odd symmetry.",
         "",
         "| function | domain | max ulp | mean ulp | correctly rounded | max at x | "
-        "contract (`max_ulp_documented`) |",
-        "| --- | --- | ---: | ---: | ---: | --- | ---: |",
+        "monotone | contract (`max_ulp_documented`) |",
+        "| --- | --- | ---: | ---: | ---: | --- | --- | ---: |",
     ]
     for name, st in stats.items():
         dom = DOMAIN[name] if exhaustive else f"every {step}th pattern of: {DOMAIN[name]}"
         cr = 100.0 * (1.0 - st.not_cr / max(st.n, 1))
         lines.append(
             f"| {name} | {dom} | {st.max_err:.4f} | {st.sum_err / max(st.n, 1):.5f} | "
-            f"{cr:.3f} % | {_fmt_x(st.max_bits)} | {T.max_ulp_documented[name]} |"
+            f"{cr:.3f} % | {_fmt_x(st.max_bits)} | "
+            f"{'yes' if st.non_monotone == 0 else f'no ({st.non_monotone} steps down)'} | "
+            f"{T.max_ulp_documented[name]} |"
         )
     lines += [
         "",
@@ -228,14 +245,18 @@ def render(stats: dict[str, Stats], step: int, speeds: dict[str, float], secs: f
         "",
         "| function | special cases |",
         "| --- | --- |",
-        "| exp | exp(+-0) = 1, exp(-inf) = +0, exp(+inf) = +inf, overflow to +inf above "
-        "88.72284, correctly rounded subnormals down to -103.97, +0 below |",
+        "| exp | exp(+-0) = 1, exp(-inf) = +0, exp(+inf) = +inf; +inf for x >= 88.72284 "
+        "(0x42B17218); correctly rounded subnormals for x <= -87.33655 (0xC2AEAC50); "
+        "+0 for x <= -103.972084 (0xC2CFF1B5) |",
         "| log | log(+-0) = -inf, log(x<0) = NaN, log(+inf) = +inf, log(1) = +0, "
         "subnormal inputs exact-scaled |",
-        "| tanh | tanh(+-0) = +-0, tanh(+-inf) = +-1, +-1 from abs(x) >= 9.011 |",
-        "| sigmoid | sigmoid(+-0) = 0.5, sigmoid(+inf) = 1, sigmoid(-inf) = +0, subnormal "
-        "results for x < -87.3, never NaN for non-NaN x |",
-        "| erf | erf(+-0) = +-0, erf(+-inf) = +-1, +-1 from abs(x) >= 3.9192 |",
+        "| tanh | tanh(+-0) = +-0, tanh(+-inf) = +-1; exactly +-1 for abs(x) >= 9.010914 "
+        "(0x41102CB4) |",
+        "| sigmoid | sigmoid(+-0) = 0.5, sigmoid(+inf) = 1, sigmoid(-inf) = +0; exactly 1 "
+        "for x >= 17.32868 (0x418AA123); subnormal results for x <= -87.33655, +0 for "
+        "x <= -103.972084; never NaN for non-NaN x |",
+        "| erf | erf(+-0) = +-0, erf(+-inf) = +-1; exactly +-1 for abs(x) >= 3.919206 "
+        "(0x407AD445), the first float32 whose erf rounds to 1 |",
         "| all | NaN in -> canonical NaN 0x7FC00000 out |",
         "",
         "## Speed",
@@ -269,11 +290,12 @@ def main(argv: list[str] | None = None) -> int:
     stats = measure(args.functions, args.step, args.workers)
     secs = time.time() - t0
     speeds = {name: _speed(name) for name in args.functions}
-    print(f"{'function':8} {'max ulp':>9} {'mean ulp':>9} {'not CR':>12}  max at")
+    print(f"{'function':8} {'max ulp':>9} {'mean ulp':>9} {'not CR':>12} {'non-mono':>8}  max at")
     fail = False
     for name, st in stats.items():
         print(
-            f"{name:8} {st.max_err:9.4f} {st.sum_err / max(st.n, 1):9.5f} {st.not_cr:12d}  "
+            f"{name:8} {st.max_err:9.4f} {st.sum_err / max(st.n, 1):9.5f} {st.not_cr:12d} "
+            f"{st.non_monotone:8d}  "
             f"{_fmt_x(st.max_bits)}   {speeds[name]:.1f} ns/el"
         )
         if st.max_err > T.max_ulp_documented[name]:

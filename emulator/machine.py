@@ -280,6 +280,8 @@ class Emulator:
     def _resolve_sram(self, op: Op, addrs: np.ndarray | None, cycles: np.ndarray) -> None:
         store = self._sram_store(op.chip, op.slice.name)
         if addrs is None:  # GATHER: depends on every earlier write to the slice
+            if not len(cycles):
+                return
             op.deps.update(int(s) for s in store.sources_before(int(cycles[-1]) + 1) if s < len(self.ops))
             return
         ok = (addrs >= 0) & (addrs < self.chip.words_per_slice)
@@ -441,6 +443,11 @@ class Emulator:
         return RunResult(outputs, self.cycles, self.stats(), list(self.hazards), self.ops)
 
     def _order(self) -> list[Op]:
+        for op in self.ops:
+            if op.id in op.deps:
+                raise EmulatorLimit(f"{op.slice.name} #{op.qidx} {self.text(op)} reads a value it writes itself "
+                                    f"(same stream, same position); the vectorised emulator evaluates whole "
+                                    f"instructions, so write the result to another stream")
         ts: graphlib.TopologicalSorter = graphlib.TopologicalSorter()
         for op in self.ops:
             ts.add(op.id, *[d for d in op.deps if d < len(self.ops) and d != op.id])

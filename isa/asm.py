@@ -60,10 +60,11 @@ def format_scalar(value: np.generic, dt: DType) -> str:
         return "-0" if math.copysign(1, f) < 0 else "0"
     if f == int(f) and abs(f) < 1e16:
         return str(int(f))
-    for p in range(1, 18):
-        s = f"{f:.{p}g}"
-        if dt.np.type(float(s)) == v:
-            return s
+    with np.errstate(over="ignore"):  # a candidate text may overflow the type: it is then rejected
+        for p in range(1, 18):
+            s = f"{f:.{p}g}"
+            if dt.np.type(float(s)) == v:
+                return s
     return repr(f)
 
 

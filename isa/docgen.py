@@ -80,7 +80,11 @@ def generate() -> str:
         "flow west. A value written by the slice at position `q` in cycle `u` is at `q+k` (eastward) or "
         "`q-k` (westward) in cycle `u+k`, until a slice on its way writes the same stream in the cycle it "
         "passes there, which overwrites it. A slice reads a stream only in the cycle the value passes its "
-        "position. Two writers on one stream at one position in one cycle are a hazard.",
+        "position; a value written at a position in a cycle is read there in the same cycle (this is how "
+        "one VXM ALU feeds another). Two writers on one stream at one position in one cycle are a hazard.",
+        "- **Memory contents.** SRAM words hold what the host or a WRITE put there; reading a word nothing "
+        "wrote is a hazard (`--no-strict` reads zeros). Accumulator rows likewise. A MATMUL needs a "
+        "completed IW into its buffer.",
         "- **Timing.** `t` is the issue cycle of an instruction. Its accesses happen at the cycles given "
         "under *timing* below (`L.x` is the chip's `latency.x`). The distance between slices is "
         "`|pos_a - pos_b|` cycles. The program's length is one past the last cycle in which any "

@@ -165,7 +165,8 @@ MEM = [
          _f("s", "stream", STREAM_BITS, "output stream (one byte plane)")),
         "Stream out the words selected by an index vector (embedding lookup).",
         "ix = idx[0] (one i32 vector, read in cycle t); for j < n (n <= lanes): "
-        "s[j] = sram[addr + ix[j]*stride]; an address outside the slice is a hazard (zeros in --no-strict)",
+        "s[j] = sram[addr + ix[j]*stride], read in cycle t + 1 + j; an address outside the slice is a "
+        "hazard (zeros in --no-strict)",
         reads=(StreamIO("idx", "i32", "0", "1"),),
         writes=(StreamIO("s", "u8", "L.mem_gather"),),
         store=(StoreIO("sram", "r", "", "1"),),
@@ -192,7 +193,8 @@ _VXM_COMPARE = {
 }
 _VXM_UNARY = {
     # mnemonic: (formula, dtypes, latency key)
-    "MOV": ("a  (copy; also turns a value onto another stream or direction)", ALL_TYPES, "vxm_alu"),
+    "MOV": ("a  (a bit copy, nan payloads kept; also moves a value onto another stream or direction)",
+            ALL_TYPES, "vxm_alu"),
     "NEG": ("-a (ints wrap)", ("i8", "i32") + FLOATS, "vxm_alu"),
     "ABS": ("|a| (ints wrap: |MIN| = MIN)", ("i8", "i32") + FLOATS, "vxm_alu"),
     "RELU": ("a > 0 ? a : (a is nan ? a : +0)", ("i8", "i32") + FLOATS, "vxm_alu"),
@@ -212,7 +214,17 @@ _VXM_REDUCE = {
 
 _FLOAT_NOTE = ("f16/bf16 operands are widened exactly to f32, the op is evaluated as for f32, and the "
                "result is rounded to the type (round to nearest even); a nan result is always the "
-               "canonical quiet nan (sign 0, payload 0); ints wrap (two's complement)")
+               "canonical quiet nan (sign 0, payload 0)")
+_INT_NOTE = "integers wrap (two's complement)"
+
+
+def _note(types: tuple[str, ...]) -> str:
+    notes = []
+    if any(t in FLOATS for t in types):
+        notes.append(_FLOAT_NOTE)
+    if any(t in INTS for t in types):
+        notes.append(_INT_NOTE)
+    return "; ".join(notes)
 
 
 def _vxm_io(latency: str, inputs: tuple[str, ...], out_dtype: str = "dt") -> dict:
@@ -225,7 +237,7 @@ VXM: list[Instr] = []
 for _m, (_sem, _types) in _VXM_BINARY.items():
     VXM.append(Instr(
         _m, "VXM", (DT, A, B, N, D), f"Elementwise {_m.lower()} of two vector streams (b may be an immediate).",
-        f"for j < n, lane l: d[j][l] = {_sem}.  {_FLOAT_NOTE}",
+        f"for j < n, lane l: d[j][l] = {_sem}.  {_note(_types)}",
         dtypes=_types, group="binary", extra={"op": _m.lower()}, **_vxm_io("vxm_alu", ("a", "b"))))
 for _m, _sem in _VXM_COMPARE.items():
     VXM.append(Instr(
@@ -235,7 +247,7 @@ for _m, _sem in _VXM_COMPARE.items():
 for _m, (_sem, _types, _lat) in _VXM_UNARY.items():
     VXM.append(Instr(
         _m, "VXM", (DT, A, N, D), f"Elementwise {_m.lower()}.",
-        f"for j < n, lane l: d[j][l] = {_sem}.  {_FLOAT_NOTE}",
+        f"for j < n, lane l: d[j][l] = {_sem}." + ("" if _m == "MOV" else f"  {_note(_types)}"),
         dtypes=_types, group="unary", extra={"op": _m.lower(), "latency": _lat}, **_vxm_io(_lat, ("a",))))
 VXM.append(Instr(
     "ISNAN", "VXM", (DT, A, N, D), "1 where the element is nan, as u8.",
@@ -252,16 +264,18 @@ VXM.append(Instr(
     "for j < n, lane l: d[j][l] = convert(a[j][l]) where float->float rounds to nearest even "
     "(overflow to inf, nan stays nan); float->int truncates toward zero and saturates, nan -> 0; "
     "int->float converts to f32 (nearest even), then to the type (nearest even); int->int "
-    "saturates; a nan result is the canonical quiet nan",
+    "saturates; a nan result is the canonical quiet nan (so CONVERT to the same float type is not a "
+    "bit copy: it canonicalises nans)",
     dtypes=ALL_TYPES, group="convert", **_vxm_io("vxm_convert", ("a",), "to")))
 for _m, _sem in _VXM_REDUCE.items():
     VXM.append(Instr(
         _m, "VXM", (DT, A, N, _f("m", "uint", 11, "number of lanes reduced (lanes 0..m-1)"), D),
         f"Cross-lane {_sem} of the first m lanes, broadcast to every lane.",
-        f"for j < n: r = tree_{_m[1:].lower()}(a[j][0], ..., a[j][m-1]); d[j][l] = r for every lane l.  "
-        "tree: level by level, element 2i is combined with 2i+1 (left operand first); an odd last "
-        "element passes unchanged to the next level. f16/bf16 are widened to f32, the tree runs in "
-        "f32 and the result is rounded once; ints wrap",
+        f"for j < n: r = tree_{_m[1:].lower()}(a[j][0], ..., a[j][m-1]); d[j][l] = r for every lane l "
+        "(1 <= m <= lanes, else an operand hazard). tree: level by level, element 2i is combined with "
+        "2i+1 (left operand first); an odd last element passes unchanged to the next level. f16/bf16 "
+        "are widened to f32, the tree runs in f32 and the result is rounded once"
+        + ("; sums of integers wrap" if _m == "RSUM" else "; a nan anywhere gives the canonical nan"),
         dtypes=ALL_TYPES, group="reduce", extra={"op": _m[1:].lower()}, **_vxm_io("vxm_reduce", ("a",))))
 
 # ------------------------------------------------------------------------------------------------
@@ -282,8 +296,9 @@ MXM = [
          _f("hi", "uint", 11, "lanes from hi on are zeroed (0 means lanes)", default=0)),
         "Install n weight vectors into a weight buffer, g per cycle.",
         "if clr: W[buf] = 0. for i < n: v = s-vector i with lanes outside [lo, hi) set to 0; "
-        "if t = 0: W[buf][r0+i, :] = v else W[buf][:, r0+i] = v. The buffer takes the type dt; it is "
-        "ready for MATMUL from cycle t + cdiv(n, g) - 1 + L.mxm_install",
+        "if t = 0: W[buf][r0+i, :] = v else W[buf][:, r0+i] = v (r0 + n <= lanes; hi = 0 means lanes). "
+        "Without clr the install starts from the buffer's contents (zeros if nothing was installed); "
+        "the buffer takes the type dt and is ready for MATMUL from cycle t + cdiv(n, g) - 1 + L.mxm_install",
         reads=(StreamIO("s", "dt", "0", "n", "1", "g"),),
         store=(StoreIO("weights", "w", "buf", "cdiv(n, g) - 1 + L.mxm_install", "1"),),
         busy=(Busy("install", "0", "cdiv(n, g)"),),
@@ -298,7 +313,10 @@ MXM = [
         "for j < n: y[c] = round_f32(EXACT sum over i < K of x_j[i] * W[buf][i, c]) with K = k or lanes "
         "(i8: exact i32 sum); acc[acc+j] = mode ? acc[acc+j] + y : y (f32 addition, or i32 wrapping). "
         "x_j is taken from the stream into the activation buffer in cycle t + j; pass j reads the "
-        "accumulator row and writes it in cycle t + j*cpv + L.mxm_matmul",
+        "accumulator row and writes it in cycle t + j*cpv + L.mxm_matmul. An exact zero sum is +0 "
+        "unless every product is -0. The weights are those of the last IW into buf ready by cycle t; "
+        "a MATMUL with none is a hazard (weights-not-ready), and so is an IW into buf that becomes "
+        "ready after t while the compute port is still busy with this MATMUL (weights-changed)",
         reads=(StreamIO("s", "dt", "0"),),
         store=(StoreIO("weights", "r", "buf", "0", "1"),
                StoreIO("acc", "rw", "acc + j", "L.mxm_matmul", "n", "cpv")),
@@ -362,7 +380,8 @@ C2C = [
         "RECV", "C2C", (DT, D, N),
         "Take n vectors from this link's receive FIFO onto a stream.",
         "for j < n: d[j] = fifo.pop() (in arrival order), taken in cycle t + j: the vector must have "
-        "arrived by then, else it is a hazard; written to d in t + L.c2c_recv + j",
+        "arrived in that cycle or earlier, else it is a hazard; written to d in t + L.c2c_recv + j. "
+        "SEND and RECV must use types of the same width",
         writes=(StreamIO("d", "dt", "L.c2c_recv"),),
         store=(StoreIO("link", "r", "", "0"),),
         busy=(Busy("rx", "0", "n"),),

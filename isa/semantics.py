@@ -42,7 +42,9 @@ def widen(a: np.ndarray, dt: DType) -> np.ndarray:
 
 def narrow(x: np.ndarray, dt: DType) -> np.ndarray:
     """Round an f32 result to ``dt`` (nearest even) and canonicalise nans."""
-    return canon_nan(x.astype(dt.np))  # astype copies, so the caller's array is never changed
+    with np.errstate(all="ignore"):  # overflow to inf is the defined result, not an accident
+        out = x.astype(dt.np)  # astype copies, so the caller's array is never changed
+    return canon_nan(out)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -158,9 +160,9 @@ def convert(a: np.ndarray, src: DType, dst: DType) -> np.ndarray:
     if src.kind == "float" and dst.kind == "float":
         return narrow(widen(a, src), dst)
     if src.kind == "float":
-        x = widen(a, src).astype(np.float64)  # exact
         info = np.iinfo(dst.np)
-        with np.errstate(invalid="ignore"):
+        with np.errstate(all="ignore"):
+            x = widen(a, src).astype(np.float64)  # exact
             t = np.trunc(x)
             t = np.where(t != t, 0.0, np.clip(t, info.min, info.max))
         return t.astype(dst.np)

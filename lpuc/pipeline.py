@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
+import onnx
+
 from isa.asm import disassemble
 from isa.config import ChipConfig
 from isa.program import Program
@@ -57,7 +59,7 @@ def dump_graph(g: Graph) -> str:
     return "\n".join(lines)
 
 
-def compile_model(path: str | Path, chip: ChipConfig, precision: str = "fp32", scheduler: str = "list",
+def compile_model(path: "str | Path | onnx.ModelProto", chip: ChipConfig, precision: str = "fp32", scheduler: str = "list",
                   input_shapes: dict[str, tuple[int, ...]] | None = None, dump_after: str | None = None,
                   out: TextIO = sys.stdout) -> Compiled:
     if precision not in PRECISIONS:
@@ -83,7 +85,8 @@ def compile_model(path: str | Path, chip: ChipConfig, precision: str = "fp32", s
     tg = step("tile", lambda: tile(pg, chip), lambda r: r.dump())
     al = step("allocate", lambda: allocate(tg, chip), lambda r: r.dump(tg))
     sc = step("schedule", lambda: schedule(tg, al, chip, scheduler), lambda r: r.dump(tg))
-    meta = {"model": Path(path).name, "precision": precision, "scheduler": scheduler}
+    name = Path(path).name if isinstance(path, (str, Path)) else (path.graph.name or "model")
+    meta = {"model": name, "precision": precision, "scheduler": scheduler}
     prog = step("codegen", lambda: codegen(tg, sc, chip, meta), lambda r: disassemble(r, with_data=False))
     rl = roofline(tg, sc, chip)
     prog.meta["roofline_cycles"] = rl.cycles

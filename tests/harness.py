@@ -161,6 +161,11 @@ class Builder:
     def pos(self, where: str | int) -> int:
         return where if isinstance(where, int) else self.chip.slice(where).position
 
+    def earliest(self, slices: Iterable[str], dest: str | int) -> int:
+        """The earliest cycle a READ issued in cycle >= 0 in each of ``slices`` can reach ``dest``."""
+        p = self.pos(dest)
+        return self.lat["mem_read"] + max(abs(self.pos(s) - p) for s in slices)
+
     def upstream_mem(self, dest: str | int, direction: str) -> list[str]:
         """MEM slices that can send on ``direction`` streams to ``dest``, nearest first."""
         p = self.pos(dest)
@@ -327,13 +332,15 @@ def _first_free(used: set[int], width: int) -> int:
 
 def vxm(mnemonic: str, dtype: str, a: Any, b: Any = None, c: Any = None, imm: Any = None, *,
         to: str | None = None, m: int | None = None, strict: bool = True, imm_raw: int | None = None,
-        alu: int = 0) -> Run:
+        alu: int = 0, c_delay: bool = False) -> Run:
     """One VXM instruction over the vectors ``a`` (and ``b``, or the immediate, and ``c``).
 
     a comes from the west hemisphere on an E group, b from the east on a W group, c (u8) from a free
-    slice of either hemisphere; when every slice is busy with a and b (4-byte types) c is read
-    early and delayed by a chain of MOV.u8 on the other ALUs. All operands meet at the VXM in cycle T;
-    the result is caught by WRITEs downstream and returned as the output tensor."""
+    slice of either hemisphere; when every slice is busy with a and b (or with ``c_delay``) c is read
+    from b's first slice ahead of time and delayed by a chain of MOV.u8 on the other ALUs. All
+    operands meet at the VXM in cycle T, the earliest cycle the READs allow; the result is caught by
+    WRITEs downstream and returned as the output tensor. Asserts (strict mode) that the run has no
+    hazards and lasts exactly until the last WRITE stores its last word."""
     spec = BY_MNEMONIC[mnemonic]
     dt = DTYPES[dtype]
     av = as_vectors(a, dtype)
@@ -366,16 +373,16 @@ def vxm(mnemonic: str, dtype: str, a: Any, b: Any = None, c: Any = None, imm: An
     if "c" in spec.field_names:
         cv = as_vectors(c, "u8")
         assert cv.shape == av.shape
-        if free_west:
+        if free_west and not c_delay:
             d_, sl = "E", free_west[0]
-        elif free_east:
+        elif free_east and not c_delay:
             d_, sl = "W", free_east[0]
         else:
             d_, sl = "W", EAST_MEM[0]
         first = _first_free(used[d_], 1)
         used[d_].add(first)
         tc = bld.input("c", cv, "u8", [sl])
-        c_plan = (d_, sl, first, tc, bool(free_west or free_east))
+        c_plan = (d_, sl, first, tc, bool(free_west or free_east) and not c_delay)
     else:
         assert c is None
     # delay chain for c when it has to share a slice with a or b
@@ -409,8 +416,11 @@ def vxm(mnemonic: str, dtype: str, a: Any, b: Any = None, c: Any = None, imm: An
     if "to" in spec.field_names:
         ops["to"] = to
     # schedule: everything meets at the VXM in cycle T
-    T = lat["mem_read"] + MEM_PER_SIDE + delay
     vx = f"VXM{alu}"
+    feeders = [s_ for t_ in (ta, tb) if t_ is not None for s_, _ in t_.planes]
+    T = bld.earliest(feeders, vx)
+    if c_plan is not None:
+        T = max(T, bld.earliest([c_plan[1]], vx) + delay)
     bld.read(ta, "E0", vx, T)
     if tb is not None:
         bld.read(tb, "W0", vx, T)
@@ -535,6 +545,8 @@ class Mxm:
         assert len(slices) >= w * g, "not enough feeder slices for g groups"
         for k in range(g):
             part = v[k::g]
+            if not len(part):  # more groups than vectors: this group carries nothing
+                continue
             tk = self.b.input(self._name("w"), part, dtype, slices[k * w:(k + 1) * w], const=True)
             self.b.read(tk, group(self.din, s + k * w), self.plane, t)
         self.b.emit(self.plane, t, "IW", dt=dtype, buf=buf, s=group(self.din, s), n=n, r0=r0, g=g, t=transposed,
@@ -608,7 +620,7 @@ def copy_program(dtype: str, values: Any, *, read_stride: int = 1, read_vec0: in
     direction = "E" if src_side == "W" else "W"
     tx = bld.input("x", v, dtype, src[:w])
     ty = bld.output("y", dtype, (n, LANES), dst[:w])
-    arrive = bld.lat["mem_read"] + MEM_PER_SIDE  # at the VXM position, where nothing writes
+    arrive = bld.earliest(src[:w], VXM_POS)  # at the VXM position, where nothing writes
     bld.read(tx, group(direction, 0), VXM_POS, arrive, vec0=read_vec0, n=n, stride=read_stride)
     bld.write(ty, group(direction, 0), VXM_POS, arrive)
     return bld, ty

@@ -37,14 +37,15 @@ def test_copy_is_bit_exact(dtype, side):
 
 
 def test_copy_cycle_count_from_the_floorplan():
-    """READ in MEM_W3 ... WRITE in MEM_E3: the program ends when the farthest plane is stored."""
+    """READ in MEM_W0..W3 ... WRITE in MEM_E0..E3: the program ends when the farthest plane is stored."""
     x = rand_bits("f32", 3, 2)
     bld, ty = h.copy_program("f32", x)
     res = bld.run()
-    arrive = LAT["mem_read"] + h.MEM_PER_SIDE
-    far = h.CHIP.slice("MEM_E3").position - h.VXM_POS
+    src = h.WEST_MEM[:4]
+    arrive = LAT["mem_read"] + max(h.VXM_POS - h.CHIP.slice(s).position for s in src)
+    far = max(h.CHIP.slice(s).position for s, _ in ty.planes) - h.VXM_POS
     assert res.cycles == arrive + far + 3 + LAT["mem_write"]
-    # the earliest READ is the farthest west slice: it issues in cycle 0
+    # the farthest source slice issues its READ in cycle 0
     assert min(i.issue for q in bld.program.queues.values() for i in q) == 0
 
 
@@ -77,7 +78,7 @@ def _scatter_program(dtype: str, x: np.ndarray, writes: list[tuple[int, int, int
     w = h.DTYPES[dtype].width
     tx = bld.input("x", x, dtype, h.WEST_MEM[:w])
     ty = bld.output("y", dtype, x.shape, h.EAST_MEM[:w])
-    arrive = LAT["mem_read"] + h.MEM_PER_SIDE
+    arrive = bld.earliest(h.WEST_MEM[:w], h.VXM_POS)
     bld.read(tx, "E0", h.VXM_POS, arrive)
     for first, count, dest, stride in writes:
         bld.write(ty, "E0", h.VXM_POS, arrive + first, vec0=dest, n=count, stride=stride)
@@ -139,7 +140,7 @@ def _raw_program(read_offset: int) -> tuple[h.Builder, np.ndarray, np.ndarray]:
     t_old = bld.tensor("old", "const", "u8", (1, LANES), ["MEM_E1"], data=old.tobytes(), bank=last_bank)
     t_new = bld.input("new", new, "u8", ["MEM_W0"])
     addr = t_old.planes[0][1]
-    arrive = LAT["mem_read"] + h.MEM_PER_SIDE + 4
+    arrive = bld.earliest(["MEM_W0"], "MEM_E1") + 4
     bld.read(t_new, "E0", "MEM_E1", arrive)
     t_w = arrive  # the WRITE takes the vector in the cycle it passes
     bld.emit("MEM_E1", t_w, "WRITE", addr=addr, n=1, s="E0")
@@ -209,9 +210,9 @@ def gather(dtype: str, table: np.ndarray, ix, n: int, *, stride: int = 1, strict
     bld = h.Builder()
     w = h.DTYPES[dtype].width
     tt = bld.input("table", table, dtype, h.EAST_MEM[:w], const=True)
-    ti = bld.input("ix", np.asarray(ix, np.int32).reshape(1, LANES), "i32", h.WEST_MEM)
+    ti = bld.input("ix", np.asarray(ix, np.int32).reshape(1, LANES), "i32", h.WEST_MEM[:4])
     ty = bld.output("y", dtype, (n, LANES), h.WEST_MEM[:w])
-    u = LAT["mem_read"] + h.MEM_PER_SIDE + 1  # the index passes MEM_E0 in cycle u
+    u = bld.earliest(h.WEST_MEM[:4], "MEM_E0") + 1  # the index passes MEM_E0 in cycle u
     bld.read(ti, "E0", "MEM_E0", u)
     for k, (sname, base) in enumerate(tt.planes):
         t = u + (bld.pos(sname) - bld.pos("MEM_E0"))
@@ -260,3 +261,20 @@ def test_gather_random(ix, n, dtype):
     table = rand_bits(dtype, 16, 16)
     res = gather(dtype, table, ix, n)
     assert (h.bits(res.outputs["y"]) == h.bits(table[ix[:n]])).all()
+
+
+def test_gather_of_zero_vectors():
+    """n = 0 is in the operand's range: expected a no-op (as READ n=0) or a reported hazard/program error."""
+    from isa.program import ProgramError
+
+    bld = h.Builder()
+    table = bld.input("table", rand_bits("u8", 2, 17), "u8", ["MEM_E0"], const=True)
+    ti = bld.input("ix", np.zeros((1, LANES), np.int32), "i32", h.WEST_MEM[:4])
+    u = bld.earliest(h.WEST_MEM[:4], "MEM_E0")
+    bld.read(ti, "E0", "MEM_E0", u)
+    bld.emit("MEM_E0", u, "GATHER", addr=table.planes[0][1], n=0, idx="E0", s="W4")
+    try:
+        res = bld.run()
+    except (HazardError, ProgramError):
+        return
+    assert not res.hazards

@@ -390,3 +390,20 @@ def test_accr_before_the_last_pass_is_written_is_a_hazard():
         else:
             with pytest.raises(HazardError, match="unwritten-read"):
                 bld.run()
+
+
+@pytest.mark.parametrize("n,g,r0", [(2, 4, 3), (1, 8, 0), (5, 8, 11), (7, 3, 9)])
+def test_install_fewer_vectors_than_groups_at_an_offset(n, g, r0):
+    """Group k carries vectors k, k+g, ...: with g > n some groups carry nothing."""
+    rng = np.random.default_rng(14)
+    w = few_bit("i8", (n, LANES), rng)
+    x = few_bit("i8", (2, LANES), rng)
+    bld = h.Builder()
+    mx = h.Mxm(bld)
+    ready = mx.iw("i8", w, mx.first_cycle(min(g, n)), g=g, r0=r0)
+    assert ready == mx.first_cycle(min(g, n)) + h.cdiv(n, g) - 1 + LAT["mxm_install"]
+    last = mx.matmul("i8", x, ready, s=0, slices=mx.src[:1])  # after the weights: the same slice and stream
+    mx.accr(0, 2, "i32", last + 1)
+    w_eff = np.zeros((LANES, LANES), np.int64)
+    w_eff[r0:r0 + n] = w
+    assert (bld.run().outputs["y"] == x.astype(np.int64) @ w_eff).all()

@@ -74,8 +74,13 @@ def fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]])
                                    f"--input-shape {vi.name}={example}")
 
 
-def import_onnx(path: str | Path, input_shapes: dict[str, tuple[int, ...]] | None = None) -> Graph:
-    model = load_model(path)
+def import_onnx(path: str | Path | onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None) -> Graph:
+    if isinstance(path, onnx.ModelProto):
+        model = onnx.ModelProto()
+        model.CopyFrom(path)
+        path = model.graph.name or "model"
+    else:
+        model = load_model(path)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < MIN_OPSET:
         raise CompileError(f"{path}: opset {opset}; lpuc needs opset {MIN_OPSET} or newer (re-export with "
