@@ -76,12 +76,15 @@ ulp error = |y - f(x)| / ulp(float32(f(x))) against the float64 reference)
 =========  ==============
 function   max ulp error
 =========  ==============
-exp        {exp}
-log        {log}
-tanh       {tanh}
-sigmoid    {sigmoid}
-erf        {erf}
+exp        0.6162
+log        0.8399
+tanh       0.6012
+sigmoid    0.6130
+erf        0.6884
 =========  ==============
+
+All five are also non-decreasing over every float32 input (same bench), and
+tanh/erf are exactly odd (their negative half is measured by symmetry).
 
 Coefficients were obtained offline by a discrete minimax fit (Lawson iteration
 on a Chebyshev grid, in float64) followed by sequential rounding to float32
@@ -137,7 +140,6 @@ _ABS = _I(0x7FFFFFFF)
 _ONE = _F(1.0)
 _TWO = _F(2.0)
 _HALF = _F(0.5)
-_NEG_INF = _F(-np.inf)
 
 # ---------------------------------------------------------------- exp core --
 _LOG2E = _h("0x1.715476p+0")  # 1/ln2 rounded; only used to choose k
@@ -375,7 +377,7 @@ def exp_f32(x: np.ndarray) -> np.ndarray:
     +inf for x >= 88.72284 (0x42B17218), correctly rounded subnormals for
     x <= -87.33655 (0xC2AEAC50), +0 for x <= -103.972084 (0xC2CFF1B5),
     nan -> canonical nan.
-    Measured max error: {exp} ulp over all 2^32 inputs.
+    Measured max error: 0.6162 ulp over all 2^32 inputs.
     """
     return _apply(_exp_block, x)
 
@@ -449,7 +451,7 @@ def log_f32(x: np.ndarray) -> np.ndarray:
 
     Special cases: log(+-0) = -inf, log(x < 0) = nan (also -inf),
     log(+inf) = +inf, log(1) = +0, nan -> canonical nan.
-    Measured max error: {log} ulp over all 2^32 inputs.
+    Measured max error: 0.8399 ulp over all 2^32 inputs.
     """
     return _apply(_log_block, x)
 
@@ -527,7 +529,7 @@ def tanh_f32(x: np.ndarray) -> np.ndarray:
 
     Special cases: tanh(+-inf) = +-1, |x| >= 9.010914 (0x41102CB4) gives
     exactly +-1, nan -> canonical nan.
-    Measured max error: {tanh} ulp over all 2^32 inputs.
+    Measured max error: 0.6012 ulp over all 2^32 inputs.
     """
     return _apply(_tanh_block, x)
 
@@ -580,13 +582,12 @@ def sigmoid_f32(x: np.ndarray) -> np.ndarray:
     exactly 1 for x >= 17.32868 (0x418AA123), correctly rounded subnormal
     results for x <= -87.33655 (0xC2AEAC50), +0 for x <= -103.972084
     (0xC2CFF1B5), nan -> canonical nan.
-    Measured max error: {sigmoid} ulp over all 2^32 inputs.
+    Measured max error: 0.6130 ulp over all 2^32 inputs.
     """
     return _apply(_sigmoid_block, x)
 
 
 # --------------------------------------------------------------------- erf --
-_ERF_SMALL = _h("0x1p-1")  # 0.5: the odd polynomial is used below
 _ERF_CLAMP = _F(4.0)  # keeps t of the last piece in its fitted range
 _ERF_TINY = _h("0x1p-100")
 _ERF_SAT = _bits(0x407AD445)  # 3.919206: smallest float32 with erfc(x) <= 2^-25
@@ -707,7 +708,7 @@ def erf_f32(x: np.ndarray) -> np.ndarray:
     erf(+-0) = +-0.
 
     Special cases: erf(+-inf) = +-1, nan -> canonical nan.
-    Measured max error: {erf} ulp over all 2^32 inputs.
+    Measured max error: 0.6884 ulp over all 2^32 inputs.
     """
     return _apply(_erf_block, x)
 
@@ -721,13 +722,14 @@ FUNCTIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "erf": erf_f32,
 }
 
-# Exhaustive maxima from bench/transcendental_ulp.py (all 2^32 inputs).
+# Exhaustive maxima from bench/transcendental_ulp.py (all 2^32 inputs; the
+# non-negative 2^31 for the exactly odd tanh and erf), see docs/transcendentals.md.
 MAX_ULP_MEASURED: dict[str, float] = {
-    "exp": 1.0,
-    "log": 1.0,
-    "tanh": 1.0,
-    "sigmoid": 1.0,
-    "erf": 1.0,
+    "exp": 0.6162,
+    "log": 0.8399,
+    "tanh": 0.6012,
+    "sigmoid": 0.6130,
+    "erf": 0.6884,
 }
 
 # The contract quoted by the ISA reference: measured maximum rounded up.
