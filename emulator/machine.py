@@ -610,4 +610,4 @@ def chip_to_host(t: TensorDesc, vectors: np.ndarray, lanes: int) -> np.ndarray:
     arr = t.from_vectors(vectors, lanes)
     if t.host_dtype and np.dtype(t.host_dtype) != arr.dtype:
         return arr.astype(t.host_dtype)
-    return np.ascontiguousarray(arr)
+    return arr.copy()  # (ascontiguousarray would turn a scalar into shape (1,))

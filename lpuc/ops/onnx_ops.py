@@ -54,6 +54,12 @@ def _float_type(lw: Lowering, name: str) -> str:
 def _binary(mnemonic: str) -> Callable[[Lowering, Node], None]:
     def lower_binary(lw: Lowering, node: Node) -> None:
         dt = _float_type(lw, node.inputs[0])
+        if mnemonic in ("MAX", "MIN") and len(node.inputs) != 2:  # variadic: fold left to right
+            acc = lw.tensor(node.inputs[0])
+            for name in node.inputs[1:]:
+                acc = lw.ewise(mnemonic, [acc, lw.operand(name, dt)], dt)
+            _out(lw, node, acc if len(node.inputs) > 1 else lw.ewise("MOV", [acc]))
+            return
         a, b = (lw.operand(i, dt) for i in node.inputs[:2])
         if isinstance(a, Imm):  # keep the tensor first; SUB/DIV need the operand order
             if mnemonic in ("ADD", "MUL", "MAX", "MIN", "EQ", "AND", "OR", "XOR"):
@@ -100,10 +106,14 @@ def Pow(lw: Lowering, node: Node) -> None:
     x = lw.tensor(node.inputs[0])
     e = lw.const(node.inputs[1])
     if e is None or e.size != 1:
+        if x.dt.kind != "float":
+            raise lw.unsupported("integer Pow with a computed exponent")
         y = lw.operand(node.inputs[1], x.dtype)
         _out(lw, node, lw.ewise("EXP", [lw.ewise("MUL", [lw.ewise("LOG", [x]), y])]))
         return
     p = float(e.reshape(()))
+    if x.dt.kind != "float" and p not in (1, 2, 3):
+        raise lw.unsupported(f"integer Pow with exponent {p} (only 1, 2 and 3 are lowered for integers)")
     if p == 1:
         _out(lw, node, lw.ewise("MOV", [x]))
     elif p == 2:
@@ -150,6 +160,11 @@ def Where(lw: Lowering, node: Node) -> None:
 
 
 @op
+def CastLike(lw: Lowering, node: Node) -> None:
+    Cast(lw, node)
+
+
+@op
 def Cast(lw: Lowering, node: Node) -> None:
     x = lw.tensor(node.inputs[0])
     to_np = lw.g.values[node.outputs[0]].dtype
@@ -180,6 +195,8 @@ def _reduce_axes(lw: Lowering, node: Node) -> list[int]:
 
 def _reduce(lw: Lowering, node: Node, kind: str) -> None:
     x = lw.tensor(node.inputs[0])
+    if kind == "sumsquare":
+        x, kind = lw.ewise("MUL", [x, x]), "sum"
     rank = len(x.shape)
     axes = _reduce_axes(lw, node)
     if not axes:
@@ -221,6 +238,22 @@ def ReduceMin(lw: Lowering, node: Node) -> None:
     _reduce(lw, node, "min")
 
 
+@op
+def ReduceSumSquare(lw: Lowering, node: Node) -> None:
+    _reduce(lw, node, "sumsquare")
+
+
+@op
+def Sum(lw: Lowering, node: Node) -> None:
+    dt = _float_type(lw, node.outputs[0])
+    acc = lw.operand(node.inputs[0], dt)
+    if isinstance(acc, Imm):
+        acc = lw.tensor(node.inputs[0])
+    for name in node.inputs[1:]:
+        acc = lw.ewise("ADD", [acc, lw.operand(name, dt)], dt)
+    _out(lw, node, acc if len(node.inputs) > 1 else lw.ewise("MOV", [acc]))
+
+
 def _last_axis(lw: Lowering, node: Node, default: int) -> None:
     rank = len(lw.shape(node.inputs[0]))
     if _axis(node.attrs.get("axis", default), rank) != rank - 1:
@@ -229,20 +262,48 @@ def _last_axis(lw: Lowering, node: Node, default: int) -> None:
 
 @op
 def Softmax(lw: Lowering, node: Node) -> None:
-    _last_axis(lw, node, -1)
     x = lw.tensor(node.inputs[0])
+    r = len(x.shape)
+    axis = _axis(node.attrs.get("axis", -1), r)
+    perm = list(range(r))
+    if axis != r - 1:  # bring the axis last (a relayout), normalise, and move it back
+        perm = [a for a in range(r) if a != axis] + [axis]
+        x = lw.move(x, np.transpose(_idx(x.shape), perm), tuple(x.shape[a] for a in perm))
     m = lw.reduce_last("max", x)
     e = lw.ewise("EXP", [lw.ewise("SUB", [x, m])])
     s = lw.reduce_last("sum", e)
-    _out(lw, node, lw.ewise("DIV", [e, s]))
+    y = lw.ewise("DIV", [e, s])
+    if axis != r - 1:
+        back = list(np.argsort(perm))
+        y = lw.move(y, np.transpose(_idx(y.shape), back), lw.shape(node.outputs[0]))
+    _out(lw, node, y)
+
+
+def _normalized(lw: Lowering, node: Node) -> tuple[Tensor, tuple[int, ...], tuple[int, ...]]:
+    """x with the normalised axes (axis..end) merged into one last axis; the original and the
+    reduced shape (1 for every normalised axis)."""
+    x = lw.tensor(node.inputs[0])
+    shape = x.shape
+    axis = _axis(node.attrs.get("axis", -1), len(shape))
+    merged = shape[:axis] + (int(np.prod(shape[axis:])),)
+    if merged != shape:
+        x = lw.move(x, _idx(merged), merged)
+    return x, shape, shape[:axis] + (1,) * (len(shape) - axis)
+
+
+def _param(lw: Lowering, name: str, x: Tensor, shape: tuple[int, ...]) -> Tensor | Imm:
+    """A scale or bias broadcast to the normalised shape, then merged like x."""
+    p = lw.operand(name, x.dtype)
+    if isinstance(p, Imm) or tuple(p.shape) == tuple(x.shape[len(x.shape) - len(p.shape):]):
+        return p
+    full = np.broadcast_to(_idx(p.shape), shape)
+    merged = full.reshape(x.shape) if int(np.prod(shape)) == int(np.prod(x.shape)) else full
+    return lw.move(p, merged, merged.shape)
 
 
 @op
 def LayerNormalization(lw: Lowering, node: Node) -> None:
-    _last_axis(lw, node, -1)
-    if len([o for o in node.outputs if o]) > 1:
-        raise lw.unsupported("the Mean and InvStdDev outputs are not supported")
-    x = lw.tensor(node.inputs[0])
+    x, shape, red = _normalized(lw, node)
     d = x.last
     eps = float(node.attrs.get("epsilon", 1e-5))
     mean = lw.ewise("DIV", [lw.reduce_last("sum", x), Imm(float(d))])
@@ -250,25 +311,29 @@ def LayerNormalization(lw: Lowering, node: Node) -> None:
     var = lw.ewise("DIV", [lw.reduce_last("sum", lw.ewise("MUL", [xc, xc])), Imm(float(d))])
     inv = lw.ewise("RSQRT", [lw.ewise("ADD", [var, Imm(eps)])])
     y = lw.ewise("MUL", [xc, inv])
-    y = _affine(lw, y, node.inputs[1], node.inputs[2] if len(node.inputs) > 2 else "")
+    y = _affine(lw, y, node.inputs[1], node.inputs[2] if len(node.inputs) > 2 else "", shape)
     _out(lw, node, y)
+    if len(node.outputs) > 1 and node.outputs[1]:
+        _out(lw, node, lw.move(mean, _idx(red), red), 1)
+    if len(node.outputs) > 2 and node.outputs[2]:
+        _out(lw, node, lw.move(inv, _idx(red), red), 2)
 
 
 @op
 def RMSNormalization(lw: Lowering, node: Node) -> None:
-    _last_axis(lw, node, -1)
-    x = lw.tensor(node.inputs[0])
+    x, shape, _ = _normalized(lw, node)
     eps = float(node.attrs.get("epsilon", 1e-5))
     ms = lw.ewise("DIV", [lw.reduce_last("sum", lw.ewise("MUL", [x, x])), Imm(float(x.last))])
     y = lw.ewise("MUL", [x, lw.ewise("RSQRT", [lw.ewise("ADD", [ms, Imm(eps)])])])
-    _out(lw, node, _affine(lw, y, node.inputs[1], ""))
+    _out(lw, node, _affine(lw, y, node.inputs[1], "", shape))
 
 
-def _affine(lw: Lowering, y: Tensor, scale: str, bias: str) -> Tensor:
+def _affine(lw: Lowering, y: Tensor, scale: str, bias: str, shape: tuple[int, ...] | None = None) -> Tensor:
+    shape = shape or y.shape
     if scale:
-        y = lw.ewise("MUL", [y, lw.operand(scale, y.dtype)])
+        y = lw.ewise("MUL", [y, _param(lw, scale, y, shape)])
     if bias:
-        y = lw.ewise("ADD", [y, lw.operand(bias, y.dtype)])
+        y = lw.ewise("ADD", [y, _param(lw, bias, y, shape)])
     return y
 
 
@@ -296,9 +361,9 @@ def MatMul(lw: Lowering, node: Node) -> None:
     if not tb:
         b = lw.tensor(b_name)
     if len(a.shape) == 1:
-        a = lw.view(a, (1, a.shape[0]))
+        a = lw.move(a, _idx((1, a.shape[0])), (1, a.shape[0]))
     if len(bshape) == 1:
-        b = lw.view(b, (b.shape[0], 1))
+        b = lw.move(b, _idx((b.shape[0], 1)), (b.shape[0], 1))
     _out(lw, node, lw.matmul(a, b, tb))
 
 

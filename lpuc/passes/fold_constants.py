@@ -59,6 +59,16 @@ def fold_constants(g: Graph) -> Graph:
             g.values[outs[0]].const = np.array(g.values[node.inputs[0]].size, dtype=np.int64)
             g.remove_node(node.name)
             continue
+        if node.op == "CastLike":  # only the type of input 1 matters: make it a Cast
+            v = g.values[outs[0]]
+            if g.is_const(node.inputs[0]):
+                v.const = g.values[node.inputs[0]].const.astype(v.dtype)
+                v.shape = tuple(v.const.shape)
+                g.remove_node(node.name)
+                continue
+            g.remove_node(node.name)
+            node = g.add_node(Node(node.name, "Cast", [node.inputs[0]], outs,
+                                   {"to": helper.np_dtype_to_tensor_dtype(v.dtype)}))
         if _is_noop(node, g) and not (set(outs) & set(g.outputs)):
             g.replace_uses(outs[0], node.inputs[0])
             g.remove_node(node.name)
@@ -74,10 +84,14 @@ def fold_constants(g: Graph) -> Graph:
         if any(g.values[o].shape is None for o in outs):
             _infer_shapes(node, g)
     _dead_code(g)
-    for v in g.values.values():
+    used = set(g.outputs) | {x for n in g.nodes.values() for x in n.inputs + n.outputs if x}
+    for v in (g.values[name] for name in used):
         if v.shape is None:
             raise CompileError(f"value '{v.name}': its shape depends on data computed on the chip; "
                                f"lpuc needs static shapes")
+        if v.const is None and 0 in v.shape:
+            raise CompileError(f"value '{v.name}' has an empty dimension {list(v.shape)}; empty tensors "
+                               f"are not supported on the chip")
     return g
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.version_converter
 from onnx import helper, numpy_helper, shape_inference
 
 from lpuc.errors import CompileError
@@ -20,6 +21,7 @@ MIN_OPSET = 17
 
 
 def _dims(vi: onnx.ValueInfoProto) -> list[int | str]:
+    """Static dims as ints (0 is an empty dimension), dynamic ones as their name or '?'."""
     t = vi.type.tensor_type
     if not t.HasField("shape"):
         return []
@@ -68,7 +70,7 @@ def fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]])
                 shape.dim[k].dim_value = int(w)
             continue
         for k, d in enumerate(dims):
-            if not isinstance(d, int) or d <= 0:
+            if not isinstance(d, int) or d < 0:
                 example = "x".join(str(x) if isinstance(x, int) and x > 0 else "N" for x in dims)
                 raise CompileError(f"input '{vi.name}' has dynamic dim {k} ('{d}'); fix it with "
                                    f"--input-shape {vi.name}={example}")
@@ -83,8 +85,14 @@ def import_onnx(path: str | Path | onnx.ModelProto, input_shapes: dict[str, tupl
         model = load_model(path)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < MIN_OPSET:
-        raise CompileError(f"{path}: opset {opset}; lpuc needs opset {MIN_OPSET} or newer (re-export with "
-                           f"opset_version={MIN_OPSET}+, or convert with onnx.version_converter)")
+        # older models are upgraded with onnx's own converter; what it cannot convert is refused
+        try:
+            model = onnx.version_converter.convert_version(model, MIN_OPSET)
+        except Exception as e:
+            raise CompileError(f"{path}: opset {opset}; lpuc needs opset {MIN_OPSET} or newer and onnx's version "
+                               f"converter failed ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                               f"re-export with opset_version={MIN_OPSET}+") from None
+        opset = MIN_OPSET
     if opset > onnx.defs.onnx_opset_version():
         raise CompileError(f"{path}: opset {opset} is newer than this onnx ({onnx.defs.onnx_opset_version()})")
     fix_input_shapes(model, input_shapes or {})
@@ -110,13 +118,11 @@ def to_graph(model: onnx.ModelProto, opset: int) -> Graph:
         if vi.name in g.values or vi.name in inits:
             continue
         tt = vi.type.tensor_type
-        if not vi.type.HasField("tensor_type") or not tt.HasField("shape"):
-            raise CompileError(f"value '{vi.name}' has no static tensor shape after shape inference")
-        dims = _dims(vi)
-        if any(d == 0 for d in dims):
-            raise CompileError(f"value '{vi.name}' has an empty dimension {dims}; empty tensors are not supported")
+        if not vi.type.HasField("tensor_type"):
+            raise CompileError(f"value '{vi.name}' is not a tensor; lpuc compiles tensor graphs only")
+        dims = _dims(vi) if tt.HasField("shape") else ["?"]
         # a dim shape inference could not resolve (it depends on values) is settled by the fold pass
-        shape = None if any(not isinstance(d, int) or d <= 0 for d in dims) else tuple(int(d) for d in dims)
+        shape = None if any(not isinstance(d, int) or d < 0 for d in dims) else tuple(int(d) for d in dims)
         g.add_value(Value(vi.name, shape, np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))))  # type: ignore[arg-type]
     for name, init in inits.items():
         arr = numpy_helper.to_array(init)

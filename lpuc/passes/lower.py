@@ -183,8 +183,6 @@ class Lowering:
         N = b.shape[-2] if tb else b.shape[-1]
         batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) if len(b.shape) > 2 else a.shape[:-2]
         out_shape = tuple(batch) + ((a.shape[-2],) if len(a.shape) >= 2 else ()) + (N,)
-        if len(b.shape) > 2 and tuple(b.shape[:-2]) != tuple(batch):
-            raise self.unsupported(f"matmul with a broadcast right-hand batch {list(b.shape)}")
         out = self.temp("f32", out_shape)
         return self.pg.add("matmul", [a, b], out, self._node_name(), tb=tb)
 
@@ -253,7 +251,10 @@ def lower(g: Graph, chip: ChipConfig, precision: str = "fp32") -> PrimGraph:
     from lpuc.ops.onnx_ops import OPS
 
     lw = Lowering(g, chip, precision)
+    used = {i for n in g.nodes.values() for i in n.inputs} | set(g.outputs)
     for name in g.inputs:
+        if name not in used:  # an input nothing reads (e.g. the type donor of a CastLike) needs no SRAM
+            continue
         v = g.values[name]
         t = lw.pg.tensor(name, chip_dtype(v.dtype, f"input '{name}'"), v.shape, role="input",
                          host_dtype=str(v.dtype))

@@ -1,0 +1,115 @@
+"""onnx's official backend node tests for the supported ops, run through lpuc.backend (compile for
+lpu-v1 in fp32, run the emulator, compare with onnx's expected outputs).
+
+Every test of the supported ops runs except the ones listed in EXCLUDED, each group with the reason.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+import onnx.backend.test
+import pytest
+
+from lpuc.backend import LpucBackend
+
+warnings.filterwarnings("ignore", category=RuntimeWarning)  # onnx's case generators divide by zero on purpose
+
+SUPPORTED = (
+    "abs", "add", "and", "cast", "castlike", "concat", "constant", "constantofshape", "div", "equal", "erf",
+    "exp", "expand", "flatten", "gather", "gather_elements", "gelu", "gemm", "greater", "greater_equal",
+    "identity", "isnan", "layer_normalization", "less", "less_equal", "log", "matmul", "max", "min", "mul",
+    "neg", "not", "or", "pow", "range", "reciprocal", "reduce_max", "reduce_mean", "reduce_min",
+    "reduce_sum", "reduce_sum_square", "relu", "reshape", "rms_normalization", "sigmoid", "slice",
+    "softmax", "split", "sqrt", "squeeze", "sub", "sum", "tanh", "transpose", "trilu", "unsqueeze",
+    "where", "xor",
+)
+
+EXCLUDED = {
+    "types the chip does not have (int16, uint16/32/64, float64, float8/4, int/uint 2 and 4 bit, e8m0, "
+    "strings); the chip computes in u8, i8, i32, f16, bf16 and f32": [
+        "add_int16", "add_uint16", "add_uint32", "add_uint64", "cast_DOUBLE_to_FLOAT",
+        "cast_DOUBLE_to_FLOAT16", "cast_FLOAT16_to_DOUBLE", "cast_FLOAT16_to_FLOAT4E2M1",
+        "cast_FLOAT16_to_FLOAT8E4M3FN", "cast_FLOAT16_to_FLOAT8E4M3FNUZ", "cast_FLOAT16_to_FLOAT8E5M2",
+        "cast_FLOAT16_to_FLOAT8E5M2FNUZ", "cast_FLOAT16_to_INT2", "cast_FLOAT16_to_INT4",
+        "cast_FLOAT16_to_UINT2", "cast_FLOAT16_to_UINT4", "cast_FLOAT4E2M1_to_FLOAT",
+        "cast_FLOAT4E2M1_to_FLOAT16", "cast_FLOAT8E4M3FNUZ_to_FLOAT", "cast_FLOAT8E4M3FNUZ_to_FLOAT16",
+        "cast_FLOAT8E4M3FN_to_FLOAT", "cast_FLOAT8E4M3FN_to_FLOAT16", "cast_FLOAT8E5M2FNUZ_to_FLOAT",
+        "cast_FLOAT8E5M2FNUZ_to_FLOAT16", "cast_FLOAT8E5M2_to_FLOAT", "cast_FLOAT8E5M2_to_FLOAT16",
+        "cast_FLOAT_to_DOUBLE", "cast_FLOAT_to_FLOAT4E2M1", "cast_FLOAT_to_FLOAT8E4M3FN",
+        "cast_FLOAT_to_FLOAT8E4M3FNUZ", "cast_FLOAT_to_FLOAT8E5M2", "cast_FLOAT_to_FLOAT8E5M2FNUZ",
+        "cast_FLOAT_to_INT2", "cast_FLOAT_to_INT4", "cast_FLOAT_to_UINT2", "cast_FLOAT_to_UINT4",
+        "cast_INT2_to_FLOAT", "cast_INT2_to_FLOAT16", "cast_INT2_to_INT8", "cast_INT4_to_FLOAT",
+        "cast_INT4_to_FLOAT16", "cast_INT4_to_INT8", "cast_UINT2_to_FLOAT", "cast_UINT2_to_FLOAT16",
+        "cast_UINT2_to_UINT8", "cast_UINT4_to_FLOAT", "cast_UINT4_to_FLOAT16", "cast_UINT4_to_UINT8",
+        "cast_e8m0_FLOAT16_to_FLOAT8E8M0", "cast_e8m0_FLOAT8E8M0_to_FLOAT", "cast_e8m0_FLOAT8E8M0_to_FLOAT16",
+        "cast_e8m0_FLOAT_to_FLOAT8E8M0", "cast_no_saturate_FLOAT16_to_FLOAT8E4M3FN",
+        "cast_no_saturate_FLOAT16_to_FLOAT8E4M3FNUZ", "cast_no_saturate_FLOAT16_to_FLOAT8E5M2",
+        "cast_no_saturate_FLOAT16_to_FLOAT8E5M2FNUZ", "cast_no_saturate_FLOAT_to_FLOAT8E4M3FN",
+        "cast_no_saturate_FLOAT_to_FLOAT8E4M3FNUZ", "cast_no_saturate_FLOAT_to_FLOAT8E5M2",
+        "cast_no_saturate_FLOAT_to_FLOAT8E5M2FNUZ", "div_int16", "div_uint16", "div_uint32", "div_uint64",
+        "equal_int16", "equal_string", "equal_string_broadcast", "equal_uint16", "equal_uint32",
+        "equal_uint64", "greater_equal_int16", "greater_equal_int16_expanded", "greater_equal_uint16",
+        "greater_equal_uint16_expanded", "greater_equal_uint32", "greater_equal_uint32_expanded",
+        "greater_equal_uint64", "greater_equal_uint64_expanded", "greater_int16", "greater_uint16",
+        "greater_uint32", "greater_uint64", "less_equal_int16", "less_equal_int16_expanded",
+        "less_equal_uint16", "less_equal_uint16_expanded", "less_equal_uint32", "less_equal_uint32_expanded",
+        "less_equal_uint64", "less_equal_uint64_expanded", "less_int16", "less_uint16", "less_uint32",
+        "less_uint64", "max_float64", "max_int16", "max_uint16", "max_uint32", "max_uint64", "min_float64",
+        "min_int16", "min_uint16", "min_uint32", "min_uint64", "mul_int16", "mul_uint16", "mul_uint32",
+        "mul_uint64", "pow_types_float32_uint32", "pow_types_float32_uint64", "sub_int16", "sub_uint16",
+        "sub_uint32", "sub_uint64",
+    ],
+    "ops outside the supported transformer set, used inside expanded functions or on sequences (Ceil, "
+    "Pad, SplitToSequence, Identity of a sequence/optional, LogSoftmax)": [
+        "constant_pad", "constant_pad_axes", "constant_pad_negative_axes", "identity_opt", "identity_sequence",
+        "range_bfloat16_type_positive_delta_expanded", "range_float16_type_positive_delta_expanded",
+        "range_float_type_positive_delta_expanded", "range_int32_type_negative_delta_expanded",
+        "split_to_sequence_1", "split_to_sequence_2", "split_to_sequence_nokeepdims",
+        "log_softmax_dim3", "log_softmax_lastdim",
+    ],
+    "empty tensors (a zero-sized dimension): there is nothing to place in SRAM or stream": [
+        "constantofshape_int_shape_zero", "reduce_max_empty_set", "reduce_max_empty_set_bool",
+        "reduce_sum_empty_set", "reduce_sum_empty_set_non_reduced_axis_zero", "reduce_sum_square_empty_set",
+        "reduce_min_empty_set",
+        "reduce_sum_square_empty_set_expanded", "reshape_allowzero_reordered", "slice_start_out_of_bounds",
+        "split_zero_size_splits_opset13", "split_zero_size_splits_opset18",
+    ],
+    "Gather/GatherElements with indices computed at run time other than row lookups in a 2-D table "
+    "(the chip's GATHER selects SRAM words, i.e. rows of embedding tables)": [
+        "gather_0", "gather_1", "gather_2d_indices", "gather_elements_0", "gather_elements_1",
+        "gather_elements_negative_indices", "gather_negative_indices",
+    ],
+    "integer Pow with an exponent computed at run time (the VXM has no integer power)": [
+        "pow_types_int32_float32", "pow_types_int32_int32", "pow_types_int64_float32", "pow_types_int64_int64",
+    ],
+}
+
+#: the same type reasons, for the CastLike twins of the Cast tests (and their expanded forms)
+EXCLUDED_PATTERNS = {
+    "CastLike to or from types the chip does not have": r"castlike_(no_saturate_)?\w*(DOUBLE|FLOAT8|FLOAT4|INT4|UINT4|INT2|UINT2|E8M0)\w*",
+}
+
+backend_test = onnx.backend.test.BackendTest(LpucBackend, __name__)
+backend_test.include(rf"^test_({'|'.join(SUPPORTED)})(_.*)?_cpu$")
+for names in EXCLUDED.values():
+    for name in names:
+        backend_test.exclude(rf"^test_{re.escape(name)}_cpu$")
+for pattern in EXCLUDED_PATTERNS.values():
+    backend_test.exclude(rf"^test_{pattern}_cpu$")
+
+globals().update(backend_test.test_cases)
+
+
+def test_exclusions_are_all_real_test_names():
+    from onnx.backend.test.loader import load_model_tests
+
+    known = {c.name[5:] for c in load_model_tests(kind="node")} | {c.name[5:] for c in load_model_tests(kind="pytorch-converted")}
+    unknown = [n for names in EXCLUDED.values() for n in names if n not in known]
+    assert not unknown, unknown
+
+
+@pytest.mark.parametrize("name", ["gemm_default_single_elem_vector_bias", "layer_normalization_2d_axis0"])
+def test_some_supported_cases_are_selected(name):
+    assert any(name in k for case in backend_test.test_cases.values() for k in dir(case))
