@@ -282,7 +282,9 @@ class Emulator:
         if addrs is None:  # GATHER: depends on every earlier write to the slice
             if not len(cycles):
                 return
-            op.deps.update(int(s) for s in store.sources_before(int(cycles[-1]) + 1) if s < len(self.ops))
+            # writes finished before the first gathered word are certainly needed; a write during the
+            # gather matters only if an index points at it, which the handler settles when it runs
+            op.deps.update(int(s) for s in store.sources_before(int(cycles[0])) if s < len(self.ops))
             return
         ok = (addrs >= 0) & (addrs < self.chip.words_per_slice)
         src, row = store.lookup(np.where(ok, addrs, 0), cycles)
@@ -421,15 +423,14 @@ class Emulator:
         from emulator.units import HANDLERS
 
         order = self._order()
+        self._handlers = HANDLERS
+        self._state = np.zeros(len(self.ops), dtype=np.int8)  # 0 todo, 1 visiting, 2 running, 3 done
         show = sys.stderr.isatty() if progress is None else progress
         t0 = time.perf_counter()
         last = t0
         for i, op in enumerate(order):
-            op.out = {}
-            op.planes = {}
-            result = HANDLERS[op.inst.spec.mnemonic](self, op)
-            if result:
-                op.out.update(result)
+            if self._state[op.id] != 3:
+                self.evaluate(op)
             if show and time.perf_counter() - last > 0.2:
                 last = time.perf_counter()
                 _progress(i + 1, len(order), last - t0)
@@ -441,6 +442,47 @@ class Emulator:
         if self.strict and self.hazards:
             raise HazardError(self.hazards[0], len(self.hazards) - 1)
         return RunResult(outputs, self.cycles, self.stats(), list(self.hazards), self.ops)
+
+    def evaluate(self, op: Op) -> None:
+        """Evaluate op after everything it depends on (iteratively; in order that is just op)."""
+        n = len(self.ops)
+        stack = [op]
+        while stack:
+            cur = stack[-1]
+            st = self._state[cur.id]
+            if st == 3:
+                stack.pop()
+                continue
+            if st == 0:
+                self._state[cur.id] = 1
+                todo = [self.ops[d] for d in cur.deps if d < n and d != cur.id and self._state[d] != 3]
+                for d in todo:
+                    if self._state[d.id] in (1, 2):
+                        raise EmulatorLimit(self._loop_message([cur, d]))
+                stack.extend(todo)
+                continue
+            # st == 1: every dependency is done now
+            self._state[cur.id] = 2
+            cur.out = {}
+            cur.planes = {}
+            result = self._handlers[cur.inst.spec.mnemonic](self, cur)
+            if result:
+                cur.out.update(result)
+            self._state[cur.id] = 3
+            stack.pop()
+
+    def ensure(self, ids: np.ndarray) -> None:
+        """Make sure the instructions behind these source ids have run (for data-dependent reads)."""
+        for s in np.unique(ids):
+            if 0 <= s < len(self.ops) and self._state[s] != 3:
+                if self._state[s] != 0:
+                    raise EmulatorLimit(self._loop_message([self.ops[int(s)]]))
+                self.evaluate(self.ops[int(s)])
+
+    def _loop_message(self, ops: list[Op]) -> str:
+        desc = "; ".join(f"{o.slice.name} #{o.qidx} {self.text(o)}" for o in ops[:4])
+        return (f"instructions feed each other in a loop ({desc}); the vectorised emulator evaluates whole "
+                f"instructions, so split one of them in two")
 
     def _order(self) -> list[Op]:
         for op in self.ops:

@@ -45,6 +45,7 @@ def gather(em, op):
         i = int(np.argmax((src < 0) & ok))
         em.hazard(op, "unwritten-read", cycles[i], f"gathered address {int(addrs[i])} was never written")
     _check_gather_banks(em, op, addrs, cycles)
+    em.ensure(src[src >= 0])
     out = em.gather_rows(src, row, np.uint8)
     if len(out) < o["n"]:
         out = np.concatenate([out, np.zeros((o["n"] - len(out), em.lanes), np.uint8)])

@@ -1,0 +1,196 @@
+"""The compiler end to end: every example model verifies on both chips, in fp32 and fp16 (and bf16 on
+lpu-v1), with every scheduler; bad input gets a one-line error and exit code 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from isa.asm import assemble, disassemble
+from isa.config import load_chip
+from lpuc.pipeline import PASSES, compile_model
+from lpuc.verify import verify
+
+ROOT = Path(__file__).parent.parent
+MODELS = ROOT / "examples" / "models"
+EXAMPLES = ["mlp_tiny", "gpt2_tiny", "bert_tiny", "llama_tiny"]
+
+
+def check(name: str, chip: str, precision: str, scheduler: str = "list", **kw) -> dict:
+    c = compile_model(MODELS / f"{name}.onnx", load_chip(chip), precision=precision, scheduler=scheduler, **kw)
+    v = verify(c, str(MODELS / f"{name}.onnx"), precision, seed=1)
+    r = v.report
+    assert r["predicted_cycles"] == r["emulated_cycles"], r
+    assert r["bit_exact"], r
+    for out in r["outputs"].values():
+        assert out["ok"], r["outputs"]
+    assert v.ok
+    return r
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("chip", ["tiny", "lpu-v1"])
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_example_verifies(name, chip, precision):
+    r = check(name, chip, precision)
+    assert r["roofline_cycles"] <= r["predicted_cycles"]
+
+
+@pytest.mark.parametrize("name", EXAMPLES[1:])
+def test_example_verifies_bf16(name):
+    check(name, "lpu-v1", "bf16")
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_every_scheduler_verifies_and_naive_is_slowest(name):
+    cycles = {s: check(name, "lpu-v1", "fp16", scheduler=s)["predicted_cycles"] for s in ("naive", "asap", "list")}
+    assert cycles["naive"] > cycles["list"] and cycles["naive"] > cycles["asap"], cycles
+
+
+def test_external_data_model_verifies():
+    r = check("gpt2_tiny_extdata", "lpu-v1", "fp32")
+    assert r["ok"]
+
+
+def test_dynamic_model_needs_and_takes_input_shape():
+    from lpuc.errors import CompileError
+
+    with pytest.raises(CompileError, match=r"input 'input_ids' has dynamic dim 1 \('seq'\).*--input-shape input_ids=1xN"):
+        compile_model(MODELS / "gpt2_tiny_dynamic.onnx", load_chip("tiny"))
+    r = check("gpt2_tiny_dynamic", "tiny", "fp32", input_shapes={"input_ids": (1, 16)})
+    assert r["ok"]
+
+
+@pytest.mark.parametrize("name", ["mlp_tiny", "bert_tiny"])
+def test_emit_asm_assembles_back(name, tmp_path):
+    c = compile_model(MODELS / f"{name}.onnx", load_chip("tiny"))
+    text = disassemble(c.program)
+    assert assemble(text).to_bytes() == c.program.to_bytes()
+
+
+def test_dump_after_every_pass(capsys):
+    import io
+
+    for p in PASSES:
+        buf = io.StringIO()
+        compile_model(MODELS / "mlp_tiny.onnx", load_chip("tiny"), dump_after=p, out=buf)
+        text = buf.getvalue()
+        assert text.startswith(f"=== after {p} ===") and len(text.splitlines()) > 3, p
+
+
+# ------------------------------------------------------------------------------------------------
+# the command line and bad input
+# ------------------------------------------------------------------------------------------------
+def lpuc(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lpuc", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_cli_verify_json_fields():
+    import json
+
+    r = lpuc("verify", str(MODELS / "mlp_tiny.onnx"), "--chip", "tiny", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    for key in ("ok", "predicted_cycles", "emulated_cycles", "latency_us", "bit_exact", "roofline_cycles",
+                "instructions", "sram_bytes", "utilization", "outputs", "compile_s", "emulate_s", "onnxruntime_s"):
+        assert key in doc, key
+    assert set(doc["outputs"]["y"]) >= {"max_abs_err", "max_rel_err", "atol", "rtol", "ok"}
+    assert doc["ok"] and doc["predicted_cycles"] == doc["emulated_cycles"]
+
+
+def test_cli_compile_writes_program_and_asm(tmp_path):
+    out, asm = tmp_path / "m.lpu", tmp_path / "m.s"
+    r = lpuc("compile", str(MODELS / "mlp_tiny.onnx"), "--chip", "tiny", "-o", str(out), "--emit-asm", str(asm))
+    assert r.returncode == 0, r.stderr
+    assert "predicted cycles" in r.stdout and "roofline bound" in r.stdout and "sram" in r.stdout
+    assert out.exists() and asm.exists()
+    run = lpuc("run", str(out), "--json")
+    assert run.returncode == 2 and "missing input 'x'" in run.stderr
+
+
+def _bad(args: list[str], needle: str, tmp_path: Path) -> None:
+    out = tmp_path / "o.lpu"
+    r = lpuc(*args, "-o", str(out))
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert needle in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert not out.exists()
+
+
+def _save(model: onnx.ModelProto, path: Path) -> str:
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def test_malformed_onnx(tmp_path):
+    p = tmp_path / "bad.onnx"
+    p.write_bytes(b"\x08\x07garbage" * 10)
+    _bad(["compile", str(p)], "not a valid ONNX model", tmp_path)
+
+
+def test_missing_file(tmp_path):
+    _bad(["compile", str(tmp_path / "nope.onnx")], "no such file", tmp_path)
+
+
+def test_unknown_input_shape_name(tmp_path):
+    _bad(["compile", str(MODELS / "mlp_tiny.onnx"), "--input-shape", "q=1x2"], "unknown input(s) q", tmp_path)
+
+
+def test_bad_input_shape_syntax(tmp_path):
+    _bad(["compile", str(MODELS / "mlp_tiny.onnx"), "--input-shape", "x=4by32"], "expected NAME=D1xD2", tmp_path)
+
+
+def test_missing_dynamic_dim(tmp_path):
+    _bad(["compile", str(MODELS / "gpt2_tiny_dynamic.onnx")], "has dynamic dim 1 ('seq')", tmp_path)
+
+
+def _model(nodes, inputs, outputs, inits=(), opset=18) -> onnx.ModelProto:
+    g = helper.make_graph(nodes, "t", inputs, outputs, list(inits))
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
+
+
+def test_unsupported_op_names_op_node_and_set(tmp_path):
+    m = _model([helper.make_node("Det", ["x"], ["y"], name="det_node")],
+               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 3])],
+               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])])
+    _bad(["compile", _save(m, tmp_path / "det.onnx")], "node det_node: op Det is not supported; supported ops: Abs",
+         tmp_path)
+
+
+def test_newer_opset_than_onnx(tmp_path):
+    m = _model([helper.make_node("Relu", ["x"], ["y"])],
+               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])], opset=99)
+    _bad(["compile", _save(m, tmp_path / "new.onnx")], "opset 99", tmp_path)
+
+
+def test_model_too_big_for_sram(tmp_path):
+    w = helper.make_tensor("w", TensorProto.FLOAT, [1024, 1024], np.zeros(1024 * 1024, np.float32))
+    m = _model([helper.make_node("MatMul", ["x", "w"], ["y"])],
+               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 1024])],
+               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 1024])], [w])
+    _bad(["compile", _save(m, tmp_path / "big.onnx"), "--chip", "tiny"], "bytes of SRAM at its peak; one tiny chip has",
+         tmp_path)
+
+
+def test_unknown_chip_and_pass(tmp_path):
+    _bad(["compile", str(MODELS / "mlp_tiny.onnx"), "--chip", "huge"], "no chip config 'huge'", tmp_path)
+    _bad(["compile", str(MODELS / "mlp_tiny.onnx"), "--dump-after", "magic"], "unknown pass 'magic'", tmp_path)
+
+
+def test_verify_with_inputs_file(tmp_path):
+    from lpuc.passes.fold_constants import fold_constants
+    from lpuc.passes.import_onnx import import_onnx
+    from lpuc.verify import make_inputs
+
+    feeds = make_inputs(fold_constants(import_onnx(MODELS / "bert_tiny.onnx")), seed=3)
+    assert feeds["input_ids"].max() < 128 and set(np.unique(feeds["attention_mask"])) <= {0, 1}
+    np.savez(tmp_path / "in.npz", **feeds)
+    r = lpuc("verify", str(MODELS / "bert_tiny.onnx"), "--inputs", str(tmp_path / "in.npz"))
+    assert r.returncode == 0 and "VERIFIED" in r.stdout, r.stdout + r.stderr
