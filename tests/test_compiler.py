@@ -194,3 +194,21 @@ def test_verify_with_inputs_file(tmp_path):
     np.savez(tmp_path / "in.npz", **feeds)
     r = lpuc("verify", str(MODELS / "bert_tiny.onnx"), "--inputs", str(tmp_path / "in.npz"))
     assert r.returncode == 0 and "VERIFIED" in r.stdout, r.stdout + r.stderr
+
+
+def test_compiled_program_runs_with_named_inputs_and_outputs(tmp_path):
+    import onnxruntime as ort
+
+    model = MODELS / "bert_tiny.onnx"
+    prog = tmp_path / "bert.lpu"
+    assert lpuc("compile", str(model), "--chip", "tiny", "-o", str(prog)).returncode == 0
+    ids = ((5 * np.arange(16) + 1) % 128).reshape(1, 16).astype(np.int64)
+    mask = np.ones((1, 16), np.int64)
+    mask[0, 12:] = 0
+    np.savez(tmp_path / "in.npz", input_ids=ids, attention_mask=mask)
+    r = lpuc("run", str(prog), "--inputs", str(tmp_path / "in.npz"), "-o", str(tmp_path / "out.npz"))
+    assert r.returncode == 0, r.stderr
+    got = np.load(tmp_path / "out.npz")["last_hidden_state"]
+    want = ort.InferenceSession(str(model)).run(None, {"input_ids": ids, "attention_mask": mask})[0]
+    assert got.shape == want.shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-3)
