@@ -250,12 +250,20 @@ class Emulator:
     # phase 3: resolution of reads into dependencies
     # ==========================================================================================
     def _resolve_reads(self) -> None:
+        # a compiled program names, for each stream read, the instruction whose value it must see
+        expect = {}
+        by_pos = {(op.chip, op.slice.name, op.qidx): op for op in self.ops}
+        for sname, k, fld, plane, wslice, wk in self.prog.meta.get("expect", []):
+            w = by_pos.get((0, wslice, wk))
+            if w is not None:
+                expect[(0, sname, k, fld, plane)] = w
         for op in self.ops:
             pos = op.slice.position
             for acc in op.timing.reads:
                 diags = diagonal(acc.dir, acc.cycles, pos)
                 planes = []
-                for s in acc.streams:
+                for plane, s in enumerate(acc.streams):
+                    want = expect.get((op.chip, op.slice.name, op.qidx, acc.field, plane))
                     fid, vidx = self.streams.resolve(op.chip, acc.dir, s, pos, diags)
                     missing = fid < 0
                     if missing.any():
@@ -263,6 +271,16 @@ class Emulator:
                         self.hazard(op, "stream-empty", acc.cycles[i],
                                     f"no value is passing on {acc.dir}{s} at {op.slice.name} for operand "
                                     f"'{acc.field}' vector {int(acc.vec[i])}")
+                    if want is not None and not missing.all():
+                        wrong = np.array([self.streams.flights[int(f)].op != want.id if f >= 0 else False
+                                          for f in fid])
+                        if wrong.any():
+                            i = int(np.argmax(wrong))
+                            other = self.ops[self.streams.flights[int(fid[i])].op]
+                            self.hazard(op, "wrong-producer", acc.cycles[i],
+                                        f"{acc.dir}{s} carries the value of {other.slice.name} #{other.qidx} "
+                                        f"{self.text(other)} instead of {want.slice.name} #{want.qidx} "
+                                        f"{self.text(want)} for operand '{acc.field}'")
                     for f in np.unique(fid[~missing]):
                         op.deps.add(self.streams.flights[int(f)].op)
                     planes.append((fid, vidx))

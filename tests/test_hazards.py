@@ -184,3 +184,17 @@ def test_strict_error_message_counts_more_hazards():
     with pytest.raises(HazardError) as e:
         run(text)
     assert re.search(r"and \d+ more hazard", str(e.value))
+
+
+def test_wrong_producer_when_the_program_names_the_expected_writer():
+    import json
+
+    def with_expect(entries):
+        meta = json.dumps(json.dumps({"expect": entries}))
+        return VADD.replace(".chip tiny\n", f".chip tiny\n.meta {meta}\n")
+
+    ok = with_expect([["VXM0", 0, "a", 0, "MEM_W0", 0], ["VXM0", 0, "a", 3, "MEM_W3", 0]])
+    assert run(ok).hazards == []
+    # the value passing on E0 is MEM_W0's, not MEM_W1's: a mistimed or misrouted flight looks like this
+    h = hazard_of(with_expect([["VXM0", 0, "a", 0, "MEM_W1", 0]]))
+    assert h.kind == "wrong-producer" and h.slice == "VXM0" and "MEM_W0 #0" in h.detail and "MEM_W1 #0" in h.detail

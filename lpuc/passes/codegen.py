@@ -53,6 +53,7 @@ def codegen(tg: TaskGraph, sched: Schedule, chip: ChipConfig, meta: dict | None 
     prog.nodes = list(node_index)
     for sname, issue, mn, ops, node in sorted(entries, key=lambda e: (e[0], e[1])):
         prog.add(0, sname, issue, BY_MNEMONIC[mn], ops, node)
+    prog.meta["expect"] = _expected_producers(tg, sched, prog)
     used = {a.tensor.id for task in tg.tasks for a in task.reads + task.writes}
     for t in tg.inputs:
         prog.tensors.append(_desc(t, "input", chip.lanes))
@@ -63,6 +64,34 @@ def codegen(tg: TaskGraph, sched: Schedule, chip: ChipConfig, meta: dict | None 
             prog.tensors.append(_desc(t, "const", chip.lanes))
     prog.meta["predicted_cycles"] = predicted_cycles(prog)
     return prog
+
+
+def _expected_producers(tg: TaskGraph, sched: Schedule, prog: Program) -> list[list]:
+    """For every stream read and byte plane, the instruction whose value it must see: [slice, index,
+    field, plane, writer slice, writer index]. The emulator reports a hazard if any other value
+    arrives. (The planes of a group may come from different READs, one per slice.)"""
+    index = {(sname, inst.issue): k for (_, sname), q in prog.queues.items() for k, inst in enumerate(q)}
+    out = []
+    for task in tg.tasks:
+        p = sched.placements[task.id]
+        tpl = sched.templates[task.id]
+        writer: dict[tuple[int, int], tuple[str, int]] = {}
+        readers: list[tuple[int, str, int, str]] = []
+        for ti in tpl.insts:
+            sname = p.unit if ti.slice == "*" else ti.slice
+            spec = BY_MNEMONIC[ti.mnemonic]
+            wfields = {io.field for io in spec.writes}
+            for fld, (fl, off) in ti.refs.items():
+                if fld in wfields:
+                    writer[(fl, off)] = (sname, index[(sname, p.start + ti.rel)])
+                else:
+                    readers.append((fl, sname, index[(sname, p.start + ti.rel)], fld))
+        for fl, sname, k, fld in readers:
+            for plane in range(tpl.flights[fl].width):
+                w = writer.get((fl, plane)) or writer.get((fl, 0))  # a unit writes a whole group
+                if w is not None:
+                    out.append([sname, k, fld, plane, *w])
+    return out
 
 
 def predicted_cycles(prog: Program) -> int:
