@@ -17,6 +17,11 @@ Tensor layout in SRAM: a tensor of shape (..., D) is viewed as ``R = prod(shape[
 ``D`` elements, cut into ``C = cdiv(D, lanes)`` vectors per row (the last one zero-padded). Vector
 ``v = r*C + c`` holds elements ``[r, c*lanes : (c+1)*lanes]``. Byte plane ``k`` of vector ``v`` is the
 word at address ``base_k + v`` of slice ``slice_k``, where ``planes[k] = (slice_k, base_k)``.
+
+``meta`` is free-form JSON, with two keys the tools read: ``predicted_cycles`` (the compiler's
+prediction) and ``expect``, a list of ``[slice, index, field, plane, writer slice, writer index]``
+naming for a stream read the instruction whose value it must see (chip 0); the emulator reports a
+``wrong-producer`` hazard when another value arrives.
 """
 
 from __future__ import annotations
