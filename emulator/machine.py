@@ -163,12 +163,13 @@ class Emulator:
         for t in self.prog.tensors:
             if t.role == "output":
                 continue
-            nvec = t.vectors(self.lanes)
-            for k, (sname, base) in enumerate(t.planes):
-                src = Source(id=len(self.sources))
-                self.sources.append(src)
-                self.host_sources[(t.name, k)] = src
-                self._sram_store(t.chip, sname).add(np.arange(base, base + nvec), np.full(nvec, -1), src.id)
+            for v0, v1, planes in t.placements(self.lanes):
+                for k, (sname, base) in enumerate(planes):
+                    src = Source(id=len(self.sources))
+                    self.sources.append(src)
+                    self.host_sources[(t.name, v0, k)] = src
+                    n = v1 - v0
+                    self._sram_store(t.chip, sname).add(np.arange(base, base + n), np.full(n, -1), src.id)
             if t.role == "const":
                 self._fill_host(t, t.const_array())
         self.weights: dict[tuple[int, str, int], list[tuple[int, int, int, Op]]] = defaultdict(list)
@@ -256,7 +257,7 @@ class Emulator:
         for sname, k, fld, plane, wslice, wk in self.prog.meta.get("expect", []):
             w = by_pos.get((0, wslice, wk))
             if w is not None:
-                expect[(0, sname, k, fld, plane)] = w
+                expect.setdefault((0, sname, k, fld, plane), set()).add(w.id)
         for op in self.ops:
             pos = op.slice.position
             for acc in op.timing.reads:
@@ -272,15 +273,16 @@ class Emulator:
                                     f"no value is passing on {acc.dir}{s} at {op.slice.name} for operand "
                                     f"'{acc.field}' vector {int(acc.vec[i])}")
                     if want is not None and not missing.all():
-                        wrong = np.array([self.streams.flights[int(f)].op != want.id if f >= 0 else False
+                        wrong = np.array([self.streams.flights[int(f)].op not in want if f >= 0 else False
                                           for f in fid])
                         if wrong.any():
                             i = int(np.argmax(wrong))
                             other = self.ops[self.streams.flights[int(fid[i])].op]
+                            named = "; ".join(f"{self.ops[w].slice.name} #{self.ops[w].qidx} {self.text(self.ops[w])}"
+                                              for w in sorted(want))
                             self.hazard(op, "wrong-producer", acc.cycles[i],
                                         f"{acc.dir}{s} carries the value of {other.slice.name} #{other.qidx} "
-                                        f"{self.text(other)} instead of {want.slice.name} #{want.qidx} "
-                                        f"{self.text(want)} for operand '{acc.field}'")
+                                        f"{self.text(other)} instead of {named} for operand '{acc.field}'")
                     for f in np.unique(fid[~missing]):
                         op.deps.add(self.streams.flights[int(f)].op)
                     planes.append((fid, vidx))
@@ -419,8 +421,9 @@ class Emulator:
     def _fill_host(self, t: TensorDesc, values: np.ndarray) -> None:
         vecs = t.to_vectors(values, self.lanes)
         planes = to_planes(vecs)
-        for k in range(len(t.planes)):
-            self.host_sources[(t.name, k)].store = planes[k]
+        for v0, v1, pl in t.placements(self.lanes):
+            for k in range(len(pl)):
+                self.host_sources[(t.name, v0, k)].store = planes[k, v0:v1]
 
     def _place_inputs(self, inputs: dict[str, np.ndarray]) -> None:
         descs = self.prog.io("input")
@@ -522,20 +525,22 @@ class Emulator:
 
     def _read_output(self, t: TensorDesc) -> np.ndarray:
         nvec = t.vectors(self.lanes)
-        planes = np.zeros((len(t.planes), nvec, self.lanes), dtype=np.uint8)
-        for k, (sname, base) in enumerate(t.planes):
-            store = self.sram.get((t.chip, sname))
-            addrs = np.arange(base, base + nvec)
-            if store is None:
-                src, row = np.full(nvec, -1), np.zeros(nvec, dtype=np.int64)
-            else:
-                src, row = store.lookup(addrs, None)
-            if (src < 0).any():
-                i = int(np.argmax(src < 0))
-                self.hazards.append(Hazard("unwritten-output", self.cycles, t.chip, sname, -1, f"output {t.name}",
-                                           "", f"vector {i} (address {base + i}) of output '{t.name}' "
-                                               f"was never written"))
-            planes[k] = self.gather_rows(src, row)
+        planes = np.zeros((t.dt.width, nvec, self.lanes), dtype=np.uint8)
+        for v0, v1, pl in t.placements(self.lanes):
+            n = v1 - v0
+            for k, (sname, base) in enumerate(pl):
+                store = self.sram.get((t.chip, sname))
+                addrs = np.arange(base, base + n)
+                if store is None:
+                    src, row = np.full(n, -1), np.zeros(n, dtype=np.int64)
+                else:
+                    src, row = store.lookup(addrs, None)
+                if (src < 0).any():
+                    i = int(np.argmax(src < 0))
+                    self.hazards.append(Hazard("unwritten-output", self.cycles, t.chip, sname, -1,
+                                               f"output {t.name}", "", f"vector {v0 + i} (address {base + i}) of "
+                                               f"output '{t.name}' was never written"))
+                planes[k, v0:v1] = self.gather_rows(src, row)
         return chip_to_host(t, from_planes(planes, t.dt).reshape(nvec, self.lanes), self.lanes)
 
     # ------------------------------------------------------------------------------ data access

@@ -344,6 +344,7 @@ class _Assembler:
         inner = shape_txt[1:-1].strip()
         shape = tuple(int(x) for x in inner.split(",")) if inner else ()
         chip, host, planes, data = 0, "", None, None
+        more: list[tuple[int, list[tuple[str, int]]]] = []
         rest = words[4:]
         i = 0
         while i < len(rest):
@@ -358,16 +359,15 @@ class _Assembler:
                 np.dtype(v)
                 host = v
             elif k == "planes":
-                planes = []
-                for p in v.split(","):
-                    s, _, a = p.partition("@")
-                    planes.append((s, int(a, 0)))
+                planes = _planes(v)
+            elif k.startswith("planes@"):  # another segment: rows from N on
+                more.append((int(k[7:]), _planes(v)))
             else:
                 raise ValueError(f"unexpected '{w}'; expected chip=, host=, planes= or '= data'")
             i += 1
         if planes is None:
             raise ValueError("missing planes=SLICE@ADDR,...")
-        t = TensorDesc(name, role, dname, shape, chip, planes, host, data)
+        t = TensorDesc(name, role, dname, shape, chip, planes, host, data, more)
         Program(system=system, tensors=[t])._validate_tensor(t)
         self.tensors.append(t)
 
@@ -384,6 +384,14 @@ class _Assembler:
         if len(blob) != count * dt.width:
             raise ValueError(f"shape {list(shape)} needs {count} values, got {len(blob) // dt.width}")
         return blob
+
+
+def _planes(text: str) -> list[tuple[str, int]]:
+    out = []
+    for p in text.split(","):
+        s, _, a = p.partition("@")
+        out.append((s, int(a, 0)))
+    return out
 
 
 def assemble(text: str, filename: str = "<asm>") -> Program:
@@ -452,6 +460,8 @@ def disassemble(prog: Program, with_data: bool = True) -> str:
         if t.host_dtype:
             line += f" host={t.host_dtype}"
         line += " planes=" + ",".join(f"{s}@{a}" for s, a in t.planes)
+        for row, planes in t.more:
+            line += f" planes@{row}=" + ",".join(f"{s}@{a}" for s, a in planes)
         if t.data is not None:
             line += " = " + (_format_data(t) if with_data else "[...]")
         out.append(line)

@@ -18,6 +18,9 @@ Tensor layout in SRAM: a tensor of shape (..., D) is viewed as ``R = prod(shape[
 ``v = r*C + c`` holds elements ``[r, c*lanes : (c+1)*lanes]``. Byte plane ``k`` of vector ``v`` is the
 word at address ``base_k + v`` of slice ``slice_k``, where ``planes[k] = (slice_k, base_k)``.
 
+A tensor larger than one bank lies in segments (``more``): rows from ``row`` on live in another set of
+planes, each segment laid out as above with its own base addresses.
+
 ``meta`` is free-form JSON, with two keys the tools read: ``predicted_cycles`` (the compiler's
 prediction) and ``expect``, a list of ``[slice, index, field, plane, writer slice, writer index]``
 naming for a stream read the instruction whose value it must see (chip 0); the emulator reports a
@@ -72,6 +75,19 @@ class TensorDesc:
     planes: list[tuple[str, int]]  # (MEM slice name, base address) for each byte plane
     host_dtype: str = ""  # numpy dtype the host uses (e.g. int64, bool); "" = same as dtype
     data: bytes | None = None  # constants: row-major values in the chip dtype
+    # a tensor larger than a bank lies in segments: rows from `row` on live in these planes instead
+    more: list[tuple[int, list[tuple[str, int]]]] = field(default_factory=list)
+
+    def placements(self, lanes: int) -> list[tuple[int, int, list[tuple[str, int]]]]:
+        """(first vector, end vector, planes) of every segment; vector v of a segment lies at
+        ``base_k + (v - first)`` of plane k's slice."""
+        c = self.chunks(lanes)
+        starts = [(0, self.planes)] + list(self.more)
+        out = []
+        for i, (row, planes) in enumerate(starts):
+            end = starts[i + 1][0] if i + 1 < len(starts) else self.rows
+            out.append((row * c, end * c, planes))
+        return out
 
     @property
     def dt(self) -> DType:
@@ -186,20 +202,24 @@ class Program:
             raise ProgramError(f"tensor '{t.name}': every dimension must be at least 1, got {list(t.shape)}")
         if not 0 <= t.chip < self.system.chips:
             raise ProgramError(f"tensor '{t.name}': chip {t.chip} is not in the system")
-        if len(t.planes) != t.dt.width:
-            raise ProgramError(f"tensor '{t.name}': {t.dtype} needs {t.dt.width} byte plane(s), "
-                               f"{len(t.planes)} given")
-        nvec = t.vectors(chip.lanes)
-        for sname, base in t.planes:
-            try:
-                sl = chip.slice(sname)
-            except ConfigError as e:
-                raise ProgramError(f"tensor '{t.name}': {e}") from None
-            if sl.unit != "MEM":
-                raise ProgramError(f"tensor '{t.name}': {sname} is not a MEM slice")
-            if base < 0 or base + nvec > chip.words_per_slice:
-                raise ProgramError(f"tensor '{t.name}': {nvec} words from address {base} do not fit "
-                                   f"{sname} ({chip.words_per_slice} words)")
+        rows = [r for r, _ in t.more]
+        if rows != sorted(set(rows)) or (rows and not 0 < rows[0] and rows[-1] < t.rows):
+            raise ProgramError(f"tensor '{t.name}': segment rows must increase strictly inside 1..{t.rows - 1}")
+        for v0, v1, planes in t.placements(chip.lanes):
+            if len(planes) != t.dt.width:
+                raise ProgramError(f"tensor '{t.name}': {t.dtype} needs {t.dt.width} byte plane(s), "
+                                   f"{len(planes)} given")
+            nvec = v1 - v0
+            for sname, base in planes:
+                try:
+                    sl = chip.slice(sname)
+                except ConfigError as e:
+                    raise ProgramError(f"tensor '{t.name}': {e}") from None
+                if sl.unit != "MEM":
+                    raise ProgramError(f"tensor '{t.name}': {sname} is not a MEM slice")
+                if base < 0 or base + nvec > chip.words_per_slice:
+                    raise ProgramError(f"tensor '{t.name}': {nvec} words from address {base} do not fit "
+                                       f"{sname} ({chip.words_per_slice} words)")
         if t.role == "const":
             need = math.prod(t.shape) * t.dt.width
             if t.data is None or len(t.data) != need:
@@ -224,6 +244,8 @@ class Program:
                  "planes": [[s, b] for s, b in t.planes]}
             if t.host_dtype:
                 d["host_dtype"] = t.host_dtype
+            if t.more:
+                d["more"] = [[r, [[sn, b] for sn, b in pl]] for r, pl in t.more]
             if t.data is not None:
                 d["data_len"] = len(t.data)
                 body += t.data
@@ -299,7 +321,8 @@ class Program:
                 name=str(td["name"]), role=str(td["role"]), dtype=str(td["dtype"]),
                 shape=tuple(int(x) for x in td["shape"]), chip=int(td["chip"]),
                 planes=[(str(s), int(b)) for s, b in td["planes"]],
-                host_dtype=str(td.get("host_dtype", "")), data=blob))
+                host_dtype=str(td.get("host_dtype", "")), data=blob,
+                more=[(int(r), [(str(sn), int(b)) for sn, b in pl]) for r, pl in td.get("more", [])]))
         if pos != end:
             raise ProgramError(f"{origin}: {end - pos} unexpected bytes after the program body")
         prog.validate()

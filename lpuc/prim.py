@@ -42,8 +42,31 @@ class Tensor:
     splat: bool = False
     role: str = "temp"  # "input", "output", "const" or "temp"
     host_dtype: str = ""  # numpy dtype on the host side of an input/output
-    planes: list[tuple[str, int]] = field(default_factory=list)  # set by the allocation pass
+    planes: list[tuple[str, int]] = field(default_factory=list)  # set by the allocation pass (segment 0)
     bank: int = 0
+    # all segments, set by the allocation pass: (first vector, end vector, planes); a tensor larger
+    # than one bank is cut into segments of whole rows, each in its own words
+    segments: list[tuple[int, int, list[tuple[str, int]]]] = field(default_factory=list)
+
+    def pieces(self, start: int, stride: int, n: int) -> list[tuple[int, int, int, list[tuple[str, int]]]]:
+        """Split vectors start + j*stride (j < n) by segment: (j0, j1, segment's first vector, planes)."""
+        segs = self.segments or [(0, 1 << 62, self.planes)]
+        if len(segs) == 1 or n == 0:
+            return [(0, n, segs[0][0], segs[0][2])]
+        out = []
+        j = 0
+        while j < n:
+            v = start + j * stride
+            seg = next(sg for sg in segs if sg[0] <= v < sg[1])
+            if stride > 0:
+                j1 = min(n, j + -(-(seg[1] - v) // stride))
+            elif stride < 0:
+                j1 = min(n, j + (v - seg[0]) // (-stride) + 1)
+            else:
+                j1 = n
+            out.append((j, j1, seg[0], seg[2]))
+            j = j1
+        return out
 
     @property
     def dt(self) -> DType:

@@ -62,8 +62,8 @@ def roofline(tg: TaskGraph, sched, chip: ChipConfig) -> Roofline:
             else:
                 writes += e - s
         for f in tpl.flights:
-            for p0, p1 in f.rects:
-                hops += (f.d1 - f.d0 + 1) * (p1 - p0 + 1)
+            for _, p0, p1, e0, e1 in f.parts:
+                hops += (e1 - e0 + 1) * (p1 - p0 + 1)
     parts = {
         "mxm": _cdiv(mxm, planes),
         "install": _cdiv(install, planes),

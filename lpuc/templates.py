@@ -23,6 +23,7 @@ from isa.dtypes import DTYPES
 from isa.encoding import IMM_FLAG, Stream
 from isa.instructions import BY_MNEMONIC
 from isa.timing import instruction_timing
+from lpuc.errors import CompileError
 from lpuc.tasks import Access, Task
 
 
@@ -38,11 +39,13 @@ class TInst:
 
 @dataclass
 class TFlight:
+    """A stream group the scheduler assigns; its parts are the rectangles the values occupy:
+    (stream offset in the group, lowest position, highest position, first diagonal, last diagonal),
+    diagonals relative to the anchor. A group read from a segmented tensor has a part per segment."""
+
     dir: str
     width: int
-    rects: list[tuple[int, int]]  # per stream of the group: (lowest, highest) position it occupies
-    d0: int  # first diagonal (relative to the anchor)
-    d1: int  # last diagonal
+    parts: list[tuple[int, int, int, int, int]]
 
 
 @dataclass
@@ -92,46 +95,61 @@ class Builder:
         return instruction_timing(spec, ops, ti.rel, self.chip)
 
     def new_flight(self, direction: str, width: int) -> int:
-        self.flights.append(TFlight(direction, width, [], 0, 0))
+        self.flights.append(TFlight(direction, width, []))
         return len(self.flights) - 1
+
+    def diag(self, direction: str, cycle: int, pos: int) -> int:
+        return cycle - pos if direction == "E" else cycle + pos
 
     # ------------------------------------------------------------------------------ streams
     def read_group(self, acc: Access, dst_pos: int, arrive: int, user: TInst, fld: str) -> None:
-        """READ the planes of ``acc`` so that vector j passes ``dst_pos`` in cycle ``arrive + j``."""
+        """READ the planes of ``acc`` so that vector j passes ``dst_pos`` in cycle ``arrive + j``
+        (one READ per plane and segment of the tensor)."""
         t = acc.tensor
-        planes = t.planes if acc.plane is None else [t.planes[acc.plane]]
-        pos = [self.pos(s) for s, _ in planes]
-        direction = "E" if pos[0] < dst_pos else "W"
-        assert all((p < dst_pos) == (direction == "E") for p in pos), "a tensor's planes straddle the unit"
-        fl = self.new_flight(direction, len(planes))
-        f = self.flights[fl]
-        for k, ((sname, base), p) in enumerate(zip(planes, pos)):
-            rel = arrive - self.lat["mem_read"] - abs(dst_pos - p)
-            r = self.inst(sname, rel, "READ", addr=base + acc.start, n=acc.n, stride=acc.stride)
-            r.refs["s"] = (fl, k)
-            f.rects.append((min(p, dst_pos), max(p, dst_pos)))
-            self.sram.append((t.id, sname, self.bank(base), "r", rel + np.arange(acc.n)))
-        f.d0 = arrive - dst_pos if direction == "E" else arrive + dst_pos
-        f.d1 = f.d0 + acc.n - 1
+        fl = -1
+        for j0, j1, v0, seg in t.pieces(acc.start, acc.stride, acc.n):
+            planes = seg if acc.plane is None else [seg[acc.plane]]
+            pos = [self.pos(s) for s, _ in planes]
+            direction = "E" if pos[0] < dst_pos else "W"
+            assert all((p < dst_pos) == (direction == "E") for p in pos), "a tensor's planes straddle the unit"
+            if fl < 0:
+                fl = self.new_flight(direction, len(planes))
+            f = self.flights[fl]
+            assert f.dir == direction, "a tensor's segments straddle the unit"
+            n = j1 - j0
+            d0 = self.diag(direction, arrive + j0, dst_pos)
+            for k, ((sname, base), p) in enumerate(zip(planes, pos)):
+                rel = arrive + j0 - self.lat["mem_read"] - abs(dst_pos - p)
+                r = self.inst(sname, rel, "READ", addr=base + acc.start + j0 * acc.stride - v0, n=n,
+                              stride=acc.stride)
+                r.refs["s"] = (fl, k)
+                f.parts.append((k, min(p, dst_pos), max(p, dst_pos), d0, d0 + n - 1))
+                self.sram.append((t.id, sname, self.bank(base), "r", rel + np.arange(n)))
         user.refs[fld] = (fl, 0)
 
     def write_group(self, acc: Access, src_pos: int, depart: int, writer: TInst, fld: str) -> None:
-        """WRITE the vectors a unit at ``src_pos`` puts on the streams in ``depart + j``."""
+        """WRITE the vectors a unit at ``src_pos`` puts on the streams in ``depart + j`` (one WRITE per
+        plane and segment)."""
         t = acc.tensor
-        planes = t.planes if acc.plane is None else [t.planes[acc.plane]]
-        pos = [self.pos(s) for s, _ in planes]
-        direction = "E" if pos[0] > src_pos else "W"
-        assert all((p > src_pos) == (direction == "E") for p in pos), "a tensor's planes straddle the unit"
-        fl = self.new_flight(direction, len(planes))
-        f = self.flights[fl]
-        for k, ((sname, base), p) in enumerate(zip(planes, pos)):
-            rel = depart + abs(p - src_pos)
-            w = self.inst(sname, rel, "WRITE", addr=base + acc.start, n=acc.n, stride=acc.stride)
-            w.refs["s"] = (fl, k)
-            f.rects.append((min(p, src_pos), max(p, src_pos)))
-            self.sram.append((t.id, sname, self.bank(base), "w", rel + self.lat["mem_write"] + np.arange(acc.n)))
-        f.d0 = depart - src_pos if direction == "E" else depart + src_pos
-        f.d1 = f.d0 + acc.n - 1
+        fl = -1
+        for j0, j1, v0, seg in t.pieces(acc.start, acc.stride, acc.n):
+            planes = seg if acc.plane is None else [seg[acc.plane]]
+            pos = [self.pos(s) for s, _ in planes]
+            direction = "E" if pos[0] > src_pos else "W"
+            assert all((p > src_pos) == (direction == "E") for p in pos), "a tensor's planes straddle the unit"
+            if fl < 0:
+                fl = self.new_flight(direction, len(planes))
+            f = self.flights[fl]
+            assert f.dir == direction, "a tensor's segments straddle the unit"
+            n = j1 - j0
+            d0 = self.diag(direction, depart + j0, src_pos)
+            for k, ((sname, base), p) in enumerate(zip(planes, pos)):
+                rel = depart + j0 + abs(p - src_pos)
+                w = self.inst(sname, rel, "WRITE", addr=base + acc.start + j0 * acc.stride - v0, n=n,
+                              stride=acc.stride)
+                w.refs["s"] = (fl, k)
+                f.parts.append((k, min(p, src_pos), max(p, src_pos), d0, d0 + n - 1))
+                self.sram.append((t.id, sname, self.bank(base), "w", rel + self.lat["mem_write"] + np.arange(n)))
         writer.refs[fld] = (fl, 0)
 
     # ------------------------------------------------------------------------------ result
@@ -211,25 +229,34 @@ def vxm_template(task: Task, chip: ChipConfig) -> Template:
 
 
 def copy_template(task: Task, chip: ChipConfig) -> Template:
-    """MEM to MEM: each plane's READ feeds the WRITE of the same plane directly."""
+    """MEM to MEM: each plane's READ feeds the WRITE of the same plane directly (one pair per piece
+    where either tensor changes segment)."""
     b = Builder(chip)
     src, dst = task.reads[0], task.writes[0]
     lat = chip.latency
-    for k, ((ss, sb), (ds, db)) in enumerate(zip(src.tensor.planes, dst.tensor.planes)):
-        p, q = b.pos(ss), b.pos(ds)
-        direction = "E" if q >= p else "W"
-        fl = b.new_flight(direction, 1)
-        r = b.inst(ss, 0, "READ", addr=sb + src.start, n=src.n, stride=src.stride)
-        r.refs["s"] = (fl, 0)
-        depart = lat["mem_read"]
-        w = b.inst(ds, depart + abs(q - p), "WRITE", addr=db + dst.start, n=dst.n, stride=dst.stride)
-        w.refs["s"] = (fl, 0)
-        f = b.flights[fl]
-        f.rects = [(min(p, q), max(p, q))]
-        f.d0 = depart - p if direction == "E" else depart + p
-        f.d1 = f.d0 + src.n - 1
-        b.sram.append((src.tensor.id, ss, b.bank(sb), "r", np.arange(src.n)))
-        b.sram.append((dst.tensor.id, ds, b.bank(db), "w", depart + abs(q - p) + lat["mem_write"] + np.arange(dst.n)))
+    cuts = {0, src.n}
+    for pieces in (src.tensor.pieces(src.start, src.stride, src.n), dst.tensor.pieces(dst.start, dst.stride, dst.n)):
+        cuts.update(j0 for j0, _, _, _ in pieces)
+    cuts_sorted = sorted(cuts)
+    t_off = 0  # pieces run one after the other, so each slice reads and writes one word per cycle
+    for j0, j1 in zip(cuts_sorted, cuts_sorted[1:]):
+        n = j1 - j0
+        (_, _, sv0, sseg), = src.tensor.pieces(src.start + j0 * src.stride, src.stride, 1)
+        (_, _, dv0, dseg), = dst.tensor.pieces(dst.start + j0 * dst.stride, dst.stride, 1)
+        for k, ((ss, sb), (ds, db)) in enumerate(zip(sseg, dseg)):
+            p, q = b.pos(ss), b.pos(ds)
+            direction = "E" if q >= p else "W"
+            fl = b.new_flight(direction, 1)
+            r = b.inst(ss, t_off + j0, "READ", addr=sb + src.start + j0 * src.stride - sv0, n=n, stride=src.stride)
+            r.refs["s"] = (fl, 0)
+            depart = t_off + j0 + lat["mem_read"]
+            w = b.inst(ds, depart + abs(q - p), "WRITE", addr=db + dst.start + j0 * dst.stride - dv0, n=n,
+                       stride=dst.stride)
+            w.refs["s"] = (fl, 0)
+            d0 = b.diag(direction, depart, p)
+            b.flights[fl].parts.append((0, min(p, q), max(p, q), d0, d0 + n - 1))
+            b.sram.append((src.tensor.id, ss, b.bank(sb), "r", t_off + j0 + np.arange(n)))
+            b.sram.append((dst.tensor.id, ds, b.bank(db), "w", depart + abs(q - p) + lat["mem_write"] + np.arange(n)))
     return b.finish()
 
 
@@ -281,16 +308,21 @@ def gather_template(task: Task, chip: ChipConfig) -> Template:
     # the index group is aligned on one diagonal; it passes table plane k in cycle (diag + pos_k) (E)
     first = min(tpos) if direction == "E" else max(tpos)
     last = max(tpos) if direction == "E" else min(tpos)
+    if len(table.tensor.segments) > 1 or len(ids.tensor.segments) > 1:
+        raise CompileError(f"embedding table {table.tensor.name} ({table.tensor.dtype} {list(table.tensor.shape)}) "
+                           f"is larger than one {chip.name} bank per plane; gathers from split tables are not "
+                           f"supported yet")
     fl = b.new_flight(direction, 4)
     f = b.flights[fl]
     arrive_first = 0  # the index vector passes the nearest table plane in cycle 0
-    for k, ((sname, base), p) in enumerate(zip(ids.tensor.planes, ipos)):
+    d = b.diag(direction, arrive_first, first)
+    (_, _, iv0, iseg), = ids.tensor.pieces(ids.start, 1, 1)
+    for k, ((sname, base), p) in enumerate(zip(iseg, ipos)):
         rel = arrive_first - lat["mem_read"] - abs(first - p)
-        r = b.inst(sname, rel, "READ", addr=base + ids.start, n=1, stride=1)
+        r = b.inst(sname, rel, "READ", addr=base + ids.start - iv0, n=1, stride=1)
         r.refs["s"] = (fl, k)
-        f.rects.append((min(p, last), max(p, last)))
+        f.parts.append((k, min(p, last), max(p, last), d, d))
         b.sram.append((ids.tensor.id, sname, b.bank(base), "r", np.array([rel])))
-    f.d0 = f.d1 = arrive_first - first if direction == "E" else arrive_first + first
     w = DTYPES[table.tensor.dtype].width
     for k in range(w):
         sname, base = table.tensor.planes[k]

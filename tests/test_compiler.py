@@ -212,3 +212,20 @@ def test_compiled_program_runs_with_named_inputs_and_outputs(tmp_path):
     want = ort.InferenceSession(str(model)).run(None, {"input_ids": ids, "attention_mask": mask})[0]
     assert got.shape == want.shape and got.dtype == np.float32
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("chip,M,K,N", [("tiny", 8, 160, 512), ("lpu-v1", 16, 2048, 1024), ("lpu-v1", 128, 320, 12000)])
+def test_tensors_larger_than_a_bank_are_split_into_segments(tmp_path, chip, M, K, N):
+    rng = np.random.default_rng(0)
+    w = onnx.numpy_helper.from_array((rng.standard_normal((K, N)) * 0.05).astype(np.float32), "w")
+    b = onnx.numpy_helper.from_array(rng.standard_normal(N).astype(np.float32), "b")
+    m = _model([helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Add", ["h", "b"], ["a"]),
+                helper.make_node("Relu", ["a"], ["y"])],
+               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [M, K])],
+               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [M, N])], [w, b])
+    path = _save(m, tmp_path / "big.onnx")
+    for precision in ("fp32", "fp16"):
+        c = compile_model(path, load_chip(chip), precision=precision)
+        assert max(len(t.segments) for t in c.tasks.tensors) >= 2
+        v = verify(c, path, precision)
+        assert v.ok and v.report["bit_exact"], v.report

@@ -37,8 +37,8 @@ class Allocation:
     def dump(self, tg: TaskGraph) -> str:
         lines = [f"peak live SRAM: {self.peak_bytes} bytes"]
         for t in tg.tensors:
-            if t.planes:
-                lines.append(f"{t!r}: " + ", ".join(f"{s}@{a}" for s, a in t.planes) + f" bank {t.bank}")
+            for v0, v1, planes in t.segments:
+                lines.append(f"{t!r} vectors {v0}..{v1 - 1}: " + ", ".join(f"{s}@{a}" for s, a in planes))
         return "\n".join(lines)
 
 
@@ -180,27 +180,46 @@ def allocate(tg: TaskGraph, chip: ChipConfig) -> Allocation:
     slice_load: dict[str, int] = defaultdict(int)
     placed: dict[int, tuple[str, list[str], list[tuple[str, int]]]] = {}  # id -> (hemisphere, slices, spots)
     weight_words = {"W": 0, "E": 0}
-    active: list[tuple[int, Tensor, list[tuple[str, int, int]]]] = []
+    active: list[tuple[int, Tensor, list[tuple[str, int, int, int]]]] = []
 
     def release(upto: int) -> None:
         keep = []
         for end, t, spots in active:
             if end < upto:
-                for sname, bank, addr in spots:
-                    free[(sname, bank)].give(addr, t.vectors(L))
+                for sname, bank, addr, n in spots:
+                    free[(sname, bank)].give(addr, n)
                     slice_load[sname] -= 1
             else:
                 keep.append((end, t, spots))
         active[:] = keep
 
+    def choose(h: str, n: int, w: int, banned_slices: set[str], banned_spots: set[tuple[str, int]]) -> list | None:
+        """w slices of hemisphere h with n free words in an allowed bank, least loaded first."""
+        choice = []
+        for s in mem[h]:
+            if s.name in banned_slices:
+                continue
+            for b in range(chip.banks):
+                if (s.name, b) in banned_spots:
+                    continue
+                addr = free[(s.name, b)].fit(n)
+                if addr is not None:
+                    choice.append((slice_load[s.name] * 4 + len(choice) // 8, s.name, b, addr))
+                    break
+        choice.sort(key=lambda c: (c[0], [x.name for x in mem[h]].index(c[1])))
+        return choice[:w] if len(choice) >= w else None
+
     for i in live_ids:
         t = tensors[i]
         release(first[i])
-        n = t.vectors(L)
         w = t.dt.width
-        if n > bw:
-            raise CapacityError(f"tensor {t.name} ({t.dtype} {list(t.shape)}) needs {n} words per plane; a "
-                                f"{chip.name} bank holds {bw} (tensors this large are not split yet)")
+        C = t.chunks(L)
+        if C > bw:
+            raise CapacityError(f"tensor {t.name} ({t.dtype} {list(t.shape)}): one row needs {C} words per plane; a "
+                                f"{chip.name} bank holds {bw}")
+        # a tensor larger than a bank is cut into segments of whole rows
+        rows_per_seg = max(1, bw // C)
+        segs = [(r0 * C, min(t.rows, r0 + rows_per_seg) * C) for r0 in range(0, t.rows, rows_per_seg)]
         banned_slices = {s for j in apart[i] if j in placed for s in placed[j][1]}
         banned_spots = {spot for j in bank_apart[i] if j in placed for spot in placed[j][2]}
         hemis = ["W", "E"]
@@ -217,54 +236,49 @@ def allocate(tg: TaskGraph, chip: ChipConfig) -> Allocation:
             hemis.sort(key=lambda h: load[h])
         best = None
         for h in hemis:
-            choice = []
-            cost = 0
-            for s in mem[h]:
-                if s.name in banned_slices:
-                    continue
-                for b in range(chip.banks):
-                    if (s.name, b) in banned_spots:
-                        continue
-                    addr = free[(s.name, b)].fit(n)
-                    if addr is not None:
-                        choice.append((slice_load[s.name] * 4 + len(choice) // 8, s.name, b, addr))
-                        break
-            choice.sort(key=lambda c: (c[0], [x.name for x in mem[h]].index(c[1])))
-            if len(choice) >= w:
-                pick = choice[:w]
-                cost = sum(c[0] for c in pick)
-                if i in weights:
-                    cost = 0  # the hemisphere order above decides
-                if best is None or cost < best[0]:
-                    best = (cost, h, pick)
-                if i in weights:
-                    break
+            pick = choose(h, segs[0][1] - segs[0][0], w, banned_slices, banned_spots)
+            if pick is None:
+                continue
+            cost = 0 if i in weights else sum(c[0] for c in pick)  # weights: the order above decides
+            if best is None or cost < best[0]:
+                best = (cost, h, pick)
+            if i in weights:
+                break
         if best is None:
             raise CompileError(f"cannot place tensor {t.name} ({t.dtype} {list(t.shape)}): {chip.name} has no "
                                f"{w} free MEM slices in one hemisphere apart from the tensors it is used with")
         _, h, pick = best
-        spots = []
-        planes = []
-        for _, sname, b, addr in pick:
-            free[(sname, b)].take(addr, n)
-            for (a0, a1, prev) in occupants[(sname, b)]:
-                if a0 < addr + n and addr < a1 and prev is not t:
-                    result.reuse.append((prev, t))
-            occupants[(sname, b)].append((addr, addr + n, t))
-            slice_load[sname] += 1
-            spots.append((sname, b, addr))
-            planes.append((sname, addr))
-        t.planes = planes
-        t.bank = pick[0][2]
-        placed[i] = (h, [p[1] for p in pick], [(p[1], p[2]) for p in pick])
+        spots: list[tuple[str, int, int, int]] = []
+        t.segments = []
+        for k, (v0, v1) in enumerate(segs):
+            n = v1 - v0
+            if k:  # later segments stay in the same hemisphere (flights keep their direction)
+                pick = choose(h, n, w, banned_slices, banned_spots)
+                if pick is None:
+                    raise CapacityError(f"tensor {t.name} ({t.dtype} {list(t.shape)}) does not fit the free SRAM "
+                                        f"of one {chip.name} hemisphere")
+            planes = []
+            for _, sname, b, addr in pick:
+                free[(sname, b)].take(addr, n)
+                for (a0, a1, prev) in occupants[(sname, b)]:
+                    if a0 < addr + n and addr < a1 and prev is not t:
+                        result.reuse.append((prev, t))
+                occupants[(sname, b)].append((addr, addr + n, t))
+                slice_load[sname] += 1
+                spots.append((sname, b, addr, n))
+                planes.append((sname, addr))
+            t.segments.append((v0, v1, planes))
+        t.planes = t.segments[0][2]
+        t.bank = t.planes[0][1] // bw
+        placed[i] = (h, sorted({s for s, _, _, _ in spots}), sorted({(s, b) for s, b, _, _ in spots}))
         result.side[i] = h
         if i in weights:
-            weight_words[h] += n * w
+            weight_words[h] += t.vectors(L) * w
         active.append((last.get(i, n_tasks), t, spots))
         result.used_bytes += nbytes(t)
     for vid, b in view_of.items():
         v = tensors[vid]
-        v.planes, v.bank = list(b.planes), b.bank
+        v.planes, v.bank, v.segments = list(b.planes), b.bank, list(b.segments)
         result.side[vid] = result.side.get(b.id, "W")
     # de-duplicate reuse pairs
     seen = set()

@@ -21,6 +21,8 @@ from lpuc.tasks import TaskGraph
 
 
 def _desc(t: Tensor, role: str, lanes: int) -> TensorDesc:
+    C = t.chunks(lanes)
+    more = [(v0 // C, list(planes)) for v0, _, planes in t.segments[1:]]
     if role == "const":
         data = t.const
         shape = t.shape
@@ -28,8 +30,8 @@ def _desc(t: Tensor, role: str, lanes: int) -> TensorDesc:
             data = np.repeat(t.const.reshape(t.rows, 1), lanes, axis=1)
             shape = (t.rows, lanes)
         return TensorDesc(f"c{t.id}:{t.name}", "const", t.dtype, tuple(shape), 0, list(t.planes),
-                          data=np.ascontiguousarray(data.astype(t.dt.np)).tobytes())
-    return TensorDesc(t.name, role, t.dtype, tuple(t.shape), 0, list(t.planes), host_dtype=t.host_dtype)
+                          data=np.ascontiguousarray(data.astype(t.dt.np)).tobytes(), more=more)
+    return TensorDesc(t.name, role, t.dtype, tuple(t.shape), 0, list(t.planes), host_dtype=t.host_dtype, more=more)
 
 
 def codegen(tg: TaskGraph, sched: Schedule, chip: ChipConfig, meta: dict | None = None) -> Program:
@@ -75,7 +77,7 @@ def _expected_producers(tg: TaskGraph, sched: Schedule, prog: Program) -> list[l
     for task in tg.tasks:
         p = sched.placements[task.id]
         tpl = sched.templates[task.id]
-        writer: dict[tuple[int, int], tuple[str, int]] = {}
+        writers: dict[tuple[int, int], list[tuple[str, int]]] = {}
         readers: list[tuple[int, str, int, str]] = []
         for ti in tpl.insts:
             sname = p.unit if ti.slice == "*" else ti.slice
@@ -83,13 +85,13 @@ def _expected_producers(tg: TaskGraph, sched: Schedule, prog: Program) -> list[l
             wfields = {io.field for io in spec.writes}
             for fld, (fl, off) in ti.refs.items():
                 if fld in wfields:
-                    writer[(fl, off)] = (sname, index[(sname, p.start + ti.rel)])
+                    writers.setdefault((fl, off), []).append((sname, index[(sname, p.start + ti.rel)]))
                 else:
                     readers.append((fl, sname, index[(sname, p.start + ti.rel)], fld))
         for fl, sname, k, fld in readers:
             for plane in range(tpl.flights[fl].width):
-                w = writer.get((fl, plane)) or writer.get((fl, 0))  # a unit writes a whole group
-                if w is not None:
+                # a unit writes a whole group; READs write one plane (one READ per segment)
+                for w in writers.get((fl, plane)) or writers.get((fl, 0), []):
                     out.append([sname, k, fld, plane, *w])
     return out
 

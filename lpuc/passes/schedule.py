@@ -193,29 +193,28 @@ class Scheduler:
         chosen: list[int] = []
         local: list[tuple[str, int, int, int, int, int]] = []
         for f in tpl.flights:
-            d0, d1 = T + f.d0, T + f.d1
             hint = None
             found = None
             for base in range(0, self.streams - f.width + 1, f.width):
-                bad = None
-                for k, (p0, p1) in enumerate(f.rects):
+                shift = None
+                for k, p0, p1, e0, e1 in f.parts:
+                    d0, d1 = T + e0, T + e1
                     c = self.rects[(f.dir, base + k)].conflict(d0, d1, p0, p1)
                     for (ld, ls, a0, a1, q0, q1) in local:
                         if ld == f.dir and ls == base + k and a1 >= d0 and a0 <= d1 and q0 <= p1 and p0 <= q1:
                             c = a1 if c is None else max(c, a1)
                     if c is not None:
-                        bad = c if bad is None else max(bad, c)
+                        shift = c + 1 - e0  # the anchor that moves this part past the conflict
                         break
-                if bad is None:
+                if shift is None:
                     found = base
                     break
-                h = bad + 1 - f.d0
-                hint = h if hint is None else min(hint, h)
+                hint = shift if hint is None else min(hint, shift)
             if found is None:
                 return None, hint if hint is not None else T + 1
             chosen.append(found)
-            for k, (p0, p1) in enumerate(f.rects):
-                local.append((f.dir, found + k, d0, d1, p0, p1))
+            for k, p0, p1, e0, e1 in f.parts:
+                local.append((f.dir, found + k, T + e0, T + e1, p0, p1))
         return chosen, T
 
     def _fit(self, task: Task, ready: int) -> Placement:
@@ -250,8 +249,8 @@ class Scheduler:
         for sl, bank, kind, s, e in tpl.banks:
             self.banks[(sl, bank, kind)].add(T + s, T + e)
         for f, base in zip(tpl.flights, p.streams):
-            for k, (p0, p1) in enumerate(f.rects):
-                self.rects[(f.dir, base + k)].add(T + f.d0, T + f.d1, p0, p1)
+            for k, p0, p1, e0, e1 in f.parts:
+                self.rects[(f.dir, base + k)].add(T + e0, T + e1, p0, p1)
         self.sched.placements[task.id] = p
 
     # ------------------------------------------------------------------------------ drivers
