@@ -162,11 +162,13 @@ MEM = [
     Instr(
         "GATHER", "MEM",
         (_ADDR, N, _STRIDE, _f("idx", "stream", STREAM_BITS, "index vector (i32 group)"),
-         _f("s", "stream", STREAM_BITS, "output stream (one byte plane)")),
+         _f("s", "stream", STREAM_BITS, "output stream (one byte plane)"),
+         _f("bound", "uint", 16, "indices outside [0, bound) give zeros (0: no bound)", default=0)),
         "Stream out the words selected by an index vector (embedding lookup).",
         "ix = idx[0] (one i32 vector, read in cycle t); for j < n (n <= lanes): "
-        "s[j] = sram[addr + ix[j]*stride], read in cycle t + 1 + j; an address outside the slice is a "
-        "hazard (zeros in --no-strict)",
+        "s[j] = sram[addr + ix[j]*stride], read in cycle t + 1 + j; with bound > 0 an index outside "
+        "[0, bound) gives a zero vector and reads nothing (so a table split over slices is gathered part "
+        "by part); an address outside the slice is a hazard (zeros in --no-strict)",
         reads=(StreamIO("idx", "i32", "0", "1"),),
         writes=(StreamIO("s", "u8", "L.mem_gather"),),
         store=(StoreIO("sram", "r", "", "1"),),

@@ -86,7 +86,21 @@ def evaluate_prim(p: Prim, vals: dict[int, np.ndarray], lanes: int) -> np.ndarra
         return np.ascontiguousarray(np.swapaxes(vals[p.ins[0].id], -1, -2))
     if k == "gather":
         table, ids = (vals[t.id] for t in p.ins)
-        return table[ids.astype(np.int64)].reshape(p.out.shape)
+        ids = ids.astype(np.int64).reshape(-1)
+        bound = p.attrs.get("bound", 0)
+        if bound:  # indices outside [0, bound) give zero rows
+            inside = (ids >= 0) & (ids < bound)
+            out = np.zeros((len(ids),) + table.shape[1:], table.dtype)
+            out[inside] = table[ids[inside]]
+            return out.reshape(p.out.shape)
+        return table[ids].reshape(p.out.shape)
+    if k == "bitor":
+        parts = [np.ascontiguousarray(vals[t.id]) for t in p.ins]
+        u = {1: np.uint8, 2: np.uint16, 4: np.uint32}[parts[0].dtype.itemsize]
+        acc = parts[0].view(u).copy()
+        for q in parts[1:]:
+            acc |= q.view(u)
+        return acc.view(parts[0].dtype).reshape(p.out.shape)
     raise AssertionError(f"no reference for primitive {k}")
 
 

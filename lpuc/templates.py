@@ -329,7 +329,7 @@ def gather_template(task: Task, chip: ChipConfig) -> Template:
         p = tpos[k]
         t_k = abs(p - first)
         g = b.inst(sname, t_k, "GATHER", addr=base + task.attrs["chunk"], n=task.attrs["n"],
-                   stride=task.attrs["stride"], idx=0, s=0)
+                   stride=task.attrs["stride"], idx=0, s=0, bound=task.attrs.get("bound", 0))
         g.refs["idx"] = (fl, 0)
         b.sram.append((table.tensor.id, sname, b.bank(base), "r", t_k + 1 + np.arange(task.attrs["n"])))
         probe = instruction_timing(BY_MNEMONIC["GATHER"], {**g.ops, "idx": 0, "s": 0}, t_k, chip)

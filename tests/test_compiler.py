@@ -229,3 +229,19 @@ def test_tensors_larger_than_a_bank_are_split_into_segments(tmp_path, chip, M, K
         assert max(len(t.segments) for t in c.tasks.tensors) >= 2
         v = verify(c, path, precision)
         assert v.ok and v.report["bit_exact"], v.report
+
+
+@pytest.mark.parametrize("chip,vocab,width", [("tiny", 2500, 64), ("lpu-v1", 30522, 768)])
+def test_embedding_table_larger_than_a_bank_is_gathered_by_slabs(tmp_path, chip, vocab, width):
+    rng = np.random.default_rng(1)
+    table = onnx.numpy_helper.from_array(rng.standard_normal((vocab, width)).astype(np.float32), "table")
+    m = _model([helper.make_node("Gather", ["table", "ids"], ["e"]), helper.make_node("Relu", ["e"], ["y"])],
+               [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 24])],
+               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 24, width])], [table])
+    path = _save(m, tmp_path / "emb.onnx")
+    c = compile_model(path, load_chip(chip), precision="fp16")
+    assert sum(p.kind == "gather" for p in c.prims.prims) >= 2
+    ids = np.array([[0, 1, vocab - 1, vocab // 2, 1023, 1024, 1025, 7, 2047, 2048, 2049, 999, 5, 6,
+                     vocab - 2, 3, 4, 1365, 1364, 1366, 2730, 2731, 100, 200]], np.int64) % vocab
+    v = verify(c, path, "fp16", inputs={"ids": ids})
+    assert v.ok and v.report["bit_exact"], v.report

@@ -33,20 +33,24 @@ def gather(em, op):
         cycles = cycles[:n]
     addrs = o["addr"] + ix[:n] * o["stride"]
     size = em.chip.words_per_slice
-    ok = (addrs >= 0) & (addrs < size)
+    inside = (ix[:n] >= 0) & (ix[:n] < o["bound"]) if o["bound"] else np.ones(n, bool)
+    addrs = np.where(inside, addrs, o["addr"])  # outside the bound nothing is read
+    cycles = cycles[inside]
+    addrs_read = addrs[inside]
+    ok = (addrs_read >= 0) & (addrs_read < size)
     if not ok.all():
         i = int(np.argmin(ok))
-        em.hazard(op, "out-of-range", cycles[i], f"gathered address {int(addrs[i])} (index {int(ix[i])}) is "
-                                                 f"outside 0..{size - 1}")
+        em.hazard(op, "out-of-range", cycles[i], f"gathered address {int(addrs_read[i])} is outside 0..{size - 1}")
     store = em.sram[(op.chip, op.slice.name)]
-    src, row = store.lookup(np.where(ok, addrs, 0), cycles)
+    src, row = store.lookup(np.where(ok, addrs_read, 0), cycles)
     src = np.where(ok, src, -1)
     if ((src < 0) & ok).any():
         i = int(np.argmax((src < 0) & ok))
-        em.hazard(op, "unwritten-read", cycles[i], f"gathered address {int(addrs[i])} was never written")
-    _check_gather_banks(em, op, addrs, cycles)
+        em.hazard(op, "unwritten-read", cycles[i], f"gathered address {int(addrs_read[i])} was never written")
+    _check_gather_banks(em, op, addrs_read, cycles)
     em.ensure(src[src >= 0])
-    out = em.gather_rows(src, row, np.uint8)
+    out = np.zeros((n, em.lanes), np.uint8)
+    out[inside] = em.gather_rows(src, row, np.uint8)
     if len(out) < o["n"]:
         out = np.concatenate([out, np.zeros((o["n"] - len(out), em.lanes), np.uint8)])
     return {"s": out}

@@ -504,13 +504,31 @@ def Gather(lw: Lowering, node: Node) -> None:
     if axis != 0 or len(data_shape) != 2:
         raise lw.unsupported("a Gather with computed indices must pick rows (axis 0) of a 2-D table")
     table = lw.tensor(node.inputs[0])
+    want = table.dtype
+    if table.const is not None and table.dt.kind == "float" and lw.mxm_dtype != table.dtype:
+        table = lw.convert(table, lw.mxm_dtype)  # embedding tables are weights: stored in the precision
     ids = lw.tensor(node.inputs[1])
     ids = lw.convert(ids, "i32")
     n = int(np.prod(ids.shape))
     flat = lw.move(ids, np.arange(n), (n,)) if ids.shape != (n,) else ids
-    out = lw.temp(table.dtype, (n, data_shape[1]))
-    lw.pg.add("gather", [table, flat], out, node.name)
-    _out(lw, node, out)
+    rows, width = data_shape
+    chunks = -(-width // lw.lanes)
+    per_part = max(1, lw.chip.bank_words // chunks)
+    if rows <= per_part or table.const is None:
+        out = lw.temp(table.dtype, (n, width))
+        lw.pg.add("gather", [table, flat], out, node.name)
+    else:
+        # a table larger than one bank per plane: gather each slab of rows with indices shifted into
+        # it (indices outside a slab give zeros), then merge the slabs bit by bit
+        parts = []
+        for r0 in range(0, rows, per_part):
+            slab = lw.pg.const(f"{table.name}[{r0}:]", table.const[r0:r0 + per_part], table.dtype)
+            ids_p = flat if r0 == 0 else lw.ewise("SUB", [flat, Imm(r0)], "i32")
+            part = lw.temp(table.dtype, (n, width))
+            parts.append(lw.pg.add("gather", [slab, ids_p], part, node.name, bound=slab.shape[0]))
+        out = lw.temp(table.dtype, (n, width))
+        lw.pg.add("bitor", parts, out, node.name)
+    _out(lw, node, lw.convert(out, want))
 
 
 @op

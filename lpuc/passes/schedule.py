@@ -156,7 +156,9 @@ class Scheduler:
                 if own is None:
                     continue
                 idx = acc.indices()
-                for w in np.unique(own[idx[(idx >= 0) & (idx < len(own))]]):
+                idx = idx[(idx >= 0) & (idx < own.shape[1])]
+                rows = own[:, idx] if acc.plane is None else own[acc.plane, idx]
+                for w in np.unique(rows):
                     if w < 0:
                         continue
                     wt = self.tpl[int(w)]
@@ -164,8 +166,12 @@ class Scheduler:
             for acc in t.writes:
                 tid = acc.tensor.id
                 writers[tid].append(t.id)
-                own = owner.setdefault(tid, np.full(acc.tensor.vectors(L), -1, dtype=np.int64))
-                own[acc.indices()] = t.id
+                # the writer of every (byte plane, vector): tasks may write single planes (u8 merges)
+                own = owner.setdefault(tid, np.full((acc.tensor.dt.width, acc.tensor.vectors(L)), -1, dtype=np.int64))
+                if acc.plane is None:
+                    own[:, acc.indices()] = t.id
+                else:
+                    own[acc.plane, acc.indices()] = t.id
         for old, new in alloc.reuse:
             for b in writers.get(new.id, []):
                 first_store = self.tpl[b].stores[new.id][0]

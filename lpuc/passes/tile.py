@@ -241,7 +241,12 @@ class Tiler:
             nq = min(L, N - q * L)
             for c in range(C):
                 self.tg.add("gather", [self.acc(ids, q, 1, 1), self.acc(table, c, C, 1)],
-                            [self.acc(out, q * L * C + c, C, nq)], p, chunk=c, n=nq, stride=C)
+                            [self.acc(out, q * L * C + c, C, nq)], p, chunk=c, n=nq, stride=C,
+                            bound=p.attrs.get("bound", 0))
+
+    def bitor(self, p: Prim) -> None:
+        """Bitwise OR of equally shaped tensors (each zero where another holds the data)."""
+        self.merge(p, list(p.ins), p.out)
 
     def relayout(self, p: Prim) -> None:
         out = p.out
