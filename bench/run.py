@@ -131,13 +131,26 @@ def _child(conn, fn_name: str, kwargs: dict) -> None:
         conn.close()
 
 
-def run_child(fn_name: str, timeout: float, **kwargs) -> dict:
-    """Run ``fn_name(**kwargs)`` in a spawned child; returns its dict, or one with ``error``."""
+BLAS_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def run_child(fn_name: str, timeout: float, env: dict[str, str] | None = None, **kwargs) -> dict:
+    """Run ``fn_name(**kwargs)`` in a spawned child (with ``env`` added to its environment);
+    returns its dict, or one with ``error``."""
     ctx = mp.get_context("spawn")
     rd, wr = ctx.Pipe(duplex=False)
     p = ctx.Process(target=_child, args=(wr, fn_name, kwargs), daemon=True)
     t0 = time.perf_counter()
-    p.start()
+    saved = {k: os.environ.get(k) for k in (env or {})}
+    os.environ.update(env or {})
+    try:
+        p.start()  # a spawned child copies os.environ now, before it imports numpy
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     wr.close()
     result = None
     hwm = None
@@ -382,7 +395,7 @@ def row_cells(r: Row) -> list[str]:
     es_txt = f">{e.get('wall_s', 0):.0f}" if es is None and e.get("timeout") else _fmt(es)
     return [r.model, r.chip, r.precision, r.scheduler, _fmt(c.get("instructions")), _fmt(pred), _fmt(lat),
             _fmt(rl), _fmt(ratio), c.get("bound_by") or "-", cs_txt, es_txt,
-            _fmt(os_ * 1 if os_ is not None else None, 4), _fmt(es / os_ if es and os_ else None, 0),
+            f"{os_:.3g}" if os_ is not None else "-", _fmt(es / os_ if es and os_ else None, 0),
             _fmt(c_rss, 0), _fmt(e_rss, 0), ok]
 
 
@@ -450,7 +463,9 @@ class Bench:
         o = self.ort_for(m, c["feeds"])
         row.ort = o
         emu_out = str(wd / f"emu_{scheduler}{'_sw' if stall_workaround else ''}.npz")
-        row.emulate = run_child("child_emulate", a.timeout, program=c["program"], feeds=c["feeds"], outputs=emu_out)
+        env = {k: str(a.blas_threads) for k in BLAS_VARS} if a.blas_threads else None
+        row.emulate = run_child("child_emulate", a.timeout, env=env, program=c["program"], feeds=c["feeds"],
+                                outputs=emu_out)
         try:
             os.unlink(c["program"])  # programs of big models are hundreds of MB
         except OSError:
@@ -580,6 +595,7 @@ class Bench:
             f"Machine: {os.cpu_count()} cores (nproc), {cpu}, "
             f"{_mem_total_gb():.0f} GB RAM; Python {platform.python_version()}, numpy {numpy.__version__}, "
             f"onnx {onnx.__version__}, onnxruntime {onnxruntime.__version__}  ",
+            f"Emulation BLAS threads: {a.blas_threads or 'default (' + str(os.environ.get('OPENBLAS_NUM_THREADS', 'all cores')) + ')'}. "
             f"Per-phase timeout: {a.timeout:.0f} s. onnxruntime: CPUExecutionProvider, default threads, session "
             f"created before timing, best of {a.ort_runs} runs after one warm-up.",
             "",
@@ -653,6 +669,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stall-workaround", action="store_true",
                     help="when a compile fails with the scheduler's 'cannot be placed: its own flights need more "
                     "streams', add a row compiled with that give-up bound raised (see bench/README.md)")
+    ap.add_argument("--blas-threads", type=int, default=0,
+                    help="set OPENBLAS/OMP/MKL_NUM_THREADS in the emulation's child (default: leave as is)")
     ap.add_argument("--out", default=str(RESULTS), help="markdown file to write (default bench/results.md)")
     ap.add_argument("--list", action="store_true", help="list the model names and exit")
     args = ap.parse_args(argv)
