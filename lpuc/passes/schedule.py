@@ -203,21 +203,28 @@ class Scheduler:
             found = None
             for base in range(0, self.streams - f.width + 1, f.width):
                 shift = None
+                own = False
                 for k, p0, p1, e0, e1 in f.parts:
                     d0, d1 = T + e0, T + e1
+                    if any(ld == f.dir and ls == base + k and a1 >= d0 and a0 <= d1 and q0 <= p1 and p0 <= q1
+                           for (ld, ls, a0, a1, q0, q1) in local):
+                        own = True  # taken by this task's own flights: moving the anchor does not help
+                        break
                     c = self.rects[(f.dir, base + k)].conflict(d0, d1, p0, p1)
-                    for (ld, ls, a0, a1, q0, q1) in local:
-                        if ld == f.dir and ls == base + k and a1 >= d0 and a0 <= d1 and q0 <= p1 and p0 <= q1:
-                            c = a1 if c is None else max(c, a1)
                     if c is not None:
                         shift = c + 1 - e0  # the anchor that moves this part past the conflict
                         break
+                if own:
+                    continue
                 if shift is None:
                     found = base
                     break
                 hint = shift if hint is None else min(hint, shift)
             if found is None:
-                return None, hint if hint is not None else T + 1
+                if hint is None:
+                    raise CompileError(f"a task's own flights need more than {self.streams} {f.dir} streams "
+                                       f"at one place; the chip config has too few streams")
+                return None, hint
             chosen.append(found)
             for k, p0, p1, e0, e1 in f.parts:
                 local.append((f.dir, found + k, T + e0, T + e1, p0, p1))
@@ -228,8 +235,7 @@ class Scheduler:
         units = self.units.get(tpl.unit, [""])
         regions = range(tpl.regions)
         T = ready
-        stall = 0
-        for _ in range(1_000_000):
+        for _ in range(10_000_000):
             best_hint = None
             for unit in units:
                 for region in regions:
@@ -237,12 +243,7 @@ class Scheduler:
                     if streams is not None:
                         return Placement(T, unit, region, streams)
                     best_hint = hint if best_hint is None else min(best_hint, hint)
-            nxt = max(T + 1, best_hint or T + 1)
-            stall = stall + 1 if nxt == T + 1 else 0
-            if stall > 4 * (tpl.end - tpl.begin) + 64:
-                raise CompileError(f"task {task.id} ({task.kind}, node {task.node}) cannot be placed: its own "
-                                   f"flights need more streams than the chip has at one position")
-            T = nxt
+            T = max(T + 1, best_hint or T + 1)
         raise CompileError(f"task {task.id} ({task.kind}) found no free slot")
 
     def _commit(self, task: Task, p: Placement) -> None:
