@@ -56,6 +56,11 @@ class Template:
     banks: list[tuple[str, int, str, int, int]]  # (slice, bank, "r"/"w", start, end) relative
     reads: dict[int, tuple[int, int]]  # tensor id -> first/last SRAM read cycle (relative)
     stores: dict[int, tuple[int, int]]  # tensor id -> first/last SRAM store cycle (relative)
+    # per tensor, the vectors read (stored) and the cycle of each: the earliest read and the latest
+    # store of a vector over its planes. Dependencies are computed vector by vector, so a consumer
+    # can start while its producer is still writing the later vectors.
+    vreads: dict[int, tuple[np.ndarray, np.ndarray]]
+    vstores: dict[int, tuple[np.ndarray, np.ndarray]]
     begin: int
     end: int  # one past the last relative cycle of any access
     unit: str = ""  # "VXM", "MXM_W", "MXM_E" or "" (no choice)
@@ -71,6 +76,7 @@ class Builder:
         self.flights: list[TFlight] = []
         self.region_rows = 0
         self.sram: list[tuple[int, str, int, str, np.ndarray]] = []  # tensor id, slice, bank, kind, cycles
+        self.vec: list[tuple[int, str, np.ndarray, np.ndarray]] = []  # tensor id, kind, vectors, cycles
         self.extra_ports: list[tuple[str, str, int, int]] = []
 
     def bank(self, addr: int) -> int:
@@ -125,6 +131,7 @@ class Builder:
                 r.refs["s"] = (fl, k)
                 f.parts.append((k, min(p, dst_pos), max(p, dst_pos), d0, d0 + n - 1))
                 self.sram.append((t.id, sname, self.bank(base), "r", rel + np.arange(n)))
+                self.vec.append((t.id, "r", acc.start + acc.stride * np.arange(j0, j1), rel + np.arange(n)))
         user.refs[fld] = (fl, 0)
 
     def write_group(self, acc: Access, src_pos: int, depart: int, writer: TInst, fld: str) -> None:
@@ -150,6 +157,8 @@ class Builder:
                 w.refs["s"] = (fl, k)
                 f.parts.append((k, min(p, src_pos), max(p, src_pos), d0, d0 + n - 1))
                 self.sram.append((t.id, sname, self.bank(base), "w", rel + self.lat["mem_write"] + np.arange(n)))
+                self.vec.append((t.id, "w", acc.start + acc.stride * np.arange(j0, j1),
+                                 rel + self.lat["mem_write"] + np.arange(n)))
         writer.refs[fld] = (fl, 0)
 
     # ------------------------------------------------------------------------------ result
@@ -178,7 +187,22 @@ class Builder:
             lo, hi = d.get(tid, (int(cyc[0]), int(cyc[-1])))
             d[tid] = (min(lo, int(cyc[0])), max(hi, int(cyc[-1])))
             end = max(end, int(cyc[-1]) + 1)
-        return Template(self.insts, self.flights, ports, banks, reads, stores, begin, end, unit, regions)
+        vreads: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        vstores: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        for kind, target in (("r", vreads), ("w", vstores)):
+            by: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+            for tid, k, vecs, cyc in self.vec:
+                if k == kind:
+                    by.setdefault(tid, []).append((vecs, cyc))
+            for tid, items in by.items():
+                vecs = np.concatenate([v for v, _ in items])
+                cyc = np.concatenate([c for _, c in items])
+                order = np.lexsort((cyc if kind == "w" else -cyc, vecs))  # last entry per vector wins
+                vecs, cyc = vecs[order], cyc[order]
+                last = np.r_[vecs[1:] != vecs[:-1], True]
+                target[tid] = (vecs[last], cyc[last])  # reads: earliest cycle; stores: latest cycle
+        return Template(self.insts, self.flights, ports, banks, reads, stores, vreads, vstores, begin, end,
+                        unit, regions)
 
 
 # ================================================================================================
@@ -257,6 +281,9 @@ def copy_template(task: Task, chip: ChipConfig) -> Template:
             b.flights[fl].parts.append((0, min(p, q), max(p, q), d0, d0 + n - 1))
             b.sram.append((src.tensor.id, ss, b.bank(sb), "r", t_off + j0 + np.arange(n)))
             b.sram.append((dst.tensor.id, ds, b.bank(db), "w", depart + abs(q - p) + lat["mem_write"] + np.arange(n)))
+            b.vec.append((src.tensor.id, "r", src.start + src.stride * np.arange(j0, j1), t_off + j0 + np.arange(n)))
+            b.vec.append((dst.tensor.id, "w", dst.start + dst.stride * np.arange(j0, j1),
+                          depart + abs(q - p) + lat["mem_write"] + np.arange(n)))
     return b.finish()
 
 
@@ -323,6 +350,7 @@ def gather_template(task: Task, chip: ChipConfig) -> Template:
         r.refs["s"] = (fl, k)
         f.parts.append((k, min(p, last), max(p, last), d, d))
         b.sram.append((ids.tensor.id, sname, b.bank(base), "r", np.array([rel])))
+        b.vec.append((ids.tensor.id, "r", np.array([ids.start]), np.array([rel])))
     w = DTYPES[table.tensor.dtype].width
     for k in range(w):
         sname, base = table.tensor.planes[k]
@@ -332,6 +360,8 @@ def gather_template(task: Task, chip: ChipConfig) -> Template:
                    stride=task.attrs["stride"], idx=0, s=0, bound=task.attrs.get("bound", 0))
         g.refs["idx"] = (fl, 0)
         b.sram.append((table.tensor.id, sname, b.bank(base), "r", t_k + 1 + np.arange(task.attrs["n"])))
+        nvec = table.tensor.vectors(chip.lanes)  # the rows gathered depend on data: any of them
+        b.vec.append((table.tensor.id, "r", np.arange(nvec), np.full(nvec, t_k + 1)))
         probe = instruction_timing(BY_MNEMONIC["GATHER"], {**g.ops, "idx": 0, "s": 0}, t_k, chip)
         depart = int(probe.writes[0].cycles[0])
         # plane k of the result goes to plane k of the output

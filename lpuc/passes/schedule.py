@@ -36,6 +36,18 @@ from lpuc.templates import Template, build_template
 SCHEDULERS = ("list", "asap", "naive")
 
 
+def _vector_delta(stores: tuple[np.ndarray, np.ndarray], reads: tuple[np.ndarray, np.ndarray]) -> int:
+    """Smallest anchor difference with every vector read after the cycle its writer stored it."""
+    sv, sc = stores
+    rv, rc = reads
+    k = np.searchsorted(sv, rv)
+    k = np.minimum(k, len(sv) - 1)
+    hit = sv[k] == rv
+    if not hit.any():
+        return -(1 << 62)
+    return int((sc[k[hit]] + 1 - rc[hit]).max())
+
+
 class Intervals:
     """Disjoint half-open intervals, sorted."""
 
@@ -161,8 +173,7 @@ class Scheduler:
                 for w in np.unique(rows):
                     if w < 0:
                         continue
-                    wt = self.tpl[int(w)]
-                    need(t.id, int(w), wt.stores[tid][1] + 1 - tpl.reads[tid][0])
+                    need(t.id, int(w), _vector_delta(self.tpl[int(w)].vstores[tid], tpl.vreads[tid]))
             for acc in t.writes:
                 tid = acc.tensor.id
                 writers[tid].append(t.id)

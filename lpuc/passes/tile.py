@@ -309,12 +309,27 @@ class Tiler:
         mid = np.array([map_ids.setdefault(m.tobytes(), len(map_ids)) for m in all_maps], dtype=np.int64)
         groups = np.lexsort((all_ov, mid, all_sk, all_ord))
         cur: list[int] = []
+        # candidate periods: the output's trailing leading-dimension sizes, in vectors; ordering the
+        # pieces of one lane map by (vector % period) turns e.g. "every 12th head" into long runs
+        C_out = out.chunks(L)
+        lead = out.shape[:-1]
+        periods = sorted({int(np.prod(lead[k:])) * C_out for k in range(1, len(lead))} | {C_out} - {0, 1})
+
         def flush(members: list[int]) -> None:
             if not members:
                 return
             idxs = np.array(members)
+            best = None
+            for period in [None] + periods:
+                order = np.argsort(all_ov[idxs] if period is None else (all_ov[idxs] % period) * (nvec + 1)
+                                   + all_ov[idxs], kind="stable")
+                runs = arithmetic_runs([all_ov[idxs][order], all_sv[idxs][order]])
+                if best is None or len(runs) < len(best[1]):
+                    best = (order, runs)
+            order, runs = best
+            idxs = idxs[order]
             ovs, svs = all_ov[idxs], all_sv[idxs]
-            for s, e2 in arithmetic_runs([ovs, svs]):
+            for s, e2 in runs:
                 n = e2 - s
                 first = idxs[s]
                 src = p.ins[int(all_sk[first])]
