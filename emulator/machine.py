@@ -307,15 +307,7 @@ class Emulator:
             op.deps.update(int(s) for s in store.sources_before(int(cycles[0])) if s < len(self.ops))
             return
         ok = (addrs >= 0) & (addrs < self.chip.words_per_slice)
-        src, row = store.lookup(np.where(ok, addrs, 0), cycles)
-        src = np.where(ok, src, -1)
-        missing = (src < 0) & ok
-        if missing.any():
-            i = int(np.argmax(missing))
-            self.hazard(op, "unwritten-read", cycles[i], f"address {int(addrs[i])} of {op.slice.name} is read "
-                                                         f"before anything was written there")
-        op.sram = (src, row)
-        op.deps.update(int(s) for s in np.unique(src[src >= 0]) if s < len(self.ops))
+        op.sram = self._lookup(op, store, addrs, cycles, ok, f"address {{}} of {op.slice.name}")
 
     def _resolve_acc(self, op: Op, rows: np.ndarray, cycles: np.ndarray) -> None:
         store = self._acc_store(op.chip, op.slice.name)
@@ -323,15 +315,21 @@ class Emulator:
         ok = (rows >= 0) & (rows < size)
         if op.inst.spec.mnemonic == "ACCR":
             ok = self._in_range(op, rows, size, "accumulator row", cycles)
-        src, row = store.lookup(np.where(ok, rows, 0), cycles)
+        op.acc = self._lookup(op, store, rows, cycles, ok, "accumulator row {}")
+
+    def _lookup(self, op: Op, store: EventStore, addrs: np.ndarray, cycles: np.ndarray, ok: np.ndarray,
+                what: str) -> tuple[np.ndarray, np.ndarray]:
+        """The writes that in-range reads see; an in-range read of something never written is a hazard.
+        The writing instructions become dependencies."""
+        src, row = store.lookup(np.where(ok, addrs, 0), cycles)
         src = np.where(ok, src, -1)
         missing = (src < 0) & ok
         if missing.any():
             i = int(np.argmax(missing))
-            self.hazard(op, "unwritten-read", cycles[i], f"accumulator row {int(rows[i])} is read before any "
-                                                         f"MATMUL wrote it")
-        op.acc = (src, row)
-        op.deps.update(int(s) for s in np.unique(src[src >= 0]))
+            self.hazard(op, "unwritten-read", cycles[i], f"{what.format(int(addrs[i]))} is read before anything "
+                                                         f"was written there")
+        op.deps.update(int(s) for s in np.unique(src[src >= 0]) if s < len(self.ops))
+        return src, row
 
     def _resolve_weights_read(self, op: Op) -> None:
         t = op.inst.issue

@@ -111,55 +111,42 @@ class Builder:
     def read_group(self, acc: Access, dst_pos: int, arrive: int, user: TInst, fld: str) -> None:
         """READ the planes of ``acc`` so that vector j passes ``dst_pos`` in cycle ``arrive + j``
         (one READ per plane and segment of the tensor)."""
-        t = acc.tensor
-        fl = -1
-        for j0, j1, v0, seg in t.pieces(acc.start, acc.stride, acc.n):
-            planes = seg if acc.plane is None else [seg[acc.plane]]
-            pos = [self.pos(s) for s, _ in planes]
-            direction = "E" if pos[0] < dst_pos else "W"
-            assert all((p < dst_pos) == (direction == "E") for p in pos), "a tensor's planes straddle the unit"
-            if fl < 0:
-                fl = self.new_flight(direction, len(planes))
-            f = self.flights[fl]
-            assert f.dir == direction, "a tensor's segments straddle the unit"
-            n = j1 - j0
-            d0 = self.diag(direction, arrive + j0, dst_pos)
-            for k, ((sname, base), p) in enumerate(zip(planes, pos)):
-                rel = arrive + j0 - self.lat["mem_read"] - abs(dst_pos - p)
-                r = self.inst(sname, rel, "READ", addr=base + acc.start + j0 * acc.stride - v0, n=n,
-                              stride=acc.stride)
-                r.refs["s"] = (fl, k)
-                f.parts.append((k, min(p, dst_pos), max(p, dst_pos), d0, d0 + n - 1))
-                self.sram.append((t.id, sname, self.bank(base), "r", rel + np.arange(n)))
-                self.vec.append((t.id, "r", acc.start + acc.stride * np.arange(j0, j1), rel + np.arange(n)))
-        user.refs[fld] = (fl, 0)
+        self._mem_group(acc, dst_pos, arrive, user, fld, reading=True)
 
     def write_group(self, acc: Access, src_pos: int, depart: int, writer: TInst, fld: str) -> None:
         """WRITE the vectors a unit at ``src_pos`` puts on the streams in ``depart + j`` (one WRITE per
         plane and segment)."""
+        self._mem_group(acc, src_pos, depart, writer, fld, reading=False)
+
+    def _mem_group(self, acc: Access, unit_pos: int, t0: int, unit: TInst, fld: str, reading: bool) -> None:
+        """MEM instructions moving ``acc`` between its slices and a unit at ``unit_pos``; vector j passes
+        the unit in cycle ``t0 + j``. Reading, values flow from the slices to the unit; writing, back."""
         t = acc.tensor
         fl = -1
         for j0, j1, v0, seg in t.pieces(acc.start, acc.stride, acc.n):
             planes = seg if acc.plane is None else [seg[acc.plane]]
             pos = [self.pos(s) for s, _ in planes]
-            direction = "E" if pos[0] > src_pos else "W"
-            assert all((p > src_pos) == (direction == "E") for p in pos), "a tensor's planes straddle the unit"
+            east = [(p < unit_pos) == reading for p in pos]  # the flow direction of each plane
+            assert all(east) or not any(east), "a tensor's planes straddle the unit"
+            direction = "E" if east[0] else "W"
             if fl < 0:
                 fl = self.new_flight(direction, len(planes))
             f = self.flights[fl]
             assert f.dir == direction, "a tensor's segments straddle the unit"
             n = j1 - j0
-            d0 = self.diag(direction, depart + j0, src_pos)
+            d0 = self.diag(direction, t0 + j0, unit_pos)
+            vectors = acc.start + acc.stride * np.arange(j0, j1)
             for k, ((sname, base), p) in enumerate(zip(planes, pos)):
-                rel = depart + j0 + abs(p - src_pos)
-                w = self.inst(sname, rel, "WRITE", addr=base + acc.start + j0 * acc.stride - v0, n=n,
-                              stride=acc.stride)
-                w.refs["s"] = (fl, k)
-                f.parts.append((k, min(p, src_pos), max(p, src_pos), d0, d0 + n - 1))
-                self.sram.append((t.id, sname, self.bank(base), "w", rel + self.lat["mem_write"] + np.arange(n)))
-                self.vec.append((t.id, "w", acc.start + acc.stride * np.arange(j0, j1),
-                                 rel + self.lat["mem_write"] + np.arange(n)))
-        writer.refs[fld] = (fl, 0)
+                dist = abs(unit_pos - p)
+                rel = t0 + j0 - self.lat["mem_read"] - dist if reading else t0 + j0 + dist
+                mi = self.inst(sname, rel, "READ" if reading else "WRITE",
+                               addr=base + acc.start + j0 * acc.stride - v0, n=n, stride=acc.stride)
+                mi.refs["s"] = (fl, k)
+                f.parts.append((k, min(p, unit_pos), max(p, unit_pos), d0, d0 + n - 1))
+                cycles = rel + np.arange(n) + (0 if reading else self.lat["mem_write"])
+                self.sram.append((t.id, sname, self.bank(base), "r" if reading else "w", cycles))
+                self.vec.append((t.id, "r" if reading else "w", vectors, cycles))
+        unit.refs[fld] = (fl, 0)
 
     # ------------------------------------------------------------------------------ result
     def finish(self, unit: str = "", regions: int = 1) -> Template:
