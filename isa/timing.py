@@ -145,7 +145,27 @@ def _stream_accesses(kind: str, io: StreamIO, spec: Instr, ops: dict[str, int], 
 
 
 def instruction_timing(spec: Instr, ops: dict[str, int], issue: int, chip: ChipConfig) -> Timing:
-    """Every access of one instruction issued in cycle ``issue`` on ``chip``."""
+    """Every access of one instruction issued in cycle ``issue`` on ``chip``.
+
+    Accesses depend on the issue cycle only by a shift, so they are computed once per distinct
+    instruction (cached) and shifted here."""
+    rel = _relative_timing(spec.mnemonic, tuple(sorted(ops.items())), chip)
+    return Timing(
+        [StreamAccess(a.kind, a.field, a.dir, a.base, a.dtype, a.vec, a.cycles + issue) for a in rel.reads],
+        [StreamAccess(a.kind, a.field, a.dir, a.base, a.dtype, a.vec, a.cycles + issue) for a in rel.writes],
+        [StoreAccess(a.space, a.mode, a.addrs, a.cycles + issue) for a in rel.store],
+        [(port, s + issue, e + issue) for port, s, e in rel.busy],
+    )
+
+
+@lru_cache(maxsize=65536)
+def _relative_timing(mnemonic: str, ops_items: tuple[tuple[str, int], ...], chip: ChipConfig) -> Timing:
+    from isa.instructions import BY_MNEMONIC
+
+    return _timing(BY_MNEMONIC[mnemonic], dict(ops_items), 0, chip)
+
+
+def _timing(spec: Instr, ops: dict[str, int], issue: int, chip: ChipConfig) -> Timing:
     ns = namespace(spec, ops, chip)
     reads: list[StreamAccess] = []
     writes: list[StreamAccess] = []
