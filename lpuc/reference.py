@@ -75,7 +75,9 @@ def evaluate_prim(p: Prim, vals: dict[int, np.ndarray], lanes: int) -> np.ndarra
         r = semantics.reduce_lanes(p.attrs["op"], t.dt, part, m)[:, :1]
         return r.reshape(p.out.shape)
     if k == "matmul":
-        a, b = (vals[t.id] for t in p.ins)
+        a = vals[p.ins[0].id]
+        parts = [vals[t.id] for t in p.ins[1:]]  # weights stored by output lane chunk are concatenated
+        b = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0 if p.attrs["tb"] else -1)
         return matmul(a, b, p.attrs["tb"], lanes).reshape(p.out.shape)
     if k in ("view", "copy", "relayout"):
         flat = np.concatenate([vals[t.id].reshape(-1) for t in p.ins])

@@ -214,7 +214,7 @@ def test_compiled_program_runs_with_named_inputs_and_outputs(tmp_path):
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-3)
 
 
-@pytest.mark.parametrize("chip,M,K,N", [("tiny", 8, 160, 512), ("lpu-v1", 16, 2048, 1024), ("lpu-v1", 128, 320, 12000)])
+@pytest.mark.parametrize("chip,M,K,N", [("tiny", 8, 160, 512), ("lpu-v1", 16, 8192, 1024), ("lpu-v1", 128, 320, 12000)])
 def test_tensors_larger_than_a_bank_are_split_into_segments(tmp_path, chip, M, K, N):
     rng = np.random.default_rng(0)
     w = onnx.numpy_helper.from_array((rng.standard_normal((K, N)) * 0.05).astype(np.float32), "w")

@@ -184,6 +184,16 @@ class Lowering:
         batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) if len(b.shape) > 2 else a.shape[:-2]
         out_shape = tuple(batch) + ((a.shape[-2],) if len(a.shape) >= 2 else ()) + (N,)
         out = self.temp("f32", out_shape)
+        L = self.lanes
+        n_parts = min(-(-N // L), int(self.chip.mem["slices_per_hemisphere"]) // (4 * b.dt.width))
+        if b.const is not None and len(b.shape) == 2 and n_parts > 1:
+            # constant weights are stored as a few tensors of whole output lane chunks, so that the
+            # allocator spreads them over slices and the chains of different chunks install weights in
+            # parallel (a hemisphere keeps room for the activations read alongside)
+            per = -(-(-(-N // L)) // n_parts) * L
+            parts = [self.pg.const(f"{b.name}[{j}:]", b.const[:, j:j + per] if not tb else b.const[j:j + per],
+                                   b.dtype) for j in range(0, N, per)]
+            return self.pg.add("matmul", [a, *parts], out, self._node_name(), tb=tb, split=per // L)
         return self.pg.add("matmul", [a, b], out, self._node_name(), tb=tb)
 
     def copy_all(self, t: Tensor, shape: tuple[int, ...] | None = None) -> Tensor:

@@ -165,7 +165,8 @@ class Tiler:
                     dtype=x.dtype, operands=[("read", 0)], m=p.attrs["m"], to=None)
 
     def matmul(self, p: Prim) -> None:
-        a, b = p.ins
+        a, b = p.ins[0], p.ins[1]
+        split = p.attrs.get("split", False)  # weights given as one tensor per output lane chunk
         out = p.out
         tb = p.attrs["tb"]
         L = self.L
@@ -186,7 +187,17 @@ class Tiler:
                     steps = []
                     for i in range(Ck):
                         kk = min(L, K - i * L)
-                        if not tb:  # rows k of b, lane chunk j
+                        if split:  # weights stored as parts of `split` output lane chunks each
+                            bq, jj = p.ins[1 + j // split], j % split
+                            if not tb:  # part [K, split*L]: rows k, lane chunk jj
+                                cq = bq.chunks(L)
+                                w = self.acc(bq, i * L * cq + jj, cq, kk)
+                                hi = 0
+                            else:  # part [split*L, K]: rows n of the chunk become columns
+                                nn = min(L, N - j * L)
+                                w = self.acc(bq, jj * L * Ck + i, Ck, nn)
+                                hi = kk if kk < L else 0
+                        elif not tb:  # rows k of b, lane chunk j
                             w = self.acc(b, (bb * K + i * L) * Cn + j, Cn, kk)
                             hi = 0
                         else:  # rows n of b^T become columns; mask the padding lanes of K
