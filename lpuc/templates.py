@@ -61,6 +61,10 @@ class Template:
     # can start while its producer is still writing the later vectors.
     vreads: dict[int, tuple[np.ndarray, np.ndarray]]
     vstores: dict[int, tuple[np.ndarray, np.ndarray]]
+    # the other extremes, for write-after-read and write-after-write: the last read and the first
+    # store of each vector over its planes
+    vreads_last: dict[int, tuple[np.ndarray, np.ndarray]]
+    vstores_first: dict[int, tuple[np.ndarray, np.ndarray]]
     begin: int
     end: int  # one past the last relative cycle of any access
     unit: str = ""  # "VXM", "MXM_W", "MXM_E" or "" (no choice)
@@ -174,22 +178,23 @@ class Builder:
             lo, hi = d.get(tid, (int(cyc[0]), int(cyc[-1])))
             d[tid] = (min(lo, int(cyc[0])), max(hi, int(cyc[-1])))
             end = max(end, int(cyc[-1]) + 1)
-        vreads: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        vstores: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        for kind, target in (("r", vreads), ("w", vstores)):
+        maps: dict[tuple[str, bool], dict[int, tuple[np.ndarray, np.ndarray]]] = {}
+        for kind in ("r", "w"):
             by: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
             for tid, k, vecs, cyc in self.vec:
                 if k == kind:
                     by.setdefault(tid, []).append((vecs, cyc))
-            for tid, items in by.items():
-                vecs = np.concatenate([v for v, _ in items])
-                cyc = np.concatenate([c for _, c in items])
-                order = np.lexsort((cyc if kind == "w" else -cyc, vecs))  # last entry per vector wins
-                vecs, cyc = vecs[order], cyc[order]
-                last = np.r_[vecs[1:] != vecs[:-1], True]
-                target[tid] = (vecs[last], cyc[last])  # reads: earliest cycle; stores: latest cycle
-        return Template(self.insts, self.flights, ports, banks, reads, stores, vreads, vstores, begin, end,
-                        unit, regions)
+            for latest in (False, True):
+                target = maps.setdefault((kind, latest), {})
+                for tid, items in by.items():
+                    vecs = np.concatenate([v for v, _ in items])
+                    cyc = np.concatenate([c for _, c in items])
+                    order = np.lexsort((cyc if latest else -cyc, vecs))  # the last entry per vector wins
+                    vecs, cyc = vecs[order], cyc[order]
+                    last = np.r_[vecs[1:] != vecs[:-1], True]
+                    target[tid] = (vecs[last], cyc[last])
+        return Template(self.insts, self.flights, ports, banks, reads, stores, maps[("r", False)],
+                        maps[("w", True)], maps[("r", True)], maps[("w", False)], begin, end, unit, regions)
 
 
 # ================================================================================================
@@ -347,8 +352,9 @@ def gather_template(task: Task, chip: ChipConfig) -> Template:
                    stride=task.attrs["stride"], idx=0, s=0, bound=task.attrs.get("bound", 0))
         g.refs["idx"] = (fl, 0)
         b.sram.append((table.tensor.id, sname, b.bank(base), "r", t_k + 1 + np.arange(task.attrs["n"])))
-        nvec = table.tensor.vectors(chip.lanes)  # the rows gathered depend on data: any of them
+        nvec = table.tensor.vectors(chip.lanes)  # the rows gathered depend on data: any of them, any time
         b.vec.append((table.tensor.id, "r", np.arange(nvec), np.full(nvec, t_k + 1)))
+        b.vec.append((table.tensor.id, "r", np.arange(nvec), np.full(nvec, t_k + task.attrs["n"])))
         probe = instruction_timing(BY_MNEMONIC["GATHER"], {**g.ops, "idx": 0, "s": 0}, t_k, chip)
         depart = int(probe.writes[0].cycles[0])
         # plane k of the result goes to plane k of the output

@@ -48,6 +48,46 @@ def _vector_delta(stores: tuple[np.ndarray, np.ndarray], reads: tuple[np.ndarray
     return int((sc[k[hit]] + 1 - rc[hit]).max())
 
 
+def _footprint(t) -> list[tuple[str, int, int, int]]:
+    """(slice, first address, end address, first vector) of every plane of every segment."""
+    out = []
+    for v0, v1, planes in t.segments:
+        for sname, base in planes:
+            out.append((sname, base, base + (v1 - v0), v0))
+    return out
+
+
+def _shared_words(old, new) -> tuple[np.ndarray, np.ndarray]:
+    """Vector pairs (old, new) that occupy the same SRAM word."""
+    vo, vn = [], []
+    for s1, a1, e1, o1 in _footprint(old):
+        for s2, a2, e2, o2 in _footprint(new):
+            lo, hi = max(a1, a2), min(e1, e2)
+            if s1 == s2 and lo < hi:
+                addr = np.arange(lo, hi)
+                vo.append(addr - a1 + o1)
+                vn.append(addr - a2 + o2)
+    if not vo:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(vo), np.concatenate(vn)
+
+
+def _pair_delta(first: tuple[np.ndarray, np.ndarray] | None, v_first: np.ndarray,
+                second: tuple[np.ndarray, np.ndarray], v_second: np.ndarray) -> int:
+    """Smallest anchor difference so that, for every pair, the second access of v_second comes after
+    the first access of v_first (both maps: sorted vectors and their cycles)."""
+    if first is None:
+        return -(1 << 62)
+    fv, fc = first
+    sv, sc = second
+    i = np.minimum(np.searchsorted(fv, v_first), len(fv) - 1)
+    j = np.minimum(np.searchsorted(sv, v_second), len(sv) - 1)
+    hit = (fv[i] == v_first) & (sv[j] == v_second)
+    if not hit.any():
+        return -(1 << 62)
+    return int((fc[i[hit]] + 1 - sc[j[hit]]).max())
+
+
 class Intervals:
     """Disjoint half-open intervals, sorted."""
 
@@ -184,12 +224,19 @@ class Scheduler:
                 else:
                     own[acc.plane, acc.indices()] = t.id
         for old, new in alloc.reuse:
+            # the words old and new share, as pairs of (old vector, new vector): a new vector may be
+            # stored once every access to the old vector in the same word is done (vector by vector)
+            vo, vn = _shared_words(old, new)
+            if not len(vo):
+                continue
             for b in writers.get(new.id, []):
-                first_store = self.tpl[b].stores[new.id][0]
+                st = self.tpl[b].vstores_first.get(new.id)
+                if st is None:
+                    continue
                 for a in readers.get(old.id, []):
-                    need(b, a, self.tpl[a].reads[old.id][1] + 1 - first_store)
+                    need(b, a, _pair_delta(self.tpl[a].vreads_last.get(old.id), vo, st, vn))
                 for a in writers.get(old.id, []):
-                    need(b, a, self.tpl[a].stores[old.id][1] + 1 - first_store)
+                    need(b, a, _pair_delta(self.tpl[a].vstores.get(old.id), vo, st, vn))
         return {b: list(d.items()) for b, d in deps.items()}
 
     # ------------------------------------------------------------------------------ fitting
