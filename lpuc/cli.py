@@ -154,7 +154,8 @@ def _summary(c) -> str:
         f"roofline bound     {rl.cycles} cycles, bound by {rl.bound_by}; predicted / bound = "
         f"{cycles / max(rl.cycles, 1):.2f}",
         "                   " + ", ".join(f"{k} {v}" for k, v in rl.parts.items()),
-        f"sram               peak live {c.alloc.peak_bytes:,} B, allocated {used:,} B of {c.chip.sram_bytes:,} B",
+        f"sram               peak live {c.alloc.peak_bytes:,} B of {c.chip.sram_bytes:,} B "
+        f"({used:,} B of tensors in all, sharing freed space)",
         "utilization        " + ", ".join(f"{u} {100 * v['utilization']:.1f}%" for u, v in util.items()
                                           if u not in ("C2C", "ICU")),
         f"compile time       {c.seconds:.2f} s",
