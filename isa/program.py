@@ -63,8 +63,38 @@ class Inst:
     node: int = -1  # index into Program.nodes (the ONNX node it serves), -1 if none
 
 
+class VectorLayout:
+    """Shape arithmetic of the vector layout (rows of lane chunks), for anything with ``shape`` and
+    ``dtype`` attributes: program tensor descriptors and the compiler's tensors alike."""
+
+    shape: tuple[int, ...]
+    dtype: str
+
+    @property
+    def dt(self) -> DType:
+        return DTYPES[self.dtype]
+
+    @property
+    def row_len(self) -> int:
+        """The last dimension: elements per row."""
+        return self.shape[-1] if self.shape else 1
+
+    last = row_len
+
+    @property
+    def rows(self) -> int:
+        return math.prod(self.shape[:-1]) if self.shape else 1
+
+    def chunks(self, lanes: int) -> int:
+        """Vectors per row."""
+        return max(1, -(-self.row_len // lanes))
+
+    def vectors(self, lanes: int) -> int:
+        return self.rows * self.chunks(lanes)
+
+
 @dataclass
-class TensorDesc:
+class TensorDesc(VectorLayout):
     """Where a host-visible tensor (input, output or constant) lives in SRAM."""
 
     name: str
@@ -88,24 +118,6 @@ class TensorDesc:
             end = starts[i + 1][0] if i + 1 < len(starts) else self.rows
             out.append((row * c, end * c, planes))
         return out
-
-    @property
-    def dt(self) -> DType:
-        return DTYPES[self.dtype]
-
-    @property
-    def row_len(self) -> int:
-        return self.shape[-1] if self.shape else 1
-
-    @property
-    def rows(self) -> int:
-        return math.prod(self.shape[:-1]) if self.shape else 1
-
-    def chunks(self, lanes: int) -> int:
-        return max(1, -(-self.row_len // lanes))
-
-    def vectors(self, lanes: int) -> int:
-        return self.rows * self.chunks(lanes)
 
     def to_vectors(self, values: np.ndarray, lanes: int) -> np.ndarray:
         """Host array -> vectors[nvec, lanes] in the chip dtype (zero padding in the last chunk)."""

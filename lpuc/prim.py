@@ -23,17 +23,17 @@ kind           meaning
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from isa.dtypes import DTYPES, DType
+from isa.dtypes import DTYPES
+from isa.program import VectorLayout
 
 
 @dataclass(eq=False)
-class Tensor:
+class Tensor(VectorLayout):
     id: int
     name: str
     dtype: str  # chip dtype
@@ -67,24 +67,6 @@ class Tensor:
             out.append((j, j1, seg[0], seg[2]))
             j = j1
         return out
-
-    @property
-    def dt(self) -> DType:
-        return DTYPES[self.dtype]
-
-    @property
-    def last(self) -> int:
-        return self.shape[-1] if self.shape else 1
-
-    @property
-    def rows(self) -> int:
-        return math.prod(self.shape[:-1]) if self.shape else 1
-
-    def chunks(self, lanes: int) -> int:
-        return max(1, -(-self.last // lanes))
-
-    def vectors(self, lanes: int) -> int:
-        return self.rows * self.chunks(lanes)
 
     def __repr__(self) -> str:
         s = "splat " if self.splat else ""
