@@ -260,10 +260,20 @@ def allocate(tg: TaskGraph, chip: ChipConfig) -> Allocation:
             planes = []
             for _, sname, b, addr in pick:
                 free[(sname, b)].take(addr, n)
+                # only the latest occupant of each word matters: older ones are ordered before it already
+                keep = []
                 for (a0, a1, prev) in occupants[(sname, b)]:
-                    if a0 < addr + n and addr < a1 and prev is not t:
-                        result.reuse.append((prev, t))
-                occupants[(sname, b)].append((addr, addr + n, t))
+                    if a0 < addr + n and addr < a1:
+                        if prev is not t:
+                            result.reuse.append((prev, t))
+                        if a0 < addr:
+                            keep.append((a0, addr, prev))
+                        if a1 > addr + n:
+                            keep.append((addr + n, a1, prev))
+                    else:
+                        keep.append((a0, a1, prev))
+                keep.append((addr, addr + n, t))
+                occupants[(sname, b)] = keep
                 slice_load[sname] += 1
                 spots.append((sname, b, addr, n))
                 planes.append((sname, addr))
