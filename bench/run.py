@@ -471,6 +471,12 @@ class Bench:
         self.write()
 
     def run(self, plan: list[tuple[Model, str]]) -> None:
+        try:
+            self._run(plan)
+        finally:
+            shutil.rmtree(self.work, ignore_errors=True)
+
+    def _run(self, plan: list[tuple[Model, str]]) -> None:
         print(md_row(COLUMNS), flush=True)
         done: dict[tuple[str, str], Row] = {}
         for m, sched in plan:
@@ -495,7 +501,6 @@ class Bench:
             done[key] = row
             self.add(row)
             print(f"#   {time.perf_counter() - t0:.1f} s", flush=True)
-        shutil.rmtree(self.work, ignore_errors=True)
 
     # ----------------------------------------------------------------------------------- results.md
     def targets(self) -> list[str]:
@@ -567,6 +572,8 @@ class Bench:
             extra = ""
             if layers and layers != 12:  # latency grows linearly with layers (measured in the scaling rows)
                 extra = f"; x12/{layers} layers ~ {lat * 12 / layers:.0f} us = {lat * 12 / layers / GROQ_BERT_US:.1f}x Groq"
+            mxm = c["roofline_parts"].get("mxm", 0) * (12 / layers if layers else 1) / c["clock_mhz"]
+            extra += f"; the MXM bound alone is {mxm:.0f} us at 12 layers" if mxm and not self.args.quick else ""
             line(f"latency vs Groq's published {GROQ_BERT_US:.0f} us (BERT-base, batch 1, arXiv 2206.11062)",
                  f"{lat:.1f} us at {c['clock_mhz']:.0f} MHz = {lat / GROQ_BERT_US:.2f}x Groq{extra}", None)
         scal = sorted((r for r in rows if "-L" in r.model and r.model.rsplit("-L", 1)[1].isdigit()
@@ -690,7 +697,8 @@ def parse_shapes(items: list[str] | None) -> dict[str, tuple[int, ...]] | None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="reduced sizes (2 layers, hidden 256, 4 heads, 64 tokens)")
-    ap.add_argument("--models", help="comma-separated model names (default: all); see --list")
+    ap.add_argument("--models", help="comma-separated model names (default: all; see --list), also "
+                    "bert-base-v1k-L<n> / bert-quick-L<n> or a path to an .onnx file")
     ap.add_argument("--layers", help="also run the BERT-like model at these layer counts, e.g. 2,4,8,12")
     ap.add_argument("--schedulers", help="override every model's schedulers, e.g. list")
     ap.add_argument("--chip", default="lpu-v1")
@@ -720,6 +728,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.models:
         wanted = [n.strip() for n in args.models.split(",") if n.strip()]
+        for n in wanted:  # <stem>-L<n>: the BERT-like model at n layers
+            stem, _, nl = n.rpartition("-L")
+            if n not in reg and nl.isdigit() and stem in ("bert-base-v1k", "bert-quick"):
+                reg[n] = scaling_models(stem == "bert-quick", [int(nl)])[0]
+                reg[n].schedulers = ("list", "asap", "naive")
         unknown = [n for n in wanted if n not in reg and not n.endswith(".onnx")]
         if unknown:
             ap.error(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(reg)}")
