@@ -258,6 +258,7 @@ class Emulator:
             w = by_pos.get((0, wslice, wk))
             if w is not None:
                 expect.setdefault((0, sname, k, fld, plane), set()).add(w.id)
+        flight_op = np.array([f.op for f in self.streams.flights] or [0], dtype=np.int64)
         for op in self.ops:
             pos = op.slice.position
             for acc in op.timing.reads:
@@ -273,8 +274,8 @@ class Emulator:
                                     f"no value is passing on {acc.dir}{s} at {op.slice.name} for operand "
                                     f"'{acc.field}' vector {int(acc.vec[i])}")
                     if want is not None and not missing.all():
-                        wrong = np.array([self.streams.flights[int(f)].op not in want if f >= 0 else False
-                                          for f in fid])
+                        ops_of = flight_op[np.maximum(fid, 0)]
+                        wrong = (fid >= 0) & ~np.isin(ops_of, list(want))
                         if wrong.any():
                             i = int(np.argmax(wrong))
                             other = self.ops[self.streams.flights[int(fid[i])].op]
@@ -444,6 +445,12 @@ class Emulator:
         order = self._order()
         self._handlers = HANDLERS
         self._state = np.zeros(len(self.ops), dtype=np.int8)  # 0 todo, 1 visiting, 2 running, 3 done
+        # results are dropped once every instruction that reads them has run (memory stays bounded)
+        self._pending = np.zeros(len(self.ops), dtype=np.int64)
+        for op in self.ops:
+            for d in op.deps:
+                if d < len(self.ops) and d != op.id:
+                    self._pending[d] += 1
         show = sys.stderr.isatty() if progress is None else progress
         t0 = time.perf_counter()
         last = t0
@@ -489,6 +496,23 @@ class Emulator:
                 cur.out.update(result)
             self._state[cur.id] = 3
             stack.pop()
+            self._release(cur)
+
+    def _release(self, op: Op) -> None:
+        """Drop the results nobody will read any more: stream outputs, and the weight buffers and
+        accumulator rows of IW and MATMUL. SRAM words (WRITE) stay: a GATHER or the host may read
+        them without a declared dependency."""
+        n = len(self.ops)
+        for d in op.deps:
+            if d >= n or d == op.id:
+                continue
+            self._pending[d] -= 1
+            if self._pending[d] == 0:
+                src = self.ops[d]
+                src.out = {}
+                src.planes = {}
+                if src.inst.spec.mnemonic in ("IW", "MATMUL"):
+                    src.store = None
 
     def ensure(self, ids: np.ndarray) -> None:
         """Make sure the instructions behind these source ids have run (for data-dependent reads)."""
