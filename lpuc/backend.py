@@ -3,7 +3,7 @@ so onnx's official ``BackendTest`` node cases run against lpuc."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import onnx

@@ -14,7 +14,7 @@ import numpy as np
 from isa import semantics
 from isa.dtypes import DTYPES
 from isa.instructions import BY_MNEMONIC
-from lpuc.prim import Imm, Prim, PrimGraph, Tensor
+from lpuc.prim import Imm, Prim, PrimGraph
 
 
 def _imm(v: Imm, dtype: str) -> np.generic:

@@ -43,11 +43,6 @@ class Task:
     writes: list[Access]
     attrs: dict[str, Any] = field(default_factory=dict)
     prim: Prim | None = None
-    # filled by the scheduler
-    start: int = -1
-    template: Any = None
-    unit: str = ""  # the ALU, plane or switch chosen
-    streams: list[int] = field(default_factory=list)  # base stream of each flight
 
     @property
     def node(self) -> str:

@@ -200,10 +200,6 @@ class Builder:
 # ================================================================================================
 # one builder per task kind
 # ================================================================================================
-def _operand_codes(task: Task) -> list[tuple[str, Any]]:
-    return task.attrs["operands"]
-
-
 def vxm_template(task: Task, chip: ChipConfig) -> Template:
     b = Builder(chip)
     a = task.attrs
@@ -220,7 +216,7 @@ def vxm_template(task: Task, chip: ChipConfig) -> Template:
     ti = b.inst("*", 0, a["op"], **ops)
     vpos = b.pos("VXM0")
     reads_of: dict[str, int] = {}
-    for name, (kind, val) in zip(names, _operand_codes(task)):
+    for name, (kind, val) in zip(names, task.attrs["operands"]):
         if kind == "imm":
             from isa.asm import imm_bits
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from emulator.units import handles
 from isa import semantics
 from isa.asm import imm_value

@@ -227,7 +227,6 @@ class Lowering:
             flat = np.concatenate([t.const.reshape(-1) for t in ts])
             src = np.where(index >= 0, flat[np.maximum(index, 0)], 0).astype(ts[0].const.dtype)
             return self.pg.const((ts[0].name if len(ts) == 1 else "concat") + ".moved", src, dtype)
-        ts = [self.tensor_of(t) for t in ts]
         if len(ts) == 1 and index.size == int(np.prod(ts[0].shape)) and shape and ts[0].shape \
                 and shape[-1] == ts[0].last and (index.reshape(-1) == np.arange(index.size)).all():
             return self.view(ts[0], shape)
@@ -248,10 +247,6 @@ class Lowering:
                 return self.pg.add("transpose", ts, out, self._node_name())
         out = self.temp(dtype, shape)
         return self.pg.add("relayout", ts, out, self._node_name(), emap=index.reshape(-1))
-
-    def tensor_of(self, t: Tensor) -> Tensor:
-        """Constants used by data movement together with computed tensors stay SRAM constants."""
-        return t
 
     def _node_name(self) -> str:
         return self.node.name if self.node else ""
