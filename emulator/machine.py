@@ -62,7 +62,6 @@ class Op(Source):
     acc: tuple[np.ndarray, np.ndarray] | None = None
     weights: int = -1  # IW op whose buffer state a MATMUL uses / an IW builds on
     link: list[tuple[int, int]] = field(default_factory=list)  # RECV: (SEND op, row) per vector
-    acc_dtype: str = ""  # dtype of the accumulator rows a MATMUL writes
 
 
 @dataclass

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from isa.dtypes import BY_CODE, DTYPES
+from isa.dtypes import BY_CODE
 from isa.instructions import BY_OPCODE, Field, Instr
 
 WORD_BYTES = 16
@@ -114,6 +114,3 @@ def decode(word: bytes) -> tuple[Instr, dict[str, int]]:
     check_operands(spec, ops)
     return spec, ops
 
-
-def dtype_code(name: str) -> int:
-    return DTYPES[name].code

@@ -229,11 +229,6 @@ def program_busy(queues: dict[tuple[int, str], list], chip: ChipConfig) -> tuple
     return busy, end
 
 
-def distance(chip: ChipConfig, slice_a: str, slice_b: str) -> int:
-    """Cycles a stream value needs from slice_a's position to slice_b's."""
-    return abs(chip.slice(slice_a).position - chip.slice(slice_b).position)
-
-
 def host_transfer_us(chip: ChipConfig, nbytes: int) -> float:
     """Host transfer model for one direction: fixed latency + bytes / PCIe bandwidth."""
     host = chip.raw["host"]
@@ -242,9 +237,7 @@ def host_transfer_us(chip: ChipConfig, nbytes: int) -> float:
     return float(host["pcie_latency_us"]) + nbytes / (float(host["pcie_gb_per_s"]) * 1e3)
 
 
-def cycles_to_us(chip: ChipConfig, cycles: int) -> float:
-    return cycles / chip.clock_mhz
 
 
 __all__ = ["Timing", "StreamAccess", "StoreAccess", "TimingError", "instruction_timing", "namespace",
-           "evaluate", "cdiv", "distance", "union_length", "utilization", "program_busy", "host_transfer_us", "cycles_to_us"]
+           "evaluate", "cdiv", "union_length", "utilization", "program_busy", "host_transfer_us"]

@@ -59,7 +59,6 @@ class TaskGraph:
         self.tensors = tensors
         self.inputs = inputs
         self.outputs = outputs
-        self.nodes: list[str] = []
 
     def add(self, kind: str, reads: list[Access], writes: list[Access], prim: Prim | None, **attrs: Any) -> Task:
         t = Task(len(self.tasks), kind, reads, writes, attrs, prim)

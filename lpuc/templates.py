@@ -54,8 +54,6 @@ class Template:
     flights: list[TFlight]
     ports: list[tuple[str, str, int, int]]  # (slice, port, start, end) relative
     banks: list[tuple[str, int, str, int, int]]  # (slice, bank, "r"/"w", start, end) relative
-    reads: dict[int, tuple[int, int]]  # tensor id -> first/last SRAM read cycle (relative)
-    stores: dict[int, tuple[int, int]]  # tensor id -> first/last SRAM store cycle (relative)
     # per tensor, the vectors read (stored) and the cycle of each: the earliest read and the latest
     # store of a vector over its planes. Dependencies are computed vector by vector, so a consumer
     # can start while its producer is still writing the later vectors.
@@ -78,7 +76,6 @@ class Builder:
         self.lat = chip.latency
         self.insts: list[TInst] = []
         self.flights: list[TFlight] = []
-        self.region_rows = 0
         self.sram: list[tuple[int, str, int, str, np.ndarray]] = []  # tensor id, slice, bank, kind, cycles
         self.vec: list[tuple[int, str, np.ndarray, np.ndarray]] = []  # tensor id, kind, vectors, cycles
         self.extra_ports: list[tuple[str, str, int, int]] = []
@@ -168,15 +165,10 @@ class Builder:
             begin = min(begin, ti.rel)
             end = max(end, tm.end)
         banks: list[tuple[str, int, str, int, int]] = []
-        reads: dict[int, tuple[int, int]] = {}
-        stores: dict[int, tuple[int, int]] = {}
         for tid, sname, bank, kind, cyc in self.sram:
             if not len(cyc):
                 continue
             banks.append((sname, bank, kind, int(cyc[0]), int(cyc[-1]) + 1))
-            d = reads if kind == "r" else stores
-            lo, hi = d.get(tid, (int(cyc[0]), int(cyc[-1])))
-            d[tid] = (min(lo, int(cyc[0])), max(hi, int(cyc[-1])))
             end = max(end, int(cyc[-1]) + 1)
         maps: dict[tuple[str, bool], dict[int, tuple[np.ndarray, np.ndarray]]] = {}
         for kind in ("r", "w"):
@@ -193,7 +185,7 @@ class Builder:
                     vecs, cyc = vecs[order], cyc[order]
                     last = np.r_[vecs[1:] != vecs[:-1], True]
                     target[tid] = (vecs[last], cyc[last])
-        return Template(self.insts, self.flights, ports, banks, reads, stores, maps[("r", False)],
+        return Template(self.insts, self.flights, ports, banks, maps[("r", False)],
                         maps[("w", True)], maps[("r", True)], maps[("w", False)], begin, end, unit, regions)
 
 

@@ -32,7 +32,6 @@ class Allocation:
     reuse: list[tuple[Tensor, Tensor]] = field(default_factory=list)  # (earlier tensor, later one) sharing words
     peak_bytes: int = 0
     used_bytes: int = 0
-    side: dict[int, str] = field(default_factory=dict)  # tensor id -> hemisphere of its planes
 
     def dump(self, tg: TaskGraph) -> str:
         lines = [f"peak live SRAM: {self.peak_bytes} bytes"]
@@ -281,7 +280,6 @@ def allocate(tg: TaskGraph, chip: ChipConfig) -> Allocation:
         t.planes = t.segments[0][2]
         t.bank = t.planes[0][1] // bw
         placed[i] = (h, sorted({s for s, _, _, _ in spots}), sorted({(s, b) for s, b, _, _ in spots}))
-        result.side[i] = h
         if i in weights:
             weight_words[h] += t.vectors(L) * w
         active.append((last.get(i, n_tasks), t, spots))
@@ -289,7 +287,6 @@ def allocate(tg: TaskGraph, chip: ChipConfig) -> Allocation:
     for vid, b in view_of.items():
         v = tensors[vid]
         v.planes, v.bank, v.segments = list(b.planes), b.bank, list(b.segments)
-        result.side[vid] = result.side.get(b.id, "W")
     # de-duplicate reuse pairs
     seen = set()
     uniq = []
