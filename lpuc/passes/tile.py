@@ -108,8 +108,7 @@ class Tiler:
     # ------------------------------------------------------------------------------ primitives
     def ewise(self, p: Prim, op: str | None = None, dtype: str | None = None) -> None:
         out = p.out
-        tensors = [o for o in p.ins if isinstance(o, Tensor)]
-        vecs = {}
+        vecs: dict[int, np.ndarray] = {}
         # one tensor read twice with different patterns would need two reads of one slice at once
         seen: dict[int, np.ndarray] = {}
         ins: list = []
@@ -129,6 +128,9 @@ class Tiler:
         for t in tensors:
             if all(self.base(t) is not self.base(u) for u in uniq):
                 uniq.append(t)
+        # each operand: an immediate, or the index of the (deduplicated) read that carries it
+        operands = [("imm", o.value) if isinstance(o, Imm)
+                    else ("read", next(k for k, u in enumerate(uniq) if self.base(u) is self.base(o))) for o in ins]
         order, arrays, runs = self.best_runs(out, [vecs[id(t)] for t in uniq])
         for s, e in runs:
             n = e - s
@@ -137,12 +139,6 @@ class Tiler:
                 step = int(arr[s + 1] - arr[s]) if n > 1 else 1
                 reads.append(self.acc(t, arr[s], step, n))
             ostep = int(order[s + 1] - order[s]) if n > 1 else 1
-            operands = []
-            for o in ins:
-                if isinstance(o, Imm):
-                    operands.append(("imm", o.value))
-                else:
-                    operands.append(("read", next(k for k, u in enumerate(uniq) if self.base(u) is self.base(o))))
             self.tg.add("vxm", reads, [self.acc(out, order[s], ostep, n)], p, op=op or p.attrs["op"],
                         dtype=dtype or p.attrs.get("dtype", out.dtype), operands=operands,
                         to=p.attrs.get("to"), m=p.attrs.get("m"))
