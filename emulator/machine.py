@@ -228,15 +228,15 @@ class Emulator:
 
     def _check_banks(self) -> None:
         """A read and a write of one slice in one cycle must use different banks."""
-        bw = self.chip.bank_words
+        bank_of = self.chip.bank_of
         for key, reads in self.mem_reads.items():
             writes = self.mem_writes.get(key)
             if not writes:
                 continue
             rc = np.concatenate([c for _, c, _ in reads])
-            rb = np.concatenate([a // bw for a, _, _ in reads])
+            rb = np.concatenate([bank_of(a) for a, _, _ in reads])
             wc = np.concatenate([c for _, c, _ in writes])
-            wb = np.concatenate([a // bw for a, _, _ in writes])
+            wb = np.concatenate([bank_of(a) for a, _, _ in writes])
             wop = np.concatenate([np.full(len(c), i) for i, (_, c, _) in enumerate(writes)])
             common, ri, wi = np.intersect1d(rc, wc, return_indices=True)
             bad = rb[ri] == wb[wi]

@@ -96,6 +96,26 @@ class ChipConfig:
         return self.words_per_slice // self.banks
 
     @property
+    def bank_select(self) -> str:
+        """Which address bits pick the bank: ``"high"`` (contiguous halves) or ``"low"`` (interleaved words)."""
+        return str(self.mem.get("bank_select", "high"))
+
+    @property
+    def segment_words(self) -> int:
+        """Words of one slice a tensor plane may span without crossing a bank boundary: one bank with
+        high-order banks, the whole slice with interleaved ones."""
+        return self.words_per_slice if self.bank_select == "low" else self.bank_words
+
+    def bank_of(self, addr: Any) -> Any:
+        """bank(addr) = addr // bank_words when ``bank_select = "high"``; addr mod banks when ``"low"``.
+
+        Low-order interleaving lets a producer store a tensor while a consumer reads it from the same
+        slice in the same cycles (consecutive words alternate banks), which is what streaming pipelines
+        through SRAM need; high-order banks keep whole tensors apart instead.
+        """
+        return addr % self.banks if self.bank_select == "low" else addr // self.bank_words
+
+    @property
     def mxm(self) -> dict[str, Any]:
         return self.raw["mxm"]
 
@@ -206,6 +226,9 @@ def _validate_chip(cfg: ChipConfig) -> None:
         raise ConfigError("streams_per_direction must be a multiple of 4 between 4 and 64")
     if cfg.words_per_slice % cfg.banks:
         raise ConfigError("mem.words_per_slice must be a multiple of mem.banks")
+    if cfg.bank_select not in ("high", "low"):
+        raise ConfigError('mem.bank_select must be "high" (bank = address // bank words) or "low" '
+                          '(bank = address mod banks)')
     if cfg.words_per_slice > 65536:
         raise ConfigError("mem.words_per_slice must fit a 16-bit address")
     for key in _LATENCY_KEYS:

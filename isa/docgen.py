@@ -18,8 +18,9 @@ ISA_MD = Path(__file__).parent / "ISA.md"
 
 _UNIT_TEXT = {
     "MEM": "SRAM slices. Each holds `mem.words_per_slice` words of `lanes` bytes in `mem.banks` banks "
-           "(bank = address // (words_per_slice / banks)). In one cycle a slice may read one word and write "
-           "one word, in different banks.",
+           "(`mem.bank_select`: \"high\" = address // (words_per_slice / banks), contiguous; \"low\" = "
+           "address mod banks, interleaved). In one cycle a slice may read one word and write one word, in "
+           "different banks.",
     "VXM": "Vector ALUs at the centre of the chip. Each ALU is its own queue; an instruction applies one "
            "operation to n vectors, one per cycle.",
     "MXM": "Matrix planes. Each holds `mxm.weight_buffers` weight buffers of lanes x lanes elements and "
@@ -137,7 +138,8 @@ def generate() -> str:
         lines += [f"### {chip.name}", "", chip.raw.get("description", ""), "",
                   f"- {chip.lanes} lanes, {chip.streams} streams per direction, {chip.clock_mhz:g} MHz",
                   f"- SRAM: {len(chip.slices_of('MEM'))} MEM slices x {chip.words_per_slice} words x "
-                  f"{chip.lanes} B = {chip.sram_bytes:,} B",
+                  f"{chip.lanes} B = {chip.sram_bytes:,} B; {chip.banks} banks per slice, bank_select "
+                  f"\"{chip.bank_select}\"",
                   f"- MXM: {len(chip.slices_of('MXM'))} planes of {chip.lanes}x{chip.lanes}, cycles per "
                   f"vector {dict(chip.mxm['cycles_per_vector'])}",
                   f"- VXM: {len(chip.slices_of('VXM'))} ALUs; C2C: {len(chip.slices_of('C2C'))} links",

@@ -56,7 +56,7 @@ def roofline(tg: TaskGraph, sched, chip: ChipConfig) -> Roofline:
             vxm += t.writes[0].n
         elif t.kind in ("permute", "transpose"):
             sxm += max(e - s for sl, port, s, e in tpl.ports if port == "sxm")
-        for sl, bank, kind, s, e in tpl.banks:
+        for sl, kind, ks, ko, s, e in tpl.banks:
             if kind == "r":
                 reads += e - s
             else:

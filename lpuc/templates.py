@@ -53,7 +53,10 @@ class Template:
     insts: list[TInst]
     flights: list[TFlight]
     ports: list[tuple[str, str, int, int]]  # (slice, port, start, end) relative
-    banks: list[tuple[str, int, str, int, int]]  # (slice, bank, "r"/"w", start, end) relative
+    # SRAM bank use: (slice, "r"/"w", ks, ko, start, end) relative. In cycle c of [start, end) the access
+    # uses bank (ks * c + ko) mod banks; ks = 0 is one fixed bank ko, ks = -1 any bank (a GATHER's rows
+    # depend on data). Two accesses of one slice in one cycle must use different banks.
+    banks: list[tuple[str, str, int, int, int, int]]
     # per tensor, the vectors read (stored) and the cycle of each: the earliest read and the latest
     # store of a vector over its planes. Dependencies are computed vector by vector, so a consumer
     # can start while its producer is still writing the later vectors.
@@ -76,12 +79,35 @@ class Builder:
         self.lat = chip.latency
         self.insts: list[TInst] = []
         self.flights: list[TFlight] = []
-        self.sram: list[tuple[int, str, int, str, np.ndarray]] = []  # tensor id, slice, bank, kind, cycles
+        # tensor id, slice, "r"/"w", cycles, addresses (None: data-dependent rows within the plane at base)
+        self.sram: list[tuple[int, str, str, np.ndarray, np.ndarray | None, int]] = []
         self.vec: list[tuple[int, str, np.ndarray, np.ndarray]] = []  # tensor id, kind, vectors, cycles
         self.extra_ports: list[tuple[str, str, int, int]] = []
 
-    def bank(self, addr: int) -> int:
-        return addr // self.chip.bank_words
+    def bank_classes(self, sname: str, kind: str, cycles: np.ndarray, addrs: np.ndarray | None,
+                     base: int) -> list[tuple[str, str, int, int, int, int]]:
+        """The bank pattern of one access: word ``addrs[j]`` in cycle ``cycles[j]`` (consecutive cycles).
+
+        With interleaved banks (``bank_select = "low"``) a strided run uses bank (a0 + s*j) mod B, i.e.
+        (ks*c + ko) mod B with ks = s mod B and ko = a0 - ks*c0; the scheduler can then pick an anchor
+        whose phase differs from a concurrent access of the same stride class.
+        """
+        B = self.chip.banks
+        c0 = int(cycles[0])
+        c1 = int(cycles[-1]) + 1
+        if addrs is None:  # GATHER: any row of the plane
+            if self.chip.bank_select == "low":
+                return [(sname, kind, -1, 0, c0, c1)]
+            return [(sname, kind, 0, int(self.chip.bank_of(base)), c0, c1)]
+        if self.chip.bank_select == "high" or len(addrs) == 1:
+            banks = self.chip.bank_of(addrs)
+            cut = np.nonzero(np.diff(banks))[0] + 1
+            out = []
+            for j0, j1 in zip(np.r_[0, cut], np.r_[cut, len(addrs)]):
+                out.append((sname, kind, 0, int(banks[j0]), int(cycles[j0]), int(cycles[j1 - 1]) + 1))
+            return out
+        ks = int(addrs[1] - addrs[0]) % B
+        return [(sname, kind, ks, int(addrs[0] - ks * c0) % B, c0, c1)]
 
     def pos(self, slice_name: str) -> int:
         return self.chip.slice(slice_name).position
@@ -145,7 +171,8 @@ class Builder:
                 mi.refs["s"] = (fl, k)
                 f.parts.append((k, min(p, unit_pos), max(p, unit_pos), d0, d0 + n - 1))
                 cycles = rel + np.arange(n) + (0 if reading else self.lat["mem_write"])
-                self.sram.append((t.id, sname, self.bank(base), "r" if reading else "w", cycles))
+                addrs = base + acc.start + j0 * acc.stride - v0 + acc.stride * np.arange(n)
+                self.sram.append((t.id, sname, "r" if reading else "w", cycles, addrs, base))
                 self.vec.append((t.id, "r" if reading else "w", vectors, cycles))
         unit.refs[fld] = (fl, 0)
 
@@ -164,11 +191,11 @@ class Builder:
                 ports.append((ti.slice, "queue", ti.rel, ti.rel + 1))
             begin = min(begin, ti.rel)
             end = max(end, tm.end)
-        banks: list[tuple[str, int, str, int, int]] = []
-        for tid, sname, bank, kind, cyc in self.sram:
+        banks: list[tuple[str, str, int, int, int, int]] = []
+        for tid, sname, kind, cyc, addrs, base in self.sram:
             if not len(cyc):
                 continue
-            banks.append((sname, bank, kind, int(cyc[0]), int(cyc[-1]) + 1))
+            banks += self.bank_classes(sname, kind, cyc, addrs, base)
             end = max(end, int(cyc[-1]) + 1)
         maps: dict[tuple[str, bool], dict[int, tuple[np.ndarray, np.ndarray]]] = {}
         for kind in ("r", "w"):
@@ -259,8 +286,10 @@ def copy_template(task: Task, chip: ChipConfig) -> Template:
             w.refs["s"] = (fl, 0)
             d0 = b.diag(direction, depart, p)
             b.flights[fl].parts.append((0, min(p, q), max(p, q), d0, d0 + n - 1))
-            b.sram.append((src.tensor.id, ss, b.bank(sb), "r", t_off + j0 + np.arange(n)))
-            b.sram.append((dst.tensor.id, ds, b.bank(db), "w", depart + abs(q - p) + lat["mem_write"] + np.arange(n)))
+            b.sram.append((src.tensor.id, ss, "r", t_off + j0 + np.arange(n),
+                           sb + src.start + j0 * src.stride - sv0 + src.stride * np.arange(n), sb))
+            b.sram.append((dst.tensor.id, ds, "w", depart + abs(q - p) + lat["mem_write"] + np.arange(n),
+                           db + dst.start + j0 * dst.stride - dv0 + dst.stride * np.arange(n), db))
             b.vec.append((src.tensor.id, "r", src.start + src.stride * np.arange(j0, j1), t_off + j0 + np.arange(n)))
             b.vec.append((dst.tensor.id, "w", dst.start + dst.stride * np.arange(j0, j1),
                           depart + abs(q - p) + lat["mem_write"] + np.arange(n)))
@@ -317,7 +346,7 @@ def gather_template(task: Task, chip: ChipConfig) -> Template:
     last = max(tpos) if direction == "E" else min(tpos)
     if len(table.tensor.segments) > 1 or len(ids.tensor.segments) > 1:
         raise CompileError(f"embedding table {table.tensor.name} ({table.tensor.dtype} {list(table.tensor.shape)}) "
-                           f"is larger than one {chip.name} bank per plane; gathers from split tables are not "
+                           f"is larger than one {chip.name} segment ({chip.segment_words} words) per plane; gathers from split tables are not "
                            f"supported yet")
     fl = b.new_flight(direction, 4)
     f = b.flights[fl]
@@ -329,7 +358,7 @@ def gather_template(task: Task, chip: ChipConfig) -> Template:
         r = b.inst(sname, rel, "READ", addr=base + ids.start - iv0, n=1, stride=1)
         r.refs["s"] = (fl, k)
         f.parts.append((k, min(p, last), max(p, last), d, d))
-        b.sram.append((ids.tensor.id, sname, b.bank(base), "r", np.array([rel])))
+        b.sram.append((ids.tensor.id, sname, "r", np.array([rel]), np.array([base + ids.start - iv0]), base))
         b.vec.append((ids.tensor.id, "r", np.array([ids.start]), np.array([rel])))
     w = DTYPES[table.tensor.dtype].width
     for k in range(w):
@@ -339,7 +368,7 @@ def gather_template(task: Task, chip: ChipConfig) -> Template:
         g = b.inst(sname, t_k, "GATHER", addr=base + task.attrs["chunk"], n=task.attrs["n"],
                    stride=task.attrs["stride"], idx=0, s=0, bound=task.attrs.get("bound", 0))
         g.refs["idx"] = (fl, 0)
-        b.sram.append((table.tensor.id, sname, b.bank(base), "r", t_k + 1 + np.arange(task.attrs["n"])))
+        b.sram.append((table.tensor.id, sname, "r", t_k + 1 + np.arange(task.attrs["n"]), None, base))
         nvec = table.tensor.vectors(chip.lanes)  # the rows gathered depend on data: any of them, any time
         b.vec.append((table.tensor.id, "r", np.arange(nvec), np.full(nvec, t_k + 1)))
         b.vec.append((table.tensor.id, "r", np.arange(nvec), np.full(nvec, t_k + task.attrs["n"])))

@@ -214,8 +214,9 @@ def test_compiled_program_runs_with_named_inputs_and_outputs(tmp_path):
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-3)
 
 
-@pytest.mark.parametrize("chip,M,K,N", [("tiny", 8, 160, 512), ("lpu-v1", 16, 8192, 1024), ("lpu-v1", 128, 320, 12000)])
-def test_tensors_larger_than_a_bank_are_split_into_segments(tmp_path, chip, M, K, N):
+# a segment is one bank on tiny (high-order banks) and a whole slice on lpu-v1 (interleaved banks)
+@pytest.mark.parametrize("chip,M,K,N", [("tiny", 8, 160, 512), ("lpu-v1", 16, 10000, 320), ("lpu-v1", 256, 320, 12000)])
+def test_tensors_larger_than_a_segment_are_split_into_segments(tmp_path, chip, M, K, N):
     rng = np.random.default_rng(0)
     w = onnx.numpy_helper.from_array((rng.standard_normal((K, N)) * 0.05).astype(np.float32), "w")
     b = onnx.numpy_helper.from_array(rng.standard_normal(N).astype(np.float32), "b")
@@ -232,7 +233,7 @@ def test_tensors_larger_than_a_bank_are_split_into_segments(tmp_path, chip, M, K
 
 
 @pytest.mark.parametrize("chip,vocab,width", [("tiny", 2500, 64), ("lpu-v1", 30522, 768)])
-def test_embedding_table_larger_than_a_bank_is_gathered_by_slabs(tmp_path, chip, vocab, width):
+def test_embedding_table_larger_than_a_segment_is_gathered_by_slabs(tmp_path, chip, vocab, width):
     rng = np.random.default_rng(1)
     table = onnx.numpy_helper.from_array(rng.standard_normal((vocab, width)).astype(np.float32), "table")
     m = _model([helper.make_node("Gather", ["table", "ids"], ["e"]), helper.make_node("Relu", ["e"], ["y"])],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -80,6 +81,20 @@ def test_bank_conflict_read_and_write_same_bank():
     with pytest.raises(HazardError) as e:  # but address 600 was never written
         run(ok)
     assert e.value.hazard.kind == "unwritten-read"
+
+
+def test_bank_conflict_with_interleaved_banks(tmp_path):
+    # the same program on tiny with bank_select = "low": bank = address mod 2. z's words 16..19 are
+    # written in cycles 9..12 (banks 0,1,0,1); a read in cycle 10 meets the write of word 17 (bank 1)
+    cfg = (Path(__file__).parent.parent / "isa" / "configs" / "tiny.toml").read_text()
+    cfg = re.sub(r'bank_select = "high"', 'bank_select = "low"', cfg)
+    (tmp_path / "tiny-low.toml").write_text(cfg)
+    base = VADD.replace(".chip tiny", f".chip {tmp_path / 'tiny-low.toml'}")
+    h = hazard_of(base.replace("@8 WRITE addr=16, n=4, s=E4", "@8 WRITE addr=16, n=4, s=E4\n@10 READ addr=1, n=1, s=W4"))
+    assert h.kind == "bank-conflict" and h.cycle == 10 and "bank 1" in h.detail
+    # word 2 (y's third row) is in bank 0: no conflict; the extra read's value goes nowhere
+    r = run(base.replace("@8 WRITE addr=16, n=4, s=E4", "@8 WRITE addr=16, n=4, s=E4\n@10 READ addr=2, n=1, s=W4"))
+    assert r.hazards == [] and r.cycles == 16
 
 
 def test_out_of_range_address():

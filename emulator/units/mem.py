@@ -60,11 +60,10 @@ def _check_gather_banks(em, op, addrs, cycles) -> None:
     writes = em.mem_writes.get((op.chip, op.slice.name))
     if not writes:
         return
-    bw = em.chip.bank_words
     wc = np.concatenate([c for _, c, _ in writes])
-    wb = np.concatenate([a // bw for a, _, _ in writes])
+    wb = np.concatenate([em.chip.bank_of(a) for a, _, _ in writes])
     common, ri, wi = np.intersect1d(cycles, wc, return_indices=True)
-    bad = (addrs[ri] // bw) == wb[wi]
+    bad = em.chip.bank_of(addrs[ri]) == wb[wi]
     if bad.any():
         k = int(np.argmax(bad))
         em.hazard(op, "bank-conflict", common[k], f"{op.slice.name} gathers from and writes bank "

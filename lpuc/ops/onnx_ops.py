@@ -513,12 +513,12 @@ def Gather(lw: Lowering, node: Node) -> None:
     flat = lw.move(ids, np.arange(n), (n,)) if ids.shape != (n,) else ids
     rows, width = data_shape
     chunks = -(-width // lw.lanes)
-    per_part = max(1, lw.chip.bank_words // chunks)
+    per_part = max(1, lw.chip.segment_words // chunks)
     if rows <= per_part or table.const is None:
         out = lw.temp(table.dtype, (n, width))
         lw.pg.add("gather", [table, flat], out, node.name)
     else:
-        # a table larger than one bank per plane: gather each slab of rows with indices shifted into
+        # a table larger than one segment per plane: gather each slab of rows with indices shifted into
         # it (indices outside a slab give zeros), then merge the slabs bit by bit
         parts = []
         for r0 in range(0, rows, per_part):

@@ -3,10 +3,11 @@
 Rules the schedule relies on:
 
 * A tensor of a ``w``-byte type has ``w`` byte planes in ``w`` different MEM slices of one
-  hemisphere, each plane a run of consecutive words inside one bank.
+  hemisphere, each plane a run of consecutive words inside one bank (with interleaved banks,
+  ``mem.bank_select = "low"``, inside one slice).
 * Tensors one task reads together lie in disjoint slices (a slice reads one word per cycle).
 * A task's output never shares a (slice, bank) with its inputs (a slice may read and write in one
-  cycle only in different banks).
+  cycle only in different banks); with interleaved banks, never a slice.
 * The index vector of a GATHER lies in the other hemisphere than the table, so that one flight of it
   passes every plane of the table.
 * Matrix weights go to the hemisphere whose MXM planes will use them, alternating to balance planes.
@@ -143,6 +144,22 @@ def allocate(tg: TaskGraph, chip: ChipConfig) -> Allocation:
         if task.kind == "chain":
             for st in task.attrs["steps"]:
                 weights[st["w"].tensor.id] = tensors[st["w"].tensor.id].vectors(L)
+    # tensors two dataflow hops apart (sharing a task, or sharing a task with one that does) are
+    # streamed at the same time once the scheduler pipelines producers into consumers: keeping them in
+    # different slices leaves every slice's read and write port to one of them
+    touch: dict[int, set[int]] = defaultdict(set)  # tensor id -> tensors it shares a task with
+    for task in tg.tasks:
+        ids = {a.tensor.id for a in task.reads} | {a.tensor.id for a in task.writes}
+        for x in ids:
+            touch[x] |= ids
+    near: dict[int, set[int]] = {}
+    for x, ys in touch.items():
+        two = set(ys)
+        for y in ys:
+            if len(touch[y]) < 64:  # a constant shared by many tasks (a lane map) links nothing
+                two |= touch[y]
+        two.discard(x)
+        near[x] = two
     for t in tg.outputs:
         last[base(t).id] = n_tasks
     for t in tg.inputs:
@@ -173,10 +190,15 @@ def allocate(tg: TaskGraph, chip: ChipConfig) -> Allocation:
     mem = {h: [s for s in chip.slices_of("MEM") if s.hemisphere == h] for h in ("W", "E")}
     for h in mem:  # nearest to the centre first
         mem[h].sort(key=lambda s: abs(s.position - chip.slice("VXM0").position))
-    bw = chip.bank_words
-    free = {(s.name, b): _FreeList(b * bw, (b + 1) * bw) for h in mem for s in mem[h] for b in range(chip.banks)}
+    # free space per (slice, region): a region is a bank (high-order banks) or the whole slice (interleaved)
+    bw = chip.segment_words
+    regions = chip.words_per_slice // bw
+    free = {(s.name, b): _FreeList(b * bw, (b + 1) * bw) for h in mem for s in mem[h] for b in range(regions)}
     occupants: dict[tuple[str, int], list[tuple[int, int, Tensor]]] = defaultdict(list)
     slice_load: dict[str, int] = defaultdict(int)
+    # every tensor that ever had a plane in the slice: a tensor should not even take over the freed
+    # words of a near one (its producer may still be reading them while it is being stored)
+    slice_hist: dict[str, set[int]] = defaultdict(set)
     placed: dict[int, tuple[str, list[str], list[tuple[str, int]]]] = {}  # id -> (hemisphere, slices, spots)
     weight_words = {"W": 0, "E": 0}
     active: list[tuple[int, Tensor, list[tuple[str, int, int, int]]]] = []
@@ -192,18 +214,21 @@ def allocate(tg: TaskGraph, chip: ChipConfig) -> Allocation:
                 keep.append((end, t, spots))
         active[:] = keep
 
-    def choose(h: str, n: int, w: int, banned_slices: set[str], banned_spots: set[tuple[str, int]]) -> list | None:
-        """w slices of hemisphere h with n free words in an allowed bank, least loaded first."""
+    def choose(h: str, n: int, w: int, banned_slices: set[str], banned_spots: set[tuple[str, int]],
+               avoid: set[int] = frozenset()) -> list | None:
+        """w slices of hemisphere h with n free words in an allowed region: fewest tensors of ``avoid``
+        first, then least loaded."""
         choice = []
         for s in mem[h]:
             if s.name in banned_slices:
                 continue
-            for b in range(chip.banks):
+            for b in range(regions):
                 if (s.name, b) in banned_spots:
                     continue
                 addr = free[(s.name, b)].fit(n)
                 if addr is not None:
-                    choice.append((slice_load[s.name] * 4 + len(choice) // 8, s.name, b, addr))
+                    clash = len(avoid & slice_hist[s.name]) if avoid else 0
+                    choice.append((clash * 64 + slice_load[s.name] * 4 + len(choice) // 8, s.name, b, addr))
                     break
         choice.sort(key=lambda c: (c[0], [x.name for x in mem[h]].index(c[1])))
         return choice[:w] if len(choice) >= w else None
@@ -215,8 +240,8 @@ def allocate(tg: TaskGraph, chip: ChipConfig) -> Allocation:
         C = t.chunks(L)
         if C > bw:
             raise CapacityError(f"tensor {t.name} ({t.dtype} {list(t.shape)}): one row needs {C} words per plane; a "
-                                f"{chip.name} bank holds {bw}")
-        # a tensor larger than a bank is cut into segments of whole rows
+                                f"{chip.name} {'slice' if regions == 1 else 'bank'} holds {bw}")
+        # a tensor larger than a region is cut into segments of whole rows
         rows_per_seg = max(1, bw // C)
         segs = [(r0 * C, min(t.rows, r0 + rows_per_seg) * C) for r0 in range(0, t.rows, rows_per_seg)]
         banned_slices = {s for j in apart[i] if j in placed for s in placed[j][1]}
@@ -235,7 +260,7 @@ def allocate(tg: TaskGraph, chip: ChipConfig) -> Allocation:
             hemis.sort(key=lambda h: load[h])
         best = None
         for h in hemis:
-            pick = choose(h, segs[0][1] - segs[0][0], w, banned_slices, banned_spots)
+            pick = choose(h, segs[0][1] - segs[0][0], w, banned_slices, banned_spots, near.get(i, set()))
             if pick is None:
                 continue
             cost = 0 if i in weights else sum(c[0] for c in pick)  # weights: the order above decides
@@ -252,7 +277,7 @@ def allocate(tg: TaskGraph, chip: ChipConfig) -> Allocation:
         for k, (v0, v1) in enumerate(segs):
             n = v1 - v0
             if k:  # later segments stay in the same hemisphere (flights keep their direction)
-                pick = choose(h, n, w, banned_slices, banned_spots)
+                pick = choose(h, n, w, banned_slices, banned_spots, near.get(i, set()))
                 if pick is None:
                     raise CapacityError(f"tensor {t.name} ({t.dtype} {list(t.shape)}) does not fit the free SRAM "
                                         f"of one {chip.name} hemisphere")
@@ -274,11 +299,12 @@ def allocate(tg: TaskGraph, chip: ChipConfig) -> Allocation:
                 keep.append((addr, addr + n, t))
                 occupants[(sname, b)] = keep
                 slice_load[sname] += 1
+                slice_hist[sname].add(t.id)
                 spots.append((sname, b, addr, n))
                 planes.append((sname, addr))
             t.segments.append((v0, v1, planes))
         t.planes = t.segments[0][2]
-        t.bank = t.planes[0][1] // bw
+        t.bank = int(chip.bank_of(t.planes[0][1]))
         placed[i] = (h, sorted({s for s, _, _, _ in spots}), sorted({(s, b) for s, b, _, _ in spots}))
         if i in weights:
             weight_words[h] += t.vectors(L) * w

@@ -1,7 +1,7 @@
 """Pass 6 -- schedule: give every task an anchor cycle, a unit and its streams.
 
-Reservation tables hold what is taken: per slice port the busy intervals, per (slice, bank) the
-cycles it is read and written, per stream the (diagonal x position) rectangles its flights occupy
+Reservation tables hold what is taken: per slice port the busy intervals, per slice the cycles
+it is read and written with their bank pattern (``Template.banks``), per stream the (diagonal x position) rectangles its flights occupy
 (``lpuc.templates``). A task fits at anchor ``T`` when none of its shifted windows meets a reserved
 one; the search jumps straight past each conflict it meets.
 
@@ -88,6 +88,21 @@ def _pair_delta(first: tuple[np.ndarray, np.ndarray] | None, v_first: np.ndarray
     return int((fc[i[hit]] + 1 - sc[j[hit]]).max())
 
 
+def _bank_conflict(classes: dict[tuple[int, int], "Intervals"], ks: int, ko: int, s: int, e: int) -> int | None:
+    """End of a reserved access that may use the bank of an access of class (ks, ko) in a cycle of [s, e).
+
+    Two accesses of the same stride class (ks = ks' >= 0) never meet when their offsets differ; other
+    pairs are treated as meeting whenever their cycles overlap (a safe over-approximation)."""
+    worst = None
+    for (ks2, ko2), iv in classes.items():
+        if ks == ks2 and ks >= 0 and ko != ko2:
+            continue
+        c = iv.conflict(s, e)
+        if c is not None:
+            worst = c if worst is None else max(worst, c)
+    return worst
+
+
 class Intervals:
     """Disjoint half-open intervals, sorted."""
 
@@ -170,8 +185,10 @@ class Scheduler:
         self.chip = chip
         self.kind = kind
         self.streams = chip.streams
+        self.B = chip.banks
         self.ports: dict[tuple[str, str], Intervals] = defaultdict(Intervals)
-        self.banks: dict[tuple[str, int, str], Intervals] = defaultdict(Intervals)
+        # (slice, "r"/"w") -> bank class (ks, ko) -> cycles: in cycle c the access uses bank (ks*c + ko) mod B
+        self.banks: dict[tuple[str, str], dict[tuple[int, int], Intervals]] = defaultdict(dict)
         self.rects: dict[tuple[str, int], Rects] = defaultdict(Rects)
         self.sched = Schedule(kind, region_rows=int(chip.mxm["acc_rows"]) // 2)
         self.tpl = {t.id: build_template(t, chip) for t in tg.tasks}
@@ -250,9 +267,14 @@ class Scheduler:
             c = self.ports[(name(sl), port)].conflict(T + s, T + e)
             if c is not None:
                 return None, c - s
-        for sl, bank, kind, s, e in tpl.banks:
-            c = self.banks[(sl, bank, "w" if kind == "r" else "r")].conflict(T + s, T + e)
+        for sl, kind, ks, ko, s, e in tpl.banks:
+            other = self.banks.get((sl, "w" if kind == "r" else "r"))
+            if not other:
+                continue
+            c = _bank_conflict(other, ks, (ko - ks * T) % self.B, T + s, T + e)
             if c is not None:
+                if ks > 0 and _bank_conflict(other, ks, (ko - ks * (T + 1)) % self.B, T + 1 + s, T + 1 + e) is None:
+                    return None, T + 1  # the next anchor interleaves with the other access's banks
                 return None, c - s
         chosen: list[int] = []
         local: list[tuple[str, int, int, int, int, int]] = []
@@ -311,8 +333,8 @@ class Scheduler:
             port = f"acc{p.region}" if port == "acc*" else port
             if e > s:
                 self.ports[(p.unit if sl == "*" else sl, port)].add(T + s, T + e)
-        for sl, bank, kind, s, e in tpl.banks:
-            self.banks[(sl, bank, kind)].add(T + s, T + e)
+        for sl, kind, ks, ko, s, e in tpl.banks:
+            self.banks[(sl, kind)].setdefault((ks, (ko - ks * T) % self.B), Intervals()).add(T + s, T + e)
         for f, base in zip(tpl.flights, p.streams):
             for k, p0, p1, e0, e1 in f.parts:
                 self.rects[(f.dir, base + k)].add(T + e0, T + e1, p0, p1)
