@@ -1,6 +1,6 @@
 """The compiler pipeline, straight-line: one pass after the other, each in ``lpuc/passes/<name>.py``.
 
-    import -> fold -> lower -> tile -> allocate -> schedule -> codegen
+    import -> fold -> lower -> tile -> mirror -> allocate -> schedule -> codegen
 
 ``compile_model(..., dump_after="tile")`` prints the IR after that pass (``lpuc compile
 --dump-after tile``), so every step can be read.
@@ -26,13 +26,14 @@ from lpuc.passes.codegen import codegen
 from lpuc.passes.fold_constants import fold_constants
 from lpuc.passes.import_onnx import import_onnx
 from lpuc.passes.lower import PRECISIONS, lower
+from lpuc.passes.mirror import mirror
 from lpuc.passes.schedule import SCHEDULERS, Schedule, schedule
 from lpuc.passes.tile import tile
 from lpuc.prim import PrimGraph
 from lpuc.roofline import Roofline, roofline
 from lpuc.tasks import TaskGraph
 
-PASSES = ("import", "fold", "lower", "tile", "allocate", "schedule", "codegen")
+PASSES = ("import", "fold", "lower", "tile", "mirror", "allocate", "schedule", "codegen")
 
 
 @dataclass
@@ -83,6 +84,7 @@ def compile_model(path: "str | Path | onnx.ModelProto", chip: ChipConfig, precis
     g = step("fold", lambda: fold_constants(g), dump_graph)
     pg = step("lower", lambda: lower(g, chip, precision), lambda r: r.dump())
     tg = step("tile", lambda: tile(pg, chip), lambda r: r.dump())
+    tg = step("mirror", lambda: mirror(tg, chip), lambda r: r.dump())
     al = step("allocate", lambda: allocate(tg, chip), lambda r: r.dump(tg))
     sc = step("schedule", lambda: schedule(tg, al, chip, scheduler), lambda r: r.dump(tg))
     name = Path(path).name if isinstance(path, (str, Path)) else (path.graph.name or "model")

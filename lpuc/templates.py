@@ -145,11 +145,20 @@ class Builder:
         plane and segment)."""
         self._mem_group(acc, src_pos, depart, writer, fld, reading=False)
 
-    def _mem_group(self, acc: Access, unit_pos: int, t0: int, unit: TInst, fld: str, reading: bool) -> None:
+    def write_groups(self, accs: list[Access], src_pos: int, depart: int, writer: TInst, fld: str) -> None:
+        """Store one stream group in several tensors (a tensor and its mirror): the first
+        ``write_group`` picks the streams, the others' WRITEs take the same stream values."""
+        self._mem_group(accs[0], src_pos, depart, writer, fld, reading=False)
+        for acc in accs[1:]:
+            self._mem_group(acc, src_pos, depart, writer, fld, reading=False, join=True)
+
+    def _mem_group(self, acc: Access, unit_pos: int, t0: int, unit: TInst, fld: str, reading: bool,
+                   join: bool = False) -> None:
         """MEM instructions moving ``acc`` between its slices and a unit at ``unit_pos``; vector j passes
-        the unit in cycle ``t0 + j``. Reading, values flow from the slices to the unit; writing, back."""
+        the unit in cycle ``t0 + j``. Reading, values flow from the slices to the unit; writing, back.
+        ``join``: the unit's field already has a flight; these WRITEs take its values too."""
         t = acc.tensor
-        fl = -1
+        fl = unit.refs[fld][0] if join else -1
         for j0, j1, v0, seg in t.pieces(acc.start, acc.stride, acc.n):
             planes = seg if acc.plane is None else [seg[acc.plane]]
             pos = [self.pos(s) for s, _ in planes]
@@ -255,7 +264,7 @@ def vxm_template(task: Task, chip: ChipConfig) -> Template:
         b.read_group(task.reads[k], vpos, read_at[name], ti, name)
         flight_of[k] = ti.refs[name]
     depart = int(probe.writes[0].cycles[0])
-    b.write_group(out, vpos, depart, ti, "d")
+    b.write_groups(task.writes, vpos, depart, ti, "d")
     return b.finish(unit="VXM")
 
 
@@ -392,7 +401,6 @@ def chain_template(task: Task, chip: ChipConfig, region_rows: int) -> Template:
     rows = task.attrs["rows"]
     dt = DTYPES[task.attrs["dtype"]]
     cpv = chip.cycles_per_vector(dt.name)
-    out = task.writes[0]
     wside = chip.slice(steps[0]["w"].tensor.planes[0][0]).hemisphere
     plane = chip.slices_of("MXM")[0 if wside == "W" else -1].name
     x = b.pos(plane)
@@ -433,7 +441,7 @@ def chain_template(task: Task, chip: ChipConfig, region_rows: int) -> Template:
     accr = b.inst("*", t_accr, "ACCR", acc=0, n=rows, to=DTYPES["f32"].code, d=0)
     accr.acc_region = True
     probe = instruction_timing(BY_MNEMONIC["ACCR"], {**accr.ops, "d": 0}, t_accr, chip)
-    b.write_group(out, x, int(probe.writes[0].cycles[0]), accr, "d")
+    b.write_groups(task.writes, x, int(probe.writes[0].cycles[0]), accr, "d")
     b.extra_ports.append(("*", "acc*", mm_start[0], t_accr + rows))
     return b.finish(unit="MXM_" + wside, regions=max(1, int(chip.mxm["acc_rows"]) // region_rows))
 

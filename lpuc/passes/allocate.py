@@ -11,6 +11,7 @@ Rules the schedule relies on:
 * The index vector of a GATHER lies in the other hemisphere than the table, so that one flight of it
   passes every plane of the table.
 * Matrix weights go to the hemisphere whose MXM planes will use them, alternating to balance planes.
+* Tensors one task writes together (a tensor and its mirror) lie in disjoint slices of one hemisphere.
 
 Space is reused in program (task) order: a tensor's words are free once its last reader is done;
 the scheduler turns every reuse into a write-after-read dependency.
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 
 from isa.config import ChipConfig
 from lpuc.errors import CapacityError, CompileError
+from lpuc.passes.mirror import unmirror
 from lpuc.prim import Tensor
 from lpuc.tasks import TaskGraph
 
@@ -77,6 +79,9 @@ class _FreeList:
         self.free = merged
 
 
+NEAR_HOPS = 4  # how far apart in the dataflow two tensors may still be streamed at the same time
+
+
 def _stream_load(tid: int, hemi: str, tasks: list, placed: dict, tensors: dict) -> int:
     """The most streams one direction needs at the VXM over these tasks if tensor tid goes to hemi."""
     worst = 0
@@ -103,6 +108,7 @@ def _stream_load(tid: int, hemi: str, tasks: list, placed: dict, tensors: dict) 
 def allocate(tg: TaskGraph, chip: ChipConfig) -> Allocation:
     L = chip.lanes
     view_of: dict[int, Tensor] = getattr(tg, "view_of", {})
+    mirror_of: dict[int, int] = getattr(tg, "mirror_of", {})
     tensors = {t.id: t for t in tg.tensors}
 
     def base(t: Tensor) -> Tensor:
@@ -130,6 +136,8 @@ def allocate(tg: TaskGraph, chip: ChipConfig) -> Allocation:
             last[a.tensor.id] = max(last.get(a.tensor.id, -1), task.id)
         for x in rs:
             apart[x] |= rs - {x}
+        for x in ws:
+            apart[x] |= ws - {x}
         for w in ws:
             for x in rs:
                 bank_apart[w].add(x)
@@ -144,7 +152,7 @@ def allocate(tg: TaskGraph, chip: ChipConfig) -> Allocation:
         if task.kind == "chain":
             for st in task.attrs["steps"]:
                 weights[st["w"].tensor.id] = tensors[st["w"].tensor.id].vectors(L)
-    # tensors two dataflow hops apart (sharing a task, or sharing a task with one that does) are
+    # tensors a few dataflow hops apart (sharing a task, or sharing a task with one that does, ...) are
     # streamed at the same time once the scheduler pipelines producers into consumers: keeping them in
     # different slices leaves every slice's read and write port to one of them
     touch: dict[int, set[int]] = defaultdict(set)  # tensor id -> tensors it shares a task with
@@ -153,13 +161,18 @@ def allocate(tg: TaskGraph, chip: ChipConfig) -> Allocation:
         for x in ids:
             touch[x] |= ids
     near: dict[int, set[int]] = {}
-    for x, ys in touch.items():
-        two = set(ys)
-        for y in ys:
-            if len(touch[y]) < 64:  # a constant shared by many tasks (a lane map) links nothing
-                two |= touch[y]
-        two.discard(x)
-        near[x] = two
+    for x in touch:
+        seen = {x}
+        frontier = {x}
+        for _ in range(NEAR_HOPS):
+            nxt = set()
+            for y in frontier:
+                if y == x or len(touch[y]) < 64:  # a constant shared by many tasks (a lane map) links nothing
+                    nxt |= touch[y]
+            frontier = nxt - seen
+            seen |= nxt
+        seen.discard(x)
+        near[x] = seen
     for t in tg.outputs:
         last[base(t).id] = n_tasks
     for t in tg.inputs:
@@ -241,15 +254,14 @@ def allocate(tg: TaskGraph, chip: ChipConfig) -> Allocation:
         if C > bw:
             raise CapacityError(f"tensor {t.name} ({t.dtype} {list(t.shape)}): one row needs {C} words per plane; a "
                                 f"{chip.name} {'slice' if regions == 1 else 'bank'} holds {bw}")
-        # a tensor larger than a region is cut into segments of whole rows
-        rows_per_seg = max(1, bw // C)
-        segs = [(r0 * C, min(t.rows, r0 + rows_per_seg) * C) for r0 in range(0, t.rows, rows_per_seg)]
         banned_slices = {s for j in apart[i] if j in placed for s in placed[j][1]}
         banned_spots = {spot for j in bank_apart[i] if j in placed for spot in placed[j][2]}
         hemis = ["W", "E"]
         forced = {placed[j][0] for j in opposite[i] if j in placed}
         if forced:
             hemis = [h for h in hemis if h not in forced]
+        if mirror_of.get(i) in placed:  # one stream group stores both: it flows one way
+            hemis = [placed[mirror_of[i]][0]]
         if i in weights:  # balance matrix weights between the two hemispheres' MXM planes
             hemis.sort(key=lambda h: weight_words[h])
         elif vxm_tasks.get(i):
@@ -258,16 +270,27 @@ def allocate(tg: TaskGraph, chip: ChipConfig) -> Allocation:
             load = {h: _stream_load(i, h, vxm_tasks[i], placed, tensors) for h in hemis}
             hemis = [h for h in hemis if load[h] <= chip.streams] or hemis
             hemis.sort(key=lambda h: load[h])
+        # a tensor larger than a region is cut into segments of whole rows; when the free space is too
+        # fragmented for that, into smaller segments (not a GATHER's table or index: one flight each)
+        rows_per_seg = max(1, bw // C)
         best = None
-        for h in hemis:
-            pick = choose(h, segs[0][1] - segs[0][0], w, banned_slices, banned_spots, near.get(i, set()))
-            if pick is None:
-                continue
-            cost = 0 if i in weights else sum(c[0] for c in pick)  # weights: the order above decides
-            if best is None or cost < best[0]:
-                best = (cost, h, pick)
-            if i in weights:
+        while best is None:
+            segs = [(r0 * C, min(t.rows, r0 + rows_per_seg) * C) for r0 in range(0, t.rows, rows_per_seg)]
+            for h in hemis:
+                pick = choose(h, segs[0][1] - segs[0][0], w, banned_slices, banned_spots, near.get(i, set()))
+                if pick is None:
+                    continue
+                cost = 0 if i in weights else sum(c[0] for c in pick)  # weights: the order above decides
+                if best is None or cost < best[0]:
+                    best = (cost, h, pick)
+                if i in weights:
+                    break
+            if best is not None or opposite[i] or rows_per_seg < 64 or min(rows_per_seg, t.rows) < 64:
                 break
+            rows_per_seg = min(rows_per_seg, t.rows) // 2
+        if best is None and i in mirror_of:  # a mirror is an optimisation: without room, go without
+            unmirror(tg, t)
+            continue
         if best is None:
             raise CompileError(f"cannot place tensor {t.name} ({t.dtype} {list(t.shape)}): {chip.name} has no "
                                f"{w} free MEM slices in one hemisphere apart from the tensors it is used with")

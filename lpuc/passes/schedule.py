@@ -273,9 +273,9 @@ class Scheduler:
                 continue
             c = _bank_conflict(other, ks, (ko - ks * T) % self.B, T + s, T + e)
             if c is not None:
-                if ks > 0 and _bank_conflict(other, ks, (ko - ks * (T + 1)) % self.B, T + 1 + s, T + 1 + e) is None:
-                    return None, T + 1  # the next anchor interleaves with the other access's banks
-                return None, c - s
+                if ks > 0 and self._banks_fit(tpl, T + 1):
+                    return None, T + 1  # the next anchor interleaves with the other accesses' banks
+                return None, c - s  # (two accesses may want opposite anchor parities: then jump)
         chosen: list[int] = []
         local: list[tuple[str, int, int, int, int, int]] = []
         for f in tpl.flights:
@@ -309,6 +309,14 @@ class Scheduler:
             for k, p0, p1, e0, e1 in f.parts:
                 local.append((f.dir, found + k, T + e0, T + e1, p0, p1))
         return chosen, T
+
+    def _banks_fit(self, tpl: Template, T: int) -> bool:
+        """No SRAM access of the template meets a reserved one of the other kind in a bank at anchor T."""
+        for sl, kind, ks, ko, s, e in tpl.banks:
+            other = self.banks.get((sl, "w" if kind == "r" else "r"))
+            if other and _bank_conflict(other, ks, (ko - ks * T) % self.B, T + s, T + e) is not None:
+                return False
+        return True
 
     def _fit(self, task: Task, ready: int) -> Placement:
         tpl = self.tpl[task.id]

@@ -1,0 +1,86 @@
+"""Pass 5 -- mirror: a second copy of a tensor that several tasks stream at the same time.
+
+A MEM slice reads one word per cycle. When two tasks read one tensor -- softmax reads its input for
+the row maximum and again for ``x - max``, LayerNorm reads ``x`` for the mean and again for
+``x - mean``, erf-GELU reads ``x`` for ``x / sqrt(2)`` and again for ``x * (...)`` -- the second
+reader can only follow the first once it has passed, and a pipeline of producers and consumers
+stalls for the length of the tensor at every such fork.
+
+Streams pass every slice on their way, so the producer's results can be stored twice at no cost in
+time: the WRITE instructions of a second set of slices take the same stream values (one more WRITE
+per plane, no extra stream). The readers of the tensor alternate, in program order, between the
+tensor and its mirror.
+
+Rules:
+
+* only tensors written by VXM operations and MXM chains (whose stores are one stream group) and read
+  by at least two tasks; never inputs, outputs or constants; only on chips with room for them
+  (``ROOM``), and the allocation pass drops a mirror it cannot place (``unmirror``);
+* the mirror has the tensor's dtype and shape; the allocation pass puts it in the tensor's
+  hemisphere (the stream group flows one way) and in other slices (``tg.mirror_of``).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from isa.config import ChipConfig
+from lpuc.prim import Tensor
+from lpuc.tasks import Access, TaskGraph
+
+WRITERS = ("vxm", "chain")  # task kinds whose stores can take a second set of slices
+# a mirror is made only where a hemisphere has room for this many tensors of its width side by side
+# (the tensor, its mirror, the operands and results of the tasks around them)
+ROOM = 8
+
+
+def mirror(tg: TaskGraph, chip: ChipConfig) -> TaskGraph:
+    writers: dict[int, list] = defaultdict(list)
+    readers: dict[int, list] = defaultdict(list)
+    for task in tg.tasks:
+        for tid in {a.tensor.id for a in task.writes}:
+            writers[tid].append(task)
+        for tid in {a.tensor.id for a in task.reads}:
+            readers[tid].append(task)
+    fixed = {t.id for t in list(tg.inputs) + list(tg.outputs)}
+    mirror_of: dict[int, int] = {}
+    by_id = {t.id: t for t in tg.tensors}
+    for tid, rs in list(readers.items()):
+        x = by_id[tid]
+        ws = writers.get(tid, [])
+        if len(rs) < 2 or not ws or tid in fixed or x.const is not None or x.role != "temp":
+            continue
+        if ROOM * x.dt.width > chip.mem["slices_per_hemisphere"]:
+            continue  # a small chip (tiny: 8 slices a side) needs its slices for the operands themselves
+        if any(w.kind not in WRITERS or w in rs for w in ws):
+            continue
+        m = Tensor(len(tg.tensors), f"{x.name}.mirror", x.dtype, x.shape, splat=x.splat)
+        tg.tensors.append(m)
+        by_id[m.id] = m
+        mirror_of[m.id] = tid
+        for w in ws:  # every store of x also stores the mirror
+            w.writes += [Access(m, a.start, a.stride, a.n, a.plane) for a in w.writes if a.tensor is x]
+        for k, r in enumerate(rs):  # readers in program order: x, mirror, x, mirror, ...
+            if k % 2:
+                new = {id(a): Access(m, a.start, a.stride, a.n, a.plane) for a in r.reads if a.tensor is x}
+                r.reads = [new.get(id(a), a) for a in r.reads]
+                for st in r.attrs.get("steps", []):  # a chain names its accesses per K step too
+                    for key in ("w", "x"):
+                        st[key] = new.get(id(st[key]), st[key])
+    tg.mirror_of = mirror_of  # type: ignore[attr-defined]
+    return tg
+
+
+def unmirror(tg: TaskGraph, m: Tensor) -> None:
+    """Undo one mirror (the allocation pass found no room for it): its readers read the tensor again."""
+    x_id = tg.mirror_of.pop(m.id)  # type: ignore[attr-defined]
+    x = next(t for t in tg.tensors if t.id == x_id)
+    for task in tg.tasks:
+        if any(a.tensor is m for a in task.writes):
+            task.writes = [a for a in task.writes if a.tensor is not m]
+        if any(a.tensor is m for a in task.reads):
+            new = {id(a): Access(x, a.start, a.stride, a.n, a.plane) for a in task.reads if a.tensor is m}
+            task.reads = [new.get(id(a), a) for a in task.reads]
+            for st in task.attrs.get("steps", []):
+                for key in ("w", "x"):
+                    st[key] = new.get(id(st[key]), st[key])
