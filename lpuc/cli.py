@@ -254,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fix a dynamic input shape, e.g. input_ids=1x128 (repeatable)")
         sp.add_argument("--scheduler", default="list", choices=["list", "asap", "naive"])
         sp.add_argument("--dump-after", metavar="PASS",
-                        help="print the IR after a pass: import, fold, lower, tile, allocate, schedule, codegen")
+                        help="print the IR after a pass: import, fold, lower, tile, mirror, allocate, schedule, "
+                             "codegen")
 
     cp = sub.add_parser("compile", help="compile an ONNX model to a .lpu program")
     compile_options(cp)
@@ -305,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lpuc: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
