@@ -14,7 +14,7 @@ tensor and its mirror.
 Rules:
 
 * only tensors written by VXM operations and MXM chains (whose stores are one stream group) and read
-  by at least two tasks; never inputs, outputs or constants; only on chips with room for them
+  by at least two readers (a VXM op's tasks count as one reader, each MXM chain as one); never inputs, outputs or constants; only on chips with room for them
   (``ROOM``), and the allocation pass drops a mirror it cannot place (``unmirror``);
 * the mirror has the tensor's dtype and shape; the allocation pass puts it in the tensor's
   hemisphere (the stream group flows one way) and in other slices (``tg.mirror_of``).
@@ -26,7 +26,7 @@ from collections import defaultdict
 
 from isa.config import ChipConfig
 from lpuc.prim import Tensor
-from lpuc.tasks import Access, TaskGraph
+from lpuc.tasks import Access, Task, TaskGraph
 
 WRITERS = ("vxm", "chain")  # task kinds whose stores can take a second set of slices
 # a mirror is made only where a hemisphere has room for this many tensors of its width side by side
@@ -54,14 +54,22 @@ def mirror(tg: TaskGraph, chip: ChipConfig) -> TaskGraph:
             continue  # a small chip (tiny: 8 slices a side) needs its slices for the operands themselves
         if any(w.kind not in WRITERS or w in rs for w in ws):
             continue
+        # readers in program order take x, mirror, x, ...: a VXM op's pieces (which run one after the
+        # other) as one reader; every MXM chain on its own (chains of one product run side by side)
+        keys: list = []
+        for r in rs:
+            if not any(_reader(r) is q for q in keys):
+                keys.append(_reader(r))
+        if len(keys) < 2:
+            continue
         m = Tensor(len(tg.tensors), f"{x.name}.mirror", x.dtype, x.shape, splat=x.splat)
         tg.tensors.append(m)
         by_id[m.id] = m
         mirror_of[m.id] = tid
         for w in ws:  # every store of x also stores the mirror
             w.writes += [Access(m, a.start, a.stride, a.n, a.plane) for a in w.writes if a.tensor is x]
-        for k, r in enumerate(rs):  # readers in program order: x, mirror, x, mirror, ...
-            if k % 2:
+        for r in rs:
+            if next(k for k, q in enumerate(keys) if q is _reader(r)) % 2:
                 new = {id(a): Access(m, a.start, a.stride, a.n, a.plane) for a in r.reads if a.tensor is x}
                 r.reads = [new.get(id(a), a) for a in r.reads]
                 for st in r.attrs.get("steps", []):  # a chain names its accesses per K step too
@@ -69,6 +77,10 @@ def mirror(tg: TaskGraph, chip: ChipConfig) -> TaskGraph:
                         st[key] = new.get(id(st[key]), st[key])
     tg.mirror_of = mirror_of  # type: ignore[attr-defined]
     return tg
+
+
+def _reader(task: Task) -> object:
+    return task.prim if task.kind == "vxm" and task.prim is not None else task
 
 
 def unmirror(tg: TaskGraph, m: Tensor) -> None:
