@@ -35,6 +35,7 @@ class TInst:
     ops: dict[str, int]
     refs: dict[str, tuple[int, int]] = field(default_factory=dict)  # stream field -> (flight, offset)
     acc_region: bool = False  # the acc operand is relative to the chosen accumulator region
+    buf_flip: bool = False  # the buf operand is relative to the chosen first weight buffer
 
 
 @dataclass
@@ -70,6 +71,8 @@ class Template:
     end: int  # one past the last relative cycle of any access
     unit: str = ""  # "VXM", "MXM_W", "MXM_E" or "" (no choice)
     regions: int = 1  # accumulator regions to choose from (chains)
+    flips: int = 1  # first weight buffers to choose from (chains: 2, so that a chain can install its
+    #                 first weights while the previous chain on the plane still multiplies with the other)
 
 
 class Builder:
@@ -186,7 +189,7 @@ class Builder:
         unit.refs[fld] = (fl, 0)
 
     # ------------------------------------------------------------------------------ result
-    def finish(self, unit: str = "", regions: int = 1) -> Template:
+    def finish(self, unit: str = "", regions: int = 1, flips: int = 1) -> Template:
         ports: list[tuple[str, str, int, int]] = list(self.extra_ports)
         begin, end = 0, 0
         issued = set()
@@ -222,7 +225,8 @@ class Builder:
                     last = np.r_[vecs[1:] != vecs[:-1], True]
                     target[tid] = (vecs[last], cyc[last])
         return Template(self.insts, self.flights, ports, banks, maps[("r", False)],
-                        maps[("w", True)], maps[("r", True)], maps[("w", False)], begin, end, unit, regions)
+                        maps[("w", True)], maps[("r", True)], maps[("w", False)], begin, end, unit, regions,
+                        flips)
 
 
 # ================================================================================================
@@ -392,8 +396,9 @@ def gather_template(task: Task, chip: ChipConfig) -> Template:
 def chain_template(task: Task, chip: ChipConfig, region_rows: int) -> Template:
     """Install weights and multiply for every K chunk, then read the accumulators out.
 
-    IW i uses weight buffer i % 2, so the next install overlaps the current multiply; a buffer is
-    reinstalled only after the multiply that used it has finished.
+    IW i uses weight buffer (i + flip) % 2, so the next install overlaps the current multiply; a buffer is
+    reinstalled only after the multiply that used it has finished. The scheduler picks ``flip`` (and
+    the accumulator region) per chain.
     """
     b = Builder(chip)
     lat = chip.latency
@@ -418,6 +423,7 @@ def chain_template(task: Task, chip: ChipConfig, region_rows: int) -> Template:
         used.add(t_iw)
         iw = b.inst("*", t_iw, "IW", dt=dt.code, buf=i % 2, s=0, n=w.n, r0=0, g=1, t=st["t"], clr=1,
                     lo=0, hi=st["hi"])
+        iw.buf_flip = True
         probe = instruction_timing(BY_MNEMONIC["IW"], {**iw.ops, "s": 0}, t_iw, chip)
         b.read_group(w, x, int(probe.reads[0].cycles[0]), iw, "s")
         ready = int(probe.store[0].cycles[0])
@@ -427,12 +433,13 @@ def chain_template(task: Task, chip: ChipConfig, region_rows: int) -> Template:
         used.add(t_mm)
         mm = b.inst("*", t_mm, "MATMUL", dt=dt.code, buf=i % 2, s=0, n=rows, acc=0, mode=int(i > 0), k=st["k"])
         mm.acc_region = True
+        mm.buf_flip = True
         probe_mm = instruction_timing(BY_MNEMONIC["MATMUL"], {**mm.ops, "s": 0}, t_mm, chip)
         b.read_group(a, x, int(probe_mm.reads[0].cycles[0]), mm, "s")
         iw_starts.append(t_iw)
         mm_start.append(t_mm)
         mm_end.append(t_mm + rows * cpv)
-        b.extra_ports.append(("*", f"buf{i % 2}", t_iw, t_mm + rows * cpv))
+        b.extra_ports.append(("*", f"buf*{i % 2}", t_iw, t_mm + rows * cpv))
         t_iw = t_iw + -(-w.n // 1)  # the install port takes one row per cycle
     last_rows = mm_start[-1] + lat["mxm_matmul"] + (rows - 1) * cpv
     t_accr = last_rows + 1  # row j is read in t + j, after the last multiply wrote it in ... + j*cpv
@@ -443,7 +450,7 @@ def chain_template(task: Task, chip: ChipConfig, region_rows: int) -> Template:
     probe = instruction_timing(BY_MNEMONIC["ACCR"], {**accr.ops, "d": 0}, t_accr, chip)
     b.write_groups(task.writes, x, int(probe.writes[0].cycles[0]), accr, "d")
     b.extra_ports.append(("*", "acc*", mm_start[0], t_accr + rows))
-    return b.finish(unit="MXM_" + wside, regions=max(1, int(chip.mxm["acc_rows"]) // region_rows))
+    return b.finish(unit="MXM_" + wside, regions=max(1, int(chip.mxm["acc_rows"]) // region_rows), flips=2)
 
 
 def build_template(task: Task, chip: ChipConfig) -> Template:

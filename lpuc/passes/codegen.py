@@ -51,6 +51,8 @@ def codegen(tg: TaskGraph, sched: Schedule, chip: ChipConfig, meta: dict | None 
                 ops[fld] = Stream(f.dir, p.streams[fl] + off).code
             if ti.acc_region:
                 ops["acc"] += p.region * sched.region_rows
+            if ti.buf_flip:
+                ops["buf"] = (ops["buf"] + p.flip) % 2
             entries.append((p.unit if ti.slice == "*" else ti.slice, p.start + ti.rel, ti.mnemonic, ops, node))
     prog.nodes = list(node_index)
     for sname, issue, mn, ops, node in sorted(entries, key=lambda e: (e[0], e[1])):

@@ -88,6 +88,15 @@ def _pair_delta(first: tuple[np.ndarray, np.ndarray] | None, v_first: np.ndarray
     return int((fc[i[hit]] + 1 - sc[j[hit]]).max())
 
 
+def _port(port: str, region: int, flip: int) -> str:
+    """A template's port with the chosen accumulator region (``acc*``) and weight buffer (``buf*k``)."""
+    if port == "acc*":
+        return f"acc{region}"
+    if port.startswith("buf*"):
+        return f"buf{(int(port[4:]) + flip) % 2}"
+    return port
+
+
 def _bank_conflict(classes: dict[tuple[int, int], "Intervals"], ks: int, ko: int, s: int, e: int) -> int | None:
     """End of a reserved access that may use the bank of an access of class (ks, ko) in a cycle of [s, e).
 
@@ -157,6 +166,7 @@ class Placement:
     unit: str
     region: int
     streams: list[int]
+    flip: int = 0  # chains: the first weight buffer is (0 + flip) % 2
 
 
 @dataclass
@@ -257,13 +267,14 @@ class Scheduler:
         return {b: list(d.items()) for b, d in deps.items()}
 
     # ------------------------------------------------------------------------------ fitting
-    def _try(self, tpl: Template, T: int, unit: str, region: int) -> tuple[list[int] | None, int]:
-        """Streams for each flight if the template fits at T on (unit, region); else (None, next T)."""
+    def _try(self, tpl: Template, T: int, unit: str, region: int, flip: int = 0) -> tuple[list[int] | None, int]:
+        """Streams for each flight if the template fits at T on (unit, region, first weight buffer
+        flip); else (None, next T)."""
         def name(s: str) -> str:
             return unit if s == "*" else s
 
         for sl, port, s, e in tpl.ports:
-            port = f"acc{region}" if port == "acc*" else port
+            port = _port(port, region, flip)
             c = self.ports[(name(sl), port)].conflict(T + s, T + e)
             if c is not None:
                 return None, c - s
@@ -321,15 +332,15 @@ class Scheduler:
     def _fit(self, task: Task, ready: int) -> Placement:
         tpl = self.tpl[task.id]
         units = self.units.get(tpl.unit, [""])
-        regions = range(tpl.regions)
+        variants = [(r, f) for r in range(tpl.regions) for f in range(tpl.flips)]
         T = ready
         for _ in range(10_000_000):
             best_hint = None
             for unit in units:
-                for region in regions:
-                    streams, hint = self._try(tpl, T, unit, region)
+                for region, flip in variants:
+                    streams, hint = self._try(tpl, T, unit, region, flip)
                     if streams is not None:
-                        return Placement(T, unit, region, streams)
+                        return Placement(T, unit, region, streams, flip)
                     best_hint = hint if best_hint is None else min(best_hint, hint)
             T = max(T + 1, best_hint or T + 1)
         raise CompileError(f"task {task.id} ({task.kind}) found no free slot")
@@ -338,7 +349,7 @@ class Scheduler:
         tpl = self.tpl[task.id]
         T = p.start
         for sl, port, s, e in tpl.ports:
-            port = f"acc{p.region}" if port == "acc*" else port
+            port = _port(port, p.region, p.flip)
             if e > s:
                 self.ports[(p.unit if sl == "*" else sl, port)].add(T + s, T + e)
         for sl, kind, ks, ko, s, e in tpl.banks:
