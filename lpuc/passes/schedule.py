@@ -196,6 +196,7 @@ class Scheduler:
         self.kind = kind
         self.streams = chip.streams
         self.B = chip.banks
+        self._ports_cache: dict[int, tuple[list, list]] = {}
         self.ports: dict[tuple[str, str], Intervals] = defaultdict(Intervals)
         # (slice, "r"/"w") -> bank class (ks, ko) -> cycles: in cycle c the access uses bank (ks*c + ko) mod B
         self.banks: dict[tuple[str, str], dict[tuple[int, int], Intervals]] = defaultdict(dict)
@@ -260,33 +261,62 @@ class Scheduler:
                 st = self.tpl[b].vstores_first.get(new.id)
                 if st is None:
                     continue
-                for a in readers.get(old.id, []):
-                    need(b, a, _pair_delta(self.tpl[a].vreads_last.get(old.id), vo, st, vn))
-                for a in writers.get(old.id, []):
-                    need(b, a, _pair_delta(self.tpl[a].vstores.get(old.id), vo, st, vn))
+                # only the shared words b stores matter; skip earlier tasks whose vectors miss them all
+                j = np.minimum(np.searchsorted(st[0], vn), len(st[0]) - 1)
+                mine = st[0][j] == vn
+                if not mine.any():
+                    continue
+                vo_b, vn_b = vo[mine], vn[mine]
+                lo, hi = int(vo_b.min()), int(vo_b.max())
+                for a, first in ([(a, self.tpl[a].vreads_last.get(old.id)) for a in readers.get(old.id, [])]
+                                 + [(a, self.tpl[a].vstores.get(old.id)) for a in writers.get(old.id, [])]):
+                    if first is None or first[0][-1] < lo or first[0][0] > hi:
+                        continue
+                    need(b, a, _pair_delta(first, vo_b, st, vn_b))
         return {b: list(d.items()) for b, d in deps.items()}
 
     # ------------------------------------------------------------------------------ fitting
-    def _try(self, tpl: Template, T: int, unit: str, region: int, flip: int = 0) -> tuple[list[int] | None, int]:
-        """Streams for each flight if the template fits at T on (unit, region, first weight buffer
-        flip); else (None, next T)."""
-        def name(s: str) -> str:
-            return unit if s == "*" else s
-
-        for sl, port, s, e in tpl.ports:
-            port = _port(port, region, flip)
-            c = self.ports[(name(sl), port)].conflict(T + s, T + e)
+    def _fixed(self, tpl: Template, T: int) -> int | None:
+        """None if the template's named slices' ports and its SRAM banks are free at anchor T, else a
+        later anchor worth trying (these do not depend on the unit the task runs on)."""
+        for sl, port, s, e in self._split_ports(tpl)[0]:
+            c = self.ports[(sl, port)].conflict(T + s, T + e)
             if c is not None:
-                return None, c - s
+                return c - s
         for sl, kind, ks, ko, s, e in tpl.banks:
             other = self.banks.get((sl, "w" if kind == "r" else "r"))
             if not other:
                 continue
             c = _bank_conflict(other, ks, (ko - ks * T) % self.B, T + s, T + e)
             if c is not None:
-                if ks > 0 and self._banks_fit(tpl, T + 1):
-                    return None, T + 1  # the next anchor interleaves with the other accesses' banks
-                return None, c - s  # (two accesses may want opposite anchor parities: then jump)
+                if ks > 0:  # the next anchor may interleave with the other accesses' banks
+                    h = self._banks_block(tpl, T + 1)
+                    # if another access wants the opposite parity, nothing fits until one of the two
+                    # conflicting accesses is over
+                    return T + 1 if h is None else min(c - s, h)
+                return c - s
+        return None
+
+    def _unit(self, tpl: Template, T: int, unit: str, region: int, flip: int) -> int | None:
+        """None if the chosen unit's ports (with its accumulator region and first weight buffer) are
+        free at anchor T, else a later anchor worth trying."""
+        for sl, port, s, e in self._split_ports(tpl)[1]:
+            c = self.ports[(unit if sl == "*" else sl, _port(port, region, flip))].conflict(T + s, T + e)
+            if c is not None:
+                return c - s
+        return None
+
+    def _split_ports(self, tpl: Template) -> tuple[list, list]:
+        """The template's ports: (those on named slices, those on the chosen unit or a chosen region/buffer)."""
+        got = self._ports_cache.get(id(tpl))
+        if got is None:
+            fixed = [p for p in tpl.ports if p[0] != "*" and p[1] != "acc*" and not p[1].startswith("buf*")]
+            chosen = [p for p in tpl.ports if not (p[0] != "*" and p[1] != "acc*" and not p[1].startswith("buf*"))]
+            got = self._ports_cache[id(tpl)] = (fixed, chosen)
+        return got
+
+    def _streams(self, tpl: Template, T: int) -> tuple[list[int] | None, int]:
+        """Streams for each flight if they are free at anchor T; else (None, a later anchor)."""
         chosen: list[int] = []
         local: list[tuple[str, int, int, int, int, int]] = []
         for f in tpl.flights:
@@ -321,13 +351,16 @@ class Scheduler:
                 local.append((f.dir, found + k, T + e0, T + e1, p0, p1))
         return chosen, T
 
-    def _banks_fit(self, tpl: Template, T: int) -> bool:
-        """No SRAM access of the template meets a reserved one of the other kind in a bank at anchor T."""
+    def _banks_block(self, tpl: Template, T: int) -> int | None:
+        """None if no SRAM access of the template meets a reserved one of the other kind in a bank at
+        anchor T; else the anchor at which the first such reserved access is over."""
         for sl, kind, ks, ko, s, e in tpl.banks:
             other = self.banks.get((sl, "w" if kind == "r" else "r"))
-            if other and _bank_conflict(other, ks, (ko - ks * T) % self.B, T + s, T + e) is not None:
-                return False
-        return True
+            if other:
+                c = _bank_conflict(other, ks, (ko - ks * T) % self.B, T + s, T + e)
+                if c is not None:
+                    return c - s
+        return None
 
     def _fit(self, task: Task, ready: int) -> Placement:
         tpl = self.tpl[task.id]
@@ -335,14 +368,29 @@ class Scheduler:
         variants = [(r, f) for r in range(tpl.regions) for f in range(tpl.flips)]
         T = ready
         for _ in range(10_000_000):
-            best_hint = None
+            # what does not depend on the unit first, then the first free (unit, region, buffer), then streams
+            hint = self._fixed(tpl, T)
+            if hint is not None:
+                T = max(T + 1, hint)
+                continue
+            pick = None
             for unit in units:
                 for region, flip in variants:
-                    streams, hint = self._try(tpl, T, unit, region, flip)
-                    if streams is not None:
-                        return Placement(T, unit, region, streams, flip)
-                    best_hint = hint if best_hint is None else min(best_hint, hint)
-            T = max(T + 1, best_hint or T + 1)
+                    h = self._unit(tpl, T, unit, region, flip)
+                    if h is None:
+                        pick = (unit, region, flip)
+                        break
+                    hint = h if hint is None else min(hint, h)
+                if pick:
+                    break
+            if pick is None:
+                T = max(T + 1, hint if hint is not None else T + 1)
+                continue
+            streams, h = self._streams(tpl, T)
+            if streams is None:
+                T = max(T + 1, h)
+                continue
+            return Placement(T, pick[0], pick[1], streams, pick[2])
         raise CompileError(f"task {task.id} ({task.kind}) found no free slot")
 
     def _commit(self, task: Task, p: Placement) -> None:
