@@ -1,0 +1,117 @@
+"""What lets producers and consumers overlap: interleaved banks, mirrors, folded row movements,
+VXM work in blocks, a chain's choice of first weight buffer. Each is checked on real compiled
+programs, which must still verify bit-exactly through the emulator."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from isa.config import ChipConfig, load_chip
+from lpuc.passes.schedule import Intervals, _bank_conflict
+from lpuc.passes.tile import VXM_BLOCK, split_runs
+from lpuc.pipeline import compile_model
+from lpuc.verify import verify
+
+MODELS = Path(__file__).parent.parent / "examples" / "models"
+
+
+def test_bank_of_follows_bank_select():
+    tiny, v1 = load_chip("tiny"), load_chip("lpu-v1")
+    assert tiny.bank_select == "high" and v1.bank_select == "low"
+    addrs = np.array([0, 1, 2, 4095, 4096, 8191])
+    assert list(tiny.bank_of(addrs)) == [0, 0, 0, 0, 1, 1]
+    assert list(v1.bank_of(addrs)) == [0, 1, 0, 1, 0, 1]
+    assert tiny.segment_words == 4096 and v1.segment_words == 8192
+
+
+def test_bank_select_must_be_high_or_low():
+    raw = dict(load_chip("tiny").raw)
+    raw["mem"] = {**raw["mem"], "bank_select": "middle"}
+    with pytest.raises(Exception, match="bank_select"):
+        ChipConfig.from_dict(raw)
+
+
+def test_bank_classes_meet_only_when_they_can_share_a_bank():
+    # a reserved stride-1 write whose bank in cycle c is (c + 0) mod 2, in cycles 10..19
+    iv = Intervals()
+    iv.add(10, 20)
+    classes = {(1, 0): iv}
+    assert _bank_conflict(classes, 1, 0, 12, 30) == 20  # same stride class, same phase: every cycle clashes
+    assert _bank_conflict(classes, 1, 1, 12, 30) is None  # opposite phase: the banks always differ
+    assert _bank_conflict(classes, 0, 1, 12, 30) == 20  # one fixed bank meets an alternating access
+    assert _bank_conflict(classes, -1, 0, 12, 30) == 20  # a GATHER may use any bank
+    assert _bank_conflict(classes, 1, 0, 20, 30) is None  # no overlap in time
+
+
+def test_split_runs():
+    assert split_runs([(0, 600), (600, 610)], 256) == [(0, 256), (256, 512), (512, 600), (600, 610)]
+    assert split_runs([(0, 600)], 0) == [(0, 600)]
+    assert VXM_BLOCK > 0
+
+
+def test_bert_tiny_on_lpu_v1_mirrors_folds_and_pipelines():
+    c = compile_model(MODELS / "bert_tiny.onnx", load_chip("lpu-v1"), "fp16")
+    tg, sc = c.tasks, c.sched
+    # forks (softmax, LayerNorm, GELU inputs) are stored twice by their producers
+    assert len(tg.mirror_of) >= 10
+    for m, x in tg.mirror_of.items():
+        writers_m = [t.id for t in tg.tasks if any(a.tensor.id == m for a in t.writes)]
+        writers_x = [t.id for t in tg.tasks if any(a.tensor.id == x for a in t.writes)]
+        assert writers_m == writers_x
+    # head split and merge are strided reads, not copies
+    assert Counter(t.kind for t in tg.tasks)["copy"] == 0
+    # no VXM task is longer than a block
+    assert max(t.writes[0].n for t in tg.tasks if t.kind == "vxm") <= VXM_BLOCK
+    # some chain starts on weight buffer 1 (installing while the previous chain multiplies)
+    assert any(sc.placements[t.id].flip for t in tg.tasks if t.kind == "chain")
+    # some slice is read by one task while another task writes it, in the same cycles
+    busy: dict[tuple[str, str], list[tuple[int, int, int]]] = {}
+    for t in tg.tasks:
+        T = sc.placements[t.id].start
+        for sl, kind, ks, ko, s, e in sc.templates[t.id].banks:
+            busy.setdefault((sl, kind), []).append((T + s, T + e, t.id))
+    overlaps = sum(1 for (sl, kind), rs in busy.items() if kind == "r" for s, e, a in rs
+                   for s2, e2, b in busy.get((sl, "w"), []) if a != b and s < e2 and s2 < e)
+    assert overlaps > 0
+    v = verify(c, MODELS / "bert_tiny.onnx", "fp16")
+    assert v.ok and v.report["bit_exact"], v.report
+
+
+def test_tiny_has_no_room_for_mirrors():
+    c = compile_model(MODELS / "bert_tiny.onnx", load_chip("tiny"), "fp16")
+    assert c.tasks.mirror_of == {}
+
+
+def _transpose_model(also_output: bool) -> onnx.ModelProto:
+    """y = relu(transpose(x @ w, [1, 0, 2])): a head split read through by the Relu."""
+    w = onnx.numpy_helper.from_array((np.random.default_rng(3).standard_normal((16, 64)) * 0.2).astype(np.float32), "w")
+    shape = onnx.numpy_helper.from_array(np.array([8, 4, 16], np.int64), "shape")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Reshape", ["h", "shape"], ["r"]),
+             helper.make_node("Transpose", ["r"], ["t"], perm=[1, 0, 2]), helper.make_node("Relu", ["t"], ["y"])]
+    outs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8, 16])]
+    if also_output:
+        outs.append(helper.make_tensor_value_info("t", TensorProto.FLOAT, [4, 8, 16]))
+    g = helper.make_graph(nodes, "heads", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 16])], outs,
+                          [w, shape])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+
+
+@pytest.mark.parametrize("chip", ["tiny", "lpu-v1"])
+@pytest.mark.parametrize("also_output", [False, True])
+def test_row_movements_fold_into_reads_or_are_copied(tmp_path, chip, also_output):
+    path = tmp_path / "heads.onnx"
+    onnx.save(_transpose_model(also_output), str(path))
+    c = compile_model(path, load_chip(chip), "fp32")
+    copies = [t for t in c.tasks.tasks if t.kind == "copy"]
+    if also_output:  # a graph output must exist in SRAM: the movement is done
+        assert copies
+    else:  # the Relu reads each head with a stride: no copy at all
+        assert not copies
+    v = verify(c, path, "fp32")
+    assert v.ok and v.report["bit_exact"], v.report
