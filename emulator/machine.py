@@ -8,8 +8,9 @@ How it works (cost grows with instructions, not with cycles x lanes):
 2. *Static checks.* Busy ports, stream collisions, bank conflicts, address ranges, weight readiness,
    link arrivals and barriers are interval checks over those accesses.
 3. *Resolution.* Each read is mapped to the write it sees: streams by diagonals
-   (``emulator.streams``), storage by time-ordered events (``emulator.storage``). That gives the
-   data dependencies between instructions.
+   (``emulator.streams``), storage by time-ordered events (``emulator.storage``), all reads of one
+   stream or one storage at once where that can be done with array operations. That gives the data
+   dependencies between instructions, and per read the pieces (segments) its data is copied from.
 4. *Evaluation.* Instructions run in dependency order, each one a vectorised numpy operation over all
    its vectors (``emulator.units``: one handler per instruction).
 
@@ -19,12 +20,14 @@ Hazards stop the run in strict mode; with ``strict=False`` the emulator behaves 
 
 from __future__ import annotations
 
+import gc
 import graphlib
 import sys
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -35,7 +38,36 @@ from isa.asm import format_instruction
 from isa.config import Slice
 from isa.dtypes import DType, from_planes, to_planes
 from isa.program import Inst, Program, ProgramError, TensorDesc
-from isa.timing import StreamAccess, Timing, TimingError, host_transfer_us, instruction_timing, utilization
+from isa.timing import (StoreAccess, StreamAccess, Timing, TimingError, host_transfer_us, instruction_timing,
+                        utilization)
+
+
+# One piece of a resolved stream read: vectors ``dst`` of the read (rows of its typed result) are the
+# vectors ``src`` of flight ``flight`` (rows of that write's result). ``dst``/``src`` are slices when
+# the rows are consecutive (the usual case), so copying them costs one block copy, not a gather.
+Segment = tuple[int, "slice | np.ndarray", "slice | np.ndarray"]
+
+_LITTLE = sys.byteorder == "little"
+
+
+@dataclass
+class StoredRows:
+    """A resolved accumulator read of ``n`` rows: segment (source, dst, rows) says that rows ``dst`` of
+    the read are rows ``rows`` of ``sources[source].store``; rows in no segment were never written."""
+
+    n: int
+    segments: list[Segment]
+
+
+@dataclass
+class _Seen:
+    """What one addressed storage read sees (``Emulator._lookup_all``)."""
+
+    src: np.ndarray  # per element: the writing source, -1 if none
+    row: np.ndarray  # per element: the row of that source's data
+    event: slice | np.ndarray  # per element: the event row (a slice when consecutive)
+    writers: list[int]  # the distinct writing sources, ascending
+    unwritten: bool  # some element sees no write
 
 
 @dataclass(eq=False)
@@ -43,7 +75,8 @@ class Source:
     """Anything other instructions read data from: an instruction, or a host-written SRAM image."""
 
     id: int
-    store: np.ndarray | None = None  # rows written to storage (SRAM words, acc rows, weights, link vectors)
+    store: np.ndarray | None = None  # rows written to storage (acc rows, weights, link vectors; SRAM words
+    # live in the SRAM's EventStore.data)
 
 
 @dataclass(eq=False)
@@ -53,13 +86,13 @@ class Op(Source):
     qidx: int = 0
     inst: Inst = None  # type: ignore[assignment]
     timing: Timing = None  # type: ignore[assignment]
-    reads: list[tuple[StreamAccess, list[tuple[np.ndarray, np.ndarray]]]] = field(default_factory=list)
+    reads: list[tuple[StreamAccess, list[list[Segment]]]] = field(default_factory=list)  # segments per plane
     deps: set[int] = field(default_factory=set)
     out: dict[str, np.ndarray] = field(default_factory=dict)
-    planes: dict[str, np.ndarray] = field(default_factory=dict)
-    # resolved storage reads
-    sram: tuple[np.ndarray, np.ndarray] | None = None
-    acc: tuple[np.ndarray, np.ndarray] | None = None
+    # resolved storage reads and writes
+    sram: tuple[EventStore, slice | np.ndarray] | None = None  # READ: the store and the event rows it sees
+    sram_write: tuple[EventStore, slice, slice | np.ndarray] | None = None  # WRITE: event rows, which rows of s
+    acc: StoredRows | None = None
     weights: int = -1  # IW op whose buffer state a MATMUL uses / an IW builds on
     link: list[tuple[int, int]] = field(default_factory=list)  # RECV: (SEND op, row) per vector
 
@@ -85,16 +118,18 @@ class Emulator:
         self.hazards: list[Hazard] = []
         self.sources: list[Source] = []
         self.ops: list[Op] = []
-        self._build_ops()
-        self.cycles = max((op.timing.end for op in self.ops), default=0)
-        self.streams = StreamIndex()
-        self.sram: dict[tuple[int, str], EventStore] = {}
-        self.accs: dict[tuple[int, str], EventStore] = {}
-        self.host_sources: dict[tuple[str, int], Source] = {}
-        self._check_busy()
-        self._register_writes()
-        self._resolve_reads()
-        self._check_links_and_barriers()
+        with _no_cyclic_gc():
+            self._build_ops()
+            self.cycles = max((op.timing.end for op in self.ops), default=0)
+            self.streams = StreamIndex()
+            self.sram: dict[tuple[int, str], EventStore] = {}
+            self.accs: dict[tuple[int, str], EventStore] = {}
+            self.host_sources: dict[tuple[str, int, int], Source] = {}
+            self.host_rows: dict[tuple[str, int, int], tuple[EventStore, slice]] = {}  # where host images land
+            self._check_busy()
+            self._register_writes()
+            self._resolve_reads()
+            self._check_links_and_barriers()
         self.hazards.sort(key=lambda h: (h.cycle, h.chip, h.slice, h.index))
 
     # ==========================================================================================
@@ -147,7 +182,7 @@ class Emulator:
     def _sram_store(self, chip: int, sname: str) -> EventStore:
         key = (chip, sname)
         if key not in self.sram:
-            self.sram[key] = EventStore(self.chip.words_per_slice)
+            self.sram[key] = EventStore(self.chip.words_per_slice, lanes=self.lanes)  # keeps the words
         return self.sram[key]
 
     def _acc_store(self, chip: int, sname: str) -> EventStore:
@@ -168,12 +203,13 @@ class Emulator:
                     self.sources.append(src)
                     self.host_sources[(t.name, v0, k)] = src
                     n = v1 - v0
-                    self._sram_store(t.chip, sname).add(np.arange(base, base + n), np.full(n, -1), src.id)
-            if t.role == "const":
-                self._fill_host(t, t.const_array())
+                    store = self._sram_store(t.chip, sname)
+                    rows = store.add(np.arange(base, base + n), np.full(n, -1), src.id)
+                    self.host_rows[(t.name, v0, k)] = (store, rows)
         self.weights: dict[tuple[int, str, int], list[tuple[int, int, int, Op]]] = defaultdict(list)
         self.mem_reads: dict[tuple[int, str], list[tuple[np.ndarray, np.ndarray, Op]]] = defaultdict(list)
         self.mem_writes: dict[tuple[int, str], list[tuple[np.ndarray, np.ndarray, Op]]] = defaultdict(list)
+        sram: dict[tuple[int, str], list[tuple[Op, str, np.ndarray, np.ndarray]]] = defaultdict(list)
         for op in self.ops:
             for acc in op.timing.writes:
                 pos = op.slice.position
@@ -185,7 +221,8 @@ class Emulator:
                                                                       op.slice.index, int(acc.cycles[0])))
             for st in op.timing.store:
                 if st.space == "sram":
-                    self._register_sram(op, st.mode, st.addrs, st.cycles)
+                    if st.addrs is not None:  # (GATHER: data-dependent, checked when it runs)
+                        sram[(op.chip, op.slice.name)].append((op, st.mode, st.addrs, st.cycles))
                 elif st.space == "acc" and "w" in st.mode:
                     rows = st.addrs
                     ok = self._in_range(op, rows, int(chip.mxm["acc_rows"]), "accumulator row", st.cycles)
@@ -194,6 +231,7 @@ class Emulator:
                     s, e = next((s, e) for p, s, e in op.timing.busy if p == "install")
                     self.weights[(op.chip, op.slice.name, op.inst.ops["buf"])].append(
                         (int(st.cycles[0]), s, e, op))
+        self._register_sram(sram)
         self.streams.finalize()
         for a, b, cyc in self.streams.collisions():
             fa, fb = self.streams.flights[a], self.streams.flights[b]
@@ -206,6 +244,9 @@ class Emulator:
             store.finalize(self.cycles)
         for lst in self.weights.values():
             lst.sort(key=lambda x: (x[0], x[3].id))
+        for t in self.prog.tensors:  # constants go into SRAM now that its rows exist
+            if t.role == "const":
+                self._fill_host(t, t.const_array())
         self._check_banks()
 
     def _in_range(self, op: Op, addrs: np.ndarray, size: int, what: str, cycles: np.ndarray) -> np.ndarray:
@@ -215,16 +256,27 @@ class Emulator:
             self.hazard(op, "out-of-range", cycles[i], f"{what} {int(addrs[i])} is outside 0..{size - 1}")
         return ok
 
-    def _register_sram(self, op: Op, mode: str, addrs: np.ndarray | None, cycles: np.ndarray) -> None:
-        key = (op.chip, op.slice.name)
-        if addrs is None:  # GATHER: data-dependent, checked when it runs
-            return
-        ok = self._in_range(op, addrs, self.chip.words_per_slice, "address", cycles)
-        if mode == "w":
-            self._sram_store(*key).add(addrs[ok], cycles[ok], op.id, np.nonzero(ok)[0])
-            self.mem_writes[key].append((addrs[ok], cycles[ok], op))
-        else:
-            self.mem_reads[key].append((addrs[ok], cycles[ok], op))
+    def _register_sram(self, accesses: dict[tuple[int, str], list[tuple[Op, str, np.ndarray, np.ndarray]]]) -> None:
+        """Addressed SRAM reads and writes (op, mode, addresses, cycles) per slice, in program order.
+        Words outside the slice are hazards and are not stored (the range check runs over all accesses
+        of a slice at once); writes become events of the slice's store; both are kept for the bank check."""
+        size = self.chip.words_per_slice
+        for key, items in accesses.items():
+            addrs = np.concatenate([a for _, _, a, _ in items])
+            outside = np.concatenate([[0], np.cumsum((addrs < 0) | (addrs >= size))])
+            ends = np.cumsum([len(a) for _, _, a, _ in items])
+            n_outside = (outside[ends] - outside[ends - [len(a) for _, _, a, _ in items]]).tolist()
+            store = self._sram_store(*key)
+            for (op, mode, a, c), bad in zip(items, n_outside):
+                rows: slice | np.ndarray = slice(None)
+                if bad:
+                    rows = np.nonzero(self._in_range(op, a, size, "address", c))[0]
+                    a, c = a[rows], c[rows]
+                if mode == "w":
+                    op.sram_write = (store, store.add(a, c, op.id, None if isinstance(rows, slice) else rows), rows)
+                    self.mem_writes[key].append((a, c, op))
+                else:
+                    self.mem_reads[key].append((a, c, op))
 
     def _check_banks(self) -> None:
         """A read and a write of one slice in one cycle must use different banks."""
@@ -234,9 +286,9 @@ class Emulator:
             if not writes:
                 continue
             rc = np.concatenate([c for _, c, _ in reads])
-            rb = np.concatenate([bank_of(a) for a, _, _ in reads])
+            rb = bank_of(np.concatenate([a for a, _, _ in reads]))
             wc = np.concatenate([c for _, c, _ in writes])
-            wb = np.concatenate([bank_of(a) for a, _, _ in writes])
+            wb = bank_of(np.concatenate([a for a, _, _ in writes]))
             wop = np.concatenate([np.full(len(c), i) for i, (_, c, _) in enumerate(writes)])
             common, ri, wi = np.intersect1d(rc, wc, return_indices=True)
             bad = rb[ri] == wb[wi]
@@ -257,79 +309,180 @@ class Emulator:
             w = by_pos.get((0, wslice, wk))
             if w is not None:
                 expect.setdefault((0, sname, k, fld, plane), set()).add(w.id)
-        flight_op = np.array([f.op for f in self.streams.flights] or [0], dtype=np.int64)
+        found = self._lookup_all()
+        sole = self._sole_writers()
         for op in self.ops:
-            pos = op.slice.position
-            for acc in op.timing.reads:
-                diags = diagonal(acc.dir, acc.cycles, pos)
-                planes = []
-                for plane, s in enumerate(acc.streams):
-                    want = expect.get((op.chip, op.slice.name, op.qidx, acc.field, plane))
-                    fid, vidx = self.streams.resolve(op.chip, acc.dir, s, pos, diags)
-                    missing = fid < 0
-                    if missing.any():
-                        i = int(np.argmax(missing))
-                        self.hazard(op, "stream-empty", acc.cycles[i],
-                                    f"no value is passing on {acc.dir}{s} at {op.slice.name} for operand "
-                                    f"'{acc.field}' vector {int(acc.vec[i])}")
-                    if want is not None and not missing.all():
-                        ops_of = flight_op[np.maximum(fid, 0)]
-                        wrong = (fid >= 0) & ~np.isin(ops_of, list(want))
-                        if wrong.any():
-                            i = int(np.argmax(wrong))
-                            other = self.ops[self.streams.flights[int(fid[i])].op]
-                            named = "; ".join(f"{self.ops[w].slice.name} #{self.ops[w].qidx} {self.text(self.ops[w])}"
-                                              for w in sorted(want))
-                            self.hazard(op, "wrong-producer", acc.cycles[i],
-                                        f"{acc.dir}{s} carries the value of {other.slice.name} #{other.qidx} "
-                                        f"{self.text(other)} instead of {named} for operand '{acc.field}'")
-                    for f in np.unique(fid[~missing]):
-                        op.deps.add(self.streams.flights[int(f)].op)
-                    planes.append((fid, vidx))
-                op.reads.append((acc, planes))
-            for st in op.timing.store:
-                if st.space == "sram" and st.mode == "r":
-                    self._resolve_sram(op, st.addrs, st.cycles)
-                elif st.space == "acc" and "r" in st.mode and not (st.mode == "rw" and op.inst.ops.get("mode") == 0):
-                    self._resolve_acc(op, st.addrs, st.cycles)
-                elif st.space == "weights" and st.mode == "r":
+            for r, acc in enumerate(op.timing.reads):
+                op.reads.append((acc, self._resolve_stream_read(op, r, acc, expect, sole)))
+            for k, st in enumerate(op.timing.store):
+                kind = self._storage_read(op, st)
+                if kind == "gather":
+                    self._resolve_gather(op, st.cycles)
+                elif kind == "sram":
+                    seen = found[(op.id, k)]
+                    if seen.unwritten:
+                        self._unwritten(op, seen.src, st.addrs, st.cycles, self.chip.words_per_slice,
+                                        f"address {{}} of {op.slice.name}")
+                    op.deps.update(w for w in seen.writers if w < len(self.ops))
+                    op.sram = (self.sram[(op.chip, op.slice.name)], seen.event)
+                elif kind == "acc":
+                    size = int(self.chip.mxm["acc_rows"])
+                    if op.inst.spec.mnemonic == "ACCR":
+                        self._in_range(op, st.addrs, size, "accumulator row", st.cycles)
+                    seen = found[(op.id, k)]
+                    if seen.unwritten:
+                        self._unwritten(op, seen.src, st.addrs, st.cycles, size, "accumulator row {}")
+                    op.acc = StoredRows(len(seen.src), _segments(seen.src, seen.row))
+                    op.deps.update(w for w in seen.writers if w < len(self.ops))
+                elif kind == "weights":
                     self._resolve_weights_read(op)
-                elif st.space == "weights" and st.mode == "w" and not op.inst.ops["clr"]:
+                elif kind == "weights-base":
                     self._resolve_weights_base(op, int(st.cycles[0]))
 
-    def _resolve_sram(self, op: Op, addrs: np.ndarray | None, cycles: np.ndarray) -> None:
-        store = self._sram_store(op.chip, op.slice.name)
-        if addrs is None:  # GATHER: depends on every earlier write to the slice
-            if not len(cycles):
-                return
-            # writes finished before the first gathered word are certainly needed; a write during the
-            # gather matters only if an index points at it, which the handler settles when it runs
-            op.deps.update(int(s) for s in store.sources_before(int(cycles[0])) if s < len(self.ops))
+    def _sole_writers(self) -> dict[tuple[int, int, int], int]:
+        """(op id, index in op.timing.reads, plane) -> the flight that alone carries every vector of that
+        stream read, or -1 when it takes a closer look (``StreamIndex.sole_writers``, all reads of a
+        stream at once)."""
+        per_stream: dict[tuple[int, str, int], list[tuple[tuple[int, int, int], int, int, int]]] = defaultdict(list)
+        for op in self.ops:
+            pos = op.slice.position
+            for r, acc in enumerate(op.timing.reads):
+                if not len(acc.cycles):
+                    continue
+                # cycles form an arithmetic progression (isa.instructions.StreamIO): the ends bound them
+                d0, d1 = diagonal(acc.dir, int(acc.cycles[0]), pos), diagonal(acc.dir, int(acc.cycles[-1]), pos)
+                for plane, s in enumerate(acc.streams):
+                    per_stream[(op.chip, acc.dir, s)].append(((op.id, r, plane), pos, min(d0, d1), max(d0, d1)))
+        out: dict[tuple[int, int, int], int] = {}
+        for (chip, direction, s), items in per_stream.items():
+            keys, pos, lo, hi = zip(*items)
+            found = self.streams.sole_writers(chip, direction, s, np.array(pos), np.array(lo), np.array(hi))
+            out.update(zip(keys, found.tolist()))
+        return out
+
+    def _resolve_stream_read(self, op: Op, r: int, acc: StreamAccess, expect: dict,
+                             sole_writers: dict[tuple[int, int, int], int]) -> list[list[Segment]]:
+        """Segments of every byte plane of one stream read; the writers become dependencies."""
+        pos = op.slice.position
+        flights = self.streams.flights
+        diags = diagonal(acc.dir, acc.cycles, pos)
+        # an access's cycles (hence diagonals) and vector indices are arithmetic progressions
+        # (isa.instructions.StreamIO), so their end points tell whether they are runs
+        whole = _progression(acc.vec)
+        diag_run = _progression(diags)
+        planes = []
+        for plane, s in enumerate(acc.streams):
+            want = expect.get((op.chip, op.slice.name, op.qidx, acc.field, plane))
+            sole = sole_writers.get((op.id, r, plane), -1)
+            if sole < 0 and isinstance(diag_run, slice):  # other flights pass by downstream: ask per read
+                sole = self.streams.sole_writer(op.chip, acc.dir, s, pos, diag_run.start, diag_run.stop - 1)
+            fid = None
+            if sole >= 0:  # the usual case: one flight carries every vector of the read
+                c0 = flights[sole].c0
+                src = slice(diag_run.start - c0, diag_run.stop - c0) if isinstance(diag_run, slice) else diags - c0
+                segs = [(sole, whole, src)]
+            else:
+                fid, vidx = self.streams.resolve(op.chip, acc.dir, s, pos, diags)
+                missing = fid < 0
+                if missing.any():
+                    i = int(np.argmax(missing))
+                    self.hazard(op, "stream-empty", acc.cycles[i],
+                                f"no value is passing on {acc.dir}{s} at {op.slice.name} for operand "
+                                f"'{acc.field}' vector {int(acc.vec[i])}")
+                segs = _segments(fid, vidx, acc.vec)
+            seen = sorted({f for f, _, _ in segs})  # the flights this read sees, in id order
+            if want is not None and any(flights[f].op not in want for f in seen):
+                if fid is None:
+                    fid = np.full(len(diags), seen[0], dtype=np.int64)
+                ops_of = np.array([flights[f].op if f >= 0 else -1 for f in fid.tolist()])
+                i = int(np.argmax((fid >= 0) & ~np.isin(ops_of, list(want))))
+                other = self.ops[flights[int(fid[i])].op]
+                named = "; ".join(f"{self.ops[w].slice.name} #{self.ops[w].qidx} {self.text(self.ops[w])}"
+                                  for w in sorted(want))
+                self.hazard(op, "wrong-producer", acc.cycles[i],
+                            f"{acc.dir}{s} carries the value of {other.slice.name} #{other.qidx} "
+                            f"{self.text(other)} instead of {named} for operand '{acc.field}'")
+            for f in seen:
+                op.deps.add(flights[f].op)
+            planes.append(segs)
+        return planes
+
+    def _storage_read(self, op: Op, st: StoreAccess) -> str | None:
+        """What a storage access of op reads: "sram" (addressed words), "gather" (data-dependent words),
+        "acc" (accumulator rows), "weights" (a MATMUL's buffer), "weights-base" (the buffer an IW
+        without clr builds on), or None (it only writes)."""
+        if st.space == "sram" and st.mode == "r":
+            return "sram" if st.addrs is not None else "gather"
+        if st.space == "acc" and "r" in st.mode and not (st.mode == "rw" and op.inst.ops.get("mode") == 0):
+            return "acc"
+        if st.space == "weights" and st.mode == "r":
+            return "weights"
+        if st.space == "weights" and st.mode == "w" and not op.inst.ops["clr"]:
+            return "weights-base"
+        return None
+
+    def _lookup_all(self) -> dict[tuple[int, int], _Seen]:
+        """What every addressed SRAM read and accumulator read sees, keyed by (op id, index in
+        op.timing.store). All reads of one storage are answered together, with one binary search and a
+        few array operations over all of them: per read, those would cost more in call overhead than in
+        work. Out-of-range addresses see nothing (source -1)."""
+        queries: dict[tuple[str, int, str], list[tuple[tuple[int, int], np.ndarray, np.ndarray]]] = defaultdict(list)
+        for op in self.ops:
+            for k, st in enumerate(op.timing.store):
+                kind = self._storage_read(op, st)
+                if kind in ("sram", "acc"):
+                    queries[(kind, op.chip, op.slice.name)].append(((op.id, k), st.addrs, st.cycles))
+        found = {}
+        for (kind, chip, sname), items in queries.items():
+            if kind == "sram":
+                store, size = self._sram_store(chip, sname), self.chip.words_per_slice
+            else:
+                store, size = self._acc_store(chip, sname), int(self.chip.mxm["acc_rows"])
+            addrs = np.concatenate([a for _, a, _ in items])
+            ok = (addrs >= 0) & (addrs < size)
+            src, row, event = store.find(np.where(ok, addrs, 0), np.concatenate([c for _, _, c in items]))
+            src = np.where(ok, src, -1)
+            event = np.where(ok, event, store.count)
+            ends = np.cumsum([len(a) for _, a, _ in items])
+            starts = ends - [len(a) for _, a, _ in items]
+            # per read: elements that see nothing, and steps of its event rows other than +1 (prefix sums)
+            unwritten = np.concatenate([[0], np.cumsum(src < 0)])
+            jumps = np.concatenate([[0, 0], np.cumsum(event[1:] - event[:-1] != 1)])
+            # per read: its writers are the sources where a run of equal sources starts
+            run = np.ones(len(src), dtype=bool)
+            run[1:] = src[1:] != src[:-1]
+            run[starts[starts < len(src)]] = True
+            run_at = np.flatnonzero(run)
+            run_src = src[run_at].tolist()
+            first_run = np.searchsorted(run_at, starts).tolist()
+            last_run = np.searchsorted(run_at, ends).tolist()
+            n_unwritten = (unwritten[ends] - unwritten[starts]).tolist()
+            n_jumps = (jumps[np.maximum(ends, 1)] - jumps[np.maximum(starts + 1, 1)]).tolist()
+            for (key, _, _), e0, e1, r0, r1, nu, nj in zip(items, starts.tolist(), ends.tolist(), first_run,
+                                                           last_run, n_unwritten, n_jumps):
+                ev = event[e0:e1]
+                found[key] = _Seen(src[e0:e1], row[e0:e1],
+                                   slice(int(ev[0]), int(ev[0]) + len(ev)) if len(ev) and nj == 0 else ev,
+                                   sorted({s for s in run_src[r0:r1] if s >= 0}), nu > 0)
+        return found
+
+    def _resolve_gather(self, op: Op, cycles: np.ndarray) -> None:
+        """GATHER depends on every write to its slice finished before its first gathered word; a write
+        during the gather matters only if an index points at it, which the handler settles when it runs."""
+        if not len(cycles):
             return
-        ok = (addrs >= 0) & (addrs < self.chip.words_per_slice)
-        op.sram = self._lookup(op, store, addrs, cycles, ok, f"address {{}} of {op.slice.name}")
+        store = self._sram_store(op.chip, op.slice.name)
+        op.deps.update(int(s) for s in store.sources_before(int(cycles[0])) if s < len(self.ops))
 
-    def _resolve_acc(self, op: Op, rows: np.ndarray, cycles: np.ndarray) -> None:
-        store = self._acc_store(op.chip, op.slice.name)
-        size = int(self.chip.mxm["acc_rows"])
-        ok = (rows >= 0) & (rows < size)
-        if op.inst.spec.mnemonic == "ACCR":
-            ok = self._in_range(op, rows, size, "accumulator row", cycles)
-        op.acc = self._lookup(op, store, rows, cycles, ok, "accumulator row {}")
-
-    def _lookup(self, op: Op, store: EventStore, addrs: np.ndarray, cycles: np.ndarray, ok: np.ndarray,
-                what: str) -> tuple[np.ndarray, np.ndarray]:
-        """The writes that in-range reads see; an in-range read of something never written is a hazard.
-        The writing instructions become dependencies."""
-        src, row = store.lookup(np.where(ok, addrs, 0), cycles)
-        src = np.where(ok, src, -1)
-        missing = (src < 0) & ok
+    def _unwritten(self, op: Op, src: np.ndarray, addrs: np.ndarray, cycles: np.ndarray, size: int,
+                   what: str) -> None:
+        """An in-range read of something never written is a hazard (out-of-range reads are hazards of
+        their own)."""
+        missing = (src < 0) & (addrs >= 0) & (addrs < size)
         if missing.any():
             i = int(np.argmax(missing))
-            self.hazard(op, "unwritten-read", cycles[i], f"{what.format(int(addrs[i]))} is read before anything "
-                                                         f"was written there")
-        op.deps.update(int(s) for s in np.unique(src[src >= 0]) if s < len(self.ops))
-        return src, row
+            self.hazard(op, "unwritten-read", cycles[i], f"{what.format(int(addrs[i]))} is read before "
+                                                         f"anything was written there")
 
     def _resolve_weights_read(self, op: Op) -> None:
         t = op.inst.issue
@@ -421,7 +574,8 @@ class Emulator:
         planes = to_planes(vecs)
         for v0, v1, pl in t.placements(self.lanes):
             for k in range(len(pl)):
-                self.host_sources[(t.name, v0, k)].store = planes[k, v0:v1]
+                store, rows = self.host_rows[(t.name, v0, k)]
+                store.data[rows] = planes[k, v0:v1]
 
     def _place_inputs(self, inputs: dict[str, np.ndarray]) -> None:
         descs = self.prog.io("input")
@@ -438,14 +592,19 @@ class Emulator:
     def run(self, inputs: dict[str, np.ndarray] | None = None, progress: bool | None = None) -> RunResult:
         if self.strict and self.hazards:
             raise HazardError(self.hazards[0], len(self.hazards) - 1)
+        with _no_cyclic_gc():
+            return self._run(inputs, progress)
+
+    def _run(self, inputs: dict[str, np.ndarray] | None, progress: bool | None) -> RunResult:
         self._place_inputs(inputs or {})
         from emulator.units import HANDLERS
 
         order = self._order()
         self._handlers = HANDLERS
-        self._state = np.zeros(len(self.ops), dtype=np.int8)  # 0 todo, 1 visiting, 2 running, 3 done
+        # plain lists: they are read and written per instruction, from Python
+        self._state = [0] * len(self.ops)  # 0 todo, 1 visiting, 2 running, 3 done
         # results are dropped once every instruction that reads them has run (memory stays bounded)
-        self._pending = np.zeros(len(self.ops), dtype=np.int64)
+        self._pending = [0] * len(self.ops)
         for op in self.ops:
             for d in op.deps:
                 if d < len(self.ops) and d != op.id:
@@ -453,9 +612,11 @@ class Emulator:
         show = sys.stderr.isatty() if progress is None else progress
         t0 = time.perf_counter()
         last = t0
+        state = self._state
         for i, op in enumerate(order):
-            if self._state[op.id] != 3:
-                self.evaluate(op)
+            if state[op.id] == 0:  # in dependency order everything op reads is done: run it directly
+                state[op.id] = 1
+                self._execute(op)
             if show and time.perf_counter() - last > 0.2:
                 last = time.perf_counter()
                 _progress(i + 1, len(order), last - t0)
@@ -487,15 +648,18 @@ class Emulator:
                 stack.extend(todo)
                 continue
             # st == 1: every dependency is done now
-            self._state[cur.id] = 2
-            cur.out = {}
-            cur.planes = {}
-            result = self._handlers[cur.inst.spec.mnemonic](self, cur)
-            if result:
-                cur.out.update(result)
-            self._state[cur.id] = 3
             stack.pop()
-            self._release(cur)
+            self._execute(cur)
+
+    def _execute(self, op: Op) -> None:
+        """Run the handler of op (state 1: every dependency is done) and drop what nobody needs now."""
+        self._state[op.id] = 2
+        op.out = {}
+        result = self._handlers[op.inst.spec.mnemonic](self, op)
+        if result:
+            op.out.update(result)
+        self._state[op.id] = 3
+        self._release(op)
 
     def _release(self, op: Op) -> None:
         """Drop the results nobody will read any more: stream outputs, and the weight buffers and
@@ -509,7 +673,6 @@ class Emulator:
             if self._pending[d] == 0:
                 src = self.ops[d]
                 src.out = {}
-                src.planes = {}
                 if src.inst.spec.mnemonic in ("IW", "MATMUL"):
                     src.store = None
 
@@ -527,21 +690,53 @@ class Emulator:
                 f"instructions, so split one of them in two")
 
     def _order(self) -> list[Op]:
+        """The instructions in dependency order: Kahn's algorithm in rounds, every round taking the
+        instructions whose dependencies are all in earlier rounds. This is the order
+        ``graphlib.TopologicalSorter.static_order`` gives (same rounds, same order within a round),
+        without its per-node bookkeeping; graphlib is still used to name a loop."""
+        n = len(self.ops)
         for op in self.ops:
             if op.id in op.deps:
                 raise EmulatorLimit(f"{op.slice.name} #{op.qidx} {self.text(op)} reads a value it writes itself "
                                     f"(same stream, same position); the vectorised emulator evaluates whole "
                                     f"instructions, so write the result to another stream")
-        ts: graphlib.TopologicalSorter = graphlib.TopologicalSorter()
-        for op in self.ops:
-            ts.add(op.id, *[d for d in op.deps if d < len(self.ops) and d != op.id])
-        try:
-            ids = list(ts.static_order())
-        except graphlib.CycleError as e:
-            cyc = [self.ops[i] for i in e.args[1][:4]]
-            desc = "; ".join(f"{o.slice.name} #{o.qidx} {self.text(o)}" for o in cyc)
-            raise EmulatorLimit(f"instructions feed each other in a loop ({desc}); the vectorised emulator "
-                                f"evaluates whole instructions, so split one of them in two") from None
+        preds = [[d for d in op.deps if d < n] for op in self.ops]
+        seen = bytearray(n)
+        first_seen: list[int] = []  # graphlib's node order: first mention, as a node or a predecessor
+        succ: list[list[int]] = [[] for _ in range(n)]
+        npred = [len(p) for p in preds]
+        for i, ps in enumerate(preds):
+            if not seen[i]:
+                seen[i] = 1
+                first_seen.append(i)
+            for d in ps:
+                if not seen[d]:
+                    seen[d] = 1
+                    first_seen.append(d)
+                succ[d].append(i)
+        ready = [i for i in first_seen if npred[i] == 0]
+        ids: list[int] = []
+        while ready:
+            ids.extend(ready)
+            nxt = []
+            for i in ready:
+                for j in succ[i]:
+                    npred[j] -= 1
+                    if npred[j] == 0:
+                        nxt.append(j)
+            ready = nxt
+        if len(ids) < n:  # a loop: let graphlib find it
+            ts: graphlib.TopologicalSorter = graphlib.TopologicalSorter()
+            for op, ps in zip(self.ops, preds):
+                ts.add(op.id, *ps)
+            try:
+                ts.prepare()
+            except graphlib.CycleError as e:
+                cyc = [self.ops[i] for i in e.args[1][:4]]
+                desc = "; ".join(f"{o.slice.name} #{o.qidx} {self.text(o)}" for o in cyc)
+                raise EmulatorLimit(f"instructions feed each other in a loop ({desc}); the vectorised emulator "
+                                    f"evaluates whole instructions, so split one of them in two") from None
+            raise AssertionError("no dependency order, but graphlib finds no loop")
         return [self.ops[i] for i in ids]
 
     def _read_output(self, t: TensorDesc) -> np.ndarray:
@@ -553,42 +748,46 @@ class Emulator:
                 store = self.sram.get((t.chip, sname))
                 addrs = np.arange(base, base + n)
                 if store is None:
-                    src, row = np.full(n, -1), np.zeros(n, dtype=np.int64)
-                else:
-                    src, row = store.lookup(addrs, None)
+                    store = EventStore(self.chip.words_per_slice, lanes=self.lanes)  # nothing written: zeros
+                src, _, event = store.find(addrs, None)
                 if (src < 0).any():
                     i = int(np.argmax(src < 0))
                     self.hazards.append(Hazard("unwritten-output", self.cycles, t.chip, sname, -1,
                                                f"output {t.name}", "", f"vector {v0 + i} (address {base + i}) of "
                                                f"output '{t.name}' was never written"))
-                planes[k, v0:v1] = self.gather_rows(src, row)
+                planes[k, v0:v1] = store.data[event]
         return chip_to_host(t, from_planes(planes, t.dt).reshape(nvec, self.lanes), self.lanes)
 
     # ------------------------------------------------------------------------------ data access
-    def gather_rows(self, src: np.ndarray, row: np.ndarray, dtype: np.dtype | None = None) -> np.ndarray:
-        """Rows ``sources[src[i]].store[row[i]]``; zeros where src is -1."""
-        n = len(src)
-        uniq = np.unique(src)
-        if len(uniq) == 1 and uniq[0] >= 0:
-            st = self.sources[int(uniq[0])].store
+    def write_sram(self, op: Op, words: np.ndarray) -> None:
+        """Store the words an instruction writes (rows of ``words`` in write order) in its event rows."""
+        assert op.sram_write is not None
+        store, events, rows = op.sram_write
+        store.data[events] = words[rows]
+
+    def read_rows(self, rows: StoredRows, dtype: np.dtype | None = None) -> np.ndarray:
+        """The rows a resolved storage read sees, in read order; zeros for rows never written (typed
+        like the first source's store, else ``dtype``)."""
+        segs = rows.segments
+        if len(segs) == 1 and segs[0][1] == slice(0, rows.n):  # one source: a view or one gather
+            st = self.sources[segs[0][0]].store
             assert st is not None
-            return st[row]
-        first = next((self.sources[int(s)].store for s in uniq if s >= 0), None)
-        if first is None:
-            return np.zeros((n, self.lanes), dtype=dtype or np.uint8)
-        out = np.zeros((n,) + first.shape[1:], dtype=first.dtype)
-        for s in uniq:
-            if s < 0:
-                continue
-            m = src == s
-            out[m] = self.sources[int(s)].store[row[m]]  # type: ignore[index]
+            return st[segs[0][2]]
+        if not segs:
+            return np.zeros((rows.n, self.lanes), dtype=dtype or np.uint8)
+        first = self.sources[min(s for s, _, _ in segs)].store  # the lowest source id sets the type
+        assert first is not None
+        out = np.zeros((rows.n,) + first.shape[1:], dtype=first.dtype)
+        for s, dst, src in segs:
+            out[dst] = self.sources[s].store[src]  # type: ignore[index]
         return out
 
-    def _out_planes(self, op: Op, fld: str) -> np.ndarray:
-        p = op.planes.get(fld)
-        if p is None:
-            p = op.planes[fld] = to_planes(op.out[fld])
-        return p
+    def _plane(self, fl: Flight) -> np.ndarray:
+        """Byte plane ``fl.plane`` of the result a flight carries: a strided view of its bytes (byte k of
+        every lane is plane k, little-endian)."""
+        arr = np.ascontiguousarray(self.ops[fl.op].out[fl.field])
+        w = arr.dtype.itemsize
+        return arr.view(np.uint8).reshape(arr.shape + (w,))[..., fl.plane if _LITTLE else w - 1 - fl.plane]
 
     def stream_in(self, op: Op, fld: str) -> np.ndarray:
         """The typed vectors operand ``fld`` of ``op`` reads, in vector order."""
@@ -596,41 +795,49 @@ class Emulator:
         dt: DType = parts[0][0].dtype
         count = sum(len(acc.vec) for acc, _ in parts)
         if len(parts) == 1:
-            fast = self._same_source(parts[0][1], dt)
+            fast = self._same_source(parts[0][1], count, dt)
             if fast is not None:
                 return fast
-        out = np.zeros((dt.width, count, self.lanes), dtype=np.uint8)
+        # Assemble the typed result byte plane by byte plane, straight into its memory: plane k is a
+        # strided view of the result's bytes.
+        out = np.zeros((count, self.lanes), dtype=dt.np)  # vectors nobody wrote read as zeros
+        raw = out.view(np.uint8).reshape(count, self.lanes, dt.width)
         for acc, planes in parts:
-            for p, (fid, vidx) in enumerate(planes):
-                for f in np.unique(fid):
-                    if f < 0:
-                        continue
-                    fl = self.streams.flights[int(f)]
-                    m = fid == f
-                    src_planes = self._out_planes(self.ops[fl.op], fl.field)
-                    out[p, acc.vec[m]] = src_planes[fl.plane][vidx[m]]
-        return from_planes(out, dt)
+            for p, segs in enumerate(planes):
+                byte = p if _LITTLE else dt.width - 1 - p
+                for f, dst, src in segs:
+                    raw[dst, :, byte] = self._plane(self.streams.flights[f])[src]
+        return out
 
-    def _same_source(self, planes: list[tuple[np.ndarray, np.ndarray]], dt: DType) -> np.ndarray | None:
-        """Fast path: every plane comes whole from the matching plane of one typed write."""
-        fid0, vidx0 = planes[0]
-        if len(fid0) == 0 or fid0[0] < 0 or not (fid0 == fid0[0]).all():
-            return None
-        f0 = self.streams.flights[int(fid0[0])]
-        src = self.ops[f0.op]
-        arr = src.out.get(f0.field)
-        if arr is None or arr.dtype != dt.np or f0.plane != 0:
-            return None
-        for p, (fid, vidx) in enumerate(planes[1:], start=1):
-            if fid[0] < 0 or not (fid == fid[0]).all():
+    def _same_source(self, planes: list[list[Segment]], count: int, dt: DType) -> np.ndarray | None:
+        """Fast paths when every plane comes whole, in the same rows, from one flight: all planes from
+        the matching planes of one write of this type (the read is those rows of its result), or a
+        one-byte read of any plane (those rows of that plane). A view, no copy, when the rows are
+        consecutive."""
+        first: tuple[Flight, slice | np.ndarray] | None = None
+        for p, segs in enumerate(planes):
+            if len(segs) != 1:
                 return None
-            f = self.streams.flights[int(fid[0])]
-            if f.op != f0.op or f.field != f0.field or f.plane != p or not np.array_equal(vidx, vidx0):
+            f, dst, src = segs[0]
+            fl = self.streams.flights[f]
+            if not (isinstance(dst, slice) and dst == slice(0, count)):
                 return None
-        n = len(vidx0)
-        if n and vidx0[-1] - vidx0[0] == n - 1 and (n == 1 or (np.diff(vidx0) == 1).all()):
-            return arr[int(vidx0[0]):int(vidx0[0]) + n]
-        return arr[vidx0]
+            if first is None:
+                first = (fl, src)
+            elif (fl.op, fl.field, fl.plane) != (first[0].op, first[0].field, first[0].plane + p) \
+                    or not _same_rows(src, first[1]):
+                return None
+        if first is None:
+            return None
+        fl, src = first
+        arr = self.ops[fl.op].out.get(fl.field)
+        if arr is None:
+            return None
+        if arr.dtype == dt.np and fl.plane == 0:
+            return arr[src]
+        if dt.width == 1:
+            return self._plane(fl)[src].view(dt.np)
+        return None
 
     # ------------------------------------------------------------------------------ reports
     def stats(self) -> dict[str, Any]:
@@ -661,6 +868,25 @@ class Emulator:
                 if port != "queue":
                     out[(op.chip, op.slice.name)].append((s, e))
         return out
+
+
+@contextmanager
+def _no_cyclic_gc() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector. Set-up and run create tens of thousands of objects that
+    live as long as the emulator (ops, accesses, segments); the collector would walk all of them again
+    and again (about a third of the set-up time) and finds no cycles among them. Reference counting
+    still frees everything else at once. Afterwards the new objects go straight to the oldest
+    generation (freeze + unfreeze moves them there without walking them), where the next full
+    collection looks at them, as it would have anyway."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.freeze()
+            gc.unfreeze()
+            gc.enable()
 
 
 def _progress(done: int, total: int, secs: float, final: bool = False) -> None:
@@ -697,3 +923,42 @@ def chip_to_host(t: TensorDesc, vectors: np.ndarray, lanes: int) -> np.ndarray:
     if t.host_dtype and np.dtype(t.host_dtype) != arr.dtype:
         return arr.astype(t.host_dtype)
     return arr.copy()  # (ascontiguousarray would turn a scalar into shape (1,))
+
+
+def _rows(a: np.ndarray) -> slice | np.ndarray:
+    """Row indices ``a`` as a slice when they are consecutive (indexing by a slice is a view, not a
+    gather), else ``a`` itself."""
+    n = len(a)
+    if n and int(a[-1]) - int(a[0]) == n - 1 and (n < 3 or bool((np.diff(a) == 1).all())):
+        return slice(int(a[0]), int(a[0]) + n)
+    return a
+
+
+def _progression(a: np.ndarray) -> slice | np.ndarray:
+    """An arithmetic progression of row indices as a slice when its step is 1, else itself."""
+    n = len(a)
+    if n and (n == 1 or (int(a[1]) - int(a[0]) == 1 and int(a[-1]) - int(a[0]) == n - 1)):
+        return slice(int(a[0]), int(a[0]) + n)
+    return a
+
+
+def _same_rows(a: slice | np.ndarray, b: slice | np.ndarray) -> bool:
+    if isinstance(a, slice) or isinstance(b, slice):
+        return a == b if isinstance(a, slice) and isinstance(b, slice) else False
+    return bool(np.array_equal(a, b))
+
+
+def _segments(ids: np.ndarray, rows: np.ndarray, dst: np.ndarray | None = None) -> list[Segment]:
+    """Split a resolved read (per element: id of the flight or source it sees or -1, and the row of
+    that flight or source) into runs of one id: (id, rows ``dst`` of the read, rows of the id). ``dst``
+    defaults to element order. Elements that see nothing (-1) belong to no segment."""
+    n = len(ids)
+    if n == 0:
+        return []
+    bounds = [0, *(np.flatnonzero(ids[1:] != ids[:-1]) + 1).tolist(), n]
+    out = []
+    for a, b in zip(bounds, bounds[1:]):
+        f = int(ids[a])
+        if f >= 0:
+            out.append((f, slice(a, b) if dst is None else _rows(dst[a:b]), _rows(rows[a:b])))
+    return out

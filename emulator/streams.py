@@ -36,13 +36,27 @@ def diagonal(direction: str, cycles: np.ndarray | int, pos: int) -> np.ndarray |
     return cycles - pos if direction == "E" else cycles + pos
 
 
+@dataclass
+class _Lane:
+    """The flights of one (chip, direction, stream), as arrays sorted by first diagonal."""
+
+    ids: np.ndarray  # flight ids
+    c0: np.ndarray
+    c1: np.ndarray
+    pos: np.ndarray
+    order: np.ndarray
+    maxlen: int  # longest c1 - c0: a flight starting before d - maxlen cannot reach diagonal d
+    c1_sorted: np.ndarray  # every c1, ascending
+    last_end: np.ndarray  # last_end[k]: the flight among 0..k with the largest c1
+
+
 class StreamIndex:
     """All flights of a program, indexed per (chip, direction, stream)."""
 
     def __init__(self) -> None:
         self.flights: list[Flight] = []
         self._by: dict[tuple[int, str, int], list[int]] = defaultdict(list)
-        self._sorted: dict[tuple[int, str, int], tuple[np.ndarray, np.ndarray, int]] = {}
+        self._sorted: dict[tuple[int, str, int], _Lane] = {}
 
     def add(self, chip: int, direction: str, stream: int, flight: Flight) -> None:
         self._by[(chip, direction, stream)].append(len(self.flights))
@@ -50,12 +64,17 @@ class StreamIndex:
 
     def finalize(self) -> None:
         for key, ids in self._by.items():
-            arr = np.array(ids, dtype=np.int64)
-            c0 = np.array([self.flights[i].c0 for i in ids], dtype=np.int64)
-            c1 = np.array([self.flights[i].c1 for i in ids], dtype=np.int64)
+            fl = [self.flights[i] for i in ids]
+            c0 = np.array([f.c0 for f in fl], dtype=np.int64)
+            c1 = np.array([f.c1 for f in fl], dtype=np.int64)
             order = np.argsort(c0, kind="stable")
-            maxlen = int((c1 - c0).max()) if len(ids) else 0
-            self._sorted[key] = (arr[order], c0[order], maxlen)
+            c0, c1 = c0[order], c1[order]
+            run_max = np.maximum.accumulate(c1)
+            self._sorted[key] = _Lane(np.array(ids, dtype=np.int64)[order], c0, c1,
+                                      np.array([f.pos for f in fl], dtype=np.int64)[order],
+                                      np.array([f.order for f in fl], dtype=np.int64)[order],
+                                      int((c1 - c0).max()) if len(ids) else 0, np.sort(c1),
+                                      np.maximum.accumulate(np.where(c1 >= run_max, np.arange(len(c1)), 0)))
 
     def collisions(self) -> list[tuple[int, int, int]]:
         """Pairs of flights writing one stream at one position in one cycle: (flight a, flight b, cycle)."""
@@ -79,30 +98,61 @@ class StreamIndex:
                         end, end_id = f.c1, i
         return out
 
+    def sole_writers(self, chip: int, direction: str, stream: int, pos: np.ndarray, dmin: np.ndarray,
+                     dmax: np.ndarray) -> np.ndarray:
+        """For many reads of one stream (reader position, diagonal range): the flight that carries every
+        vector of the read when it is the only flight on the stream overlapping that range, wherever it
+        was written (the usual case); -1 otherwise, and then ``resolve`` decides."""
+        lane = self._sorted.get((chip, direction, stream))
+        if lane is None:
+            return np.full(len(pos), -1, dtype=np.int64)
+        # flights overlapping dmin..dmax = those started by dmax minus those ended before dmin
+        started = np.searchsorted(lane.c0, dmax, side="right")
+        overlapping = started - np.searchsorted(lane.c1_sorted, dmin, side="left")
+        # when only one overlaps, it is the one ending last among those started by dmax
+        i = lane.last_end[np.maximum(started - 1, 0)]
+        upstream = (lane.pos[i] <= pos) if direction == "E" else (lane.pos[i] >= pos)
+        sole = (overlapping == 1) & upstream & (lane.c0[i] <= dmin) & (dmax <= lane.c1[i])
+        return np.where(sole, lane.ids[i], -1)
+
+    def sole_writer(self, chip: int, direction: str, stream: int, pos: int, dmin: int, dmax: int) -> int:
+        """One read's ``sole_writers``, counting only flights that can reach it (written upstream of it or
+        at it): the flight, or -1 when several or none reach the range or one covers it only in part."""
+        lane = self._sorted.get((chip, direction, stream))
+        if lane is None or dmax < dmin:
+            return -1
+        cand = self._candidates(lane, direction, pos, dmin, dmax)
+        if len(cand) != 1:
+            return -1
+        i = int(cand[0])
+        return int(lane.ids[i]) if lane.c0[i] <= dmin and dmax <= lane.c1[i] else -1
+
+    @staticmethod
+    def _candidates(lane: _Lane, direction: str, pos: int, dmin: int, dmax: int) -> np.ndarray:
+        """Indices into ``lane`` of the flights that may reach diagonals dmin..dmax at ``pos``: written
+        upstream of it (or at it) and overlapping the range."""
+        lo = int(np.searchsorted(lane.c0, dmin - lane.maxlen, side="left"))
+        hi = int(np.searchsorted(lane.c0, dmax, side="right"))
+        fpos = lane.pos[lo:hi]
+        upstream = (fpos <= pos) if direction == "E" else (fpos >= pos)
+        return np.flatnonzero(upstream & (lane.c1[lo:hi] >= dmin)) + lo
+
     def resolve(self, chip: int, direction: str, stream: int, pos: int,
                 diags: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """For each diagonal a reader at ``pos`` sees: (flight id or -1, vector index in that flight)."""
         n = len(diags)
         fid = np.full(n, -1, dtype=np.int64)
         vidx = np.zeros(n, dtype=np.int64)
-        entry = self._sorted.get((chip, direction, stream))
-        if entry is None or n == 0:
+        lane = self._sorted.get((chip, direction, stream))
+        if lane is None or n == 0:
             return fid, vidx
-        ids, c0s, maxlen = entry
-        dmin, dmax = int(diags.min()), int(diags.max())
-        lo = int(np.searchsorted(c0s, dmin - maxlen, side="left"))
-        hi = int(np.searchsorted(c0s, dmax, side="right"))
-        cands = []
-        for i in ids[lo:hi]:
-            f = self.flights[int(i)]
-            if f.c1 < dmin:
-                continue
-            if (f.pos <= pos) if direction == "E" else (f.pos >= pos):
-                cands.append((abs(pos - f.pos), f.order, int(i), f))
-        # paint the farthest writers first: a nearer writer overwrote them on the way
-        cands.sort(key=lambda x: (-x[0], x[1]))
-        for _, _, i, f in cands:
-            m = (diags >= f.c0) & (diags <= f.c1)
-            fid[m] = i
-            vidx[m] = diags[m] - f.c0
+        cand = self._candidates(lane, direction, pos, int(diags.min()), int(diags.max()))
+        # paint the farthest writers first: a nearer writer overwrote them on the way; among writers at
+        # one position the higher floorplan index wins (lexsort: last key first, ties keep c0 order)
+        paint = cand[np.lexsort((cand, lane.order[cand], -np.abs(pos - lane.pos[cand])))]
+        for i in paint.tolist():
+            c0, c1 = int(lane.c0[i]), int(lane.c1[i])
+            m = (diags >= c0) & (diags <= c1)
+            fid[m] = lane.ids[i]
+            vidx[m] = diags[m] - c0
         return fid, vidx

@@ -398,8 +398,17 @@ def _zero_sign_block(xs: F64Array, ws: F64Array) -> U32Array:
     """Results for a block in which every product is a (signed) zero: -0 iff every
     product is -0, i.e. sign(x[j,k]) != sign(w[k,c]) for all k."""
     K = xs.shape[1]
-    sx = np.signbit(xs).astype(np.float32)
-    sw = np.signbit(ws).astype(np.float32)
+    bx, bw = np.signbit(xs), np.signbit(ws)
+    # Common shapes first (padding is +0): if no w is negative, a product is -0 iff its x is, so a
+    # result is -0 iff its whole x row is negative; likewise with x and w swapped.
+    if not bw.any():
+        return np.broadcast_to(np.where(bx.all(axis=1), NEG_ZERO_BITS, np.uint32(0))[:, None],
+                               (xs.shape[0], ws.shape[1])).astype(np.uint32)
+    if not bx.any():
+        return np.broadcast_to(np.where(bw.all(axis=0), NEG_ZERO_BITS, np.uint32(0))[None, :],
+                               (xs.shape[0], ws.shape[1])).astype(np.uint32)
+    sx = bx.astype(np.float32)
+    sw = bw.astype(np.float32)
     differ = sx @ (1 - sw) + (1 - sx) @ sw  # exact integer counts
     return np.where(differ == K, NEG_ZERO_BITS, np.uint32(0)).astype(np.uint32)
 
@@ -498,10 +507,13 @@ def _matmul_float(
     n_exact = n_frac = n_fallback = 0
     if unc.size:
         jj, cc = np.divmod(unc, N)
-        gx = _granularity(xf, 1, prec, floor_exp)
-        gw = _granularity(wf, 0, prec, floor_exp)
-        E = np.ldexp(rx[jj], -gx[jj])
-        E *= np.ldexp(rw[cc], -gw[cc])
+        # granularity of just the rows / columns these elements use (usually a few of them)
+        rows, jinv = np.unique(jj, return_inverse=True)
+        cols, cinv = np.unique(cc, return_inverse=True)
+        gx = _granularity(xf[rows], 1, prec, floor_exp)[jinv]
+        gw = _granularity(wf[:, cols], 0, prec, floor_exp)[cinv]
+        E = np.ldexp(rx[jj], -gx)
+        E *= np.ldexp(rw[cc], -gw)
         exact = E <= _EXACT_LIMIT
         sv = s.reshape(-1)[unc]
         ok = exact & (sv != 0)

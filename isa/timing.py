@@ -8,6 +8,7 @@ in the project computes a latency.
 
 from __future__ import annotations
 
+import ast
 from dataclasses import dataclass
 from functools import lru_cache
 from types import CodeType, SimpleNamespace
@@ -147,15 +148,65 @@ def _stream_accesses(kind: str, io: StreamIO, spec: Instr, ops: dict[str, int], 
 def instruction_timing(spec: Instr, ops: dict[str, int], issue: int, chip: ChipConfig) -> Timing:
     """Every access of one instruction issued in cycle ``issue`` on ``chip``.
 
-    Accesses depend on the issue cycle only by a shift, so they are computed once per distinct
-    instruction (cached) and shifted here."""
-    rel = _relative_timing(spec.mnemonic, tuple(sorted(ops.items())), chip)
+    Accesses depend on the issue cycle only by a shift, and on an address operand such as READ's
+    ``addr`` only by a shift of the addresses (``_cache_plan``), so they are computed once per distinct
+    instruction shape (cached) and shifted here."""
+    keep, bases = _cache_plan(spec.mnemonic)
+    try:
+        key = tuple((k, 0 if k in bases else ops[k]) for k in keep)
+        shift = [ops[f] if f is not None else 0 for f in bases]
+    except KeyError:  # an operand is missing: evaluate as given (and fail as the expressions do)
+        key, shift = tuple(sorted(ops.items())), [0] * len(bases)
+    rel = _relative_timing(spec.mnemonic, key, chip)
     return Timing(
         [StreamAccess(a.kind, a.field, a.dir, a.base, a.dtype, a.vec, a.cycles + issue) for a in rel.reads],
         [StreamAccess(a.kind, a.field, a.dir, a.base, a.dtype, a.vec, a.cycles + issue) for a in rel.writes],
-        [StoreAccess(a.space, a.mode, a.addrs, a.cycles + issue) for a in rel.store],
+        [StoreAccess(a.space, a.mode, a.addrs + d if d and a.addrs is not None else a.addrs, a.cycles + issue)
+         for a, d in zip(rel.store, shift)],
         [(port, s + issue, e + issue) for port, s, e in rel.busy],
     )
+
+
+def _names(expr: str) -> set[str]:
+    """The names an expression uses (attribute names such as L.mem_read included)."""
+    return set(_compile(expr).co_names) if expr else set()
+
+
+@lru_cache(maxsize=None)
+def _cache_plan(mnemonic: str) -> tuple[tuple[str, ...], tuple[str | None, ...]]:
+    """How an instruction's operands enter its timing, for the cache of ``_relative_timing``.
+
+    Returns the operands that matter (sorted) and, per store access, its *address base*: an operand that is
+    the store's whole address expression or its first term (``addr + j*stride``, ``acc + j``) and
+    appears nowhere else. A base only shifts that store's addresses, so timings are cached with the
+    base 0 and shifted by it (integer addition: the very same addresses). Operands no expression names
+    and no stream or type field refers to do not change the timing at all."""
+    from isa.instructions import BY_MNEMONIC
+
+    spec = BY_MNEMONIC[mnemonic]
+    used: set[str] = {"dt"}  # ``namespace`` reads dt
+    for io in (*spec.reads, *spec.writes):
+        used |= {io.field, io.dtype} | _names(io.count) | _names(io.start) | _names(io.step) | _names(io.groups)
+    for so in spec.store:
+        used |= _names(so.count) | _names(so.start) | _names(so.step)
+    for b in spec.busy:
+        used |= _names(b.start) | _names(b.length)
+    bases: list[str | None] = []
+    for k, so in enumerate(spec.store):
+        base = None
+        if so.addr:
+            e = ast.parse(so.addr, mode="eval").body
+            if isinstance(e, ast.BinOp) and isinstance(e.op, ast.Add) and isinstance(e.left, ast.Name):
+                base = e.left.id if e.left.id not in _names(ast.unparse(e.right)) else None
+            elif isinstance(e, ast.Name):
+                base = e.id
+            others = [_names(o.addr) for i, o in enumerate(spec.store) if i != k]
+            if base in used or any(base in o for o in others):
+                base = None
+            used |= _names(so.addr) - ({base} if base else set())
+        bases.append(base)
+    fields = {f.name for f in spec.fields}
+    return tuple(sorted(used & fields | {b for b in bases if b})), tuple(bases)
 
 
 @lru_cache(maxsize=65536)

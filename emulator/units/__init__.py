@@ -2,7 +2,8 @@
 
 A handler takes the emulator and one resolved instruction (``emulator.machine.Op``), reads its
 operands with ``em.stream_in`` and the storage it resolved, computes with ``isa.semantics`` and
-returns its stream outputs by field name (storage writes go to ``op.store``).
+returns its stream outputs by field name (storage writes go to ``op.store``; SRAM words to
+``em.write_sram``).
 """
 
 from __future__ import annotations

@@ -10,14 +10,14 @@ from emulator.units import handles
 @handles("READ")
 def read(em, op):
     """s[j] = sram[addr + j*stride]."""
-    src, row = op.sram
-    return {"s": em.gather_rows(src, row, np.uint8)}
+    store, events = op.sram  # the write events the words come from (resolved before the run)
+    return {"s": store.data[events]}
 
 
 @handles("WRITE")
 def write(em, op):
-    """sram[addr + j*stride] = s[j] (the words become op.store, rows in j order)."""
-    op.store = em.stream_in(op, "s")
+    """sram[addr + j*stride] = s[j] (the words go to the event rows of this WRITE, in j order)."""
+    em.write_sram(op, em.stream_in(op, "s"))
 
 
 @handles("GATHER")
@@ -42,15 +42,16 @@ def gather(em, op):
         i = int(np.argmin(ok))
         em.hazard(op, "out-of-range", cycles[i], f"gathered address {int(addrs_read[i])} is outside 0..{size - 1}")
     store = em.sram[(op.chip, op.slice.name)]
-    src, row = store.lookup(np.where(ok, addrs_read, 0), cycles)
+    src, _, events = store.find(np.where(ok, addrs_read, 0), cycles)
     src = np.where(ok, src, -1)
+    events = np.where(ok, events, store.count)
     if ((src < 0) & ok).any():
         i = int(np.argmax((src < 0) & ok))
         em.hazard(op, "unwritten-read", cycles[i], f"gathered address {int(addrs_read[i])} was never written")
     _check_gather_banks(em, op, addrs_read, cycles)
     em.ensure(src[src >= 0])
     out = np.zeros((n, em.lanes), np.uint8)
-    out[inside] = em.gather_rows(src, row, np.uint8)
+    out[inside] = store.data[events]
     if len(out) < o["n"]:
         out = np.concatenate([out, np.zeros((o["n"] - len(out), em.lanes), np.uint8)])
     return {"s": out}
@@ -61,7 +62,7 @@ def _check_gather_banks(em, op, addrs, cycles) -> None:
     if not writes:
         return
     wc = np.concatenate([c for _, c, _ in writes])
-    wb = np.concatenate([em.chip.bank_of(a) for a, _, _ in writes])
+    wb = em.chip.bank_of(np.concatenate([a for a, _, _ in writes]))
     common, ri, wi = np.intersect1d(cycles, wc, return_indices=True)
     bad = em.chip.bank_of(addrs[ri]) == wb[wi]
     if bad.any():

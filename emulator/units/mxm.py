@@ -49,7 +49,7 @@ def matmul(em, op):
         w = w.astype(dt.np)
     y = semantics.matmul(x, w)
     if o["mode"]:
-        prev = em.gather_rows(*op.acc, dtype=y.dtype)
+        prev = em.read_rows(op.acc, dtype=y.dtype)
         if prev.dtype != y.dtype:
             em.hazard(op, "operand", op.inst.issue, f"accumulator rows hold {_name(prev)}, this MATMUL adds {y.dtype}")
             prev = prev.view(y.dtype) if prev.dtype.itemsize == y.dtype.itemsize else np.zeros_like(y)
@@ -60,7 +60,7 @@ def matmul(em, op):
 @handles("ACCR")
 def accr(em, op):
     """d[j] = convert(acc[acc+j]) to `to`."""
-    rows = em.gather_rows(*op.acc, dtype=np.float32)
+    rows = em.read_rows(op.acc, dtype=np.float32)
     src = DTYPES["i32"] if rows.dtype == np.int32 else DTYPES["f32"]
     return {"d": semantics.convert(rows, src, BY_CODE[op.inst.ops["to"]])}
 
