@@ -53,7 +53,7 @@ def roofline(tg: TaskGraph, sched, chip: ChipConfig) -> Roofline:
                 mxm += t.attrs["rows"] * cpv
                 install += st["w"].n
         elif t.kind == "vxm":
-            vxm += t.writes[0].n
+            vxm += t.writes[0].n * len(t.attrs.get("ops") or [None])
         elif t.kind in ("permute", "transpose"):
             sxm += max(e - s for sl, port, s, e in tpl.ports if port == "sxm")
         for sl, kind, ks, ko, s, e in tpl.banks:

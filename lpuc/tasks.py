@@ -50,6 +50,8 @@ class Task:
 
     def __repr__(self) -> str:
         a = " ".join(f"{k}={v}" for k, v in self.attrs.items() if not isinstance(v, (np.ndarray, list)))
+        if self.attrs.get("ops"):  # a run of VXM ops, op1>op2>..., on as many ALUs
+            a += " ops=" + ">".join(st["op"] for st in self.attrs["ops"])
         return f"task {self.id} {self.kind} {a}: {self.reads} -> {self.writes}"
 
 

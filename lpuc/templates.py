@@ -71,6 +71,7 @@ class Template:
     end: int  # one past the last relative cycle of any access
     unit: str = ""  # "VXM", "MXM_W", "MXM_E" or "" (no choice)
     regions: int = 1  # accumulator regions to choose from (chains)
+    multi_alu: bool = False  # a VXM task running a run of ops: one ALU per op ("*0", "*1", ...), all distinct
     flips: int = 1  # first weight buffers to choose from (chains: 2, so that a chain can install its
     #                 first weights while the previous chain on the plane still multiplies with the other)
 
@@ -226,49 +227,69 @@ class Builder:
                     target[tid] = (vecs[last], cyc[last])
         return Template(self.insts, self.flights, ports, banks, maps[("r", False)],
                         maps[("w", True)], maps[("r", True)], maps[("w", False)], begin, end, unit, regions,
-                        flips)
+                        any(ti.slice.startswith("*") and ti.slice != "*" for ti in self.insts), flips)
 
 
 # ================================================================================================
 # one builder per task kind
 # ================================================================================================
 def vxm_template(task: Task, chip: ChipConfig) -> Template:
+    """READ the operands so that they pass the VXM when the op reads them; WRITE the results as they
+    leave it. A task with ``attrs["ops"]`` (a run of elementwise ops, made by the tiling pass) runs them on as
+    many ALUs: op j+1 reads op j's results from the stream at the VXM in the cycle they leave op j, so the
+    intermediate values never touch SRAM."""
     b = Builder(chip)
-    a = task.attrs
-    spec = BY_MNEMONIC[a["op"]]
-    dt = DTYPES[a["dtype"]]
-    out = task.writes[0]
-    n = out.n
-    ops: dict[str, int] = {"dt": dt.code, "n": n}
-    if a["op"] == "CONVERT":
-        ops["to"] = DTYPES[a["to"]].code
-    if spec.group == "reduce":
-        ops["m"] = a["m"]
-    names = [f.name for f in spec.fields if f.kind in ("stream", "sorimm") and f.name != "d"]
-    ti = b.inst("*", 0, a["op"], **ops)
+    steps = task.attrs.get("ops") or [task.attrs]
+    n = task.writes[0].n
     vpos = b.pos("VXM0")
-    reads_of: dict[str, int] = {}
-    for name, (kind, val) in zip(names, task.attrs["operands"]):
-        if kind == "imm":
-            from isa.asm import imm_bits
-
-            ti.ops[name] = IMM_FLAG | imm_bits(dt.np.type(val), dt)
-        else:
-            ti.ops[name] = 0
-            reads_of[name] = val
-    ti.ops["d"] = 0
-    # the op's own timing says when each operand must pass the VXM and when the result leaves
-    probe = instruction_timing(spec, ti.ops, 0, chip)
-    read_at = {r.field: int(r.cycles[0]) for r in probe.reads}
     flight_of: dict[int, tuple[int, int]] = {}
-    for name, k in reads_of.items():
-        if k in flight_of:  # the same tensor for two operands: one flight serves both
-            ti.refs[name] = flight_of[k]
-            continue
-        b.read_group(task.reads[k], vpos, read_at[name], ti, name)
-        flight_of[k] = ti.refs[name]
-    depart = int(probe.writes[0].cycles[0])
-    b.write_groups(task.writes, vpos, depart, ti, "d")
+    prev: tuple[TInst, int] | None = None  # the previous op and the cycle its results leave it
+    for j, st in enumerate(steps):
+        spec = BY_MNEMONIC[st["op"]]
+        dt = DTYPES[st["dtype"]]
+        ops: dict[str, int] = {"dt": dt.code, "n": n}
+        if st["op"] == "CONVERT":
+            ops["to"] = DTYPES[st["to"]].code
+        if spec.group == "reduce":
+            ops["m"] = st["m"]
+        names = [f.name for f in spec.fields if f.kind in ("stream", "sorimm") and f.name != "d"]
+        reads_of: dict[str, int] = {}
+        streamed = None  # the operand that comes from the previous op
+        for name, (kind, val) in zip(names, st["operands"]):
+            if kind == "imm":
+                from isa.asm import imm_bits
+
+                ops[name] = IMM_FLAG | imm_bits(dt.np.type(val), dt)
+            else:
+                ops[name] = 0
+                if kind == "stream":
+                    streamed = name
+                else:
+                    reads_of[name] = val
+        ops["d"] = 0
+        # the op's own timing says when each operand must pass the VXM and when the result leaves
+        probe = instruction_timing(spec, ops, 0, chip)
+        read_at = {r.field: int(r.cycles[0]) for r in probe.reads}
+        rel = 0 if prev is None else prev[1] - read_at[streamed]
+        ti = b.inst("*" if len(steps) == 1 else f"*{j}", rel, st["op"], **ops)
+        if prev is not None:
+            ti.refs[streamed] = prev[0].refs["d"]
+        for name, k in reads_of.items():
+            if k in flight_of:  # the same tensor for two operands: one flight serves both
+                ti.refs[name] = flight_of[k]
+                continue
+            b.read_group(task.reads[k], vpos, rel + read_at[name], ti, name)
+            flight_of[k] = ti.refs[name]
+        depart = rel + int(probe.writes[0].cycles[0])
+        if j < len(steps) - 1:  # results go to the next op only: a flight that stays at the VXM
+            fl = b.new_flight("E", probe.writes[0].dtype.width)
+            d0 = b.diag("E", depart, vpos)
+            for k in range(probe.writes[0].dtype.width):
+                b.flights[fl].parts.append((k, vpos, vpos, d0, d0 + n - 1))
+            ti.refs["d"] = (fl, 0)
+        else:
+            b.write_groups(task.writes, vpos, depart, ti, "d")
+        prev = (ti, depart)
     return b.finish(unit="VXM")
 
 

@@ -1,5 +1,5 @@
 """What lets producers and consumers overlap: interleaved banks, mirrors, folded row movements,
-VXM work in blocks, a chain's choice of first weight buffer. Each is checked on real compiled
+VXM work in blocks, runs of VXM ops on several ALUs, a chain's choice of first weight buffer. Each is checked on real compiled
 programs, which must still verify bit-exactly through the emulator."""
 
 from __future__ import annotations
@@ -68,6 +68,13 @@ def test_bert_tiny_on_lpu_v1_mirrors_folds_and_pipelines():
     assert Counter(t.kind for t in tg.tasks)["copy"] == 0
     # no VXM task is longer than a block
     assert max(t.writes[0].n for t in tg.tasks if t.kind == "vxm") <= VXM_BLOCK
+    # runs of elementwise ops: one ALU per op, distinct, and the intermediates never stored
+    chained = [t for t in tg.tasks if t.kind == "vxm" and len(t.attrs.get("ops") or []) > 1]
+    assert chained
+    for t in chained:
+        units = sc.placements[t.id].units
+        assert len(units) == len(t.attrs["ops"]) == len(set(units))
+        assert len(t.writes) <= 2  # the result (and its mirror) only
     # some chain starts on weight buffer 1 (installing while the previous chain multiplies)
     assert any(sc.placements[t.id].flip for t in tg.tasks if t.kind == "chain")
     # some slice is read by one task while another task writes it, in the same cycles

@@ -53,7 +53,7 @@ def codegen(tg: TaskGraph, sched: Schedule, chip: ChipConfig, meta: dict | None 
                 ops["acc"] += p.region * sched.region_rows
             if ti.buf_flip:
                 ops["buf"] = (ops["buf"] + p.flip) % 2
-            entries.append((p.unit if ti.slice == "*" else ti.slice, p.start + ti.rel, ti.mnemonic, ops, node))
+            entries.append((p.slice_of(ti.slice), p.start + ti.rel, ti.mnemonic, ops, node))
     prog.nodes = list(node_index)
     for sname, issue, mn, ops, node in sorted(entries, key=lambda e: (e[0], e[1])):
         prog.add(0, sname, issue, BY_MNEMONIC[mn], ops, node)
@@ -82,7 +82,7 @@ def _expected_producers(tg: TaskGraph, sched: Schedule, prog: Program) -> list[l
         writers: dict[tuple[int, int], list[tuple[str, int]]] = {}
         readers: list[tuple[int, str, int, str]] = []
         for ti in tpl.insts:
-            sname = p.unit if ti.slice == "*" else ti.slice
+            sname = p.slice_of(ti.slice)
             spec = BY_MNEMONIC[ti.mnemonic]
             wfields = {io.field for io in spec.writes}
             for fld, (fl, off) in ti.refs.items():

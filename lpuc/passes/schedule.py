@@ -167,6 +167,15 @@ class Placement:
     region: int
     streams: list[int]
     flip: int = 0  # chains: the first weight buffer is (0 + flip) % 2
+    units: list[str] = field(default_factory=list)  # a VXM task with a run of ops: the ALU of each ("*0", "*1", ...)
+
+    def slice_of(self, name: str) -> str:
+        """The slice a template's slice name stands for: ``*`` the unit, ``*j`` the j-th chosen ALU."""
+        if name == "*":
+            return self.unit
+        if name.startswith("*"):
+            return self.units[int(name[1:])]
+        return name
 
 
 @dataclass
@@ -297,21 +306,43 @@ class Scheduler:
                 return c - s
         return None
 
-    def _unit(self, tpl: Template, T: int, unit: str, region: int, flip: int) -> int | None:
-        """None if the chosen unit's ports (with its accumulator region and first weight buffer) are
-        free at anchor T, else a later anchor worth trying."""
+    def _unit(self, tpl: Template, T: int, unit: str, region: int, flip: int, name: str = "*") -> int | None:
+        """None if the ports of template unit ``name`` (``*``, or ``*j`` of a run of ops) are free on
+        ``unit`` at anchor T (with its accumulator region and first weight buffer), else a later anchor
+        worth trying."""
         for sl, port, s, e in self._split_ports(tpl)[1]:
-            c = self.ports[(unit if sl == "*" else sl, _port(port, region, flip))].conflict(T + s, T + e)
+            if sl != name and (sl.startswith("*") or name != "*"):
+                continue
+            c = self.ports[(unit if sl == name else sl, _port(port, region, flip))].conflict(T + s, T + e)
             if c is not None:
                 return c - s
         return None
+
+    def _alus_for_ops(self, tpl: Template, T: int, units: list[str]) -> tuple[list[str] | None, int | None]:
+        """A distinct free ALU for each op of a run-of-ops VXM task at anchor T (first free ones, in order);
+        else (None, a later anchor worth trying)."""
+        names = sorted({p[0] for p in self._split_ports(tpl)[1] if p[0].startswith("*")}, key=lambda x: int(x[1:]))
+        picked: list[str] = []
+        for name in names:
+            hint = None
+            for unit in units:
+                if unit in picked:
+                    continue
+                h = self._unit(tpl, T, unit, 0, 0, name)
+                if h is None:
+                    picked.append(unit)
+                    break
+                hint = h if hint is None else min(hint, h)
+            else:
+                return None, hint
+        return picked, None
 
     def _split_ports(self, tpl: Template) -> tuple[list, list]:
         """The template's ports: (those on named slices, those on the chosen unit or a chosen region/buffer)."""
         got = self._ports_cache.get(id(tpl))
         if got is None:
-            fixed = [p for p in tpl.ports if p[0] != "*" and p[1] != "acc*" and not p[1].startswith("buf*")]
-            chosen = [p for p in tpl.ports if not (p[0] != "*" and p[1] != "acc*" and not p[1].startswith("buf*"))]
+            fixed = [p for p in tpl.ports if not p[0].startswith("*") and p[1] != "acc*" and not p[1].startswith("buf*")]
+            chosen = [p for p in tpl.ports if p not in fixed]
             got = self._ports_cache[id(tpl)] = (fixed, chosen)
         return got
 
@@ -373,6 +404,16 @@ class Scheduler:
             if hint is not None:
                 T = max(T + 1, hint)
                 continue
+            if tpl.multi_alu:
+                chosen_units, h = self._alus_for_ops(tpl, T, units)
+                if chosen_units is None:
+                    T = max(T + 1, h if h is not None else T + 1)
+                    continue
+                streams, h = self._streams(tpl, T)
+                if streams is None:
+                    T = max(T + 1, h)
+                    continue
+                return Placement(T, chosen_units[0], 0, streams, 0, chosen_units)
             pick = None
             for unit in units:
                 for region, flip in variants:
@@ -399,7 +440,7 @@ class Scheduler:
         for sl, port, s, e in tpl.ports:
             port = _port(port, p.region, p.flip)
             if e > s:
-                self.ports[(p.unit if sl == "*" else sl, port)].add(T + s, T + e)
+                self.ports[(p.slice_of(sl), port)].add(T + s, T + e)
         for sl, kind, ks, ko, s, e in tpl.banks:
             self.banks[(sl, kind)].setdefault((ks, (ko - ks * T) % self.B), Intervals()).add(T + s, T + e)
         for f, base in zip(tpl.flights, p.streams):

@@ -189,6 +189,38 @@ class Tiler:
             operands.append(("read", k))
         return operands, uniq
 
+    def vxm_run(self, run: list[Prim]) -> None:
+        """Elementwise ops as one task per block, one ALU each: op j+1 takes op j's results straight from the
+        stream at the VXM (``templates.vxm_template``); only the last result is stored."""
+        out = run[-1].out
+        uniq: list[tuple[Tensor, np.ndarray]] = []
+        steps = []
+        for j, p in enumerate(run):
+            operands: list = []
+            for o in p.ins:
+                if isinstance(o, Imm):
+                    operands.append(("imm", o.value))
+                elif j and o is run[j - 1].out:
+                    operands.append(("stream", None))
+                else:
+                    t, v = self.source_vectors(self.base(o), self.operand_vectors(o, p.out))
+                    if any(u is t for u, _ in uniq):  # two ops would read one tensor: run them apart
+                        for q in run:
+                            getattr(self, q.kind)(q)
+                        return
+                    uniq.append((t, v))
+                    operands.append(("read", len(uniq) - 1))
+            op = "CONVERT" if p.kind == "convert" else p.attrs["op"]
+            dtype = p.ins[0].dtype if p.kind == "convert" else p.attrs.get("dtype", p.out.dtype)
+            steps.append({"op": op, "dtype": dtype, "operands": operands, "to": p.attrs.get("to"),
+                          "m": p.attrs.get("m")})
+        order, arrays, runs = self.best_runs(out, [v for _, v in uniq])
+        for s, e in split_runs(runs, self.block):
+            n = e - s
+            reads = [self.acc(t, arr[s], int(arr[s + 1] - arr[s]) if n > 1 else 1, n) for (t, _), arr in zip(uniq, arrays)]
+            ostep = int(order[s + 1] - order[s]) if n > 1 else 1
+            self.tg.add("vxm", reads, [self.acc(out, order[s], ostep, n)], run[-1], **steps[-1], ops=steps)
+
     def copy_whole(self, t: Tensor, p: Prim) -> Tensor:
         """A fresh copy of t (so that one task can read two patterns of it from different slices)."""
         new = self.temp(t, "dup")
@@ -475,11 +507,65 @@ def _split_constant(a: np.ndarray, s: int, e: int) -> list[tuple[int, int]]:
     return out
 
 
+ELEMENTWISE = ("ewise", "convert")
+MAX_RUN = 6  # ops per run (each takes an ALU for the task's whole length)
+
+
+def vxm_runs(pg: PrimGraph, chip: ChipConfig) -> dict[int, list[Prim]]:
+    """Runs of elementwise primitives to execute as one VXM task with one ALU per op, by ``id()`` of the last one.
+
+    p -> q joins a run when q is the only reader of p's result (not an output, not viewed or copied),
+    reads it once, has the same shape, and the run's operand and result streams fit the chip's
+    streams of one direction. The run is tiled where its last op stands, when all operands exist."""
+    readers: dict[int, list[Prim]] = {}
+    for p in pg.prims:
+        for o in p.ins:
+            if isinstance(o, Tensor):
+                readers.setdefault(o.id, []).append(p)
+    outputs = {t.id for t in pg.outputs}
+    runs: dict[int, list[Prim]] = {}
+    run_of: dict[int, list[Prim]] = {}
+    for q in pg.prims:
+        if q.kind not in ELEMENTWISE:
+            continue
+        run = None
+        for o in q.ins:
+            prev = run_of.get(o.id) if isinstance(o, Tensor) else None
+            if prev is None or prev[-1].out is not o or len(prev) >= min(MAX_RUN, len(chip.slices_of("VXM"))):
+                continue
+            if o.id in outputs or len(readers.get(o.id, [])) != 1 or sum(x is o for x in q.ins) != 1:
+                continue
+            if o.shape != q.out.shape or o.splat != q.out.splat:
+                continue
+            reads = [x for p in prev + [q] for x in p.ins if isinstance(x, Tensor) and all(x is not r.out for r in prev)]
+            if len({x.id for x in reads}) != len(reads):
+                continue  # one tensor read by two ops of the run: two reads of one slice at once
+            width = sum(x.dt.width for x in reads) + max(r.out.dt.width for r in prev) + q.out.dt.width
+            if width > chip.streams:
+                continue
+            run = prev
+        if run is not None:
+            del runs[id(run[-1])]
+            run = run + [q]
+        else:
+            run = [q]
+        runs[id(q)] = run
+        run_of[q.out.id] = run
+    return {k: r for k, r in runs.items() if len(r) > 1}
+
+
 def tile(pg: PrimGraph, chip: ChipConfig) -> TaskGraph:
     t = Tiler(pg, chip)
+    runs = vxm_runs(pg, chip)
+    deferred = {id(p) for r in runs.values() for p in r[:-1]}
     for p in pg.prims:
         if p.kind == "view":
             t.view_of[p.out.id] = p.ins[0]
+            continue
+        if id(p) in deferred:
+            continue
+        if id(p) in runs:
+            t.vxm_run(runs[id(p)])
             continue
         getattr(t, p.kind)(p)
     t.tg.view_of = {k: t.base(v) for k, v in t.view_of.items()}  # type: ignore[attr-defined]
