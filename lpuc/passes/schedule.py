@@ -393,6 +393,22 @@ class Scheduler:
                     return c - s
         return None
 
+    def _choose_units(self, tpl: Template, T: int, units: list[str],
+                      variants: list[tuple[int, int]]) -> tuple[tuple[list[str], int, int] | None, int | None]:
+        """((units, region, flip), None) for the first free choice at anchor T, else (None, a later anchor
+        worth trying). A run of VXM ops takes a distinct ALU per op; other tasks one unit and variant."""
+        if tpl.multi_alu:
+            alus, h = self._alus_for_ops(tpl, T, units)
+            return ((alus, 0, 0), None) if alus is not None else (None, h)
+        hint = None
+        for unit in units:
+            for region, flip in variants:
+                h = self._unit(tpl, T, unit, region, flip)
+                if h is None:
+                    return ([unit], region, flip), None
+                hint = h if hint is None else min(hint, h)
+        return None, hint
+
     def _fit(self, task: Task, ready: int) -> Placement:
         tpl = self.tpl[task.id]
         units = self.units.get(tpl.unit, [""])
@@ -404,34 +420,15 @@ class Scheduler:
             if hint is not None:
                 T = max(T + 1, hint)
                 continue
-            if tpl.multi_alu:
-                chosen_units, h = self._alus_for_ops(tpl, T, units)
-                if chosen_units is None:
-                    T = max(T + 1, h if h is not None else T + 1)
-                    continue
-                streams, h = self._streams(tpl, T)
-                if streams is None:
-                    T = max(T + 1, h)
-                    continue
-                return Placement(T, chosen_units[0], 0, streams, 0, chosen_units)
-            pick = None
-            for unit in units:
-                for region, flip in variants:
-                    h = self._unit(tpl, T, unit, region, flip)
-                    if h is None:
-                        pick = (unit, region, flip)
-                        break
-                    hint = h if hint is None else min(hint, h)
-                if pick:
-                    break
+            pick, h = self._choose_units(tpl, T, units, variants)
             if pick is None:
-                T = max(T + 1, hint if hint is not None else T + 1)
+                T = max(T + 1, h if h is not None else T + 1)
                 continue
             streams, h = self._streams(tpl, T)
             if streams is None:
                 T = max(T + 1, h)
                 continue
-            return Placement(T, pick[0], pick[1], streams, pick[2])
+            return Placement(T, pick[0][0], pick[1], streams, pick[2], pick[0] if tpl.multi_alu else [])
         raise CompileError(f"task {task.id} ({task.kind}) found no free slot")
 
     def _commit(self, task: Task, p: Placement) -> None:
