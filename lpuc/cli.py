@@ -254,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fix a dynamic input shape, e.g. input_ids=1x128 (repeatable)")
         sp.add_argument("--scheduler", default="list", choices=["list", "asap", "naive"])
         sp.add_argument("--dump-after", metavar="PASS",
-                        help="print the IR after a pass: import, fold, lower, tile, mirror, allocate, schedule, "
+                        help="print the IR after a pass: import, fold, lower, heads, tile, mirror, allocate, schedule, "
                              "codegen")
 
     cp = sub.add_parser("compile", help="compile an ONNX model to a .lpu program")

@@ -1,6 +1,6 @@
 """The compiler pipeline, straight-line: one pass after the other, each in ``lpuc/passes/<name>.py``.
 
-    import -> fold -> lower -> tile -> mirror -> allocate -> schedule -> codegen
+    import -> fold -> lower -> heads -> tile -> mirror -> allocate -> schedule -> codegen
 
 ``compile_model(..., dump_after="tile")`` prints the IR after that pass (``lpuc compile
 --dump-after tile``), so every step can be read.
@@ -25,6 +25,7 @@ from lpuc.passes.allocate import Allocation, allocate
 from lpuc.passes.codegen import codegen
 from lpuc.passes.fold_constants import fold_constants
 from lpuc.passes.import_onnx import import_onnx
+from lpuc.passes.heads import heads
 from lpuc.passes.lower import PRECISIONS, lower
 from lpuc.passes.mirror import mirror
 from lpuc.passes.schedule import SCHEDULERS, Schedule, schedule
@@ -33,7 +34,7 @@ from lpuc.prim import PrimGraph
 from lpuc.roofline import Roofline, roofline
 from lpuc.tasks import TaskGraph
 
-PASSES = ("import", "fold", "lower", "tile", "mirror", "allocate", "schedule", "codegen")
+PASSES = ("import", "fold", "lower", "heads", "tile", "mirror", "allocate", "schedule", "codegen")
 
 
 @dataclass
@@ -83,6 +84,7 @@ def compile_model(path: "str | Path | onnx.ModelProto", chip: ChipConfig, precis
     g = step("import", lambda: import_onnx(path, input_shapes), dump_graph)
     g = step("fold", lambda: fold_constants(g), dump_graph)
     pg = step("lower", lambda: lower(g, chip, precision), lambda r: r.dump())
+    pg = step("heads", lambda: heads(pg, chip), lambda r: r.dump())
     tg = step("tile", lambda: tile(pg, chip), lambda r: r.dump())
     tg = step("mirror", lambda: mirror(tg, chip), lambda r: r.dump())
     al = step("allocate", lambda: allocate(tg, chip), lambda r: r.dump(tg))

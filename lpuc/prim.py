@@ -16,6 +16,7 @@ kind           meaning
 ``matmul``     ``a @ b`` on the MXM; ``b`` is ``[.., K, N]`` (or ``[.., N, K]`` with ``tb``)
 ``copy``       whole-vector row movement: out row r = in row rowmap[r] (last dimension unchanged)
 ``relayout``   element movement with lane changes: out element e = in element emap[e] (or 0 if -1)
+``mmheads``    per-head attention products on unsplit ``[.., T, H*D]`` tensors (``lpuc.passes.heads``)
 ``transpose``  swap of the last two axes (SXM TRANSPOSE blocks)
 ``gather``     rows of a table selected by an index tensor (MEM GATHER)
 =============  ==========================================================================================

@@ -57,6 +57,54 @@ def matmul(a: np.ndarray, b: np.ndarray, tb: bool, lanes: int) -> np.ndarray:
     return out
 
 
+def mmheads(p: Prim, x: np.ndarray, y: np.ndarray, lanes: int) -> np.ndarray:
+    """The passes ``tile.mmheads`` runs (see ``lpuc.passes.heads``): whole lane chunks against weights
+    zeroed outside one head's lanes; PV accumulates the heads of a chunk pass by pass."""
+    H, D, L = p.attrs["H"], p.attrs["D"], lanes
+    E = x.shape[-1] if p.attrs["mode"] == "qk" else y.shape[-1]
+    B = int(np.prod(p.out.shape[:-3])) if p.attrs["mode"] == "qk" else int(np.prod(p.out.shape[:-2]))
+
+    def chunk(t: np.ndarray, c: int) -> np.ndarray:  # lanes of chunk c, zero-padded to L
+        out = np.zeros(t.shape[:-1] + (L,), t.dtype)
+        part = t[..., c * L:(c + 1) * L]
+        out[..., :part.shape[-1]] = part
+        return out
+
+    if p.attrs["mode"] == "qk":
+        T, N = x.shape[-2], y.shape[-2]
+        xs, ys = x.reshape(B, T, E), y.reshape(B, N, y.shape[-1])
+        out = np.empty((B, H, T, N), np.float32)
+        for b in range(B):
+            for h in range(H):
+                c, lo = divmod(p.attrs["offq"] + h * D, L)
+                ck = (p.attrs["offk"] + h * D) // L
+                k = min(L, E - c * L)
+                w = chunk(ys[b], ck).T.copy()  # [L, N]: K's rows as columns
+                w[:lo] = 0
+                w[lo + D:] = 0
+                out[b, h] = semantics.matmul(np.ascontiguousarray(chunk(xs[b], c)[:, :k]), np.ascontiguousarray(w[:k]))
+        return out.reshape(p.out.shape)
+    T, S = x.shape[-2], x.shape[-1]
+    Eo = p.out.shape[-1]
+    xs, ys = x.reshape(B, H, T, S), y.reshape(B, S, E)
+    out = np.zeros((B, T, -(-Eo // L) * L), np.float32)
+    for b in range(B):
+        for c in range(-(-Eo // L)):
+            acc = None
+            for h in range(H):
+                if (h * D) // L != c:
+                    continue
+                cv, lo = divmod(p.attrs["offv"] + h * D, L)
+                w = chunk(ys[b], cv)  # [S, L]: V's rows, only head h's lanes kept
+                w[:, :lo] = 0
+                w[:, lo + D:] = 0
+                yh = semantics.matmul(np.ascontiguousarray(xs[b, h]), w)
+                acc = yh if acc is None else semantics.accumulate(acc, yh)
+            if acc is not None:
+                out[b, :, c * L:(c + 1) * L] = acc
+    return out[..., :Eo].reshape(p.out.shape)
+
+
 def evaluate_prim(p: Prim, vals: dict[int, np.ndarray], lanes: int) -> np.ndarray:
     def get(o):
         return _imm(o, p.attrs.get("dtype", p.out.dtype)) if isinstance(o, Imm) else vals[o.id]
@@ -74,6 +122,8 @@ def evaluate_prim(p: Prim, vals: dict[int, np.ndarray], lanes: int) -> np.ndarra
         part = np.ascontiguousarray(x2[:, c * lanes:c * lanes + m])
         r = semantics.reduce_lanes(p.attrs["op"], t.dt, part, m)[:, :1]
         return r.reshape(p.out.shape)
+    if k == "mmheads":
+        return mmheads(p, vals[p.ins[0].id], vals[p.ins[1].id], lanes)
     if k == "matmul":
         a = vals[p.ins[0].id]
         parts = [vals[t.id] for t in p.ins[1:]]  # weights stored by output lane chunk are concatenated

@@ -443,7 +443,7 @@ def chain_template(task: Task, chip: ChipConfig, region_rows: int) -> Template:
             t_iw += 1
         used.add(t_iw)
         iw = b.inst("*", t_iw, "IW", dt=dt.code, buf=i % 2, s=0, n=w.n, r0=0, g=1, t=st["t"], clr=1,
-                    lo=0, hi=st["hi"])
+                    lo=st.get("lo", 0), hi=st["hi"])
         iw.buf_flip = True
         probe = instruction_timing(BY_MNEMONIC["IW"], {**iw.ops, "s": 0}, t_iw, chip)
         b.read_group(w, x, int(probe.reads[0].cycles[0]), iw, "s")

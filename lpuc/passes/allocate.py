@@ -79,6 +79,7 @@ class _FreeList:
         self.free = merged
 
 
+TINY = 1  # words per plane up to which a tensor is packed with others rather than spread (lane maps)
 NEAR_HOPS = 4  # how far apart in the dataflow two tensors may still be streamed at the same time
 
 
@@ -138,8 +139,11 @@ def allocate(tg: TaskGraph, chip: ChipConfig) -> Allocation:
             apart[x] |= rs - {x}
         for x in ws:
             apart[x] |= ws - {x}
+        # a single-vector read (a lane map, an index vector) happens before the task stores anything,
+        # so it never meets the task's own writes in a bank (a GATHER's table is read for n cycles)
+        long_reads = {a.tensor.id for a in task.reads if a.n > 1 or (task.kind == "gather" and a is task.reads[1])}
         for w in ws:
-            for x in rs:
+            for x in rs & long_reads:
                 bank_apart[w].add(x)
                 bank_apart[x].add(w)
         if task.kind == "vxm":
@@ -230,7 +234,9 @@ def allocate(tg: TaskGraph, chip: ChipConfig) -> Allocation:
     def choose(h: str, n: int, w: int, banned_slices: set[str], banned_spots: set[tuple[str, int]],
                avoid: set[int] = frozenset()) -> list | None:
         """w slices of hemisphere h with n free words in an allowed region: fewest tensors of ``avoid``
-        first, then least loaded."""
+        first, then least loaded -- except tiny tensors (lane maps: at most TINY words), which
+        go to the most loaded slices, so that the many small constants one tensor is read with (a
+        relayout's lane maps) do not end up in every slice and leave that tensor no room."""
         choice = []
         for s in mem[h]:
             if s.name in banned_slices:
@@ -240,8 +246,12 @@ def allocate(tg: TaskGraph, chip: ChipConfig) -> Allocation:
                     continue
                 addr = free[(s.name, b)].fit(n)
                 if addr is not None:
-                    clash = len(avoid & slice_hist[s.name]) if avoid else 0
-                    choice.append((clash * 64 + slice_load[s.name] * 4 + len(choice) // 8, s.name, b, addr))
+                    if n <= TINY:  # pack
+                        cost = -slice_load[s.name] * 4
+                    else:
+                        clash = len(avoid & slice_hist[s.name]) if avoid else 0
+                        cost = clash * 64 + slice_load[s.name] * 4 + len(choice) // 8
+                    choice.append((cost, s.name, b, addr))
                     break
         choice.sort(key=lambda c: (c[0], [x.name for x in mem[h]].index(c[1])))
         return choice[:w] if len(choice) >= w else None
@@ -262,14 +272,14 @@ def allocate(tg: TaskGraph, chip: ChipConfig) -> Allocation:
             hemis = [h for h in hemis if h not in forced]
         if mirror_of.get(i) in placed:  # one stream group stores both: it flows one way
             hemis = [placed[mirror_of[i]][0]]
-        if i in weights:  # balance matrix weights between the two hemispheres' MXM planes
-            hemis.sort(key=lambda h: weight_words[h])
-        elif vxm_tasks.get(i):
+        if vxm_tasks.get(i):
             # the VXM sits between the hemispheres: operands from the west arrive on eastward streams,
             # results for the east leave on eastward streams. Keep each direction within its streams.
             load = {h: _stream_load(i, h, vxm_tasks[i], placed, tensors) for h in hemis}
             hemis = [h for h in hemis if load[h] <= chip.streams] or hemis
             hemis.sort(key=lambda h: load[h])
+        if i in weights:  # balance matrix weights between the two hemispheres' MXM planes (where allowed)
+            hemis.sort(key=lambda h: weight_words[h])
         # a tensor larger than a region is cut into segments of whole rows; when the free space is too
         # fragmented for that, into smaller segments (not a GATHER's table or index: one flight each)
         rows_per_seg = max(1, bw // C)

@@ -14,7 +14,7 @@ tensor and its mirror.
 Rules:
 
 * only tensors written by VXM operations and MXM chains (whose stores are one stream group) and read
-  by at least two readers (a VXM op's tasks count as one reader, each MXM chain as one); never inputs, outputs or constants; only on chips with room for them
+  by VXM operations and MXM chains only, at least two readers (a VXM op's tasks count as one reader, each MXM chain as one); never inputs, outputs or constants; only on chips with room for them
   (``ROOM``), and the allocation pass drops a mirror it cannot place (``unmirror``);
 * the mirror has the tensor's dtype and shape; the allocation pass puts it in the tensor's
   hemisphere (the stream group flows one way) and in other slices (``tg.mirror_of``).
@@ -29,6 +29,7 @@ from lpuc.prim import Tensor
 from lpuc.tasks import Access, Task, TaskGraph
 
 WRITERS = ("vxm", "chain")  # task kinds whose stores can take a second set of slices
+READERS = ("vxm", "chain")  # readers that run side by side (the two switches' permutes run one at a time)
 # a mirror is made only where a hemisphere has room for this many tensors of its width side by side
 # (the tensor, its mirror, the operands and results of the tasks around them)
 ROOM = 8
@@ -52,7 +53,7 @@ def mirror(tg: TaskGraph, chip: ChipConfig) -> TaskGraph:
             continue
         if ROOM * x.dt.width > chip.mem["slices_per_hemisphere"]:
             continue  # a small chip (tiny: 8 slices a side) needs its slices for the operands themselves
-        if any(w.kind not in WRITERS or w in rs for w in ws):
+        if any(w.kind not in WRITERS or w in rs for w in ws) or any(r.kind not in READERS for r in rs):
             continue
         # readers in program order take x, mirror, x, ...: a VXM op's pieces (which run one after the
         # other) as one reader; every MXM chain on its own (chains of one product run side by side)

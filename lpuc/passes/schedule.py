@@ -97,6 +97,17 @@ def _port(port: str, region: int, flip: int) -> str:
     return port
 
 
+def _check_own_banks(task: Task, tpl: Template) -> None:
+    """A task must not read and write one bank of a slice in one cycle itself: no anchor would help."""
+    for sl, kind, ks, ko, s, e in tpl.banks:
+        if kind != "r":
+            continue
+        for sl2, kind2, ks2, ko2, s2, e2 in tpl.banks:
+            if sl2 == sl and kind2 == "w" and s < e2 and s2 < e and not (ks == ks2 >= 0 and ko != ko2):
+                raise CompileError(f"internal: task {task.id} ({task.kind}, {task.node}) reads and writes one SRAM "
+                                   f"bank of {sl} in the same cycles; please report this model")
+
+
 def _bank_conflict(classes: dict[tuple[int, int], "Intervals"], ks: int, ko: int, s: int, e: int) -> int | None:
     """End of a reserved access that may use the bank of an access of class (ks, ko) in a cycle of [s, e).
 
@@ -212,6 +223,8 @@ class Scheduler:
         self.rects: dict[tuple[str, int], Rects] = defaultdict(Rects)
         self.sched = Schedule(kind, region_rows=int(chip.mxm["acc_rows"]) // 2)
         self.tpl = {t.id: build_template(t, chip) for t in tg.tasks}
+        for t in tg.tasks:
+            _check_own_banks(t, self.tpl[t.id])
         self.sched.templates = self.tpl
         self.deps = self._dependencies(alloc)
         self.sched.deps = self.deps

@@ -285,6 +285,44 @@ class Tiler:
                     reads = [s["w"] for s in steps] + [s["x"] for s in steps]
                     self.tg.add("chain", reads, [o], p, steps=steps, rows=rows, dtype=a.dtype)
 
+    def mmheads(self, p: Prim) -> None:
+        """Multi-head products on heads in place (``lpuc.passes.heads``). QK: one chain per (batch, head):
+        K's token rows installed as columns, lanes outside the head zeroed; Q's rows multiplied whole.
+        PV: one chain per (batch, lane chunk of the merged result), one step per head of the chunk:
+        V's token rows installed with the other lanes zeroed, P_h multiplied, accumulated."""
+        x, y = p.ins
+        L = self.L
+        H, D = p.attrs["H"], p.attrs["D"]
+        if p.attrs["mode"] == "qk":
+            E, C = x.shape[-1], x.chunks(L)
+            T, N = x.shape[-2], y.shape[-2]
+            B = x.rows // T
+            for b in range(B):
+                for h in range(H):
+                    c, lo = divmod(p.attrs["offq"] + h * D, L)
+                    ck = (p.attrs["offk"] + h * D) // L
+                    k = min(L, E - c * L)
+                    step = {"w": self.acc(y, b * N * C + ck, C, N), "x": self.acc(x, b * T * C + c, C, T), "t": 1,
+                            "lo": lo, "hi": lo + D, "k": k if k < L else 0}
+                    o = self.acc(p.out, (b * H + h) * T, 1, T)
+                    self.tg.add("chain", [step["w"], step["x"]], [o], p, steps=[step], rows=T, dtype=x.dtype)
+            return
+        Cy, Co = y.chunks(L), p.out.chunks(L)
+        T, S = x.shape[-2], x.shape[-1]
+        B = y.rows // S
+        for b in range(B):
+            for c in range(Co):  # head h lands in lanes h*D.. of the result (V's offset is whole chunks)
+                steps = []
+                for h in range(H):
+                    if (h * D) // L == c:
+                        cv, lo = divmod(p.attrs["offv"] + h * D, L)
+                        steps.append({"w": self.acc(y, b * S * Cy + cv, Cy, S), "x": self.acc(x, (b * H + h) * T, 1, T),
+                                      "t": 0, "lo": lo, "hi": lo + D, "k": S if S < L else 0})
+                if steps:
+                    o = self.acc(p.out, b * T * Co + c, Co, T)
+                    reads = [st["w"] for st in steps] + [st["x"] for st in steps]
+                    self.tg.add("chain", reads, [o], p, steps=steps, rows=T, dtype=x.dtype)
+
     def copy(self, p: Prim) -> None:
         """Whole vectors from one place to another. A row movement of one temporary into another
         (head split and merge, transposes that keep the last axis) is folded into its readers'
@@ -542,7 +580,8 @@ def vxm_runs(pg: PrimGraph, chip: ChipConfig) -> dict[int, list[Prim]]:
             if len({x.id for x in reads}) != len(reads):
                 continue  # one tensor read by two ops of the run: two reads of one slice at once
             width = sum(x.dt.width for x in reads) + max(r.out.dt.width for r in prev) + q.out.dt.width
-            if width > chip.streams:
+            planes = sum(x.dt.width for x in reads) + q.out.dt.width  # each in its own slice
+            if width > chip.streams or planes > chip.mem["slices_per_hemisphere"] // 2:
                 continue
             run = prev
         if run is not None:

@@ -1,0 +1,168 @@
+"""Pass 4 -- heads: multi-head attention products read and write the heads where they are.
+
+An exported attention splits Q, K and V ``[T, H*D]`` into heads ``[H, T, D]`` (Reshape + Transpose),
+multiplies per head, and merges the result back (Transpose + Reshape). On the chip a head of D lanes
+is a lane window of a row vector, and splitting or merging heads moves lanes: SXM permutes and OR
+merges of every row. The MXM does not need it:
+
+* ``S_h = Q_h K_h^T``: install the rows of K (tokens) as weight columns with the lanes outside head
+  h's window zeroed (IW ``t=1``, ``lo``/``hi``); multiply the rows of Q as they are. The other heads'
+  lanes meet zero weights. One pass per head: ``S_h = round(exact sum over the chunk's lanes)``.
+* ``C = merge_h(P_h V_h)``: install the rows of V (tokens) with the lanes outside head h zeroed and
+  multiply ``P_h``; the products land in head h's lanes of the merged row. The heads of one lane
+  chunk accumulate in one accumulator region (pass by pass, in head order), which is the merged
+  result; no merge.
+
+A matmul is rewritten (to an ``mmheads`` primitive) when its operands come from ``[.., T, E]`` tensors
+through views, copies, relayouts and conversions whose composed element map is exactly the head
+split at a lane offset, every head lies inside one lane chunk, Q's and K's heads sit at the same lanes
+of their chunks, and V's heads at the lanes of the merged result (offsets multiples of the lanes).
+The products differ from per-head products only where another head's lane holds inf or nan (times a
+zero weight: nan); the reference evaluator computes exactly the same passes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from isa.config import ChipConfig
+from lpuc.prim import Prim, PrimGraph, Tensor
+
+MOVES = ("view", "copy", "relayout", "convert")
+
+
+def _element_map(p: Prim) -> np.ndarray:
+    """out element e = in element map[e] (one input)."""
+    n = int(np.prod(p.out.shape))
+    if p.kind in ("view", "convert"):
+        return np.arange(n, dtype=np.int64)
+    return np.asarray(p.attrs["emap"], dtype=np.int64)
+
+
+def _trace(t: Tensor, producer: dict[int, Prim]) -> tuple[Tensor, np.ndarray, str | None]:
+    """Follow single-input moves and conversions back from t: (source, map of t's elements into the
+    source's, the dtype t was converted to on the way or None)."""
+    emap = np.arange(int(np.prod(t.shape)), dtype=np.int64)
+    to = None
+    cur = t
+    while True:
+        p = producer.get(cur.id)
+        if p is None or p.kind not in MOVES or len(p.ins) != 1 or not isinstance(p.ins[0], Tensor):
+            return cur, emap, to
+        if p.kind == "convert":
+            if to is not None:
+                return cur, emap, to
+            to = p.attrs["to"]
+        m = _element_map(p)
+        if (m < 0).any():
+            return cur, emap, to
+        emap = m[emap]
+        cur = p.ins[0]
+
+
+def _head_split(B: int, H: int, T: int, D: int, E: int, off: int) -> np.ndarray:
+    """Element map of x[b, h, t, d] = src[b, t, off + h*D + d] with src [B, T, E]."""
+    b, h, t, d = np.meshgrid(np.arange(B), np.arange(H), np.arange(T), np.arange(D), indexing="ij")
+    return ((b * T + t) * E + off + h * D + d).reshape(-1)
+
+
+def _as_heads(t: Tensor, producer: dict[int, Prim], H: int, T: int, D: int) -> tuple[Tensor, int, str | None] | None:
+    """(source [.., T, E], lane offset of head 0, conversion) if t [.., H, T, D] is a head split of it."""
+    src, emap, to = _trace(t, producer)
+    if src is t or len(src.shape) < 2 or src.shape[-2] != T or src.splat:
+        return None
+    E = src.shape[-1]
+    B = int(np.prod(src.shape[:-2])) if len(src.shape) > 2 else 1
+    if B * H * T * D != len(emap):
+        return None
+    off = int(emap[0]) if len(emap) else 0
+    if off >= E or not np.array_equal(emap, _head_split(B, H, T, D, E, off)):
+        return None
+    return src, off, to
+
+
+def heads(pg: PrimGraph, chip: ChipConfig) -> PrimGraph:
+    L = chip.lanes
+    producer = {p.out.id: p for p in pg.prims}
+    readers: dict[int, list[Prim]] = {}
+    for p in pg.prims:
+        for o in p.ins:
+            if isinstance(o, Tensor):
+                readers.setdefault(o.id, []).append(p)
+    outputs = {t.id for t in pg.outputs}
+    converted: dict[tuple[int, str], Tensor] = {}
+    new_prims: list[Prim] = []
+
+    def source(src: Tensor, to: str | None) -> Tensor:
+        """src, converted to ``to`` once (placed before the product)."""
+        if to is None or to == src.dtype:
+            return src
+        key = (src.id, to)
+        if key not in converted:
+            out = pg.tensor(f"{src.name}.{to}", to, src.shape)
+            new_prims.append(Prim("convert", [src], out, {"to": to}, producer[src.id].node if src.id in producer else ""))
+            converted[key] = out
+        return converted[key]
+
+    def fits(off: int, H: int, D: int) -> bool:  # every head inside one lane chunk
+        return all((off + h * D) // L == (off + h * D + D - 1) // L for h in range(H))
+
+    rows = int(chip.mxm["acc_rows"]) // 2  # one accumulator region per chain
+    for p in pg.prims:
+        rewritten = None
+        if p.kind == "matmul" and len(p.ins) == 2 and len(p.out.shape) >= 3 and p.ins[0].dtype == p.ins[1].dtype \
+                and p.out.shape[-2] <= rows:
+            a, b = p.ins
+            H, T = p.out.shape[-3], p.out.shape[-2]
+            if p.attrs["tb"] and a.shape[-3:-1] == (H, T) and T <= L:  # S = Q K^T, per head
+                D = a.shape[-1]
+                qa = _as_heads(a, producer, H, T, D)
+                ka = _as_heads(b, producer, H, b.shape[-2], D) if b.shape[-3] == H else None
+                if qa and ka and b.shape[-2] <= L and qa[1] % L == ka[1] % L and fits(qa[1], H, D) and fits(ka[1], H, D) \
+                        and qa[0].shape[:-2] == ka[0].shape[:-2]:
+                    q, k = source(qa[0], qa[2]), source(ka[0], ka[2])
+                    if q.dtype == k.dtype == a.dtype:
+                        rewritten = Prim("mmheads", [q, k], p.out, {"mode": "qk", "H": H, "D": D, "offq": qa[1],
+                                                                   "offk": ka[1]}, p.node)
+            elif not p.attrs["tb"] and b.shape[-3:-1] == (H, a.shape[-1]) and a.shape[-1] <= L and T <= L:
+                # C = P V per head, merged by the moves that read C (and nothing else reads C)
+                D = b.shape[-1]
+                va = _as_heads(b, producer, H, a.shape[-1], D)
+                rs = readers.get(p.out.id, [])
+                merged = None
+                if va and va[1] % L == 0 and fits(va[1], H, D) and p.out.id not in outputs:
+                    # the merged tensor: follow the single reader chain of moves from C
+                    cur = p.out
+                    while len(readers.get(cur.id, [])) == 1 and readers[cur.id][0].kind in ("view", "copy", "relayout") \
+                            and len(readers[cur.id][0].ins) == 1 and cur.id not in outputs:
+                        cur = readers[cur.id][0].out
+                        got = _trace(cur, producer)
+                        E = cur.shape[-1]
+                        if got[0] is p.out and len(cur.shape) >= 2 and cur.shape[-2] == T and E == H * D and got[2] is None:
+                            Bc = int(np.prod(cur.shape[:-2])) if len(cur.shape) > 2 else 1
+                            inv = np.empty_like(got[1])
+                            inv[got[1]] = np.arange(len(got[1]))  # C element -> merged element
+                            if len(got[1]) == Bc * H * T * D and np.array_equal(inv, _head_split(Bc, H, T, D, E, 0)):
+                                merged = cur
+                                break
+                if merged is not None and rs:
+                    v = source(va[0], va[2])
+                    if v.dtype == b.dtype:
+                        rewritten = Prim("mmheads", [a, v], merged, {"mode": "pv", "H": H, "D": D, "offv": va[1]}, p.node)
+        if rewritten is not None:
+            new_prims.append(rewritten)
+            producer[rewritten.out.id] = rewritten
+        else:
+            new_prims.append(p)
+    # a rewritten PV product writes the merged tensor itself: the moves that made it are dropped with
+    # every other primitive whose result nothing reads any more
+    made = {p.out.id for p in new_prims if p.kind == "mmheads"}
+    order = [p for p in new_prims if p.kind == "mmheads" or p.out.id not in made]
+    live = {t.id for t in pg.outputs}
+    keep = []
+    for p in reversed(order):
+        if p.out.id in live:
+            keep.append(p)
+            live.update(t.id for t in p.ins if isinstance(t, Tensor))
+    pg.prims = keep[::-1]
+    return pg
