@@ -129,6 +129,15 @@ class PrimGraph:
         self.prims.append(Prim(kind, ins, out, attrs, node))
         return out
 
+    def readers(self) -> dict[int, list[Prim]]:
+        """tensor id -> the primitives that read it, in program order."""
+        out: dict[int, list[Prim]] = {}
+        for p in self.prims:
+            for o in p.ins:
+                if isinstance(o, Tensor):
+                    out.setdefault(o.id, []).append(p)
+        return out
+
     def dump(self) -> str:
         lines = [f"inputs: {self.inputs}", f"outputs: {self.outputs}"]
         lines += [repr(p) for p in self.prims]

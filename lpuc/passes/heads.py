@@ -84,11 +84,7 @@ def _as_heads(t: Tensor, producer: dict[int, Prim], H: int, T: int, D: int) -> t
 def heads(pg: PrimGraph, chip: ChipConfig) -> PrimGraph:
     L = chip.lanes
     producer = {p.out.id: p for p in pg.prims}
-    readers: dict[int, list[Prim]] = {}
-    for p in pg.prims:
-        for o in p.ins:
-            if isinstance(o, Tensor):
-                readers.setdefault(o.id, []).append(p)
+    readers = pg.readers()
     outputs = {t.id for t in pg.outputs}
     converted: dict[tuple[int, str], Tensor] = {}
     new_prims: list[Prim] = []

@@ -556,11 +556,7 @@ def vxm_runs(pg: PrimGraph, chip: ChipConfig) -> dict[int, list[Prim]]:
     p -> q joins a run when q is the only reader of p's result (not an output, not viewed or copied),
     reads it once, has the same shape, and the run's operand and result streams fit the chip's
     streams of one direction. The run is tiled where its last op stands, when all operands exist."""
-    readers: dict[int, list[Prim]] = {}
-    for p in pg.prims:
-        for o in p.ins:
-            if isinstance(o, Tensor):
-                readers.setdefault(o.id, []).append(p)
+    readers = pg.readers()
     outputs = {t.id for t in pg.outputs}
     runs: dict[int, list[Prim]] = {}
     run_of: dict[int, list[Prim]] = {}
