@@ -52,6 +52,7 @@ class Lowering:
         self.env: dict[str, Tensor] = {}
         self.node: Node | None = None
         self._n = 0
+        self.converted: dict[tuple[int, str], Tensor] = {}  # (tensor id, dtype) -> its conversion
 
     # ------------------------------------------------------------------------------ values
     def const(self, name: str) -> np.ndarray | None:
@@ -135,13 +136,19 @@ class Lowering:
         return self.pg.const(f"{prim.out.name}.folded", value, prim.out.dtype, splat=prim.out.splat)
 
     def convert(self, t: Tensor, to: str) -> Tensor:
+        """t in dtype ``to``; a tensor converted once serves every later use (Q, K and V read one input)."""
         if t.dtype == to:
             return t
+        done = self.converted.get((t.id, to))
+        if done is not None:
+            return done
         out = self.temp(to, t.shape, splat=t.splat)
         prim = Prim("convert", [t], out, {"to": to}, self._node_name())
         if t.const is not None:
-            return self._fold(prim)
-        self.pg.prims.append(prim)
+            out = self._fold(prim)
+        else:
+            self.pg.prims.append(prim)
+        self.converted[(t.id, to)] = out
         return out
 
     def splat(self, t: Tensor) -> Tensor:
