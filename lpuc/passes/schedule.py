@@ -10,8 +10,8 @@ Three schedulers, a teaching knob:
 * ``naive``: one task at a time, in program order, each after the previous one has finished.
 * ``asap``: program order, each task at the earliest cycle where its inputs are ready and its
   resources are free (it may slip into gaps left by earlier tasks).
-* ``list``: like asap, but among the tasks whose inputs are scheduled it always places the one with
-  the longest remaining critical path first.
+* ``list``: like asap, but among the tasks whose inputs are scheduled it always places first the one
+  whose earliest start minus its remaining critical path is smallest (the most urgent).
 
 Dependencies: a task reads a tensor's vector only after its writer's SRAM store cycle (read after
 write); when the allocator reused words, the new tensor's writers wait for the old one's last
@@ -495,7 +495,10 @@ class Scheduler:
             for b, delta in succ[t.id]:
                 best = max(best, delta + prio[b])
             prio[t.id] = best
-        heap = [(-prio[t.id], t.id) for t in tasks if pending[t.id] == 0]
+        # urgency: the cycle the task could start minus the critical path still behind it (smaller
+        # first). Pure critical-path order (-prio) places a long chain early even when its inputs come
+        # late, and then it blocks units that shorter, earlier work could have used: 1-2% more cycles.
+        heap = [(self._ready(t) - prio[t.id], t.id) for t in tasks if pending[t.id] == 0]
         heapq.heapify(heap)
         while heap:
             _, tid = heapq.heappop(heap)
@@ -505,7 +508,7 @@ class Scheduler:
             for b, _ in succ[tid]:
                 pending[b] -= 1
                 if pending[b] == 0:
-                    heapq.heappush(heap, (-prio[b], b))
+                    heapq.heappush(heap, (self._ready(tasks[b]) - prio[b], b))
         if len(self.sched.placements) != len(tasks):
             raise CompileError("the task graph has a dependency cycle")
 
