@@ -298,7 +298,8 @@ def allocate(tg: TaskGraph, chip: ChipConfig) -> Allocation:
             if best is not None or opposite[i] or rows_per_seg < 64 or min(rows_per_seg, t.rows) < 64:
                 break
             rows_per_seg = min(rows_per_seg, t.rows) // 2
-        if best is None and i in mirror_of:  # a mirror is an optimisation: without room, go without
+        if i in mirror_of and (best is None or len(segs) > 1):
+            # a mirror is an optimisation: without room for it in one piece, go without
             unmirror(tg, t)
             continue
         if best is None:

@@ -33,10 +33,9 @@ MOVES = ("view", "copy", "relayout", "convert")
 
 def _element_map(p: Prim) -> np.ndarray:
     """out element e = in element map[e] (one input)."""
-    n = int(np.prod(p.out.shape))
-    if p.kind in ("view", "convert"):
-        return np.arange(n, dtype=np.int64)
-    return np.asarray(p.attrs["emap"], dtype=np.int64)
+    if "emap" in p.attrs:
+        return np.asarray(p.attrs["emap"], dtype=np.int64)
+    return np.arange(int(np.prod(p.out.shape)), dtype=np.int64)
 
 
 def _trace(t: Tensor, producer: dict[int, Prim]) -> tuple[Tensor, np.ndarray, str | None]:
@@ -81,8 +80,72 @@ def _as_heads(t: Tensor, producer: dict[int, Prim], H: int, T: int, D: int) -> t
     return src, off, to
 
 
+def _column_slice(p: Prim) -> int | None:
+    """c0 if p (one input [.., E]) picks columns c0 .. c0 + w of every row, else None."""
+    if p.kind not in ("view", "copy", "relayout") or len(p.ins) != 1 or not isinstance(p.ins[0], Tensor):
+        return None
+    x, out = p.ins[0], p.out
+    if x.shape[:-1] != out.shape[:-1] or out.splat or x.splat:
+        return None
+    emap = _element_map(p)
+    R, w, E = int(np.prod(out.shape[:-1])), out.shape[-1], x.shape[-1]
+    c0 = int(emap[0]) if len(emap) else 0
+    want = (np.arange(R)[:, None] * E + c0 + np.arange(w)[None, :]).reshape(-1)
+    return c0 if c0 + w <= E and np.array_equal(emap, want) else None
+
+
+def _unfuse_projections(pg: PrimGraph, chip: ChipConfig) -> None:
+    """A fused projection (GPT-2's qkv = x @ W + b, then Split) is computed part by part, each part
+    from its own columns of W and b, so that Q, K and V each start at lane 0 of their rows (and the
+    Split moves nothing). Applies when every reader of the projection is a column slice and the
+    weights and bias are constants."""
+    L = chip.lanes
+    producer = {p.out.id: p for p in pg.prims}
+    readers = pg.readers()
+    outputs = {t.id for t in pg.outputs}
+    replace: dict[int, list[Prim]] = {}  # id() of a slice prim -> the prims computing it directly
+    for y_id, rs in readers.items():
+        if y_id in outputs or not rs or any(_column_slice(r) is None for r in rs):
+            continue
+        add = producer.get(y_id)
+        if add is None:
+            continue
+        bias = None
+        mm = add
+        if add.kind == "ewise" and add.attrs.get("op") == "ADD" and len(add.ins) == 2:
+            m_out, bias = add.ins
+            mm = producer.get(m_out.id) if isinstance(m_out, Tensor) else None
+            if mm is None or not isinstance(bias, Tensor) or bias.const is None or bias.shape != (add.out.shape[-1],) \
+                    or len(readers.get(m_out.id, [])) != 1:
+                continue
+        if mm is None or mm.kind != "matmul" or mm.attrs["tb"] or any(w.const is None for w in mm.ins[1:]):
+            continue
+        a = mm.ins[0]
+        W = np.concatenate([w.const for w in mm.ins[1:]], axis=-1)
+        if W.ndim != 2 or W.shape[1] != mm.out.shape[-1]:
+            continue
+        for r in rs:
+            c0, w = _column_slice(r), r.out.shape[-1]
+            parts, per = [], None
+            n_parts = min(-(-w // L), int(chip.mem["slices_per_hemisphere"]) // (4 * mm.ins[1].dt.width))
+            per = -(-(-(-w // L)) // max(1, n_parts)) * L
+            for j in range(0, w, per):
+                parts.append(pg.const(f"{mm.ins[1].name}[{c0 + j}:]", W[:, c0 + j:c0 + min(w, j + per)], mm.ins[1].dtype))
+            if bias is None:
+                new = [Prim("matmul", [a, *parts], r.out, {"tb": False, "split": per // L}, mm.node)]
+            else:
+                part_out = pg.tensor(f"{r.out.name}.mm", "f32", r.out.shape)
+                b = pg.const(f"{bias.name}[{c0}:]", bias.const[c0:c0 + w], bias.dtype)
+                new = [Prim("matmul", [a, *parts], part_out, {"tb": False, "split": per // L}, mm.node),
+                       Prim("ewise", [part_out, b], r.out, dict(add.attrs), add.node)]
+            replace[id(r)] = new
+    if replace:
+        pg.prims = [q for p in pg.prims for q in replace.get(id(p), [p])]
+
+
 def heads(pg: PrimGraph, chip: ChipConfig) -> PrimGraph:
     L = chip.lanes
+    _unfuse_projections(pg, chip)
     producer = {p.out.id: p for p in pg.prims}
     readers = pg.readers()
     outputs = {t.id for t in pg.outputs}
