@@ -48,6 +48,7 @@ from isa.timing import (StoreAccess, StreamAccess, Timing, TimingError, host_tra
 Segment = tuple[int, "slice | np.ndarray", "slice | np.ndarray"]
 
 _LITTLE = sys.byteorder == "little"
+_UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}  # lanes as unsigned integers, by width
 
 
 @dataclass
@@ -782,12 +783,19 @@ class Emulator:
             out[dst] = self.sources[s].store[src]  # type: ignore[index]
         return out
 
-    def _plane(self, fl: Flight) -> np.ndarray:
-        """Byte plane ``fl.plane`` of the result a flight carries: a strided view of its bytes (byte k of
-        every lane is plane k, little-endian)."""
-        arr = np.ascontiguousarray(self.ops[fl.op].out[fl.field])
-        w = arr.dtype.itemsize
-        return arr.view(np.uint8).reshape(arr.shape + (w,))[..., fl.plane if _LITTLE else w - 1 - fl.plane]
+    def _plane(self, fl: Flight, src: slice | np.ndarray) -> np.ndarray:
+        """Rows ``src`` of byte plane ``fl.plane`` of the result a flight carries, as a new contiguous
+        uint8 array (or a view when the result is one byte wide). Plane k is the k-th least significant
+        byte of every lane: the lanes viewed as unsigned integers, shifted right by 8k and truncated to
+        a byte. That is a few fast integer passes, where picking every w-th byte out of the result's
+        memory would be a slow strided copy."""
+        arr = self.ops[fl.op].out[fl.field]
+        if arr.dtype.itemsize == 1:
+            return arr.view(np.uint8)[src]
+        words = arr.view(_UINT[arr.dtype.itemsize])[src]
+        if fl.plane:
+            words = words >> (8 * fl.plane)
+        return words.astype(np.uint8)
 
     def stream_in(self, op: Op, fld: str) -> np.ndarray:
         """The typed vectors operand ``fld`` of ``op`` reads, in vector order."""
@@ -798,15 +806,23 @@ class Emulator:
             fast = self._same_source(parts[0][1], count, dt)
             if fast is not None:
                 return fast
-        # Assemble the typed result byte plane by byte plane, straight into its memory: plane k is a
-        # strided view of the result's bytes.
+        flights = self.streams.flights
+        if len(parts) == 1 and all(len(segs) == 1 and segs[0][1] == slice(0, count) for segs in parts[0][1]):
+            # The usual case: every plane comes whole from one flight. Build the lanes as unsigned
+            # integers, plane k shifted left by 8k (a few fast integer passes over the rows).
+            uint = _UINT[dt.width]
+            words = np.zeros((count, self.lanes), dtype=uint)
+            for p, ((f, _, src),) in enumerate(parts[0][1]):
+                words |= np.left_shift(self._plane(flights[f], src), 8 * p, dtype=uint)
+            return words.view(dt.np)
+        # Otherwise assemble the typed result byte plane by byte plane, straight into its memory.
         out = np.zeros((count, self.lanes), dtype=dt.np)  # vectors nobody wrote read as zeros
         raw = out.view(np.uint8).reshape(count, self.lanes, dt.width)
         for acc, planes in parts:
             for p, segs in enumerate(planes):
                 byte = p if _LITTLE else dt.width - 1 - p
                 for f, dst, src in segs:
-                    raw[dst, :, byte] = self._plane(self.streams.flights[f])[src]
+                    raw[dst, :, byte] = self._plane(flights[f], src)
         return out
 
     def _same_source(self, planes: list[list[Segment]], count: int, dt: DType) -> np.ndarray | None:
@@ -836,7 +852,7 @@ class Emulator:
         if arr.dtype == dt.np and fl.plane == 0:
             return arr[src]
         if dt.width == 1:
-            return self._plane(fl)[src].view(dt.np)
+            return self._plane(fl, src).view(dt.np)
         return None
 
     # ------------------------------------------------------------------------------ reports

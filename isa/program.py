@@ -309,6 +309,9 @@ class Program:
             raise ProgramError(f"{origin}: embedded chip config does not match its digest")
         system = SystemConfig.from_dict(header["system"], chip)
         prog = Program(system=system, nodes=list(header["nodes"]), meta=dict(header["meta"]))
+        # Issue cycle and node sit outside the 16-byte word, so many records repeat a word (a program
+        # streams the same shapes again and again): decode and check each distinct word once.
+        decoded: dict[bytes, tuple[Instr, dict[str, int]]] = {}
         for qd in header["queues"]:
             q = prog.queue(int(qd["chip"]), str(qd["slice"]))
             for k in range(int(qd["count"])):
@@ -316,11 +319,13 @@ class Program:
                     raise ProgramError(f"{origin}: instruction records run past the end of the file")
                 issue, node, word = RECORD.unpack_from(data, pos)
                 pos += RECORD.size
-                try:
-                    spec, ops = decode(word)
-                except EncodingError as e:
-                    raise ProgramError(f"{origin}: chip {qd['chip']} {qd['slice']} instruction {k}: {e}") from None
-                q.append(Inst(issue, spec, ops, node))
+                known = decoded.get(word)
+                if known is None:
+                    try:
+                        known = decoded[word] = decode(word)
+                    except EncodingError as e:
+                        raise ProgramError(f"{origin}: chip {qd['chip']} {qd['slice']} instruction {k}: {e}") from None
+                q.append(Inst(issue, known[0], dict(known[1]), node))  # own operands: callers may edit them
         for td in header["tensors"]:
             blob = None
             if "data_len" in td:
