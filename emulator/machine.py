@@ -69,6 +69,7 @@ class _Seen:
     event: slice | np.ndarray  # per element: the event row (a slice when consecutive)
     writers: list[int]  # the distinct writing sources, ascending
     unwritten: bool  # some element sees no write
+    block: int = -1  # SRAM: the block of the store every event row is in, -1 if not all in one
 
 
 @dataclass(eq=False)
@@ -91,7 +92,8 @@ class Op(Source):
     deps: set[int] = field(default_factory=set)
     out: dict[str, np.ndarray] = field(default_factory=dict)
     # resolved storage reads and writes
-    sram: tuple[EventStore, slice | np.ndarray] | None = None  # READ: the store and the event rows it sees
+    sram: tuple[EventStore, slice | np.ndarray, int] | None = None  # READ: the store, the event rows it
+    # sees and the one block they are in (-1: several)
     sram_write: tuple[EventStore, slice, slice | np.ndarray] | None = None  # WRITE: event rows, which rows of s
     acc: StoredRows | None = None
     weights: int = -1  # IW op whose buffer state a MATMUL uses / an IW builds on
@@ -325,7 +327,7 @@ class Emulator:
                         self._unwritten(op, seen.src, st.addrs, st.cycles, self.chip.words_per_slice,
                                         f"address {{}} of {op.slice.name}")
                     op.deps.update(w for w in seen.writers if w < len(self.ops))
-                    op.sram = (self.sram[(op.chip, op.slice.name)], seen.event)
+                    op.sram = (self.sram[(op.chip, op.slice.name)], seen.event, seen.block)
                 elif kind == "acc":
                     size = int(self.chip.mxm["acc_rows"])
                     if op.inst.spec.mnemonic == "ACCR":
@@ -459,12 +461,22 @@ class Emulator:
             last_run = np.searchsorted(run_at, ends).tolist()
             n_unwritten = (unwritten[ends] - unwritten[starts]).tolist()
             n_jumps = (jumps[np.maximum(ends, 1)] - jumps[np.maximum(starts + 1, 1)]).tolist()
-            for (key, _, _), e0, e1, r0, r1, nu, nj in zip(items, starts.tolist(), ends.tolist(), first_run,
-                                                           last_run, n_unwritten, n_jumps):
+            # per read: the SRAM block (one WRITE's or host image's words) all its event rows are in, if
+            # there is one; the READ then indexes that block alone (a view when the rows are consecutive)
+            block = [-1] * len(items)
+            if kind == "sram" and len(event):
+                blk = store.block_of(event)
+                changes = np.concatenate([[0, 0], np.cumsum(blk[1:] != blk[:-1])])
+                n_changes = (changes[np.maximum(ends, 1)] - changes[np.maximum(starts + 1, 1)]).tolist()
+                first_blk = blk[np.minimum(starts, len(blk) - 1)].tolist()
+                n_blocks = store.blocks
+                block = [b if nc == 0 and 0 <= b < n_blocks else -1 for b, nc in zip(first_blk, n_changes)]
+            for (key, _, _), e0, e1, r0, r1, nu, nj, bk in zip(items, starts.tolist(), ends.tolist(), first_run,
+                                                               last_run, n_unwritten, n_jumps, block):
                 ev = event[e0:e1]
                 found[key] = _Seen(src[e0:e1], row[e0:e1],
                                    slice(int(ev[0]), int(ev[0]) + len(ev)) if len(ev) and nj == 0 else ev,
-                                   sorted({s for s in run_src[r0:r1] if s >= 0}), nu > 0)
+                                   sorted({s for s in run_src[r0:r1] if s >= 0}), nu > 0, bk if len(ev) else -1)
         return found
 
     def _resolve_gather(self, op: Op, cycles: np.ndarray) -> None:
@@ -576,7 +588,7 @@ class Emulator:
         for v0, v1, pl in t.placements(self.lanes):
             for k in range(len(pl)):
                 store, rows = self.host_rows[(t.name, v0, k)]
-                store.data[rows] = planes[k, v0:v1]
+                store.put(rows, planes[k, v0:v1])
 
     def _place_inputs(self, inputs: dict[str, np.ndarray]) -> None:
         descs = self.prog.io("input")
@@ -756,15 +768,17 @@ class Emulator:
                     self.hazards.append(Hazard("unwritten-output", self.cycles, t.chip, sname, -1,
                                                f"output {t.name}", "", f"vector {v0 + i} (address {base + i}) of "
                                                f"output '{t.name}' was never written"))
-                planes[k, v0:v1] = store.data[event]
+                planes[k, v0:v1] = store.words(event)
         return chip_to_host(t, from_planes(planes, t.dt).reshape(nvec, self.lanes), self.lanes)
 
     # ------------------------------------------------------------------------------ data access
     def write_sram(self, op: Op, words: np.ndarray) -> None:
-        """Store the words an instruction writes (rows of ``words`` in write order) in its event rows."""
+        """Store the words an instruction writes (rows of ``words`` in write order) in its event rows. The
+        store keeps ``words`` itself, not a copy: a WRITE of a READ's words points at that READ's rows
+        (nothing changes an array once produced, so the two places stay independent)."""
         assert op.sram_write is not None
         store, events, rows = op.sram_write
-        store.data[events] = words[rows]
+        store.put(events, words if isinstance(rows, slice) and rows == slice(None) else words[rows])
 
     def read_rows(self, rows: StoredRows, dtype: np.dtype | None = None) -> np.ndarray:
         """The rows a resolved storage read sees, in read order; zeros for rows never written (typed

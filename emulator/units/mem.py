@@ -10,8 +10,8 @@ from emulator.units import handles
 @handles("READ")
 def read(em, op):
     """s[j] = sram[addr + j*stride]."""
-    store, events = op.sram  # the write events the words come from (resolved before the run)
-    return {"s": store.data[events]}
+    store, events, block = op.sram  # the write events the words come from (resolved before the run)
+    return {"s": store.words(events, block)}
 
 
 @handles("WRITE")
@@ -51,7 +51,7 @@ def gather(em, op):
     _check_gather_banks(em, op, addrs_read, cycles)
     em.ensure(src[src >= 0])
     out = np.zeros((n, em.lanes), np.uint8)
-    out[inside] = store.data[events]
+    out[inside] = store.words(events)
     if len(out) < o["n"]:
         out = np.concatenate([out, np.zeros((o["n"] - len(out), em.lanes), np.uint8)])
     return {"s": out}
