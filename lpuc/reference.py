@@ -38,8 +38,12 @@ def ewise(p: Prim, args: list[np.ndarray | np.generic]) -> np.ndarray:
     return np.broadcast_to(r, shape).copy()
 
 
-def matmul(a: np.ndarray, b: np.ndarray, tb: bool, lanes: int) -> np.ndarray:
-    """Per lane chunk of K: one exact pass rounded to f32, accumulated in chunk order."""
+def matmul(a: np.ndarray, b: np.ndarray, tb: bool, lanes: int, kc: tuple[int, int] | None = None) -> np.ndarray:
+    """Per lane chunk of K: one exact pass rounded to f32, accumulated in chunk order. ``kc = (c0, c1)``:
+    a partial product, a's K lane chunks c0 <= c < c1 times b, which holds just those rows
+    (``lower.Lowering._k_groups``)."""
+    if kc is not None:
+        a = a[..., kc[0] * lanes:kc[1] * lanes]
     if tb:
         b = np.swapaxes(b, -1, -2)
     batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
@@ -128,7 +132,7 @@ def evaluate_prim(p: Prim, vals: dict[int, np.ndarray], lanes: int) -> np.ndarra
         a = vals[p.ins[0].id]
         parts = [vals[t.id] for t in p.ins[1:]]  # weights stored by output lane chunk are concatenated
         b = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0 if p.attrs["tb"] else -1)
-        return matmul(a, b, p.attrs["tb"], lanes).reshape(p.out.shape)
+        return matmul(a, b, p.attrs["tb"], lanes, p.attrs.get("kc")).reshape(p.out.shape)
     if k in ("view", "copy", "relayout"):
         flat = np.concatenate([vals[t.id].reshape(-1) for t in p.ins])
         e = p.attrs["emap"]

@@ -137,3 +137,54 @@ def test_row_movements_fold_into_reads_or_are_copied(tmp_path, chip, also_output
         assert not copies
     v = verify(c, path, "fp32")
     assert v.ok and v.report["bit_exact"], v.report
+
+
+def _ffn_model(d: int, f: int, rows: int) -> onnx.ModelProto:
+    """y = gelu(x @ w1) @ w2 (tanh-free: x * sigmoid(1.702 x)): an FFN whose down projection has few
+    output lane chunks and many K chunks."""
+    rng = np.random.default_rng(5)
+    w1 = onnx.numpy_helper.from_array((rng.standard_normal((d, f)) / np.sqrt(d)).astype(np.float32), "w1")
+    w2 = onnx.numpy_helper.from_array((rng.standard_normal((f, d)) / np.sqrt(f)).astype(np.float32), "w2")
+    k = onnx.numpy_helper.from_array(np.array(1.702, np.float32), "k")
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Mul", ["h", "k"], ["hk"]),
+             helper.make_node("Sigmoid", ["hk"], ["s"]), helper.make_node("Mul", ["h", "s"], ["g"]),
+             helper.make_node("MatMul", ["g", "w2"], ["y"])]
+    g = helper.make_graph(nodes, "ffn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, d])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [rows, d])], [w1, w2, k])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+
+
+def test_down_projection_is_split_in_k_and_elementwise_work_follows_the_chains(tmp_path):
+    """lpu-v1 has 4 MXM planes and 320 lanes: 640 -> 2560 -> 640 has 8 up chains but only 2 down chains
+    of 8 passes. The down projection becomes 2 partial products of 4 K chunks (4 chains, one per plane),
+    added on the VXM; the GELU between is cut by lane chunk, so each of its tasks waits for one up chain."""
+    path = tmp_path / "ffn.onnx"
+    onnx.save(_ffn_model(640, 2560, 64), str(path))
+    c = compile_model(path, load_chip("lpu-v1"), "fp16")
+    mms = [p for p in c.prims.prims if p.kind == "matmul"]
+    assert [p.attrs.get("kc") for p in mms] == [None, (0, 4), (4, 8)]
+    chains = [t for t in c.tasks.tasks if t.kind == "chain"]
+    down = [t for t in chains if t.prim is not mms[0]]
+    assert len(down) == 4 and all(len(t.attrs["steps"]) == 4 for t in down)
+    assert len({c.sched.placements[t.id].unit for t in down}) == 4  # every plane takes part
+    # each elementwise task of the GELU reads one lane chunk of the up projection, written by one chain
+    up_out = mms[0].out.id
+    writer = {}
+    for t in chains:
+        for a in t.writes:
+            if a.tensor.id == up_out:
+                writer.update({int(v): t.id for v in a.indices()})
+    readers = [t for t in c.tasks.tasks if t.kind == "vxm" and any(a.tensor.id == up_out for a in t.reads)]
+    assert readers
+    for t in readers:
+        (a,) = [a for a in t.reads if a.tensor.id == up_out]
+        assert len({writer[int(v)] for v in a.indices()}) == 1
+    v = verify(c, path, "fp16")
+    assert v.ok and v.report["bit_exact"], v.report
+
+
+def test_no_k_split_when_the_chains_fill_the_planes(tmp_path):
+    path = tmp_path / "ffn.onnx"
+    onnx.save(_ffn_model(1280, 1280, 16), str(path))  # 4 chains of 4 passes each way
+    c = compile_model(path, load_chip("lpu-v1"), "fp16")
+    assert all("kc" not in p.attrs for p in c.prims.prims if p.kind == "matmul")

@@ -217,7 +217,8 @@ def allocate(tg: TaskGraph, chip: ChipConfig) -> Allocation:
     # words of a near one (its producer may still be reading them while it is being stored)
     slice_hist: dict[str, set[int]] = defaultdict(set)
     placed: dict[int, tuple[str, list[str], list[tuple[str, int]]]] = {}  # id -> (hemisphere, slices, spots)
-    weight_words = {"W": 0, "E": 0}
+    weight_words = {"W": 0, "E": 0}  # constant matrix weights placed per hemisphere
+    act_words = {"W": 0, "E": 0}  # computed ones
     active: list[tuple[int, Tensor, list[tuple[str, int, int, int]]]] = []
 
     def release(upto: int) -> None:
@@ -279,7 +280,11 @@ def allocate(tg: TaskGraph, chip: ChipConfig) -> Allocation:
             hemis = [h for h in hemis if load[h] <= chip.streams] or hemis
             hemis.sort(key=lambda h: load[h])
         if i in weights:  # balance matrix weights between the two hemispheres' MXM planes (where allowed)
-            hemis.sort(key=lambda h: weight_words[h])
+            # constants and computed weights (attention's K and V, installed from activations) apart:
+            # the constants are all placed first, so a shared count would send every K and V to the side
+            # the constants left lighter, and QK^T and PV would share two planes while two idle
+            # (BERT-base width, one layer: 26,894 -> 25,574 cycles)
+            hemis.sort(key=lambda h: (weight_words if t.const is not None else act_words)[h])
         # a tensor larger than a region is cut into segments of whole rows; when the free space is too
         # fragmented for that, into smaller segments (not a GATHER's table or index: one flight each)
         rows_per_seg = max(1, bw // C)
@@ -341,7 +346,7 @@ def allocate(tg: TaskGraph, chip: ChipConfig) -> Allocation:
         t.bank = int(chip.bank_of(t.planes[0][1]))
         placed[i] = (h, sorted({s for s, _, _, _ in spots}), sorted({(s, b) for s, b, _, _ in spots}))
         if i in weights:
-            weight_words[h] += t.vectors(L) * w
+            (weight_words if t.const is not None else act_words)[h] += t.vectors(L) * w
         active.append((last.get(i, n_tasks), t, spots))
         result.used_bytes += nbytes(t)
     for vid, b in view_of.items():

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import math
+
 import numpy as np
 
 from isa.config import ChipConfig
@@ -198,10 +200,46 @@ class Lowering:
             # allocator spreads them over slices and the chains of different chunks install weights in
             # parallel (a hemisphere keeps room for the activations read alongside)
             per = -(-(-(-N // L)) // n_parts) * L
-            parts = [self.pg.const(f"{b.name}[{j}:]", b.const[:, j:j + per] if not tb else b.const[j:j + per],
-                                   b.dtype) for j in range(0, N, per)]
-            return self.pg.add("matmul", [a, *parts], out, self._node_name(), tb=tb, split=per // L)
+            groups = self._k_groups(a, N, K) if not tb else [(0, -(-K // L))]
+            if len(groups) == 1:
+                parts = [self.pg.const(f"{b.name}[{j}:]", b.const[:, j:j + per] if not tb else b.const[j:j + per],
+                                       b.dtype) for j in range(0, N, per)]
+                return self.pg.add("matmul", [a, *parts], out, self._node_name(), tb=tb, split=per // L)
+            # split K: one product per group of K lane chunks (with its own weight tensors, so that the
+            # groups install from different slices), the partial sums added in group order
+            acc = None
+            for c0, c1 in groups:
+                rows = b.const[c0 * L:c1 * L]
+                parts = [self.pg.const(f"{b.name}[{c0 * L}:{c1 * L}][{j}:]", rows[:, j:j + per], b.dtype)
+                         for j in range(0, N, per)]
+                part = self.temp("f32", out_shape)
+                self.pg.add("matmul", [a, *parts], part, self._node_name(), tb=tb, split=per // L, kc=(c0, c1))
+                acc = part if acc is None else self.ewise("ADD", [acc, part])
+            return acc
         return self.pg.add("matmul", [a, b], out, self._node_name(), tb=tb)
+
+    def _k_groups(self, a: Tensor, N: int, K: int) -> list[tuple[int, int]]:
+        """The K lane chunks ``[c0, c1)`` of each partial product a matmul with constant weights is cut into.
+
+        One MXM chain computes one lane chunk of the result for a block of rows, passing K chunk by
+        chunk through one plane. A product with fewer chains than the chip has planes (BERT's FFN down
+        projection: 3072 -> 768, 3 chains of 10 passes on 4 planes) leaves planes idle however it is
+        scheduled; cut into g groups of K chunks it has g times the chains, of 1/g the length, and
+        the partial sums are added on the VXM (f32, in group order, which fixes the rounding).
+        g makes the chain count a multiple of the planes, with at least 2 passes per chain."""
+        L = self.lanes
+        planes = len(self.chip.slices_of("MXM"))
+        region = int(self.chip.mxm["acc_rows"]) // 2
+        M = a.shape[-2] if len(a.shape) >= 2 else 1
+        chains = int(np.prod(a.shape[:-2])) * -(-M // region) * -(-N // L)
+        Ck = -(-K // L)
+        if chains >= planes:
+            return [(0, Ck)]
+        g = min(planes // math.gcd(chains, planes), Ck // 2)
+        if g < 2:
+            return [(0, Ck)]
+        bounds = [Ck * i // g for i in range(g + 1)]
+        return [(bounds[i], bounds[i + 1]) for i in range(g)]
 
     def copy_all(self, t: Tensor, shape: tuple[int, ...] | None = None) -> Tensor:
         """A fresh copy of every vector of t."""
