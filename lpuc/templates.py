@@ -414,7 +414,7 @@ def gather_template(task: Task, chip: ChipConfig) -> Template:
     return b.finish()
 
 
-def chain_template(task: Task, chip: ChipConfig, region_rows: int) -> Template:
+def chain_template(task: Task, chip: ChipConfig, region_rows: int, side: str | None = None) -> Template:
     """Install weights and multiply for every K chunk, then read the accumulators out.
 
     IW i uses weight buffer (i + flip) % 2, so the next install overlaps the current multiply; a buffer is
@@ -427,7 +427,7 @@ def chain_template(task: Task, chip: ChipConfig, region_rows: int) -> Template:
     rows = task.attrs["rows"]
     dt = DTYPES[task.attrs["dtype"]]
     cpv = chip.cycles_per_vector(dt.name)
-    wside = chip.slice(steps[0]["w"].tensor.planes[0][0]).hemisphere
+    wside = side or chip.slice(steps[0]["w"].tensor.planes[0][0]).hemisphere
     plane = chip.slices_of("MXM")[0 if wside == "W" else -1].name
     x = b.pos(plane)
     t_iw = 0
@@ -472,6 +472,14 @@ def chain_template(task: Task, chip: ChipConfig, region_rows: int) -> Template:
     b.write_groups(task.writes, x, int(probe.writes[0].cycles[0]), accr, "d")
     b.extra_ports.append(("*", "acc*", mm_start[0], t_accr + rows))
     return b.finish(unit="MXM_" + wside, regions=max(1, int(chip.mxm["acc_rows"]) // region_rows), flips=2)
+
+
+def chain_sides(task: Task, chip: ChipConfig) -> list[Template]:
+    """A chain on either hemisphere's planes: first where its weights are, then the other side (the
+    weights then stream across the chip)."""
+    region_rows = int(chip.mxm["acc_rows"]) // 2
+    home = chip.slice(task.attrs["steps"][0]["w"].tensor.planes[0][0]).hemisphere
+    return [chain_template(task, chip, region_rows, side) for side in (home, "E" if home == "W" else "W")]
 
 
 def build_template(task: Task, chip: ChipConfig) -> Template:

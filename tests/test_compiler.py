@@ -134,6 +134,16 @@ def test_malformed_onnx(tmp_path):
     _bad(["compile", str(p)], "not a valid ONNX model", tmp_path)
 
 
+def test_truncated_weight(tmp_path):
+    # a large weight is checked by lpuc itself (the checker and shape inference never see its data)
+    w = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[64, 128],
+                    raw_data=np.zeros(64 * 128, np.float32).tobytes()[:-8])
+    m = _model([helper.make_node("MatMul", ["x", "w"], ["y"])],
+               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])],
+               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 128])], [w])
+    _bad(["compile", _save(m, tmp_path / "short.onnx")], "initializer 'w' has 8190 values for shape [64, 128]", tmp_path)
+
+
 def test_missing_file(tmp_path):
     _bad(["compile", str(tmp_path / "nope.onnx")], "no such file", tmp_path)
 

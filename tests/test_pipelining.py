@@ -76,8 +76,11 @@ def test_bert_tiny_on_lpu_v1_mirrors_folds_and_pipelines():
         units = sc.placements[t.id].units
         assert len(units) == len(t.attrs["ops"]) == len(set(units))
         assert len(t.writes) <= 2  # the result (and its mirror) only
-    # some chain starts on weight buffer 1 (installing while the previous chain multiplies)
-    assert any(sc.placements[t.id].flip for t in tg.tasks if t.kind == "chain")
+    # chains run on both hemispheres' planes, some on the side away from their weights
+    chains = [t for t in tg.tasks if t.kind == "chain"]
+    assert {sc.placements[t.id].unit[:5] for t in chains} == {"MXM_W", "MXM_E"}
+    assert any(sc.placements[t.id].unit[4] != c.chip.slice(t.attrs["steps"][0]["w"].tensor.planes[0][0]).hemisphere
+               for t in chains)
     # some slice is read by one task while another task writes it, in the same cycles
     busy: dict[tuple[str, str], list[tuple[int, int, int]]] = {}
     for t in tg.tasks:
@@ -155,18 +158,21 @@ def _ffn_model(d: int, f: int, rows: int) -> onnx.ModelProto:
 
 
 def test_down_projection_is_split_in_k_and_elementwise_work_follows_the_chains(tmp_path):
-    """lpu-v1 has 4 MXM planes and 320 lanes: 640 -> 2560 -> 640 has 8 up chains but only 2 down chains
-    of 8 passes. The down projection becomes 2 partial products of 4 K chunks (4 chains, one per plane),
+    """lpu-v1 has 4 MXM planes and 320 lanes: 960 -> 2560 -> 960 has 8 up chains (3 passes each) but only
+    3 down chains of 8 passes. The down projection becomes 4 partial products of 2 K chunks (12 chains),
     added on the VXM; the GELU between is cut by lane chunk, so each of its tasks waits for one up chain."""
     path = tmp_path / "ffn.onnx"
-    onnx.save(_ffn_model(640, 2560, 64), str(path))
+    onnx.save(_ffn_model(960, 2560, 64), str(path))
     c = compile_model(path, load_chip("lpu-v1"), "fp16")
     mms = [p for p in c.prims.prims if p.kind == "matmul"]
-    assert [p.attrs.get("kc") for p in mms] == [None, (0, 4), (4, 8)]
+    assert [p.attrs.get("kc") for p in mms] == [None, (0, 2), (2, 4), (4, 6), (6, 8)]
     chains = [t for t in c.tasks.tasks if t.kind == "chain"]
     down = [t for t in chains if t.prim is not mms[0]]
-    assert len(down) == 4 and all(len(t.attrs["steps"]) == 4 for t in down)
+    assert len(down) == 12 and all(len(t.attrs["steps"]) == 2 for t in down)
     assert len({c.sched.placements[t.id].unit for t in down}) == 4  # every plane takes part
+    # 8 up chains of 3 passes on 4 planes: some chain starts on weight buffer 1 (installing while the
+    # previous chain on its plane still multiplies with buffer 0)
+    assert any(c.sched.placements[t.id].flip for t in chains)
     # each elementwise task of the GELU reads one lane chunk of the up projection, written by one chain
     up_out = mms[0].out.id
     writer = {}

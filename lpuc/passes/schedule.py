@@ -11,7 +11,8 @@ Three schedulers, a teaching knob:
 * ``asap``: program order, each task at the earliest cycle where its inputs are ready and its
   resources are free (it may slip into gaps left by earlier tasks).
 * ``list``: like asap, but among the tasks whose inputs are scheduled it always places first the one
-  whose earliest start minus its remaining critical path is smallest (the most urgent).
+  whose earliest start minus its remaining critical path is smallest (the most urgent); a matmul chain
+  goes to whichever hemisphere's planes let it finish first (its weights may stream across the chip).
 
 Dependencies: a task reads a tensor's vector only after its writer's SRAM store cycle (read after
 write); when the allocator reused words, the new tensor's writers wait for the old one's last
@@ -31,7 +32,7 @@ from isa.config import ChipConfig
 from lpuc.errors import CompileError
 from lpuc.passes.allocate import Allocation
 from lpuc.tasks import Task, TaskGraph
-from lpuc.templates import Template, build_template
+from lpuc.templates import Template, build_template, chain_sides
 
 SCHEDULERS = ("list", "asap", "naive")
 
@@ -222,9 +223,16 @@ class Scheduler:
         self.banks: dict[tuple[str, str], dict[tuple[int, int], Intervals]] = defaultdict(dict)
         self.rects: dict[tuple[str, int], Rects] = defaultdict(Rects)
         self.sched = Schedule(kind, region_rows=int(chip.mxm["acc_rows"]) // 2)
-        self.tpl = {t.id: build_template(t, chip) for t in tg.tasks}
+        # every task's possible templates, the first the default. The list scheduler may run a chain on
+        # either hemisphere's planes (``templates.chain_sides``): weights are balanced between the
+        # hemispheres over the whole model, but not phase by phase, and attention's K and V are one
+        # tensor each (BERT-base width, 12 layers: 293,479 -> 280,960 cycles)
+        self.variants = {t.id: (chain_sides(t, chip) if kind == "list" and t.kind == "chain" else [build_template(t, chip)])
+                         for t in tg.tasks}
+        self.tpl = {t.id: v[0] for t, v in zip(tg.tasks, self.variants.values())}
         for t in tg.tasks:
-            _check_own_banks(t, self.tpl[t.id])
+            for tpl in self.variants[t.id]:
+                _check_own_banks(t, tpl)
         self.sched.templates = self.tpl
         self.deps = self._dependencies(alloc)
         self.sched.deps = self.deps
@@ -263,7 +271,9 @@ class Scheduler:
                 for w in np.unique(rows):
                     if w < 0:
                         continue
-                    need(t.id, int(w), _vector_delta(self.tpl[int(w)].vstores[tid], tpl.vreads[tid]))
+                    # whichever templates the two tasks get (a chain's side), the data is there in time
+                    need(t.id, int(w), max(_vector_delta(tw.vstores[tid], tt.vreads[tid])
+                                           for tw in self.variants[int(w)] for tt in self.variants[t.id]))
             for acc in t.writes:
                 tid = acc.tensor.id
                 writers[tid].append(t.id)
@@ -279,8 +289,10 @@ class Scheduler:
             vo, vn = _shared_words(old, new)
             if not len(vo):
                 continue
-            for b in writers.get(new.id, []):
-                st = self.tpl[b].vstores_first.get(new.id)
+            # (every template of both tasks: the scheduler may pick any)
+            olds = ([(a, v.vreads_last.get(old.id)) for a in readers.get(old.id, []) for v in self.variants[a]]
+                    + [(a, v.vstores.get(old.id)) for a in writers.get(old.id, []) for v in self.variants[a]])
+            for b, st in [(b, v.vstores_first.get(new.id)) for b in writers.get(new.id, []) for v in self.variants[b]]:
                 if st is None:
                     continue
                 # only the shared words b stores matter; skip earlier tasks whose vectors miss them all
@@ -290,8 +302,7 @@ class Scheduler:
                     continue
                 vo_b, vn_b = vo[mine], vn[mine]
                 lo, hi = int(vo_b.min()), int(vo_b.max())
-                for a, first in ([(a, self.tpl[a].vreads_last.get(old.id)) for a in readers.get(old.id, [])]
-                                 + [(a, self.tpl[a].vstores.get(old.id)) for a in writers.get(old.id, [])]):
+                for a, first in olds:
                     if first is None or first[0][-1] < lo or first[0][0] > hi:
                         continue
                     need(b, a, _pair_delta(first, vo_b, st, vn_b))
@@ -423,7 +434,16 @@ class Scheduler:
         return None, hint
 
     def _fit(self, task: Task, ready: int) -> Placement:
-        tpl = self.tpl[task.id]
+        """The earliest-finishing placement over the task's templates; ``self.tpl`` takes the chosen one."""
+        best = None
+        for tpl in self.variants[task.id]:
+            p = self._fit_one(task, tpl, max(ready, -tpl.begin))
+            if best is None or p.start + tpl.end < best[0].start + best[1].end:
+                best = (p, tpl)
+        self.tpl[task.id] = best[1]
+        return best[0]
+
+    def _fit_one(self, task: Task, tpl: Template, ready: int) -> Placement:
         units = self.units.get(tpl.unit, [""])
         variants = [(r, f) for r in range(tpl.regions) for f in range(tpl.flips)]
         T = ready
@@ -474,8 +494,8 @@ class Scheduler:
         return self.sched
 
     def _ready(self, task: Task) -> int:
-        # no task may start an access before cycle 0
-        t = -self.tpl[task.id].begin
+        # no task may start an access before cycle 0 (``_fit`` applies each template's own begin)
+        t = min(-v.begin for v in self.variants[task.id])
         for a, delta in self.deps.get(task.id, []):
             t = max(t, self.sched.placements[a].start + delta)
         return t
