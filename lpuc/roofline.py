@@ -77,15 +77,20 @@ def roofline(tg: TaskGraph, sched, chip: ChipConfig) -> Roofline:
 
 
 def _critical_path(tg: TaskGraph, sched) -> int:
-    """Longest dependency chain with every task at its earliest start (no resource limits)."""
-    est: dict[int, int] = {}
+    """Longest dependency chain with every task at its earliest start (no resource limits). A task with
+    several possible templates (a chain on either hemisphere's planes) counts with whichever lets it
+    finish first, and so does each task it depends on, for each of its own templates separately (a
+    relaxation, so the result stays a lower bound)."""
+    est: dict[int, list[int]] = {}  # task id -> earliest anchor with each of its templates
     deps = sched.deps if hasattr(sched, "deps") else {}
+    variants = getattr(sched, "variants", None) or {t.id: [sched.templates[t.id]] for t in tg.tasks}
     longest = 0
     for t in tg.tasks:  # task order is topological
-        tpl = sched.templates[t.id]
-        s = -tpl.begin
+        tpls = variants[t.id]
+        s = [-tpl.begin for tpl in tpls]
         for a, delta in deps.get(t.id, []):
-            s = max(s, est[a] + delta)
+            for j in range(len(tpls)):
+                s[j] = max(s[j], min(ea + int(delta[i, j]) for i, ea in enumerate(est[a])))
         est[t.id] = s
-        longest = max(longest, s + tpl.end)
+        longest = max(longest, min(sj + tpl.end for sj, tpl in zip(s, tpls)))
     return longest

@@ -474,9 +474,11 @@ def chain_template(task: Task, chip: ChipConfig, region_rows: int, side: str | N
     return b.finish(unit="MXM_" + wside, regions=max(1, int(chip.mxm["acc_rows"]) // region_rows), flips=2)
 
 
-def chain_sides(task: Task, chip: ChipConfig) -> list[Template]:
+def chain_variants(task: Task, chip: ChipConfig) -> list[Template]:
     """A chain on either hemisphere's planes: first where its weights are, then the other side (the
-    weights then stream across the chip)."""
+    weights then stream across the chip). (Also tried: variants reading the results out of the
+    accumulators 128 or 256 cycles late, when the output's slices are busy: BERT-base width 12 layers
+    278,543 -> 277,569 cycles, not worth twice the fitting work.)"""
     region_rows = int(chip.mxm["acc_rows"]) // 2
     home = chip.slice(task.attrs["steps"][0]["w"].tensor.planes[0][0]).hemisphere
     return [chain_template(task, chip, region_rows, side) for side in (home, "E" if home == "W" else "W")]

@@ -32,7 +32,7 @@ from isa.config import ChipConfig
 from lpuc.errors import CompileError
 from lpuc.passes.allocate import Allocation
 from lpuc.tasks import Task, TaskGraph
-from lpuc.templates import Template, build_template, chain_sides
+from lpuc.templates import Template, build_template, chain_variants
 
 SCHEDULERS = ("list", "asap", "naive")
 
@@ -196,7 +196,10 @@ class Schedule:
     placements: dict[int, Placement] = field(default_factory=dict)
     templates: dict[int, Template] = field(default_factory=dict)
     region_rows: int = 0
-    deps: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
+    # task id -> [(earlier task, delta)]: start >= start(earlier) + delta[i, j] with the earlier task's
+    # template i and this one's j (of ``variants``: every task's possible templates, the default first)
+    deps: dict[int, list[tuple[int, np.ndarray]]] = field(default_factory=dict)
+    variants: dict[int, list[Template]] = field(default_factory=dict)
 
     def dump(self, tg: TaskGraph) -> str:
         lines = []
@@ -223,17 +226,20 @@ class Scheduler:
         self.banks: dict[tuple[str, str], dict[tuple[int, int], Intervals]] = defaultdict(dict)
         self.rects: dict[tuple[str, int], Rects] = defaultdict(Rects)
         self.sched = Schedule(kind, region_rows=int(chip.mxm["acc_rows"]) // 2)
-        # every task's possible templates, the first the default. The list scheduler may run a chain on
-        # either hemisphere's planes (``templates.chain_sides``): weights are balanced between the
-        # hemispheres over the whole model, but not phase by phase, and attention's K and V are one
-        # tensor each (BERT-base width, 12 layers: 293,479 -> 280,960 cycles)
-        self.variants = {t.id: (chain_sides(t, chip) if kind == "list" and t.kind == "chain" else [build_template(t, chip)])
+        # every task's possible templates, the first the default; the list scheduler picks one per task
+        # (``chosen``; ``tpl`` holds it). A chain may run on either hemisphere's planes
+        # (``templates.chain_variants``): weights are balanced between the hemispheres over the whole
+        # model, but not phase by phase, and attention's K and V are one tensor each (BERT-base width,
+        # 12 layers: 293,479 -> 280,960 cycles)
+        self.variants = {t.id: (chain_variants(t, chip) if kind == "list" and t.kind == "chain" else [build_template(t, chip)])
                          for t in tg.tasks}
-        self.tpl = {t.id: v[0] for t, v in zip(tg.tasks, self.variants.values())}
+        self.chosen = {t.id: 0 for t in tg.tasks}
+        self.tpl = {t.id: self.variants[t.id][0] for t in tg.tasks}
         for t in tg.tasks:
             for tpl in self.variants[t.id]:
                 _check_own_banks(t, tpl)
         self.sched.templates = self.tpl
+        self.sched.variants = self.variants
         self.deps = self._dependencies(alloc)
         self.sched.deps = self.deps
         alus = [s.name for s in chip.slices_of("VXM")]
@@ -245,17 +251,24 @@ class Scheduler:
         }
 
     # ------------------------------------------------------------------------------ dependencies
-    def _dependencies(self, alloc: Allocation) -> dict[int, list[tuple[int, int]]]:
-        """task id -> [(earlier task, delta)]: start(task) >= start(earlier) + delta."""
+    def _dependencies(self, alloc: Allocation) -> dict[int, list[tuple[int, np.ndarray]]]:
+        """task id -> [(earlier task, delta)]: start(task) >= start(earlier) + delta[i, j] when the earlier
+        task runs with its template i and this task with its template j (``self.variants``)."""
         L = self.chip.lanes
-        deps: dict[int, dict[int, int]] = defaultdict(dict)
+        deps: dict[int, dict[int, np.ndarray]] = defaultdict(dict)
         owner: dict[int, np.ndarray] = {}
         readers: dict[int, list[int]] = defaultdict(list)
         writers: dict[int, list[int]] = defaultdict(list)
+        V = self.variants
 
-        def need(b: int, a: int, delta: int) -> None:
+        def need(b: int, a: int, delta: np.ndarray) -> None:
             if a != b:
-                deps[b][a] = max(deps[b].get(a, -(1 << 62)), delta)
+                old = deps[b].get(a)
+                deps[b][a] = delta if old is None else np.maximum(old, delta)
+
+        def each(a: int, b: int, f) -> np.ndarray:
+            """f(template of a, template of b) for every pair of templates of the two tasks."""
+            return np.array([[f(ta, tb) for tb in V[b]] for ta in V[a]], dtype=np.int64)
 
         for t in self.tg.tasks:
             tpl = self.tpl[t.id]
@@ -271,9 +284,7 @@ class Scheduler:
                 for w in np.unique(rows):
                     if w < 0:
                         continue
-                    # whichever templates the two tasks get (a chain's side), the data is there in time
-                    need(t.id, int(w), max(_vector_delta(tw.vstores[tid], tt.vreads[tid])
-                                           for tw in self.variants[int(w)] for tt in self.variants[t.id]))
+                    need(t.id, int(w), each(int(w), t.id, lambda ta, tb: _vector_delta(ta.vstores[tid], tb.vreads[tid])))
             for acc in t.writes:
                 tid = acc.tensor.id
                 writers[tid].append(t.id)
@@ -289,23 +300,26 @@ class Scheduler:
             vo, vn = _shared_words(old, new)
             if not len(vo):
                 continue
-            # (every template of both tasks: the scheduler may pick any)
-            olds = ([(a, v.vreads_last.get(old.id)) for a in readers.get(old.id, []) for v in self.variants[a]]
-                    + [(a, v.vstores.get(old.id)) for a in writers.get(old.id, []) for v in self.variants[a]])
-            for b, st in [(b, v.vstores_first.get(new.id)) for b in writers.get(new.id, []) for v in self.variants[b]]:
+            # an earlier access to an old word: its last read, or its store (write after write)
+            olds = [(a, "vreads_last") for a in readers.get(old.id, [])] + [(a, "vstores") for a in writers.get(old.id, [])]
+            for b in writers.get(new.id, []):
+                st = self.tpl[b].vstores_first.get(new.id)
                 if st is None:
                     continue
                 # only the shared words b stores matter; skip earlier tasks whose vectors miss them all
+                # (a task's templates differ in cycles, not in the vectors they access)
                 j = np.minimum(np.searchsorted(st[0], vn), len(st[0]) - 1)
                 mine = st[0][j] == vn
                 if not mine.any():
                     continue
                 vo_b, vn_b = vo[mine], vn[mine]
                 lo, hi = int(vo_b.min()), int(vo_b.max())
-                for a, first in olds:
+                for a, kind in olds:
+                    first = getattr(self.tpl[a], kind).get(old.id)
                     if first is None or first[0][-1] < lo or first[0][0] > hi:
                         continue
-                    need(b, a, _pair_delta(first, vo_b, st, vn_b))
+                    need(b, a, each(a, b, lambda ta, tb: _pair_delta(getattr(ta, kind)[old.id], vo_b,
+                                                                     tb.vstores_first[new.id], vn_b)))
         return {b: list(d.items()) for b, d in deps.items()}
 
     # ------------------------------------------------------------------------------ fitting
@@ -433,14 +447,16 @@ class Scheduler:
                 hint = h if hint is None else min(hint, h)
         return None, hint
 
-    def _fit(self, task: Task, ready: int) -> Placement:
-        """The earliest-finishing placement over the task's templates; ``self.tpl`` takes the chosen one."""
+    def _fit(self, task: Task) -> Placement:
+        """The placement that finishes first over the task's templates (recorded in ``chosen`` and ``tpl``)."""
         best = None
-        for tpl in self.variants[task.id]:
-            p = self._fit_one(task, tpl, max(ready, -tpl.begin))
-            if best is None or p.start + tpl.end < best[0].start + best[1].end:
-                best = (p, tpl)
-        self.tpl[task.id] = best[1]
+        for j, tpl in enumerate(self.variants[task.id]):
+            p = self._fit_one(task, tpl, self._ready(task, j))
+            if best is None or p.start + tpl.end < best[0].start + best[2].end:
+                best = (p, j, tpl)
+        assert best is not None
+        self.chosen[task.id] = best[1]
+        self.tpl[task.id] = best[2]
         return best[0]
 
     def _fit_one(self, task: Task, tpl: Template, ready: int) -> Placement:
@@ -488,16 +504,17 @@ class Scheduler:
             ready = self._ready(task)
             if self.kind == "naive":  # nothing overlaps: wait until the previous task is done
                 ready = max(ready, finish - self.tpl[task.id].begin)
-            p = self._fit(task, ready)
+            p = self._fit_one(task, self.tpl[task.id], ready)
             self._commit(task, p)
             finish = max(finish, p.start + self.tpl[task.id].end)
         return self.sched
 
-    def _ready(self, task: Task) -> int:
-        # no task may start an access before cycle 0 (``_fit`` applies each template's own begin)
-        t = min(-v.begin for v in self.variants[task.id])
+    def _ready(self, task: Task, j: int = 0) -> int:
+        """The earliest anchor of the task with its template j, given the placed tasks it depends on."""
+        # no task may start an access before cycle 0
+        t = -self.variants[task.id][j].begin
         for a, delta in self.deps.get(task.id, []):
-            t = max(t, self.sched.placements[a].start + delta)
+            t = max(t, self.sched.placements[a].start + int(delta[self.chosen[a], j]))
         return t
 
     def _run_list(self) -> None:
@@ -506,7 +523,7 @@ class Scheduler:
         pending = {t.id: 0 for t in tasks}
         for b, ds in self.deps.items():
             for a, delta in ds:
-                succ[a].append((b, delta))
+                succ[a].append((b, int(delta[0, 0])))
                 pending[b] += 1
         prio: dict[int, int] = {}
         for t in reversed(tasks):  # task order is topological: successors come later
@@ -523,7 +540,7 @@ class Scheduler:
         while heap:
             _, tid = heapq.heappop(heap)
             task = tasks[tid]
-            p = self._fit(task, self._ready(task))
+            p = self._fit(task)
             self._commit(task, p)
             for b, _ in succ[tid]:
                 pending[b] -= 1
