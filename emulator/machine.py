@@ -823,11 +823,16 @@ class Emulator:
         flights = self.streams.flights
         if len(parts) == 1 and all(len(segs) == 1 and segs[0][1] == slice(0, count) for segs in parts[0][1]):
             # The usual case: every plane comes whole from one flight. Build the lanes as unsigned
-            # integers, plane k shifted left by 8k (a few fast integer passes over the rows).
+            # integers, plane k shifted left by 8k (a few fast integer passes over the rows): the top
+            # plane's shift makes the array, plane 0 needs no shift (or-ing widens it).
             uint = _UINT[dt.width]
-            words = np.zeros((count, self.lanes), dtype=uint)
-            for p, ((f, _, src),) in enumerate(parts[0][1]):
-                words |= np.left_shift(self._plane(flights[f], src), 8 * p, dtype=uint)
+            planes = parts[0][1]
+            (f, _, src), = planes[-1]
+            words = np.left_shift(self._plane(flights[f], src), 8 * (len(planes) - 1), dtype=uint)
+            for p in range(len(planes) - 2, -1, -1):
+                (f, _, src), = planes[p]
+                plane = self._plane(flights[f], src)
+                words |= np.left_shift(plane, 8 * p, dtype=uint) if p else plane
             return words.view(dt.np)
         # Otherwise assemble the typed result byte plane by byte plane, straight into its memory.
         out = np.zeros((count, self.lanes), dtype=dt.np)  # vectors nobody wrote read as zeros

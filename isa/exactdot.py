@@ -115,6 +115,19 @@ Let ``u = 2**-53`` (float64 unit roundoff) and ``p_k = x[j, k] * w[k, c]``.
    threshold is an *even* float64 and cannot lie strictly between ``S`` and its odd
    round-to-odd value).
 
+*Order of work.*  Rows of ``x`` and columns of ``w`` are first classified from their bit
+   patterns (all zero, holding nan/inf, regular).  Lanes ``k`` where every ``x[j, k]`` is zero, and
+   columns of ``w`` that are zero on every other lane, are left out of the float64 product: their
+   products are signed zeros, which change no sum except through the zero-sign rule, and that rule
+   always reads the full operands.  The norms and granularities of points 2-3 are then taken over
+   the lanes that remain (Cauchy-Schwarz and the multiple-of-``2**g`` argument only involve the
+   products that are summed; a granularity taken over more entries is finer, still valid).  On the
+   regular block the certificate of point 3 is tried for whole rows first:
+   ``fl(rx * 2**-gx * max_c(rw * 2**-gw)) <= 2**53 * (1 - 2**-29)`` bounds every element of the row
+   (rounding is monotone), and such a row is just ``RNE_f32(s)`` (its zeros take the sign rule).
+   With half-precision inputs nearly every row qualifies; the other rows go through points 2, 3
+   (per element) and 4 as described.
+
 5. *Special lines.*  Rows of ``x`` / columns of ``w`` holding nan or inf are zeroed for
    the BLAS call and their results (all non-finite) are recomputed from 0/1 indicator
    matrices (float32 matmuls of 0/1 values count exactly).  All-zero rows / columns get
@@ -172,12 +185,6 @@ POS_INF_BITS = np.uint32(0x7F800000)
 NEG_INF_BITS = np.uint32(0xFF800000)
 NEG_ZERO_BITS = np.uint32(0x80000000)
 
-# significand bits and log2(smallest subnormal) of each float input dtype
-_PRECISION: dict[np.dtype, tuple[int, int]] = {
-    np.dtype(np.float16): (11, -24),
-    BF16: (8, -133),
-    np.dtype(np.float32): (24, -149),
-}
 # exactness certificate: fl(rx*2**-gx * rw*2**-gw) <= this  =>  sum|p| < 2**(gx+gw+53)
 _EXACT_LIMIT = 2.0**53 * (1 - 2.0**-29)
 
@@ -200,7 +207,8 @@ class PassStats:
     """Counters filled in by ``matmul_pass(..., stats=PassStats())``."""
 
     elements: int = 0  # n * N
-    interval_failed: int = 0  # elements the interval certificate could not decide
+    exact_rows: int = 0  # elements of rows whose float64 sums are all certified exact (decided first)
+    interval_failed: int = 0  # elements of the other rows the interval certificate could not decide
     exact_sum: int = 0  # of those, decided because the float64 sum was exact
     uncertified: int = 0  # elements sent to the exact (level-splitting) fallback
     fraction_path: int = 0  # of those, elements that needed > 2 levels (Python Fractions)
@@ -394,19 +402,19 @@ def _special_block(xs: F64Array, ws: F64Array) -> U32Array:
     return out
 
 
-def _zero_sign_block(xs: F64Array, ws: F64Array) -> U32Array:
-    """Results for a block in which every product is a (signed) zero: -0 iff every
+def _zero_sign_block(bx: npt.NDArray[np.bool_], bw: npt.NDArray[np.bool_]) -> U32Array:
+    """Results for a block in which every product is a (signed) zero, from the sign bits of the
+    rows of x (``bx``, shape (n, K)) and of the columns of w (``bw``, shape (K, N)): -0 iff every
     product is -0, i.e. sign(x[j,k]) != sign(w[k,c]) for all k."""
-    K = xs.shape[1]
-    bx, bw = np.signbit(xs), np.signbit(ws)
+    K = bx.shape[1]
     # Common shapes first (padding is +0): if no w is negative, a product is -0 iff its x is, so a
     # result is -0 iff its whole x row is negative; likewise with x and w swapped.
     if not bw.any():
         return np.broadcast_to(np.where(bx.all(axis=1), NEG_ZERO_BITS, np.uint32(0))[:, None],
-                               (xs.shape[0], ws.shape[1])).astype(np.uint32)
+                               (bx.shape[0], bw.shape[1])).astype(np.uint32)
     if not bx.any():
         return np.broadcast_to(np.where(bw.all(axis=0), NEG_ZERO_BITS, np.uint32(0))[None, :],
-                               (xs.shape[0], ws.shape[1])).astype(np.uint32)
+                               (bx.shape[0], bw.shape[1])).astype(np.uint32)
     sx = bx.astype(np.float32)
     sw = bw.astype(np.float32)
     differ = sx @ (1 - sw) + (1 - sx) @ sw  # exact integer counts
@@ -431,60 +439,196 @@ def _sumsq(a: F64Array, axis: int) -> F64Array:
     return np.einsum("ij,ij->i", a, a) if axis == 1 else np.einsum("ij,ij->j", a, a)
 
 
-def _clean_nonfinite(a: F64Array, nsq: F64Array, axis: int) -> tuple[F64Array, npt.NDArray[np.intp]]:
-    """Zero the non-finite entries of rows (axis=1) / columns (axis=0) flagged by a
-    non-finite sum of squares; returns the cleaned copy and the flagged indices."""
-    bad = np.flatnonzero(~np.isfinite(nsq))
-    if bad.size == 0:
-        return a, bad
-    a = a.copy()
-    if axis == 1:
-        sub = a[bad, :]
-        sub[~np.isfinite(sub)] = 0.0
-        a[bad, :] = sub
-        nsq[bad] = _sumsq(sub, 1)
-    else:
-        sub = a[:, bad]
-        sub[~np.isfinite(sub)] = 0.0
-        a[:, bad] = sub
-        nsq[bad] = _sumsq(sub, 0)
-    return a, bad
+def _line_bits(m: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Largest and smallest non-zero magnitude bit pattern of each row (axis=1) / column (axis=0)
+    of ``m`` (sign-less bit patterns of one float dtype; their integer order is the order of the
+    magnitudes). An all-zero line gets 0 as both."""
+    one = m.dtype.type(1)
+    # m - 1 wraps a zero to the largest pattern, so the minimum skips zeros; + 1 wraps it back
+    return m.max(axis=axis), np.subtract(m, one).min(axis=axis) + one
 
 
-def _granularity(a: F64Array, axis: int, prec: int, floor_exp: int) -> npt.NDArray[np.int32]:
-    """Per row (axis=1) / column (axis=0): g with every entry a multiple of 2**g.
-
-    A non-zero v = f * 2**e (0.5 <= f < 1) with ``prec`` significant bits is a multiple of
-    2**(e - prec), and of 2**floor_exp (the dtype's smallest subnormal); the smallest
-    non-zero |v| gives the smallest such e.  All-zero lines get 0 (never used)."""
-    mag = np.abs(a)
-    mag[mag == 0] = np.inf
-    amin = mag.min(axis=axis)
-    amin[np.isinf(amin)] = 1.0
-    e = np.frexp(amin)[1].astype(np.int32)
-    return np.maximum(e - prec, floor_exp).astype(np.int32)
+def _index(mask: npt.NDArray[np.bool_]) -> slice | npt.NDArray[np.intp]:
+    """The positions where ``mask`` is true: a slice when they are consecutive (indexing by a slice
+    is a view, not a copy; padding makes the non-zero lines one run), else an index array."""
+    idx = np.flatnonzero(mask)
+    if len(idx) == 0 or int(idx[-1]) - int(idx[0]) == len(idx) - 1:
+        return slice(int(idx[0]), int(idx[-1]) + 1) if len(idx) else slice(0, 0)
+    return idx
 
 
-def _matmul_float(
-    x64: F64Array, w64: F64Array, prec: int, floor_exp: int, stats: PassStats | None
-) -> npt.NDArray[np.float32]:
-    n, K = x64.shape
-    N = w64.shape[1]
+def _round_exact(v: F64Array) -> tuple[U32Array, npt.NDArray[np.intp]]:
+    """``round_f64_to_f32_bits`` of a 2-D array, and the flat positions where ``v == 0`` (given
+    +0 here; the caller applies the zero-sign rule). The zeros are found among the zero /
+    subnormal results the rounding looks at anyway, not by a pass of their own."""
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        bits = v.astype(np.float32).view(np.uint32)
+    small = np.flatnonzero((bits & np.uint32(0x7F800000)) == 0)
+    if not small.size:
+        return bits, small
+    vs = v.reshape(-1)[small]
+    # as in round_f64_to_f32_bits: integer rounding of the zero / subnormal results (FTZ-proof)
+    mag = np.rint(np.abs(vs) * _SCALE_SUBNORMAL).astype(np.uint32)
+    bits.reshape(-1)[small] = mag | (np.signbit(vs).astype(np.uint32) << np.uint32(31))
+    return bits, small[vs == 0]
+
+
+# Bit layout of each float input dtype: unsigned integer view, magnitude mask, stored significand
+# bits, exponent bias. A finite non-zero value with exponent field E is a multiple of
+# 2**(max(E, 1) - bias - mant) (its last significand bit; E = 0 is the subnormal range).
+_LAYOUT: dict[np.dtype, tuple[type, int, int, int]] = {
+    np.dtype(np.float16): (np.uint16, 0x7FFF, 10, 15),
+    BF16: (np.uint16, 0x7FFF, 7, 127),
+    np.dtype(np.float32): (np.uint32, 0x7FFFFFFF, 23, 127),
+}
+
+
+def _matmul_float(x: np.ndarray, w: np.ndarray, stats: PassStats | None) -> npt.NDArray[np.float32]:
+    """The float pass (module docstring, points 1-5) on x (n, K), w (K, N) of one float dtype.
+
+    Work is organised around the lines that matter: rows of x and columns of w are classified from
+    their bit patterns (all zero, holding nan/inf, or regular), lanes k where every x is zero are
+    left out of the float64 product (their products are signed zeros: they change no non-zero sum,
+    and the zero-sign rule reads the full operands), and so are the all-zero columns of w (padding).
+    On the regular block the exact-sum certificate (point 3) is applied to whole rows first: with
+    half-precision inputs the float64 sums are nearly always exact, and then the result is just
+    the float64 sum rounded once, with no per-element bound."""
+    n, K = x.shape
+    N = w.shape[1]
     if stats is not None:
         stats.elements = n * N
     if n == 0 or N == 0 or K == 0:
         return np.zeros((n, N), dtype=np.float32)  # empty sums are +0
+    ut, mmask, mant, bias = _LAYOUT[x.dtype]
+    top = ut(mmask)  # magnitudes above this have the sign bit set
+    inf_bits = (mmask >> mant) << mant  # exponent field all ones: inf or nan
+    xb, wb = x.view(ut), w.view(ut)
+    xm, wm = xb & top, wb & top
 
-    nx2 = _sumsq(x64, 1)
-    nw2 = _sumsq(w64, 0)
-    xf, bad_rows = _clean_nonfinite(x64, nx2, 1)
-    wf, bad_cols = _clean_nonfinite(w64, nw2, 0)
+    # ---- classify the lines: all-zero, non-finite (nan/inf), regular
+    x_hi, x_lo = _line_bits(xm, 1)
+    w_hi, w_lo = _line_bits(wm, 0)
+    active_k = xm.max(axis=0) > 0  # lanes where some x is non-zero: the only k with non-zero products
+    ki = _index(active_k)
+    bad_rows = np.flatnonzero(x_hi >= inf_bits)
+    zero_rows = np.flatnonzero(x_hi == 0)
+    bad_cols_m = w_hi >= inf_bits
+    # a column is "zero" when its non-zeros (if any) meet only all-zero lanes of x: every product
+    # is a signed zero
+    w_hi_act = w_hi if isinstance(ki, slice) and ki == slice(0, K) else wm[ki].max(axis=0, initial=0)
+    zero_cols_m = ~bad_cols_m & (w_hi_act == 0)
+    bad_cols = np.flatnonzero(bad_cols_m)
+    zero_cols = np.flatnonzero(zero_cols_m)
+    rows_m = (x_hi > 0) & (x_hi < inf_bits)
+    cols_m = ~(bad_cols_m | zero_cols_m)
+    ri, ci = _index(rows_m), _index(cols_m)
+    row_ids, col_ids = np.arange(n)[ri], np.arange(N)[ci]  # block position -> operand line
 
-    # ---- fast path: float64 BLAS + certified rounding (module docstring, point 2)
-    s = _gemm_f64(xf, wf)
-    G = K * 2.0**-52
-    rx = np.sqrt(nx2)
-    rw = np.sqrt(nw2)
+    out = np.empty((n, N), dtype=np.uint32)
+    n_exact = n_failed = n_frac = n_fallback = n_rows_exact = 0
+    if len(row_ids) and len(col_ids):
+        n_rows_exact, n_failed, n_exact, n_fallback, n_frac, block = _regular_block(
+            x, w, ri, ci, ki, row_ids, col_ids, x_lo[ri], w_lo[ci], mant, bias, top)
+        if len(row_ids) == n and len(col_ids) == N:
+            out = block  # the usual case: every line regular
+        elif isinstance(ri, slice) or isinstance(ci, slice):
+            out[ri, ci] = block
+        else:
+            out[np.ix_(row_ids, col_ids)] = block
+
+    # ---- all-zero rows / columns: every product is a signed zero
+    if zero_rows.size:
+        out[zero_rows, :] = _zero_sign_block(xb[zero_rows] > top, wb > top)
+    if zero_cols.size:
+        out[:, zero_cols] = _zero_sign_block(xb > top, wb[:, zero_cols] > top)
+
+    # ---- rows / columns with nan or inf (all their results are non-finite)
+    if bad_rows.size:
+        out[bad_rows, :] = _special_block(_to_f64(x[bad_rows]), _to_f64(w))
+    if bad_cols.size:
+        out[:, bad_cols] = _special_block(_to_f64(x), _to_f64(w[:, bad_cols]))
+
+    if stats is not None:
+        stats.exact_rows = n_rows_exact
+        stats.interval_failed = n_failed
+        stats.exact_sum = n_exact
+        stats.uncertified = n_fallback
+        stats.fraction_path = n_frac
+        stats.special_rows = int(bad_rows.size)
+        stats.special_cols = int(bad_cols.size)
+    return out.view(np.float32)
+
+
+def _regular_block(x: np.ndarray, w: np.ndarray, ri: slice | np.ndarray, ci: slice | np.ndarray,
+                   ki: slice | np.ndarray, row_ids: np.ndarray, col_ids: np.ndarray, x_lo: np.ndarray,
+                   w_lo: np.ndarray, mant: int, bias: int, top: np.unsignedinteger
+                   ) -> tuple[int, int, int, int, int, U32Array]:
+    """Results (float32 bits) of the rows ``ri`` of x (finite, not all zero) times the columns ``ci``
+    of w (finite, some non-zero product possible), summed over the lanes ``ki`` (every other lane
+    of x is zero). ``x_lo`` / ``w_lo``: the smallest non-zero magnitude pattern of each of those
+    lines. Returns (elements of whole exact rows, interval failures, decided exact after that,
+    sent to the fallback, of those on the Fraction path, the bits)."""
+    xa = _to_f64(x[ri][:, ki])
+    wa = _to_f64(w[ki][:, ci])
+    Ka = xa.shape[1]
+    s = _gemm_f64(xa, wa)
+    # Norms over the active lanes bound sum_k |p_k| (Cauchy-Schwarz on the lanes with products).
+    rx = np.sqrt(_sumsq(xa, 1))
+    rw = np.sqrt(_sumsq(wa, 0))
+    # granularity of each line from its smallest non-zero magnitude (point 3); a column's zeros in
+    # inactive lanes only make it finer, which keeps the certificate valid
+    gx = np.maximum(x_lo >> mant, 1).astype(np.int32) - (bias + mant)
+    gw = np.maximum(w_lo >> mant, 1).astype(np.int32) - (bias + mant)
+    ax = np.ldexp(rx, -gx)  # exact power-of-two scalings
+    aw = np.ldexp(rw, -gw)
+    # fl(ax * max aw) <= limit implies fl(ax * aw_c) <= limit for every c (rounding is monotone)
+    exact_row = ax * aw.max() <= _EXACT_LIMIT
+    zero_at: list[np.ndarray] = []  # flat block positions whose exact sum is 0 (zero-sign rule)
+    if exact_row.all():
+        out, zero_at0 = _round_exact(s)
+        zero_at.append(zero_at0)
+        n_failed = n_exact = n_fallback = n_frac = 0
+    else:
+        out = np.empty(s.shape, dtype=np.uint32)
+        er = np.flatnonzero(exact_row)
+        nr = np.flatnonzero(~exact_row)
+        N = s.shape[1]
+        if er.size:
+            bits, z = _round_exact(s[er])
+            out[er] = bits
+            zero_at.append(er[z // N] * N + z % N)
+        bits, z, n_failed, n_exact, n_fallback, n_frac = _decide_rows(
+            x, w, s[nr], rx[nr], rw, ax[nr], aw, Ka, row_ids[nr], col_ids)
+        out[nr] = bits
+        zero_at.append(nr[z // N] * N + z % N)
+    z = np.concatenate(zero_at) if len(zero_at) > 1 else zero_at[0]
+    if z.size:  # S == 0 exactly: only the sign rule is left (all K products, from the operands)
+        jj, cc = np.divmod(z, s.shape[1])
+        out.reshape(-1)[z] = _zero_sign_elements(x, w, row_ids[jj], col_ids[cc], top)
+    return int(np.count_nonzero(exact_row)) * s.shape[1], n_failed, n_exact, n_fallback, n_frac, out
+
+
+def _zero_sign_elements(x: np.ndarray, w: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+                        top: np.unsignedinteger) -> U32Array:
+    """Zero-sign rule for elements (rows[i], cols[i]) whose exact sum is 0: -0 iff every product is
+    -0 (a zero times a factor of the other sign), from the full operands."""
+    xr, wc = x[rows], w[:, cols].T
+    neg = (xr.view(top.dtype) > top) != (wc.view(top.dtype) > top)
+    zero = (xr.view(top.dtype) & top) == 0
+    zero |= (wc.view(top.dtype) & top) == 0
+    return np.where(np.all(zero & neg, axis=1), NEG_ZERO_BITS, np.uint32(0))
+
+
+def _decide_rows(x: np.ndarray, w: np.ndarray, s: F64Array, rx: F64Array, rw: F64Array, ax: F64Array,
+                 aw: F64Array, Ka: int, row_ids: np.ndarray, col_ids: np.ndarray
+                 ) -> tuple[U32Array, np.ndarray, int, int, int, int]:
+    """Rows of the regular block that are not exact as a whole: the interval certificate (point 2),
+    then the exact-sum certificate per element (point 3), then the exact fallback (point 4).
+    ``Ka`` is the number of terms the float64 sums ``s`` add. Returns the bits, the flat positions
+    whose exact sum is 0 (sign rule left to the caller), and the counts (interval failures, decided
+    exact, fallback, Fraction path)."""
+    N = s.shape[1]
+    G = Ka * 2.0**-52
     b = np.multiply.outer(rx * G, rw)  # T = fl(fl(G*rx)*rw)
     t = np.abs(s)
     t *= 2.0**-51  # A (exact)
@@ -493,66 +637,29 @@ def _matmul_float(
     b += s  # hi
     blo = round_f64_to_f32_bits(t)
     out = round_f64_to_f32_bits(b)
-    cert = blo == out
-
-    zero_rows = np.flatnonzero(nx2 == 0)
-    zero_cols = np.flatnonzero(nw2 == 0)
-    for idx in (zero_rows, bad_rows):
-        cert[idx, :] = True  # these are overwritten below
-    for idx in (zero_cols, bad_cols):
-        cert[:, idx] = True
-
-    # ---- second certificate: the float64 sum was exact (module docstring, point 3)
-    unc = np.flatnonzero(~cert)
+    unc = np.flatnonzero(blo != out)
     n_exact = n_frac = n_fallback = 0
+    zero_at = unc[:0]
     if unc.size:
         jj, cc = np.divmod(unc, N)
-        # granularity of just the rows / columns these elements use (usually a few of them)
-        rows, jinv = np.unique(jj, return_inverse=True)
-        cols, cinv = np.unique(cc, return_inverse=True)
-        gx = _granularity(xf[rows], 1, prec, floor_exp)[jinv]
-        gw = _granularity(wf[:, cols], 0, prec, floor_exp)[cinv]
-        E = np.ldexp(rx[jj], -gx)
-        E *= np.ldexp(rw[cc], -gw)
+        E = ax[jj] * aw[cc]
         exact = E <= _EXACT_LIMIT
         sv = s.reshape(-1)[unc]
         ok = exact & (sv != 0)
         if ok.any():
             out.reshape(-1)[unc[ok]] = round_f64_to_f32_bits(sv[ok])
         n_exact = int(np.count_nonzero(ok))
-        zr = exact & (sv == 0)
-        if zr.any():  # S == 0 exactly: only the sign rule is left
-            P = xf[jj[zr]] * wf[:, cc[zr]].T
-            neg0 = np.all((P == 0) & np.signbit(P), axis=1)
-            out.reshape(-1)[unc[zr]] = np.where(neg0, NEG_ZERO_BITS, np.uint32(0))
-        # ---- exact fallback for the rest (module docstring, point 4)
+        zero_at = unc[exact & (sv == 0)]
+        # ---- exact fallback for the rest (module docstring, point 4), on the full operands (the
+        # zero-sign rule of an exact zero sum reads every product)
         rest = ~exact
         n_fallback = int(np.count_nonzero(rest))
         if n_fallback:
-            wcols = np.ascontiguousarray(wf[:, cc[rest]].T)
-            bits, n_frac = exact_dot_rows_f32_bits(xf[jj[rest]], wcols)
+            xr = _to_f64(x[row_ids[jj[rest]]])
+            wc = np.ascontiguousarray(_to_f64(w[:, col_ids[cc[rest]]]).T)
+            bits, n_frac = exact_dot_rows_f32_bits(xr, wc)
             out.reshape(-1)[unc[rest]] = bits
-
-    # ---- all-zero rows / columns: every product is a signed zero
-    if zero_rows.size:
-        out[zero_rows, :] = _zero_sign_block(xf[zero_rows], wf)
-    if zero_cols.size:
-        out[:, zero_cols] = _zero_sign_block(xf, wf[:, zero_cols])
-
-    # ---- rows / columns with nan or inf (all their results are non-finite)
-    if bad_rows.size:
-        out[bad_rows, :] = _special_block(x64[bad_rows], w64)
-    if bad_cols.size:
-        out[:, bad_cols] = _special_block(x64, w64[:, bad_cols])
-
-    if stats is not None:
-        stats.interval_failed = int(unc.size)
-        stats.exact_sum = n_exact
-        stats.uncertified = n_fallback
-        stats.fraction_path = n_frac
-        stats.special_rows = int(bad_rows.size)
-        stats.special_cols = int(bad_cols.size)
-    return out.view(np.float32)
+    return out, zero_at, int(unc.size), n_exact, n_fallback, n_frac
 
 
 def matmul_pass(x: np.ndarray, w: np.ndarray, *, stats: PassStats | None = None) -> np.ndarray:
@@ -571,8 +678,7 @@ def matmul_pass(x: np.ndarray, w: np.ndarray, *, stats: PassStats | None = None)
     K = x.shape[1]
     if K > MAX_K_FLOAT:
         raise ValueError(f"float matmul_pass needs K <= {MAX_K_FLOAT}, got {K}")
-    prec, floor_exp = _PRECISION[x.dtype]
-    return _matmul_float(_to_f64(x), _to_f64(w), prec, floor_exp, stats)
+    return _matmul_float(x, w, stats)
 
 
 # --------------------------------------------------------------------------- reference

@@ -33,6 +33,7 @@ import hashlib
 import json
 import math
 import struct
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,12 +46,41 @@ from isa.encoding import EncodingError, decode, encode
 from isa.instructions import Instr
 
 MAGIC = b"LPUPROG\0"
+_HASH_IN_THREAD = 1 << 20  # files at least this long are hashed beside the decoding
 FORMAT_VERSION = 1
 RECORD = struct.Struct("<Ii16s")
 
 
 class ProgramError(ValueError):
     """A program file or program object that is malformed; the message says what and where."""
+
+
+class _Checksum:
+    """The SHA-256 check of a program file's bytes (all but the last 32, which must equal it).
+
+    A large file (most of it constant data) is hashed in a second thread while the header and the
+    instruction records are decoded: hashlib releases the GIL while it hashes, so the two overlap.
+    The hash reads the caller's bytes through a memoryview (no copy of the file)."""
+
+    def __init__(self, data: bytes):
+        self._data = data
+        self._digest: bytes | None = None
+        self._thread: threading.Thread | None = None
+        if len(data) >= _HASH_IN_THREAD:
+            self._thread = threading.Thread(target=self._hash, daemon=True)
+            self._thread.start()
+        else:
+            self._hash()
+
+    def _hash(self) -> None:
+        self._digest = hashlib.sha256(memoryview(self._data)[:-32]).digest()
+
+    def check(self, origin: str) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._digest != self._data[-32:]:
+            raise ProgramError(f"{origin}: checksum mismatch: the file is truncated or corrupt")
 
 
 @dataclass
@@ -286,18 +316,23 @@ class Program:
         if version != FORMAT_VERSION:
             raise ProgramError(f"{origin}: format version {version}, this lpuc reads version {FORMAT_VERSION}; "
                                f"recompile it with this lpuc")
-        if hashlib.sha256(data[:-32]).digest() != data[-32:]:
-            raise ProgramError(f"{origin}: checksum mismatch: the file is truncated or corrupt")
+        checksum = _Checksum(data)
         try:
-            header = json.loads(data[16:16 + hlen].decode())
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ProgramError(f"{origin}: unreadable header ({e})") from None
-        try:
-            return Program._from_header(header, data, 16 + hlen, len(data) - 32, origin)
-        except (KeyError, TypeError, ValueError) as e:
-            if isinstance(e, ProgramError):
-                raise
-            raise ProgramError(f"{origin}: malformed header or body ({type(e).__name__}: {e})") from None
+            try:
+                header = json.loads(data[16:16 + hlen].decode())
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise ProgramError(f"{origin}: unreadable header ({e})") from None
+            try:
+                prog = Program._from_header(header, data, 16 + hlen, len(data) - 32, origin)
+            except (KeyError, TypeError, ValueError) as e:
+                if isinstance(e, ProgramError):
+                    raise
+                raise ProgramError(f"{origin}: malformed header or body ({type(e).__name__}: {e})") from None
+        except BaseException:
+            checksum.check(origin)  # a corrupt file reports the checksum, whatever else went wrong
+            raise
+        checksum.check(origin)
+        return prog
 
     @staticmethod
     def _from_header(header: dict[str, Any], data: bytes, pos: int, end: int, origin: str) -> "Program":

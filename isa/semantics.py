@@ -224,14 +224,12 @@ def install(w: np.ndarray, vecs: np.ndarray, r0: int, t: int, lo: int, hi: int) 
     """Return the weight buffer after installing ``vecs`` (IW semantics; ``w`` is not modified)."""
     lanes = w.shape[0]
     hi = hi or lanes
-    v = vecs.copy()
-    v[:, :lo] = 0
-    v[:, hi:] = 0
     out = w.copy()
-    if t:
-        out[:, r0:r0 + len(v)] = v.T
-    else:
-        out[r0:r0 + len(v), :] = v
+    dst = out[:, r0:r0 + len(vecs)].T if t else out[r0:r0 + len(vecs), :]  # a view into out
+    # the masked vectors go straight into the buffer (no masked copy of them first)
+    dst[:, lo:hi] = vecs[:, lo:hi]
+    dst[:, :lo] = 0
+    dst[:, max(hi, lo):] = 0
     return out
 
 

@@ -438,6 +438,55 @@ def test_signed_zeros(dt: np.dtype, pass_mode: str) -> None:
 
 
 @pytest.mark.parametrize("dt", FLOATS, ids=FLOAT_IDS)
+def test_inactive_lanes_and_lines(dt: np.dtype, pass_mode: str) -> None:
+    """Lanes where every x is zero are left out of the float64 sums, all-zero columns of w too, and
+    whole rows are settled by the exact-sum certificate first: every such split, with the signed zeros
+    and nan/inf that live only in the left-out lanes, against the reference."""
+    z, nz = 0.0, -0.0
+    for seed in range(6):
+        rng = np.random.default_rng([seed, PREC[dt][0]])
+        n, K, N = 14, 24, 18
+        x = random_floats(rng, (n, K), dt, "normal" if seed % 2 else "bits")
+        w = random_floats(rng, (K, N), dt, "int" if seed % 3 == 0 else "normal")
+        # zero lanes of x: a run (MATMUL's k) and scattered ones, with signed zeros
+        dead = np.zeros(K, bool)
+        dead[K - 7:] = True
+        dead[rng.choice(K - 7, 3, replace=False)] = seed % 2 == 0
+        x[:, dead] = to_dtype(np.where(rng.random((n, int(dead.sum()))) < 0.5, z, nz), dt)
+        live = np.flatnonzero(~dead)
+        # columns whose non-zeros meet only dead lanes (every product a signed zero), of every sign
+        for c, sign in ((1, 1.0), (5, -1.0), (9, 1.0)):
+            w[:, c] = to_dtype(np.where(rng.random(K) < 0.5, z, nz), dt)
+            w[dead, c] = to_dtype(sign * (1 + rng.integers(0, 4, int(dead.sum()))), dt)
+        w[live, 5] = to_dtype(np.full(len(live), nz), dt)
+        w[live, 9] = to_dtype(np.full(len(live), nz), dt)
+        # a positive row: its live products with columns 5 and 9 are -0, its dead-lane products decide
+        x[11] = to_dtype(np.zeros(K), dt)
+        x[11, live] = to_dtype(1 + rng.integers(0, 4, len(live)), dt)
+        w[:, 3] = to_dtype(np.full(K, nz), dt)  # all-zero columns (padding)
+        w[:, 13] = to_dtype(np.full(K, z), dt)
+        w[dead, 11] = to_dtype(np.full(int(dead.sum()), np.inf), dt)  # inf * 0 in a dead lane: nan
+        x[4] = to_dtype(np.full(K, nz), dt)  # all-zero rows
+        x[6] = to_dtype(np.full(K, z), dt)
+        x[8, live[0]] = to_dtype([np.nan], dt)[0] if seed % 2 else to_dtype([-np.inf], dt)[0]
+        # a regular row against a regular column with no overlap: every product is -0
+        x[10] = to_dtype(np.full(K, z), dt)
+        x[10, live[1]] = to_dtype([2.0], dt)[0]
+        w[:, 15] = to_dtype(np.full(K, nz), dt)
+        w[live[2], 15] = to_dtype([-3.0], dt)[0]
+        # exact cancellation (+0) next to rows that are not exact as a whole
+        x[12] = to_dtype(np.zeros(K), dt)
+        x[12, live[:2]] = to_dtype([1.0, 1.0], dt)
+        w[live[:2], 16] = to_dtype([1.0, -1.0], dt)
+        x[13, live[3]] = to_dtype([2.0 ** (PREC[dt][2] - 2)], dt)[0]
+        x[13, live[4]] = to_dtype([2.0 ** (PREC[dt][1] + 3)], dt)[0]
+        y = check(x, w, f"{dt} seed {seed} {pass_mode}")
+        assert as_bits(y)[10, 15] == 0x80000000
+        assert as_bits(y)[11, 5] == 0x80000000 and as_bits(y)[11, 9] == 0  # +0 * -w is -0, +0 * +w is +0
+        assert as_bits(y)[12, 16] == 0
+
+
+@pytest.mark.parametrize("dt", FLOATS, ids=FLOAT_IDS)
 def test_nan_inf(dt: np.dtype) -> None:
     inf, nan = np.inf, np.nan
     x = to_dtype(

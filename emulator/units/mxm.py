@@ -28,6 +28,12 @@ def install(em, op):
             em.hazard(op, "operand", op.inst.issue, f"buffer {o['buf']} holds {_name(base)} weights; IW.{dt.name} "
                                                     f"must clear it first (clr=1)")
             base = None
+    if o["t"] == 0 and o["r0"] == 0 and o["lo"] == 0 and hi == lanes and vecs.shape == (lanes, lanes):
+        # Every row of the buffer is replaced by a vector, unmasked (the common full install): the
+        # buffer is the vectors themselves, whatever it held. Sharing the array is exact because no
+        # array changes once it is produced.
+        op.store = vecs
+        return
     if base is None:
         base = np.zeros((lanes, lanes), dtype=dt.np)  # weight buffers hold zeros until installed
     op.store = semantics.install(base, vecs, o["r0"], o["t"], min(o["lo"], lanes), hi)
