@@ -95,7 +95,7 @@ def mmheads(p: Prim, x: np.ndarray, y: np.ndarray, lanes: int) -> np.ndarray:
     for b in range(B):
         for c in range(-(-Eo // L)):
             acc = None
-            for h in range(H):
+            for h in p.attrs.get("heads", range(H)):
                 if (h * D) // L != c:
                     continue
                 cv, lo = divmod(p.attrs["offv"] + h * D, L)

@@ -194,3 +194,39 @@ def test_no_k_split_when_the_chains_fill_the_planes(tmp_path):
     onnx.save(_ffn_model(1280, 1280, 16), str(path))  # 4 chains of 4 passes each way
     c = compile_model(path, load_chip("lpu-v1"), "fp16")
     assert all("kc" not in p.attrs for p in c.prims.prims if p.kind == "matmul")
+
+
+def _attention_model(E: int, H: int, T: int) -> onnx.ModelProto:
+    """Multi-head self-attention as torch exports it: projections, Reshape/Transpose heads (K's transpose
+    merged into perm [0, 2, 3, 1]), scaled scores, Softmax, P V, heads merged back."""
+    rng = np.random.default_rng(7)
+    D = E // H
+    inits = [onnx.numpy_helper.from_array((rng.standard_normal((E, E)) / np.sqrt(E)).astype(np.float32), n)
+             for n in ("wq", "wk", "wv")]
+    inits += [onnx.numpy_helper.from_array(np.array(v, np.int64), n)
+              for n, v in (("heads", [1, T, H, D]), ("merged", [1, T, E]))]
+    inits.append(onnx.numpy_helper.from_array(np.array(np.sqrt(D), np.float32), "scale"))
+    mk = helper.make_node
+    nodes = [mk("MatMul", ["x", "wq"], ["q"]), mk("MatMul", ["x", "wk"], ["k"]), mk("MatMul", ["x", "wv"], ["v"])]
+    for n, perm in (("q", [0, 2, 1, 3]), ("k", [0, 2, 3, 1]), ("v", [0, 2, 1, 3])):
+        nodes += [mk("Reshape", [n, "heads"], [n + "4"]), mk("Transpose", [n + "4"], [n + "h"], perm=perm)]
+    nodes += [mk("MatMul", ["qh", "kh"], ["s"]), mk("Div", ["s", "scale"], ["ss"]), mk("Softmax", ["ss"], ["p"], axis=-1),
+              mk("MatMul", ["p", "vh"], ["c"]), mk("Transpose", ["c"], ["ct"], perm=[0, 2, 1, 3]),
+              mk("Reshape", ["ct", "merged"], ["y"])]
+    g = helper.make_graph(nodes, "attention", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, T, E])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, T, E])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+
+
+def test_pv_heads_of_each_chunk_in_two_products(tmp_path):
+    """768 lanes of 12 heads on 320-lane chunks hold 5, 5 and 2 heads: P V becomes two products (3, 3, 1 and
+    2, 2, 1 heads per chunk, so no chain accumulates more than 3 heads) added on the VXM."""
+    path = tmp_path / "attention.onnx"
+    onnx.save(_attention_model(768, 12, 16), str(path))
+    c = compile_model(path, load_chip("lpu-v1"), "fp16")
+    pv = [p for p in c.prims.prims if p.kind == "mmheads" and p.attrs["mode"] == "pv"]
+    assert [p.attrs["heads"] for p in pv] == [(0, 1, 2, 5, 6, 7, 10), (3, 4, 8, 9, 11)]
+    chains = [t for t in c.tasks.tasks if t.kind == "chain" and t.prim in pv]
+    assert sorted(len(t.attrs["steps"]) for t in chains) == [1, 1, 2, 2, 3, 3]
+    v = verify(c, path, "fp16")
+    assert v.ok and v.report["bit_exact"], v.report

@@ -11,7 +11,8 @@ merges of every row. The MXM does not need it:
 * ``C = merge_h(P_h V_h)``: install the rows of V (tokens) with the lanes outside head h zeroed and
   multiply ``P_h``; the products land in head h's lanes of the merged row. The heads of one lane
   chunk accumulate in one accumulator region (pass by pass, in head order), which is the merged
-  result; no merge.
+  result; no merge. With more than 2 heads in a chunk, the first and second half of every chunk's
+  heads are two such products, added (``_pv_groups``).
 
 A matmul is rewritten (to an ``mmheads`` primitive) when its operands come from ``[.., T, E]`` tensors
 through views, copies, relayouts and conversions whose composed element map is exactly the head
@@ -143,6 +144,24 @@ def _unfuse_projections(pg: PrimGraph, chip: ChipConfig) -> None:
         pg.prims = [q for p in pg.prims for q in replace.get(id(p), [p])]
 
 
+def _pv_groups(H: int, D: int, L: int) -> list[tuple[int, ...]]:
+    """The heads of each PV product. One chain per lane chunk of the merged result accumulates that
+    chunk's heads one pass each (BERT-base: 5, 5 and 2 heads), so the longest chain is the chunk with
+    the most heads while the other planes wait. When every chunk has at least 2 heads and some has
+    more than 2, the first half of each chunk's heads and the second half are two products (twice
+    the chains, about half as long) whose results are added: every lane is one head's value plus
+    zeros, so the sum is the same value (signed zeros included) in any grouping. (BERT-base width:
+    4 layers 90,471 -> 87,426 cycles, 12 layers 278,543 -> 276,649.)"""
+    per: dict[int, list[int]] = {}
+    for h in range(H):
+        per.setdefault((h * D) // L, []).append(h)
+    if min(map(len, per.values())) < 2 or max(map(len, per.values())) <= 2:
+        return [tuple(range(H))]
+    first = tuple(h for hs in per.values() for h in hs[:-(-len(hs) // 2)])
+    second = tuple(h for hs in per.values() for h in hs[-(-len(hs) // 2):])
+    return [first, second]
+
+
 def heads(pg: PrimGraph, chip: ChipConfig) -> PrimGraph:
     L = chip.lanes
     _unfuse_projections(pg, chip)
@@ -151,6 +170,7 @@ def heads(pg: PrimGraph, chip: ChipConfig) -> PrimGraph:
     outputs = {t.id for t in pg.outputs}
     converted: dict[tuple[int, str], Tensor] = {}
     new_prims: list[Prim] = []
+    summed: set[int] = set()  # merged PV results written by the sum of two head groups' products
 
     def source(src: Tensor, to: str | None) -> Tensor:
         """src, converted to ``to`` once (placed before the product)."""
@@ -207,7 +227,24 @@ def heads(pg: PrimGraph, chip: ChipConfig) -> PrimGraph:
                 if merged is not None and rs:
                     v = source(va[0], va[2])
                     if v.dtype == b.dtype:
-                        rewritten = Prim("mmheads", [a, v], merged, {"mode": "pv", "H": H, "D": D, "offv": va[1]}, p.node)
+                        attrs = {"mode": "pv", "H": H, "D": D, "offv": va[1]}
+                        groups = _pv_groups(H, D, L)
+                        if len(groups) == 1:
+                            rewritten = Prim("mmheads", [a, v], merged, attrs, p.node)
+                        else:  # the heads of each lane chunk in two products, added
+                            acc = None
+                            for g in groups:
+                                part = pg.tensor(f"{merged.name}.h{g[0]}", merged.dtype, merged.shape)
+                                new_prims.append(Prim("mmheads", [a, v], part, {**attrs, "heads": g}, p.node))
+                                if acc is None:
+                                    acc = part
+                                else:
+                                    out = merged if g is groups[-1] else pg.tensor(f"{merged.name}.s{g[0]}", merged.dtype, merged.shape)
+                                    new_prims.append(Prim("ewise", [acc, part], out, {"op": "ADD", "dtype": merged.dtype}, p.node))
+                                    acc = out
+                            producer[merged.id] = new_prims[-1]
+                            summed.add(merged.id)
+                            continue
         if rewritten is not None:
             new_prims.append(rewritten)
             producer[rewritten.out.id] = rewritten
@@ -215,8 +252,9 @@ def heads(pg: PrimGraph, chip: ChipConfig) -> PrimGraph:
             new_prims.append(p)
     # a rewritten PV product writes the merged tensor itself: the moves that made it are dropped with
     # every other primitive whose result nothing reads any more
-    made = {p.out.id for p in new_prims if p.kind == "mmheads"}
-    order = [p for p in new_prims if p.kind == "mmheads" or p.out.id not in made]
+    made = {p.out.id for p in new_prims if p.kind == "mmheads"} | summed
+    order = [p for p in new_prims if p.kind == "mmheads" or p.out.id not in made
+             or (p.out.id in summed and producer.get(p.out.id) is p)]
     live = {t.id for t in pg.outputs}
     keep = []
     for p in reversed(order):

@@ -324,7 +324,7 @@ class Tiler:
         for b in range(B):
             for c in range(Co):  # head h lands in lanes h*D.. of the result (V's offset is whole chunks)
                 steps = []
-                for h in range(H):
+                for h in p.attrs.get("heads", range(H)):
                     if (h * D) // L == c:
                         cv, lo = divmod(p.attrs["offv"] + h * D, L)
                         steps.append({"w": self.acc(y, b * S * Cy + cv, Cy, S), "x": self.acc(x, (b * H + h) * T, 1, T),
