@@ -4,7 +4,9 @@ How it works (cost grows with instructions, not with cycles x lanes):
 
 1. *Timing.* Every instruction's accesses (stream reads/writes, SRAM words, accumulator rows, weight
    buffers, link FIFOs, busy ports) follow from its operands and issue cycle alone
-   (``isa.timing.instruction_timing``, the same function the compiler schedules with).
+   (``isa.timing.instruction_timing``, the same function the compiler schedules with). Most of them
+   repeat with only the issue cycle and an address base changed, so the set-up works per instruction
+   *shape* (``relative_timing``, ``_Shape``) and adds the two, per instruction or per array of them.
 2. *Static checks.* Busy ports, stream collisions, bank conflicts, address ranges, weight readiness,
    link arrivals and barriers are interval checks over those accesses.
 3. *Resolution.* Each read is mapped to the write it sees: streams by diagonals
@@ -12,7 +14,9 @@ How it works (cost grows with instructions, not with cycles x lanes):
    stream or one storage at once where that can be done with array operations. That gives the data
    dependencies between instructions, and per read the pieces (segments) its data is copied from.
 4. *Evaluation.* Instructions run in dependency order, each one a vectorised numpy operation over all
-   its vectors (``emulator.units``: one handler per instruction).
+   its vectors (``emulator.units``: one handler per instruction). A wide value that travels as byte
+   planes (through SRAM, one slice per plane) is not split and joined again when its planes meet in
+   the same rows: the reader takes the value itself (``Op.origin``, ``EventStore.put_plane``).
 
 Hazards stop the run in strict mode; with ``strict=False`` the emulator behaves like the hardware
 (an empty stream reads as zeros, a conflicting write still lands) and counts the hazards.
@@ -24,22 +28,24 @@ import gc
 import graphlib
 import sys
 import time
+from bisect import bisect_left, bisect_right
 from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any, Iterator
 
 import numpy as np
 
 from emulator.errors import EmulatorLimit, Hazard, HazardError, InputError
-from emulator.storage import EventStore
+from emulator.storage import EventStore, Origin, byte_plane, compose_rows
 from emulator.streams import Flight, StreamIndex, diagonal
 from isa.asm import format_instruction
 from isa.config import Slice
 from isa.dtypes import DType, from_planes, to_planes
 from isa.program import Inst, Program, ProgramError, TensorDesc
-from isa.timing import (StoreAccess, StreamAccess, Timing, TimingError, host_transfer_us, instruction_timing,
-                        utilization)
+from isa.timing import (StoreAccess, StreamAccess, Timing, TimingError, host_transfer_us, relative_timing,
+                        shift_timing, utilization)
 
 
 # One piece of a resolved stream read: vectors ``dst`` of the read (rows of its typed result) are the
@@ -65,11 +71,64 @@ class _Seen:
     """What one addressed storage read sees (``Emulator._lookup_all``)."""
 
     src: np.ndarray  # per element: the writing source, -1 if none
-    row: np.ndarray  # per element: the row of that source's data
+    row: np.ndarray | None  # per element: the row of that source's data (accumulator reads only)
     event: slice | np.ndarray  # per element: the event row (a slice when consecutive)
     writers: list[int]  # the distinct writing sources, ascending
     unwritten: bool  # some element sees no write
     block: int = -1  # SRAM: the block of the store every event row is in, -1 if not all in one
+
+
+@dataclass(eq=False)
+class _Shape:
+    """One instruction shape as the set-up needs it: the timing of its instructions relative to issue
+    cycle 0 and address bases 0 (``isa.timing.relative_timing``, one object shared by all of them),
+    and the numbers the set-up uses per instruction, taken out of its arrays once per shape (reading
+    them from numpy arrays per instruction costs more than the rest of the work)."""
+
+    timing: Timing
+    last: int | None  # one past the last relative cycle of any access or busy port; None: nothing at all
+    busy: list[tuple[str, int, int]]  # ports busy for at least a cycle, plus the queue for one cycle
+    # when no port is the queue (relative cycles; ``_check_busy``)
+    writes: list[tuple[str, str, int, int, int, int]]  # stream writes of at least one vector: field,
+    # direction, first stream, streams (type width), first cycle, vectors
+    reads: list[tuple[int, int, int, bool, slice | np.ndarray]]  # per timing.reads entry: vectors, first
+    # and last cycle, whether the cycles are consecutive, its vector indices as a slice when consecutive
+    acc_reads: list[int]  # the store accesses that may read accumulator rows
+    kinds: list[tuple[int, str]]  # per store access that may read: (index, ``Emulator._storage_read``'s
+    # answer, or "op" when it depends on operands outside the shape)
+    one_read: bool  # no stream reads and one store access that may read: the instruction's only read
+
+    @classmethod
+    def of(cls, rel: Timing) -> _Shape:
+        last = None
+        for acc in (*rel.reads, *rel.writes, *rel.store):
+            if len(acc.cycles):
+                last = max(last if last is not None else 0, int(acc.cycles[-1]) + 1)
+        for _, _, e in rel.busy:
+            last = max(last if last is not None else 0, e)
+        busy = [b for b in rel.busy if b[2] > b[1]]
+        if not any(p == "queue" for p, _, _ in rel.busy):
+            busy.append(("queue", 0, 1))
+        writes = [(a.field, a.dir, a.base, a.dtype.width, int(a.cycles[0]), len(a.cycles))
+                  for a in rel.writes if len(a.cycles)]
+        reads = []
+        for a in rel.reads:
+            n = len(a.cycles)
+            c0, c1 = (int(a.cycles[0]), int(a.cycles[-1])) if n else (0, 0)
+            run = n > 0 and isinstance(_progression(a.cycles), slice)
+            reads.append((n, c0, c1, run, _progression(a.vec)))
+        acc_reads = [k for k, st in enumerate(rel.store) if st.space == "acc" and "r" in st.mode]
+        kinds = []
+        for k, st in enumerate(rel.store):
+            if (st.space, st.mode) in (("acc", "rw"), ("weights", "w")):  # (MATMUL's mode, IW's clr)
+                kinds.append((k, "op"))
+            elif st.space == "sram" and st.mode == "r":
+                kinds.append((k, "sram" if st.addrs is not None else "gather"))
+            elif st.space == "acc" and "r" in st.mode:
+                kinds.append((k, "acc"))
+            elif st.space == "weights" and st.mode == "r":
+                kinds.append((k, "weights"))
+        return cls(rel, last, busy, writes, reads, acc_reads, kinds, not reads and len(kinds) == 1)
 
 
 @dataclass(eq=False)
@@ -87,10 +146,17 @@ class Op(Source):
     slice: Slice = None  # type: ignore[assignment]
     qidx: int = 0
     inst: Inst = None  # type: ignore[assignment]
-    timing: Timing = None  # type: ignore[assignment]
+    shape: _Shape = None  # type: ignore[assignment]  # timing relative to issue cycle 0, address bases 0
+    shift: tuple[int, ...] = ()  # per store access: the shift of its addresses (``isa.timing.relative_timing``)
+    end: int = 0  # one past the last cycle in which the instruction does anything (``Timing.end``)
     reads: list[tuple[StreamAccess, list[list[Segment]]]] = field(default_factory=list)  # segments per plane
+    # per stream read (its access as in ``shape.timing``: relative cycles)
     deps: set[int] = field(default_factory=set)
     out: dict[str, np.ndarray] = field(default_factory=dict)
+    # results not made: field -> (array, plane, rows), the result is byte plane ``plane`` of those rows of
+    # that array (a READ of words stored as a plane of an array, ``EventStore.put_plane``); made when a
+    # reader needs the words themselves (``Emulator._result``), never when it needs the array
+    origin: dict[str, Origin] | None = None
     # resolved storage reads and writes
     sram: tuple[EventStore, slice | np.ndarray, int] | None = None  # READ: the store, the event rows it
     # sees and the one block they are in (-1: several)
@@ -98,6 +164,21 @@ class Op(Source):
     acc: StoredRows | None = None
     weights: int = -1  # IW op whose buffer state a MATMUL uses / an IW builds on
     link: list[tuple[int, int]] = field(default_factory=list)  # RECV: (SEND op, row) per vector
+    _timing: Timing | None = field(default=None, repr=False)
+
+    @property
+    def timing(self) -> Timing:
+        """Every access in absolute cycles and addresses (``isa.timing.instruction_timing``), made when
+        first asked for: the set-up works from the shape and never needs most of them."""
+        if self._timing is None:
+            self._timing = shift_timing(self.shape.timing, self.inst.issue, self.shift)
+        return self._timing
+
+    def store_at(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Addresses and cycles of store access k, absolute."""
+        st, d = self.shape.timing.store[k], self.shift[k]
+        assert st.addrs is not None
+        return (st.addrs + d if d else st.addrs), st.cycles + self.inst.issue
 
 
 @dataclass
@@ -123,7 +204,7 @@ class Emulator:
         self.ops: list[Op] = []
         with _no_cyclic_gc():
             self._build_ops()
-            self.cycles = max((op.timing.end for op in self.ops), default=0)
+            self.cycles = max((op.end for op in self.ops), default=0)
             self.streams = StreamIndex()
             self.sram: dict[tuple[int, str], EventStore] = {}
             self.accs: dict[tuple[int, str], EventStore] = {}
@@ -140,15 +221,20 @@ class Emulator:
     # ==========================================================================================
     def _build_ops(self) -> None:
         chip = self.chip
+        shapes: dict[int, _Shape] = {}  # by id of the shared relative timing (each shape keeps it alive)
         for (c, sname), q in sorted(self.prog.queues.items(), key=lambda kv: (kv[0][0], chip.slice(kv[0][1]).index)):
             sl = chip.slice(sname)
             for k, inst in enumerate(q):
                 try:
-                    t = instruction_timing(inst.spec, inst.ops, inst.issue, chip)
+                    rel, shift = relative_timing(inst.spec, inst.ops, chip)
                 except TimingError as e:
                     raise ProgramError(f"chip {c} {sname} instruction {k} "
                                        f"({format_instruction(inst, self.prog.nodes)}): {e}") from None
-                op = Op(id=len(self.sources), chip=c, slice=sl, qidx=k, inst=inst, timing=t)
+                shape = shapes.get(id(rel))
+                if shape is None:
+                    shape = shapes[id(rel)] = _Shape.of(rel)
+                end = 0 if shape.last is None else max(0, shape.last + inst.issue)
+                op = Op(id=len(self.sources), chip=c, slice=sl, qidx=k, inst=inst, shape=shape, shift=shift, end=end)
                 self.sources.append(op)
                 self.ops.append(op)
 
@@ -164,18 +250,16 @@ class Emulator:
     # ==========================================================================================
     def _check_busy(self) -> None:
         """An instruction issued while a port of its slice is still busy is a hazard."""
-        per_port: dict[tuple[int, str, str], list[tuple[int, int, Op]]] = defaultdict(list)
+        per_port: dict[tuple[int, str, str], list[tuple[int, int, int, Op]]] = defaultdict(list)
         for op in self.ops:
-            ports = list(op.timing.busy)
-            if not any(p == "queue" for p, _, _ in ports):
-                ports.append(("queue", op.inst.issue, op.inst.issue + 1))
-            for port, s, e in ports:
-                if e > s:
-                    per_port[(op.chip, op.slice.name, port)].append((s, e, op))
+            t = op.inst.issue
+            for port, s, e in op.shape.busy:
+                per_port[(op.chip, op.slice.name, port)].append((s + t, op.qidx, e + t, op))
+        by_start = itemgetter(0, 1)  # (issue cycle, queue index)
         for (_, _, port), ivs in per_port.items():
-            ivs.sort(key=lambda x: (x[0], x[2].qidx))
-            end, owner = ivs[0][1], ivs[0][2]
-            for s, e, op in ivs[1:]:
+            ivs.sort(key=by_start)
+            end, owner = ivs[0][2], ivs[0][3]
+            for s, _, e, op in ivs[1:]:
                 if s < end:
                     self.hazard(op, "unit-busy", s, f"the {port} port is busy until cycle {end} with "
                                                     f"#{owner.qidx} {self.text(owner)}")
@@ -212,28 +296,30 @@ class Emulator:
         self.weights: dict[tuple[int, str, int], list[tuple[int, int, int, Op]]] = defaultdict(list)
         self.mem_reads: dict[tuple[int, str], list[tuple[np.ndarray, np.ndarray, Op]]] = defaultdict(list)
         self.mem_writes: dict[tuple[int, str], list[tuple[np.ndarray, np.ndarray, Op]]] = defaultdict(list)
-        sram: dict[tuple[int, str], list[tuple[Op, str, np.ndarray, np.ndarray]]] = defaultdict(list)
+        sram: dict[tuple[int, str], list[tuple[Op, int, StoreAccess, int]]] = defaultdict(list)
+        add_flight = self.streams.add
         for op in self.ops:
-            for acc in op.timing.writes:
-                pos = op.slice.position
-                c0 = int(diagonal(acc.dir, int(acc.cycles[0]), pos)) if len(acc.cycles) else 0
-                for p, s in enumerate(acc.streams):
-                    if len(acc.cycles):
-                        self.streams.add(op.chip, acc.dir, s, Flight(op.id, acc.field, p, pos, c0,
-                                                                      c0 + len(acc.cycles) - 1,
-                                                                      op.slice.index, int(acc.cycles[0])))
-            for st in op.timing.store:
+            shape = op.shape
+            t = op.inst.issue
+            if shape.writes:
+                pos, order = op.slice.position, op.slice.index
+                for fld, d, base, width, cyc, n in shape.writes:
+                    c = cyc + t
+                    c0 = c - pos if d == "E" else c + pos  # (``diagonal``)
+                    for p in range(width):
+                        add_flight(op.chip, d, base + p, Flight(op.id, fld, p, pos, c0, c0 + n - 1, order, c))
+            for k, st in enumerate(shape.timing.store):
                 if st.space == "sram":
                     if st.addrs is not None:  # (GATHER: data-dependent, checked when it runs)
-                        sram[(op.chip, op.slice.name)].append((op, st.mode, st.addrs, st.cycles))
+                        sram[(op.chip, op.slice.name)].append((op, k, st, op.shift[k]))
                 elif st.space == "acc" and "w" in st.mode:
-                    rows = st.addrs
-                    ok = self._in_range(op, rows, int(chip.mxm["acc_rows"]), "accumulator row", st.cycles)
-                    self._acc_store(op.chip, op.slice.name).add(rows[ok], st.cycles[ok], op.id, np.nonzero(ok)[0])
+                    rows, cycles = op.store_at(k)
+                    ok = self._in_range(op, rows, int(chip.mxm["acc_rows"]), "accumulator row", cycles)
+                    self._acc_store(op.chip, op.slice.name).add(rows[ok], cycles[ok], op.id, np.nonzero(ok)[0])
                 elif st.space == "weights" and st.mode == "w":
-                    s, e = next((s, e) for p, s, e in op.timing.busy if p == "install")
+                    s, e = next((s, e) for p, s, e in shape.timing.busy if p == "install")
                     self.weights[(op.chip, op.slice.name, op.inst.ops["buf"])].append(
-                        (int(st.cycles[0]), s, e, op))
+                        (int(st.cycles[0]) + t, s + t, e + t, op))
         self._register_sram(sram)
         self.streams.finalize()
         for a, b, cyc in self.streams.collisions():
@@ -245,11 +331,15 @@ class Emulator:
             store.finalize(self.cycles)
         for store in self.accs.values():
             store.finalize(self.cycles)
-        for lst in self.weights.values():
+        # per buffer: (ready cycle, op id) of its installs in order, and the most cycles an install starts
+        # before it is ready (MATMUL and IW find their installs by binary search)
+        self._weights_order: dict[tuple[int, str, int], tuple[list[tuple[int, int]], int]] = {}
+        for key, lst in self.weights.items():
             lst.sort(key=lambda x: (x[0], x[3].id))
+            self._weights_order[key] = ([(x[0], x[3].id) for x in lst], max(x[0] - x[1] for x in lst))
         for t in self.prog.tensors:  # constants go into SRAM now that its rows exist
             if t.role == "const":
-                self._fill_host(t, t.const_array())
+                self._fill_host(t, t.const_array(), shared=True)
         self._check_banks()
 
     def _in_range(self, op: Op, addrs: np.ndarray, size: int, what: str, cycles: np.ndarray) -> np.ndarray:
@@ -259,27 +349,62 @@ class Emulator:
             self.hazard(op, "out-of-range", cycles[i], f"{what} {int(addrs[i])} is outside 0..{size - 1}")
         return ok
 
-    def _register_sram(self, accesses: dict[tuple[int, str], list[tuple[Op, str, np.ndarray, np.ndarray]]]) -> None:
-        """Addressed SRAM reads and writes (op, mode, addresses, cycles) per slice, in program order.
-        Words outside the slice are hazards and are not stored (the range check runs over all accesses
-        of a slice at once); writes become events of the slice's store; both are kept for the bank check."""
+    def _register_sram(self, accesses: dict[tuple[int, str], list[tuple[Op, int, StoreAccess, int]]]) -> None:
+        """Addressed SRAM reads and writes (op, index in its store accesses, the access relative to its
+        issue cycle and address base, address shift) per slice, in program order. Words outside the
+        slice are hazards and are not stored; writes become events of the slice's store; both are kept
+        for the bank check (``mem_reads``, ``mem_writes``).
+
+        The absolute addresses and cycles of all reads of a slice are made in one array each, and those
+        of all writes (per instruction they are views of it): per instruction they would be two small
+        array additions each. ``sram_reads`` keeps, per slice, the reads' keys (op id, store index),
+        lengths, addresses and cycles for ``_lookup_all``; ``_bank_arrays`` the arrays of the bank
+        check when no word is outside the slice."""
         size = self.chip.words_per_slice
+        self.sram_reads: dict[tuple[int, str], tuple[list[tuple[int, int]], np.ndarray, np.ndarray,
+                                                     np.ndarray]] = {}
+        self._bank_arrays: dict[tuple[int, str], tuple[np.ndarray, ...]] = {}
+        empty = np.zeros(0, dtype=np.int64)
         for key, items in accesses.items():
-            addrs = np.concatenate([a for _, _, a, _ in items])
-            outside = np.concatenate([[0], np.cumsum((addrs < 0) | (addrs >= size))])
-            ends = np.cumsum([len(a) for _, _, a, _ in items])
-            n_outside = (outside[ends] - outside[ends - [len(a) for _, _, a, _ in items]]).tolist()
             store = self._sram_store(*key)
-            for (op, mode, a, c), bad in zip(items, n_outside):
-                rows: slice | np.ndarray = slice(None)
-                if bad:
-                    rows = np.nonzero(self._in_range(op, a, size, "address", c))[0]
-                    a, c = a[rows], c[rows]
-                if mode == "w":
-                    op.sram_write = (store, store.add(a, c, op.id, None if isinstance(rows, slice) else rows), rows)
-                    self.mem_writes[key].append((a, c, op))
-                else:
-                    self.mem_reads[key].append((a, c, op))
+            arrays = []
+            all_inside = True
+            for mode in ("r", "w"):
+                part = [x for x in items if x[2].mode == mode] if mode == "w" else \
+                    [x for x in items if x[2].mode != "w"]
+                if not part:
+                    arrays.append((empty, empty, empty))
+                    continue
+                lens = np.array([len(st.cycles) for _, _, st, _ in part], dtype=np.int64)
+                addrs = np.concatenate([st.addrs for _, _, st, _ in part])
+                addrs += np.repeat(np.array([d for _, _, _, d in part], dtype=np.int64), lens)
+                cycles = np.concatenate([st.cycles for _, _, st, _ in part])
+                cycles += np.repeat(np.array([op.inst.issue for op, _, _, _ in part], dtype=np.int64), lens)
+                arrays.append((lens, addrs, cycles))
+                ends = np.cumsum(lens).tolist()
+                inside = not len(addrs) or (int(addrs.min()) >= 0 and int(addrs.max()) < size)
+                all_inside &= inside
+                a0 = 0
+                for (op, _, _, _), a1 in zip(part, ends):
+                    a, c = addrs[a0:a1], cycles[a0:a1]
+                    rows: slice | np.ndarray = slice(None)
+                    if not inside:
+                        ok = self._in_range(op, a, size, "address", c)
+                        if not ok.all():
+                            rows = np.nonzero(ok)[0]
+                            a, c = a[rows], c[rows]
+                    if mode == "w":
+                        op.sram_write = (store, store.add(a, c, op.id, None if isinstance(rows, slice) else rows),
+                                         rows)
+                        self.mem_writes[key].append((a, c, op))
+                    else:
+                        self.mem_reads[key].append((a, c, op))
+                    a0 = a1
+                if mode == "r":
+                    self.sram_reads[key] = ([(op.id, k) for op, k, _, _ in part], lens, addrs, cycles)
+            if all_inside:  # the bank check's arrays are these (nothing left out)
+                (_, ra, rc), (wl, wa, wc) = arrays
+                self._bank_arrays[key] = (ra, rc, wa, wc, np.repeat(np.arange(len(wl)), wl))
 
     def _check_banks(self) -> None:
         """A read and a write of one slice in one cycle must use different banks."""
@@ -288,127 +413,188 @@ class Emulator:
             writes = self.mem_writes.get(key)
             if not writes:
                 continue
-            rc = np.concatenate([c for _, c, _ in reads])
-            rb = bank_of(np.concatenate([a for a, _, _ in reads]))
-            wc = np.concatenate([c for _, c, _ in writes])
-            wb = bank_of(np.concatenate([a for a, _, _ in writes]))
-            wop = np.concatenate([np.full(len(c), i) for i, (_, c, _) in enumerate(writes)])
-            common, ri, wi = np.intersect1d(rc, wc, return_indices=True)
-            bad = rb[ri] == wb[wi]
+            if key in self._bank_arrays:  # made by ``_register_sram`` at once
+                ra, rc, wa, wc, wop = self._bank_arrays[key]
+            else:
+                rc = np.concatenate([c for _, c, _ in reads])
+                ra = np.concatenate([a for a, _, _ in reads])
+                wc = np.concatenate([c for _, c, _ in writes])
+                wa = np.concatenate([a for a, _, _ in writes])
+                wop = np.concatenate([np.full(len(c), i) for i, (_, c, _) in enumerate(writes)])
+            common, ri, wi = _intersect(rc, wc)
+            wb = bank_of(wa[wi])  # (banks of the accesses in common cycles only)
+            bad = bank_of(ra[ri]) == wb
             if bad.any():
                 k = int(np.argmax(bad))
                 op = writes[int(wop[wi[k]])][2]
                 self.hazard(op, "bank-conflict", common[k],
-                            f"{key[1]} reads and writes bank {int(wb[wi[k]])} in the same cycle")
+                            f"{key[1]} reads and writes bank {int(wb[k])} in the same cycle")
 
     # ==========================================================================================
     # phase 3: resolution of reads into dependencies
     # ==========================================================================================
     def _resolve_reads(self) -> None:
-        # a compiled program names, for each stream read, the instruction whose value it must see
-        expect = {}
-        by_pos = {(op.chip, op.slice.name, op.qidx): op for op in self.ops}
-        for sname, k, fld, plane, wslice, wk in self.prog.meta.get("expect", []):
-            w = by_pos.get((0, wslice, wk))
-            if w is not None:
-                expect.setdefault((0, sname, k, fld, plane), set()).add(w.id)
+        # a compiled program names, for each stream read (on chip 0), the instruction whose value it must
+        # see: (slice, index, field, plane) -> (writer slice, writer index), as positions: they become op
+        # ids only when a read sees another writer (there may be an entry per read)
+        entries = self.prog.meta.get("expect", [])
+        expect = {(e[0], e[1], e[2], e[3]): (e[4], e[5]) for e in entries}
+        self._expect_all: dict[tuple[str, int, str, int], list[tuple[str, int]]] = {}  # reads naming several
+        if len(expect) != len(entries):
+            for sname, k, fld, plane, wslice, wk in entries:
+                self._expect_all.setdefault((sname, k, fld, plane), []).append((wslice, wk))
+            self._expect_all = {key: ws for key, ws in self._expect_all.items() if len(ws) > 1}
+        self._by_pos: dict[tuple[str, int], int] | None = None
         found = self._lookup_all()
         sole = self._sole_writers()
+        n_ops = len(self.ops)
         for op in self.ops:
-            for r, acc in enumerate(op.timing.reads):
-                op.reads.append((acc, self._resolve_stream_read(op, r, acc, expect, sole)))
-            for k, st in enumerate(op.timing.store):
-                kind = self._storage_read(op, st)
+            shape = op.shape
+            rel = shape.timing
+            if shape.reads:
+                for r, acc in enumerate(rel.reads):
+                    op.reads.append((acc, self._resolve_stream_read(op, r, acc, expect, sole)))
+            for k, kind in shape.kinds:
+                st = rel.store[k]
+                if kind == "op":
+                    kind = self._storage_read(op, st)
                 if kind == "gather":
-                    self._resolve_gather(op, st.cycles)
+                    if len(st.cycles):
+                        self._resolve_gather(op, int(st.cycles[0]) + op.inst.issue)
                 elif kind == "sram":
+                    if shape.one_read:
+                        continue  # settled by ``_lookup_all``
                     seen = found[(op.id, k)]
                     if seen.unwritten:
-                        self._unwritten(op, seen.src, st.addrs, st.cycles, self.chip.words_per_slice,
+                        addrs, cycles = op.store_at(k)
+                        self._unwritten(op, seen.src, addrs, cycles, self.chip.words_per_slice,
                                         f"address {{}} of {op.slice.name}")
-                    op.deps.update(w for w in seen.writers if w < len(self.ops))
+                    op.deps.update(w for w in seen.writers if w < n_ops)
                     op.sram = (self.sram[(op.chip, op.slice.name)], seen.event, seen.block)
                 elif kind == "acc":
                     size = int(self.chip.mxm["acc_rows"])
                     if op.inst.spec.mnemonic == "ACCR":
-                        self._in_range(op, st.addrs, size, "accumulator row", st.cycles)
+                        addrs, cycles = op.store_at(k)
+                        self._in_range(op, addrs, size, "accumulator row", cycles)
                     seen = found[(op.id, k)]
                     if seen.unwritten:
-                        self._unwritten(op, seen.src, st.addrs, st.cycles, size, "accumulator row {}")
+                        addrs, cycles = op.store_at(k)
+                        self._unwritten(op, seen.src, addrs, cycles, size, "accumulator row {}")
                     op.acc = StoredRows(len(seen.src), _segments(seen.src, seen.row))
-                    op.deps.update(w for w in seen.writers if w < len(self.ops))
+                    op.deps.update(w for w in seen.writers if w < n_ops)
                 elif kind == "weights":
                     self._resolve_weights_read(op)
                 elif kind == "weights-base":
-                    self._resolve_weights_base(op, int(st.cycles[0]))
+                    self._resolve_weights_base(op, int(st.cycles[0]) + op.inst.issue)
 
     def _sole_writers(self) -> dict[tuple[int, int, int], int]:
         """(op id, index in op.timing.reads, plane) -> the flight that alone carries every vector of that
         stream read, or -1 when it takes a closer look (``StreamIndex.sole_writers``, all reads of a
-        stream at once)."""
-        per_stream: dict[tuple[int, str, int], list[tuple[tuple[int, int, int], int, int, int]]] = defaultdict(list)
+        stream at once). A read of consecutive diagonals that finds other flights on them (passing by
+        downstream of it, say) asks again counting only flights that can reach it
+        (``StreamIndex.sole_writers_upstream``, again all such reads of a stream at once)."""
+        per_stream: dict[tuple[int, str, int], list[tuple[tuple[int, int, int], int, int, int, bool]]] = \
+            defaultdict(list)
         for op in self.ops:
-            pos = op.slice.position
-            for r, acc in enumerate(op.timing.reads):
-                if not len(acc.cycles):
+            if not op.shape.reads:
+                continue
+            pos, t = op.slice.position, op.inst.issue
+            for r, ((n, c0, c1, run, _), acc) in enumerate(zip(op.shape.reads, op.shape.timing.reads)):
+                if not n:
                     continue
                 # cycles form an arithmetic progression (isa.instructions.StreamIO): the ends bound them
-                d0, d1 = diagonal(acc.dir, int(acc.cycles[0]), pos), diagonal(acc.dir, int(acc.cycles[-1]), pos)
-                for plane, s in enumerate(acc.streams):
-                    per_stream[(op.chip, acc.dir, s)].append(((op.id, r, plane), pos, min(d0, d1), max(d0, d1)))
+                if acc.dir == "E":
+                    lo, hi = c0 + t - pos, c1 + t - pos  # (``diagonal``)
+                else:
+                    lo, hi = c0 + t + pos, c1 + t + pos
+                if lo > hi:
+                    lo, hi = hi, lo
+                for plane in range(acc.dtype.width):
+                    per_stream[(op.chip, acc.dir, acc.base + plane)].append(((op.id, r, plane), pos, lo, hi, run))
         out: dict[tuple[int, int, int], int] = {}
         for (chip, direction, s), items in per_stream.items():
-            keys, pos, lo, hi = zip(*items)
-            found = self.streams.sole_writers(chip, direction, s, np.array(pos), np.array(lo), np.array(hi))
+            keys, pos, lo, hi, run = zip(*items)
+            pos_a, lo_a, hi_a = np.array(pos), np.array(lo), np.array(hi)
+            found = self.streams.sole_writers(chip, direction, s, pos_a, lo_a, hi_a)
+            again = np.flatnonzero((found < 0) & np.array(run, dtype=bool))
+            if len(again):
+                found[again] = self.streams.sole_writers_upstream(chip, direction, s, pos_a[again], lo_a[again],
+                                                                  hi_a[again])
             out.update(zip(keys, found.tolist()))
         return out
 
     def _resolve_stream_read(self, op: Op, r: int, acc: StreamAccess, expect: dict,
                              sole_writers: dict[tuple[int, int, int], int]) -> list[list[Segment]]:
-        """Segments of every byte plane of one stream read; the writers become dependencies."""
-        pos = op.slice.position
+        """Segments of every byte plane of stream read ``r`` of op (``acc``: its relative access); the
+        writers become dependencies."""
+        pos, t = op.slice.position, op.inst.issue
         flights = self.streams.flights
-        diags = diagonal(acc.dir, acc.cycles, pos)
         # an access's cycles (hence diagonals) and vector indices are arithmetic progressions
-        # (isa.instructions.StreamIO), so their end points tell whether they are runs
-        whole = _progression(acc.vec)
-        diag_run = _progression(diags)
+        # (isa.instructions.StreamIO), so their end points tell whether they are runs (``_Shape``)
+        n, c0r, _, run, whole = op.shape.reads[r]
+        diags: np.ndarray | None = None  # made only when a read needs a closer look
+        diag_run: slice | np.ndarray
+        if run:
+            d0 = c0r + t - pos if acc.dir == "E" else c0r + t + pos  # (``diagonal``)
+            diag_run = slice(d0, d0 + n)
+        else:
+            diags = diagonal(acc.dir, acc.cycles + t, pos)
+            diag_run = _progression(diags)
         planes = []
-        for plane, s in enumerate(acc.streams):
-            want = expect.get((op.chip, op.slice.name, op.qidx, acc.field, plane))
+        for plane in range(acc.dtype.width):
+            s = acc.base + plane
+            want = expect.get((op.slice.name, op.qidx, acc.field, plane)) if expect and not op.chip else None
             sole = sole_writers.get((op.id, r, plane), -1)
-            if sole < 0 and isinstance(diag_run, slice):  # other flights pass by downstream: ask per read
-                sole = self.streams.sole_writer(op.chip, acc.dir, s, pos, diag_run.start, diag_run.stop - 1)
             fid = None
             if sole >= 0:  # the usual case: one flight carries every vector of the read
                 c0 = flights[sole].c0
-                src = slice(diag_run.start - c0, diag_run.stop - c0) if isinstance(diag_run, slice) else diags - c0
+                src = slice(diag_run.start - c0, diag_run.stop - c0) if run else diags - c0
                 segs = [(sole, whole, src)]
+                seen = [sole]
             else:
-                fid, vidx = self.streams.resolve(op.chip, acc.dir, s, pos, diags)
+                if diags is None:
+                    diags = np.arange(diag_run.start, diag_run.stop, dtype=np.int64)
+                fid, vidx = self.streams.resolve(op.chip, acc.dir, s, pos, diags, run)
                 missing = fid < 0
                 if missing.any():
                     i = int(np.argmax(missing))
-                    self.hazard(op, "stream-empty", acc.cycles[i],
+                    self.hazard(op, "stream-empty", acc.cycles[i] + t,
                                 f"no value is passing on {acc.dir}{s} at {op.slice.name} for operand "
                                 f"'{acc.field}' vector {int(acc.vec[i])}")
-                segs = _segments(fid, vidx, acc.vec)
-            seen = sorted({f for f, _, _ in segs})  # the flights this read sees, in id order
-            if want is not None and any(flights[f].op not in want for f in seen):
+                if run and isinstance(whole, slice):
+                    segs = _run_segments(fid, vidx, whole)
+                else:
+                    segs = _segments(fid, vidx, acc.vec)
+                seen = sorted({f for f, _, _ in segs})  # the flights this read sees, in id order
+            if want is not None and len(seen) == 1 and not self._expect_all:
+                w = self.ops[flights[seen[0]].op]  # the usual case: the one writer seen is the one named
+                if w.qidx == want[1] and w.slice.name == want[0] and w.chip == 0:
+                    want = None
+            if want is not None:
+                want = self._expected((op.slice.name, op.qidx, acc.field, plane), want)
+            if want and any(flights[f].op not in want for f in seen):
                 if fid is None:
-                    fid = np.full(len(diags), seen[0], dtype=np.int64)
+                    fid = np.full(n, seen[0], dtype=np.int64)
                 ops_of = np.array([flights[f].op if f >= 0 else -1 for f in fid.tolist()])
                 i = int(np.argmax((fid >= 0) & ~np.isin(ops_of, list(want))))
                 other = self.ops[flights[int(fid[i])].op]
                 named = "; ".join(f"{self.ops[w].slice.name} #{self.ops[w].qidx} {self.text(self.ops[w])}"
                                   for w in sorted(want))
-                self.hazard(op, "wrong-producer", acc.cycles[i],
+                self.hazard(op, "wrong-producer", acc.cycles[i] + t,
                             f"{acc.dir}{s} carries the value of {other.slice.name} #{other.qidx} "
                             f"{self.text(other)} instead of {named} for operand '{acc.field}'")
             for f in seen:
                 op.deps.add(flights[f].op)
             planes.append(segs)
         return planes
+
+    def _expected(self, key: tuple[str, int, str, int], pos: tuple[str, int]) -> set[int]:
+        """The ids of the writers a stream read (``key``) must see (their positions: ``pos``, or all the
+        program names for it), those on chip 0 that exist."""
+        if self._by_pos is None:
+            self._by_pos = {(op.slice.name, op.qidx): op.id for op in self.ops if op.chip == 0}
+        names = self._expect_all.get(key, [pos])
+        return {self._by_pos[p] for p in names if p in self._by_pos}
 
     def _storage_read(self, op: Op, st: StoreAccess) -> str | None:
         """What a storage access of op reads: "sram" (addressed words), "gather" (data-dependent words),
@@ -429,27 +615,37 @@ class Emulator:
         op.timing.store). All reads of one storage are answered together, with one binary search and a
         few array operations over all of them: per read, those would cost more in call overhead than in
         work. Out-of-range addresses see nothing (source -1)."""
-        queries: dict[tuple[str, int, str], list[tuple[tuple[int, int], np.ndarray, np.ndarray]]] = defaultdict(list)
+        # per storage: the reads' keys, lengths, addresses and cycles (SRAM: made by ``_register_sram``)
+        queries: dict[tuple[str, int, str], tuple[list[tuple[int, int]], Any, np.ndarray, np.ndarray]] = {
+            ("sram", chip, sname): q for (chip, sname), q in self.sram_reads.items() if q[0]}
+        acc_reads: dict[tuple[int, str], list[tuple[tuple[int, int], np.ndarray, np.ndarray]]] = defaultdict(list)
         for op in self.ops:
-            for k, st in enumerate(op.timing.store):
-                kind = self._storage_read(op, st)
-                if kind in ("sram", "acc"):
-                    queries[(kind, op.chip, op.slice.name)].append(((op.id, k), st.addrs, st.cycles))
+            for k in op.shape.acc_reads:
+                if self._storage_read(op, op.shape.timing.store[k]) == "acc":
+                    acc_reads[(op.chip, op.slice.name)].append(((op.id, k), *op.store_at(k)))
+        for (chip, sname), items in acc_reads.items():
+            queries[("acc", chip, sname)] = ([key for key, _, _ in items], [len(a) for _, a, _ in items],
+                                             np.concatenate([a for _, a, _ in items]),
+                                             np.concatenate([c for _, _, c in items]))
         found = {}
-        for (kind, chip, sname), items in queries.items():
+        for (kind, chip, sname), (keys, lens, addrs, cycles) in queries.items():
             if kind == "sram":
                 store, size = self._sram_store(chip, sname), self.chip.words_per_slice
             else:
                 store, size = self._acc_store(chip, sname), int(self.chip.mxm["acc_rows"])
-            addrs = np.concatenate([a for _, a, _ in items])
             ok = (addrs >= 0) & (addrs < size)
-            src, row, event = store.find(np.where(ok, addrs, 0), np.concatenate([c for _, _, c in items]))
-            src = np.where(ok, src, -1)
-            event = np.where(ok, event, store.count)
-            ends = np.cumsum([len(a) for _, a, _ in items])
-            starts = ends - [len(a) for _, a, _ in items]
+            rows = kind == "acc"  # (an SRAM read takes its words by event row)
+            if ok.all():
+                src, row, event = store.find(addrs, cycles, rows)
+            else:
+                src, row, event = store.find(np.where(ok, addrs, 0), cycles, rows)
+                src = np.where(ok, src, -1)
+                event = np.where(ok, event, store.count)
+            ends = np.cumsum(lens)
+            starts = ends - lens
             # per read: elements that see nothing, and steps of its event rows other than +1 (prefix sums)
-            unwritten = np.concatenate([[0], np.cumsum(src < 0)])
+            unseen = src < 0
+            unwritten = np.concatenate([[0], np.cumsum(unseen)]) if unseen.any() else np.zeros(len(src) + 1, np.int64)
             jumps = np.concatenate([[0, 0], np.cumsum(event[1:] - event[:-1] != 1)])
             # per read: its writers are the sources where a run of equal sources starts
             run = np.ones(len(src), dtype=bool)
@@ -461,9 +657,10 @@ class Emulator:
             last_run = np.searchsorted(run_at, ends).tolist()
             n_unwritten = (unwritten[ends] - unwritten[starts]).tolist()
             n_jumps = (jumps[np.maximum(ends, 1)] - jumps[np.maximum(starts + 1, 1)]).tolist()
+            first_event = event[np.minimum(starts, len(event) - 1)].tolist() if len(event) else [0] * len(keys)
             # per read: the SRAM block (one WRITE's or host image's words) all its event rows are in, if
             # there is one; the READ then indexes that block alone (a view when the rows are consecutive)
-            block = [-1] * len(items)
+            block = [-1] * len(keys)
             if kind == "sram" and len(event):
                 blk = store.block_of(event)
                 changes = np.concatenate([[0, 0], np.cumsum(blk[1:] != blk[:-1])])
@@ -471,21 +668,36 @@ class Emulator:
                 first_blk = blk[np.minimum(starts, len(blk) - 1)].tolist()
                 n_blocks = store.blocks
                 block = [b if nc == 0 and 0 <= b < n_blocks else -1 for b, nc in zip(first_blk, n_changes)]
-            for (key, _, _), e0, e1, r0, r1, nu, nj, bk in zip(items, starts.tolist(), ends.tolist(), first_run,
-                                                               last_run, n_unwritten, n_jumps, block):
-                ev = event[e0:e1]
-                found[key] = _Seen(src[e0:e1], row[e0:e1],
-                                   slice(int(ev[0]), int(ev[0]) + len(ev)) if len(ev) and nj == 0 else ev,
-                                   sorted({s for s in run_src[r0:r1] if s >= 0}), nu > 0, bk if len(ev) else -1)
+            ops, n_ops = self.ops, len(self.ops)
+            for key, e0, e1, r0, r1, nu, nj, bk, ev0 in zip(keys, starts.tolist(), ends.tolist(), first_run,
+                                                             last_run, n_unwritten, n_jumps, block, first_event):
+                if r1 - r0 == 1:  # one run: one source (the usual case)
+                    writers = [run_src[r0]] if run_src[r0] >= 0 else []
+                else:
+                    writers = sorted({s for s in run_src[r0:r1] if s >= 0})
+                rows_seen = (slice(ev0, ev0 + e1 - e0) if nj == 0 else event[e0:e1]) if e1 > e0 else event[e0:e1]
+                op = ops[key[0]]
+                if kind == "sram" and op.shape.one_read:
+                    # The op's only read (a READ): settle it now, as ``_resolve_reads`` would (same
+                    # hazard, same dependencies in the same order), without keeping what it saw.
+                    if nu:
+                        addrs_k, cycles_k = op.store_at(key[1])
+                        self._unwritten(op, src[e0:e1], addrs_k, cycles_k, size, f"address {{}} of {sname}")
+                    for w in writers:
+                        if w < n_ops:
+                            op.deps.add(w)
+                    op.sram = (store, rows_seen, bk if e1 > e0 else -1)
+                    continue
+                found[key] = _Seen(src[e0:e1], row[e0:e1] if rows else None, rows_seen, writers, nu > 0,
+                                   bk if e1 > e0 else -1)
         return found
 
-    def _resolve_gather(self, op: Op, cycles: np.ndarray) -> None:
-        """GATHER depends on every write to its slice finished before its first gathered word; a write
-        during the gather matters only if an index points at it, which the handler settles when it runs."""
-        if not len(cycles):
-            return
+    def _resolve_gather(self, op: Op, first: int) -> None:
+        """GATHER depends on every write to its slice finished before its first gathered word (in cycle
+        ``first``); a write during the gather matters only if an index points at it, which the handler
+        settles when it runs."""
         store = self._sram_store(op.chip, op.slice.name)
-        op.deps.update(int(s) for s in store.sources_before(int(cycles[0])) if s < len(self.ops))
+        op.deps.update(int(s) for s in store.sources_before(first) if s < len(self.ops))
 
     def _unwritten(self, op: Op, src: np.ndarray, addrs: np.ndarray, cycles: np.ndarray, size: int,
                    what: str) -> None:
@@ -499,24 +711,32 @@ class Emulator:
 
     def _resolve_weights_read(self, op: Op) -> None:
         t = op.inst.issue
-        end = next(e for p, s, e in op.timing.busy if p == "compute")
+        end = next(e for p, s, e in op.shape.timing.busy if p == "compute") + t
         buf = op.inst.ops["buf"]
-        installs = self.weights.get((op.chip, op.slice.name, buf), [])
-        ready = [x for x in installs if x[0] <= t]
-        if not ready:
+        key = (op.chip, op.slice.name, buf)
+        installs = self.weights.get(key, [])
+        order, gap = self._weights_order.get(key, ([], 0))
+        k = bisect_right(order, (t, len(self.ops)))  # the installs ready by cycle t (sorted by ready cycle)
+        if not k:
             self.hazard(op, "weights-not-ready", t, f"no IW into buffer {buf} is complete by cycle {t}")
         else:
-            op.weights = ready[-1][3].id
+            op.weights = installs[k - 1][3].id
             op.deps.add(op.weights)
-        for rdy, s, e, iw in installs:
-            if s < end and rdy > t:
+        # installs ready after t that start before end: an install starts at most ``gap`` cycles before
+        # it is ready, so those ready from end + gap on start too late
+        for rdy, s, e, iw in installs[k:]:
+            if rdy >= end + gap:
+                break
+            if s < end:
                 self.hazard(op, "weights-changed", max(s, t), f"#{iw.qidx} {self.text(iw)} changes buffer {buf} "
                                                               f"while this MATMUL uses it (cycles {t}..{end - 1})")
 
     def _resolve_weights_base(self, op: Op, ready: int) -> None:
-        installs = self.weights.get((op.chip, op.slice.name, op.inst.ops["buf"]), [])
-        before = [x for x in installs if x[0] < ready or (x[0] == ready and x[3].id < op.id)]
-        before = [x for x in before if x[3] is not op]
+        key = (op.chip, op.slice.name, op.inst.ops["buf"])
+        installs = self.weights.get(key, [])
+        order, _ = self._weights_order.get(key, ([], 0))
+        # the installs sorted before (ready, op.id), in order
+        before = [x for x in installs[:bisect_left(order, (ready, op.id))] if x[3] is not op]
         if before:
             op.weights = before[-1][3].id
             op.deps.add(op.weights)
@@ -582,13 +802,20 @@ class Emulator:
     # ==========================================================================================
     # phase 4: evaluation
     # ==========================================================================================
-    def _fill_host(self, t: TensorDesc, values: np.ndarray) -> None:
-        vecs = t.to_vectors(values, self.lanes)
+    def _fill_host(self, t: TensorDesc, values: np.ndarray, shared: bool = False) -> None:
+        """Put a host tensor's values into its SRAM images. ``shared``: the values never change (a
+        constant's bytes in the program), so rows that need no padding are kept as they are, not
+        copied (a constant may be a good part of the program, and copying means touching fresh memory)."""
+        lanes = self.lanes
+        if shared and t.row_len == t.chunks(lanes) * lanes and values.dtype == t.dt.np and values.flags.c_contiguous:
+            vecs = values.reshape(t.vectors(lanes), lanes)  # (what ``to_vectors`` makes, without the copy)
+        else:
+            vecs = t.to_vectors(values, lanes)
         planes = to_planes(vecs)
         for v0, v1, pl in t.placements(self.lanes):
             for k in range(len(pl)):
                 store, rows = self.host_rows[(t.name, v0, k)]
-                store.put(rows, planes[k, v0:v1])
+                store.put(rows, planes[k, v0:v1], (vecs, k, slice(v0, v1)))
 
     def _place_inputs(self, inputs: dict[str, np.ndarray]) -> None:
         descs = self.prog.io("input")
@@ -686,6 +913,7 @@ class Emulator:
             if self._pending[d] == 0:
                 src = self.ops[d]
                 src.out = {}
+                src.origin = None
                 if src.inst.spec.mnemonic in ("IW", "MATMUL"):
                     src.store = None
 
@@ -772,6 +1000,17 @@ class Emulator:
         return chip_to_host(t, from_planes(planes, t.dt).reshape(nvec, self.lanes), self.lanes)
 
     # ------------------------------------------------------------------------------ data access
+    def write_sram_plane(self, op: Op, origin: Origin) -> bool:
+        """Store the words an instruction writes when they are byte plane ``plane`` of rows ``rows`` of
+        an array (``origin``, from ``stream_origin``) without making them (``EventStore.put_plane``);
+        False (nothing stored) when only some of them land (words outside the slice)."""
+        assert op.sram_write is not None
+        store, events, rows = op.sram_write
+        if not (isinstance(rows, slice) and rows == slice(None)):
+            return False
+        store.put_plane(events, origin)
+        return True
+
     def write_sram(self, op: Op, words: np.ndarray) -> None:
         """Store the words an instruction writes (rows of ``words`` in write order) in its event rows. The
         store keeps ``words`` itself, not a copy: a WRITE of a READ's words points at that READ's rows
@@ -799,17 +1038,65 @@ class Emulator:
 
     def _plane(self, fl: Flight, src: slice | np.ndarray) -> np.ndarray:
         """Rows ``src`` of byte plane ``fl.plane`` of the result a flight carries, as a new contiguous
-        uint8 array (or a view when the result is one byte wide). Plane k is the k-th least significant
-        byte of every lane: the lanes viewed as unsigned integers, shifted right by 8k and truncated to
-        a byte. That is a few fast integer passes, where picking every w-th byte out of the result's
-        memory would be a slow strided copy."""
-        arr = self.ops[fl.op].out[fl.field]
-        if arr.dtype.itemsize == 1:
-            return arr.view(np.uint8)[src]
-        words = arr.view(_UINT[arr.dtype.itemsize])[src]
-        if fl.plane:
-            words = words >> (8 * fl.plane)
-        return words.astype(np.uint8)
+        uint8 array (or a view when the result is one byte wide; ``storage.byte_plane``)."""
+        arr = self._result(self.ops[fl.op], fl.field)
+        assert arr is not None
+        return byte_plane(arr, fl.plane, src)
+
+    def _result(self, op: Op, fld: str) -> np.ndarray | None:
+        """Result ``fld`` of op (after it ran), made from its origin if it was not made (``Op.origin``)."""
+        arr = op.out.get(fld)
+        if arr is None and op.origin and fld in op.origin:
+            a, plane, rows = op.origin[fld]
+            arr = op.out[fld] = byte_plane(a, plane, rows)
+        return arr
+
+    def _flight_origin(self, fl: Flight, src: slice | np.ndarray) -> Origin | None:
+        """(array, plane, rows): rows ``src`` of what a flight carries are byte plane ``plane`` of those
+        rows of that array: the writer's own result, or the array a READ's words are a plane of."""
+        op = self.ops[fl.op]
+        if op.origin and fl.field in op.origin and fl.plane == 0:
+            a, plane, rows = op.origin[fl.field]
+            return a, plane, compose_rows(rows, src)
+        arr = op.out.get(fl.field)
+        if arr is not None and fl.plane < arr.dtype.itemsize:
+            return arr, fl.plane, src
+        return None
+
+    def stream_origin(self, op: Op, fld: str) -> Origin | None:
+        """For a one-byte operand that comes whole from one flight: (array, plane, rows) such that the
+        operand is byte plane ``plane`` of those rows of that array (``_flight_origin``); else None. A
+        WRITE stores that instead of the words."""
+        parts = [planes for acc, planes in op.reads if acc.field == fld]
+        if len(parts) != 1 or len(parts[0]) != 1 or len(parts[0][0]) != 1:
+            return None
+        f, dst, src = parts[0][0][0]
+        count = sum(len(acc.vec) for acc, _ in op.reads if acc.field == fld)
+        if not (isinstance(dst, slice) and dst == slice(0, count)):
+            return None
+        return self._flight_origin(self.streams.flights[f], src)
+
+    def _whole_origin(self, planes: list[list[Segment]], count: int, dt: DType) -> np.ndarray | None:
+        """When plane k of a read is, for every k, byte plane k of the same rows of one array of this
+        width (each plane whole from one flight: a READ of words stored as that plane, or the array's
+        own writer), the read is those rows of that array: no bytes to put back together."""
+        first: Origin | None = None
+        flights = self.streams.flights
+        for p, segs in enumerate(planes):
+            if len(segs) != 1:
+                return None
+            f, dst, src = segs[0]
+            if not (isinstance(dst, slice) and dst == slice(0, count)):
+                return None
+            o = self._flight_origin(flights[f], src)
+            if o is None or o[1] != p or (first is not None and (o[0] is not first[0]
+                                                                 or not _same_rows(o[2], first[2]))):
+                return None
+            first = first or o
+        if first is None or first[0].dtype.itemsize != dt.width:
+            return None
+        out = first[0][first[2]]
+        return out if out.dtype == dt.np else out.view(dt.np)
 
     def stream_in(self, op: Op, fld: str) -> np.ndarray:
         """The typed vectors operand ``fld`` of ``op`` reads, in vector order."""
@@ -818,6 +1105,8 @@ class Emulator:
         count = sum(len(acc.vec) for acc, _ in parts)
         if len(parts) == 1:
             fast = self._same_source(parts[0][1], count, dt)
+            if fast is None and dt.width > 1:
+                fast = self._whole_origin(parts[0][1], count, dt)
             if fast is not None:
                 return fast
         flights = self.streams.flights
@@ -865,7 +1154,7 @@ class Emulator:
         if first is None:
             return None
         fl, src = first
-        arr = self.ops[fl.op].out.get(fl.field)
+        arr = self._result(self.ops[fl.op], fl.field)
         if arr is None:
             return None
         if arr.dtype == dt.np and fl.plane == 0:
@@ -899,9 +1188,10 @@ class Emulator:
     def _busy_intervals(self) -> dict[tuple[int, str], list[tuple[int, int]]]:
         out: dict[tuple[int, str], list[tuple[int, int]]] = defaultdict(list)
         for op in self.ops:
-            for port, s, e in op.timing.busy:
+            t = op.inst.issue
+            for port, s, e in op.shape.timing.busy:
                 if port != "queue":
-                    out[(op.chip, op.slice.name)].append((s, e))
+                    out[(op.chip, op.slice.name)].append((s + t, e + t))
         return out
 
 
@@ -977,10 +1267,41 @@ def _progression(a: np.ndarray) -> slice | np.ndarray:
     return a
 
 
+def _intersect(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``np.intersect1d(a, b, return_indices=True)``: the values in both (ascending, each once) and the
+    index of each one's first occurrence in a and in b. When both are strictly increasing (a slice's
+    reads, or its writes, one after another: the usual case) that is one binary search, where
+    intersect1d sorts them all again."""
+    if len(a) > 1 and len(b) > 1 and bool((a[1:] > a[:-1]).all()) and bool((b[1:] > b[:-1]).all()):
+        at = np.searchsorted(b, a)
+        inside = at < len(b)
+        hit = inside.copy()
+        hit[inside] = b[at[inside]] == a[inside]
+        ia = np.flatnonzero(hit)
+        return a[ia], ia, at[ia]
+    return np.intersect1d(a, b, return_indices=True)
+
+
 def _same_rows(a: slice | np.ndarray, b: slice | np.ndarray) -> bool:
     if isinstance(a, slice) or isinstance(b, slice):
         return a == b if isinstance(a, slice) and isinstance(b, slice) else False
     return bool(np.array_equal(a, b))
+
+
+def _run_segments(ids: np.ndarray, rows: np.ndarray, dst: slice) -> list[Segment]:
+    """``_segments(ids, rows, vec)`` of a stream read of consecutive diagonals and consecutive vector
+    indices ``vec`` (``dst``, a slice): within a run of one flight both the read's vectors and the
+    flight's are consecutive, so each piece is two slices, from its ends."""
+    n = len(ids)
+    if n == 0:
+        return []
+    bounds = [0, *(np.flatnonzero(ids[1:] != ids[:-1]) + 1).tolist(), n]
+    first = rows[bounds[:-1]].tolist()
+    out = []
+    for f, a, b, r in zip(ids[bounds[:-1]].tolist(), bounds, bounds[1:], first):
+        if f >= 0:
+            out.append((f, slice(dst.start + a, dst.start + b), slice(r, r + b - a)))
+    return out
 
 
 def _segments(ids: np.ndarray, rows: np.ndarray, dst: np.ndarray | None = None) -> list[Segment]:

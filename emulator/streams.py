@@ -115,6 +115,29 @@ class StreamIndex:
         sole = (overlapping == 1) & upstream & (lane.c0[i] <= dmin) & (dmax <= lane.c1[i])
         return np.where(sole, lane.ids[i], -1)
 
+    def sole_writers_upstream(self, chip: int, direction: str, stream: int, pos: np.ndarray, dmin: np.ndarray,
+                              dmax: np.ndarray) -> np.ndarray:
+        """``sole_writer`` for many reads of one stream at once (reader position, diagonal range): per read
+        the flights that may reach it (``_candidates``) are a short window of the lane, so all windows
+        are laid end to end in one array and counted with a few array operations."""
+        n = len(pos)
+        lane = self._sorted.get((chip, direction, stream))
+        if lane is None or n == 0:
+            return np.full(n, -1, dtype=np.int64)
+        lo = np.searchsorted(lane.c0, dmin - lane.maxlen, side="left")
+        hi = np.searchsorted(lane.c0, dmax, side="right")
+        count = np.maximum(hi - lo, 0)
+        read = np.repeat(np.arange(n), count)  # per (read, flight) pair: the read
+        first = np.cumsum(count) - count
+        idx = np.arange(len(read)) - np.repeat(first - lo, count)  # ... and the flight (index into lane)
+        upstream = (lane.pos[idx] <= pos[read]) if direction == "E" else (lane.pos[idx] >= pos[read])
+        cand = upstream & (lane.c1[idx] >= dmin[read])
+        ncand = np.bincount(read[cand], minlength=n)
+        one = np.zeros(n, dtype=np.int64)
+        one[read[cand]] = idx[cand]  # the candidate, where there is exactly one
+        sole = (ncand == 1) & (lane.c0[one] <= dmin) & (dmax <= lane.c1[one]) & (dmin <= dmax)
+        return np.where(sole, lane.ids[one], -1)
+
     def sole_writer(self, chip: int, direction: str, stream: int, pos: int, dmin: int, dmax: int) -> int:
         """One read's ``sole_writers``, counting only flights that can reach it (written upstream of it or
         at it): the flight, or -1 when several or none reach the range or one covers it only in part."""
@@ -137,9 +160,11 @@ class StreamIndex:
         upstream = (fpos <= pos) if direction == "E" else (fpos >= pos)
         return np.flatnonzero(upstream & (lane.c1[lo:hi] >= dmin)) + lo
 
-    def resolve(self, chip: int, direction: str, stream: int, pos: int,
-                diags: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """For each diagonal a reader at ``pos`` sees: (flight id or -1, vector index in that flight)."""
+    def resolve(self, chip: int, direction: str, stream: int, pos: int, diags: np.ndarray,
+                run: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """For each diagonal a reader at ``pos`` sees: (flight id or -1, vector index in that flight).
+        ``run``: the diagonals are consecutive (diags[i] = diags[0] + i), so each flight paints one
+        slice of them."""
         n = len(diags)
         fid = np.full(n, -1, dtype=np.int64)
         vidx = np.zeros(n, dtype=np.int64)
@@ -150,6 +175,15 @@ class StreamIndex:
         # paint the farthest writers first: a nearer writer overwrote them on the way; among writers at
         # one position the higher floorplan index wins (lexsort: last key first, ties keep c0 order)
         paint = cand[np.lexsort((cand, lane.order[cand], -np.abs(pos - lane.pos[cand])))]
+        if run:
+            d0 = int(diags[0])
+            for i in paint.tolist():
+                c0 = int(lane.c0[i])
+                a, b = max(c0 - d0, 0), min(int(lane.c1[i]) - d0 + 1, n)
+                if a < b:
+                    fid[a:b] = lane.ids[i]
+                    vidx[a:b] = np.arange(a + d0 - c0, b + d0 - c0)
+            return fid, vidx
         for i in paint.tolist():
             c0, c1 = int(lane.c0[i]), int(lane.c1[i])
             m = (diags >= c0) & (diags <= c1)

@@ -25,7 +25,7 @@ def trace_events(em: Emulator) -> dict[str, Any]:
                            "args": {"sort_index": sl.index}})
     for op in em.ops:
         start = op.inst.issue
-        end = max(op.timing.end, start + 1)
+        end = max(op.end, start + 1)
         node = em.prog.nodes[op.inst.node] if op.inst.node >= 0 else ""
         name = op.inst.spec.mnemonic + (f" {node}" if node else "")
         events.append({

@@ -150,14 +150,28 @@ def instruction_timing(spec: Instr, ops: dict[str, int], issue: int, chip: ChipC
 
     Accesses depend on the issue cycle only by a shift, and on an address operand such as READ's
     ``addr`` only by a shift of the addresses (``_cache_plan``), so they are computed once per distinct
-    instruction shape (cached) and shifted here."""
+    instruction shape (cached, ``relative_timing``) and shifted here (``shift_timing``)."""
+    rel, shift = relative_timing(spec, ops, chip)
+    return shift_timing(rel, issue, shift)
+
+
+def relative_timing(spec: Instr, ops: dict[str, int], chip: ChipConfig) -> tuple[Timing, tuple[int, ...]]:
+    """An instruction's timing as if issued in cycle 0 with every address base 0, and the address shift
+    of each store access: with ``rel, shift = relative_timing(spec, ops, chip)``,
+    ``shift_timing(rel, issue, shift)`` is its timing issued in cycle ``issue``. Instructions of one shape (equal operands that matter) get the very same
+    ``Timing`` object, so callers may key their own per-shape work on it; it must not be changed."""
     keep, bases = _cache_plan(spec.mnemonic)
     try:
-        key = tuple((k, 0 if k in bases else ops[k]) for k in keep)
-        shift = [ops[f] if f is not None else 0 for f in bases]
+        key = tuple([(k, 0 if k in bases else ops[k]) for k in keep])
+        shift = tuple([ops[f] if f is not None else 0 for f in bases])
     except KeyError:  # an operand is missing: evaluate as given (and fail as the expressions do)
-        key, shift = tuple(sorted(ops.items())), [0] * len(bases)
-    rel = _relative_timing(spec.mnemonic, key, chip)
+        key, shift = tuple(sorted(ops.items())), (0,) * len(bases)
+    return _relative_timing(spec.mnemonic, key, chip), shift
+
+
+def shift_timing(rel: Timing, issue: int, shift: tuple[int, ...]) -> Timing:
+    """A relative timing (``relative_timing``) moved to issue cycle ``issue`` and store addresses
+    shifted by ``shift`` (one per store access): new arrays, the relative timing stays as it is."""
     return Timing(
         [StreamAccess(a.kind, a.field, a.dir, a.base, a.dtype, a.vec, a.cycles + issue) for a in rel.reads],
         [StreamAccess(a.kind, a.field, a.dir, a.base, a.dtype, a.vec, a.cycles + issue) for a in rel.writes],
@@ -290,5 +304,6 @@ def host_transfer_us(chip: ChipConfig, nbytes: int) -> float:
 
 
 
-__all__ = ["Timing", "StreamAccess", "StoreAccess", "TimingError", "instruction_timing", "namespace",
-           "evaluate", "cdiv", "union_length", "utilization", "program_busy", "host_transfer_us"]
+__all__ = ["Timing", "StreamAccess", "StoreAccess", "TimingError", "instruction_timing", "relative_timing",
+           "shift_timing", "namespace", "evaluate", "cdiv", "union_length", "utilization", "program_busy",
+           "host_transfer_us"]

@@ -11,13 +11,21 @@ from emulator.units import handles
 def read(em, op):
     """s[j] = sram[addr + j*stride]."""
     store, events, block = op.sram  # the write events the words come from (resolved before the run)
-    return {"s": store.words(events, block)}
+    origin = store.origin(events, block)
+    if origin is None:
+        return {"s": store.words(events, block)}
+    # The words are a byte plane of rows of an array: keep that (a reader of all planes takes the
+    # array); the words are made only if a reader needs them as words (``Emulator._result``).
+    op.origin = {"s": origin}
+    return None
 
 
 @handles("WRITE")
 def write(em, op):
     """sram[addr + j*stride] = s[j] (the words go to the event rows of this WRITE, in j order)."""
-    em.write_sram(op, em.stream_in(op, "s"))
+    origin = em.stream_origin(op, "s")  # s is a byte plane of an array: store that, make no words
+    if origin is None or not em.write_sram_plane(op, origin):
+        em.write_sram(op, em.stream_in(op, "s"))
 
 
 @handles("GATHER")
