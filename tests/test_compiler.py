@@ -256,3 +256,28 @@ def test_embedding_table_larger_than_a_segment_is_gathered_by_slabs(tmp_path, ch
                      vocab - 2, 3, 4, 1365, 1364, 1366, 2730, 2731, 100, 200]], np.int64) % vocab
     v = verify(c, path, "fp16", inputs={"ids": ids})
     assert v.ok and v.report["bit_exact"], v.report
+
+
+def test_layer_norm_of_constant_rows_is_finite(tmp_path):
+    """LayerNormalization takes both moments in one pass (var = E[x^2] - mean^2, as onnxruntime's CPU
+    kernel does); for constant rows (132.51083, ...) that difference cancels to a few ulps of x^2, some
+    of them below -epsilon (without the clamp these rows are nan). The variance is clamped at 0, so the result is finite (beta, up to the
+    rounding of the mean), and the emulator matches the reference evaluation bit for bit."""
+    from emulator import Emulator
+    from isa.program import Program
+    from lpuc.reference import run_reference
+
+    d = 768
+    g = onnx.numpy_helper.from_array(np.ones(d, np.float32), "g")
+    b = onnx.numpy_helper.from_array(np.full(d, 0.5, np.float32), "b")
+    m = _model([helper.make_node("LayerNormalization", ["x", "g", "b"], ["y"], axis=-1, epsilon=1e-5)],
+               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, d])],
+               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, d])], [g, b])
+    c = compile_model(_save(m, tmp_path / "ln.onnx"), load_chip("lpu-v1"), "fp32")
+    rows = np.array([132.51083, 2191.1948, 110.42087, 535.2103, 2590.905, 1.0, 100.37, 3.3], np.float32)
+    x = np.repeat(rows[:, None], d, axis=1)
+    (y,) = Emulator(Program.from_bytes(c.program.to_bytes())).run({"x": x}).outputs.values()
+    (ref,) = run_reference(c.prims, {"x": x}, c.chip.lanes).values()
+    assert np.isfinite(y).all()
+    assert np.array_equal(y.view(np.uint32), np.asarray(ref, np.float32).view(np.uint32))
+    assert np.abs(y - 0.5).max() < 2.0  # beta, plus (x - rounded mean) / sqrt(eps)

@@ -15,9 +15,10 @@ import pytest
 ROOT = Path(__file__).parent.parent
 
 # model, chip, precision -> sha256 of the output bytes; inputs: ids = (7*i + 3) % 90, mask = 1
+# (gpt2_tiny and bert_tiny changed when LayerNormalization moved to one pass for both moments)
 GOLDEN = {
-    ("gpt2_tiny", "tiny", "fp32"): "4fe800a8b4052efb5ce7354fe5f325aebc6ad4bad94a9c45ce07090f99de20c4",
-    ("bert_tiny", "lpu-v1", "fp16"): "8b0b7caba58913e1e514995e1e78db9a24ec926b55c8f938cb819d6850dee87c",
+    ("gpt2_tiny", "tiny", "fp32"): "c2b1e528e8ce5a904f728bb808496047f1eaef539b28d3dcffb2c7277839a526",
+    ("bert_tiny", "lpu-v1", "fp16"): "afcd95810b46ed78ded2a598a9c0553e8ea7f40abceb5a3a51d6ee16c38d5bb6",
     ("llama_tiny", "lpu-v1", "bf16"): "cfbf2f7c493c301440dda9055a5b3074021298a82b82f9aff3f8417e2d562cae",
 }
 ASM_GOLDEN = {

@@ -306,9 +306,15 @@ def LayerNormalization(lw: Lowering, node: Node) -> None:
     x, shape, red = _normalized(lw, node)
     d = x.last
     eps = float(node.attrs.get("epsilon", 1e-5))
+    # one pass over x for both moments, as onnxruntime's CPU kernel computes it:
+    #   var = max(sum(x*x)/d - mean^2, 0)
+    # (the ONNX function body subtracts the mean first, which needs the mean before the second sum
+    # can start: on BERT-base width that sequence cost 13k of 277k cycles; the max keeps a variance
+    # that cancels to just below 0 from making rsqrt a nan, where onnxruntime gives nan)
     mean = lw.ewise("DIV", [lw.reduce_last("sum", x), Imm(float(d))])
+    msq = lw.ewise("DIV", [lw.reduce_last("sum", lw.ewise("MUL", [x, x])), Imm(float(d))])
+    var = lw.ewise("MAX", [lw.ewise("SUB", [msq, lw.ewise("MUL", [mean, mean])]), Imm(0.0)])
     xc = lw.ewise("SUB", [x, mean])
-    var = lw.ewise("DIV", [lw.reduce_last("sum", lw.ewise("MUL", [xc, xc])), Imm(float(d))])
     inv = lw.ewise("RSQRT", [lw.ewise("ADD", [var, Imm(eps)])])
     y = lw.ewise("MUL", [xc, inv])
     y = _affine(lw, y, node.inputs[1], node.inputs[2] if len(node.inputs) > 2 else "", shape)
