@@ -38,7 +38,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from emulator.errors import EmulatorLimit, Hazard, HazardError, InputError
-from emulator.storage import EventStore, Origin, byte_plane, compose_rows
+from emulator.storage import _UINT, EventStore, Origin, byte_plane, compose_rows
 from emulator.streams import Flight, StreamIndex, diagonal
 from isa.asm import format_instruction
 from isa.config import Slice
@@ -54,7 +54,6 @@ from isa.timing import (StoreAccess, StreamAccess, Timing, TimingError, host_tra
 Segment = tuple[int, "slice | np.ndarray", "slice | np.ndarray"]
 
 _LITTLE = sys.byteorder == "little"
-_UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}  # lanes as unsigned integers, by width
 
 
 @dataclass

@@ -90,7 +90,7 @@ def _critical_path(tg: TaskGraph, sched) -> int:
         s = [-tpl.begin for tpl in tpls]
         for a, delta in deps.get(t.id, []):
             for j in range(len(tpls)):
-                s[j] = max(s[j], min(ea + int(delta[i, j]) for i, ea in enumerate(est[a])))
+                s[j] = max(s[j], min(ea + delta[i][j] for i, ea in enumerate(est[a])))
         est[t.id] = s
         longest = max(longest, min(sj + tpl.end for sj, tpl in zip(s, tpls)))
     return longest

@@ -35,6 +35,7 @@ from lpuc.tasks import Task, TaskGraph
 from lpuc.templates import Template, build_template, chain_variants
 
 SCHEDULERS = ("list", "asap", "naive")
+Delta = tuple[tuple[int, ...], ...]  # a dependency's anchor difference per (earlier template, later template)
 
 
 def _vector_delta(stores: tuple[np.ndarray, np.ndarray], reads: tuple[np.ndarray, np.ndarray]) -> int:
@@ -196,9 +197,9 @@ class Schedule:
     placements: dict[int, Placement] = field(default_factory=dict)
     templates: dict[int, Template] = field(default_factory=dict)
     region_rows: int = 0
-    # task id -> [(earlier task, delta)]: start >= start(earlier) + delta[i, j] with the earlier task's
+    # task id -> [(earlier task, delta)]: start >= start(earlier) + delta[i][j] with the earlier task's
     # template i and this one's j (of ``variants``: every task's possible templates, the default first)
-    deps: dict[int, list[tuple[int, np.ndarray]]] = field(default_factory=dict)
+    deps: dict[int, list[tuple[int, Delta]]] = field(default_factory=dict)
     variants: dict[int, list[Template]] = field(default_factory=dict)
 
     def dump(self, tg: TaskGraph) -> str:
@@ -251,24 +252,25 @@ class Scheduler:
         }
 
     # ------------------------------------------------------------------------------ dependencies
-    def _dependencies(self, alloc: Allocation) -> dict[int, list[tuple[int, np.ndarray]]]:
-        """task id -> [(earlier task, delta)]: start(task) >= start(earlier) + delta[i, j] when the earlier
+    def _dependencies(self, alloc: Allocation) -> dict[int, list[tuple[int, Delta]]]:
+        """task id -> [(earlier task, delta)]: start(task) >= start(earlier) + delta[i][j] when the earlier
         task runs with its template i and this task with its template j (``self.variants``)."""
         L = self.chip.lanes
-        deps: dict[int, dict[int, np.ndarray]] = defaultdict(dict)
+        deps: dict[int, dict[int, Delta]] = defaultdict(dict)
         owner: dict[int, np.ndarray] = {}
         readers: dict[int, list[int]] = defaultdict(list)
         writers: dict[int, list[int]] = defaultdict(list)
         V = self.variants
 
-        def need(b: int, a: int, delta: np.ndarray) -> None:
+        def need(b: int, a: int, delta: Delta) -> None:
             if a != b:
                 old = deps[b].get(a)
-                deps[b][a] = delta if old is None else np.maximum(old, delta)
+                deps[b][a] = delta if old is None else tuple(tuple(map(max, r, q)) for r, q in zip(old, delta))
 
-        def each(a: int, b: int, f) -> np.ndarray:
-            """f(template of a, template of b) for every pair of templates of the two tasks."""
-            return np.array([[f(ta, tb) for tb in V[b]] for ta in V[a]], dtype=np.int64)
+        def each(a: int, b: int, f) -> Delta:
+            """f(template of a, template of b) for every pair of templates of the two tasks (plain ints:
+            ``_ready`` reads one per dependency for every task it fits)."""
+            return tuple(tuple(int(f(ta, tb)) for tb in V[b]) for ta in V[a])
 
         for t in self.tg.tasks:
             tpl = self.tpl[t.id]
@@ -514,7 +516,7 @@ class Scheduler:
         # no task may start an access before cycle 0
         t = -self.variants[task.id][j].begin
         for a, delta in self.deps.get(task.id, []):
-            t = max(t, self.sched.placements[a].start + int(delta[self.chosen[a], j]))
+            t = max(t, self.sched.placements[a].start + delta[self.chosen[a]][j])
         return t
 
     def _run_list(self) -> None:
@@ -523,7 +525,7 @@ class Scheduler:
         pending = {t.id: 0 for t in tasks}
         for b, ds in self.deps.items():
             for a, delta in ds:
-                succ[a].append((b, int(delta[0, 0])))
+                succ[a].append((b, delta[0][0]))
                 pending[b] += 1
         prio: dict[int, int] = {}
         for t in reversed(tasks):  # task order is topological: successors come later
