@@ -117,9 +117,11 @@ class StreamIndex:
 
     def sole_writers_upstream(self, chip: int, direction: str, stream: int, pos: np.ndarray, dmin: np.ndarray,
                               dmax: np.ndarray) -> np.ndarray:
-        """``sole_writer`` for many reads of one stream at once (reader position, diagonal range): per read
-        the flights that may reach it (``_candidates``) are a short window of the lane, so all windows
-        are laid end to end in one array and counted with a few array operations."""
+        """Per read of one stream (reader position, diagonal range dmin..dmax): the one flight that can
+        reach it (written upstream of it or at it, ``_candidates``) when it covers the whole range, else
+        -1 (several or none reach it, or one covers it only in part). The candidates of a read are a
+        short window of the lane, so all windows are laid end to end in one array and counted with a
+        few array operations."""
         n = len(pos)
         lane = self._sorted.get((chip, direction, stream))
         if lane is None or n == 0:
@@ -137,18 +139,6 @@ class StreamIndex:
         one[read[cand]] = idx[cand]  # the candidate, where there is exactly one
         sole = (ncand == 1) & (lane.c0[one] <= dmin) & (dmax <= lane.c1[one]) & (dmin <= dmax)
         return np.where(sole, lane.ids[one], -1)
-
-    def sole_writer(self, chip: int, direction: str, stream: int, pos: int, dmin: int, dmax: int) -> int:
-        """One read's ``sole_writers``, counting only flights that can reach it (written upstream of it or
-        at it): the flight, or -1 when several or none reach the range or one covers it only in part."""
-        lane = self._sorted.get((chip, direction, stream))
-        if lane is None or dmax < dmin:
-            return -1
-        cand = self._candidates(lane, direction, pos, dmin, dmax)
-        if len(cand) != 1:
-            return -1
-        i = int(cand[0])
-        return int(lane.ids[i]) if lane.c0[i] <= dmin and dmax <= lane.c1[i] else -1
 
     @staticmethod
     def _candidates(lane: _Lane, direction: str, pos: int, dmin: int, dmax: int) -> np.ndarray:
