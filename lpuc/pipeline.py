@@ -50,6 +50,35 @@ class Compiled:
     seconds: float
     pass_seconds: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def cycles(self) -> int:
+        """Predicted cycles (the emulator counts exactly these)."""
+        return int(self.program.meta["predicted_cycles"])
+
+    @property
+    def latency_us(self) -> float:
+        """Predicted latency in microseconds at the chip's clock."""
+        return self.cycles / self.chip.clock_mhz
+
+    @property
+    def roofline_cycles(self) -> int:
+        """Lower bound on the cycles (``self.roofline.parts`` says what bounds it)."""
+        return int(self.roofline.cycles)
+
+    def save(self, path: "str | Path") -> Path:
+        """Write the ``.lpu`` program (for ``lpuc run``, ``lpuc disasm``); returns the path."""
+        self.program.save(path)
+        return Path(path)
+
+    def run(self, inputs: "dict[str, Any] | None" = None) -> "dict[str, Any]":
+        """Run the program in the emulator (as its file holds it) on one array per model input,
+        checked and converted as by ``lpuc.verify.check_inputs``; returns the outputs by name."""
+        from emulator import Emulator
+        from lpuc.verify import check_inputs
+
+        feeds = check_inputs(self.graph, inputs or {})
+        return Emulator(Program.from_bytes(self.program.to_bytes())).run(feeds).outputs
+
 
 def dump_graph(g: Graph) -> str:
     lines = [f"opset {g.opset}; inputs {g.inputs}; outputs {g.outputs}"]

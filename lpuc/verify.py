@@ -11,20 +11,52 @@ Three checks, all required:
 Tolerances (documented in README): fp32 atol 1e-4, rtol 1e-3; fp16 atol 5e-3, rtol 1e-2; bf16 atol
 3e-2, rtol 3e-2. The low-precision figures cover the weights and matrix inputs rounded to 11 or 8
 significant bits; the vector unit keeps computing in f32.
+
+Non-finite values: where onnxruntime has a nan the emulated output must be a nan, where it has an
+inf the same-signed inf; those elements agree and are counted (``nonfinite_matched``), any other
+difference in finiteness is an error (``nonfinite_mismatched``). The error figures are taken over
+the elements where both are finite.
+
+Inputs are checked before anything runs (:func:`check_inputs`): names, shapes, dtypes (converted to
+the model's declared dtype when the conversion is exact, e.g. int32 token ids for an int64 input)
+and, for integer inputs that index a Gather, the range of the ids. Each problem is one
+:class:`emulator.errors.InputError` line.
+
+The report (``Verdict.report``, ``lpuc verify --json``) holds ``ok``, ``model``, ``chip``,
+``precision``, ``scheduler``, ``predicted_cycles``, ``emulated_cycles``, ``latency_us``,
+``bit_exact``, ``roofline_cycles``, ``roofline`` (its parts), ``instructions``, ``sram_bytes``,
+``sram_capacity``, ``utilization``, ``compile_s``, ``emulate_s``, ``onnxruntime_s`` and
+``outputs``, one dict per model output with:
+
+- ``ok``: within tolerance everywhere, finiteness matching, shapes equal;
+- ``max_abs_err``: max ``|emulated - onnxruntime|`` over elements finite in both;
+- ``max_rel_err``: max ``|err| / |onnxruntime|`` over those elements (large where the reference is
+  near zero, which is why the tolerance has an ``atol``);
+- ``worst_tol_ratio``: max ``|err| / (atol + rtol * |onnxruntime|)`` over those elements: how much of
+  the tolerance the worst element uses, ``<= 1`` means within tolerance;
+- ``atol``, ``rtol``: the precision's tolerance;
+- ``nonfinite_matched``: elements that are nan (or the same inf) in both;
+- ``nonfinite_mismatched``: elements finite in one and not the other, or with different non-finite
+  values (each counts as an error);
+- ``shape``: the output's shape.
 """
 
 from __future__ import annotations
 
+import sys
 import time
+import types
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
+import onnx
 
 from emulator import Emulator
+from emulator.errors import InputError
 from isa.program import Program
 from isa.timing import program_busy, utilization
-from lpuc.errors import CompileError
 from lpuc.ir import Graph
 from lpuc.pipeline import Compiled
 from lpuc.reference import run_reference
@@ -66,27 +98,150 @@ def _gather_limit(g: Graph, name: str) -> int | None:
     return None
 
 
+def _convert(name: str, arr: np.ndarray, want: np.dtype) -> np.ndarray:
+    """``arr`` as dtype ``want`` if every value converts exactly, else one InputError line."""
+    if arr.dtype == want:
+        return arr
+    expected = f"expected {want}"
+    if arr.dtype.kind not in "biuf":
+        raise InputError(f"input '{name}' has dtype {arr.dtype}, {expected}")
+    if arr.dtype.kind == "f" and want.kind != "f":
+        raise InputError(f"input '{name}' has dtype {arr.dtype}, {expected}"
+                         + (" (integer ids)" if want.kind in "iu" else ""))
+    if want.kind in "iu" and arr.dtype.kind in "iu" and arr.size:
+        info = np.iinfo(want)
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < info.min or hi > info.max:
+            bad = lo if lo < info.min else hi
+            raise InputError(f"input '{name}' ({arr.dtype}) holds {bad}, outside the range of the model's {want}")
+    with np.errstate(all="ignore"):
+        conv = arr.astype(want)
+        back = conv.astype(arr.dtype)
+    same = back == arr
+    if arr.dtype.kind == "f":
+        same |= np.isnan(arr) & np.isnan(back)
+    if not np.all(same):
+        first = tuple(int(i) for i in np.argwhere(~same)[0])
+        raise InputError(f"input '{name}' ({arr.dtype}) does not convert exactly to the model's {want}: "
+                         f"{arr[first]!r} at {list(first)}; pass {want} values")
+    return conv
+
+
+def check_inputs(g: Graph, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Check inputs against the model before anything runs, and return them converted to the
+    model's declared dtypes (exact conversions only, e.g. int32 token ids for an int64 input).
+
+    Raises :class:`emulator.errors.InputError` with one line for a missing or unknown input, a
+    wrong shape (naming the input, the expected and the given shape), a dtype that does not convert
+    exactly, or an integer id outside the table of the Gather it indexes. Negative ids are refused
+    too: ONNX Gather counts them from the end of the table, the chip's GATHER does not.
+    """
+    missing = [n for n in g.inputs if n not in inputs]
+    if missing:
+        desc = ", ".join(f"'{n}' ({g.values[n].dtype} {list(g.values[n].shape)})" for n in missing)
+        raise InputError(f"missing input(s) {desc}; the model takes {', '.join(g.inputs)}")
+    extra = sorted(set(inputs) - set(g.inputs))
+    if extra:
+        raise InputError(f"unknown input(s) {', '.join(extra)}; the model takes {', '.join(g.inputs) or 'no inputs'}")
+    feeds: dict[str, np.ndarray] = {}
+    for name in g.inputs:
+        v = g.values[name]
+        arr = np.asarray(inputs[name])
+        if tuple(arr.shape) != tuple(v.shape):
+            raise InputError(f"input '{name}' has shape {list(arr.shape)}, expected {list(v.shape)}")
+        arr = _convert(name, arr, np.dtype(v.dtype))
+        if arr.dtype.kind in "iu" and arr.size:
+            rows = _gather_limit(g, name)
+            if rows is not None:
+                _check_ids(name, arr, rows)
+        feeds[name] = arr
+    return feeds
+
+
+def _check_ids(name: str, ids: np.ndarray, rows: int) -> None:
+    bad = (ids < -rows) | (ids >= rows)
+    if bad.any():
+        at = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise InputError(f"input '{name}': id {int(ids[at])} at {list(at)} is outside the vocabulary of {rows} rows "
+                         f"(0..{rows - 1})")
+    neg = ids < 0
+    if neg.any():
+        at = tuple(int(i) for i in np.argwhere(neg)[0])
+        i = int(ids[at])
+        raise InputError(f"input '{name}': id {i} at {list(at)} is negative; ONNX Gather counts it from the end, "
+                         f"the chip's GATHER does not: pass {i + rows} (ids 0..{rows - 1})")
+
+
+def compare(got: np.ndarray, want: np.ndarray, atol: float, rtol: float) -> dict[str, Any]:
+    """Compare an emulated output with onnxruntime's: the per-output dict of the report (see the
+    module docstring). Matching nans and same-signed infs agree; a finiteness mismatch is an error;
+    error figures are over the elements finite in both."""
+    got, want = np.asarray(got), np.asarray(want)
+    out: dict[str, Any] = {"shape": list(want.shape), "atol": atol, "rtol": rtol}
+    if got.shape != want.shape:
+        out.update(ok=False, max_abs_err=float("inf"), max_rel_err=float("inf"), worst_tol_ratio=float("inf"),
+                   nonfinite_matched=0, nonfinite_mismatched=0, emulated_shape=list(got.shape))
+        return out
+    g64, w64 = got.astype(np.float64), want.astype(np.float64)
+    gf, wf = np.isfinite(g64), np.isfinite(w64)
+    both = gf & wf
+    with np.errstate(invalid="ignore"):
+        matched = (np.isnan(g64) & np.isnan(w64)) | (np.isinf(w64) & (g64 == w64))
+    mismatched = ~both & ~matched
+    err = np.abs(g64[both] - w64[both])
+    ref = np.abs(w64[both])
+    ratio = err / (atol + rtol * ref)
+    n_bad = int(mismatched.sum())
+    out.update(
+        ok=bool(n_bad == 0 and np.all(ratio <= 1.0)),
+        max_abs_err=float(err.max()) if err.size else 0.0,
+        max_rel_err=float((err / np.maximum(ref, 1e-12)).max()) if err.size else 0.0,
+        worst_tol_ratio=float(ratio.max()) if ratio.size else 0.0,
+        nonfinite_matched=int(matched.sum()),
+        nonfinite_mismatched=n_bad,
+    )
+    return out
+
+
 @dataclass
 class Verdict:
+    """The outcome of a verification: ``ok`` is true only if every check holds; ``report`` holds the
+    figures (keys listed in the module docstring). ``bool(verdict)`` is ``verdict.ok``."""
+
     ok: bool
     report: dict[str, Any] = field(default_factory=dict)
 
+    def __bool__(self) -> bool:
+        return bool(self.ok)
 
-def verify(c: Compiled, model_path: str, precision: str, inputs: dict[str, np.ndarray] | None = None,
-           seed: int = 0) -> Verdict:
+
+def _ort_session(model: "str | Path | onnx.ModelProto") -> Any:
     import onnxruntime as ort
 
-    feeds = inputs if inputs is not None else make_inputs(c.graph, seed)
-    missing = set(c.graph.inputs) - set(feeds)
-    if missing:
-        raise CompileError(f"--inputs lacks {', '.join(sorted(missing))}")
+    if isinstance(model, onnx.ModelProto):
+        return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+
+
+def verify(c: Compiled, model_path: "str | Path | onnx.ModelProto", precision: str,
+           inputs: Mapping[str, Any] | None = None, seed: int = 0) -> Verdict:
+    """Run the compiled program ``c`` in the emulator and check it against onnxruntime running
+    ``model_path`` (the model ``c`` was compiled from, a path or a ``ModelProto``) and against the
+    compiler's reference evaluation. ``inputs`` default to :func:`make_inputs` with ``seed``; given
+    inputs go through :func:`check_inputs` first. See the module docstring for the checks and the
+    report; :func:`lpuc.api.verify` compiles and verifies in one call."""
+    feeds = check_inputs(c.graph, inputs if inputs is not None else make_inputs(c.graph, seed))
     prog = Program.from_bytes(c.program.to_bytes())  # run the program as the file holds it
     t0 = time.perf_counter()
     result = Emulator(prog).run(feeds)
     emulate_s = time.perf_counter() - t0
-    sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    sess = _ort_session(model_path)
     t0 = time.perf_counter()
-    ort_out = sess.run(None, {k: feeds[k] for k in (i.name for i in sess.get_inputs())})
+    try:
+        ort_out = sess.run(None, {k: feeds[k] for k in (i.name for i in sess.get_inputs())})
+    except Exception as e:  # onnxruntime's own errors are one-line input problems for the user
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"onnxruntime rejects the inputs: {first}") from e
     onnxruntime_s = time.perf_counter() - t0
     ref = run_reference(c.prims, feeds, c.chip.lanes)
     atol, rtol = TOLERANCE[precision]
@@ -96,18 +251,14 @@ def verify(c: Compiled, model_path: str, precision: str, inputs: dict[str, np.nd
     for o, want in zip(sess.get_outputs(), ort_out):
         got = result.outputs[o.name]
         bit_exact &= got.tobytes() == np.ascontiguousarray(ref[o.name]).tobytes()
-        g64, w64 = got.astype(np.float64), np.asarray(want).astype(np.float64)
-        err = np.abs(g64 - w64)
-        ok = bool(np.all(err <= atol + rtol * np.abs(w64))) and got.shape == want.shape
-        all_ok &= ok
-        outputs[o.name] = {"max_abs_err": float(err.max()) if err.size else 0.0,
-                           "max_rel_err": float((err / np.maximum(np.abs(w64), 1e-12)).max()) if err.size else 0.0,
-                           "atol": atol, "rtol": rtol, "ok": ok}
+        outputs[o.name] = compare(got, want, atol, rtol)
+        all_ok &= outputs[o.name]["ok"]
     predicted = int(c.program.meta["predicted_cycles"])
     busy, _ = program_busy(c.program.queues, c.chip)
+    model_name = (model_path.graph.name or "model") if isinstance(model_path, onnx.ModelProto) else str(model_path)
     report = {
         "ok": bool(all_ok and bit_exact and predicted == result.cycles),
-        "model": str(model_path),
+        "model": model_name,
         "chip": c.chip.name,
         "precision": precision,
         "scheduler": c.program.meta.get("scheduler"),
@@ -127,3 +278,17 @@ def verify(c: Compiled, model_path: str, precision: str, inputs: dict[str, np.nd
         "onnxruntime_s": onnxruntime_s,
     }
     return Verdict(report["ok"], report)
+
+
+class _VerifyModule(types.ModuleType):
+    """``lpuc.verify`` is both this module and the public function: ``lpuc.verify(model, ...)``
+    calls :func:`lpuc.api.verify` (the name cannot hold a function, since importing the submodule
+    ``lpuc.verify`` binds it on the package)."""
+
+    def __call__(self, model: Any, inputs: Mapping[str, Any] | None = None, **kwargs: Any) -> Verdict:
+        from lpuc.api import verify as api_verify
+
+        return api_verify(model, inputs, **kwargs)
+
+
+sys.modules[__name__].__class__ = _VerifyModule

@@ -18,7 +18,7 @@ warnings.filterwarnings("ignore", category=RuntimeWarning)  # onnx's case genera
 
 SUPPORTED = (
     "abs", "add", "and", "cast", "castlike", "concat", "constant", "constantofshape", "div", "equal", "erf",
-    "exp", "expand", "flatten", "gather", "gather_elements", "gelu", "gemm", "greater", "greater_equal",
+    "exp", "expand", "flatten", "gather", "gather_elements", "gathernd", "gelu", "gemm", "greater", "greater_equal",
     "identity", "isnan", "layer_normalization", "less", "less_equal", "log", "matmul", "max", "min", "mul",
     "neg", "not", "or", "pow", "range", "reciprocal", "reduce_max", "reduce_mean", "reduce_min",
     "reduce_sum", "reduce_sum_square", "relu", "reshape", "rms_normalization", "sigmoid", "slice",
@@ -76,10 +76,11 @@ EXCLUDED = {
         "reduce_sum_square_empty_set_expanded", "reshape_allowzero_reordered", "slice_start_out_of_bounds",
         "split_zero_size_splits_opset13", "split_zero_size_splits_opset18",
     ],
-    "Gather/GatherElements with indices computed at run time other than row lookups in a 2-D table "
-    "(the chip's GATHER selects SRAM words, i.e. rows of embedding tables)": [
+    "Gather/GatherElements/GatherND with indices computed at run time other than row lookups in a 2-D "
+    "table (the chip's GATHER selects SRAM words, i.e. rows of embedding tables)": [
         "gather_0", "gather_1", "gather_2d_indices", "gather_elements_0", "gather_elements_1",
-        "gather_elements_negative_indices", "gather_negative_indices",
+        "gather_elements_negative_indices", "gather_negative_indices", "gathernd_example_float32",
+        "gathernd_example_int32", "gathernd_example_int32_batch_dim1",
     ],
     "integer Pow with an exponent computed at run time (the VXM has no integer power)": [
         "pow_types_int32_float32", "pow_types_int32_int32", "pow_types_int64_float32", "pow_types_int64_int64",

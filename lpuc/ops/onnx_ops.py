@@ -547,6 +547,21 @@ def GatherElements(lw: Lowering, node: Node) -> None:
 
 
 @op
+def GatherND(lw: Lowering, node: Node) -> None:
+    """out[b.., i..] = data[b.., *indices[b.., i.., :]] with the first ``batch_dims`` axes shared:
+    with constant indices a pure data movement (torch's exports build attention masks this way)."""
+    shape = lw.shape(node.inputs[0])
+    ind = _const_input(lw, node, 1, "indices").astype(np.int64)
+    b = int(node.attrs.get("batch_dims", 0))
+    k = ind.shape[-1]
+    ind = np.where(ind < 0, ind + np.array(shape[b:b + k]), ind)
+    src = _idx(shape).reshape((int(np.prod(shape[:b], dtype=np.int64)),) + tuple(shape[b:]))
+    flat = ind.reshape((src.shape[0], -1, k))
+    picked = np.stack([src[j][tuple(flat[j].T)] for j in range(src.shape[0])])
+    _move(lw, node, picked.reshape(lw.shape(node.outputs[0])))
+
+
+@op
 def Trilu(lw: Lowering, node: Node) -> None:
     x = lw.tensor(node.inputs[0])
     k = int(lw.const(node.inputs[1]).reshape(())) if len(node.inputs) > 1 and node.inputs[1] else 0

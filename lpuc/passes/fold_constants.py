@@ -1,9 +1,12 @@
 """Pass 2 -- fold: evaluate everything known at compile time, drop no-ops and dead nodes.
 
 Exports carry a lot of shape arithmetic (Shape -> Gather -> Concat -> Reshape, Range, masks built
-with Trilu/Where on constants). With static shapes all of it is constant: ``Shape`` becomes the
-shape, and any node whose inputs are all constant is evaluated by onnx's reference evaluator.
-Identity, Dropout (inference) and Casts to the same type are removed. What remains runs on the chip.
+with Trilu/Where on constants, BERT's ``token_type_ids`` buffer picked by GatherElements, T5's
+relative-position buckets). With static shapes all of it is constant: ``Shape`` becomes the shape,
+and any node whose inputs are all constant is evaluated on the host by onnxruntime -- the engine
+``lpuc verify`` compares against, so a folded value is exactly what onnxruntime computes for it --
+with onnx's reference evaluator as the fallback for what onnxruntime has no kernel for. Identity,
+Dropout (inference) and Casts to the same type are removed. What remains runs on the chip.
 """
 
 from __future__ import annotations
@@ -11,34 +14,72 @@ from __future__ import annotations
 import numpy as np
 import onnx
 from onnx import helper
-from onnx.reference import ReferenceEvaluator
 
 from lpuc.errors import CompileError
 from lpuc.ir import Graph, Node
+from lpuc.passes.lower import check_supported
 
 #: ops never evaluated at compile time even with constant inputs (non-deterministic)
 _NO_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
-#: constant results larger than this many elements stay on the chip when an input is not constant
-#: anyway; with all-constant inputs the result is folded whatever its size (it becomes SRAM data)
 
 
-def _evaluate(node: Node, g: Graph) -> list[np.ndarray]:
-    inputs = [i for i in node.inputs]
-    feeds = {f"in{k}": g.values[i].const for k, i in enumerate(inputs) if i}
-    names = [f"in{k}" if i else "" for k, i in enumerate(inputs)]
+def _node_model(node: Node, g: Graph) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """``node`` alone as a model whose inputs are its constant operands (named in0, in1, ...)."""
+    feeds = {f"in{k}": g.values[i].const for k, i in enumerate(node.inputs) if i}
+    names = [f"in{k}" if i else "" for k, i in enumerate(node.inputs)]
     outs = [f"out{k}" for k in range(len(node.outputs))]
     onode = helper.make_node(node.op, names, outs, domain=node.domain or None, **node.attrs)
+
+    def out_type(k: int) -> int:
+        o = node.outputs[k]
+        if o and o in g.values and g.values[o].dtype is not None:
+            return helper.np_dtype_to_tensor_dtype(g.values[o].dtype)
+        return onnx.TensorProto.UNDEFINED
+
     graph = helper.make_graph(
         [onode], "fold",
         [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(feeds[n].dtype), feeds[n].shape)
          for n in names if n],
-        [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in outs])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", g.opset)])
-    try:
-        res = ReferenceEvaluator(model).run(None, feeds)
-    except Exception as e:
-        raise CompileError(f"node {node.name} ({node.op}): constant folding failed: {e}") from None
-    return [np.asarray(r) for r in res]
+        [helper.make_tensor_value_info(o, out_type(k), None) for k, o in enumerate(outs)])
+    opsets = [helper.make_opsetid("", g.opset)]
+    if node.domain not in ("", "ai.onnx"):
+        opsets.append(helper.make_opsetid(node.domain, 1))
+    return helper.make_model(graph, opset_imports=opsets), feeds
+
+
+def _run_onnxruntime(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    # one thread: folding runs node by node on tiny tensors, and a thread pool per session costs more
+    # than the work; no graph optimisation: the node is evaluated as written
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.log_severity_level = 4
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)
+
+
+def _run_reference(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    from onnx.reference import ReferenceEvaluator
+
+    return ReferenceEvaluator(model).run(None, feeds)
+
+
+def _evaluate(node: Node, g: Graph) -> list[np.ndarray]:
+    """The node's outputs for its constant inputs: onnxruntime first (the oracle lpuc is checked
+    against), onnx's reference evaluator where onnxruntime cannot build or run the node (an op or a
+    type it has no CPU kernel for)."""
+    model, feeds = _node_model(node, g)
+    errors = []
+    for engine in (_run_onnxruntime, _run_reference):
+        try:
+            return [np.asarray(r) for r in engine(model, feeds)]
+        except Exception as e:  # each engine raises its own types; the first message is the useful one
+            errors.append(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+    raise CompileError(f"node {node.name} ({node.op}): constant folding failed in onnxruntime ({errors[0]}) "
+                       f"and in onnx's reference evaluator ({errors[1]})")
 
 
 def fold_constants(g: Graph) -> Graph:
@@ -113,11 +154,14 @@ def _infer_shapes(node: Node, g: Graph) -> None:
         res = onnx.shape_inference.infer_node_outputs(
             schema, onode, types, data, opset_imports=[helper.make_opsetid(node.domain, g.opset)])
     except Exception as e:
+        check_supported(node)  # an op the chip cannot run is the first thing to say
         raise CompileError(f"node {node.name} ({node.op}): cannot infer output shapes ({e})") from None
     for o in node.outputs:
         if o and o in res:
             dims = [d.dim_value if d.HasField("dim_value") else -1 for d in res[o].tensor_type.shape.dim]
             if any(d <= 0 for d in dims):
+                # e.g. NonMaxSuppression: the output's size depends on the data, and the op is not lowered
+                check_supported(node)
                 raise CompileError(f"node {node.name} ({node.op}): output '{o}' has no static shape")
             g.values[o].shape = tuple(dims)
 

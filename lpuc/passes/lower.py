@@ -297,9 +297,19 @@ class Lowering:
         return self.node.name if self.node else ""
 
 
-def lower(g: Graph, chip: ChipConfig, precision: str = "fp32") -> PrimGraph:
+def check_supported(node: Node) -> Callable[[Lowering, Node], Any]:
+    """The lowering function of ``node``'s op; ``UnsupportedOp`` naming the op and the supported set
+    if there is none."""
     from lpuc.ops.onnx_ops import OPS
 
+    fn: Callable[[Lowering, Node], Any] | None = OPS.get(node.op) if node.domain in ("", "ai.onnx") else None
+    if fn is None:
+        raise UnsupportedOp(f"node {node.name}: op {node.domain + '.' if node.domain else ''}{node.op} is not "
+                            f"supported; supported ops: {', '.join(sorted(OPS))}")
+    return fn
+
+
+def lower(g: Graph, chip: ChipConfig, precision: str = "fp32") -> PrimGraph:
     lw = Lowering(g, chip, precision)
     used = {i for n in g.nodes.values() for i in n.inputs} | set(g.outputs)
     for name in g.inputs:
@@ -311,10 +321,7 @@ def lower(g: Graph, chip: ChipConfig, precision: str = "fp32") -> PrimGraph:
         lw.pg.inputs.append(t)
         lw.env[name] = t
     for node in g.topo():
-        fn: Callable[[Lowering, Node], Any] | None = OPS.get(node.op) if node.domain in ("", "ai.onnx") else None
-        if fn is None:
-            raise UnsupportedOp(f"node {node.name}: op {node.domain + '.' if node.domain else ''}{node.op} is not "
-                                f"supported; supported ops: {', '.join(sorted(OPS))}")
+        fn = check_supported(node)
         lw.node = node
         fn(lw, node)
     lw.node = None

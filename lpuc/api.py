@@ -1,0 +1,129 @@
+"""The Python API beside the ``lpuc`` command line (re-exported as ``lpuc.compile`` and
+``lpuc.verify``)::
+
+    import lpuc
+
+    c = lpuc.compile("examples/models/gpt2_tiny.onnx", chip="tiny")
+    print(c.cycles, c.latency_us, c.roofline_cycles)   # known before anything runs
+    outputs = c.run({"input_ids": ids})                 # the emulator: exact bits, exact cycles
+    c.save("gpt2_tiny.lpu")                             # for `lpuc run` / `lpuc disasm`
+
+    v = lpuc.verify("examples/models/gpt2_tiny.onnx", chip="tiny")
+    assert v.ok, v.report["outputs"]
+
+Errors are the command line's one-line errors, as exceptions: :class:`lpuc.errors.CompileError`
+(and its subclasses ``UnsupportedOp``, ``CapacityError``) for models, ``isa.config.ConfigError`` for
+chips, :class:`emulator.errors.InputError` for inputs, ``emulator.errors.HazardError`` for hazards.
+
+Everything heavy (onnx, numpy, the passes, the emulator) is imported inside the functions, so
+``import lpuc`` stays cheap.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Union
+
+if TYPE_CHECKING:
+    import numpy as np
+    import onnx
+
+    from isa.config import ChipConfig
+    from lpuc.pipeline import Compiled
+    from lpuc.verify import Verdict
+
+ModelLike = Union[str, Path, "onnx.ModelProto"]
+ChipLike = Union[str, Path, "ChipConfig"]
+
+
+def load_chip(chip: ChipLike) -> "ChipConfig":
+    """A chip config from a name (``tiny``, ``lpu-v1``), a path to a ``.toml`` file, or a
+    :class:`isa.config.ChipConfig` (returned as is)."""
+    from isa.config import ChipConfig, load_chip as _load
+
+    if isinstance(chip, ChipConfig):
+        return chip
+    if not isinstance(chip, (str, Path)):
+        from isa.config import ConfigError
+
+        raise ConfigError(f"chip must be a name, a .toml path or an isa.config.ChipConfig, not {type(chip).__name__}")
+    return _load(chip)
+
+
+def _shapes(input_shapes: Mapping[str, Any] | None) -> dict[str, tuple[int, ...]] | None:
+    if not input_shapes:
+        return None
+    from lpuc.errors import CompileError
+
+    shapes = {}
+    for name, dims in input_shapes.items():
+        try:
+            shape = tuple(int(d) for d in (dims.lower().split("x") if isinstance(dims, str) else dims))
+        except (TypeError, ValueError):
+            raise CompileError(f"input_shapes['{name}'] = {dims!r}: expected a tuple of dims, e.g. (1, 128)") from None
+        if not shape or any(d < 1 for d in shape):
+            raise CompileError(f"input_shapes['{name}'] = {dims!r}: every dim must be >= 1")
+        shapes[str(name)] = shape
+    return shapes
+
+
+def compile(model: ModelLike, chip: ChipLike = "lpu-v1", precision: str = "fp32", scheduler: str = "list",
+            input_shapes: Mapping[str, Any] | None = None) -> "Compiled":
+    """Compile an ONNX model for a chip; what ``lpuc compile`` does, without writing a file.
+
+    Args:
+        model: a path to an ``.onnx`` file (external data next to it is loaded) or an
+            ``onnx.ModelProto``.
+        chip: a chip name (``"tiny"``, ``"lpu-v1"``), a path to a chip ``.toml``, or an
+            :class:`isa.config.ChipConfig`.
+        precision: ``"fp32"``, ``"fp16"`` or ``"bf16"`` (weights and matrix inputs rounded to it).
+        scheduler: ``"list"``, ``"asap"`` or ``"naive"``.
+        input_shapes: fixes dynamic dims, e.g. ``{"input_ids": (1, 128)}`` (``"1x128"`` works too).
+
+    Returns:
+        a :class:`lpuc.pipeline.Compiled`: ``.program`` (an ``isa.program.Program``), ``.cycles``
+        (predicted, equal to what the emulator will count), ``.latency_us``, ``.roofline_cycles``
+        (a lower bound), ``.save(path)``, ``.run(inputs)``, and the IR of every stage.
+
+    Raises:
+        lpuc.errors.CompileError: the model cannot be compiled as given (the message says why).
+        isa.config.ConfigError: unknown chip.
+    """
+    from lpuc.pipeline import compile_model
+
+    if isinstance(model, Path):
+        model = str(model)
+    return compile_model(model, load_chip(chip), precision=precision, scheduler=scheduler,
+                         input_shapes=_shapes(input_shapes))
+
+
+def verify(model: ModelLike, inputs: "Mapping[str, np.ndarray] | None" = None, chip: ChipLike = "lpu-v1",
+           precision: str = "fp32", scheduler: str = "list", input_shapes: Mapping[str, Any] | None = None,
+           seed: int = 0) -> "Verdict":
+    """Compile, emulate and check, as ``lpuc verify`` does.
+
+    The checks: every output within the precision's tolerance of onnxruntime, bit-identical to the
+    compiler's reference evaluation, and the predicted cycle count equal to the emulated one.
+
+    Args:
+        model, chip, precision, scheduler, input_shapes: as for :func:`compile`.
+        inputs: one array per model input (converted to the model's dtypes when exact); ``None``
+            draws random inputs in valid ranges from ``seed``.
+        seed: seed of the random inputs.
+
+    Returns:
+        a :class:`lpuc.verify.Verdict`: ``.ok`` and ``.report`` (the ``--json`` report: cycles,
+        latency, roofline, and per output ``max_abs_err``, ``worst_tol_ratio`` (<= 1 is within
+        tolerance), ``nonfinite_matched`` ...; see :mod:`lpuc.verify`).
+
+    Raises:
+        emulator.errors.InputError: inputs missing, unknown, of the wrong shape or dtype, or ids
+            outside the table they index (one line naming the input).
+        lpuc.errors.CompileError, isa.config.ConfigError: as for :func:`compile`.
+    """
+    from lpuc.verify import verify as _verify
+
+    if isinstance(model, Path):
+        model = str(model)
+    c = compile(model, chip, precision, scheduler, input_shapes)
+    return _verify(c, model, precision, inputs, seed)
