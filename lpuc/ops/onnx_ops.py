@@ -17,7 +17,8 @@ import numpy as np
 from lpuc.errors import CompileError
 from lpuc.ir import Node
 from lpuc.passes.lower import Lowering, chip_dtype
-from lpuc.prim import Imm, Tensor
+from isa.dtypes import DTYPES
+from lpuc.prim import Imm, Operand, Tensor
 
 OPS: dict[str, Callable[[Lowering, Node], None]] = {}
 
@@ -99,6 +100,101 @@ for _name, _m in {"Sqrt": "SQRT", "Reciprocal": "RECIP", "Neg": "NEG", "Exp": "E
 @op
 def Not(lw: Lowering, node: Node) -> None:
     _out(lw, node, lw.ewise("XOR", [lw.tensor(node.inputs[0]), Imm(1)], "u8"))
+
+
+@op
+def Clip(lw: Lowering, node: Node) -> None:
+    """y = min(max(x, lo), hi); lo and hi are optional (inputs 1 and 2 from opset 11, attributes
+    ``min``/``max`` before). lo > hi gives hi everywhere, as ONNX specifies; a nan x stays nan."""
+    dt = _float_type(lw, node.inputs[0])
+    y: Tensor = lw.tensor(node.inputs[0])
+    bounds: list[tuple[str, Operand | None]] = []
+    for k, attr, mnemonic in ((1, "min", "MAX"), (2, "max", "MIN")):
+        if len(node.inputs) > k and node.inputs[k]:
+            bounds.append((mnemonic, lw.operand(node.inputs[k], dt)))
+        elif attr in node.attrs:
+            bounds.append((mnemonic, Imm(float(node.attrs[attr]))))
+    if not bounds:
+        _out(lw, node, lw.ewise("MOV", [y]))
+        return
+    for mnemonic, bound in bounds:
+        y = lw.ewise(mnemonic, [y, bound], dt)
+    _out(lw, node, y)
+
+
+@op
+def Sign(lw: Lowering, node: Node) -> None:
+    """y = 1 if x > 0, -1 if x < 0, else x (so 0 and -0 keep their sign and nan stays nan)."""
+    dt = _float_type(lw, node.inputs[0])
+    x = lw.tensor(node.inputs[0])
+    # SELECT takes a stream for the chosen value and may take an immediate for the other: the
+    # conditions are inverted (XOR 1, exact even for nan) so that x's stream is the chosen value
+    not_pos = lw.ewise("XOR", [lw.ewise("GT", [x, Imm(0)], dt, "u8"), Imm(1)], "u8")
+    y = lw.ewise("SELECT", [not_pos, x, Imm(1)], dt)
+    not_neg = lw.ewise("XOR", [lw.ewise("LT", [x, Imm(0)], dt, "u8"), Imm(1)], "u8")
+    _out(lw, node, lw.ewise("SELECT", [not_neg, y, Imm(-1)], dt))
+
+
+def _round_to_int(lw: Lowering, node: Node, down: bool) -> None:
+    """floor(x) (down) or ceil(x) on floats: t = trunc(x) by CONVERT to i32 and back, then
+    floor = t - (t > x), ceil = t + (t < x). CONVERT saturates beyond 2^31, so every |x| >= 2^23 (already an
+    integer in every float type) and nan are passed through unchanged: exact for every x (but
+    floor(-0) and ceil(-0.5) give +0, not -0)."""
+    dt = _float_type(lw, node.inputs[0])
+    x = lw.tensor(node.inputs[0])
+    if x.dt.kind != "float":
+        _out(lw, node, lw.ewise("MOV", [x]))
+        return
+    t = lw.convert(lw.convert(x, "i32"), dt)
+    off = lw.ewise("GT" if down else "LT", [t, x], dt, "u8")
+    y = lw.ewise("SELECT", [off, lw.ewise("ADD", [t, Imm(-1.0 if down else 1.0)], dt), t], dt)
+    small = lw.ewise("LT", [lw.ewise("ABS", [x], dt), Imm(float(2 ** 23))], dt, "u8")  # false for nan
+    _out(lw, node, lw.ewise("SELECT", [small, y, x], dt))
+
+
+@op
+def Floor(lw: Lowering, node: Node) -> None:
+    """y = floor(x) (see ``_round_to_int``)."""
+    _round_to_int(lw, node, down=True)
+
+
+@op
+def Ceil(lw: Lowering, node: Node) -> None:
+    """y = ceil(x) (see ``_round_to_int``)."""
+    _round_to_int(lw, node, down=False)
+
+
+@op
+def Mod(lw: Lowering, node: Node) -> None:
+    """Integer remainder with numpy broadcasting. r = a - trunc(a / b) * b (the VXM's integer DIV
+    truncates), which is C's fmod (fmod=1: the sign of a); for fmod=0 (Python's %: the sign of b)
+    y = r + b where r != 0 and sign(r) != sign(b), else r. b = 0 gives a (DIV by 0 is 0 on the chip)."""
+    dt = _float_type(lw, node.inputs[0])
+    fmod = int(node.attrs.get("fmod", 0))
+    if DTYPES[dt].kind == "float":
+        if not fmod:
+            raise lw.unsupported("Mod with fmod=0 on floating-point values (ONNX requires fmod=1 for floats)")
+        raise lw.unsupported("Mod (fmod=1) on floating-point values: a - trunc(a/b)*b rounds twice on the VXM "
+                             "and is not exact (integer Mod is supported)")
+    a = lw.operand(node.inputs[0], dt)
+    b = lw.operand(node.inputs[1], dt)
+    if isinstance(a, Imm):
+        a = lw.tensor(node.inputs[0])
+    shape = lw.shape(node.outputs[0])
+    r = lw.ewise("SUB", [a, lw.ewise("MUL", [lw.ewise("DIV", [a, b], dt, shape=shape), b], dt)], dt)
+    if fmod:
+        _out(lw, node, r)
+        return
+    if isinstance(b, Imm):  # the sign of b is known: r needs b added where its sign is the other one
+        if b.value == 0:
+            _out(lw, node, r)
+            return
+        wrong = lw.ewise("LT" if b.value > 0 else "GT", [r, Imm(0)], dt, "u8")
+    else:
+        signs_differ = lw.ewise("XOR", [lw.ewise("LT", [r, Imm(0)], dt, "u8"),
+                                        lw.ewise("LT", [b, Imm(0)], dt, "u8")], "u8", shape=shape)
+        wrong = lw.ewise("AND", [signs_differ, lw.ewise("NE", [r, Imm(0)], dt, "u8")], "u8")
+    _out(lw, node, lw.ewise("SELECT", [wrong, lw.ewise("ADD", [r, b], dt), r], dt))
 
 
 @op
@@ -252,6 +348,55 @@ def Sum(lw: Lowering, node: Node) -> None:
     for name in node.inputs[1:]:
         acc = lw.ewise("ADD", [acc, lw.operand(name, dt)], dt)
     _out(lw, node, acc if len(node.inputs) > 1 else lw.ewise("MOV", [acc]))
+
+
+@op
+def Mean(lw: Lowering, node: Node) -> None:
+    """y = (x_0 + x_1 + ... + x_{n-1}) / n with numpy broadcasting, summed left to right."""
+    dt = _float_type(lw, node.outputs[0])
+    acc = lw.operand(node.inputs[0], dt)
+    if isinstance(acc, Imm):
+        acc = lw.tensor(node.inputs[0])
+    for name in node.inputs[1:]:
+        acc = lw.ewise("ADD", [acc, lw.operand(name, dt)], dt)
+    n = len(node.inputs)
+    _out(lw, node, lw.ewise("DIV", [acc, Imm(float(n))], dt) if n > 1 else lw.ewise("MOV", [acc]))
+
+
+@op
+def CumSum(lw: Lowering, node: Node) -> None:
+    """Prefix sums along ``axis`` (input 1, a constant): y[.., j, ..] = sum_{i <= j} x[.., i, ..]
+    (exclusive: i < j; reverse: i >= j; both: i > j).
+
+    The axis is moved last and x multiplied on the MXM by the constant 0/1 matrix T[i, j] = [i <= j]
+    (or <, >=, >), in f32 whatever the precision: every output is one exact dot product rounded once
+    to f32 (per lane chunk of the axis, the chunks added in order). Integers are converted to f32 and
+    back, which is exact while |x| and every partial sum are below 2^24 (position ids, mask counts).
+    Floats differ from a sequential sum only by rounding."""
+    shape = lw.shape(node.inputs[0])
+    r = len(shape)
+    axis = _axis(int(_const_input(lw, node, 1, "the CumSum axis").reshape(())), r)
+    x = lw.tensor(node.inputs[0])
+    out_dt = _float_type(lw, node.outputs[0])
+    perm = [a for a in range(r) if a != axis] + [axis]
+    xl = _transpose(lw, x, perm)
+    n = shape[axis]
+    if r == 1:
+        xl = lw.move(xl, _idx((1, n)), (1, n))
+    i, j = np.arange(n)[:, None], np.arange(n)[None, :]
+    exclusive, reverse = int(node.attrs.get("exclusive", 0)), int(node.attrs.get("reverse", 0))
+    tri = {(0, 0): i <= j, (1, 0): i < j, (0, 1): i >= j, (1, 1): i > j}[(exclusive, reverse)]
+    t = lw.pg.const(f"{node.name}.tri", tri.astype(np.float32), "f32")
+    y = lw.matmul(lw.convert(xl, "f32"), t, tb=False, dtype="f32")
+    if DTYPES[out_dt].kind == "float":
+        # an exact zero sum of only negative-zero products (x < 0 times T's zeros: every exclusive
+        # first element) is -0 for the K lanes of the axis but +0 on the MXM, whose padding lanes add
+        # +0 products; adding +0 gives +0 in both (the reference evaluation follows the chip)
+        y = lw.ewise("ADD", [y, Imm(0.0)])
+    y = lw.convert(y, out_dt)  # back to the integers (exact) or the model's float type
+    if r == 1:
+        y = lw.move(y, _idx((n,)), (n,))
+    _out(lw, node, _transpose(lw, y, [int(a) for a in np.argsort(perm)]))
 
 
 def _last_axis(lw: Lowering, node: Node, default: int) -> None:
@@ -426,6 +571,20 @@ def Identity(lw: Lowering, node: Node) -> None:
     _out(lw, node, lw.ewise("MOV", [lw.tensor(node.inputs[0])]))
 
 
+def _transpose(lw: Lowering, x: Tensor, perm: list[int]) -> Tensor:
+    """x.transpose(perm); x itself if perm keeps every axis."""
+    shape, r = x.shape, len(x.shape)
+    if perm == list(range(r)):
+        return x
+    out_shape = tuple(shape[a] for a in perm)
+    if r > 2 and perm[-1] == r - 2 and perm[-2] == r - 1 and perm[:-2] != list(range(r - 2)):
+        # reorder the leading axes first (a row move), then swap the last two (SXM transpose)
+        first = perm[:-2] + [r - 2, r - 1]
+        mid = lw.move(x, np.transpose(_idx(shape), first), tuple(shape[a] for a in first))
+        return lw.move(mid, np.swapaxes(_idx(mid.shape), -1, -2), out_shape)
+    return lw.move(x, np.transpose(_idx(shape), perm), out_shape)
+
+
 @op
 def Transpose(lw: Lowering, node: Node) -> None:
     shape = lw.shape(node.inputs[0])
@@ -433,11 +592,7 @@ def Transpose(lw: Lowering, node: Node) -> None:
     perm = list(node.attrs.get("perm", list(range(r))[::-1]))
     x = lw.tensor(node.inputs[0])
     if r > 2 and perm[-1] == r - 2 and perm[-2] == r - 1 and perm[:-2] != list(range(r - 2)):
-        # reorder the leading axes first (a row move), then swap the last two (SXM transpose)
-        first = perm[:-2] + [r - 2, r - 1]
-        mid = lw.move(x, np.transpose(_idx(shape), first), tuple(shape[a] for a in first))
-        out_shape = lw.shape(node.outputs[0])
-        lw.bind(node.outputs[0], lw.move(mid, np.swapaxes(_idx(mid.shape), -1, -2), out_shape))
+        lw.bind(node.outputs[0], _transpose(lw, x, perm))
         return
     _move(lw, node, np.transpose(_idx(shape), perm))
 

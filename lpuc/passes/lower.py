@@ -181,10 +181,12 @@ class Lowering:
             acc = self.ewise(combine, [acc, p])
         return acc
 
-    def matmul(self, a: Tensor, b: Tensor, tb: bool) -> Tensor:
-        """a [.., M, K] @ b [.., K, N] (or b [.., N, K] with tb) on the MXM, f32 result."""
-        a = self.convert(a, self.mxm_dtype)
-        b = self.convert(b, self.mxm_dtype)
+    def matmul(self, a: Tensor, b: Tensor, tb: bool, dtype: str | None = None) -> Tensor:
+        """a [.., M, K] @ b [.., K, N] (or b [.., N, K] with tb) on the MXM, f32 result. The operands
+        are converted to ``dtype``, by default the precision's (an exact product such as a prefix
+        sum of integers asks for f32 whatever the precision)."""
+        a = self.convert(a, dtype or self.mxm_dtype)
+        b = self.convert(b, dtype or self.mxm_dtype)
         K = a.shape[-1]
         bk = b.shape[-1] if tb else (b.shape[-2] if len(b.shape) >= 2 else b.shape[0])
         if K != bk:
