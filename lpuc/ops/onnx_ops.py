@@ -669,6 +669,67 @@ def Einsum(lw: Lowering, node: Node) -> None:
     _out(lw, node, t)
 
 
+def _conv_pads(lw: Lowering, node: Node, size: list[int], kernel: list[int], strides: list[int],
+               dilations: list[int]) -> list[tuple[int, int]]:
+    """(before, after) padding of every spatial axis from ``pads`` or ``auto_pad``."""
+    n = len(size)
+    auto = node.attrs.get("auto_pad", b"NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else str(auto)
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        out = []
+        for i, k, s, d in zip(size, kernel, strides, dilations):
+            total = max(0, (-(-i // s) - 1) * s + (k - 1) * d + 1 - i)
+            small = total // 2
+            out.append((small, total - small) if auto == "SAME_UPPER" else (total - small, small))
+        return out
+    if auto == "VALID":
+        return [(0, 0)] * n
+    pads = list(node.attrs.get("pads", [0] * (2 * n)))
+    return list(zip(pads[:n], pads[n:]))
+
+
+@op
+def Conv(lw: Lowering, node: Node) -> None:
+    """y[n, m, o..] = b[m] + sum_{c, k..} x[n, c, o*s + k*d - pad_begin ..] * w[m, c, k..] (positions
+    outside x read 0), for any number of spatial axes, with strides, dilations, pads or auto_pad;
+    group 1 only.
+
+    Lowered as im2col: one index map (``lw.move``) gathers every output position's patch into a row
+    [N*O, C*K] (a padded position maps to -1, i.e. 0), which is multiplied by the weight rows
+    [M, C*K] installed as columns (tb); the bias is added and [N, O, M] transposed to [N, M, O..]. For
+    patch embeddings (kernel == stride, no padding) and 1x1 convolutions the patches do not overlap,
+    so the relayout moves every element of x once."""
+    group = int(node.attrs.get("group", 1))
+    if group != 1:
+        raise lw.unsupported(f"Conv with group={group} (only group=1 is lowered)")
+    xs = lw.shape(node.inputs[0])
+    ws = lw.shape(node.inputs[1])
+    N, C, size = xs[0], xs[1], list(xs[2:])
+    M, kernel = ws[0], list(ws[2:])
+    nd = len(size)
+    strides = list(node.attrs.get("strides", [1] * nd))
+    dilations = list(node.attrs.get("dilations", [1] * nd))
+    pads = _conv_pads(lw, node, size, kernel, strides, dilations)
+    osize = [(i + pb + pe - ((k - 1) * d + 1)) // s + 1
+             for i, k, s, d, (pb, pe) in zip(size, kernel, strides, dilations, pads)]
+    # index of x's element for every (n, c, o_1, k_1, o_2, k_2, ..), -1 in the padding
+    idx = np.pad(_idx(xs), [(0, 0), (0, 0)] + pads, constant_values=-1)
+    for a, (o, k, s, d) in enumerate(zip(osize, kernel, strides, dilations)):
+        pos = np.arange(o)[:, None] * s + np.arange(k)[None, :] * d  # [O, K] in padded coordinates
+        idx = np.take(idx, pos, axis=2 + 2 * a)
+    perm = [0] + [2 + 2 * a for a in range(nd)] + [1] + [3 + 2 * a for a in range(nd)]
+    O, CK = int(np.prod(osize)), C * int(np.prod(kernel))
+    # the images' patches as the rows of one product (a 2-D a, as for a Gemm)
+    patches = lw.move(lw.tensor(node.inputs[0]), np.transpose(idx, perm).reshape(N * O, CK), (N * O, CK))
+    w = lw.move(lw.tensor(node.inputs[1]), _idx((M, CK)), (M, CK))
+    y = lw.matmul(patches, w, tb=True)  # [N*O, M]
+    if len(node.inputs) > 2 and node.inputs[2]:
+        y = lw.ewise("ADD", [y, lw.operand(node.inputs[2], "f32")])
+    y = lw.move(y, _idx((N, O, M)), (N, O, M))  # a view
+    y = lw.move(y, np.swapaxes(_idx(y.shape), -1, -2), (N, M, O))  # an SXM transpose per image
+    _out(lw, node, lw.move(y, _idx((N, M, *osize)), (N, M, *osize)))
+
+
 # ================================================================================================
 # data movement
 # ================================================================================================
@@ -785,26 +846,16 @@ def Concat(lw: Lowering, node: Node) -> None:
     lw.bind(node.outputs[0], lw.move_many(parts, index, shape))
 
 
-@op
-def Gather(lw: Lowering, node: Node) -> None:
-    data_shape = lw.shape(node.inputs[0])
-    axis = _axis(node.attrs.get("axis", 0), len(data_shape))
-    ind = lw.const(node.inputs[1])
-    if ind is not None:
-        ind = np.where(ind < 0, ind + data_shape[axis], ind)
-        _move(lw, node, np.take(_idx(data_shape), ind, axis=axis))
-        return
-    if axis != 0 or len(data_shape) != 2:
-        raise lw.unsupported("a Gather with computed indices must pick rows (axis 0) of a 2-D table")
-    table = lw.tensor(node.inputs[0])
+def _gather_rows(lw: Lowering, node: Node, table: Tensor, ids: Tensor) -> Tensor:
+    """out[j, :] = table[ids[j], :] for a 2-D ``table`` [rows, width] and run-time ``ids`` (any shape,
+    flattened to n), on the MEM GATHER; the result [n, width] keeps the table's dtype."""
     want = table.dtype
     if table.const is not None and table.dt.kind == "float" and lw.mxm_dtype != table.dtype:
         table = lw.convert(table, lw.mxm_dtype)  # embedding tables are weights: stored in the precision
-    ids = lw.tensor(node.inputs[1])
     ids = lw.convert(ids, "i32")
     n = int(np.prod(ids.shape))
     flat = lw.move(ids, np.arange(n), (n,)) if ids.shape != (n,) else ids
-    rows, width = data_shape
+    rows, width = table.shape
     chunks = -(-width // lw.lanes)
     per_part = max(1, lw.chip.segment_words // chunks)
     if rows <= per_part or table.const is None:
@@ -821,16 +872,71 @@ def Gather(lw: Lowering, node: Node) -> None:
             parts.append(lw.pg.add("gather", [slab, ids_p], part, node.name, bound=slab.shape[0]))
         out = lw.temp(table.dtype, (n, width))
         lw.pg.add("bitor", parts, out, node.name)
-    _out(lw, node, lw.convert(out, want))
+    return lw.convert(out, want)
+
+
+def _wrapped(lw: Lowering, ids: Tensor, size: int) -> Tensor:
+    """ids + size where ids < 0 (ONNX indices count from the end when negative), in i32."""
+    ids = lw.convert(ids, "i32")
+    neg = lw.ewise("LT", [ids, Imm(0)], "i32", out_dtype="u8")
+    return lw.ewise("SELECT", [neg, lw.ewise("ADD", [ids, Imm(size)], "i32"), ids], "i32")
+
+
+@op
+def Gather(lw: Lowering, node: Node) -> None:
+    """out[a.., i.., b..] = data[a.., indices[i..], b..] along ``axis``. Constant indices are a data
+    movement; run-time indices pick rows of a table on the MEM GATHER: an embedding lookup (axis 0
+    of a 2-D table) directly, any other axis after moving it first (table [N, rest])."""
+    data_shape = lw.shape(node.inputs[0])
+    axis = _axis(node.attrs.get("axis", 0), len(data_shape))
+    ind = lw.const(node.inputs[1])
+    if ind is not None:
+        ind = np.where(ind < 0, ind + data_shape[axis], ind)
+        _move(lw, node, np.take(_idx(data_shape), ind, axis=axis))
+        return
+    table = lw.tensor(node.inputs[0])
+    ids = lw.tensor(node.inputs[1])
+    if axis == 0 and len(data_shape) == 2:  # embedding lookup: ids are checked against the table by verify
+        _out(lw, node, _gather_rows(lw, node, table, ids))
+        return
+    perm = [axis] + [a for a in range(len(data_shape)) if a != axis]
+    rows = data_shape[axis]
+    width = int(np.prod(data_shape, dtype=np.int64)) // rows
+    table = lw.move(table, np.transpose(_idx(data_shape), perm).reshape(rows, width), (rows, width))
+    got = _gather_rows(lw, node, table, _wrapped(lw, ids, rows))  # [n, rest]
+    # back to out[a.., i.., b..] from got[i.., a.. b..]
+    ishape = lw.shape(node.inputs[1])
+    pre, post = data_shape[:axis], data_shape[axis + 1:]
+    g = _idx(ishape + pre + post)
+    k, p = len(ishape), len(pre)
+    order = list(range(k, k + p)) + list(range(k)) + list(range(k + p, k + p + len(post)))
+    _out(lw, node, lw.move(got, np.transpose(g, order), lw.shape(node.outputs[0])))
 
 
 @op
 def GatherElements(lw: Lowering, node: Node) -> None:
+    """out[i, j, k] = data[i, indices[i, j, k], k] (for axis 1; likewise for any axis). Constant
+    indices are a data movement; run-time ones become flat element numbers
+    ``indices * stride(axis) + (the position's own offset without the axis)`` that pick one-element
+    rows of the flattened data on the MEM GATHER (RoBERTa's exports pick token types this way)."""
     shape = lw.shape(node.inputs[0])
-    ind = _const_input(lw, node, 1, "indices")
     axis = _axis(node.attrs.get("axis", 0), len(shape))
-    ind = np.where(ind < 0, ind + shape[axis], ind)
-    _move(lw, node, np.take_along_axis(_idx(shape), ind, axis=axis))
+    ind = lw.const(node.inputs[1])
+    if ind is not None:
+        ind = np.where(ind < 0, ind + shape[axis], ind)
+        _move(lw, node, np.take_along_axis(_idx(shape), ind, axis=axis))
+        return
+    ishape = lw.shape(node.inputs[1])
+    stride = int(np.prod(shape[axis + 1:], dtype=np.int64))
+    pos = np.indices(ishape).reshape(len(ishape), -1)
+    pos[axis] = 0
+    base = np.ravel_multi_index(tuple(pos), shape).reshape(ishape).astype(np.int32)
+    ids = _wrapped(lw, lw.tensor(node.inputs[1]), shape[axis])
+    flat = lw.ewise("ADD", [lw.ewise("MUL", [ids, Imm(stride)], "i32"),
+                           lw.pg.const(f"{node.name}.base", base, "i32")], "i32")
+    numel = int(np.prod(shape, dtype=np.int64))
+    table = lw.move(lw.tensor(node.inputs[0]), _idx((numel, 1)), (numel, 1))
+    _out(lw, node, _gather_rows(lw, node, table, flat))
 
 
 @op
