@@ -137,12 +137,15 @@ def check_inputs(g: Graph, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
     too: ONNX Gather counts them from the end of the table, the chip's GATHER does not.
     """
     missing = [n for n in g.inputs if n not in inputs]
-    if missing:
-        desc = ", ".join(f"'{n}' ({g.values[n].dtype} {list(g.values[n].shape)})" for n in missing)
-        raise InputError(f"missing input(s) {desc}; the model takes {', '.join(g.inputs)}")
     extra = sorted(set(inputs) - set(g.inputs))
-    if extra:
-        raise InputError(f"unknown input(s) {', '.join(extra)}; the model takes {', '.join(g.inputs) or 'no inputs'}")
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append("missing input(s) " + ", ".join(f"'{n}' ({g.values[n].dtype} {list(g.values[n].shape)})"
+                                                         for n in missing))
+        if extra:
+            parts.append(f"unknown input(s) {', '.join(extra)}")
+        raise InputError(f"{' and '.join(parts)}; the model takes {', '.join(g.inputs) or 'no inputs'}")
     feeds: dict[str, np.ndarray] = {}
     for name in g.inputs:
         v = g.values[name]
