@@ -133,8 +133,9 @@ def check_inputs(g: Graph, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
 
     Raises :class:`emulator.errors.InputError` with one line for a missing or unknown input, a
     wrong shape (naming the input, the expected and the given shape), a dtype that does not convert
-    exactly, or an integer id outside the table of the Gather it indexes. Negative ids are refused
-    too: ONNX Gather counts them from the end of the table, the chip's GATHER does not.
+    exactly, or an integer id outside the table of the Gather (or GatherElements) it indexes.
+    Negative ids count from the end in ONNX; they are refused for embedding lookups (Gather on axis
+    0 of a 2-D table), whose ids go to the chip's GATHER as they are, and taken elsewhere.
     """
     missing = [n for n in g.inputs if n not in inputs]
     extra = sorted(set(inputs) - set(g.inputs))
@@ -154,25 +155,55 @@ def check_inputs(g: Graph, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
             raise InputError(f"input '{name}' has shape {list(arr.shape)}, expected {list(v.shape)}")
         arr = _convert(name, arr, np.dtype(v.dtype))
         if arr.dtype.kind in "iu" and arr.size:
-            rows = _gather_limit(g, name)
-            if rows is not None:
-                _check_ids(name, arr, rows)
+            _check_ids(g, name, arr)
         feeds[name] = arr
     return feeds
 
 
-def _check_ids(name: str, ids: np.ndarray, rows: int) -> None:
-    bad = (ids < -rows) | (ids >= rows)
-    if bad.any():
-        at = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise InputError(f"input '{name}': id {int(ids[at])} at {list(at)} is outside the vocabulary of {rows} rows "
-                         f"(0..{rows - 1})")
-    neg = ids < 0
-    if neg.any():
-        at = tuple(int(i) for i in np.argwhere(neg)[0])
-        i = int(ids[at])
-        raise InputError(f"input '{name}': id {i} at {list(at)} is negative; ONNX Gather counts it from the end, "
-                         f"the chip's GATHER does not: pass {i + rows} (ids 0..{rows - 1})")
+def _index_uses(g: Graph, name: str) -> list[tuple[Any, int, int, bool]]:
+    """The Gather and GatherElements nodes a value indexes (following casts and reshapes), each as
+    (node, axis, rows along the axis, whether the program takes negative indices). A Gather on axis
+    0 of a 2-D table (an embedding lookup) sends the ids to the MEM GATHER as they are, which does
+    not count negative ids from the end; the other forms wrap them first (``lpuc/ops/onnx_ops.py``)."""
+    uses, todo, seen = [], [name], set()
+    while todo:
+        v = todo.pop()
+        if v in seen:
+            continue
+        seen.add(v)
+        for node in g.consumers(v):
+            if node.op in ("Gather", "GatherElements") and len(node.inputs) > 1 and node.inputs[1] == v:
+                shape = g.values[node.inputs[0]].shape
+                if shape is None:
+                    continue
+                axis = int(node.attrs.get("axis", 0))
+                axis = axis + len(shape) if axis < 0 else axis
+                embedding = node.op == "Gather" and axis == 0 and len(shape) == 2
+                uses.append((node, axis, int(shape[axis]), not embedding))
+            elif node.op in ("Cast", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity"):
+                todo.extend(o for o in node.outputs if o)
+    return uses
+
+
+def _check_ids(g: Graph, name: str, ids: np.ndarray) -> None:
+    """One InputError line for the first id outside the table a Gather indexes with it."""
+    for node, axis, rows, negative_ok in _index_uses(g, name):
+        bad = (ids < -rows) | (ids >= rows)
+        if not bad.any() and not negative_ok:
+            bad = ids < 0
+            if bad.any():
+                at = tuple(int(i) for i in np.argwhere(bad)[0])
+                i = int(ids[at])
+                raise InputError(f"input '{name}': id {i} at {list(at)} is negative; ONNX Gather counts it from the "
+                                 f"end, the chip's GATHER does not: pass {i + rows} (ids 0..{rows - 1})")
+        if bad.any():
+            at = tuple(int(i) for i in np.argwhere(bad)[0])
+            i = int(ids[at])
+            if negative_ok:
+                raise InputError(f"input '{name}': index {i} at {list(at)} is outside {-rows}..{rows - 1}, the "
+                                 f"{rows} entries of axis {axis} that {node.op} node '{node.name}' indexes")
+            raise InputError(f"input '{name}': id {i} at {list(at)} is outside the vocabulary of {rows} rows "
+                             f"(0..{rows - 1})")
 
 
 def compare(got: np.ndarray, want: np.ndarray, atol: float, rtol: float) -> dict[str, Any]:

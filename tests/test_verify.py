@@ -138,6 +138,36 @@ def test_negative_ids_are_refused_because_the_chip_does_not_count_from_the_end(t
     assert np.array_equal(c.run({"ids": ids + 10 * (ids < 0)})["y"], want)
 
 
+def test_indices_of_other_gathers_may_be_negative_but_not_outside_the_axis(tmp_path):
+    """Gather on another axis and GatherElements wrap negative indices before the chip's GATHER
+    (lpuc/ops/onnx_ops.py), so only indices outside -n..n-1 are refused."""
+    from lpuc.passes.fold_constants import fold_constants
+    from lpuc.passes.import_onnx import import_onnx
+
+    nodes = [helper.make_node("Gather", ["data", "ind"], ["g"], axis=1, name="pick"),
+             helper.make_node("GatherElements", ["data", "el"], ["e"], axis=-1, name="elems")]
+    m = helper.make_model(helper.make_graph(
+        nodes, "g",
+        [helper.make_tensor_value_info("data", TensorProto.FLOAT, [2, 6, 5]),
+         helper.make_tensor_value_info("ind", TensorProto.INT64, [3]),
+         helper.make_tensor_value_info("el", TensorProto.INT64, [2, 6, 2])],
+        [helper.make_tensor_value_info("g", TensorProto.FLOAT, [2, 3, 5]),
+         helper.make_tensor_value_info("e", TensorProto.FLOAT, [2, 6, 2])]),
+        opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    g = fold_constants(import_onnx(m))
+    data = np.zeros((2, 6, 5), np.float32)
+    el = np.full((2, 6, 2), -5, np.int64)
+    feeds = check_inputs(g, {"data": data, "ind": np.array([-6, 0, 5]), "el": el})
+    assert feeds["ind"].tolist() == [-6, 0, 5]
+    with pytest.raises(InputError, match=r"input 'ind': index 6 at \[2\] is outside -6..5, the 6 entries of axis 1 "
+                                         r"that Gather node 'pick' indexes"):
+        check_inputs(g, {"data": data, "ind": np.array([-6, 0, 6]), "el": el})
+    el[1, 2, 0] = -6
+    with pytest.raises(InputError, match=r"input 'el': index -6 at \[1, 2, 0\] is outside -5..4, the 5 entries of "
+                                         r"axis 2 that GatherElements node 'elems' indexes"):
+        check_inputs(g, {"data": data, "ind": np.array([0, 1, 2]), "el": el})
+
+
 # ------------------------------------------------------------------------------------------------ b. nan and inf
 def test_nan_and_inf_inputs_verify_when_the_outputs_match(tmp_path):
     x = np.random.default_rng(0).standard_normal((4, 32)).astype(np.float32)
