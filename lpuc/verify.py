@@ -275,7 +275,7 @@ def verify(c: Compiled, model_path: "str | Path | onnx.ModelProto", precision: s
         ort_out = sess.run(None, {k: feeds[k] for k in (i.name for i in sess.get_inputs())})
     except Exception as e:  # onnxruntime's own errors are one-line input problems for the user
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(f"onnxruntime rejects the inputs: {first}") from e
+        raise InputError(f"onnxruntime fails on these inputs: {first}") from e
     onnxruntime_s = time.perf_counter() - t0
     ref = run_reference(c.prims, feeds, c.chip.lanes)
     atol, rtol = TOLERANCE[precision]

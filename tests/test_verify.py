@@ -28,11 +28,21 @@ def lpuc(*args: str) -> subprocess.CompletedProcess:
 
 
 def _bad(args: list[str], needle: str) -> str:
+    """``python -m lpuc ARGS`` exits with 2 and prints one line, no traceback."""
     r = lpuc(*args)
     assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
     assert needle in r.stderr, r.stderr
     assert "Traceback" not in r.stderr and r.stderr.count("\n") == 1, r.stderr
     return r.stderr
+
+
+def _bad_in_process(args: list[str], needle: str, capsys: pytest.CaptureFixture) -> None:
+    """The same through ``lpuc.cli.main`` (no interpreter start-up per call)."""
+    from lpuc.cli import main
+
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1, err
 
 
 def _embedding_model(path: Path, rows: int = 10, width: int = 16, ids_type: int = TensorProto.INT64) -> str:
@@ -64,16 +74,17 @@ def test_int32_token_ids_verify_against_an_int64_model(tmp_path):
     assert r.returncode == 0 and "VERIFIED" in r.stdout, r.stdout + r.stderr
 
 
-def test_float_ids_wrong_shape_unknown_and_missing_inputs_are_one_line(tmp_path):
+def test_float_ids_wrong_shape_unknown_and_missing_inputs_are_one_line(tmp_path, capsys):
     model = _embedding_model(tmp_path / "emb.onnx")
     ids = np.array([[1, 2, 3, 4]], np.int64)
     _bad(["verify", model, "--inputs", _npz(tmp_path / "f.npz", ids=ids.astype(np.float32))],
          "input 'ids' has dtype float32, expected int64")
-    _bad(["verify", model, "--inputs", _npz(tmp_path / "s.npz", ids=ids[:, :3])],
-         "input 'ids' has shape [1, 3], expected [1, 4]")
-    _bad(["verify", model, "--inputs", _npz(tmp_path / "u.npz", ids=ids, mask=ids)], "unknown input(s) mask")
-    _bad(["verify", model, "--inputs", _npz(tmp_path / "m.npz", other=ids)],
-         "missing input(s) 'ids' (int64 [1, 4]) and unknown input(s) other; the model takes ids")
+    _bad_in_process(["verify", model, "--inputs", _npz(tmp_path / "s.npz", ids=ids[:, :3])],
+                    "input 'ids' has shape [1, 3], expected [1, 4]", capsys)
+    _bad_in_process(["verify", model, "--inputs", _npz(tmp_path / "u.npz", ids=ids, mask=ids)],
+                    "unknown input(s) mask", capsys)
+    _bad_in_process(["verify", model, "--inputs", _npz(tmp_path / "m.npz", other=ids)],
+                    "missing input(s) 'ids' (int64 [1, 4]) and unknown input(s) other; the model takes ids", capsys)
 
 
 def test_check_inputs_converts_only_exact_values():
@@ -106,14 +117,16 @@ def test_ids_outside_the_vocabulary_are_named_before_running(tmp_path):
     assert "hazard" not in err
 
 
-def test_ids_through_cast_and_reshape_are_checked(tmp_path):
+def test_ids_through_cast_and_reshape_are_checked(tmp_path, capsys):
+    from lpuc.cli import main
+
     model = _embedding_model(tmp_path / "emb.onnx")
-    _bad(["verify", model, "--inputs", _npz(tmp_path / "oov.npz", ids=np.array([[1, 2, 10, 4]], np.int64))],
-         "input 'ids': id 10 at [0, 2] is outside the vocabulary of 10 rows (0..9)")
-    _bad(["verify", model, "--inputs", _npz(tmp_path / "neg.npz", ids=np.array([[1, -11, 3, 4]], np.int64))],
-         "input 'ids': id -11 at [0, 1] is outside the vocabulary of 10 rows (0..9)")
-    r = lpuc("verify", model, "--inputs", _npz(tmp_path / "ok.npz", ids=np.array([[0, 9, 3, 9]], np.int32)))
-    assert r.returncode == 0 and "VERIFIED" in r.stdout, r.stdout + r.stderr
+    _bad_in_process(["verify", model, "--inputs", _npz(tmp_path / "oov.npz", ids=np.array([[1, 2, 10, 4]], np.int64))],
+                    "input 'ids': id 10 at [0, 2] is outside the vocabulary of 10 rows (0..9)", capsys)
+    _bad_in_process(["verify", model, "--inputs", _npz(tmp_path / "n.npz", ids=np.array([[1, -11, 3, 4]], np.int64))],
+                    "input 'ids': id -11 at [0, 1] is outside the vocabulary of 10 rows (0..9)", capsys)
+    assert main(["verify", model, "--inputs", _npz(tmp_path / "ok.npz", ids=np.array([[0, 9, 3, 9]], np.int32))]) == 0
+    assert "VERIFIED" in capsys.readouterr().out
 
 
 def test_negative_ids_are_refused_because_the_chip_does_not_count_from_the_end(tmp_path):
