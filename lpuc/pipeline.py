@@ -39,6 +39,11 @@ PASSES = ("import", "fold", "lower", "heads", "tile", "mirror", "allocate", "sch
 
 @dataclass
 class Compiled:
+    """A compiled model: ``program`` (the ``.lpu`` program), the IR after each stage (``graph``,
+    ``prims``, ``tasks``, ``alloc``, ``sched``), ``roofline``, ``chip`` and compile times.
+    ``cycles``, ``latency_us``, ``roofline_cycles``, ``save(path)`` and ``run(inputs)`` are the
+    conveniences of the Python API (``lpuc.compile``)."""
+
     program: Program
     graph: Graph
     prims: PrimGraph
