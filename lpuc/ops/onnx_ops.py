@@ -172,10 +172,8 @@ def Mod(lw: Lowering, node: Node) -> None:
     dt = _float_type(lw, node.inputs[0])
     fmod = int(node.attrs.get("fmod", 0))
     if DTYPES[dt].kind == "float":
-        if not fmod:
-            raise lw.unsupported("Mod with fmod=0 on floating-point values (ONNX requires fmod=1 for floats)")
-        raise lw.unsupported("Mod (fmod=1) on floating-point values: a - trunc(a/b)*b rounds twice on the VXM "
-                             "and is not exact (integer Mod is supported)")
+        raise lw.unsupported(f"Mod (fmod={fmod}) on floating-point values: a - trunc(a/b)*b rounds twice on the "
+                             f"VXM and is not exact (integer Mod is supported)")
     a = lw.operand(node.inputs[0], dt)
     b = lw.operand(node.inputs[1], dt)
     if isinstance(a, Imm):
