@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+# one SRAM figure, labelled alike by ``lpuc run`` (the words the run wrote) and ``lpuc compile`` (the
+# words its allocation gives out): the program's footprint
+SRAM_LABEL = "sram footprint     "
+SRAM_MEANING = "distinct SRAM words holding any tensor, inputs and constants included"
+
 
 def format_report(stats: dict[str, Any], chip_name: str) -> str:
     lines = [
@@ -13,8 +18,9 @@ def format_report(stats: dict[str, Any], chip_name: str) -> str:
         f"host transfer      {stats['host_in_us']:.3f} us in + {stats['host_out_us']:.3f} us out "
         f"(PCIe model, not in the cycle count)",
         f"instructions       {stats['instructions']}",
-        "sram used          " + ", ".join(f"chip {c}: {b:,} B of {stats['sram_capacity']:,} B"
-                                          for c, b in enumerate(stats["sram_bytes"])),
+        SRAM_LABEL + ", ".join(f"{f'chip {c}: ' if len(stats['sram_bytes']) > 1 else ''}{b:,} B of "
+                               f"{stats['sram_capacity']:,} B" for c, b in enumerate(stats["sram_bytes"]))
+        + f" ({SRAM_MEANING})",
         "unit               busy cycles   utilization",
     ]
     for unit, u in stats["units"].items():

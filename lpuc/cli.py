@@ -22,30 +22,149 @@ class UsageError(ValueError):
     """Bad command-line input."""
 
 
-def _atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file in the same folder, so no partial output is ever left."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent if str(path.parent) else ".")
-    os.close(fd)
+def _umask() -> int:
+    """The process umask (reading it means setting it: set it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _write_all(outputs: list[tuple[str | Path, Callable[[Path], None]]]) -> None:
+    """Write every output through a temporary file in its folder, then move them all in place: a
+    failure while producing any of them leaves none of them behind (no partial file, and no
+    ``-o`` file without its ``--emit-asm``). Files get the permissions ``open()`` would give them
+    (0666 less the umask), not mkstemp's private 0600."""
+    mode = 0o666 & ~_umask()
+    temps: list[tuple[str, Path]] = []
     try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        for path, write in outputs:
+            path = Path(path)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent if str(path.parent) else ".")
+            os.close(fd)
+            temps.append((tmp, path))
+            write(Path(tmp))
+            os.chmod(tmp, mode)
+        moved: list[Path] = []
+        try:
+            for tmp, path in temps:
+                os.replace(tmp, path)
+                moved.append(path)
+        except BaseException:
+            for path in moved:  # all or nothing: take back the outputs already moved in
+                path.unlink(missing_ok=True)
+            raise
+    finally:
+        for tmp, _ in temps:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+def _atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
+    """Write one output through a temporary file in the same folder, so no partial output is ever left."""
+    _write_all([(path, write)])
+
+
+def _check_outputs(outputs: list[tuple[str, str | None]], inputs: list[str] = ()) -> None:
+    """Refuse output paths that cannot be written, before any work is done (a compile can take
+    minutes). ``outputs`` are (option, path or None) pairs; ``inputs`` the files the command reads,
+    which an output must not overwrite."""
+    seen: dict[str, str] = {str(Path(i).resolve()): "the input" for i in inputs}
+    for opt, path in outputs:
+        if not path:
+            continue
+        p = Path(path)
+        folder = p.parent if str(p.parent) else Path(".")
+        if p.is_dir():
+            raise UsageError(f"{opt} {path}: is a directory; give a file name, e.g. {p / 'out'}")
+        if not folder.is_dir():
+            raise UsageError(f"{opt} {path}: folder {folder} does not exist; create it first or write elsewhere")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise UsageError(f"{opt} {path}: cannot write in folder {folder} (permission denied)")
+        key = str(p.resolve())
+        if key in seen:
+            raise UsageError(f"{opt} {path}: is also {seen[key]}; give a different file name")
+        seen[key] = opt
+
+
+def _check_input(path: str, what: str) -> None:
+    """One clear line for an input file that is missing or a directory."""
+    p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"{path}: is a directory; give {what}")
+    if not p.exists():
+        raise UsageError(f"{path}: no such file")
+
+
+class _Progress:
+    """One status line on stderr while a long command works (``compiling: schedule (8/9 passes) 3.2 s``),
+    rewritten in place every half second and erased at the end. Only when stderr is a terminal:
+    redirected output and logs never see it. An empty label shows nothing (the emulator draws its own
+    progress bar while it runs)."""
+
+    def __init__(self, enabled: bool | None = None, delay: float = 1.0):
+        import threading
+
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.label = ""
+        self.t0 = time.perf_counter()
+        self.delay = delay  # quick commands print nothing
+        self._shown = False
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if self.enabled:
+            self._thread = threading.Thread(target=self._tick, daemon=True)
+
+    def __enter__(self) -> "_Progress":
+        if self._thread is not None:
+            self._thread.start()
+        return self
+
+    def set(self, label: str) -> None:
+        with self._lock:
+            self.label = label
+            if not label:
+                self._erase()
+
+    def compile_step(self, name: str, index: int, total: int) -> None:
+        """The pipeline's progress callback: pass ``name`` (``index`` of ``total``) is starting."""
+        self.set(f"compiling: {name} ({index}/{total} passes)")
+
+    def _erase(self) -> None:
+        if self._shown:
+            sys.stderr.write("\r\033[K")  # what follows starts on a clean line
+            sys.stderr.flush()
+            self._shown = False
+
+    def _tick(self) -> None:
+        while not self._stop.wait(0.5):
+            with self._lock:
+                elapsed = time.perf_counter() - self.t0
+                if elapsed >= self.delay and self.label:
+                    sys.stderr.write(f"\r{self.label} {elapsed:.1f} s\033[K")
+                    sys.stderr.flush()
+                    self._shown = True
+
+    def __exit__(self, *exc: object) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            with self._lock:
+                self._erase()
 
 
 def _load_program(path: str):
     from isa.asm import assemble_file
     from isa.program import Program
 
+    _check_input(path, "a .lpu or .s program file")
     if path.endswith(".s"):
         return assemble_file(path)
     return Program.load(path)
 
 
 def _load_npz(path: str) -> dict[str, np.ndarray]:
+    _check_input(path, "an .npz file")
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
@@ -55,12 +174,49 @@ def _load_npz(path: str) -> dict[str, np.ndarray]:
         raise UsageError(f"{path}: not a readable .npz file ({e})") from None
 
 
+#: program meta key written by ``lpuc compile``: integer input -> rows of the Gather table it indexes,
+#: so that ``lpuc run`` can draw valid random ids without the model
+INPUT_ROWS = "input_rows"
+
+
+def random_inputs(prog, seed: int) -> dict[str, np.ndarray]:
+    """Random inputs in valid ranges for a program's inputs, as ``lpuc verify`` makes them: floats
+    standard normal (drawn in the chip's type, so they convert exactly), bools 0 or 1, integer ids
+    below the rows of the table they index when the program records it (``INPUT_ROWS``), else 0 or 1."""
+    rng = np.random.default_rng(seed)
+    rows = prog.meta.get(INPUT_ROWS) or {}
+    feeds = {}
+    for t in prog.io("input"):
+        host = np.dtype(t.host_dtype) if t.host_dtype else t.dt.np
+        if host.kind == "b":
+            feeds[t.name] = rng.integers(0, 2, t.shape).astype(bool)
+        elif host.kind in "iu":
+            feeds[t.name] = rng.integers(0, int(rows.get(t.name) or 2), t.shape).astype(host)
+        else:
+            feeds[t.name] = rng.standard_normal(t.shape).astype(t.dt.np).astype(host)
+    return feeds
+
+
+def _describe_inputs(prog, feeds: dict[str, np.ndarray], seed: int) -> str:
+    rows = prog.meta.get(INPUT_ROWS) or {}
+    parts = []
+    for name, v in feeds.items():
+        if v.dtype.kind == "b" or v.dtype.kind in "iu":
+            rng = f"0..{int(rows.get(name) or 2) - 1}"
+        else:
+            rng = "standard normal"
+        parts.append(f"{name} {v.dtype} {list(v.shape)} {rng}")
+    return f"inputs             random (--seed {seed}): " + ("; ".join(parts) or "none")
+
+
 # ------------------------------------------------------------------------------------------------
 def cmd_asm(args: argparse.Namespace) -> int:
     from isa.asm import assemble_file
 
-    prog = assemble_file(args.source)
+    _check_input(args.source, "an assembly .s file")
     out = args.output or str(Path(args.source).with_suffix(".lpu"))
+    _check_outputs([("-o", out)], [args.source])
+    prog = assemble_file(args.source)
     blob = prog.to_bytes()
     _atomic_write(out, lambda p: p.write_bytes(blob))
     print(f"{out}: {prog.instruction_count} instructions, {len(blob)} bytes")
@@ -71,6 +227,8 @@ def cmd_disasm(args: argparse.Namespace) -> int:
     from isa.asm import disassemble
     from isa.program import Program
 
+    _check_input(args.program, "a .lpu program file")
+    _check_outputs([("-o", args.output)], [args.program])
     text = disassemble(Program.load(args.program), with_data=not args.no_data)
     if args.output:
         _atomic_write(args.output, lambda p: p.write_text(text))
@@ -84,22 +242,37 @@ def cmd_run(args: argparse.Namespace) -> int:
     from emulator.report import format_report
     from emulator.trace import trace_events
 
+    _check_input(args.program, "a .lpu or .s program file")
+    _check_outputs([("-o", args.output), ("--trace", args.trace)], [args.program] + ([args.inputs] if args.inputs else []))
     prog = _load_program(args.program)
-    inputs = _load_npz(args.inputs) if args.inputs else {}
-    t0 = time.perf_counter()
-    em = Emulator(prog, strict=not args.no_strict)
-    result = em.run(inputs)
-    secs = time.perf_counter() - t0
-    if args.output:
-        _atomic_write(args.output, lambda p: np.savez(open(p, "wb"), **result.outputs))
-    if args.trace:
-        events = trace_events(em)
-        _atomic_write(args.trace, lambda p: p.write_text(json.dumps(events)))
-    if args.json:
-        print(json.dumps({**result.stats, "emulate_s": secs,
-                          "outputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype)}
-                                      for k, v in result.outputs.items()}}, indent=2))
+    if args.inputs:
+        inputs = _load_npz(args.inputs)
     else:
+        inputs = random_inputs(prog, args.seed)
+    t0 = time.perf_counter()
+    with _Progress() as progress:
+        progress.set("emulating: set-up")
+        em = Emulator(prog, strict=not args.no_strict)
+        progress.set("")  # the emulator's own progress bar
+        result = em.run(inputs)
+        secs = time.perf_counter() - t0
+        outputs: list[tuple[str | Path, Callable[[Path], None]]] = []
+        if args.output:
+            outputs.append((args.output, lambda p: _save_npz(p, result.outputs)))
+        if args.trace:
+            progress.set("writing the trace")
+            text = json.dumps(trace_events(em))
+            outputs.append((args.trace, lambda p: p.write_text(text)))
+        _write_all(outputs)
+    if args.json:
+        doc = {**result.stats, "emulate_s": secs,
+               "outputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in result.outputs.items()}}
+        if not args.inputs:
+            doc["random_inputs_seed"] = args.seed
+        print(json.dumps(doc, indent=2))
+    else:
+        if not args.inputs:
+            print(_describe_inputs(prog, inputs, args.seed))
         print(format_report(result.stats, prog.chip.name))
         print(f"emulated in        {secs:.3f} s")
         for h in result.hazards[:10]:
@@ -109,6 +282,11 @@ def cmd_run(args: argparse.Namespace) -> int:
                 print(f"output {name} {v.dtype} {list(v.shape)}:")
                 print(np.array2string(v, threshold=64, edgeitems=3, precision=6))
     return 0
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    with open(path, "wb") as f:  # a file object: np.savez would append .npz to a temporary name
+        np.savez(f, **arrays)
 
 
 def _input_shapes(items: list[str] | None) -> dict[str, tuple[int, ...]]:
@@ -126,16 +304,39 @@ def _input_shapes(items: list[str] | None) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _compile(args: argparse.Namespace, out=sys.stdout):
+def _compile(args: argparse.Namespace, progress: "_Progress | None" = None, out=sys.stdout):
     from isa.config import load_chip
     from lpuc.pipeline import compile_model
 
     chip = load_chip(args.chip)
+    # no progress line around --dump-after: the dump goes to the same terminal
+    step = progress.compile_step if progress is not None and progress.enabled and not args.dump_after else None
     return compile_model(args.model, chip, precision=args.precision, scheduler=args.scheduler,
-                         input_shapes=_input_shapes(args.input_shape), dump_after=args.dump_after, out=out)
+                         input_shapes=_input_shapes(args.input_shape), dump_after=args.dump_after, out=out,
+                         progress=step)
+
+
+def sram_footprint(c) -> int:
+    """Bytes of SRAM the program occupies: distinct words (slice, address) holding any tensor at any
+    time, times the bytes of a word. The same figure ``lpuc run`` reports as the words the run wrote
+    (the emulator's ``sram_bytes``), so compile and run agree."""
+    words: dict[str, list[tuple[int, int]]] = {}
+    for t in c.tasks.tensors:
+        for v0, v1, planes in t.segments:
+            for sname, addr in planes:
+                words.setdefault(sname, []).append((addr, addr + v1 - v0))
+    total = 0
+    for spans in words.values():
+        end = -1
+        for a0, a1 in sorted(spans):  # union of intervals
+            if a1 > end:
+                total += a1 - max(a0, end)
+                end = a1
+    return total * c.chip.lanes
 
 
 def _summary(c) -> str:
+    from emulator.report import SRAM_LABEL, SRAM_MEANING
     from isa.timing import program_busy, utilization
 
     prog = c.program
@@ -143,7 +344,6 @@ def _summary(c) -> str:
     busy, _ = program_busy(prog.queues, c.chip)
     util = utilization(c.chip, 1, busy, cycles)
     rl = c.roofline
-    used = c.alloc.used_bytes
     lines = [
         f"model              {prog.meta.get('model')} ({len(c.graph.nodes)} ONNX nodes after folding, "
         f"{len(c.prims.prims)} primitives, {len(c.tasks.tasks)} tasks)",
@@ -154,8 +354,8 @@ def _summary(c) -> str:
         f"roofline bound     {rl.cycles} cycles, bound by {rl.bound_by}; predicted / bound = "
         f"{cycles / max(rl.cycles, 1):.2f}",
         "                   " + ", ".join(f"{k} {v}" for k, v in rl.parts.items()),
-        f"sram               peak live {c.alloc.peak_bytes:,} B of {c.chip.sram_bytes:,} B "
-        f"({used:,} B of tensors in all, sharing freed space)",
+        SRAM_LABEL + f"{sram_footprint(c):,} B of {c.chip.sram_bytes:,} B ({SRAM_MEANING}; "
+        f"at most {c.alloc.peak_bytes:,} B of tensors live at once)",
         "utilization        " + ", ".join(f"{u} {100 * v['utilization']:.1f}%" for u, v in util.items()
                                           if u not in ("C2C", "ICU")),
         f"compile time       {c.seconds:.2f} s",
@@ -166,16 +366,48 @@ def _summary(c) -> str:
 def cmd_compile(args: argparse.Namespace) -> int:
     from isa.asm import disassemble
 
-    c = _compile(args)
+    _check_input(args.model, "the .onnx model file in it")
     out = args.output or str(Path(args.model).with_suffix(".lpu"))
-    blob = c.program.to_bytes()
-    text = disassemble(c.program) if args.emit_asm else None
-    _atomic_write(out, lambda p: p.write_bytes(blob))
-    if text is not None:
-        _atomic_write(args.emit_asm, lambda p: p.write_text(text))
+    _check_outputs([("-o", out), ("--emit-asm", args.emit_asm)], [args.model])
+    with _Progress() as progress:
+        c = _compile(args, progress)
+        progress.set("writing")
+        _record_input_rows(c)
+        blob = c.program.to_bytes()
+        outputs: list[tuple[str | Path, Callable[[Path], None]]] = [(out, lambda p: p.write_bytes(blob))]
+        if args.emit_asm:
+            text = disassemble(c.program)
+            outputs.append((args.emit_asm, lambda p: p.write_text(text)))
+        _write_all(outputs)
     print(_summary(c))
     print(f"wrote              {out}" + (f" and {args.emit_asm}" if args.emit_asm else ""))
     return 0
+
+
+def _record_input_rows(c) -> None:
+    """Note in the program which integer inputs index a table, and its rows (``INPUT_ROWS``)."""
+    from lpuc.verify import _gather_limit
+
+    rows = {}
+    for t in c.program.io("input"):
+        v = c.graph.values.get(t.name)
+        if v is not None and v.dtype.kind in "iu":
+            n = _gather_limit(c.graph, t.name)
+            if n:
+                rows[t.name] = int(n)
+    if rows:
+        c.program.meta[INPUT_ROWS] = rows
+
+
+def _error_line(o: dict) -> str:
+    """One output's comparison with onnxruntime. The tolerance is elementwise,
+    ``|err| <= atol + rtol*|ref|``; the worst element's share of its own tolerance says how close the
+    output came to failing (a max relative error alone is dominated by elements near zero)."""
+    text = (f"max |err| {o['max_abs_err']:.3e} vs onnxruntime; tolerance |err| <= {o['atol']:g} + "
+            f"{o['rtol']:g}*|ref|")
+    if o.get("worst_tol_ratio") is not None:
+        text += f", worst element at {o['worst_tol_ratio']:.2f} of its tolerance"
+    return text + f": {'ok' if o['ok'] else 'FAIL'}"
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -183,10 +415,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     from lpuc.verify import verify
 
+    _check_input(args.model, "the .onnx model file in it")
     buf = io.StringIO()
-    c = _compile(args, out=buf if args.json else sys.stdout)
     inputs = _load_npz(args.inputs) if args.inputs else None
-    v = verify(c, args.model, args.precision, inputs, args.seed)
+    with _Progress() as progress:
+        c = _compile(args, progress, out=buf if args.json else sys.stdout)
+        progress.set("")  # the emulator shows its own progress bar
+        v = verify(c, args.model, args.precision, inputs, args.seed)
     r = v.report
     if args.json:
         print(json.dumps(r, indent=2))
@@ -196,8 +431,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
           f"{'equal' if r['emulated_cycles'] == r['predicted_cycles'] else 'DIFFERENT'})")
     print(f"bit-exact          {'yes' if r['bit_exact'] else 'NO'} (emulator vs the compiler's reference evaluation)")
     for name, o in r["outputs"].items():
-        print(f"output {name:<12} max |err| {o['max_abs_err']:.3e}, max rel {o['max_rel_err']:.3e} vs onnxruntime "
-              f"(atol {o['atol']:g}, rtol {o['rtol']:g}): {'ok' if o['ok'] else 'FAIL'}")
+        print(f"output {name:<12} {_error_line(o)}")
     print(f"times              compile {r['compile_s']:.2f} s, emulate {r['emulate_s']:.2f} s, "
           f"onnxruntime {r['onnxruntime_s'] * 1e3:.1f} ms")
     print("VERIFIED" if v.ok else "FAILED")
@@ -221,26 +455,52 @@ def cmd_chips(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lpuc", description="Compiler and emulator for a virtual LPU.")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = p.add_subparsers(dest="command", required=True)
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows "(default: X)" after every option that has a default (not after flags and options
+    whose help already says what happens without them)."""
 
-    a = sub.add_parser("asm", help="assemble a .s file into a .lpu program")
-    a.add_argument("source")
-    a.add_argument("-o", "--output")
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or action.default is argparse.SUPPRESS \
+                or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from lpuc import __version__
+
+    # --debug is accepted before and after the command (``lpuc --debug run x`` and ``lpuc run x --debug``);
+    # SUPPRESS keeps a subcommand that did not get it from resetting the main parser's value
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the traceback of an error")
+    p = argparse.ArgumentParser(prog="lpuc", description="Compiler and emulator for a virtual LPU.",
+                                formatter_class=_HelpFormatter)
+    p.add_argument("--version", action="version", version=f"lpuc {__version__}")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".",
+                              parents=[debug], formatter_class=_HelpFormatter)
+
+    a = command("asm", "assemble a .s file into a .lpu program")
+    a.add_argument("source", help="assembly file")
+    a.add_argument("-o", "--output", help="program file to write (default: the source with .lpu)")
     a.set_defaults(fn=cmd_asm)
 
-    d = sub.add_parser("disasm", help="print a .lpu program as assembly")
-    d.add_argument("program")
-    d.add_argument("-o", "--output")
+    d = command("disasm", "print a .lpu program as assembly")
+    d.add_argument("program", help=".lpu program file")
+    d.add_argument("-o", "--output", help="write the assembly to this file (default: print it)")
     d.add_argument("--no-data", action="store_true", help="elide constant data (the text no longer assembles)")
     d.set_defaults(fn=cmd_disasm)
 
-    r = sub.add_parser("run", help="emulate a .lpu (or .s) program")
-    r.add_argument("program")
-    r.add_argument("--inputs", help=".npz with one array per program input")
-    r.add_argument("-o", "--output", help="write the outputs to this .npz")
+    r = command("run", "emulate a .lpu (or .s) program")
+    r.add_argument("program", help=".lpu program or .s assembly file")
+    r.add_argument("--inputs", help=".npz with one array per program input (default: random inputs in valid "
+                                    "ranges, drawn with --seed)")
+    r.add_argument("--seed", type=int, default=0, help="seed of the random inputs when --inputs is not given")
+    r.add_argument("-o", "--output", help="write the outputs to this .npz (default: print them)")
     r.add_argument("--trace", help="write a Chrome trace-event JSON timeline")
     r.add_argument("--no-strict", action="store_true", help="run through hazards like the hardware would")
     r.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -249,29 +509,30 @@ def build_parser() -> argparse.ArgumentParser:
     def compile_options(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("model", help="ONNX model (external data next to it is loaded)")
         sp.add_argument("--chip", default="lpu-v1", help="chip config: tiny, lpu-v1 or a .toml path")
-        sp.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+        sp.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
+                        help="type of the weights and matrix inputs")
         sp.add_argument("--input-shape", action="append", metavar="NAME=D1xD2",
                         help="fix a dynamic input shape, e.g. input_ids=1x128 (repeatable)")
-        sp.add_argument("--scheduler", default="list", choices=["list", "asap", "naive"])
+        sp.add_argument("--scheduler", default="list", choices=["list", "asap", "naive"], help="instruction scheduler")
         sp.add_argument("--dump-after", metavar="PASS",
                         help="print the IR after a pass: import, fold, lower, heads, tile, mirror, allocate, schedule, "
                              "codegen")
 
-    cp = sub.add_parser("compile", help="compile an ONNX model to a .lpu program")
+    cp = command("compile", "compile an ONNX model to a .lpu program")
     compile_options(cp)
-    cp.add_argument("-o", "--output")
+    cp.add_argument("-o", "--output", help="program file to write (default: the model with .lpu)")
     cp.add_argument("--emit-asm", metavar="FILE.s", help="also write the program as assembly")
     cp.set_defaults(fn=cmd_compile)
 
-    vp = sub.add_parser("verify", help="compile, emulate and check against onnxruntime")
+    vp = command("verify", "compile, emulate and check against onnxruntime")
     compile_options(vp)
     vp.add_argument("--inputs", help=".npz of inputs (default: random, valid ranges)")
-    vp.add_argument("--seed", type=int, default=0)
+    vp.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     vp.add_argument("--json", action="store_true", help="print one JSON object")
     vp.set_defaults(fn=cmd_verify)
 
-    c = sub.add_parser("chips", help="list chip configs, or show one chip's floorplan")
-    c.add_argument("chip", nargs="?")
+    c = command("chips", "list chip configs, or show one chip's floorplan")
+    c.add_argument("chip", nargs="?", help="chip name or .toml path (default: list them all)")
     c.set_defaults(fn=cmd_chips)
     return p
 

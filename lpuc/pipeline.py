@@ -21,7 +21,7 @@ from isa.config import ChipConfig
 from isa.program import Program
 from lpuc.errors import CompileError
 from lpuc.ir import Graph
-from lpuc.passes.allocate import Allocation, allocate
+from lpuc.passes.allocate import Allocation, allocate, check_weights_fit
 from lpuc.passes.codegen import codegen
 from lpuc.passes.fold_constants import fold_constants
 from lpuc.passes.import_onnx import import_onnx
@@ -97,7 +97,9 @@ def dump_graph(g: Graph) -> str:
 
 def compile_model(path: "str | Path | onnx.ModelProto", chip: ChipConfig, precision: str = "fp32", scheduler: str = "list",
                   input_shapes: dict[str, tuple[int, ...]] | None = None, dump_after: str | None = None,
-                  out: TextIO = sys.stdout) -> Compiled:
+                  out: TextIO = sys.stdout, progress: Callable[[str, int, int], None] | None = None) -> Compiled:
+    """Compile an ONNX model (a path or a ModelProto) for ``chip``. ``progress(name, k, n)``, if
+    given, is called as pass ``name`` (the k-th of n) starts (``lpuc`` shows it on a terminal)."""
     if precision not in PRECISIONS:
         raise CompileError(f"unknown precision '{precision}'; choose one of {', '.join(PRECISIONS)}")
     if scheduler not in SCHEDULERS:
@@ -108,6 +110,8 @@ def compile_model(path: "str | Path | onnx.ModelProto", chip: ChipConfig, precis
     t_all = time.perf_counter()
 
     def step(name: str, fn: Callable[[], Any], dump: Callable[[Any], str]) -> Any:
+        if progress is not None:
+            progress(name, PASSES.index(name) + 1, len(PASSES))
         t0 = time.perf_counter()
         result = fn()
         times[name] = time.perf_counter() - t0
@@ -117,6 +121,7 @@ def compile_model(path: "str | Path | onnx.ModelProto", chip: ChipConfig, precis
 
     g = step("import", lambda: import_onnx(path, input_shapes), dump_graph)
     g = step("fold", lambda: fold_constants(g), dump_graph)
+    check_weights_fit(g, chip, precision)  # a model far too big is refused before the expensive passes
     pg = step("lower", lambda: lower(g, chip, precision), lambda r: r.dump())
     pg = step("heads", lambda: heads(pg, chip), lambda r: r.dump())
     tg = step("tile", lambda: tile(pg, chip), lambda r: r.dump())

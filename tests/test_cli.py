@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -114,7 +117,8 @@ def test_hazard_exits_2_and_writes_nothing(tmp_path):
 def test_inputs_checked(tmp_path):
     src = tmp_path / "in.s"
     src.write_text(_with_input_x())
-    missing = lpuc("run", str(src))
+    np.savez(tmp_path / "none.npz")  # no arrays
+    missing = lpuc("run", str(src), "--inputs", str(tmp_path / "none.npz"))
     assert missing.returncode == 2 and "missing input 'x'" in missing.stderr
     np.savez(tmp_path / "bad.npz", x=np.zeros((3, 16), np.float32))
     r = lpuc("run", str(src), "--inputs", str(tmp_path / "bad.npz"))
@@ -135,3 +139,215 @@ def _with_input_x() -> str:
             line = ".tensor x input f32 [4, 16] planes=MEM_W0@0,MEM_W1@0,MEM_W2@0,MEM_W3@0"
         lines.append(line)
     return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------------------ issue 12
+MLP = ROOT / "examples" / "models" / "mlp_tiny.onnx"
+GPT2 = ROOT / "examples" / "models" / "gpt2_tiny.onnx"
+
+
+def _one_line_error(r: subprocess.CompletedProcess, needle: str) -> None:
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert needle in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert r.stdout == ""  # refused before any work: no summary
+
+
+def test_version_and_debug_after_the_command(tmp_path):
+    from lpuc import __version__
+
+    r = lpuc("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"lpuc {__version__}"
+    src = tmp_path / "bad.s"
+    src.write_text(".chip tiny\n.queue MEM_W0\n@0 FROB x=1\n")
+    assert "Traceback" in lpuc("asm", str(src), "--debug").stderr
+    assert "Traceback" not in lpuc("asm", str(src)).stderr
+
+
+@pytest.mark.parametrize("command,defaults", [
+    ("compile", ["(default: lpu-v1)", "(default: fp32)", "(default: list)", "(default: the model with .lpu)"]),
+    ("verify", ["(default: lpu-v1)", "(default: fp32)", "(default: list)", "(default: 0)", "(default: random"]),
+    ("run", ["(default: 0)", "(default: random inputs", "(default: print them)"]),
+    ("asm", ["(default: the source with .lpu)"]),
+    ("disasm", ["(default: print it)"]),
+    ("chips", ["(default: list them all)"]),
+])
+def test_help_shows_defaults(command, defaults, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for d in defaults:
+        assert d in text, (d, text)
+    assert "(default: None)" not in text and "(default: False)" not in text
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["-o", "{tmp}/nodir/m.lpu"], "-o {tmp}/nodir/m.lpu: folder {tmp}/nodir does not exist"),
+    (["-o", "{tmp}"], "-o {tmp}: is a directory"),
+    (["-o", "{tmp}/m.lpu", "--emit-asm", "{tmp}/nodir/m.s"], "--emit-asm {tmp}/nodir/m.s: folder"),
+    (["-o", "{tmp}/m.lpu", "--emit-asm", "{tmp}/m.lpu"], "is also -o"),
+])
+def test_compile_output_paths_checked_before_compiling(tmp_path, args, needle):
+    args = [a.format(tmp=tmp_path) for a in args]
+    r = lpuc("compile", str(GPT2), *args)
+    _one_line_error(r, needle.format(tmp=tmp_path))
+    assert not (tmp_path / "m.lpu").exists() and not list(tmp_path.glob(".m.*"))
+
+
+@pytest.mark.parametrize("opt", ["-o", "--trace"])
+def test_run_output_paths_checked_before_emulating(tmp_path, opt):
+    _one_line_error(lpuc("run", str(VADD), opt, str(tmp_path / "nodir" / "x")), "does not exist")
+    _one_line_error(lpuc("run", str(VADD), opt, str(tmp_path)), "is a directory")
+    _one_line_error(lpuc("asm", str(VADD), "-o", str(tmp_path / "nodir" / "v.lpu")), "does not exist")
+
+
+def test_no_output_remains_when_a_later_output_fails(tmp_path, monkeypatch):
+    """--emit-asm failing after -o was produced leaves neither file (nor a temporary one)."""
+    import isa.asm
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(isa.asm, "disassemble", boom)
+    out, asm = tmp_path / "m.lpu", tmp_path / "m.s"
+    with pytest.raises(OSError):
+        main(["compile", str(MLP), "--chip", "tiny", "-o", str(out), "--emit-asm", str(asm)])
+    assert list(tmp_path.iterdir()) == []
+
+    from lpuc.cli import _write_all
+
+    def fail(p):
+        p.write_text("half")
+        raise OSError("disk full")
+
+    (tmp_path / "b").write_text("old")
+    with pytest.raises(OSError):
+        _write_all([(tmp_path / "a", lambda p: p.write_text("new")), (tmp_path / "b", fail)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"] and (tmp_path / "b").read_text() == "old"
+
+
+def test_outputs_get_normal_permissions(tmp_path, capsys):
+    old = os.umask(0o022)
+    try:
+        assert main(["asm", str(VADD), "-o", str(tmp_path / "v.lpu")]) == 0
+        assert main(["run", str(tmp_path / "v.lpu"), "-o", str(tmp_path / "o.npz"), "--trace", str(tmp_path / "t.json")]) == 0
+        os.umask(0o002)
+        assert main(["disasm", str(tmp_path / "v.lpu"), "-o", str(tmp_path / "v.s")]) == 0
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert modes == {"v.lpu": 0o644, "o.npz": 0o644, "t.json": 0o644, "v.s": 0o664}
+
+
+def test_empty_file_and_directory_as_model(tmp_path):
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    _one_line_error(lpuc("compile", str(tmp_path / "empty.onnx")), "empty.onnx: the file is empty (0 bytes), not an ONNX model")
+    (tmp_path / "dir.onnx").mkdir()
+    _one_line_error(lpuc("verify", str(tmp_path / "dir.onnx")), "dir.onnx: is a directory")
+    _one_line_error(lpuc("run", str(tmp_path / "dir.onnx")), "dir.onnx: is a directory")
+    from lpuc.errors import CompileError
+    from lpuc.passes.import_onnx import load_model
+
+    for name in ("empty.onnx", "dir.onnx"):  # the same for the Python API
+        with pytest.raises(CompileError, match="empty|directory"):
+            load_model(tmp_path / name)
+    assert list(tmp_path.glob("*.lpu")) == []
+
+
+def test_run_without_inputs_draws_random_valid_inputs(tmp_path):
+    src = tmp_path / "in.s"
+    src.write_text(_with_input_x())
+    a = lpuc("run", str(src), "-o", str(tmp_path / "a.npz"))
+    assert a.returncode == 0, a.stderr
+    assert "inputs             random (--seed 0): x float32 [4, 16] standard normal" in a.stdout
+    assert lpuc("run", str(src), "--seed", "1", "-o", str(tmp_path / "b.npz")).returncode == 0
+    assert not np.array_equal(np.load(tmp_path / "a.npz")["z"], np.load(tmp_path / "b.npz")["z"])
+    doc = json.loads(lpuc("run", str(src), "--json", "--seed", "5").stdout)
+    assert doc["random_inputs_seed"] == 5
+
+
+def test_compiled_program_records_table_rows_for_random_ids(tmp_path):
+    from isa.program import Program
+    from lpuc.cli import random_inputs
+
+    prog_path = tmp_path / "g.lpu"
+    r = lpuc("compile", str(GPT2), "-o", str(prog_path))
+    assert r.returncode == 0, r.stderr
+    prog = Program.load(prog_path)
+    rows = prog.meta["input_rows"]["input_ids"]
+    assert rows > 2
+    ids = random_inputs(prog, 0)["input_ids"]
+    assert ids.dtype == np.int64 and ids.min() >= 0 and ids.max() < rows and ids.max() > 1
+    run = lpuc("run", str(prog_path), "-o", str(tmp_path / "o.npz"))
+    assert run.returncode == 0, run.stderr
+    assert f"input_ids int64 [1, 16] 0..{rows - 1}" in run.stdout
+    # the same SRAM figure, under the same label, in compile and run
+    sram = [line.split("(")[0].strip() for text in (r.stdout, run.stdout) for line in text.splitlines()
+            if line.startswith("sram footprint     ")]
+    assert len(sram) == 2 and sram[0] == sram[1], sram
+
+
+def test_progress_line_on_a_terminal_only(capsys):
+    from lpuc.cli import _Progress
+
+    with _Progress(enabled=True, delay=0) as p:
+        p.compile_step("tile", 5, 9)
+        time.sleep(1.2)
+    err = capsys.readouterr().err
+    assert err.startswith("\rcompiling: tile (5/9 passes) ") and " s\033[K" in err
+    assert err.endswith("\r\033[K")  # erased at the end
+    with _Progress(enabled=False, delay=0) as p:
+        p.compile_step("tile", 5, 9)
+        time.sleep(0.7)
+    assert capsys.readouterr().err == ""
+    r = lpuc("compile", str(MLP), "--chip", "tiny", "-o", os.devnull)  # stderr is a pipe here
+    assert r.returncode == 0 and r.stderr == ""
+
+
+def test_pipeline_reports_each_pass():
+    from isa.config import load_chip
+    from lpuc.pipeline import PASSES, compile_model
+
+    seen = []
+    compile_model(MLP, load_chip("tiny"), progress=lambda name, k, n: seen.append((name, k, n)))
+    assert seen == [(name, k + 1, len(PASSES)) for k, name in enumerate(PASSES)]
+
+
+def test_verify_says_what_the_error_is_relative_to():
+    r = lpuc("verify", str(MLP), "--chip", "tiny")
+    assert r.returncode == 0, r.stderr
+    line = next(x for x in r.stdout.splitlines() if x.startswith("output y"))
+    assert "max rel" not in line and "tolerance |err| <= 0.0001 + 0.001*|ref|" in line and line.endswith(": ok")
+    assert "of its tolerance" in line
+
+
+def test_model_too_big_is_refused_before_lowering(tmp_path, monkeypatch):
+    """The weights alone exceed the SRAM: refused right after folding, with the allocator's wording."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from isa.config import load_chip
+    from lpuc import pipeline
+    from lpuc.errors import CapacityError
+
+    # [1200, 1000]: 1200 rows of 1008 lanes, or stored transposed 1000 rows of 1200 lanes: 2.4 MB in fp16
+    w = numpy_helper.from_array(np.zeros((1200, 1000), np.float32), "w")
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "big",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 1200])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 1000])], [w])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+
+    def no_lowering(*a, **k):
+        raise AssertionError("lowered a model that cannot fit")
+
+    monkeypatch.setattr(pipeline, "lower", no_lowering)
+    with pytest.raises(CapacityError) as e:
+        pipeline.compile_model(m, load_chip("tiny"), precision="fp16")
+    msg = str(e.value)
+    assert f"the model needs at least {1000 * 1200 * 2:,} bytes of SRAM at its peak; one tiny chip has 2,097,152" in msg
+    assert "weights alone" in msg and "at least 1 chips" not in msg and "at least 2 chips" in msg
+    onnx.save(m, str(tmp_path / "big.onnx"))
+    monkeypatch.undo()
+    _one_line_error(lpuc("compile", str(tmp_path / "big.onnx"), "--chip", "tiny", "--precision", "fp16"),
+                    "weights alone")

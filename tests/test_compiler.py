@@ -105,13 +105,15 @@ def test_cli_verify_json_fields():
 
 
 def test_cli_compile_writes_program_and_asm(tmp_path):
+    import json
+
     out, asm = tmp_path / "m.lpu", tmp_path / "m.s"
     r = lpuc("compile", str(MODELS / "mlp_tiny.onnx"), "--chip", "tiny", "-o", str(out), "--emit-asm", str(asm))
     assert r.returncode == 0, r.stderr
     assert "predicted cycles" in r.stdout and "roofline bound" in r.stdout and "sram" in r.stdout
     assert out.exists() and asm.exists()
-    run = lpuc("run", str(out), "--json")
-    assert run.returncode == 2 and "missing input 'x'" in run.stderr
+    run = lpuc("run", str(out), "--json")  # without --inputs: random inputs in valid ranges
+    assert run.returncode == 0 and json.loads(run.stdout)["random_inputs_seed"] == 0, run.stderr
 
 
 def _bad(args: list[str], needle: str, tmp_path: Path) -> None:
