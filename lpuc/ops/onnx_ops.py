@@ -105,21 +105,25 @@ def Not(lw: Lowering, node: Node) -> None:
 @op
 def Clip(lw: Lowering, node: Node) -> None:
     """y = min(max(x, lo), hi); lo and hi are optional (inputs 1 and 2 from opset 11, attributes
-    ``min``/``max`` before). lo > hi gives hi everywhere, as ONNX specifies; a nan x stays nan."""
+    ``min``/``max`` before) and default to the type's lowest and largest finite values, as ONNX
+    specifies (so a float Clip without bounds still turns -inf/inf into -max/max). lo > hi gives hi
+    everywhere; a nan x stays nan."""
     dt = _float_type(lw, node.inputs[0])
-    y: Tensor = lw.tensor(node.inputs[0])
-    bounds: list[tuple[str, Operand | None]] = []
-    for k, attr, mnemonic in ((1, "min", "MAX"), (2, "max", "MIN")):
+    x = y = lw.tensor(node.inputs[0])
+    floats = DTYPES[dt].kind == "float"
+    # the largest finite value of the model's float type (float16: 65504), not of the chip type
+    big = float(np.finfo(lw.g.values[node.inputs[0]].dtype).max) if floats else None
+    for k, attr, mnemonic, default in ((1, "min", "MAX", -big if floats else None),
+                                       (2, "max", "MIN", big)):
         if len(node.inputs) > k and node.inputs[k]:
-            bounds.append((mnemonic, lw.operand(node.inputs[k], dt)))
+            bound: Operand | None = lw.operand(node.inputs[k], dt)
         elif attr in node.attrs:
-            bounds.append((mnemonic, Imm(float(node.attrs[attr]))))
-    if not bounds:
-        _out(lw, node, lw.ewise("MOV", [y]))
-        return
-    for mnemonic, bound in bounds:
-        y = lw.ewise(mnemonic, [y, bound], dt)
-    _out(lw, node, y)
+            bound = Imm(float(node.attrs[attr]))
+        else:  # integers: the type's own range is a no-op
+            bound = None if default is None else Imm(default)
+        if bound is not None:
+            y = lw.ewise(mnemonic, [y, bound], dt)
+    _out(lw, node, y if y is not x else lw.ewise("MOV", [x]))
 
 
 @op
@@ -137,9 +141,9 @@ def Sign(lw: Lowering, node: Node) -> None:
 
 def _round_to_int(lw: Lowering, node: Node, down: bool) -> None:
     """floor(x) (down) or ceil(x) on floats: t = trunc(x) by CONVERT to i32 and back, then
-    floor = t - (t > x), ceil = t + (t < x). CONVERT saturates beyond 2^31, so every |x| >= 2^23 (already an
-    integer in every float type) and nan are passed through unchanged: exact for every x (but
-    floor(-0) and ceil(-0.5) give +0, not -0)."""
+    floor = t - (t > x), ceil = t + (t < x). CONVERT saturates beyond 2^31, so every |x| >= 2^23
+    (2^10 for f16, 2^7 for bf16: already integers) and nan pass through unchanged: exact for every
+    x (but floor(-0) and ceil(-0.5) give +0, not -0)."""
     dt = _float_type(lw, node.inputs[0])
     x = lw.tensor(node.inputs[0])
     if x.dt.kind != "float":
@@ -148,7 +152,9 @@ def _round_to_int(lw: Lowering, node: Node, down: bool) -> None:
     t = lw.convert(lw.convert(x, "i32"), dt)
     off = lw.ewise("GT" if down else "LT", [t, x], dt, "u8")
     y = lw.ewise("SELECT", [off, lw.ewise("ADD", [t, Imm(-1.0 if down else 1.0)], dt), t], dt)
-    small = lw.ewise("LT", [lw.ewise("ABS", [x], dt), Imm(float(2 ** 23))], dt, "u8")  # false for nan
+    # from 2^(significand bits) up every value of the type is an integer
+    exact = float(2 ** {"f32": 23, "f16": 10, "bf16": 7}[dt])
+    small = lw.ewise("LT", [lw.ewise("ABS", [x], dt), Imm(exact)], dt, "u8")  # false for nan
     _out(lw, node, lw.ewise("SELECT", [small, y, x], dt))
 
 
