@@ -595,10 +595,10 @@ def _sum_out(lw: Lowering, t: Tensor, lab: list[str], drop: list[str]) -> tuple[
 def _arrange(lw: Lowering, t: Tensor, lab: list[str], order: list[str], sizes: dict[str, int]) -> Tensor:
     """t with its axes in ``order`` (labels t lacks become axes of 1) and every axis of 1 whose label
     has a larger size broadcast to it."""
-    t = _transpose(lw, t, [lab.index(c) for c in order if c in lab])
-    shape = tuple(sizes[c] if c in lab else 1 for c in order)
-    have = tuple(t.shape[[c for c in order if c in lab].index(c)] if c in lab else 1 for c in order)
-    if have != tuple(t.shape):
+    present = [c for c in order if c in lab]
+    t = _transpose(lw, t, [lab.index(c) for c in present])
+    have = tuple(t.shape[present.index(c)] if c in lab else 1 for c in order)
+    if have != tuple(t.shape):  # axes of 1 inserted: a view
         t = lw.move(t, _idx(have), have)
     full = tuple(sizes[c] if c in lab else 1 for c in order)
     if full != have:
