@@ -22,10 +22,18 @@ Files written to ``examples/models/``:
 Every file is checked with ``onnx.checker.check_model`` and run with
 onnxruntime; outputs are compared with torch (max abs error < 1e-4).  torch is
 not a runtime dependency of lpuc, only of this script.
+
+``python examples/export_models.py --zoo [--only bert,gpt2] [--exporter dynamo|torchscript|both]``
+instead exports the Hugging Face zoo to ``examples/models/zoo/`` (needs transformers; nothing is
+downloaded): GPT-2, Llama, Mistral, Qwen2, Qwen3, Gemma, Phi, GPT-NeoX, OPT, Falcon, BLOOM,
+BERT (with and without token_type_ids), DistilBERT, ALBERT, ELECTRA, RoBERTa and T5, tiny and with
+random weights, through both torch exporters, plus ``zoo/manifest.json``.  See
+``examples/models/README.md``.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import os
@@ -515,5 +523,267 @@ def main() -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- #
+# The Hugging Face zoo (--zoo)
+# --------------------------------------------------------------------------- #
+# Each family is built from its transformers config class with random weights (nothing is
+# downloaded), tiny sizes, and exported as a new user would: the model's own forward, default
+# attention implementation, use_cache=False, with torch.onnx.export(dynamo=True) and with the
+# TorchScript exporter (dynamo=False).  Files: examples/models/zoo/<name>_<exporter>.onnx.
+ZOO_DIR = OUT_DIR / "zoo"
+ZOO_SEQ = 16
+ZOO_VOCAB = 128
+ZOO_MAX_BYTES = 300 * 1024
+EXPORTERS = ("dynamo", "torchscript")
+
+
+def _zoo_specs() -> dict[str, dict]:
+    """name -> {config, model class, inputs, output}.  Common sizes: hidden 32, 2 heads (head dim
+    16; GQA families 1 kv head), 2 layers, intermediate 64, vocab 128, 64 positions."""
+    import transformers as tf
+
+    V, H, L, NH, I, P = ZOO_VOCAB, 32, 2, 2, 64, 64
+    enc = ["input_ids", "attention_mask"]
+    dec = ["input_ids"]
+    bert_kw = dict(vocab_size=V, hidden_size=H, num_hidden_layers=L, num_attention_heads=NH,
+                   intermediate_size=I, max_position_embeddings=P, type_vocab_size=2)
+    llama_kw = dict(vocab_size=V, hidden_size=H, num_hidden_layers=L, num_attention_heads=NH,
+                    num_key_value_heads=1, intermediate_size=I, max_position_embeddings=P)
+    return {
+        # decoders: input_ids -> logits
+        "gpt2": dict(cfg=tf.GPT2Config(vocab_size=V, n_positions=P, n_embd=H, n_layer=L, n_head=NH, n_inner=I),
+                     cls=tf.GPT2LMHeadModel, inputs=dec, output="logits"),
+        "llama": dict(cfg=tf.LlamaConfig(**llama_kw), cls=tf.LlamaForCausalLM, inputs=dec, output="logits"),
+        "mistral": dict(cfg=tf.MistralConfig(**llama_kw, sliding_window=None),
+                        cls=tf.MistralForCausalLM, inputs=dec, output="logits"),
+        "qwen2": dict(cfg=tf.Qwen2Config(**llama_kw), cls=tf.Qwen2ForCausalLM, inputs=dec, output="logits"),
+        "qwen3": dict(cfg=tf.Qwen3Config(**llama_kw, head_dim=H // NH), cls=tf.Qwen3ForCausalLM,
+                      inputs=dec, output="logits"),
+        "gemma": dict(cfg=tf.GemmaConfig(**llama_kw, head_dim=H // NH), cls=tf.GemmaForCausalLM,
+                      inputs=dec, output="logits"),
+        "phi": dict(cfg=tf.PhiConfig(vocab_size=V, hidden_size=H, num_hidden_layers=L, num_attention_heads=NH,
+                                     intermediate_size=I, max_position_embeddings=P),
+                    cls=tf.PhiForCausalLM, inputs=dec, output="logits"),
+        "gpt_neox": dict(cfg=tf.GPTNeoXConfig(vocab_size=V, hidden_size=H, num_hidden_layers=L,
+                                              num_attention_heads=NH, intermediate_size=I,
+                                              max_position_embeddings=P),
+                         cls=tf.GPTNeoXForCausalLM, inputs=dec, output="logits"),
+        "opt": dict(cfg=tf.OPTConfig(vocab_size=V, hidden_size=H, num_hidden_layers=L, num_attention_heads=NH,
+                                     ffn_dim=I, max_position_embeddings=P, word_embed_proj_dim=H),
+                    cls=tf.OPTForCausalLM, inputs=dec, output="logits"),
+        "falcon": dict(cfg=tf.FalconConfig(vocab_size=V, hidden_size=H, num_hidden_layers=L,
+                                           num_attention_heads=NH, ffn_hidden_size=I,
+                                           max_position_embeddings=P),
+                       cls=tf.FalconForCausalLM, inputs=dec, output="logits"),
+        "bloom": dict(cfg=tf.BloomConfig(vocab_size=V, hidden_size=H, n_layer=L, n_head=NH),
+                      cls=tf.BloomForCausalLM, inputs=dec, output="logits"),
+        # encoders: input_ids, attention_mask -> last_hidden_state
+        "bert": dict(cfg=tf.BertConfig(**bert_kw), cls=tf.BertModel, inputs=enc, output="last_hidden_state"),
+        "bert_tt": dict(cfg=tf.BertConfig(**bert_kw), cls=tf.BertModel, inputs=enc + ["token_type_ids"],
+                        output="last_hidden_state"),
+        "distilbert": dict(cfg=tf.DistilBertConfig(vocab_size=V, dim=H, n_layers=L, n_heads=NH, hidden_dim=I,
+                                                   max_position_embeddings=P),
+                           cls=tf.DistilBertModel, inputs=enc, output="last_hidden_state"),
+        "albert": dict(cfg=tf.AlbertConfig(**bert_kw, embedding_size=16), cls=tf.AlbertModel, inputs=enc,
+                       output="last_hidden_state"),
+        "electra": dict(cfg=tf.ElectraConfig(**bert_kw, embedding_size=16), cls=tf.ElectraModel, inputs=enc,
+                        output="last_hidden_state"),
+        "roberta": dict(cfg=tf.RobertaConfig(**{**bert_kw, "max_position_embeddings": P + 2, "type_vocab_size": 1}),
+                        cls=tf.RobertaModel, inputs=enc, output="last_hidden_state"),
+        # encoder-decoder: input_ids, attention_mask, decoder_input_ids -> last_hidden_state
+        "t5": dict(cfg=tf.T5Config(vocab_size=V, d_model=H, d_kv=H // NH, d_ff=I, num_layers=L,
+                                   num_decoder_layers=L, num_heads=NH, relative_attention_num_buckets=8,
+                                   relative_attention_max_distance=P, decoder_start_token_id=0),
+                   cls=tf.T5Model, inputs=enc + ["decoder_input_ids"], output="last_hidden_state"),
+    }
+
+
+class _ZooWrapper(nn.Module):
+    """model(**named inputs, use_cache=False)[output]: positional inputs for the exporters, one
+    named output."""
+
+    def __init__(self, model: nn.Module, input_names: list[str], output: str, use_cache: bool):
+        super().__init__()
+        self.model, self.input_names, self.output, self.use_cache = model, input_names, output, use_cache
+
+    def forward(self, *args):
+        kw = dict(zip(self.input_names, args))
+        if self.use_cache:
+            kw["use_cache"] = False
+        return getattr(self.model(**kw, return_dict=True), self.output)
+
+
+def _zoo_randomize(model: nn.Module, seed: int) -> None:
+    """HF init, then biases N(0, 0.02) and 1-D norm scales N(1, 0.1) (they start at 0 / 1), so a
+    compiler that drops or mis-wires them gives a visibly wrong result."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim != 1:
+                continue
+            if name.endswith("bias"):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+            else:  # norm scale (Gemma's RMSNorm multiplies by 1 + weight: N(1, 0.1) doubles it, fine)
+                p.copy_(1.0 + torch.randn(p.shape, generator=g) * 0.1)
+
+
+def _zoo_feeds(spec: dict, seed: int) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    base = {}
+    for name in spec["inputs"]:
+        if name in ("input_ids", "decoder_input_ids"):
+            base[name] = rng.integers(3, ZOO_VOCAB, size=(1, ZOO_SEQ), dtype=np.int64)
+        elif name == "attention_mask":
+            base[name] = np.ones((1, ZOO_SEQ), dtype=np.int64)
+        elif name == "token_type_ids":
+            base[name] = (np.arange(ZOO_SEQ) >= ZOO_SEQ // 2).astype(np.int64)[None]
+    feeds = [base]
+    if "attention_mask" in base:  # also check a padded mask: positions 12-15 masked
+        padded = dict(base)
+        padded["attention_mask"] = base["attention_mask"].copy()
+        padded["attention_mask"][:, 12:] = 0
+        feeds.insert(0, padded)
+    return feeds
+
+
+def _zoo_export(wrapper: nn.Module, args: tuple, path: Path, input_names, output_names, exporter: str) -> None:
+    if path.exists():
+        path.unlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if exporter == "dynamo":
+            prog = torch.onnx.export(wrapper, args, dynamo=True, opset_version=OPSET,
+                                     input_names=input_names, output_names=output_names,
+                                     optimize=True, verbose=False)
+            proto = prog.model_proto
+        else:
+            import io
+            buf = io.BytesIO()
+            torch.onnx.export(wrapper, args, buf, dynamo=False, opset_version=OPSET,
+                              input_names=input_names, output_names=output_names,
+                              do_constant_folding=True, verbose=False)
+            proto = onnx.load_from_string(buf.getvalue())
+    for node in proto.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    del proto.metadata_props[:]
+    onnx.save_model(proto, str(path))
+
+
+def _zoo_attempts(spec: dict) -> list[tuple[list[str], str | None, str]]:
+    """(inputs, attn_implementation, note) to try in order until one exports and checks: the
+    family's default first; then, for a decoder, with an all-ones attention_mask as well (the
+    TorchScript exporter cannot export transformers' packed-sequence detection, aten::diff, which
+    runs when no mask is passed); then the eager attention instead of the default sdpa."""
+    attempts = [(spec["inputs"], None, "")]
+    if "attention_mask" not in spec["inputs"]:
+        attempts.append((spec["inputs"] + ["attention_mask"], None, "with attention_mask"))
+    attempts.append((spec["inputs"], "eager", "attn_implementation='eager'"))
+    return attempts
+
+
+def _first_line(e: BaseException) -> str:
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()  # torch colours its messages
+    return (text.splitlines() or [""])[0][:300]
+
+
+def zoo(only: list[str] | None, exporters: list[str]) -> int:
+    import copy
+    import json
+
+    import transformers
+
+    ZOO_DIR.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(1)
+    transformers.logging.set_verbosity_error()
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, onnx {onnx.__version__}, "
+          f"onnxruntime {ort.__version__}, opset {OPSET}")
+    specs = _zoo_specs()
+    names = only or list(specs)
+    unknown = set(names) - set(specs)
+    if unknown:
+        print(f"unknown zoo model(s): {', '.join(sorted(unknown))}; known: {', '.join(specs)}", file=sys.stderr)
+        return 2
+    manifest_path = ZOO_DIR / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    failures = []
+    for i, name in enumerate(specs):
+        if name not in names:
+            continue
+        spec = specs[name]
+        seed = 1000 + i
+        for exporter in exporters:
+            path = ZOO_DIR / f"{name}_{exporter}.onnx"
+            entry = {"family": name, "exporter": exporter, "model_class": spec["cls"].__name__}
+            tried = []
+            for inputs, impl, note in _zoo_attempts(spec):
+                seed_everything(seed)
+                cfg = copy.deepcopy(spec["cfg"])
+                model = spec["cls"]._from_config(cfg, attn_implementation=impl).eval()
+                _zoo_randomize(model, seed)
+                wrapper = _ZooWrapper(model, inputs, spec["output"],
+                                      use_cache="use_cache" in inspect.signature(model.forward).parameters).eval()
+                feeds = _zoo_feeds({**spec, "inputs": inputs}, seed)
+                args = tuple(torch.from_numpy(feeds[-1][k]) for k in inputs)
+                try:
+                    _zoo_export(wrapper, args, path, inputs, [spec["output"]], exporter)
+                    r = verify(path, wrapper, feeds)
+                    size = path.stat().st_size
+                    if size > ZOO_MAX_BYTES:
+                        raise AssertionError(f"{path.name} is {size} bytes (> {ZOO_MAX_BYTES})")
+                except Exception as e:  # noqa: BLE001 - report, then try the next form
+                    if path.exists():
+                        path.unlink()
+                    first = f"{type(e).__name__}: {_first_line(e)}"
+                    cause = e.__cause__
+                    while cause is not None and cause.__cause__ is not None:
+                        cause = cause.__cause__
+                    if cause is not None:  # torch.export's ConversionError: its first line is boilerplate
+                        first = f"{type(e).__name__} <- {type(cause).__name__}: {_first_line(cause)}"
+                    tried.append(f"{note or 'default'}: {first}")
+                    print(f"FAIL {path.name} ({note or 'default'}): {first}", flush=True)
+                    continue
+                entry.update({"file": path.name, "inputs": [f"{n}: {t}" for n, t in r["inputs"]],
+                              "outputs": [f"{n}: {t}" for n, t in r["outputs"]],
+                              "attn_implementation": impl or cfg._attn_implementation, "bytes": size,
+                              "max_abs_err_ort_vs_torch": float(f"{r['err']:.2g}"), "ops": ", ".join(r["ops"])})
+                print(f"ok   {path.name}{' (' + note + ')' if note else ''}: {size} B, inputs {r['inputs']}, "
+                      f"outputs {r['outputs']}, max |ort - torch| {r['err']:.2g}, ops ({len(r['ops'])}) "
+                      f"{', '.join(r['ops'])}", flush=True)
+                break
+            if tried:
+                entry["failed_attempts"] = tried
+            if "file" not in entry:
+                entry["export_error"] = tried[0]
+                failures.append((path.name, tried[0]))
+            manifest[path.stem] = entry
+    manifest = dict(sorted(manifest.items()))
+    manifest_path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    if failures:
+        print(f"\n{len(failures)} export(s) failed:")
+        for n, e in failures:
+            print(f"  {n}: {e}")
+    return 1 if failures else 0
+
+
+def cli(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--zoo", action="store_true", help="export the Hugging Face zoo to examples/models/zoo/ "
+                    "instead of the bespoke models")
+    ap.add_argument("--only", help="comma-separated zoo names (e.g. bert,gpt2)")
+    ap.add_argument("--exporter", choices=("dynamo", "torchscript", "both"), default="both")
+    a = ap.parse_args(argv)
+    if not a.zoo:
+        if a.only or a.exporter != "both":
+            ap.error("--only and --exporter apply to --zoo")
+        return main()
+    exporters = list(EXPORTERS) if a.exporter == "both" else [a.exporter]
+    return zoo([s for s in a.only.split(",") if s] if a.only else None, exporters)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())
