@@ -406,7 +406,7 @@ def _error_line(o: dict) -> str:
     text = (f"max |err| {o['max_abs_err']:.3e} vs onnxruntime; tolerance |err| <= {o['atol']:g} + "
             f"{o['rtol']:g}*|ref|")
     if o.get("worst_tol_ratio") is not None:
-        text += f", worst element at {o['worst_tol_ratio']:.2f} of its tolerance"
+        text += f", worst element at {o['worst_tol_ratio']:.2g} of its tolerance"
     return text + f": {'ok' if o['ok'] else 'FAIL'}"
 
 
