@@ -554,7 +554,7 @@ class Mxm:
         return t + cdiv(n, g) - 1 + self.lat["mxm_install"]
 
     def matmul(self, dtype: str, x: Any, t: int, *, buf: int = 0, acc: int = 0, mode: int = 0, s: int = 0,
-               slices: Sequence[str] | None = None) -> int:
+               slices: Sequence[str] | None = None, k: int = 0) -> int:
         """MATMUL of the (n, lanes) activations ``x`` issued in ``t``; returns the last accumulator
         write cycle (ISA.md: row j in t + j*cpv + L.mxm_matmul)."""
         xv = as_vectors(x, dtype)
@@ -563,7 +563,7 @@ class Mxm:
         slices = list(slices or self.src)
         tx = self.b.input(self._name("x"), xv, dtype, slices[:w])
         self.b.read(tx, group(self.din, s), self.plane, t)
-        self.b.emit(self.plane, t, "MATMUL", dt=dtype, buf=buf, s=group(self.din, s), n=n, acc=acc, mode=mode)
+        self.b.emit(self.plane, t, "MATMUL", dt=dtype, buf=buf, s=group(self.din, s), n=n, acc=acc, mode=mode, k=k)
         cpv = int(self.b.chip.mxm["cycles_per_vector"][dtype])
         self.b.note_end(t + n * cpv)  # the compute port is busy n*cpv cycles
         return t + (n - 1) * cpv + self.lat["mxm_matmul"]
@@ -581,9 +581,10 @@ ACC_TYPE = {"i8": "i32", "f16": "f32", "bf16": "f32", "f32": "f32"}
 
 
 def matmul(dtype: str, x: Any, w: Any, *, to: str | None = None, plane: str = "MXM_W0", transposed: bool = False,
-           g: int = 1, lo: int = 0, hi: int = 0, strict: bool = True) -> Run:
+           g: int = 1, lo: int = 0, hi: int = 0, k: int = 0, strict: bool = True) -> Run:
     """y = x @ W on one plane: IW (clr) of the lanes x lanes weights (W rows, or with ``transposed``
-    the columns of W given as rows of W.T), one MATMUL of x, ACCR of every row."""
+    the columns of W given as rows of W.T), one MATMUL of x (over its first ``k`` lanes if k > 0),
+    ACCR of every row."""
     bld = Builder()
     mx = Mxm(bld, plane)
     wv = as_vectors(w, dtype)
@@ -592,7 +593,7 @@ def matmul(dtype: str, x: Any, w: Any, *, to: str | None = None, plane: str = "M
     t_iw = mx.first_cycle(wd * g)
     install = wv.T if transposed else wv
     ready = mx.iw(dtype, np.ascontiguousarray(install), t_iw, g=g, transposed=int(transposed), lo=lo, hi=hi)
-    last = mx.matmul(dtype, xv, ready)
+    last = mx.matmul(dtype, xv, ready, k=k)
     to = to or ACC_TYPE[dtype]
     mx.accr(0, len(xv), to, last + 1)
     res = bld.run(strict=strict)

@@ -283,3 +283,34 @@ def test_layer_norm_of_constant_rows_is_finite(tmp_path):
     assert np.isfinite(y).all()
     assert np.array_equal(y.view(np.uint32), np.asarray(ref, np.float32).view(np.uint32))
     assert np.abs(y - 0.5).max() < 2.0  # beta, plus (x - rounded mean) / sqrt(eps)
+
+
+@pytest.mark.parametrize("chip", ["tiny", "lpu-v1"])
+def test_batched_matmul_by_a_transposed_2d_tensor_computed_on_the_chip(tmp_path, chip):
+    """a [2, 8, 16] @ Transpose(relu(b) [8, 16]): the heads pass looks for attention products among
+    batched products with tb and must not read a third axis of a 2-D b (it raised IndexError)."""
+    m = _model([helper.make_node("Relu", ["bx"], ["b"]), helper.make_node("Transpose", ["b"], ["bt"], perm=[1, 0]),
+                helper.make_node("MatMul", ["a", "bt"], ["y"])],
+               [helper.make_tensor_value_info("a", TensorProto.FLOAT, [2, 8, 16]),
+                helper.make_tensor_value_info("bx", TensorProto.FLOAT, [8, 16])],
+               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8, 8])], [])
+    path = _save(m, tmp_path / "tb.onnx")
+    r = verify(compile_model(path, load_chip(chip), "fp32"), str(path), "fp32").report
+    assert r["ok"] and r["bit_exact"], r
+
+
+def test_a_sum_of_negative_zero_products_is_negative_zero(tmp_path):
+    """MATMUL sums over its first k lanes only (ISA), so -1 x 0 summed over K = 3 is -0 on the chip as
+    in the compiler's reference (the emulator once counted the padding lanes' +0 products)."""
+    from emulator import Emulator
+    from isa.program import Program
+
+    w = onnx.numpy_helper.from_array(np.zeros((3, 2), np.float32), "w")
+    m = _model([helper.make_node("MatMul", ["x", "w"], ["y"])], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 3])],
+               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 2])], [w])
+    path = _save(m, tmp_path / "mm0.onnx")
+    c = compile_model(path, load_chip("tiny"), "fp32")
+    x = -np.ones((4, 3), np.float32)
+    (y,) = Emulator(Program.from_bytes(c.program.to_bytes())).run({"x": x}).outputs.values()
+    assert (y.view(np.uint32) == 0x80000000).all()
+    assert verify(c, str(path), "fp32", inputs={"x": x}).report["bit_exact"]

@@ -180,6 +180,25 @@ def test_matmul_nan_inf():
     assert (y[3] == raw(x[3] @ w2)).all()
 
 
+@pytest.mark.parametrize("dtype", ["f16", "f32"])
+def test_matmul_k_leaves_the_other_lanes_out_of_the_sum(dtype):
+    """ISA: y = round(EXACT sum over i < k of x[i] * W[i, c]). Lanes from k on take no part, so a sum of
+    only -0 products stays -0 (a +0 product from a zero lane would make it +0), and whatever those
+    lanes hold (inf here) cannot reach the result."""
+    k = 5
+    x = np.zeros((3, LANES), np.float32)
+    x[:, :k] = -1.0
+    x[:, k:] = np.inf
+    x[2, 0] = 2.0
+    w = np.zeros((LANES, LANES), np.float32)
+    w[0, 1] = 1.0
+    y = h.run_matmul(dtype, x, w, k=k)
+    bits = raw(y)
+    assert (bits[:2, 0] == 0x80000000).all() and (bits[:2, 2:] == 0x80000000).all()  # -0: every product -0
+    assert (y[:2, 1] == -1.0).all() and y[2, 1] == 2.0
+    assert bits[2, 0] == 0 and (bits[2, 2:] == 0).all()  # 2 * +0 is a +0 product: the sum is +0
+
+
 @pytest.mark.parametrize("to", ["f32", "f16", "bf16", "i32", "i8", "u8"])
 @pytest.mark.parametrize("dtype", ["i8", "f16"])
 def test_accr_converts(dtype, to):

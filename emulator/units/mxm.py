@@ -45,14 +45,15 @@ def matmul(em, op):
     o = op.inst.ops
     dt = BY_CODE[o["dt"]]
     x = em.stream_in(op, "s")
-    if 0 < o["k"] < em.lanes:  # lanes from k on count as zero (padding may hold anything)
-        x = x.copy()
-        x[:, o["k"]:] = 0
     w = em.sources[op.weights].store if op.weights >= 0 else np.zeros((em.lanes, em.lanes), dt.np)
     if w.dtype != dt.np:
         em.hazard(op, "operand", op.inst.issue, f"buffer {o['buf']} holds {_name(w)} weights, MATMUL.{dt.name} "
                                                 f"needs {dt.name}")
         w = w.astype(dt.np)
+    if 0 < o["k"] < em.lanes:
+        # the sum runs over i < k only: lanes from k on take no part (padding may hold anything, and a
+        # +0 product there would turn a sum of -0 products into +0)
+        x, w = x[:, :o["k"]], w[:o["k"]]
     y = semantics.matmul(x, w)
     if o["mode"]:
         prev = em.read_rows(op.acc, dtype=y.dtype)

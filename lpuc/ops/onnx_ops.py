@@ -393,9 +393,8 @@ def CumSum(lw: Lowering, node: Node) -> None:
     t = lw.pg.const(f"{node.name}.tri", tri.astype(np.float32), "f32")
     y = lw.matmul(lw.convert(xl, "f32"), t, tb=False, dtype="f32")
     if DTYPES[out_dt].kind == "float":
-        # an exact zero sum of only negative-zero products (x < 0 times T's zeros: every exclusive
-        # first element) is -0 for the K lanes of the axis but +0 on the MXM, whose padding lanes add
-        # +0 products; adding +0 gives +0 in both (the reference evaluation follows the chip)
+        # an exclusive first element is an empty sum, +0 in ONNX; on the MXM it is the exact sum of
+        # x * 0 products, -0 when every x is negative: adding +0 makes every such zero +0
         y = lw.ewise("ADD", [y, Imm(0.0)])
     y = lw.convert(y, out_dt)  # back to the integers (exact) or the model's float type
     if r == 1:

@@ -196,7 +196,7 @@ def heads(pg: PrimGraph, chip: ChipConfig) -> PrimGraph:
             if p.attrs["tb"] and a.shape[-3:-1] == (H, T) and T <= L:  # S = Q K^T, per head
                 D = a.shape[-1]
                 qa = _as_heads(a, producer, H, T, D)
-                ka = _as_heads(b, producer, H, b.shape[-2], D) if b.shape[-3] == H else None
+                ka = _as_heads(b, producer, H, b.shape[-2], D) if len(b.shape) >= 3 and b.shape[-3] == H else None
                 if qa and ka and b.shape[-2] <= L and qa[1] % L == ka[1] % L and fits(qa[1], H, D) and fits(ka[1], H, D) \
                         and qa[0].shape[:-2] == ka[0].shape[:-2]:
                     q, k = source(qa[0], qa[2]), source(ka[0], ka[2])
