@@ -166,6 +166,10 @@ def main() -> int:
                      f"{'yes' if r['compiled'] else 'no'} | {'yes' if r['verified'] else 'no'} | "
                      f"{r.get('cycles', '')} | {_num(r.get('max_abs_err'))} | {r['seconds']:.1f} | {_cell(err)} |")
     ops = [f"- `{r['file']}`: {', '.join(r['ops'])}" for r in rows if r.get("ops")]
+    fallbacks = [f"- `{m['file']}` ({', '.join(m['inputs'])}; attention {m['attn_implementation']}): "
+                 + "; ".join(f"tried {a}" for a in m["failed_attempts"])
+                 for m in manifest.values() if m.get("file") and m.get("failed_attempts")
+                 and (not only or m["family"] in only) and m["exporter"] in exporters]
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain", "--", "lpuc", "emulator", "isa"], capture_output=True,
                            text=True, cwd=ROOT).stdout.strip()
@@ -179,7 +183,9 @@ def main() -> int:
         "seconds include compile, emulation and onnxruntime in a fresh process. Inputs: lpuc's seed-0 inputs "
         "(ids inside the vocabulary, attention_mask all ones) and, for models with an attention_mask, a second "
         "run with positions 12-15 masked; max abs err is the worst of the runs.", "",
-        f"{passed} of {len(rows)} pass.", "", *table, "", "## Op types per model", "", *ops, ""])
+        f"{passed} of {len(rows)} pass.", "", *table, "",
+        "## Exports that failed in torch in the default form (the file holds the fallback)", "",
+        *(fallbacks or ["none"]), "", "## Op types per model", "", *ops, ""])
     Path(a.out).write_text(text)
     print(f"wrote {a.out}: {passed} of {len(rows)} pass")
     if a.status:
