@@ -21,7 +21,7 @@ from emulator import Emulator  # noqa: E402
 from isa.asm import assemble_file  # noqa: E402
 from isa.config import load_chip  # noqa: E402
 from lpuc.pipeline import compile_model  # noqa: E402
-from lpuc.verify import verify  # noqa: E402
+from lpuc.verification import verify  # noqa: E402
 
 MODELS = ["mlp_tiny", "gpt2_tiny", "bert_tiny", "llama_tiny"]
 

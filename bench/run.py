@@ -11,7 +11,7 @@ same inputs, emulate/onnxruntime, and the peak RSS of the compile and of the emu
 emulation and onnxruntime each run in their own child process (multiprocessing, spawn), which reports
 its VmHWM; each phase has the ``--timeout``. A failure or a timeout is written in the row and the bench
 goes on. Every row checks the emulated outputs against onnxruntime (the precision's tolerance from
-``lpuc/verify.py``) and predicted == emulated cycles. Rows go to ``bench/results.md`` as they finish.
+``lpuc/verification.py``) and predicted == emulated cycles. Rows go to ``bench/results.md`` as they finish.
 
 Models are built by ``bench/models.py`` (onnx.helper, random weights, fixed seed) and cached in
 ``~/.cache/lpuc-bench``.
@@ -209,7 +209,7 @@ def child_compile(model: str, chip: str, precision: str, scheduler: str, workdir
 
     from isa.config import load_chip
     from lpuc.pipeline import compile_model
-    from lpuc.verify import make_inputs
+    from lpuc.verification import make_inputs
 
     cfg = load_chip(chip)
     shapes = {k: tuple(v) for k, v in input_shapes.items()} if input_shapes else None
@@ -310,7 +310,7 @@ class Row:
 def check_outputs(emu_npz: str, ort_npz: str, precision: str, predicted: int, emulated: int) -> tuple[str, float]:
     import numpy as np
 
-    from lpuc.verify import TOLERANCE
+    from lpuc.verification import TOLERANCE
 
     atol, rtol = TOLERANCE[precision]
     problems = []
@@ -623,7 +623,7 @@ class Bench:
             "set-up + `run` (see the details table); peak RSS is each child process's VmHWM (compile "
             "includes loading the ONNX model, emulate includes decoding the program). Latency is predicted "
             "cycles at the chip clock. ok = emulated outputs within the precision's tolerance of onnxruntime "
-            "(`lpuc/verify.py`) and predicted == emulated cycles; otherwise the reason.",
+            "(`lpuc/verification.py`) and predicted == emulated cycles; otherwise the reason.",
             "",
         ]
         lines += self.targets() + [""]
@@ -705,7 +705,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, help="seconds per phase (compile, emulate, onnxruntime) of a row; "
                     "default 900, 300 with --quick")
     ap.add_argument("--ort-runs", type=int, default=5, help="onnxruntime timed runs (best is kept)")
-    ap.add_argument("--seed", type=int, default=0, help="input seed (lpuc.verify.make_inputs)")
+    ap.add_argument("--seed", type=int, default=0, help="input seed (lpuc.verification.make_inputs)")
     ap.add_argument("--input-shape", action="append", help="name=1x16: fixes dynamic dims and enables the "
                     "*_dynamic example")
     ap.add_argument("--blas-threads", type=int, default=0,

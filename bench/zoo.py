@@ -51,7 +51,7 @@ def _where(tb) -> str:
 def run_one(path: Path, chip_name: str, precision: str) -> dict:
     from isa.config import load_chip
     from lpuc.pipeline import compile_model
-    from lpuc.verify import make_inputs, verify
+    from lpuc.verification import make_inputs, verify
 
     out: dict = {"file": path.name, "compiled": False, "verified": False}
     t0 = time.perf_counter()

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lpuc.api import compile, load_chip
+from lpuc.api import compile, load_chip, verify
 
 __version__ = "0.1.0"
 
@@ -26,14 +26,11 @@ __all__ = ["compile", "verify", "load_chip", "Compiled", "Verdict", "CompileErro
 
 
 def __getattr__(name: str) -> Any:
-    # ``lpuc.verify`` is the submodule, made callable (``lpuc.verify(model, ...)`` is lpuc.api.verify):
-    # importing it binds it here, so a function of that name would be replaced at the first import.
+    # the classes are imported when first asked for, so that ``import lpuc`` stays cheap
     import importlib
 
-    if name == "verify":
-        return importlib.import_module("lpuc.verify")
     if name == "Verdict":
-        return importlib.import_module("lpuc.verify").Verdict
+        return importlib.import_module("lpuc.verification").Verdict
     if name == "Compiled":
         return importlib.import_module("lpuc.pipeline").Compiled
     if name == "CompileError":

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
     from isa.config import ChipConfig
     from lpuc.pipeline import Compiled
-    from lpuc.verify import Verdict
+    from lpuc.verification import Verdict
 
 ModelLike = Union[str, Path, "onnx.ModelProto"]
 ChipLike = Union[str, Path, "ChipConfig"]
@@ -112,16 +112,16 @@ def verify(model: ModelLike, inputs: "Mapping[str, np.ndarray] | None" = None, c
         seed: seed of the random inputs.
 
     Returns:
-        a :class:`lpuc.verify.Verdict`: ``.ok`` and ``.report`` (the ``--json`` report: cycles,
+        a :class:`lpuc.verification.Verdict`: ``.ok`` and ``.report`` (the ``--json`` report: cycles,
         latency, roofline, and per output ``max_abs_err``, ``worst_tol_ratio`` (<= 1 is within
-        tolerance), ``nonfinite_matched`` ...; see :mod:`lpuc.verify`).
+        tolerance), ``nonfinite_matched`` ...; see :mod:`lpuc.verification`).
 
     Raises:
         emulator.errors.InputError: inputs missing, unknown, of the wrong shape or dtype, or ids
             outside the table they index (one line naming the input).
         lpuc.errors.CompileError, isa.config.ConfigError: as for :func:`compile`.
     """
-    from lpuc.verify import verify as _verify
+    from lpuc.verification import verify as _verify
 
     if isinstance(model, Path):
         model = str(model)

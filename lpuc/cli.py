@@ -174,8 +174,8 @@ def _load_npz(path: str) -> dict[str, np.ndarray]:
         raise UsageError(f"{path}: not a readable .npz file ({e})") from None
 
 
-#: program meta key written by ``lpuc compile``: integer input -> rows of the Gather table it indexes,
-#: so that ``lpuc run`` can draw valid random ids without the model
+#: program meta key written by the compiler (``lpuc.pipeline.compile_model``): integer input -> rows of
+#: the table it indexes, so that ``lpuc run`` can draw valid random ids without the model
 INPUT_ROWS = "input_rows"
 
 
@@ -372,7 +372,6 @@ def cmd_compile(args: argparse.Namespace) -> int:
     with _Progress() as progress:
         c = _compile(args, progress)
         progress.set("writing")
-        _record_input_rows(c)
         blob = c.program.to_bytes()
         outputs: list[tuple[str | Path, Callable[[Path], None]]] = [(out, lambda p: p.write_bytes(blob))]
         if args.emit_asm:
@@ -382,21 +381,6 @@ def cmd_compile(args: argparse.Namespace) -> int:
     print(_summary(c))
     print(f"wrote              {out}" + (f" and {args.emit_asm}" if args.emit_asm else ""))
     return 0
-
-
-def _record_input_rows(c) -> None:
-    """Note in the program which integer inputs index a table, and its rows (``INPUT_ROWS``)."""
-    from lpuc.verify import _gather_limit
-
-    rows = {}
-    for t in c.program.io("input"):
-        v = c.graph.values.get(t.name)
-        if v is not None and v.dtype.kind in "iu":
-            n = _gather_limit(c.graph, t.name)
-            if n:
-                rows[t.name] = int(n)
-    if rows:
-        c.program.meta[INPUT_ROWS] = rows
 
 
 def _error_line(o: dict) -> str:
@@ -413,7 +397,7 @@ def _error_line(o: dict) -> str:
 def cmd_verify(args: argparse.Namespace) -> int:
     import io
 
-    from lpuc.verify import verify
+    from lpuc.verification import verify
 
     _check_input(args.model, "the .onnx model file in it")
     buf = io.StringIO()

@@ -77,9 +77,9 @@ class Compiled:
 
     def run(self, inputs: "dict[str, Any] | None" = None) -> "dict[str, Any]":
         """Run the program in the emulator (as its file holds it) on one array per model input,
-        checked and converted as by ``lpuc.verify.check_inputs``; returns the outputs by name."""
+        checked and converted as by ``lpuc.verification.check_inputs``; returns the outputs by name."""
         from emulator import Emulator
-        from lpuc.verify import check_inputs
+        from lpuc.verification import check_inputs
 
         feeds = check_inputs(self.graph, inputs or {})
         return Emulator(Program.from_bytes(self.program.to_bytes())).run(feeds).outputs
@@ -133,4 +133,15 @@ def compile_model(path: "str | Path | onnx.ModelProto", chip: ChipConfig, precis
     prog = step("codegen", lambda: codegen(tg, sc, chip, meta), lambda r: disassemble(r, with_data=False))
     rl = roofline(tg, sc, chip)
     prog.meta["roofline_cycles"] = rl.cycles
+    rows = _input_rows(g)
+    if rows:  # which integer inputs index a table, and its rows: lpuc run draws valid ids from it
+        prog.meta["input_rows"] = rows
     return Compiled(prog, g, pg, tg, al, sc, rl, chip, time.perf_counter() - t_all, times)
+
+
+def _input_rows(g: Graph) -> dict[str, int]:
+    """Integer input -> rows of the table it indexes (``lpuc.verification.index_rows``)."""
+    from lpuc.verification import index_rows  # verification imports this module
+
+    rows = {name: index_rows(g, name) for name in g.inputs if g.values[name].dtype.kind in "iu"}
+    return {name: int(n) for name, n in rows.items() if n}

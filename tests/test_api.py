@@ -39,11 +39,12 @@ def test_import_lpuc_is_cheap():
     assert r.returncode == 0 and r.stdout.strip() == "[] True", r.stdout + r.stderr
 
 
-def test_lpuc_verify_is_the_api_function_and_the_module():
-    import lpuc.verify as module
-    from lpuc.verify import verify as low_level
+def test_lpuc_verify_is_the_api_function():
+    import lpuc.verification as module
+    from lpuc.api import verify as api_verify
+    from lpuc.verification import verify as low_level
 
-    assert lpuc.verify is module and callable(lpuc.verify)
+    assert lpuc.verify is api_verify
     assert low_level.__code__.co_varnames[0] == "c"  # lpuc/cli.py's verify(c, model_path, precision, ...)
     assert lpuc.Verdict is module.Verdict and lpuc.Compiled.__name__ == "Compiled"
 

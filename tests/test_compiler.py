@@ -15,7 +15,7 @@ from onnx import TensorProto, helper
 from isa.asm import assemble, disassemble
 from isa.config import load_chip
 from lpuc.pipeline import PASSES, compile_model
-from lpuc.verify import verify
+from lpuc.verification import verify
 
 ROOT = Path(__file__).parent.parent
 MODELS = ROOT / "examples" / "models"
@@ -199,7 +199,7 @@ def test_unknown_chip_and_pass(tmp_path):
 def test_verify_with_inputs_file(tmp_path):
     from lpuc.passes.fold_constants import fold_constants
     from lpuc.passes.import_onnx import import_onnx
-    from lpuc.verify import make_inputs
+    from lpuc.verification import make_inputs
 
     feeds = make_inputs(fold_constants(import_onnx(MODELS / "bert_tiny.onnx")), seed=3)
     assert feeds["input_ids"].max() < 128 and set(np.unique(feeds["attention_mask"])) <= {0, 1}

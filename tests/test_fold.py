@@ -18,7 +18,7 @@ from lpuc.ir import Node
 from lpuc.passes import fold_constants as fold
 from lpuc.passes.import_onnx import import_onnx
 from lpuc.pipeline import compile_model
-from lpuc.verify import verify
+from lpuc.verification import verify
 
 ROOT = Path(__file__).parent.parent
 

@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from isa.config import load_chip
 from lpuc.pipeline import compile_model
-from lpuc.verify import verify
+from lpuc.verification import verify
 
 
 def _check(tmp_path: Path, node, data: np.ndarray, data_const: bool, ishape, out_shape, chip: str, precision: str,

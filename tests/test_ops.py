@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 from isa.config import load_chip
 from lpuc.errors import UnsupportedOp
 from lpuc.pipeline import compile_model
-from lpuc.verify import verify
+from lpuc.verification import verify
 
 RNG = np.random.default_rng(12)
 

@@ -17,7 +17,7 @@ from isa.config import ChipConfig, load_chip
 from lpuc.passes.schedule import Intervals, _bank_conflict
 from lpuc.passes.tile import VXM_BLOCK, split_runs
 from lpuc.pipeline import compile_model
-from lpuc.verify import verify
+from lpuc.verification import verify
 
 MODELS = Path(__file__).parent.parent / "examples" / "models"
 

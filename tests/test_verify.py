@@ -17,7 +17,7 @@ from onnx import TensorProto, helper
 from emulator.errors import InputError
 from isa.config import load_chip
 from lpuc.pipeline import compile_model
-from lpuc.verify import TOLERANCE, check_inputs, compare, verify
+from lpuc.verification import TOLERANCE, check_inputs, compare, verify
 
 ROOT = Path(__file__).parent.parent
 MODELS = ROOT / "examples" / "models"

@@ -13,7 +13,7 @@ import pytest
 
 from isa.config import load_chip
 from lpuc.pipeline import compile_model
-from lpuc.verify import make_inputs, verify
+from lpuc.verification import make_inputs, verify
 
 ZOO = Path(__file__).resolve().parent.parent / "examples" / "models" / "zoo"
 ALL = sorted(p.stem for p in ZOO.glob("*.onnx"))

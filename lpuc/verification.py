@@ -1,4 +1,4 @@
-"""``lpuc verify``: compile, emulate, and prove the program computes what onnxruntime computes.
+"""``lpuc verify`` and ``lpuc.verify``: compile, emulate, and prove the program computes what onnxruntime computes.
 
 Three checks, all required:
 
@@ -43,9 +43,7 @@ The report (``Verdict.report``, ``lpuc verify --json``) holds ``ok``, ``model``,
 
 from __future__ import annotations
 
-import sys
 import time
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -76,26 +74,9 @@ def make_inputs(g: Graph, seed: int) -> dict[str, np.ndarray]:
         elif v.dtype.kind == "b":
             feeds[name] = rng.integers(0, 2, v.shape).astype(bool)
         else:
-            hi = _gather_limit(g, name)
+            hi = index_rows(g, name)
             feeds[name] = (rng.integers(0, hi, v.shape) if hi else np.ones(v.shape)).astype(v.dtype)
     return feeds
-
-
-def _gather_limit(g: Graph, name: str) -> int | None:
-    """Rows of the table a value indexes (following casts and reshapes), if it feeds a Gather."""
-    todo, seen = [name], set()
-    while todo:
-        v = todo.pop()
-        if v in seen:
-            continue
-        seen.add(v)
-        for node in g.consumers(v):
-            if node.op == "Gather" and node.inputs[1] == v:
-                axis = node.attrs.get("axis", 0)
-                return g.values[node.inputs[0]].shape[axis]
-            if node.op in ("Cast", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity"):
-                todo.extend(o for o in node.outputs if o)
-    return None
 
 
 def _convert(name: str, arr: np.ndarray, want: np.dtype) -> np.ndarray:
@@ -183,6 +164,13 @@ def _index_uses(g: Graph, name: str) -> list[tuple[Any, int, int, bool]]:
             elif node.op in ("Cast", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity"):
                 todo.extend(o for o in node.outputs if o)
     return uses
+
+
+def index_rows(g: Graph, name: str) -> int | None:
+    """The number of entries every table that ``name`` indexes has along the indexed axis (the
+    smallest, if it indexes several), or None if it indexes none: the ids 0..rows-1 are valid."""
+    uses = _index_uses(g, name)
+    return min(rows for _, _, rows, _ in uses) if uses else None
 
 
 def _check_ids(g: Graph, name: str, ids: np.ndarray) -> None:
@@ -313,16 +301,3 @@ def verify(c: Compiled, model_path: "str | Path | onnx.ModelProto", precision: s
     }
     return Verdict(report["ok"], report)
 
-
-class _VerifyModule(types.ModuleType):
-    """``lpuc.verify`` is both this module and the public function: ``lpuc.verify(model, ...)``
-    calls :func:`lpuc.api.verify` (the name cannot hold a function, since importing the submodule
-    ``lpuc.verify`` binds it on the package)."""
-
-    def __call__(self, model: Any, inputs: Mapping[str, Any] | None = None, **kwargs: Any) -> Verdict:
-        from lpuc.api import verify as api_verify
-
-        return api_verify(model, inputs, **kwargs)
-
-
-sys.modules[__name__].__class__ = _VerifyModule
