@@ -145,7 +145,7 @@ def _index_uses(g: Graph, name: str) -> list[tuple[Any, int, int, bool]]:
     """The Gather and GatherElements nodes a value indexes (following casts and reshapes), each as
     (node, axis, rows along the axis, whether the program takes negative indices). A Gather on axis
     0 of a 2-D table (an embedding lookup) sends the ids to the MEM GATHER as they are, which does
-    not count negative ids from the end; the other forms wrap them first (``lpuc/ops/onnx_ops.py``)."""
+    not count negative ids from the end; the other forms wrap them first (``lpuc/ops/movement.py``)."""
     uses, todo, seen = [], [name], set()
     while todo:
         v = todo.pop()

@@ -153,7 +153,7 @@ def test_negative_ids_are_refused_because_the_chip_does_not_count_from_the_end(t
 
 def test_indices_of_other_gathers_may_be_negative_but_not_outside_the_axis(tmp_path):
     """Gather on another axis and GatherElements wrap negative indices before the chip's GATHER
-    (lpuc/ops/onnx_ops.py), so only indices outside -n..n-1 are refused."""
+    (lpuc/ops/movement.py), so only indices outside -n..n-1 are refused."""
     from lpuc.passes.fold_constants import fold_constants
     from lpuc.passes.import_onnx import import_onnx
 

@@ -1,6 +1,6 @@
 """Pass 3 -- lower: ONNX graph IR -> chip primitives (``lpuc.prim``).
 
-The per-op functions live in ``lpuc/ops/onnx_ops.py``, one function per ONNX op, named after it.
+The per-op functions live in ``lpuc/ops/`` (table ``lpuc.ops.onnx_ops.OPS``), one function per ONNX op, named after it.
 This module holds the context they share: mapping ONNX values to chip tensors, choosing chip
 dtypes, and small builders (elementwise ops with broadcasting, reductions, conversions) that the op
 functions compose.
