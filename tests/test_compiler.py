@@ -314,3 +314,17 @@ def test_a_sum_of_negative_zero_products_is_negative_zero(tmp_path):
     (y,) = Emulator(Program.from_bytes(c.program.to_bytes())).run({"x": x}).outputs.values()
     assert (y.view(np.uint32) == 0x80000000).all()
     assert verify(c, str(path), "fp32", inputs={"x": x}).report["bit_exact"]
+
+
+def test_a_scalar_picked_from_a_computed_vector(tmp_path):
+    """A 0-d value read from a computed vector (HF GPT-2's TorchScript export with a dynamic sequence
+    picks one this way): the heads pass, looking for column slices of fused projections, must not
+    ask a 0-d value for its last axis (it raised IndexError)."""
+    idx = onnx.numpy_helper.from_array(np.array(2, np.int64), "idx")
+    m = _model([helper.make_node("Add", ["x", "x"], ["t"]), helper.make_node("Gather", ["t", "idx"], ["s"]),
+                helper.make_node("Mul", ["s", "x"], ["y"])],
+               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5])],
+               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [5])], [idx])
+    path = _save(m, tmp_path / "scalar.onnx")
+    r = verify(compile_model(path, load_chip("lpu-v1"), "fp32"), str(path), "fp32").report
+    assert r["ok"] and r["bit_exact"], r

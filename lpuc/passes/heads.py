@@ -86,8 +86,8 @@ def _column_slice(p: Prim) -> int | None:
     if p.kind not in ("view", "copy", "relayout") or len(p.ins) != 1 or not isinstance(p.ins[0], Tensor):
         return None
     x, out = p.ins[0], p.out
-    if x.shape[:-1] != out.shape[:-1] or out.splat or x.splat:
-        return None
+    if not x.shape or not out.shape or x.shape[:-1] != out.shape[:-1] or out.splat or x.splat:
+        return None  # (a 0-d value has no columns)
     emap = _element_map(p)
     R, w, E = int(np.prod(out.shape[:-1])), out.shape[-1], x.shape[-1]
     c0 = int(emap[0]) if len(emap) else 0
