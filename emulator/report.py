@@ -1,8 +1,15 @@
-"""Text report of a run: cycles, time, host transfers, per-unit utilization, SRAM, instructions."""
+"""Reports of a run: the figures (``ReportPhase.stats``: cycles, time, host transfers, per-unit
+utilization, SRAM, instructions) and their text (``format_report``)."""
 
 from __future__ import annotations
 
+from collections import defaultdict
 from typing import Any
+
+import numpy as np
+
+from emulator.state import EmulatorState
+from isa.timing import host_transfer_us, utilization
 
 # one SRAM figure, labelled alike by ``lpuc run`` (the words the run wrote) and ``lpuc compile`` (the
 # words its allocation gives out): the program's footprint
@@ -28,3 +35,36 @@ def format_report(stats: dict[str, Any], chip_name: str) -> str:
     if stats.get("hazards"):
         lines.append(f"hazards            {stats['hazards']} (run with strict mode to stop at the first)")
     return "\n".join(lines)
+
+
+class ReportPhase(EmulatorState):
+    def stats(self) -> dict[str, Any]:
+        chip = self.chip
+        cycles = max(self.cycles, 1)
+        units = utilization(chip, self.system.chips, self._busy_intervals(), cycles)
+        sram = [sum(st.written_addresses() for (c, _), st in self.sram.items() if c == ch) * self.lanes
+                for ch in range(self.system.chips)]
+        in_bytes = sum(int(np.prod(t.shape)) * t.dt.width for t in self.prog.io("input"))
+        out_bytes = sum(int(np.prod(t.shape)) * t.dt.width for t in self.prog.io("output"))
+        return {
+            "cycles": self.cycles,
+            "clock_mhz": chip.clock_mhz,
+            "latency_us": self.cycles / chip.clock_mhz,
+            "host_in_us": host_transfer_us(chip, in_bytes),
+            "host_out_us": host_transfer_us(chip, out_bytes),
+            "instructions": len(self.ops),
+            "units": units,
+            "sram_bytes": sram,
+            "sram_capacity": chip.sram_bytes,
+            "hazards": len(self.hazards),
+        }
+
+    def _busy_intervals(self) -> dict[tuple[int, str], list[tuple[int, int]]]:
+        out: dict[tuple[int, str], list[tuple[int, int]]] = defaultdict(list)
+        for op in self.ops:
+            t = op.inst.issue
+            for port, s, e in op.shape.timing.busy:
+                if port != "queue":
+                    out[(op.chip, op.slice.name)].append((s + t, e + t))
+        return out
+

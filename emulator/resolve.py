@@ -1,0 +1,332 @@
+"""Resolution, phase 3 (``emulator.machine``): every stream read is mapped to the flights it sees
+(by diagonals, ``emulator.streams``) and every SRAM, accumulator and weight read to the writes it
+sees (``emulator.storage``). That gives each instruction's dependencies and, per read, the segments
+its data is copied from; stream-empty, wrong-producer, unwritten-read and weight hazards come
+from here."""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+from emulator.streams import diagonal
+from isa.timing import StoreAccess, StreamAccess
+
+
+from emulator.ops import Op, Seen, Segment, StoredRows, progression, run_segments, segments
+from emulator.state import EmulatorState
+
+class ResolvePhase(EmulatorState):
+    # ==========================================================================================
+    # phase 3: resolution of reads into dependencies
+    # ==========================================================================================
+    def _resolve_reads(self) -> None:
+        # a compiled program names, for each stream read (on chip 0), the instruction whose value it must
+        # see: (slice, index, field, plane) -> (writer slice, writer index), as positions: they become op
+        # ids only when a read sees another writer (there may be an entry per read)
+        entries = self.prog.meta.get("expect", [])
+        expect = {(e[0], e[1], e[2], e[3]): (e[4], e[5]) for e in entries}
+        self._expect_all: dict[tuple[str, int, str, int], list[tuple[str, int]]] = {}  # reads naming several
+        if len(expect) != len(entries):
+            for sname, k, fld, plane, wslice, wk in entries:
+                self._expect_all.setdefault((sname, k, fld, plane), []).append((wslice, wk))
+            self._expect_all = {key: ws for key, ws in self._expect_all.items() if len(ws) > 1}
+        self._by_pos: dict[tuple[str, int], int] | None = None
+        found = self._lookup_all()
+        sole = self._sole_writers()
+        n_ops = len(self.ops)
+        for op in self.ops:
+            shape = op.shape
+            rel = shape.timing
+            if shape.reads:
+                for r, acc in enumerate(rel.reads):
+                    op.reads.append((acc, self._resolve_stream_read(op, r, acc, expect, sole)))
+            for k, kind in shape.kinds:
+                st = rel.store[k]
+                if kind == "op":
+                    kind = self._storage_read(op, st)
+                if kind == "gather":
+                    if len(st.cycles):
+                        self._resolve_gather(op, int(st.cycles[0]) + op.inst.issue)
+                elif kind == "sram":
+                    if shape.one_read:
+                        continue  # settled by ``_lookup_all``
+                    seen = found[(op.id, k)]
+                    if seen.unwritten:
+                        addrs, cycles = op.store_at(k)
+                        self._unwritten(op, seen.src, addrs, cycles, self.chip.words_per_slice,
+                                        f"address {{}} of {op.slice.name}")
+                    op.deps.update(w for w in seen.writers if w < n_ops)
+                    op.sram = (self.sram[(op.chip, op.slice.name)], seen.event, seen.block)
+                elif kind == "acc":
+                    size = int(self.chip.mxm["acc_rows"])
+                    if op.inst.spec.mnemonic == "ACCR":
+                        addrs, cycles = op.store_at(k)
+                        self._in_range(op, addrs, size, "accumulator row", cycles)
+                    seen = found[(op.id, k)]
+                    if seen.unwritten:
+                        addrs, cycles = op.store_at(k)
+                        self._unwritten(op, seen.src, addrs, cycles, size, "accumulator row {}")
+                    op.acc = StoredRows(len(seen.src), segments(seen.src, seen.row))
+                    op.deps.update(w for w in seen.writers if w < n_ops)
+                elif kind == "weights":
+                    self._resolve_weights_read(op)
+                elif kind == "weights-base":
+                    self._resolve_weights_base(op, int(st.cycles[0]) + op.inst.issue)
+
+    def _sole_writers(self) -> dict[tuple[int, int, int], int]:
+        """(op id, index in op.timing.reads, plane) -> the flight that alone carries every vector of that
+        stream read, or -1 when it takes a closer look (``StreamIndex.sole_writers``, all reads of a
+        stream at once). A read of consecutive diagonals that finds other flights on them (passing by
+        downstream of it, say) asks again counting only flights that can reach it
+        (``StreamIndex.sole_writers_upstream``, again all such reads of a stream at once)."""
+        per_stream: dict[tuple[int, str, int], list[tuple[tuple[int, int, int], int, int, int, bool]]] = \
+            defaultdict(list)
+        for op in self.ops:
+            if not op.shape.reads:
+                continue
+            pos, t = op.slice.position, op.inst.issue
+            for r, ((n, c0, c1, run, _), acc) in enumerate(zip(op.shape.reads, op.shape.timing.reads)):
+                if not n:
+                    continue
+                # cycles form an arithmetic progression (isa.instructions.StreamIO): the ends bound them
+                if acc.dir == "E":
+                    lo, hi = c0 + t - pos, c1 + t - pos  # (``diagonal``)
+                else:
+                    lo, hi = c0 + t + pos, c1 + t + pos
+                if lo > hi:
+                    lo, hi = hi, lo
+                for plane in range(acc.dtype.width):
+                    per_stream[(op.chip, acc.dir, acc.base + plane)].append(((op.id, r, plane), pos, lo, hi, run))
+        out: dict[tuple[int, int, int], int] = {}
+        for (chip, direction, s), items in per_stream.items():
+            keys, pos, lo, hi, run = zip(*items)
+            pos_a, lo_a, hi_a = np.array(pos), np.array(lo), np.array(hi)
+            found = self.streams.sole_writers(chip, direction, s, pos_a, lo_a, hi_a)
+            again = np.flatnonzero((found < 0) & np.array(run, dtype=bool))
+            if len(again):
+                found[again] = self.streams.sole_writers_upstream(chip, direction, s, pos_a[again], lo_a[again],
+                                                                  hi_a[again])
+            out.update(zip(keys, found.tolist()))
+        return out
+
+    def _resolve_stream_read(self, op: Op, r: int, acc: StreamAccess, expect: dict,
+                             sole_writers: dict[tuple[int, int, int], int]) -> list[list[Segment]]:
+        """Segments of every byte plane of stream read ``r`` of op (``acc``: its relative access); the
+        writers become dependencies."""
+        pos, t = op.slice.position, op.inst.issue
+        flights = self.streams.flights
+        # an access's cycles (hence diagonals) and vector indices are arithmetic progressions
+        # (isa.instructions.StreamIO), so their end points tell whether they are runs (``Shape``)
+        n, c0r, _, run, whole = op.shape.reads[r]
+        diags: np.ndarray | None = None  # made only when a read needs a closer look
+        diag_run: slice | np.ndarray
+        if run:
+            d0 = c0r + t - pos if acc.dir == "E" else c0r + t + pos  # (``diagonal``)
+            diag_run = slice(d0, d0 + n)
+        else:
+            diags = diagonal(acc.dir, acc.cycles + t, pos)
+            diag_run = progression(diags)
+        planes = []
+        for plane in range(acc.dtype.width):
+            s = acc.base + plane
+            want = expect.get((op.slice.name, op.qidx, acc.field, plane)) if expect and not op.chip else None
+            sole = sole_writers.get((op.id, r, plane), -1)
+            fid = None
+            if sole >= 0:  # the usual case: one flight carries every vector of the read
+                c0 = flights[sole].c0
+                src = slice(diag_run.start - c0, diag_run.stop - c0) if run else diags - c0
+                segs = [(sole, whole, src)]
+                seen = [sole]
+            else:
+                if diags is None:
+                    diags = np.arange(diag_run.start, diag_run.stop, dtype=np.int64)
+                fid, vidx = self.streams.resolve(op.chip, acc.dir, s, pos, diags, run)
+                missing = fid < 0
+                if missing.any():
+                    i = int(np.argmax(missing))
+                    self.hazard(op, "stream-empty", acc.cycles[i] + t,
+                                f"no value is passing on {acc.dir}{s} at {op.slice.name} for operand "
+                                f"'{acc.field}' vector {int(acc.vec[i])}")
+                if run and isinstance(whole, slice):
+                    segs = run_segments(fid, vidx, whole)
+                else:
+                    segs = segments(fid, vidx, acc.vec)
+                seen = sorted({f for f, _, _ in segs})  # the flights this read sees, in id order
+            if want is not None and len(seen) == 1 and not self._expect_all:
+                w = self.ops[flights[seen[0]].op]  # the usual case: the one writer seen is the one named
+                if w.qidx == want[1] and w.slice.name == want[0] and w.chip == 0:
+                    want = None
+            if want is not None:
+                want = self._expected((op.slice.name, op.qidx, acc.field, plane), want)
+            if want and any(flights[f].op not in want for f in seen):
+                if fid is None:
+                    fid = np.full(n, seen[0], dtype=np.int64)
+                ops_of = np.array([flights[f].op if f >= 0 else -1 for f in fid.tolist()])
+                i = int(np.argmax((fid >= 0) & ~np.isin(ops_of, list(want))))
+                other = self.ops[flights[int(fid[i])].op]
+                named = "; ".join(f"{self.ops[w].slice.name} #{self.ops[w].qidx} {self.text(self.ops[w])}"
+                                  for w in sorted(want))
+                self.hazard(op, "wrong-producer", acc.cycles[i] + t,
+                            f"{acc.dir}{s} carries the value of {other.slice.name} #{other.qidx} "
+                            f"{self.text(other)} instead of {named} for operand '{acc.field}'")
+            for f in seen:
+                op.deps.add(flights[f].op)
+            planes.append(segs)
+        return planes
+
+    def _expected(self, key: tuple[str, int, str, int], pos: tuple[str, int]) -> set[int]:
+        """The ids of the writers a stream read (``key``) must see (their positions: ``pos``, or all the
+        program names for it), those on chip 0 that exist."""
+        if self._by_pos is None:
+            self._by_pos = {(op.slice.name, op.qidx): op.id for op in self.ops if op.chip == 0}
+        names = self._expect_all.get(key, [pos])
+        return {self._by_pos[p] for p in names if p in self._by_pos}
+
+    def _storage_read(self, op: Op, st: StoreAccess) -> str | None:
+        """What a storage access of op reads: "sram" (addressed words), "gather" (data-dependent words),
+        "acc" (accumulator rows), "weights" (a MATMUL's buffer), "weights-base" (the buffer an IW
+        without clr builds on), or None (it only writes)."""
+        if st.space == "sram" and st.mode == "r":
+            return "sram" if st.addrs is not None else "gather"
+        if st.space == "acc" and "r" in st.mode and not (st.mode == "rw" and op.inst.ops.get("mode") == 0):
+            return "acc"
+        if st.space == "weights" and st.mode == "r":
+            return "weights"
+        if st.space == "weights" and st.mode == "w" and not op.inst.ops["clr"]:
+            return "weights-base"
+        return None
+
+    def _lookup_all(self) -> dict[tuple[int, int], Seen]:
+        """What every addressed SRAM read and accumulator read sees, keyed by (op id, index in
+        op.timing.store). All reads of one storage are answered together, with one binary search and a
+        few array operations over all of them: per read, those would cost more in call overhead than in
+        work. Out-of-range addresses see nothing (source -1)."""
+        # per storage: the reads' keys, lengths, addresses and cycles (SRAM: made by ``_register_sram``)
+        queries: dict[tuple[str, int, str], tuple[list[tuple[int, int]], Any, np.ndarray, np.ndarray]] = {
+            ("sram", chip, sname): q for (chip, sname), q in self.sram_reads.items() if q[0]}
+        acc_reads: dict[tuple[int, str], list[tuple[tuple[int, int], np.ndarray, np.ndarray]]] = defaultdict(list)
+        for op in self.ops:
+            for k in op.shape.acc_reads:
+                if self._storage_read(op, op.shape.timing.store[k]) == "acc":
+                    acc_reads[(op.chip, op.slice.name)].append(((op.id, k), *op.store_at(k)))
+        for (chip, sname), items in acc_reads.items():
+            queries[("acc", chip, sname)] = ([key for key, _, _ in items], [len(a) for _, a, _ in items],
+                                             np.concatenate([a for _, a, _ in items]),
+                                             np.concatenate([c for _, _, c in items]))
+        found = {}
+        for (kind, chip, sname), (keys, lens, addrs, cycles) in queries.items():
+            if kind == "sram":
+                store, size = self._sram_store(chip, sname), self.chip.words_per_slice
+            else:
+                store, size = self._acc_store(chip, sname), int(self.chip.mxm["acc_rows"])
+            ok = (addrs >= 0) & (addrs < size)
+            rows = kind == "acc"  # (an SRAM read takes its words by event row)
+            if ok.all():
+                src, row, event = store.find(addrs, cycles, rows)
+            else:
+                src, row, event = store.find(np.where(ok, addrs, 0), cycles, rows)
+                src = np.where(ok, src, -1)
+                event = np.where(ok, event, store.count)
+            ends = np.cumsum(lens)
+            starts = ends - lens
+            # per read: elements that see nothing, and steps of its event rows other than +1 (prefix sums)
+            unseen = src < 0
+            unwritten = np.concatenate([[0], np.cumsum(unseen)]) if unseen.any() else np.zeros(len(src) + 1, np.int64)
+            jumps = np.concatenate([[0, 0], np.cumsum(event[1:] - event[:-1] != 1)])
+            # per read: its writers are the sources where a run of equal sources starts
+            run = np.ones(len(src), dtype=bool)
+            run[1:] = src[1:] != src[:-1]
+            run[starts[starts < len(src)]] = True
+            run_at = np.flatnonzero(run)
+            run_src = src[run_at].tolist()
+            first_run = np.searchsorted(run_at, starts).tolist()
+            last_run = np.searchsorted(run_at, ends).tolist()
+            n_unwritten = (unwritten[ends] - unwritten[starts]).tolist()
+            n_jumps = (jumps[np.maximum(ends, 1)] - jumps[np.maximum(starts + 1, 1)]).tolist()
+            first_event = event[np.minimum(starts, len(event) - 1)].tolist() if len(event) else [0] * len(keys)
+            # per read: the SRAM block (one WRITE's or host image's words) all its event rows are in, if
+            # there is one; the READ then indexes that block alone (a view when the rows are consecutive)
+            block = [-1] * len(keys)
+            if kind == "sram" and len(event):
+                blk = store.block_of(event)
+                changes = np.concatenate([[0, 0], np.cumsum(blk[1:] != blk[:-1])])
+                n_changes = (changes[np.maximum(ends, 1)] - changes[np.maximum(starts + 1, 1)]).tolist()
+                first_blk = blk[np.minimum(starts, len(blk) - 1)].tolist()
+                n_blocks = store.blocks
+                block = [b if nc == 0 and 0 <= b < n_blocks else -1 for b, nc in zip(first_blk, n_changes)]
+            ops, n_ops = self.ops, len(self.ops)
+            for key, e0, e1, r0, r1, nu, nj, bk, ev0 in zip(keys, starts.tolist(), ends.tolist(), first_run,
+                                                             last_run, n_unwritten, n_jumps, block, first_event):
+                if r1 - r0 == 1:  # one run: one source (the usual case)
+                    writers = [run_src[r0]] if run_src[r0] >= 0 else []
+                else:
+                    writers = sorted({s for s in run_src[r0:r1] if s >= 0})
+                rows_seen = (slice(ev0, ev0 + e1 - e0) if nj == 0 else event[e0:e1]) if e1 > e0 else event[e0:e1]
+                op = ops[key[0]]
+                if kind == "sram" and op.shape.one_read:
+                    # The op's only read (a READ): settle it now, as ``_resolve_reads`` would (same
+                    # hazard, same dependencies in the same order), without keeping what it saw.
+                    if nu:
+                        addrs_k, cycles_k = op.store_at(key[1])
+                        self._unwritten(op, src[e0:e1], addrs_k, cycles_k, size, f"address {{}} of {sname}")
+                    for w in writers:
+                        if w < n_ops:
+                            op.deps.add(w)
+                    op.sram = (store, rows_seen, bk if e1 > e0 else -1)
+                    continue
+                found[key] = Seen(src[e0:e1], row[e0:e1] if rows else None, rows_seen, writers, nu > 0,
+                                   bk if e1 > e0 else -1)
+        return found
+
+    def _resolve_gather(self, op: Op, first: int) -> None:
+        """GATHER depends on every write to its slice finished before its first gathered word (in cycle
+        ``first``); a write during the gather matters only if an index points at it, which the handler
+        settles when it runs."""
+        store = self._sram_store(op.chip, op.slice.name)
+        op.deps.update(int(s) for s in store.sources_before(first) if s < len(self.ops))
+
+    def _unwritten(self, op: Op, src: np.ndarray, addrs: np.ndarray, cycles: np.ndarray, size: int,
+                   what: str) -> None:
+        """An in-range read of something never written is a hazard (out-of-range reads are hazards of
+        their own)."""
+        missing = (src < 0) & (addrs >= 0) & (addrs < size)
+        if missing.any():
+            i = int(np.argmax(missing))
+            self.hazard(op, "unwritten-read", cycles[i], f"{what.format(int(addrs[i]))} is read before "
+                                                         f"anything was written there")
+
+    def _resolve_weights_read(self, op: Op) -> None:
+        t = op.inst.issue
+        end = next(e for p, s, e in op.shape.timing.busy if p == "compute") + t
+        buf = op.inst.ops["buf"]
+        key = (op.chip, op.slice.name, buf)
+        installs = self.weights.get(key, [])
+        order, gap = self._weights_order.get(key, ([], 0))
+        k = bisect_right(order, (t, len(self.ops)))  # the installs ready by cycle t (sorted by ready cycle)
+        if not k:
+            self.hazard(op, "weights-not-ready", t, f"no IW into buffer {buf} is complete by cycle {t}")
+        else:
+            op.weights = installs[k - 1][3].id
+            op.deps.add(op.weights)
+        # installs ready after t that start before end: an install starts at most ``gap`` cycles before
+        # it is ready, so those ready from end + gap on start too late
+        for rdy, s, e, iw in installs[k:]:
+            if rdy >= end + gap:
+                break
+            if s < end:
+                self.hazard(op, "weights-changed", max(s, t), f"#{iw.qidx} {self.text(iw)} changes buffer {buf} "
+                                                              f"while this MATMUL uses it (cycles {t}..{end - 1})")
+
+    def _resolve_weights_base(self, op: Op, ready: int) -> None:
+        key = (op.chip, op.slice.name, op.inst.ops["buf"])
+        installs = self.weights.get(key, [])
+        order, _ = self._weights_order.get(key, ([], 0))
+        # the installs sorted before (ready, op.id), in order
+        before = [x for x in installs[:bisect_left(order, (ready, op.id))] if x[3] is not op]
+        if before:
+            op.weights = before[-1][3].id
+            op.deps.add(op.weights)
