@@ -116,3 +116,39 @@ class Graph:
 
     def is_const(self, name: str) -> bool:
         return name != "" and self.values[name].const is not None
+
+    # ------------------------------------------------------------------------------ derived graphs
+    def subgraph(self, nodes: list[str], inputs: list[str], outputs: list[str]) -> "Graph":
+        """The graph of ``nodes`` (names, any order) reading ``inputs`` (values computed elsewhere or model
+        inputs) and giving ``outputs``; constants are shared with this graph, not copied."""
+        sub = Graph()
+        sub.opset = self.opset
+        keep = [self.nodes[n] for n in nodes]
+        names = set(inputs) | set(outputs) | {x for n in keep for x in n.inputs + n.outputs if x}
+        for name in names:
+            v = self.values[name]
+            sub.add_value(Value(v.name, v.shape, v.dtype, v.const))
+        for n in keep:
+            sub.add_node(Node(n.name, n.op, list(n.inputs), list(n.outputs), dict(n.attrs), n.domain))
+        sub.inputs = list(inputs)
+        sub.outputs = list(outputs)
+        return sub
+
+    def to_onnx(self, name: str = "lpuc") -> Any:
+        """The graph as an ``onnx.ModelProto`` (constants as initializers), e.g. to run a part of a
+        model in onnxruntime."""
+        import onnx
+        from onnx import helper, numpy_helper
+
+        def info(v: Value) -> Any:
+            return helper.make_tensor_value_info(v.name, helper.np_dtype_to_tensor_dtype(v.dtype), list(v.shape))
+
+        used = {x for n in self.nodes.values() for x in n.inputs if x} | set(self.outputs)
+        inits = [numpy_helper.from_array(np.asarray(v.const, v.dtype), v.name) for v in self.values.values()
+                 if v.const is not None and v.name in used and v.name not in self.inputs]
+        nodes = [helper.make_node(n.op, n.inputs, n.outputs, name=n.name, domain=n.domain or None, **n.attrs)
+                 for n in self.topo()]
+        graph = helper.make_graph(nodes, name, [info(self.values[i]) for i in self.inputs],
+                                  [info(self.values[o]) for o in self.outputs], inits)
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)],
+                                 ir_version=onnx.IR_VERSION)
