@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from isa.config import CONFIG_DIR, load_chip
+from isa.config import CONFIG_DIR, SystemConfig, load_chip, load_system, system_names
 from isa.dtypes import DTYPES
 from isa.encoding import WORD_BYTES
 from isa.instructions import TABLE, Instr
@@ -59,6 +59,88 @@ def _timing(ins: Instr) -> list[str]:
     for b in ins.busy:
         out.append(f"- occupies the `{b.port}` port in cycles `[t + {b.start}, t + {b.start} + {b.length})`")
     return out
+
+
+def used_links(system: SystemConfig) -> tuple[int, int]:
+    """The fewest and the most connected links of any chip of ``system``."""
+    per = [0] * system.chips
+    for ln in system.links:
+        per[ln.a[0]] += 1
+        per[ln.b[0]] += 1
+    return min(per), max(per)
+
+
+def _systems() -> list[str]:
+    """The Systems section: TOML keys, the link-generation rules, routing and forwarding timing, and
+    the shipped systems (the same facts ``lpuc chips SYSTEM`` prints)."""
+    lines = [
+        "## Systems",
+        "",
+        "A system is `chips` identical chips and bidirectional links between their C2C slices; link `k` "
+        "of a chip is slice `C2C<k>`, a link end `[chip, k]` is used at most once. A system file "
+        "(`isa/configs/systems/*.toml`) names its `chip` (a shipped chip or a `.toml` path) and gives the "
+        "links by one of:",
+        "",
+        "- `topology = \"fully-connected\"`, `chips = N`: every chip is linked to every other; chip `i` "
+        "uses link `j-1` towards chip `j > i` and link `j` towards `j < i` (so its link `k` leads to the "
+        "`k`-th other chip in ascending order). Needs `N-1` links per chip.",
+        "- `topology = \"dragonfly\"`, `nodes = N`, `chips_per_node = C`, `global_links_per_pair = m` "
+        "(default 1): chip `c` of node `a` is chip `a*C + c`. Inside a node the chips are fully "
+        "connected on links `0 .. C-2` (rule above). Links `C-1 ..` are global ports: node `a` numbers "
+        "its ports `p = 0 .. C*G-1` (`G` = links - (C-1)), port `p` being link `(C-1) + p // C` of its "
+        "chip `p % C`, so consecutive ports go round the chips. Node `a` lists its peers in ascending "
+        "order, `q(a,b) = b` if `b < a` else `b-1`, and joins its port `q(a,b)*m + r` to port "
+        "`q(b,a)*m + r` of node `b`, for `r < m`. With `m = C`, chip `c` of node `a` is linked to chip "
+        "`c` of every other node; with `m = 1` a node reaches `C*G + 1` nodes. Needs "
+        "`(N-1)*m <= C*G`.",
+        "- `links = [{ a = [chip, link], b = [chip, link] }, ...]`: explicit links, alone or added to a "
+        "topology. Without `topology`, `chips` gives the count (default 1).",
+        "",
+        "Every chip must have a route to every other; a system where one does not is a config error. A "
+        "program file stores its system as the explicit link list.",
+        "",
+        "**Routing** (`SystemConfig.route(src, dst)`, a list of `(chip, out link)` hops). A route has the "
+        "fewest hops; among those, the fewest global links (between dragonfly nodes; no link is global "
+        "elsewhere); among those, its sequence of chip ids is the lexicographically smallest, i.e. each "
+        "chip forwards to its lowest-numbered neighbour on such a route, over the lowest link index when "
+        "two chips share several links. The next hop depends only on the current chip and the "
+        "destination, so the tail of a route is the route from that chip. In a dragonfly every node "
+        "pair is linked, so a route has at most 3 hops, local, global, local; a 2-hop route through a "
+        "third node (global, global) is taken only when no 2-hop route with one global link exists. "
+        "Links are not arbitrated: the compiler schedules every "
+        "hop, and two transfers on one link in the same cycles are a `unit-busy` hazard of the SEND.",
+        "",
+        "**Link timing.** A vector of type width `w` occupies a link `cv = cdiv(w*lanes, "
+        "c2c.bytes_per_cycle)` cycles. A SEND issued in `t` delivers vector `j` into the peer's FIFO in "
+        "`t + (j+1)*cv + c2c.latency`, so the earliest RECV of all `n` vectors issues in "
+        "`r = t + cv + c2c.latency + (n-1)*(cv-1)` (`SystemConfig.earliest_recv`).",
+        "",
+        "**Forwarding.** A chip on a route forwards with a RECV on the entry link and a SEND on the exit "
+        "link. The RECV issued in `r` writes vector `j` on its stream at the entry slice's position "
+        "`p_in` in `r + L.c2c_recv + j`, the SEND reads it at `p_out` in `s + j`, so "
+        "`s = r + L.c2c_recv + |p_out - p_in|` on an eastward stream if `p_in` is the west edge "
+        "(position 0), westward otherwise (both ends on one edge: the same cycle, distance 0). One hop "
+        "of `n` vectors thus costs `cv + c2c.latency + (n-1)*(cv-1) + L.c2c_recv + |p_out - p_in|` "
+        "cycles from SEND to SEND.",
+        "",
+        "| system | chip | chips | topology | links used per chip | diameter (hops) | bisection links | "
+        "link B/cycle | link latency | cv u8/f16/f32 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in system_names():
+        s = load_system(name)
+        lo, hi = used_links(s)
+        topo = s.topology
+        if topo == "dragonfly":
+            topo += f" {s.nodes} x {s.chips_per_node}"
+        cvs = "/".join(str(s.link_cycles_per_vector(d)) for d in ("u8", "f16", "f32"))
+        used = f"{hi} of {s.chip.c2c['links']}" if lo == hi else f"{lo}-{hi} of {s.chip.c2c['links']}"
+        lines.append(f"| `{s.name}` | {s.chip.name} | {s.chips} | {topo} | {used} | {s.diameter} | "
+                     f"{s.bisection_links} | {s.link_bytes_per_cycle} | {s.link_latency} | {cvs} |")
+    lines += ["", "Bisection links: the fewest links cut by splitting the chips into two halves (exact up "
+              "to 16 chips; above, the split of the first half of the chip ids from the rest, for a "
+              "dragonfly the first half of its nodes from the second).", ""]
+    return lines
 
 
 def generate() -> str:
@@ -151,6 +233,7 @@ def generate() -> str:
                 names = names[:2] + ["...", names[-1]]
             lines.append(f"| {pos} | {' '.join(names)} |")
         lines.append("")
+    lines += _systems()
     lines += ["## Instructions", ""]
     summary = ["| opcode | mnemonic | unit | summary |", "|---|---|---|---|"]
     for ins in TABLE:

@@ -13,7 +13,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -422,9 +422,28 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if v.ok else 1
 
 
-def cmd_chips(args: argparse.Namespace) -> int:
-    from isa.config import CONFIG_DIR, load_chip
+if TYPE_CHECKING:  # annotations only: the commands import isa lazily
+    from isa.config import SystemConfig
 
+
+def cmd_chips(args: argparse.Namespace) -> int:
+    import tomllib
+
+    from isa.config import CONFIG_DIR, SYSTEM_DIR, ConfigError, load_chip, load_system, system_names
+
+    def is_system(ref: str) -> bool:
+        """A shipped system name, or a .toml path whose file names a ``chip`` (a system file)."""
+        path = Path(ref)
+        if not path.suffix:
+            return (SYSTEM_DIR / f"{ref}.toml").is_file()
+        try:
+            return path.is_file() and "chip" in tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML: {e}") from None
+
+    if args.chip and is_system(args.chip):
+        _print_system(load_system(args.chip))
+        return 0
     names = [args.chip] if args.chip else sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
     for name in names:
         chip = load_chip(name)
@@ -435,7 +454,46 @@ def cmd_chips(args: argparse.Namespace) -> int:
             for pos in range(chip.positions):
                 here = [s.name for s in chip.slices if s.position == pos]
                 print(f"  {pos:4d}  {' '.join(here)}")
+    if not args.chip:
+        print()
+        print("systems:")
+        for name in system_names():
+            sys_ = load_system(name)
+            print(f"{sys_.name}: {sys_.chips} x {sys_.chip.name}, {_topology_text(sys_)}, "
+                  f"diameter {sys_.diameter} hop(s)")
     return 0
+
+
+def _topology_text(system: SystemConfig) -> str:
+    if system.topology == "dragonfly":
+        return f"dragonfly of {system.nodes} nodes x {system.chips_per_node} chips"
+    return {"links": "explicit links", "single": "one chip"}.get(system.topology, system.topology)
+
+
+def _print_system(system: SystemConfig) -> None:
+    """``lpuc chips SYSTEM``: the facts a schedule depends on (ISA.md, Systems)."""
+    from isa.docgen import used_links
+
+    n_links = int(system.chip.c2c["links"])
+    lo, hi = used_links(system)
+    print(f"{system.name}: {system.chips} x {system.chip.name}, {_topology_text(system)}")
+    print(f"  links: {len(system.links)}; per chip {lo if lo == hi else f'{lo}-{hi}'} of {n_links} connected")
+    print(f"  diameter {system.diameter} hop(s), bisection {system.bisection_links} link(s)")
+    cvs = ", ".join(f"{d} {system.link_cycles_per_vector(d)}" for d in ("u8", "f16", "f32"))
+    print(f"  link: {system.link_bytes_per_cycle} B/cycle, latency {system.link_latency} cycles, "
+          f"FIFO {system.link_fifo_vectors} vectors; cycles per vector: {cvs}")
+    if system.chips <= 64:  # a per-chip listing of a larger system is no longer readable
+        for c in range(system.chips):
+            ends = []
+            for k in range(n_links):
+                info = system.link_info(c, k)
+                if info.peer is not None:
+                    mark = "*" if info.kind == "global" else ""
+                    ends.append(f"{k}->{info.peer[0]}{mark}")
+            node = f" node {system.node_of(c)}" if system.topology == "dragonfly" else ""
+            print(f"  chip {c:3d}{node}: {' '.join(ends)}")
+        if system.topology == "dragonfly":
+            print("  (link->chip; * = global link)")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -515,8 +573,8 @@ def build_parser() -> argparse.ArgumentParser:
     vp.add_argument("--json", action="store_true", help="print one JSON object")
     vp.set_defaults(fn=cmd_verify)
 
-    c = command("chips", "list chip configs, or show one chip's floorplan")
-    c.add_argument("chip", nargs="?", help="chip name or .toml path (default: list them all)")
+    c = command("chips", "list chip and system configs, or show one chip's floorplan or one system")
+    c.add_argument("chip", nargs="?", help="chip or system name, or .toml path (default: list them all)")
     c.set_defaults(fn=cmd_chips)
     return p
 
