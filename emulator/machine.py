@@ -28,6 +28,8 @@ The phases live in their own modules: ``emulator.setup`` (1 and 2), ``emulator.r
 
 from __future__ import annotations
 
+from typing import Any
+
 from emulator.errors import Hazard
 from emulator.evaluate import EvaluatePhase, chip_to_host, host_to_chip
 from emulator.links import LinkPhase
@@ -45,7 +47,16 @@ __all__ = ["Emulator", "RunResult", "Op", "Source", "Segment", "StoredRows", "ho
 class Emulator(SetupPhase, ResolvePhase, LinkPhase, EvaluatePhase, ReportPhase):
     """Load a program once; ``run(inputs)`` executes it."""
 
-    def __init__(self, program: Program, strict: bool = True):
+    def __new__(cls, program: Program, strict: bool = True, *args: Any, **kwargs: Any) -> Any:
+        """A program on several chips runs on ``emulator.system.SystemEmulator`` (per chip work units,
+        joined at the links; ``workers`` processes); one chip runs here, in this process."""
+        if cls is Emulator and program.system.chips > 1:
+            from emulator.system import SystemEmulator
+
+            return SystemEmulator(program, strict, *args, **kwargs)
+        return super().__new__(cls)
+
+    def __init__(self, program: Program, strict: bool = True, workers: int | None = None):
         self.prog = program
         self.system = program.system
         self.chip = program.chip

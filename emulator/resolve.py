@@ -12,29 +12,29 @@ from typing import Any
 
 import numpy as np
 
-from emulator.streams import diagonal
-from isa.timing import StoreAccess, StreamAccess
-
-
 from emulator.ops import Op, Seen, Segment, StoredRows, progression, run_segments, segments
 from emulator.state import EmulatorState
+from emulator.streams import diagonal
+from isa.program import ProgramError
+from isa.timing import StoreAccess, StreamAccess
+
 
 class ResolvePhase(EmulatorState):
     # ==========================================================================================
     # phase 3: resolution of reads into dependencies
     # ==========================================================================================
     def _resolve_reads(self) -> None:
-        # a compiled program names, for each stream read (on chip 0), the instruction whose value it must
-        # see: (slice, index, field, plane) -> (writer slice, writer index), as positions: they become op
-        # ids only when a read sees another writer (there may be an entry per read)
-        entries = self.prog.meta.get("expect", [])
-        expect = {(e[0], e[1], e[2], e[3]): (e[4], e[5]) for e in entries}
-        self._expect_all: dict[tuple[str, int, str, int], list[tuple[str, int]]] = {}  # reads naming several
+        # a compiled program names, for each stream read, the instruction whose value it must see:
+        # (chip, slice, index, field, plane) -> (writer slice, writer index) on the same chip, as positions:
+        # they become op ids only when a read sees another writer (there may be an entry per read)
+        entries = [_expect_entry(e) for e in self.prog.meta.get("expect", [])]
+        expect = {e[:5]: e[5:] for e in entries}
+        self._expect_all: dict[tuple[int, str, int, str, int], list[tuple[str, int]]] = {}  # reads naming several
         if len(expect) != len(entries):
-            for sname, k, fld, plane, wslice, wk in entries:
-                self._expect_all.setdefault((sname, k, fld, plane), []).append((wslice, wk))
+            for c, sname, k, fld, plane, wslice, wk in entries:
+                self._expect_all.setdefault((c, sname, k, fld, plane), []).append((wslice, wk))
             self._expect_all = {key: ws for key, ws in self._expect_all.items() if len(ws) > 1}
-        self._by_pos: dict[tuple[str, int], int] | None = None
+        self._by_pos: dict[tuple[int, str, int], int] | None = None
         found = self._lookup_all()
         sole = self._sole_writers()
         n_ops = len(self.ops)
@@ -133,7 +133,7 @@ class ResolvePhase(EmulatorState):
         planes = []
         for plane in range(acc.dtype.width):
             s = acc.base + plane
-            want = expect.get((op.slice.name, op.qidx, acc.field, plane)) if expect and not op.chip else None
+            want = expect.get((op.chip, op.slice.name, op.qidx, acc.field, plane)) if expect else None
             sole = sole_writers.get((op.id, r, plane), -1)
             fid = None
             if sole >= 0:  # the usual case: one flight carries every vector of the read
@@ -158,10 +158,10 @@ class ResolvePhase(EmulatorState):
                 seen = sorted({f for f, _, _ in segs})  # the flights this read sees, in id order
             if want is not None and len(seen) == 1 and not self._expect_all:
                 w = self.ops[flights[seen[0]].op]  # the usual case: the one writer seen is the one named
-                if w.qidx == want[1] and w.slice.name == want[0] and w.chip == 0:
+                if w.qidx == want[1] and w.slice.name == want[0] and w.chip == op.chip:
                     want = None
             if want is not None:
-                want = self._expected((op.slice.name, op.qidx, acc.field, plane), want)
+                want = self._expected((op.chip, op.slice.name, op.qidx, acc.field, plane), want)
             if want and any(flights[f].op not in want for f in seen):
                 if fid is None:
                     fid = np.full(n, seen[0], dtype=np.int64)
@@ -178,13 +178,13 @@ class ResolvePhase(EmulatorState):
             planes.append(segs)
         return planes
 
-    def _expected(self, key: tuple[str, int, str, int], pos: tuple[str, int]) -> set[int]:
-        """The ids of the writers a stream read (``key``) must see (their positions: ``pos``, or all the
-        program names for it), those on chip 0 that exist."""
+    def _expected(self, key: tuple[int, str, int, str, int], pos: tuple[str, int]) -> set[int]:
+        """The ids of the writers a stream read (``key``: chip, slice, index, field, plane) must see
+        (their positions on the read's chip: ``pos``, or all the program names for it), those that exist."""
         if self._by_pos is None:
-            self._by_pos = {(op.slice.name, op.qidx): op.id for op in self.ops if op.chip == 0}
+            self._by_pos = {(op.chip, op.slice.name, op.qidx): op.id for op in self.ops}
         names = self._expect_all.get(key, [pos])
-        return {self._by_pos[p] for p in names if p in self._by_pos}
+        return {self._by_pos[(key[0], *p)] for p in names if (key[0], *p) in self._by_pos}
 
     def _storage_read(self, op: Op, st: StoreAccess) -> str | None:
         """What a storage access of op reads: "sram" (addressed words), "gather" (data-dependent words),
@@ -330,3 +330,17 @@ class ResolvePhase(EmulatorState):
         if before:
             op.weights = before[-1][3].id
             op.deps.add(op.weights)
+
+
+def _expect_entry(e: list[Any]) -> tuple[int, str, int, str, int, str, int]:
+    """One meta["expect"] entry as (chip, slice, index, field, plane, writer slice, writer index):
+    7 elements name the chip (multi-chip programs), 6 mean chip 0 (as single-chip programs write them).
+    The writer is on the reader's chip: streams do not cross chips."""
+    if len(e) == 7:
+        c, sname, k, fld, plane, ws, wk = e
+    elif len(e) == 6:
+        c, (sname, k, fld, plane, ws, wk) = 0, e
+    else:
+        raise ProgramError(f"meta expect entry {e!r}: expected [chip,] slice, index, field, plane, "
+                           f"writer slice, writer index")
+    return int(c), str(sname), int(k), str(fld), int(plane), str(ws), int(wk)

@@ -10,15 +10,14 @@ from operator import itemgetter
 import numpy as np
 
 from emulator.errors import Hazard
+from emulator.ops import Op, Shape, Source, intersect
+from emulator.state import EmulatorState
 from emulator.storage import EventStore
 from emulator.streams import Flight
 from isa.asm import format_instruction
 from isa.program import ProgramError
 from isa.timing import StoreAccess, TimingError, relative_timing
 
-
-from emulator.ops import Op, Shape, Source, intersect
-from emulator.state import EmulatorState
 
 class SetupPhase(EmulatorState):
     # ==========================================================================================
@@ -66,7 +65,13 @@ class SetupPhase(EmulatorState):
             end, owner = ivs[0][2], ivs[0][3]
             for s, _, e, op in ivs[1:]:
                 if s < end:
-                    self.hazard(op, "unit-busy", s, f"the {port} port is busy until cycle {end} with "
+                    what = f"the {port} port"
+                    if port in ("tx", "rx"):  # a link overbooked: name it and where it goes
+                        link = int(op.slice.name[3:])
+                        peer = self.system.peer(op.chip, link)
+                        to = f"chip {peer[0]} link {peer[1]}" if peer else "nothing"
+                        what = f"link {link} of chip {op.chip} (to {to}): its {port} port"
+                    self.hazard(op, "unit-busy", s, f"{what} is busy until cycle {end} with "
                                                     f"#{owner.qidx} {self.text(owner)}")
                 if e > end:
                     end, owner = e, op

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from emulator.units import handles
+from emulator.errors import EmulatorLimit
 from isa.dtypes import BY_CODE
 
 
@@ -22,7 +23,10 @@ def recv(em, op):
     for j, (sid, row) in enumerate(op.link):
         if sid < 0:
             continue
-        v = em.sources[sid].store[row]
+        store = em.sources[sid].store
+        if store is None:  # (a SEND of another chip whose values have not come: evaluation order)
+            raise EmulatorLimit(f"RECV #{op.qidx} on chip {op.chip} ran before the vectors it takes were sent")
+        v = store[row]
         if v.dtype.itemsize != dt.width:
             em.hazard(op, "operand", op.inst.issue, f"RECV.{dt.name} takes a {v.dtype} vector from the link")
             continue

@@ -1,0 +1,394 @@
+"""Lockstep emulation of a system of several chips, one chip per work unit.
+
+All chips run from one global cycle counter, but outside C2C transfers they share nothing: streams,
+SRAM, accumulators and weights are per chip, and a chip sees another only through the vectors a
+RECV takes from a link. So each chip is set up, resolved and evaluated on its own
+(``ChipEmulator``: the single-chip emulator restricted to that chip's queues and tensors), and the
+chips join at the links only:
+
+1. ``plan_links`` (``emulator.links``) matches every RECV vector to a SEND vector from the program
+   alone (C2C and ICU instructions only) and finds the cross-chip hazards.
+2. Each chip's unit sets itself up (timing, resolution, its own hazards) with its RECVs already
+   pointing at the SEND values they take (``Source``s standing for the other chip's SENDs).
+3. Evaluation runs in rounds: every unit evaluates, in dependency order, every instruction that
+   needs no SEND value it does not have yet, and hands back the SEND values it made; those go to
+   the units whose RECVs take them, and the next round starts. A round in which no unit gets on
+   with the program means two chips wait for each other inside whole instructions (the vectorised
+   evaluation runs each instruction at once): EmulatorLimit.
+
+A work unit's inputs and outputs are explicit and picklable (program, RECV map, host inputs, SEND
+values in; hazards, cycles, SEND values, outputs, figures out), and nothing is shared between units,
+so the units run in this process (``LocalUnits``) or on a pool of processes (``PoolUnits``: one
+single-process executor per worker, so each chip's state stays in the process that set it up); a
+distributed engine would place them on other machines the same way.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from emulator.errors import EmulatorLimit, Hazard, HazardError, InputError
+from emulator.links import LinkPlan, SendKey, plan_links
+from emulator.machine import Emulator
+from emulator.ops import Op, RunResult, Source, no_cyclic_gc
+from emulator.report import ReportPhase
+from isa.asm import format_instruction
+from isa.program import Program
+from isa.timing import host_transfer_us, union_length, utilization
+
+# Below this many instructions a pool costs more than it saves (starting a process and importing
+# numpy is about half a second; a chip's set-up and evaluation run at very roughly 20k-50k
+# instructions per second in one process).
+POOL_MIN_INSTRUCTIONS = 40_000
+
+
+def chip_program(prog: Program, c: int) -> Program:
+    """The part of a system program chip ``c`` runs: its queues, its tensors and its expect entries
+    (6-element entries are chip 0's). Instructions and tensors are shared, not copied."""
+    meta = dict(prog.meta)
+    if "expect" in meta:
+        meta["expect"] = [e for e in meta["expect"] if (e[0] if len(e) == 7 else 0) == c]
+    return Program(system=prog.system, queues={k: q for k, q in prog.queues.items() if k[0] == c},
+                   tensors=[t for t in prog.tensors if t.chip == c], nodes=prog.nodes, meta=meta)
+
+
+class ChipEmulator(Emulator):
+    """One chip of a system: the single-chip emulator over that chip's part of the program, with its
+    RECVs reading values other units send (``connect``) and evaluation in rounds (``advance``)."""
+
+    def __init__(self, program: Program, strict: bool, chip: int,
+                 recv: dict[tuple[str, int], list[tuple[SendKey, int] | None]]):
+        self.index = chip
+        self._recv_map = recv
+        super().__init__(program, strict)
+
+    def _check_links_and_barriers(self) -> None:
+        """Links and barriers span chips: ``plan_links`` checks them for the whole system. Here the
+        RECVs learn which SEND vector each of their vectors is: a ``Source`` per SEND of another unit
+        (its ``store`` arrives with ``advance``)."""
+        self.remote: dict[SendKey, int] = {}
+        for op in self.ops:
+            got = self._recv_map.get((op.slice.name, op.qidx)) if op.inst.spec.mnemonic == "RECV" else None
+            if got is None:
+                continue
+            for item in got:
+                if item is None:
+                    op.link.append((-1, 0))
+                    continue
+                key, row = item
+                sid = self.remote.get(key)
+                if sid is None:
+                    sid = self.remote[key] = len(self.sources)
+                    self.sources.append(Source(id=sid))
+                op.link.append((sid, row))
+                op.deps.add(sid)
+
+    def begin(self, inputs: dict[str, np.ndarray]) -> None:
+        from emulator.units import HANDLERS
+
+        self._place_inputs(inputs)
+        self._handlers = HANDLERS
+        self._todo = self._order()
+        self._state = [0] * len(self.ops)
+        self._pending = [0] * len(self.ops)
+        for op in self.ops:
+            for d in op.deps:
+                if d < len(self.ops) and d != op.id:
+                    self._pending[d] += 1
+
+    def advance(self, received: dict[SendKey, np.ndarray]) -> tuple[dict[SendKey, np.ndarray], int, int]:
+        """One round: take the SEND values ``received``, evaluate every instruction that does not wait
+        for a SEND value still missing (or for an instruction that does), in dependency order. Returns
+        the values of the SENDs evaluated, the instructions evaluated and those left."""
+        sources, n = self.sources, len(self.ops)
+        for key, arr in received.items():
+            sources[self.remote[key]].store = arr
+        state = self._state
+        blocked = bytearray(n)
+        waiting = False  # (until something waits, nothing can wait on it: skip the deps scan)
+        left: list[Op] = []
+        sent: dict[SendKey, np.ndarray] = {}
+        for op in self._todo:
+            if state[op.id] == 3:  # (run already by a data-dependent read, ``ensure``)
+                continue
+            if (op.link and any(sid >= 0 and sources[sid].store is None for sid, _ in op.link)) or \
+                    (waiting and any(d < n and blocked[d] for d in op.deps)):
+                blocked[op.id] = 1
+                waiting = True
+                left.append(op)
+                continue
+            state[op.id] = 1
+            self._execute(op)
+            if op.inst.spec.mnemonic == "SEND":
+                sent[(op.chip, op.slice.name, op.qidx)] = op.store  # type: ignore[assignment]
+        done = len(self._todo) - len(left)
+        self._todo = left
+        return sent, done, len(left)
+
+    def finish(self) -> dict[str, Any]:
+        """Outputs of this chip, every hazard it found, and its figures for the report."""
+        outputs = {t.name: self._read_output(t) for t in self.prog.io("output")}
+        return {"outputs": outputs, "hazards": list(self.hazards), "busy": dict(self._busy_intervals()),
+                "sram_bytes": sum(st.written_addresses() for st in self.sram.values()) * self.lanes}
+
+
+# ------------------------------------------------------------------------------------------------
+# work units: the calls a coordinator makes, on a dict of units held where they run
+# ------------------------------------------------------------------------------------------------
+def unit_setup(units: dict[int, ChipEmulator], c: int, program: Program | bytes, strict: bool,
+               recv: dict[tuple[str, int], list[tuple[SendKey, int] | None]]) -> dict[str, Any]:
+    """Set up chip c: in ``program`` (its part, or that part's bytes), RECVs taking what ``recv``
+    says. Out: its set-up hazards and, per instruction (in queue order), one past its last cycle."""
+    if isinstance(program, bytes):
+        program = Program.from_bytes(program, f"chip {c}")
+    em = units[c] = ChipEmulator(program, strict, c, recv)
+    return {"hazards": list(em.hazards), "ends": [op.end for op in em.ops], "cycles": em.cycles}
+
+
+def unit_begin(units: dict[int, ChipEmulator], c: int, inputs: dict[str, np.ndarray]) -> None:
+    with no_cyclic_gc():
+        units[c].begin(inputs)
+
+
+def unit_advance(units: dict[int, ChipEmulator], c: int,
+                 received: dict[SendKey, np.ndarray]) -> tuple[dict[SendKey, np.ndarray], int, int]:
+    with no_cyclic_gc():
+        return units[c].advance(received)
+
+
+def unit_finish(units: dict[int, ChipEmulator], c: int) -> dict[str, Any]:
+    return units.pop(c).finish()
+
+
+_CALLS: dict[str, Callable[..., Any]] = {"setup": unit_setup, "begin": unit_begin, "advance": unit_advance,
+                                         "finish": unit_finish}
+_WORKER_UNITS: dict[int, ChipEmulator] = {}  # the units living in a pool worker process
+
+
+def _worker_call(name: str, calls: list[tuple[int, tuple[Any, ...]]]) -> dict[int, Any]:
+    """In a pool worker: one call per chip it holds (a batch, so one round trip per worker)."""
+    return {c: _CALLS[name](_WORKER_UNITS, c, *args) for c, args in calls}
+
+
+class LocalUnits:
+    """Every unit in this process, called one after another."""
+
+    parallel = False
+
+    def __init__(self) -> None:
+        self.units: dict[int, ChipEmulator] = {}
+
+    def call(self, name: str, per_chip: dict[int, tuple[Any, ...]]) -> dict[int, Any]:
+        return {c: _CALLS[name](self.units, c, *args) for c, args in per_chip.items()}
+
+    def close(self) -> None:
+        self.units.clear()
+
+
+class PoolUnits:
+    """Units spread over ``workers`` processes (spawned: safe whatever the parent holds); chip c lives
+    in process ``home[c]`` from set-up to finish, so each call goes to the executor of that process."""
+
+    parallel = True
+
+    def __init__(self, home: dict[int, int], workers: int):
+        ctx = multiprocessing.get_context("spawn")
+        self.home = home
+        self.execs = [ProcessPoolExecutor(1, mp_context=ctx) for _ in range(workers)]
+
+    def call(self, name: str, per_chip: dict[int, tuple[Any, ...]]) -> dict[int, Any]:
+        futs: list[Future] = []
+        for w, ex in enumerate(self.execs):
+            calls = [(c, args) for c, args in per_chip.items() if self.home[c] == w]
+            if calls:
+                futs.append(ex.submit(_worker_call, name, calls))
+        out: dict[int, Any] = {}
+        for f in futs:
+            out.update(f.result())
+        return out
+
+    def close(self) -> None:
+        for ex in self.execs:
+            ex.shutdown(wait=False, cancel_futures=True)
+        self.execs = []
+
+
+def default_workers(prog: Program) -> int:
+    """Processes worth using: one per core up to one per chip, when the program has enough work."""
+    if prog.system.chips < 2 or prog.instruction_count < POOL_MIN_INSTRUCTIONS:
+        return 1
+    return max(1, min(prog.system.chips, os.cpu_count() or 1))
+
+
+@dataclass
+class _ChipInfo:
+    ops: list[Op]
+    cycles: int
+
+
+class SystemEmulator(ReportPhase):
+    """A program on a system of several chips (``Emulator(program)`` makes one for such a program).
+    Same interface as ``Emulator``: ``hazards`` (set-up), ``cycles``, ``ops`` (for reports: each with
+    its chip, slice, queue index, instruction and end), ``run(inputs)``, ``stats()``, ``text(op)``.
+    ``workers``: processes to use (1 = this one; None = ``default_workers``)."""
+
+    def __init__(self, program: Program, strict: bool = True, workers: int | None = None):
+        self.prog = program
+        self.system = program.system
+        self.chip = program.chip
+        self.strict = strict
+        self.lanes = self.chip.lanes
+        n_chips = self.system.chips
+        self.workers = default_workers(program) if workers is None else max(1, min(workers, n_chips))
+        self.plan: LinkPlan = plan_links(program)
+        parts = {c: chip_program(program, c) for c in range(n_chips)}
+        if self.workers > 1:
+            # balance instructions over the workers, biggest chip first
+            load = [0] * self.workers
+            home: dict[int, int] = {}
+            for c in sorted(parts, key=lambda c: -parts[c].instruction_count):
+                w = load.index(min(load))
+                home[c] = w
+                load[w] += parts[c].instruction_count + 1
+            self.units: LocalUnits | PoolUnits = PoolUnits(home, self.workers)
+            payload: dict[int, Program | bytes] = {c: p.to_bytes() for c, p in parts.items()}
+        else:
+            self.units = LocalUnits()
+            payload = dict(parts)
+        try:
+            setups = self.units.call("setup", {c: (payload[c], strict, self.plan.recv.get(c, {}))
+                                               for c in parts})
+        except BaseException:
+            self.units.close()
+            raise
+        self.hazards: list[Hazard] = list(self.plan.hazards)
+        self.per_chip: dict[int, _ChipInfo] = {}
+        self.ops: list[Op] = []
+        chip = self.chip
+        for c, part in parts.items():
+            self.hazards.extend(setups[c]["hazards"])
+            ends = iter(setups[c]["ends"])
+            ops = []
+            for (_, sname), q in sorted(part.queues.items(), key=lambda kv: chip.slice(kv[0][1]).index):
+                sl = chip.slice(sname)
+                for k, inst in enumerate(q):
+                    ops.append(Op(id=len(self.ops) + len(ops), chip=c, slice=sl, qidx=k, inst=inst, end=next(ends)))
+            self.ops.extend(ops)
+            self.per_chip[c] = _ChipInfo(ops, setups[c]["cycles"])
+        self.cycles = max((i.cycles for i in self.per_chip.values()), default=0)
+        self.hazards.sort(key=lambda h: (h.cycle, h.chip, h.slice, h.index))
+        self._figures: dict[int, dict[str, Any]] = {}
+
+    def text(self, op: Op) -> str:
+        return format_instruction(op.inst, self.prog.nodes)
+
+    def close(self) -> None:
+        self.units.close()
+
+    def __del__(self) -> None:
+        units = getattr(self, "units", None)
+        if units is not None:
+            units.close()
+
+    def run(self, inputs: dict[str, np.ndarray] | None = None, progress: bool | None = None) -> RunResult:
+        """Evaluate every chip; see the module docstring for the rounds. ``progress`` is accepted for
+        ``Emulator.run``'s interface (a round-based run has no per-instruction progress line)."""
+        try:
+            if self.strict and self.hazards:
+                raise HazardError(self.hazards[0], len(self.hazards) - 1)
+            inputs = dict(inputs or {})
+            names = {t.name for t in self.prog.io("input")}
+            extra = sorted(set(inputs) - names)
+            if extra:
+                raise InputError(f"unknown input(s) {', '.join(extra)}; the program takes "
+                                 f"{', '.join(sorted(names)) or 'no inputs'}")
+            chips = list(self.per_chip)
+            self.units.call("begin", {c: ({t.name: inputs[t.name] for t in self.prog.io("input")
+                                           if t.chip == c and t.name in inputs},) for c in chips})
+            received: dict[int, dict[SendKey, np.ndarray]] = {c: {} for c in chips}
+            active = set(chips)
+            while active:
+                res = self.units.call("advance", {c: (received[c],) for c in active})
+                received = {c: {} for c in chips}
+                progressed = 0
+                for c, (sent, done, left) in res.items():
+                    progressed += done
+                    for key, arr in sent.items():
+                        for dest in self.plan.needed_by.get(key, ()):
+                            received[dest][key] = arr
+                    if not left:
+                        active.discard(c)
+                if active and not progressed and not any(received[c] for c in active):
+                    raise EmulatorLimit(f"chips {sorted(active)} wait for each other's SEND values inside "
+                                        f"whole instructions; the vectorised emulator evaluates whole "
+                                        f"instructions, so split a SEND or RECV in two")
+            self._figures = self.units.call("finish", {c: () for c in chips})
+        finally:
+            self.units.close()
+        hazards = list(self.plan.hazards)
+        outputs_by_chip: dict[str, np.ndarray] = {}
+        for c in chips:
+            hazards.extend(self._figures[c]["hazards"])
+            outputs_by_chip.update(self._figures[c]["outputs"])
+        hazards.sort(key=lambda h: (h.cycle, h.chip, h.slice, h.index))
+        self.hazards = hazards
+        if self.strict and hazards:
+            raise HazardError(hazards[0], len(hazards) - 1)
+        outputs = {t.name: outputs_by_chip[t.name] for t in self.prog.io("output")}
+        return RunResult(outputs, self.cycles, self.stats(), list(hazards), self.ops)
+
+    def _busy_intervals(self) -> dict[tuple[int, str], list[tuple[int, int]]]:
+        out: dict[tuple[int, str], list[tuple[int, int]]] = {}
+        for fig in self._figures.values():
+            out.update(fig["busy"])
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        """``Emulator.stats`` for the whole system (units summed over chips), plus per chip its cycles
+        and units (``chips``) and per link its bytes and busy fraction (``links``)."""
+        chip = self.chip
+        cycles = max(self.cycles, 1)
+        busy = self._busy_intervals()
+        in_bytes = sum(int(np.prod(t.shape)) * t.dt.width for t in self.prog.io("input"))
+        out_bytes = sum(int(np.prod(t.shape)) * t.dt.width for t in self.prog.io("output"))
+        per_chip = []
+        for c, info in self.per_chip.items():
+            mine = {(0, s): iv for (cc, s), iv in busy.items() if cc == c}
+            per_chip.append({"chip": c, "cycles": info.cycles, "instructions": len(info.ops),
+                             "units": utilization(chip, 1, mine, cycles)})
+        return {
+            "cycles": self.cycles,
+            "clock_mhz": chip.clock_mhz,
+            "latency_us": self.cycles / chip.clock_mhz,
+            "host_in_us": host_transfer_us(chip, in_bytes),
+            "host_out_us": host_transfer_us(chip, out_bytes),
+            "instructions": len(self.ops),
+            "units": utilization(chip, self.system.chips, busy, cycles),
+            "sram_bytes": [self._figures.get(c, {}).get("sram_bytes", 0) for c in range(self.system.chips)],
+            "sram_capacity": chip.sram_bytes,
+            "hazards": len(self.hazards),
+            "chips": per_chip,
+            "links": link_stats(self.prog, self.plan, cycles),
+        }
+
+
+def link_stats(prog: Program, plan: LinkPlan, cycles: int) -> list[dict[str, Any]]:
+    """Per link of the system (each direction apart, as ``a -> b``): the bytes SENT on it
+    (``sum n * w * lanes``) and the fraction of the run its tx port is busy sending
+    (``|union of [t, t + n*cv)| / cycles``)."""
+    lanes = prog.chip.lanes
+    out = []
+    for ln in prog.system.links:
+        for a, b in ((ln.a, ln.b), (ln.b, ln.a)):
+            mine = [s for s in plan.sends if (s.chip, s.link) == a]
+            nbytes = sum(len(s.cycles) * s.width * lanes for s in mine)
+            busy = union_length([s.busy for s in mine])
+            out.append({"from": list(a), "to": list(b), "bytes": nbytes, "busy_cycles": busy,
+                        "utilization": busy / max(cycles, 1)})
+    return out
