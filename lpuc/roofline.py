@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from isa.config import ChipConfig
+from lpuc.kinds import task_kind
 from lpuc.tasks import TaskGraph
 
 
@@ -43,19 +44,12 @@ def roofline(tg: TaskGraph, sched, chip: ChipConfig) -> Roofline:
     planes = len(chip.slices_of("MXM"))
     alus = len(chip.slices_of("VXM"))
     mems = len(chip.slices_of("MEM"))
-    mxm = install = vxm = sxm = 0
+    work = {"mxm": 0, "install": 0, "vxm": 0, "sxm": 0}  # unit work, as each task kind counts it
     reads = writes = hops = 0
     for t in tg.tasks:
         tpl = sched.templates[t.id]
-        if t.kind == "chain":
-            cpv = chip.cycles_per_vector(t.attrs["dtype"])
-            for st in t.attrs["steps"]:
-                mxm += t.attrs["rows"] * cpv
-                install += st["w"].n
-        elif t.kind == "vxm":
-            vxm += t.writes[0].n * len(t.attrs.get("ops") or [None])
-        elif t.kind in ("permute", "transpose"):
-            sxm += max(e - s for sl, port, s, e in tpl.ports if port == "sxm")
+        for part, amount in task_kind(t).work(t, tpl, chip):
+            work[part] += amount
         for sl, kind, ks, ko, s, e in tpl.banks:
             if kind == "r":
                 reads += e - s
@@ -65,10 +59,10 @@ def roofline(tg: TaskGraph, sched, chip: ChipConfig) -> Roofline:
             for _, p0, p1, e0, e1 in f.parts:
                 hops += (e1 - e0 + 1) * (p1 - p0 + 1)
     parts = {
-        "mxm": _cdiv(mxm, planes),
-        "install": _cdiv(install, planes),
-        "vxm": _cdiv(vxm, alus),
-        "sxm": _cdiv(sxm, 2),
+        "mxm": _cdiv(work["mxm"], planes),
+        "install": _cdiv(work["install"], planes),
+        "vxm": _cdiv(work["vxm"], alus),
+        "sxm": _cdiv(work["sxm"], 2),
         "sram": _cdiv(max(reads, writes), mems),
         "stream": _cdiv(hops, 2 * chip.streams * chip.positions),
         "critical_path": _critical_path(tg, sched),

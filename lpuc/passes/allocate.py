@@ -27,10 +27,22 @@ from isa.config import ChipConfig
 from isa.dtypes import DTYPES
 from lpuc.errors import CapacityError, CompileError
 from lpuc.ir import Graph
+from lpuc.kinds import task_kind
 from lpuc.passes.lower import PRECISIONS
 from lpuc.passes.mirror import unmirror
 from lpuc.prim import Tensor
 from lpuc.tasks import TaskGraph
+
+
+@dataclass
+class Rules:
+    """Placement constraints the task kinds add (``TaskKind.allocation_rules``)."""
+
+    tensors: dict[int, Tensor]
+    L: int
+    opposite: dict[int, set[int]] = field(default_factory=lambda: defaultdict(set))  # must be in the other hemisphere
+    weights: dict[int, int] = field(default_factory=dict)  # weight tensor id -> words, for the hemisphere balance
+    vxm_tasks: dict[int, list] = field(default_factory=lambda: defaultdict(list))  # tensor id -> VXM tasks that touch it
 
 
 @dataclass
@@ -182,9 +194,8 @@ def allocate(tg: TaskGraph, chip: ChipConfig) -> Allocation:
     last: dict[int, int] = {}
     apart: dict[int, set[int]] = defaultdict(set)  # must not share a slice
     bank_apart: dict[int, set[int]] = defaultdict(set)  # must not share a (slice, bank)
-    opposite: dict[int, set[int]] = defaultdict(set)  # must be in the other hemisphere
-    weights: dict[int, int] = {}  # weight tensor id -> words, for the hemisphere balance
-    vxm_tasks: dict[int, list] = defaultdict(list)  # tensor id -> VXM tasks that touch it
+    rules = Rules(tensors, L)  # the task kinds' own constraints
+    opposite, weights, vxm_tasks = rules.opposite, rules.weights, rules.vxm_tasks
     n_tasks = len(tg.tasks)
     for t in list(tg.inputs) + [x for x in tg.tensors if x.const is not None]:
         first[base(t).id] = -1
@@ -203,21 +214,13 @@ def allocate(tg: TaskGraph, chip: ChipConfig) -> Allocation:
             apart[x] |= ws - {x}
         # a single-vector read (a lane map, an index vector) happens before the task stores anything,
         # so it never meets the task's own writes in a bank (a GATHER's table is read for n cycles)
-        long_reads = {a.tensor.id for a in task.reads if a.n > 1 or (task.kind == "gather" and a is task.reads[1])}
+        kind = task_kind(task)
+        long_reads = kind.long_reads(task)
         for w in ws:
             for x in rs & long_reads:
                 bank_apart[w].add(x)
                 bank_apart[x].add(w)
-        if task.kind == "vxm":
-            for x in rs | ws:
-                vxm_tasks[x].append(task)
-        if task.kind == "gather":
-            ids, table = task.reads[0].tensor.id, task.reads[1].tensor.id
-            opposite[ids].add(table)
-            opposite[table].add(ids)
-        if task.kind == "chain":
-            for st in task.attrs["steps"]:
-                weights[st["w"].tensor.id] = tensors[st["w"].tensor.id].vectors(L)
+        kind.allocation_rules(task, rules)
     # tensors a few dataflow hops apart (sharing a task, or sharing a task with one that does, ...) are
     # streamed at the same time once the scheduler pipelines producers into consumers: keeping them in
     # different slices leaves every slice's read and write port to one of them

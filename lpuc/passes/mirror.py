@@ -13,7 +13,8 @@ tensor and its mirror.
 
 Rules:
 
-* only tensors written by VXM operations and MXM chains (whose stores are one stream group) and read
+* only tensors written by VXM operations and MXM chains (whose stores are one stream group; task kinds
+  with ``mirror_writer`` and ``mirror_reader``, ``lpuc.kinds``) and read
   by VXM operations and MXM chains only, at least two readers (a VXM op's tasks count as one reader, each MXM chain as one); never inputs, outputs or constants; only on chips with room for them
   (``ROOM``), and the allocation pass drops a mirror it cannot place (``unmirror``);
 * the mirror has the tensor's dtype and shape; the allocation pass puts it in the tensor's
@@ -26,10 +27,9 @@ from collections import defaultdict
 
 from isa.config import ChipConfig
 from lpuc.prim import Tensor
+from lpuc.kinds import task_kind
 from lpuc.tasks import Access, Task, TaskGraph
 
-WRITERS = ("vxm", "chain")  # task kinds whose stores can take a second set of slices
-READERS = ("vxm", "chain")  # readers that run side by side (the two switches' permutes run one at a time)
 # a mirror is made only where a hemisphere has room for this many tensors of its width side by side
 # (the tensor, its mirror, the operands and results of the tasks around them)
 ROOM = 8
@@ -53,7 +53,9 @@ def mirror(tg: TaskGraph, chip: ChipConfig) -> TaskGraph:
             continue
         if ROOM * x.dt.width > chip.mem["slices_per_hemisphere"]:
             continue  # a small chip (tiny: 8 slices a side) needs its slices for the operands themselves
-        if any(w.kind not in WRITERS or w in rs for w in ws) or any(r.kind not in READERS for r in rs):
+        # writers whose stores are one stream group; readers that run side by side (the two switches'
+        # permutes run one at a time): ``TaskKind.mirror_writer``, ``mirror_reader``
+        if any(not task_kind(w).mirror_writer or w in rs for w in ws) or any(not task_kind(r).mirror_reader for r in rs):
             continue
         # readers in program order take x, mirror, x, ...: a VXM op's pieces (which run one after the
         # other) as one reader; every MXM chain on its own (chains of one product run side by side)
@@ -72,16 +74,13 @@ def mirror(tg: TaskGraph, chip: ChipConfig) -> TaskGraph:
         for r in rs:
             if next(k for k, q in enumerate(keys) if q is _reader(r)) % 2:
                 new = {id(a): Access(m, a.start, a.stride, a.n, a.plane) for a in r.reads if a.tensor is x}
-                r.reads = [new.get(id(a), a) for a in r.reads]
-                for st in r.attrs.get("steps", []):  # a chain names its accesses per K step too
-                    for key in ("w", "x"):
-                        st[key] = new.get(id(st[key]), st[key])
+                task_kind(r).replace_reads(r, new)
     tg.mirror_of = mirror_of  # type: ignore[attr-defined]
     return tg
 
 
 def _reader(task: Task) -> object:
-    return task.prim if task.kind == "vxm" and task.prim is not None else task
+    return task_kind(task).mirror_reader_key(task)
 
 
 def unmirror(tg: TaskGraph, m: Tensor) -> None:
@@ -93,7 +92,4 @@ def unmirror(tg: TaskGraph, m: Tensor) -> None:
             task.writes = [a for a in task.writes if a.tensor is not m]
         if any(a.tensor is m for a in task.reads):
             new = {id(a): Access(x, a.start, a.stride, a.n, a.plane) for a in task.reads if a.tensor is m}
-            task.reads = [new.get(id(a), a) for a in task.reads]
-            for st in task.attrs.get("steps", []):
-                for key in ("w", "x"):
-                    st[key] = new.get(id(st[key]), st[key])
+            task_kind(task).replace_reads(task, new)

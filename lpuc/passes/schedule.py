@@ -31,8 +31,9 @@ import numpy as np
 from isa.config import ChipConfig
 from lpuc.errors import CompileError
 from lpuc.passes.allocate import Allocation
+from lpuc.kinds import task_kind
 from lpuc.tasks import Task, TaskGraph
-from lpuc.templates import Template, build_template, chain_variants
+from lpuc.templates import Template
 
 SCHEDULERS = ("list", "asap", "naive")
 Delta = tuple[tuple[int, ...], ...]  # a dependency's anchor difference per (earlier template, later template)
@@ -229,10 +230,10 @@ class Scheduler:
         self.sched = Schedule(kind, region_rows=int(chip.mxm["acc_rows"]) // 2)
         # every task's possible templates, the first the default; the list scheduler picks one per task
         # (``chosen``; ``tpl`` holds it). A chain may run on either hemisphere's planes
-        # (``templates.chain_variants``): weights are balanced between the hemispheres over the whole
-        # model, but not phase by phase, and attention's K and V are one tensor each (BERT-base width,
-        # 12 layers: 293,479 -> 280,960 cycles)
-        self.variants = {t.id: (chain_variants(t, chip) if kind == "list" and t.kind == "chain" else [build_template(t, chip)])
+        # (``TaskKind.variants``, ``lpuc.kinds.matmul``): weights are balanced between the hemispheres over
+        # the whole model, but not phase by phase, and attention's K and V are one tensor each
+        # (BERT-base width, 12 layers: 293,479 -> 280,960 cycles)
+        self.variants = {t.id: (task_kind(t).variants(t, chip) if kind == "list" else [task_kind(t).template(t, chip)])
                          for t in tg.tasks}
         self.chosen = {t.id: 0 for t in tg.tasks}
         self.tpl = {t.id: self.variants[t.id][0] for t in tg.tasks}

@@ -1,0 +1,102 @@
+"""The kind interfaces and their registries (see ``lpuc.kinds`` for how to add a kind).
+
+``TASK_KINDS`` maps a task's ``kind`` string (``Task.kind``, as the dumps print it) to the one
+``TaskKind`` object that knows everything kind-specific about such tasks; ``PRIM_KINDS`` does the
+same for primitives (``Prim.kind``). The passes look a kind up here instead of switching on its name.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from isa.config import ChipConfig
+    from lpuc.tasks import Access, Task
+    from lpuc.templates import Template
+
+TASK_KINDS: dict[str, "TaskKind"] = {}
+PRIM_KINDS: dict[str, "PrimKind"] = {}
+
+
+def register_task_kind(cls: type["TaskKind"]) -> type["TaskKind"]:
+    """Class decorator: one instance of ``cls`` serves every task whose ``kind`` is ``cls.name``."""
+    assert cls.name and cls.name not in TASK_KINDS, f"task kind {cls.name!r} registered twice"
+    TASK_KINDS[cls.name] = cls()
+    return cls
+
+
+def register_prim_kind(cls: type["PrimKind"]) -> type["PrimKind"]:
+    """Class decorator: one instance of ``cls`` serves every primitive whose ``kind`` is ``cls.name``."""
+    assert cls.name and cls.name not in PRIM_KINDS, f"primitive kind {cls.name!r} registered twice"
+    PRIM_KINDS[cls.name] = cls()
+    return cls
+
+
+def task_kind(task: "Task") -> "TaskKind":
+    try:
+        return TASK_KINDS[task.kind]
+    except KeyError:
+        raise AssertionError(f"no task kind {task.kind!r} registered in lpuc.kinds") from None
+
+
+def prim_kind(kind: str) -> "PrimKind":
+    try:
+        return PRIM_KINDS[kind]
+    except KeyError:
+        raise AssertionError(f"no primitive kind {kind!r} registered in lpuc.kinds") from None
+
+
+class TaskKind:
+    """Everything the passes after tiling need to know about one kind of task."""
+
+    name: str = ""
+    # mirror pass (``lpuc.passes.mirror``): the task's stores are one stream group, so a mirror's WRITEs
+    # can take the same stream values (``mirror_writer``); it reads side by side with other readers of
+    # a tensor, so alternating them between the tensor and its mirror pays (``mirror_reader``)
+    mirror_writer: bool = False
+    mirror_reader: bool = False
+
+    # ------------------------------------------------------------------ templates (lpuc.templates)
+    def template(self, task: "Task", chip: "ChipConfig") -> "Template":
+        """The task's default template (``lpuc.templates.Builder``): its instructions relative to the
+        anchor, with ``unit``/``regions``/``flips``/``multi_alu`` saying what the scheduler chooses."""
+        raise NotImplementedError(self.name)
+
+    def variants(self, task: "Task", chip: "ChipConfig") -> list["Template"]:
+        """The templates the list scheduler chooses from, the default (``template``'s) first."""
+        return [self.template(task, chip)]
+
+    # ------------------------------------------------------------------ roofline (lpuc.roofline)
+    def work(self, task: "Task", tpl: "Template", chip: "ChipConfig") -> list[tuple[str, Any]]:
+        """The unit work the task adds to the roofline: (part, amount) in order of addition, parts
+        ``mxm`` (multiply cycles), ``install`` (weight rows), ``vxm`` (ALU vectors), ``sxm`` (switch
+        cycles). SRAM words and stream hops are counted from the template for every kind."""
+        return []
+
+    # ------------------------------------------------------------------ mirror (lpuc.passes.mirror)
+    def mirror_reader_key(self, task: "Task") -> object:
+        """Readers with one key count as one reader (and read one copy) when the mirror pass
+        alternates readers between a tensor and its mirror."""
+        return task
+
+    def replace_reads(self, task: "Task", new: dict[int, "Access"]) -> None:
+        """Read ``new[id(access)]`` instead of each access in ``new`` (mirroring and unmirroring);
+        a kind that names its accesses elsewhere in ``attrs`` too updates them here."""
+        task.reads = [new.get(id(a), a) for a in task.reads]
+
+    # ------------------------------------------------------------------ allocation (lpuc.passes.allocate)
+    def long_reads(self, task: "Task") -> set[int]:
+        """Tensor ids the task reads while it may also be storing (they must not share a bank with
+        its outputs); a single-vector read happens before the task stores anything."""
+        return {a.tensor.id for a in task.reads if a.n > 1}
+
+    def allocation_rules(self, task: "Task", rules: Any) -> None:
+        """Add the task's kind-specific placement constraints to ``rules``
+        (``lpuc.passes.allocate.Rules``: hemisphere opposites, matrix weights, ALU-streamed tensors)."""
+
+
+class PrimKind:
+    """Everything the passes need to know about one kind of primitive."""
+
+    name: str = ""
+

@@ -1,0 +1,101 @@
+"""Elementwise work on the VXM: the ``vxm`` task kind (one op, or a run of ops on as many ALUs).
+
+The elementwise primitive kinds (``ewise``, ``convert``, ``rchunk``, ``bitor``) tile into ``vxm`` tasks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from isa.config import ChipConfig
+from isa.dtypes import DTYPES
+from isa.encoding import IMM_FLAG
+from isa.instructions import BY_MNEMONIC
+from isa.timing import instruction_timing
+from lpuc.kinds.base import TaskKind, register_task_kind
+from lpuc.tasks import Task
+from lpuc.templates import Builder, Template, TInst
+
+
+@register_task_kind
+class VxmTask(TaskKind):
+    """One elementwise op, reduction or type conversion over runs of vectors on an ALU; with
+    ``attrs["ops"]`` a run of ops, one ALU each, chained through the streams."""
+
+    name = "vxm"
+    mirror_writer = True
+    mirror_reader = True
+
+    def template(self, task: Task, chip: ChipConfig) -> Template:
+        return vxm_template(task, chip)
+
+    def work(self, task: Task, tpl: Template, chip: ChipConfig) -> list[tuple[str, Any]]:
+        return [("vxm", task.writes[0].n * len(task.attrs.get("ops") or [None]))]
+
+    def mirror_reader_key(self, task: Task) -> object:
+        # a VXM op's pieces (which run one after the other) read one copy, as one reader
+        return task.prim if task.prim is not None else task
+
+    def allocation_rules(self, task: Task, rules: Any) -> None:
+        for x in {a.tensor.id for a in task.reads} | {a.tensor.id for a in task.writes}:
+            rules.vxm_tasks[x].append(task)
+
+
+def vxm_template(task: Task, chip: ChipConfig) -> Template:
+    """READ the operands so that they pass the VXM when the op reads them; WRITE the results as they
+    leave it. A task with ``attrs["ops"]`` (a run of elementwise ops, made by the tiling pass) runs them on as
+    many ALUs: op j+1 reads op j's results from the stream at the VXM in the cycle they leave op j, so the
+    intermediate values never touch SRAM."""
+    b = Builder(chip)
+    steps = task.attrs.get("ops") or [task.attrs]
+    n = task.writes[0].n
+    vpos = b.pos("VXM0")
+    flight_of: dict[int, tuple[int, int]] = {}
+    prev: tuple[TInst, int] | None = None  # the previous op and the cycle its results leave it
+    for j, st in enumerate(steps):
+        spec = BY_MNEMONIC[st["op"]]
+        dt = DTYPES[st["dtype"]]
+        ops: dict[str, int] = {"dt": dt.code, "n": n}
+        if st["op"] == "CONVERT":
+            ops["to"] = DTYPES[st["to"]].code
+        if spec.group == "reduce":
+            ops["m"] = st["m"]
+        names = [f.name for f in spec.fields if f.kind in ("stream", "sorimm") and f.name != "d"]
+        reads_of: dict[str, int] = {}
+        streamed = None  # the operand that comes from the previous op
+        for name, (kind, val) in zip(names, st["operands"]):
+            if kind == "imm":
+                from isa.asm import imm_bits
+
+                ops[name] = IMM_FLAG | imm_bits(dt.np.type(val), dt)
+            else:
+                ops[name] = 0
+                if kind == "stream":
+                    streamed = name
+                else:
+                    reads_of[name] = val
+        ops["d"] = 0
+        # the op's own timing says when each operand must pass the VXM and when the result leaves
+        probe = instruction_timing(spec, ops, 0, chip)
+        read_at = {r.field: int(r.cycles[0]) for r in probe.reads}
+        rel = 0 if prev is None else prev[1] - read_at[streamed]
+        ti = b.inst("*" if len(steps) == 1 else f"*{j}", rel, st["op"], **ops)
+        if prev is not None:
+            ti.refs[streamed] = prev[0].refs["d"]
+        for name, k in reads_of.items():
+            if k in flight_of:  # the same tensor for two operands: one flight serves both
+                ti.refs[name] = flight_of[k]
+                continue
+            b.read_group(task.reads[k], vpos, rel + read_at[name], ti, name)
+            flight_of[k] = ti.refs[name]
+        depart = rel + int(probe.writes[0].cycles[0])
+        if j < len(steps) - 1:  # results go to the next op only: a flight that stays at the VXM
+            fl = b.new_flight("E", probe.writes[0].dtype.width)
+            d0 = b.diag("E", depart, vpos)
+            for k in range(probe.writes[0].dtype.width):
+                b.flights[fl].parts.append((k, vpos, vpos, d0, d0 + n - 1))
+            ti.refs["d"] = (fl, 0)
+        else:
+            b.write_groups(task.writes, vpos, depart, ti, "d")
+        prev = (ti, depart)
+    return b.finish(unit="VXM")

@@ -1,0 +1,85 @@
+"""Table lookups: the ``gather`` task kind (MEM GATHER of table rows selected by an index vector)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from isa.config import ChipConfig
+from isa.dtypes import DTYPES
+from isa.instructions import BY_MNEMONIC
+from isa.timing import instruction_timing
+from lpuc.errors import CompileError
+from lpuc.kinds.base import TaskKind, register_task_kind
+from lpuc.tasks import Access, Task
+from lpuc.templates import Builder, Template
+
+
+@register_task_kind
+class GatherTask(TaskKind):
+    """One lane chunk of the rows an index vector selects: reads (index vector, table chunk)."""
+
+    name = "gather"
+
+    def template(self, task: Task, chip: ChipConfig) -> Template:
+        return gather_template(task, chip)
+
+    def long_reads(self, task: Task) -> set[int]:
+        # a GATHER's table is read for n cycles, while the task stores
+        return {a.tensor.id for a in task.reads if a.n > 1 or a is task.reads[1]}
+
+    def allocation_rules(self, task: Task, rules: Any) -> None:
+        # one flight of the index vector passes every plane of the table: the other hemisphere
+        ids, table = task.reads[0].tensor.id, task.reads[1].tensor.id
+        rules.opposite[ids].add(table)
+        rules.opposite[table].add(ids)
+
+
+def gather_template(task: Task, chip: ChipConfig) -> Template:
+    """One flight of the index vector passes every plane of the table; each plane GATHERs from it."""
+    b = Builder(chip)
+    ids, table = task.reads
+    out = task.writes[0]
+    lat = chip.latency
+    tpos = [b.pos(s) for s, _ in table.tensor.planes]
+    ipos = [b.pos(s) for s, _ in ids.tensor.planes]
+    direction = "E" if max(ipos) < min(tpos) else "W"
+    assert direction == "E" or min(ipos) > max(tpos), "index vector and table must be in different hemispheres"
+    # the index group is aligned on one diagonal; it passes table plane k in cycle (diag + pos_k) (E)
+    first = min(tpos) if direction == "E" else max(tpos)
+    last = max(tpos) if direction == "E" else min(tpos)
+    if len(table.tensor.segments) > 1 or len(ids.tensor.segments) > 1:
+        raise CompileError(f"embedding table {table.tensor.name} ({table.tensor.dtype} {list(table.tensor.shape)}) "
+                           f"is larger than one {chip.name} segment ({chip.segment_words} words) per plane; gathers from split tables are not "
+                           f"supported yet")
+    fl = b.new_flight(direction, 4)
+    f = b.flights[fl]
+    arrive_first = 0  # the index vector passes the nearest table plane in cycle 0
+    d = b.diag(direction, arrive_first, first)
+    (_, _, iv0, iseg), = ids.tensor.pieces(ids.start, 1, 1)
+    for k, ((sname, base), p) in enumerate(zip(iseg, ipos)):
+        rel = arrive_first - lat["mem_read"] - abs(first - p)
+        r = b.inst(sname, rel, "READ", addr=base + ids.start - iv0, n=1, stride=1)
+        r.refs["s"] = (fl, k)
+        f.parts.append((k, min(p, last), max(p, last), d, d))
+        b.sram.append((ids.tensor.id, sname, "r", np.array([rel]), np.array([base + ids.start - iv0]), base))
+        b.vec.append((ids.tensor.id, "r", np.array([ids.start]), np.array([rel])))
+    w = DTYPES[table.tensor.dtype].width
+    for k in range(w):
+        sname, base = table.tensor.planes[k]
+        p = tpos[k]
+        t_k = abs(p - first)
+        g = b.inst(sname, t_k, "GATHER", addr=base + task.attrs["chunk"], n=task.attrs["n"],
+                   stride=task.attrs["stride"], idx=0, s=0, bound=task.attrs.get("bound", 0))
+        g.refs["idx"] = (fl, 0)
+        b.sram.append((table.tensor.id, sname, "r", t_k + 1 + np.arange(task.attrs["n"]), None, base))
+        nvec = table.tensor.vectors(chip.lanes)  # the rows gathered depend on data: any of them, any time
+        b.vec.append((table.tensor.id, "r", np.arange(nvec), np.full(nvec, t_k + 1)))
+        b.vec.append((table.tensor.id, "r", np.arange(nvec), np.full(nvec, t_k + task.attrs["n"])))
+        probe = instruction_timing(BY_MNEMONIC["GATHER"], {**g.ops, "idx": 0, "s": 0}, t_k, chip)
+        depart = int(probe.writes[0].cycles[0])
+        # plane k of the result goes to plane k of the output
+        one = Access(out.tensor, out.start, out.stride, out.n, plane=k)
+        b.write_group(one, p, depart, g, "s")
+    return b.finish()
