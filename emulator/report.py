@@ -18,6 +18,10 @@ SRAM_MEANING = "distinct SRAM words holding any tensor, inputs and constants inc
 
 
 def format_report(stats: dict[str, Any], chip_name: str) -> str:
+    """The ``lpuc run`` report. For a system (``stats`` has ``chips`` and ``links``,
+    ``SystemEmulator.stats``) the units are summed over its chips, then each chip's cycles (one past
+    its last busy cycle) and units, and each link direction ``chip.link -> chip.link``: bytes sent
+    and busy fraction = cycles its tx port sends / program cycles."""
     lines = [
         f"chip               {chip_name} @ {stats['clock_mhz']:g} MHz",
         f"cycles             {stats['cycles']}",
@@ -32,6 +36,17 @@ def format_report(stats: dict[str, Any], chip_name: str) -> str:
     ]
     for unit, u in stats["units"].items():
         lines.append(f"  {unit:<16} {u['busy_cycles']:>11}   {100 * u['utilization']:10.2f}%")
+    for c in stats.get("chips", []):  # a system of several chips: each chip, then each link
+        busiest = ", ".join(f"{unit} {100 * u['utilization']:.2f}%" for unit, u in c["units"].items()
+                            if u["busy_cycles"])
+        lines.append(f"  chip {c['chip']:<11} {c['cycles']:>7} cycles, {c['instructions']} instructions"
+                     + (f"; {busiest}" if busiest else ""))
+    if stats.get("links"):
+        lines.append("link               bytes sent    busy cycles   utilization")
+        for ln in stats["links"]:
+            name = f"{ln['from'][0]}.{ln['from'][1]} -> {ln['to'][0]}.{ln['to'][1]}"
+            lines.append(f"  {name:<16} {ln['bytes']:>10,}   {ln['busy_cycles']:>11}   "
+                         f"{100 * ln['utilization']:10.2f}%")
     if stats.get("hazards"):
         lines.append(f"hazards            {stats['hazards']} (run with strict mode to stop at the first)")
     return "\n".join(lines)
