@@ -15,10 +15,12 @@ Families (each module defines the kinds' classes; importing it registers them):
 ===================  =============================================  ===============================
 module               task kinds                                     primitive kinds
 ===================  =============================================  ===============================
-``elementwise``      ``vxm``                                        (see ``PRIM_KINDS``)
-``movement``         ``copy``, ``permute``, ``transpose``
-``gather``           ``gather``
-``matmul``           ``chain``
+``elementwise``      ``vxm``                                        ``ewise``, ``convert``,
+                                                                    ``rchunk``, ``bitor``
+``movement``         ``copy``, ``permute``, ``transpose``           ``view``, ``copy``,
+                                                                    ``relayout``, ``transpose``
+``gather``           ``gather``                                     ``gather``
+``matmul``           ``chain``                                      ``matmul``, ``mmheads``
 ===================  =============================================  ===============================
 
 Adding a task kind (e.g. ``send``/``recv`` over chip-to-chip links)
@@ -45,6 +47,14 @@ Adding a task kind (e.g. ``send``/``recv`` over chip-to-chip links)
    ``allocation_rules`` (hemisphere opposites, matrix weights, ALU-streamed tensors).
 
 Code generation needs nothing: it emits the template's instructions as placed.
+
+Adding a primitive kind (e.g. a KV-cache append)
+------------------------------------------------
+
+1. Subclass ``PrimKind``, set ``name`` and decorate with ``@register_prim_kind``; the lowering makes
+   such primitives with ``pg.add(name, ins, out, node, **attrs)``.
+2. ``evaluate(p, vals, lanes)`` (required): its result from its operands' values with
+   ``isa.semantics``, in the order the program computes it (``lpuc.reference``, ``lpuc verify``).
 """
 
 from lpuc.kinds.base import (PRIM_KINDS, TASK_KINDS, PrimKind, TaskKind, prim_kind, register_prim_kind,

@@ -10,7 +10,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from isa.config import ChipConfig
+    from lpuc.prim import Prim
     from lpuc.tasks import Access, Task
     from lpuc.templates import Template
 
@@ -100,3 +103,9 @@ class PrimKind:
 
     name: str = ""
 
+    # ------------------------------------------------------------------ reference (lpuc.reference)
+    def evaluate(self, p: "Prim", vals: dict[int, "np.ndarray"], lanes: int) -> "np.ndarray":
+        """The primitive's result from its operands' values (``vals``: tensor id -> array in the chip
+        dtype), computed with ``isa.semantics`` in the order the program computes it, so that the
+        emulator's outputs equal it bit for bit."""
+        raise NotImplementedError(f"no reference for primitive {self.name}")

@@ -7,12 +7,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
+from isa import semantics
 from isa.config import ChipConfig
 from isa.dtypes import DTYPES
 from isa.encoding import IMM_FLAG
 from isa.instructions import BY_MNEMONIC
 from isa.timing import instruction_timing
-from lpuc.kinds.base import TaskKind, register_task_kind
+from lpuc.kinds.base import PrimKind, TaskKind, register_prim_kind, register_task_kind
+from lpuc.prim import Imm, Prim
 from lpuc.tasks import Task
 from lpuc.templates import Builder, Template, TInst
 
@@ -39,6 +43,83 @@ class VxmTask(TaskKind):
     def allocation_rules(self, task: Task, rules: Any) -> None:
         for x in {a.tensor.id for a in task.reads} | {a.tensor.id for a in task.writes}:
             rules.vxm_tasks[x].append(task)
+
+
+# ================================================================================================
+# primitive kinds
+# ================================================================================================
+@register_prim_kind
+class EwisePrim(PrimKind):
+    """Elementwise VXM op (``attrs["op"]``, ``dtype``) over broadcast operands (tensors or immediates)."""
+
+    name = "ewise"
+
+    def evaluate(self, p: Prim, vals: dict[int, np.ndarray], lanes: int) -> np.ndarray:
+        dtype = p.attrs.get("dtype", p.out.dtype)
+        return ewise(p, [_imm(o, dtype) if isinstance(o, Imm) else vals[o.id] for o in p.ins])
+
+
+@register_prim_kind
+class ConvertPrim(PrimKind):
+    """Elementwise type conversion to ``attrs["to"]`` (VXM CONVERT)."""
+
+    name = "convert"
+
+    def evaluate(self, p: Prim, vals: dict[int, np.ndarray], lanes: int) -> np.ndarray:
+        return semantics.convert(vals[p.ins[0].id], p.ins[0].dt, DTYPES[p.attrs["to"]])
+
+
+@register_prim_kind
+class RchunkPrim(PrimKind):
+    """Cross-lane reduction (``attrs["op"]``: sum, max, min) of the first ``m`` lanes of lane chunk
+    ``chunk`` of every row -> splat ``[.., 1]`` (RSUM/RMAX/RMIN)."""
+
+    name = "rchunk"
+
+    def evaluate(self, p: Prim, vals: dict[int, np.ndarray], lanes: int) -> np.ndarray:
+        x = vals[p.ins[0].id]
+        t = p.ins[0]
+        x2 = x.reshape(t.rows, t.last)
+        c, m = p.attrs["chunk"], p.attrs["m"]
+        part = np.ascontiguousarray(x2[:, c * lanes:c * lanes + m])
+        r = semantics.reduce_lanes(p.attrs["op"], t.dt, part, m)[:, :1]
+        return r.reshape(p.out.shape)
+
+
+@register_prim_kind
+class BitorPrim(PrimKind):
+    """Bitwise OR of equally shaped tensors, each zero where another holds the data (merges pieces)."""
+
+    name = "bitor"
+
+    def evaluate(self, p: Prim, vals: dict[int, np.ndarray], lanes: int) -> np.ndarray:
+        parts = [np.ascontiguousarray(vals[t.id]) for t in p.ins]
+        u = {1: np.uint8, 2: np.uint16, 4: np.uint32}[parts[0].dtype.itemsize]
+        acc = parts[0].view(u).copy()
+        for q in parts[1:]:
+            acc |= q.view(u)
+        return acc.view(parts[0].dtype).reshape(p.out.shape)
+
+
+def _imm(v: Imm, dtype: str) -> np.generic:
+    return DTYPES[dtype].np.type(v.value)
+
+
+def ewise(p: Prim, args: list[np.ndarray | np.generic]) -> np.ndarray:
+    spec = BY_MNEMONIC[p.attrs["op"]]
+    dt = DTYPES[p.attrs["dtype"]]
+    shape = p.out.shape
+    if spec.group == "binary":
+        r = semantics.binary(spec.extra["op"], dt, np.asarray(args[0]), args[1])
+    elif spec.group == "compare":
+        r = semantics.compare(spec.extra["op"], dt, np.asarray(args[0]), args[1])
+    elif spec.group == "unary":
+        r = semantics.unary(spec.extra["op"], dt, np.asarray(args[0]))
+    elif spec.group == "select":
+        r = semantics.select(np.asarray(args[0]), np.asarray(args[1]), args[2])
+    else:
+        raise AssertionError(p.attrs["op"])
+    return np.broadcast_to(r, shape).copy()
 
 
 def vxm_template(task: Task, chip: ChipConfig) -> Template:

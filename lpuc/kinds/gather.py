@@ -11,7 +11,8 @@ from isa.dtypes import DTYPES
 from isa.instructions import BY_MNEMONIC
 from isa.timing import instruction_timing
 from lpuc.errors import CompileError
-from lpuc.kinds.base import TaskKind, register_task_kind
+from lpuc.kinds.base import PrimKind, TaskKind, register_prim_kind, register_task_kind
+from lpuc.prim import Prim
 from lpuc.tasks import Access, Task
 from lpuc.templates import Builder, Template
 
@@ -34,6 +35,25 @@ class GatherTask(TaskKind):
         ids, table = task.reads[0].tensor.id, task.reads[1].tensor.id
         rules.opposite[ids].add(table)
         rules.opposite[table].add(ids)
+
+
+@register_prim_kind
+class GatherPrim(PrimKind):
+    """Rows of a table (``ins[0]``) selected by an index tensor (``ins[1]``); with ``attrs["bound"]``,
+    indices outside [0, bound) give zero rows (MEM GATHER)."""
+
+    name = "gather"
+
+    def evaluate(self, p: Prim, vals: dict[int, np.ndarray], lanes: int) -> np.ndarray:
+        table, ids = (vals[t.id] for t in p.ins)
+        ids = ids.astype(np.int64).reshape(-1)
+        bound = p.attrs.get("bound", 0)
+        if bound:  # indices outside [0, bound) give zero rows
+            inside = (ids >= 0) & (ids < bound)
+            out = np.zeros((len(ids),) + table.shape[1:], table.dtype)
+            out[inside] = table[ids[inside]]
+            return out.reshape(p.out.shape)
+        return table[ids].reshape(p.out.shape)
 
 
 def gather_template(task: Task, chip: ChipConfig) -> Template:

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
+from isa import semantics
 from isa.config import ChipConfig
 from isa.dtypes import DTYPES
 from isa.instructions import BY_MNEMONIC
 from isa.timing import instruction_timing
-from lpuc.kinds.base import TaskKind, register_task_kind
+from lpuc.kinds.base import PrimKind, TaskKind, register_prim_kind, register_task_kind
+from lpuc.prim import Prim
 from lpuc.tasks import Access, Task
 from lpuc.templates import Builder, Template
 
@@ -49,6 +53,104 @@ class ChainTask(TaskKind):
     def allocation_rules(self, task: Task, rules: Any) -> None:
         for st in task.attrs["steps"]:  # matrix weights: balanced between the hemispheres' planes
             rules.weights[st["w"].tensor.id] = rules.tensors[st["w"].tensor.id].vectors(rules.L)
+
+
+# ================================================================================================
+# primitive kinds
+# ================================================================================================
+@register_prim_kind
+class MatmulPrim(PrimKind):
+    """``a @ b`` on the MXM; ``b`` is ``[.., K, N]`` (or ``[.., N, K]`` with ``tb``), or given as one
+    tensor per group of output lane chunks (``split``); ``kc``: a partial product over a's K chunks."""
+
+    name = "matmul"
+
+    def evaluate(self, p: Prim, vals: dict[int, np.ndarray], lanes: int) -> np.ndarray:
+        a = vals[p.ins[0].id]
+        parts = [vals[t.id] for t in p.ins[1:]]  # weights stored by output lane chunk are concatenated
+        b = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0 if p.attrs["tb"] else -1)
+        return matmul(a, b, p.attrs["tb"], lanes, p.attrs.get("kc")).reshape(p.out.shape)
+
+
+@register_prim_kind
+class MmheadsPrim(PrimKind):
+    """Per-head attention products on unsplit ``[.., T, H*D]`` tensors (``lpuc.passes.heads``)."""
+
+    name = "mmheads"
+
+    def evaluate(self, p: Prim, vals: dict[int, np.ndarray], lanes: int) -> np.ndarray:
+        return mmheads(p, vals[p.ins[0].id], vals[p.ins[1].id], lanes)
+
+
+def matmul(a: np.ndarray, b: np.ndarray, tb: bool, lanes: int, kc: tuple[int, int] | None = None) -> np.ndarray:
+    """Per lane chunk of K: one exact pass rounded to f32, accumulated in chunk order. ``kc = (c0, c1)``:
+    a partial product, a's K lane chunks c0 <= c < c1 times b, which holds just those rows
+    (``lower.Lowering._k_groups``)."""
+    if kc is not None:
+        a = a[..., kc[0] * lanes:kc[1] * lanes]
+    if tb:
+        b = np.swapaxes(b, -1, -2)
+    batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    a = np.broadcast_to(a, tuple(batch) + a.shape[-2:])
+    b = np.broadcast_to(b, tuple(batch) + b.shape[-2:])
+    K = a.shape[-1]
+    out = np.empty(tuple(batch) + (a.shape[-2], b.shape[-1]), dtype=np.float32)
+    for idx in np.ndindex(*batch) if batch else [()]:
+        acc = None
+        for k0 in range(0, K, lanes):
+            y = semantics.matmul(np.ascontiguousarray(a[idx][:, k0:k0 + lanes]),
+                                 np.ascontiguousarray(b[idx][k0:k0 + lanes, :]))
+            acc = y if acc is None else semantics.accumulate(acc, y)
+        out[idx] = acc
+    return out
+
+
+def mmheads(p: Prim, x: np.ndarray, y: np.ndarray, lanes: int) -> np.ndarray:
+    """The passes ``tile.mmheads`` runs (see ``lpuc.passes.heads``): whole lane chunks against weights
+    zeroed outside one head's lanes; PV accumulates the heads of a chunk pass by pass."""
+    H, D, L = p.attrs["H"], p.attrs["D"], lanes
+    E = x.shape[-1] if p.attrs["mode"] == "qk" else y.shape[-1]
+    B = int(np.prod(p.out.shape[:-3])) if p.attrs["mode"] == "qk" else int(np.prod(p.out.shape[:-2]))
+
+    def chunk(t: np.ndarray, c: int) -> np.ndarray:  # lanes of chunk c, zero-padded to L
+        out = np.zeros(t.shape[:-1] + (L,), t.dtype)
+        part = t[..., c * L:(c + 1) * L]
+        out[..., :part.shape[-1]] = part
+        return out
+
+    if p.attrs["mode"] == "qk":
+        T, N = x.shape[-2], y.shape[-2]
+        xs, ys = x.reshape(B, T, E), y.reshape(B, N, y.shape[-1])
+        out = np.empty((B, H, T, N), np.float32)
+        for b in range(B):
+            for h in range(H):
+                c, lo = divmod(p.attrs["offq"] + h * D, L)
+                ck = (p.attrs["offk"] + h * D) // L
+                k = min(L, E - c * L)
+                w = chunk(ys[b], ck).T.copy()  # [L, N]: K's rows as columns
+                w[:lo] = 0
+                w[lo + D:] = 0
+                out[b, h] = semantics.matmul(np.ascontiguousarray(chunk(xs[b], c)[:, :k]), np.ascontiguousarray(w[:k]))
+        return out.reshape(p.out.shape)
+    T, S = x.shape[-2], x.shape[-1]
+    Eo = p.out.shape[-1]
+    xs, ys = x.reshape(B, H, T, S), y.reshape(B, S, E)
+    out = np.zeros((B, T, -(-Eo // L) * L), np.float32)
+    for b in range(B):
+        for c in range(-(-Eo // L)):
+            acc = None
+            for h in p.attrs.get("heads", range(H)):
+                if (h * D) // L != c:
+                    continue
+                cv, lo = divmod(p.attrs["offv"] + h * D, L)
+                w = chunk(ys[b], cv)  # [S, L]: V's rows, only head h's lanes kept
+                w[:, :lo] = 0
+                w[:, lo + D:] = 0
+                yh = semantics.matmul(np.ascontiguousarray(xs[b, h]), w)
+                acc = yh if acc is None else semantics.accumulate(acc, yh)
+            if acc is not None:
+                out[b, :, c * L:(c + 1) * L] = acc
+    return out[..., :Eo].reshape(p.out.shape)
 
 
 def chain_template(task: Task, chip: ChipConfig, region_rows: int, side: str | None = None) -> Template:

@@ -14,7 +14,8 @@ from isa.config import ChipConfig
 from isa.dtypes import DTYPES
 from isa.instructions import BY_MNEMONIC
 from isa.timing import instruction_timing
-from lpuc.kinds.base import TaskKind, register_task_kind
+from lpuc.kinds.base import PrimKind, TaskKind, register_prim_kind, register_task_kind
+from lpuc.prim import Prim
 from lpuc.tasks import Task
 from lpuc.templates import Builder, Template
 
@@ -54,6 +55,51 @@ class TransposeTask(SxmTask):
 
     def template(self, task: Task, chip: ChipConfig) -> Template:
         return transpose_template(task, chip)
+
+
+# ================================================================================================
+# primitive kinds
+# ================================================================================================
+class MovePrim(PrimKind):
+    """Element movement by ``attrs["emap"]``: out element e = the inputs' (concatenated, flat)
+    element emap[e], or 0 where emap[e] is -1."""
+
+    def evaluate(self, p: Prim, vals: dict[int, np.ndarray], lanes: int) -> np.ndarray:
+        flat = np.concatenate([vals[t.id].reshape(-1) for t in p.ins])
+        e = p.attrs["emap"]
+        out = np.where(e >= 0, flat[np.maximum(e, 0)], np.zeros((), flat.dtype))
+        return out.astype(flat.dtype).reshape(p.out.shape)
+
+
+@register_prim_kind
+class ViewPrim(MovePrim):
+    """The input's vectors as they are, under another shape (no task: readers read the input)."""
+
+    name = "view"
+
+
+@register_prim_kind
+class CopyPrim(MovePrim):
+    """Whole-vector row movement: out row r = in row ``vmap``'s (last dimension unchanged)."""
+
+    name = "copy"
+
+
+@register_prim_kind
+class RelayoutPrim(MovePrim):
+    """Element movement with lane changes (PERMUTE tasks, OR merges)."""
+
+    name = "relayout"
+
+
+@register_prim_kind
+class TransposePrim(PrimKind):
+    """Swap of the last two axes (SXM TRANSPOSE blocks)."""
+
+    name = "transpose"
+
+    def evaluate(self, p: Prim, vals: dict[int, np.ndarray], lanes: int) -> np.ndarray:
+        return np.ascontiguousarray(np.swapaxes(vals[p.ins[0].id], -1, -2))
 
 
 def copy_template(task: Task, chip: ChipConfig) -> Template:
