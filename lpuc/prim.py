@@ -20,6 +20,9 @@ kind           meaning
 ``transpose``  swap of the last two axes (SXM TRANSPOSE blocks)
 ``gather``     rows of a table selected by an index tensor (MEM GATHER)
 =============  ==========================================================================================
+
+(``view`` and ``bitor`` too.) What each kind means to the later passes -- its tiling into tasks and its
+reference evaluation -- is its class in ``lpuc.kinds`` (``PRIM_KINDS``).
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ timing follows from the floorplan; the scheduler only chooses its anchor cycle, 
 that runs it, and the streams its flights use. The tiling pass creates tasks with symbolic SRAM
 accesses (tensor vector runs); the allocation pass gives the tensors SRAM planes; the scheduling
 pass turns each task into a concrete ``Template`` (``lpuc.templates``) and places it.
+
+``Task.kind`` names the task's kind; everything kind-specific (templates, scheduler variants,
+roofline work, mirror and allocation rules) is its class in ``lpuc.kinds`` (``TASK_KINDS``).
 """
 
 from __future__ import annotations

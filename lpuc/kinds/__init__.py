@@ -53,8 +53,18 @@ Adding a primitive kind (e.g. a KV-cache append)
 
 1. Subclass ``PrimKind``, set ``name`` and decorate with ``@register_prim_kind``; the lowering makes
    such primitives with ``pg.add(name, ins, out, node, **attrs)``.
-2. ``evaluate(p, vals, lanes)`` (required): its result from its operands' values with
+2. ``tile(tiler, p)`` (required): emit its tasks in program order with
+   ``tiler.tg.add(task_kind, reads, writes, p, **attrs)``, accesses from ``tiler.acc`` (it reads
+   through folded row movements) and the ``Tiler`` helpers (``best_runs``, ``temp``, ``merge``,
+   ``index_const``) and ``lpuc.passes.tile``'s (``split_runs``, ``arithmetic_runs``); a new task kind
+   the primitive needs is registered as above.
+3. ``evaluate(p, vals, lanes)`` (required): its result from its operands' values with
    ``isa.semantics``, in the order the program computes it (``lpuc.reference``, ``lpuc verify``).
+4. ``fusable`` and ``vxm_op(p)`` (elementwise ops only): the op may join a run of ops executed as
+   one VXM task, one ALU per op (``lpuc.passes.tile.vxm_runs``).
+
+Kind names still appear in passes before tiling, as the primitives' meaning: the lowering
+(``lpuc/ops``) creates them by name and ``lpuc.passes.heads`` recognises matmul/copy patterns.
 """
 
 from lpuc.kinds.base import (PRIM_KINDS, TASK_KINDS, PrimKind, TaskKind, prim_kind, register_prim_kind,

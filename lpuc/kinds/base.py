@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from isa.config import ChipConfig
+    from lpuc.passes.tile import Tiler
     from lpuc.prim import Prim
     from lpuc.tasks import Access, Task
     from lpuc.templates import Template
@@ -102,6 +103,19 @@ class PrimKind:
     """Everything the passes need to know about one kind of primitive."""
 
     name: str = ""
+    # an elementwise op that can join a run of ops executed as one VXM task, one ALU per op
+    # (``lpuc.passes.tile.vxm_runs``); such a kind says which op it is with ``vxm_op``
+    fusable: bool = False
+
+    # ------------------------------------------------------------------ tiling (lpuc.passes.tile)
+    def tile(self, tiler: "Tiler", p: "Prim") -> None:
+        """Emit the primitive's tasks: ``tiler.tg.add(task_kind, reads, writes, p, **attrs)`` with
+        accesses from ``tiler.acc`` (which reads through folded row movements), in program order."""
+        raise NotImplementedError(f"no tiling for primitive {self.name}")
+
+    def vxm_op(self, p: "Prim") -> tuple[str, str]:
+        """(VXM mnemonic, operand dtype) of a ``fusable`` primitive as one op of a run."""
+        raise NotImplementedError(self.name)
 
     # ------------------------------------------------------------------ reference (lpuc.reference)
     def evaluate(self, p: "Prim", vals: dict[int, "np.ndarray"], lanes: int) -> "np.ndarray":

@@ -5,7 +5,7 @@ The elementwise primitive kinds (``ewise``, ``convert``, ``rchunk``, ``bitor``) 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -16,9 +16,13 @@ from isa.encoding import IMM_FLAG
 from isa.instructions import BY_MNEMONIC
 from isa.timing import instruction_timing
 from lpuc.kinds.base import PrimKind, TaskKind, register_prim_kind, register_task_kind
-from lpuc.prim import Imm, Prim
+from lpuc.passes import tile as tiling
+from lpuc.prim import Imm, Prim, Tensor
 from lpuc.tasks import Task
 from lpuc.templates import Builder, Template, TInst
+
+if TYPE_CHECKING:
+    from lpuc.passes.tile import Tiler
 
 
 @register_task_kind
@@ -53,6 +57,13 @@ class EwisePrim(PrimKind):
     """Elementwise VXM op (``attrs["op"]``, ``dtype``) over broadcast operands (tensors or immediates)."""
 
     name = "ewise"
+    fusable = True
+
+    def tile(self, tiler: Tiler, p: Prim) -> None:
+        tile_ewise(tiler, p)
+
+    def vxm_op(self, p: Prim) -> tuple[str, str]:
+        return p.attrs["op"], p.attrs.get("dtype", p.out.dtype)
 
     def evaluate(self, p: Prim, vals: dict[int, np.ndarray], lanes: int) -> np.ndarray:
         dtype = p.attrs.get("dtype", p.out.dtype)
@@ -64,6 +75,13 @@ class ConvertPrim(PrimKind):
     """Elementwise type conversion to ``attrs["to"]`` (VXM CONVERT)."""
 
     name = "convert"
+    fusable = True
+
+    def tile(self, tiler: Tiler, p: Prim) -> None:
+        tile_ewise(tiler, p, op="CONVERT", dtype=p.ins[0].dtype)
+
+    def vxm_op(self, p: Prim) -> tuple[str, str]:
+        return "CONVERT", p.ins[0].dtype
 
     def evaluate(self, p: Prim, vals: dict[int, np.ndarray], lanes: int) -> np.ndarray:
         return semantics.convert(vals[p.ins[0].id], p.ins[0].dt, DTYPES[p.attrs["to"]])
@@ -75,6 +93,9 @@ class RchunkPrim(PrimKind):
     ``chunk`` of every row -> splat ``[.., 1]`` (RSUM/RMAX/RMIN)."""
 
     name = "rchunk"
+
+    def tile(self, tiler: Tiler, p: Prim) -> None:
+        tile_rchunk(tiler, p)
 
     def evaluate(self, p: Prim, vals: dict[int, np.ndarray], lanes: int) -> np.ndarray:
         x = vals[p.ins[0].id]
@@ -91,6 +112,9 @@ class BitorPrim(PrimKind):
     """Bitwise OR of equally shaped tensors, each zero where another holds the data (merges pieces)."""
 
     name = "bitor"
+
+    def tile(self, tiler: Tiler, p: Prim) -> None:
+        tiler.merge(p, list(p.ins), p.out)
 
     def evaluate(self, p: Prim, vals: dict[int, np.ndarray], lanes: int) -> np.ndarray:
         parts = [np.ascontiguousarray(vals[t.id]) for t in p.ins]
@@ -180,3 +204,75 @@ def vxm_template(task: Task, chip: ChipConfig) -> Template:
             b.write_groups(task.writes, vpos, depart, ti, "d")
         prev = (ti, depart)
     return b.finish(unit="VXM")
+
+
+# ================================================================================================
+# tiling (lpuc.passes.tile): functions of the pass's ``Tiler``
+# ================================================================================================
+def tile_ewise(tiler: Tiler, p: Prim, op: str | None = None, dtype: str | None = None) -> None:
+    out = p.out
+    plan = ewise_operands(tiler, p, fold=True)
+    if plan is not None:  # read through row movements unless that fragments the runs
+        order, arrays, runs = tiler.best_runs(out, [v for _, v in plan[1]])
+        plain = ewise_operands(tiler, p, fold=False, dry=True)
+        if plain is not None and len(runs) > 4 * len(tiler.best_runs(out, [v for _, v in plain[1]])[2]) + 8:
+            plan = None
+    if plan is None:
+        plan = ewise_operands(tiler, p, fold=False)
+        order, arrays, runs = tiler.best_runs(out, [v for _, v in plan[1]])
+    operands, uniq = plan
+    for s, e in tiling.split_runs(runs, tiler.block):
+        n = e - s
+        reads = []
+        for (t, _), arr in zip(uniq, arrays):
+            step = int(arr[s + 1] - arr[s]) if n > 1 else 1
+            reads.append(tiler.acc(t, arr[s], step, n))
+        ostep = int(order[s + 1] - order[s]) if n > 1 else 1
+        tiler.tg.add("vxm", reads, [tiler.acc(out, order[s], ostep, n)], p, op=op or p.attrs["op"],
+                    dtype=dtype or p.attrs.get("dtype", out.dtype), operands=operands,
+                    to=p.attrs.get("to"), m=p.attrs.get("m"))
+
+
+def ewise_operands(tiler: Tiler, p: Prim, fold: bool, dry: bool = False) -> tuple[list, list[tuple[Tensor, np.ndarray]]] | None:
+    """Each operand as an immediate or ("read", k), and the distinct reads: (tensor, vector index
+    per output vector). ``fold``: through row movements to their sources. A tensor read in two
+    patterns gets a copy for one of them, or None with ``fold`` or ``dry`` (nothing emitted)."""
+    uniq: list[tuple[Tensor, np.ndarray]] = []
+    operands: list = []
+    for o in p.ins:
+        if isinstance(o, Imm):
+            operands.append(("imm", o.value))
+            continue
+        v = tiler.operand_vectors(o, p.out)
+        t = tiler.base(o)
+        if fold:
+            t, v = tiler.source_vectors(t, v)
+        k = next((k for k, (u, _) in enumerate(uniq) if u is t), None)
+        if k is not None and not np.array_equal(uniq[k][1], v):
+            if fold or dry:
+                return None
+            # one tensor read twice with different patterns would need two reads of one slice at once
+            o = copy_whole(tiler, o, p)
+            t, v, k = tiler.base(o), tiler.operand_vectors(o, p.out), None
+        if k is None:
+            uniq.append((t, v))
+            k = len(uniq) - 1
+        operands.append(("read", k))
+    return operands, uniq
+
+
+def copy_whole(tiler: Tiler, t: Tensor, p: Prim) -> Tensor:
+    """A fresh copy of t (so that one task can read two patterns of it from different slices)."""
+    new = tiler.temp(t, "dup")
+    tiler.tg.add("copy", [tiler.acc(t, 0, 1, t.vectors(tiler.L))], [tiler.acc(new, 0, 1, new.vectors(tiler.L))], p)
+    return new
+
+
+def tile_rchunk(tiler: Tiler, p: Prim) -> None:
+    x, out = p.ins[0], p.out
+    C = x.chunks(tiler.L)
+    R = x.rows
+    op = {"sum": "RSUM", "max": "RMAX", "min": "RMIN"}[p.attrs["op"]]
+    for r0, r1 in tiling.split_runs([(0, R)], tiler.block):
+        tiler.tg.add("vxm", [tiler.acc(x, p.attrs["chunk"] + r0 * C, C, r1 - r0)], [tiler.acc(out, r0, 1, r1 - r0)],
+                    p, op=op, dtype=x.dtype, operands=[("read", 0)], m=p.attrs["m"], to=None)

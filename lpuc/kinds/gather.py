@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -15,6 +15,9 @@ from lpuc.kinds.base import PrimKind, TaskKind, register_prim_kind, register_tas
 from lpuc.prim import Prim
 from lpuc.tasks import Access, Task
 from lpuc.templates import Builder, Template
+
+if TYPE_CHECKING:
+    from lpuc.passes.tile import Tiler
 
 
 @register_task_kind
@@ -43,6 +46,9 @@ class GatherPrim(PrimKind):
     indices outside [0, bound) give zero rows (MEM GATHER)."""
 
     name = "gather"
+
+    def tile(self, tiler: Tiler, p: Prim) -> None:
+        tile_gather(tiler, p)
 
     def evaluate(self, p: Prim, vals: dict[int, np.ndarray], lanes: int) -> np.ndarray:
         table, ids = (vals[t.id] for t in p.ins)
@@ -103,3 +109,20 @@ def gather_template(task: Task, chip: ChipConfig) -> Template:
         one = Access(out.tensor, out.start, out.stride, out.n, plane=k)
         b.write_group(one, p, depart, g, "s")
     return b.finish()
+
+
+# ================================================================================================
+# tiling (lpuc.passes.tile): functions of the pass's ``Tiler``
+# ================================================================================================
+def tile_gather(tiler: Tiler, p: Prim) -> None:
+    table, ids = p.ins
+    out = p.out
+    L = tiler.L
+    C = table.chunks(L)
+    N = ids.shape[0]
+    for q in range(-(-N // L)):
+        nq = min(L, N - q * L)
+        for c in range(C):
+            tiler.tg.add("gather", [tiler.acc(ids, q, 1, 1), tiler.acc(table, c, C, 1)],
+                        [tiler.acc(out, q * L * C + c, C, nq)], p, chunk=c, n=nq, stride=C,
+                        bound=p.attrs.get("bound", 0))

@@ -6,7 +6,7 @@ The matrix primitive kinds (``matmul``, ``mmheads``) tile into chains.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -16,9 +16,13 @@ from isa.dtypes import DTYPES
 from isa.instructions import BY_MNEMONIC
 from isa.timing import instruction_timing
 from lpuc.kinds.base import PrimKind, TaskKind, register_prim_kind, register_task_kind
+from lpuc.passes import tile as tiling
 from lpuc.prim import Prim
 from lpuc.tasks import Access, Task
 from lpuc.templates import Builder, Template
+
+if TYPE_CHECKING:
+    from lpuc.passes.tile import Tiler
 
 
 @register_task_kind
@@ -65,6 +69,9 @@ class MatmulPrim(PrimKind):
 
     name = "matmul"
 
+    def tile(self, tiler: Tiler, p: Prim) -> None:
+        tile_matmul(tiler, p)
+
     def evaluate(self, p: Prim, vals: dict[int, np.ndarray], lanes: int) -> np.ndarray:
         a = vals[p.ins[0].id]
         parts = [vals[t.id] for t in p.ins[1:]]  # weights stored by output lane chunk are concatenated
@@ -77,6 +84,9 @@ class MmheadsPrim(PrimKind):
     """Per-head attention products on unsplit ``[.., T, H*D]`` tensors (``lpuc.passes.heads``)."""
 
     name = "mmheads"
+
+    def tile(self, tiler: Tiler, p: Prim) -> None:
+        tile_mmheads(tiler, p)
 
     def evaluate(self, p: Prim, vals: dict[int, np.ndarray], lanes: int) -> np.ndarray:
         return mmheads(p, vals[p.ins[0].id], vals[p.ins[1].id], lanes)
@@ -106,7 +116,7 @@ def matmul(a: np.ndarray, b: np.ndarray, tb: bool, lanes: int, kc: tuple[int, in
 
 
 def mmheads(p: Prim, x: np.ndarray, y: np.ndarray, lanes: int) -> np.ndarray:
-    """The passes ``tile.mmheads`` runs (see ``lpuc.passes.heads``): whole lane chunks against weights
+    """The passes ``tile_mmheads`` runs (see ``lpuc.passes.heads``): whole lane chunks against weights
     zeroed outside one head's lanes; PV accumulates the heads of a chunk pass by pass."""
     H, D, L = p.attrs["H"], p.attrs["D"], lanes
     E = x.shape[-1] if p.attrs["mode"] == "qk" else y.shape[-1]
@@ -221,3 +231,93 @@ def chain_variants(task: Task, chip: ChipConfig) -> list[Template]:
     region_rows = int(chip.mxm["acc_rows"]) // 2
     home = chip.slice(task.attrs["steps"][0]["w"].tensor.planes[0][0]).hemisphere
     return [chain_template(task, chip, region_rows, side) for side in (home, "E" if home == "W" else "W")]
+
+
+# ================================================================================================
+# tiling (lpuc.passes.tile): functions of the pass's ``Tiler``
+# ================================================================================================
+def tile_matmul(tiler: Tiler, p: Prim) -> None:
+    a, b = p.ins[0], p.ins[1]
+    split = p.attrs.get("split", False)  # weights given as one tensor per output lane chunk
+    out = p.out
+    tb = p.attrs["tb"]
+    L = tiler.L
+    K = a.shape[-1]
+    M = a.shape[-2] if len(a.shape) >= 2 else 1
+    N = out.shape[-1]
+    Ck, Cn = -(-K // L), -(-N // L)
+    batch = out.shape[:-2]
+    nb = int(np.prod(batch)) if batch else 1
+    a_batch = tiling.batch_map(a.shape[:-2] if len(a.shape) > 2 else (), batch)
+    b_batch = tiling.batch_map(b.shape[:-2] if len(b.shape) > 2 else (), batch)
+    region = int(tiler.chip.mxm["acc_rows"]) // 2
+    for beta in range(nb):
+        ab, bb = int(a_batch[beta]), int(b_batch[beta])
+        for m0 in range(0, M, region):
+            rows = min(region, M - m0)
+            for j in range(Cn):
+                steps = []
+                c0, c1 = p.attrs.get("kc", (0, Ck))  # a partial product: a's K chunks c0..c1 times all of b
+                for i in range(c0, c1):
+                    kk = min(L, K - i * L)
+                    if split:  # weights stored as parts of `split` output lane chunks each
+                        bq, jj = p.ins[1 + j // split], j % split
+                        if not tb:  # part [K, split*L]: rows k, lane chunk jj
+                            cq = bq.chunks(L)
+                            w = tiler.acc(bq, (i - c0) * L * cq + jj, cq, kk)
+                            hi = 0
+                        else:  # part [split*L, K]: rows n of the chunk become columns
+                            nn = min(L, N - j * L)
+                            w = tiler.acc(bq, jj * L * Ck + i, Ck, nn)
+                            hi = kk if kk < L else 0
+                    elif not tb:  # rows k of b, lane chunk j
+                        w = tiler.acc(b, (bb * K + i * L) * Cn + j, Cn, kk)
+                        hi = 0
+                    else:  # rows n of b^T become columns; mask the padding lanes of K
+                        nn = min(L, N - j * L)
+                        w = tiler.acc(b, (bb * N + j * L) * Ck + i, Ck, nn)
+                        hi = kk if kk < L else 0
+                    x = tiler.acc(a, (ab * M + m0) * Ck + i, Ck, rows)
+                    steps.append({"w": w, "x": x, "t": int(tb), "hi": hi, "k": kk if kk < L else 0})
+                o = tiler.acc(out, (beta * M + m0) * Cn + j, Cn, rows)
+                reads = [s["w"] for s in steps] + [s["x"] for s in steps]
+                tiler.tg.add("chain", reads, [o], p, steps=steps, rows=rows, dtype=a.dtype)
+
+
+def tile_mmheads(tiler: Tiler, p: Prim) -> None:
+    """Multi-head products on heads in place (``lpuc.passes.heads``). QK: one chain per (batch, head):
+    K's token rows installed as columns, lanes outside the head zeroed; Q's rows multiplied whole.
+    PV: one chain per (batch, lane chunk of the merged result), one step per head of the chunk:
+    V's token rows installed with the other lanes zeroed, P_h multiplied, accumulated."""
+    x, y = p.ins
+    L = tiler.L
+    H, D = p.attrs["H"], p.attrs["D"]
+    if p.attrs["mode"] == "qk":
+        E, C = x.shape[-1], x.chunks(L)
+        T, N = x.shape[-2], y.shape[-2]
+        B = x.rows // T
+        for b in range(B):
+            for h in range(H):
+                c, lo = divmod(p.attrs["offq"] + h * D, L)
+                ck = (p.attrs["offk"] + h * D) // L
+                k = min(L, E - c * L)
+                step = {"w": tiler.acc(y, b * N * C + ck, C, N), "x": tiler.acc(x, b * T * C + c, C, T), "t": 1,
+                        "lo": lo, "hi": lo + D, "k": k if k < L else 0}
+                o = tiler.acc(p.out, (b * H + h) * T, 1, T)
+                tiler.tg.add("chain", [step["w"], step["x"]], [o], p, steps=[step], rows=T, dtype=x.dtype)
+        return
+    Cy, Co = y.chunks(L), p.out.chunks(L)
+    T, S = x.shape[-2], x.shape[-1]
+    B = y.rows // S
+    for b in range(B):
+        for c in range(Co):  # head h lands in lanes h*D.. of the result (V's offset is whole chunks)
+            steps = []
+            for h in p.attrs.get("heads", range(H)):
+                if (h * D) // L == c:
+                    cv, lo = divmod(p.attrs["offv"] + h * D, L)
+                    steps.append({"w": tiler.acc(y, b * S * Cy + cv, Cy, S), "x": tiler.acc(x, (b * H + h) * T, 1, T),
+                                  "t": 0, "lo": lo, "hi": lo + D, "k": S if S < L else 0})
+            if steps:
+                o = tiler.acc(p.out, b * T * Co + c, Co, T)
+                reads = [st["w"] for st in steps] + [st["x"] for st in steps]
+                tiler.tg.add("chain", reads, [o], p, steps=steps, rows=T, dtype=x.dtype)

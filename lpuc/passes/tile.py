@@ -1,5 +1,9 @@
 """Pass 4 -- tile: chip primitives -> tasks over lane chunks and MXM tiles.
 
+Each primitive kind tiles itself (``PrimKind.tile`` in ``lpuc.kinds``) with the shared machinery
+here: ``Tiler`` (accesses, folded row movements, run orders, lane-map constants, OR merges, runs of
+elementwise ops on as many ALUs) and the run helpers (``arithmetic_runs``, ``split_runs``).
+
 Every primitive becomes tasks whose SRAM accesses are strided runs of vectors (one READ or WRITE
 instruction each): an elementwise op over a whole tensor is one task; a broadcast operand splits it
 into runs along which every operand's vector index is arithmetic. A matrix product becomes one
@@ -14,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from isa.config import ChipConfig
+from lpuc.kinds import prim_kind
 from lpuc.prim import Imm, Prim, PrimGraph, Tensor
 from lpuc.tasks import Access, TaskGraph
 
@@ -99,7 +104,7 @@ class Tiler:
     def materialize(self, t: Tensor) -> None:
         """Give up folding the row movement into t's readers: emit its copy tasks after all."""
         src, vmap, p = self.moved.pop(t.id)
-        self.emit_copy(p)
+        prim_kind(p.kind).emit(self, p)  # a copy primitive (``CopyPrim`` folds them into ``moved``)
 
     def temp(self, like: Tensor, name: str) -> Tensor:
         return self.pg.tensor(f"{name}{len(self.pg.tensors)}", like.dtype, like.shape, splat=like.splat)
@@ -148,60 +153,10 @@ class Tiler:
             return chunked
         return min(cands, key=lambda c: len(c[2]))  # fewest runs; the first (chunk-major) on a tie
 
-    # ------------------------------------------------------------------------------ primitives
-    def ewise(self, p: Prim, op: str | None = None, dtype: str | None = None) -> None:
-        out = p.out
-        plan = self.ewise_operands(p, fold=True)
-        if plan is not None:  # read through row movements unless that fragments the runs
-            order, arrays, runs = self.best_runs(out, [v for _, v in plan[1]])
-            plain = self.ewise_operands(p, fold=False, dry=True)
-            if plain is not None and len(runs) > 4 * len(self.best_runs(out, [v for _, v in plain[1]])[2]) + 8:
-                plan = None
-        if plan is None:
-            plan = self.ewise_operands(p, fold=False)
-            order, arrays, runs = self.best_runs(out, [v for _, v in plan[1]])
-        operands, uniq = plan
-        for s, e in split_runs(runs, self.block):
-            n = e - s
-            reads = []
-            for (t, _), arr in zip(uniq, arrays):
-                step = int(arr[s + 1] - arr[s]) if n > 1 else 1
-                reads.append(self.acc(t, arr[s], step, n))
-            ostep = int(order[s + 1] - order[s]) if n > 1 else 1
-            self.tg.add("vxm", reads, [self.acc(out, order[s], ostep, n)], p, op=op or p.attrs["op"],
-                        dtype=dtype or p.attrs.get("dtype", out.dtype), operands=operands,
-                        to=p.attrs.get("to"), m=p.attrs.get("m"))
-
-    def ewise_operands(self, p: Prim, fold: bool, dry: bool = False) -> tuple[list, list[tuple[Tensor, np.ndarray]]] | None:
-        """Each operand as an immediate or ("read", k), and the distinct reads: (tensor, vector index
-        per output vector). ``fold``: through row movements to their sources. A tensor read in two
-        patterns gets a copy for one of them, or None with ``fold`` or ``dry`` (nothing emitted)."""
-        uniq: list[tuple[Tensor, np.ndarray]] = []
-        operands: list = []
-        for o in p.ins:
-            if isinstance(o, Imm):
-                operands.append(("imm", o.value))
-                continue
-            v = self.operand_vectors(o, p.out)
-            t = self.base(o)
-            if fold:
-                t, v = self.source_vectors(t, v)
-            k = next((k for k, (u, _) in enumerate(uniq) if u is t), None)
-            if k is not None and not np.array_equal(uniq[k][1], v):
-                if fold or dry:
-                    return None
-                # one tensor read twice with different patterns would need two reads of one slice at once
-                o = self.copy_whole(o, p)
-                t, v, k = self.base(o), self.operand_vectors(o, p.out), None
-            if k is None:
-                uniq.append((t, v))
-                k = len(uniq) - 1
-            operands.append(("read", k))
-        return operands, uniq
-
+    # ------------------------------------------------------------------------------ shared by kinds
     def vxm_run(self, run: list[Prim]) -> None:
         """Elementwise ops as one task per block, one ALU each: op j+1 takes op j's results straight from the
-        stream at the VXM (``templates.vxm_template``); only the last result is stored."""
+        stream at the VXM (``lpuc.kinds.elementwise.vxm_template``); only the last result is stored."""
         out = run[-1].out
         uniq: list[tuple[Tensor, np.ndarray]] = []
         steps = []
@@ -216,12 +171,11 @@ class Tiler:
                     t, v = self.source_vectors(self.base(o), self.operand_vectors(o, p.out))
                     if any(u is t for u, _ in uniq):  # two ops would read one tensor: run them apart
                         for q in run:
-                            getattr(self, q.kind)(q)
+                            prim_kind(q.kind).tile(self, q)
                         return
                     uniq.append((t, v))
                     operands.append(("read", len(uniq) - 1))
-            op = "CONVERT" if p.kind == "convert" else p.attrs["op"]
-            dtype = p.ins[0].dtype if p.kind == "convert" else p.attrs.get("dtype", p.out.dtype)
+            op, dtype = prim_kind(p.kind).vxm_op(p)
             steps.append({"op": op, "dtype": dtype, "operands": operands, "to": p.attrs.get("to"),
                           "m": p.attrs.get("m")})
         order, arrays, runs = self.best_runs(out, [v for _, v in uniq])
@@ -230,275 +184,6 @@ class Tiler:
             reads = [self.acc(t, arr[s], int(arr[s + 1] - arr[s]) if n > 1 else 1, n) for (t, _), arr in zip(uniq, arrays)]
             ostep = int(order[s + 1] - order[s]) if n > 1 else 1
             self.tg.add("vxm", reads, [self.acc(out, order[s], ostep, n)], run[-1], **steps[-1], ops=steps)
-
-    def copy_whole(self, t: Tensor, p: Prim) -> Tensor:
-        """A fresh copy of t (so that one task can read two patterns of it from different slices)."""
-        new = self.temp(t, "dup")
-        self.tg.add("copy", [self.acc(t, 0, 1, t.vectors(self.L))], [self.acc(new, 0, 1, new.vectors(self.L))], p)
-        return new
-
-    def convert(self, p: Prim) -> None:
-        self.ewise(p, op="CONVERT", dtype=p.ins[0].dtype)
-
-    def rchunk(self, p: Prim) -> None:
-        x, out = p.ins[0], p.out
-        C = x.chunks(self.L)
-        R = x.rows
-        op = {"sum": "RSUM", "max": "RMAX", "min": "RMIN"}[p.attrs["op"]]
-        for r0, r1 in split_runs([(0, R)], self.block):
-            self.tg.add("vxm", [self.acc(x, p.attrs["chunk"] + r0 * C, C, r1 - r0)], [self.acc(out, r0, 1, r1 - r0)],
-                        p, op=op, dtype=x.dtype, operands=[("read", 0)], m=p.attrs["m"], to=None)
-
-    def matmul(self, p: Prim) -> None:
-        a, b = p.ins[0], p.ins[1]
-        split = p.attrs.get("split", False)  # weights given as one tensor per output lane chunk
-        out = p.out
-        tb = p.attrs["tb"]
-        L = self.L
-        K = a.shape[-1]
-        M = a.shape[-2] if len(a.shape) >= 2 else 1
-        N = out.shape[-1]
-        Ck, Cn = -(-K // L), -(-N // L)
-        batch = out.shape[:-2]
-        nb = int(np.prod(batch)) if batch else 1
-        a_batch = _batch_map(a.shape[:-2] if len(a.shape) > 2 else (), batch)
-        b_batch = _batch_map(b.shape[:-2] if len(b.shape) > 2 else (), batch)
-        region = int(self.chip.mxm["acc_rows"]) // 2
-        for beta in range(nb):
-            ab, bb = int(a_batch[beta]), int(b_batch[beta])
-            for m0 in range(0, M, region):
-                rows = min(region, M - m0)
-                for j in range(Cn):
-                    steps = []
-                    c0, c1 = p.attrs.get("kc", (0, Ck))  # a partial product: a's K chunks c0..c1 times all of b
-                    for i in range(c0, c1):
-                        kk = min(L, K - i * L)
-                        if split:  # weights stored as parts of `split` output lane chunks each
-                            bq, jj = p.ins[1 + j // split], j % split
-                            if not tb:  # part [K, split*L]: rows k, lane chunk jj
-                                cq = bq.chunks(L)
-                                w = self.acc(bq, (i - c0) * L * cq + jj, cq, kk)
-                                hi = 0
-                            else:  # part [split*L, K]: rows n of the chunk become columns
-                                nn = min(L, N - j * L)
-                                w = self.acc(bq, jj * L * Ck + i, Ck, nn)
-                                hi = kk if kk < L else 0
-                        elif not tb:  # rows k of b, lane chunk j
-                            w = self.acc(b, (bb * K + i * L) * Cn + j, Cn, kk)
-                            hi = 0
-                        else:  # rows n of b^T become columns; mask the padding lanes of K
-                            nn = min(L, N - j * L)
-                            w = self.acc(b, (bb * N + j * L) * Ck + i, Ck, nn)
-                            hi = kk if kk < L else 0
-                        x = self.acc(a, (ab * M + m0) * Ck + i, Ck, rows)
-                        steps.append({"w": w, "x": x, "t": int(tb), "hi": hi, "k": kk if kk < L else 0})
-                    o = self.acc(out, (beta * M + m0) * Cn + j, Cn, rows)
-                    reads = [s["w"] for s in steps] + [s["x"] for s in steps]
-                    self.tg.add("chain", reads, [o], p, steps=steps, rows=rows, dtype=a.dtype)
-
-    def mmheads(self, p: Prim) -> None:
-        """Multi-head products on heads in place (``lpuc.passes.heads``). QK: one chain per (batch, head):
-        K's token rows installed as columns, lanes outside the head zeroed; Q's rows multiplied whole.
-        PV: one chain per (batch, lane chunk of the merged result), one step per head of the chunk:
-        V's token rows installed with the other lanes zeroed, P_h multiplied, accumulated."""
-        x, y = p.ins
-        L = self.L
-        H, D = p.attrs["H"], p.attrs["D"]
-        if p.attrs["mode"] == "qk":
-            E, C = x.shape[-1], x.chunks(L)
-            T, N = x.shape[-2], y.shape[-2]
-            B = x.rows // T
-            for b in range(B):
-                for h in range(H):
-                    c, lo = divmod(p.attrs["offq"] + h * D, L)
-                    ck = (p.attrs["offk"] + h * D) // L
-                    k = min(L, E - c * L)
-                    step = {"w": self.acc(y, b * N * C + ck, C, N), "x": self.acc(x, b * T * C + c, C, T), "t": 1,
-                            "lo": lo, "hi": lo + D, "k": k if k < L else 0}
-                    o = self.acc(p.out, (b * H + h) * T, 1, T)
-                    self.tg.add("chain", [step["w"], step["x"]], [o], p, steps=[step], rows=T, dtype=x.dtype)
-            return
-        Cy, Co = y.chunks(L), p.out.chunks(L)
-        T, S = x.shape[-2], x.shape[-1]
-        B = y.rows // S
-        for b in range(B):
-            for c in range(Co):  # head h lands in lanes h*D.. of the result (V's offset is whole chunks)
-                steps = []
-                for h in p.attrs.get("heads", range(H)):
-                    if (h * D) // L == c:
-                        cv, lo = divmod(p.attrs["offv"] + h * D, L)
-                        steps.append({"w": self.acc(y, b * S * Cy + cv, Cy, S), "x": self.acc(x, (b * H + h) * T, 1, T),
-                                      "t": 0, "lo": lo, "hi": lo + D, "k": S if S < L else 0})
-                if steps:
-                    o = self.acc(p.out, b * T * Co + c, Co, T)
-                    reads = [st["w"] for st in steps] + [st["x"] for st in steps]
-                    self.tg.add("chain", reads, [o], p, steps=steps, rows=T, dtype=x.dtype)
-
-    def copy(self, p: Prim) -> None:
-        """Whole vectors from one place to another. A row movement of one temporary into another
-        (head split and merge, transposes that keep the last axis) is folded into its readers'
-        strided reads where it can be (``acc``); otherwise READ from the source planes, WRITE to the
-        target's."""
-        out = p.out
-        if len(p.ins) == 1 and out.role == "temp" and not out.splat and not p.ins[0].splat:
-            src = self.base(p.ins[0])
-            vmap = p.attrs["vmap"]
-            if src.id in self.moved:  # a movement of a movement: compose the maps
-                src, vmap = self.moved[src.id][0], self.moved[src.id][1][vmap]
-            self.moved[out.id] = (src, vmap, p)
-            return
-        self.emit_copy(p)
-
-    def emit_copy(self, p: Prim) -> None:
-        out = p.out
-        vbase = np.cumsum([0] + [t.vectors(self.L) for t in p.ins])
-        vmap = p.attrs["vmap"]
-        k = np.searchsorted(vbase, vmap, side="right") - 1
-        local = vmap - vbase[k]
-        order, (sk, sv), runs = self.best_runs(out, [k, local])
-        for s, e in runs:
-            # a run may not mix inputs (its source step would be meaningless)
-            for s2, e2 in _split_constant(sk, s, e):
-                n = e2 - s2
-                step = int(sv[s2 + 1] - sv[s2]) if n > 1 else 1
-                ostep = int(order[s2 + 1] - order[s2]) if n > 1 else 1
-                src = p.ins[int(sk[s2])]
-                self.tg.add("copy", [self.acc(src, sv[s2], step, n)], [self.acc(out, order[s2], ostep, n)], p)
-
-    def transpose(self, p: Prim) -> None:
-        x, out = p.ins[0], p.out
-        L = self.L
-        M, N = x.shape[-2], x.shape[-1]
-        Cm, Cn = -(-M // L), -(-N // L)
-        nb = int(np.prod(x.shape[:-2])) if len(x.shape) > 2 else 1
-        for beta in range(nb):
-            for i in range(Cm):
-                rows = min(L, M - i * L)
-                for j in range(Cn):
-                    cols = min(L, N - j * L)
-                    src = self.acc(x, (beta * M + i * L) * Cn + j, Cn, rows)
-                    dst = self.acc(out, (beta * N + j * L) * Cm + i, Cm, cols)
-                    self.tg.add("transpose", [src], [dst], p, n=rows, m=cols, dtype=x.dtype)
-
-    def gather(self, p: Prim) -> None:
-        table, ids = p.ins
-        out = p.out
-        L = self.L
-        C = table.chunks(L)
-        N = ids.shape[0]
-        for q in range(-(-N // L)):
-            nq = min(L, N - q * L)
-            for c in range(C):
-                self.tg.add("gather", [self.acc(ids, q, 1, 1), self.acc(table, c, C, 1)],
-                            [self.acc(out, q * L * C + c, C, nq)], p, chunk=c, n=nq, stride=C,
-                            bound=p.attrs.get("bound", 0))
-
-    def bitor(self, p: Prim) -> None:
-        """Bitwise OR of equally shaped tensors (each zero where another holds the data)."""
-        self.merge(p, list(p.ins), p.out)
-
-    def relayout(self, p: Prim) -> None:
-        out = p.out
-        L = self.L
-        emap = p.attrs["emap"]
-        sizes = [int(np.prod(t.shape)) for t in p.ins]
-        offs = np.cumsum([0] + sizes)
-        valid = emap >= 0
-        e = np.maximum(emap, 0)
-        sk = np.searchsorted(offs, e, side="right") - 1
-        local = e - offs[sk]
-        lasts = np.array([t.last for t in p.ins])
-        chunks = np.array([t.chunks(L) for t in p.ins])
-        srow, spos = local // lasts[sk], local % lasts[sk]
-        sv = srow * chunks[sk] + spos // L
-        sl = spos % L
-        C = out.chunks(L)
-        if out.splat:  # one element per row, replicated into every lane
-            ov = np.arange(out.rows, dtype=np.int64)
-            olane = None
-        else:
-            pos = np.arange(len(emap)) % out.last
-            ov = (np.arange(len(emap)) // out.last) * C + pos // L
-            olane = pos % L
-        nvec = out.vectors(L)
-        # pieces: (out vector, source input, source vector) with the lane map they contribute
-        vi = np.nonzero(valid)[0]
-        order = np.lexsort((sv[vi], sk[vi], ov[vi]))
-        vi = vi[order]
-        grp_start = np.ones(len(vi), bool)
-        if len(vi) > 1:
-            grp_start[1:] = (ov[vi][1:] != ov[vi][:-1]) | (sk[vi][1:] != sk[vi][:-1]) | (sv[vi][1:] != sv[vi][:-1])
-        gid = np.cumsum(grp_start) - 1
-        ngroups = int(gid[-1]) + 1 if len(vi) else 0
-        maps = np.full((ngroups, L), -1, dtype=np.int32)
-        if ngroups:
-            if olane is None:
-                maps[gid, :] = sl[vi][:, None]
-            else:
-                maps[gid, olane[vi]] = sl[vi]
-        g_first = vi[grp_start] if len(vi) else np.zeros(0, np.int64)
-        g_ov, g_sk, g_sv = ov[g_first], sk[g_first], sv[g_first]
-        # ordinal of each piece within its output vector; pad every output vector to P pieces
-        count = np.bincount(g_ov, minlength=nvec) if ngroups else np.zeros(nvec, np.int64)
-        P = max(1, int(count.max()) if nvec else 1)
-        ordinal = np.zeros(ngroups, np.int64)
-        if ngroups:
-            first_of_vec = np.searchsorted(g_ov, g_ov, side="left")
-            ordinal = np.arange(ngroups) - first_of_vec
-        pad_v = np.repeat(np.arange(nvec), P - count)
-        pad_ord = np.concatenate([np.arange(count[v], P) for v in range(nvec)]) if len(pad_v) else np.zeros(0, np.int64)
-        all_ov = np.concatenate([g_ov, pad_v]).astype(np.int64)
-        all_sk = np.concatenate([g_sk, np.zeros(len(pad_v), np.int64)])
-        all_sv = np.concatenate([g_sv, np.zeros(len(pad_v), np.int64)])
-        all_ord = np.concatenate([ordinal, pad_ord]).astype(np.int64)
-        all_maps = np.concatenate([maps, np.full((len(pad_v), L), -1, np.int32)])
-        targets = [out] if P == 1 else [self.temp(out, "piece") for _ in range(P)]
-        # group pieces with the same ordinal, source input and lane map; then arithmetic runs
-        map_ids: dict[bytes, int] = {}
-        mid = np.array([map_ids.setdefault(m.tobytes(), len(map_ids)) for m in all_maps], dtype=np.int64)
-        groups = np.lexsort((all_ov, mid, all_sk, all_ord))
-        cur: list[int] = []
-        # candidate periods: the output's trailing leading-dimension sizes, in vectors; ordering the
-        # pieces of one lane map by (vector % period) turns e.g. "every 12th head" into long runs
-        C_out = out.chunks(L)
-        lead = out.shape[:-1]
-        periods = sorted({int(np.prod(lead[k:])) * C_out for k in range(1, len(lead))} | {C_out} - {0, 1})
-
-        def flush(members: list[int]) -> None:
-            if not members:
-                return
-            idxs = np.array(members)
-            best = None
-            for period in [None] + periods:
-                order = np.argsort(all_ov[idxs] if period is None else (all_ov[idxs] % period) * (nvec + 1)
-                                   + all_ov[idxs], kind="stable")
-                runs = arithmetic_runs([all_ov[idxs][order], all_sv[idxs][order]])
-                if best is None or len(runs) < len(best[1]):
-                    best = (order, runs)
-            order, runs = best
-            idxs = idxs[order]
-            ovs, svs = all_ov[idxs], all_sv[idxs]
-            for s, e2 in runs:
-                n = e2 - s
-                first = idxs[s]
-                src = p.ins[int(all_sk[first])]
-                ostep = int(ovs[s + 1] - ovs[s]) if n > 1 else 1
-                step = int(svs[s + 1] - svs[s]) if n > 1 else 1
-                tgt = targets[int(all_ord[first])]
-                idxc = self.index_const(all_maps[first])
-                self.tg.add("permute", [self.acc(src, svs[s], step, n), self.acc(idxc, 0, 1, 1)],
-                            [self.acc(tgt, ovs[s], ostep, n)], p, dtype=src.dtype)
-        prev = None
-        for g in groups:
-            k = (all_ord[g], all_sk[g], mid[g])
-            if k != prev:
-                flush(cur)
-                cur = []
-                prev = k
-            cur.append(int(g))
-        flush(cur)
-        if P > 1:
-            self.merge(p, targets, out)
 
     def index_const(self, lane_map: np.ndarray) -> Tensor:
         key = lane_map.astype(np.int32).tobytes()
@@ -528,7 +213,7 @@ class Tiler:
             acc = dst
 
 
-def _batch_map(lead: tuple[int, ...], batch: tuple[int, ...]) -> np.ndarray:
+def batch_map(lead: tuple[int, ...], batch: tuple[int, ...]) -> np.ndarray:
     """For each (flat) batch index of the output, the flat batch index of an operand with ``lead``."""
     nb = int(np.prod(batch)) if batch else 1
     if not lead:
@@ -545,7 +230,7 @@ def split_runs(runs: list[tuple[int, int]], block: int) -> list[tuple[int, int]]
     return [(s0, min(e, s0 + block)) for s, e in runs for s0 in range(s, e, block)]
 
 
-def _split_constant(a: np.ndarray, s: int, e: int) -> list[tuple[int, int]]:
+def split_constant(a: np.ndarray, s: int, e: int) -> list[tuple[int, int]]:
     out = []
     start = s
     for i in range(s + 1, e):
@@ -556,7 +241,6 @@ def _split_constant(a: np.ndarray, s: int, e: int) -> list[tuple[int, int]]:
     return out
 
 
-ELEMENTWISE = ("ewise", "convert")
 MAX_RUN = 4  # ops per run: each takes an ALU for the task's whole length (BERT-base width, 12 layers: 4 ops
 # 402,592 cycles, 6 ops 407,069; GPT-2 width 445,644 and 446,894)
 
@@ -572,7 +256,7 @@ def vxm_runs(pg: PrimGraph, chip: ChipConfig) -> dict[int, list[Prim]]:
     runs: dict[int, list[Prim]] = {}
     run_of: dict[int, list[Prim]] = {}
     for q in pg.prims:
-        if q.kind not in ELEMENTWISE:
+        if not prim_kind(q.kind).fusable:  # an elementwise op (``PrimKind.vxm_op``)
             continue
         run = None
         for o in q.ins:
@@ -606,15 +290,12 @@ def tile(pg: PrimGraph, chip: ChipConfig) -> TaskGraph:
     runs = vxm_runs(pg, chip)
     deferred = {id(p) for r in runs.values() for p in r[:-1]}
     for p in pg.prims:
-        if p.kind == "view":
-            t.view_of[p.out.id] = p.ins[0]
-            continue
         if id(p) in deferred:
             continue
         if id(p) in runs:
             t.vxm_run(runs[id(p)])
             continue
-        getattr(t, p.kind)(p)
+        prim_kind(p.kind).tile(t, p)  # lpuc.kinds
     t.tg.view_of = {k: t.base(v) for k, v in t.view_of.items()}  # type: ignore[attr-defined]
     t.tg.tensors = pg.tensors
     return t.tg
