@@ -23,12 +23,13 @@ Every file is checked with ``onnx.checker.check_model`` and run with
 onnxruntime; outputs are compared with torch (max abs error < 1e-4).  torch is
 not a runtime dependency of lpuc, only of this script.
 
-``python examples/export_models.py --zoo [--only bert,gpt2] [--exporter dynamo|torchscript|both]``
+``python examples/export_models.py --zoo [--only bert,gpt2] [--exporter all|static|dynamic|dynamo,...]``
 instead exports the Hugging Face zoo to ``examples/models/zoo/`` (needs transformers; nothing is
 downloaded): GPT-2, Llama, Mistral, Qwen2, Qwen3, Gemma, Phi, GPT-NeoX, OPT, Falcon, BLOOM,
 BERT (with and without token_type_ids), DistilBERT, ALBERT, ELECTRA, RoBERTa and T5, tiny and with
-random weights, through both torch exporters, plus ``zoo/manifest.json``.  See
-``examples/models/README.md``.
+random weights, through both torch exporters, each with static shapes (``<family>_<exporter>.onnx``)
+and with dynamic batch and sequence axes (``<family>_<exporter>_dyn.onnx``: ``dynamic_shapes=`` /
+``dynamic_axes=``), plus ``zoo/manifest.json``.  See ``examples/models/README.md``.
 """
 
 from __future__ import annotations
@@ -534,7 +535,16 @@ ZOO_DIR = OUT_DIR / "zoo"
 ZOO_SEQ = 16
 ZOO_VOCAB = 128
 ZOO_MAX_BYTES = 300 * 1024
-EXPORTERS = ("dynamo", "torchscript")
+ZOO_DYN_MAX_BYTES = 400 * 1024  # a dynamic T5 through TorchScript keeps ~2x the shape arithmetic: 350 KB
+# the static exports (batch 1, sequence 16) and the dynamic-axes ones (batch and sequence free)
+EXPORTERS = ("dynamo", "torchscript", "dynamo_dyn", "torchscript_dyn")
+EXPORTER_SETS = {"both": ["dynamo", "torchscript"], "static": ["dynamo", "torchscript"],
+                 "dynamic": ["dynamo_dyn", "torchscript_dyn"], "all": list(EXPORTERS)}
+# dynamic exports: traced at batch 2 (a batch of 1 would be specialised by torch.export) and sequence 16,
+# checked in onnxruntime against torch at these (batch, sequence) shapes
+ZOO_DYN_TRACE = (2, 16)
+ZOO_DYN_CHECKS = ((1, 16), (1, 24), (2, 16))
+ZOO_DYN_MAX_SEQ = 64  # the models' position tables
 
 
 def _zoo_specs() -> dict[str, dict]:
@@ -627,41 +637,62 @@ def _zoo_randomize(model: nn.Module, seed: int) -> None:
                 p.copy_(1.0 + torch.randn(p.shape, generator=g) * 0.1)
 
 
-def _zoo_feeds(spec: dict, seed: int) -> list[dict[str, np.ndarray]]:
+def _zoo_feeds(spec: dict, seed: int, batch: int = 1, seq: int = ZOO_SEQ) -> list[dict[str, np.ndarray]]:
     rng = np.random.default_rng(seed)
     base = {}
     for name in spec["inputs"]:
         if name in ("input_ids", "decoder_input_ids"):
-            base[name] = rng.integers(3, ZOO_VOCAB, size=(1, ZOO_SEQ), dtype=np.int64)
+            base[name] = rng.integers(3, ZOO_VOCAB, size=(batch, seq), dtype=np.int64)
         elif name == "attention_mask":
-            base[name] = np.ones((1, ZOO_SEQ), dtype=np.int64)
+            base[name] = np.ones((batch, seq), dtype=np.int64)
         elif name == "token_type_ids":
-            base[name] = (np.arange(ZOO_SEQ) >= ZOO_SEQ // 2).astype(np.int64)[None]
+            base[name] = np.repeat((np.arange(seq) >= seq // 2).astype(np.int64)[None], batch, axis=0)
     feeds = [base]
     if "attention_mask" in base:  # also check a padded mask: positions 12-15 masked
         padded = dict(base)
         padded["attention_mask"] = base["attention_mask"].copy()
-        padded["attention_mask"][:, 12:] = 0
+        for b in range(batch):  # row b: positions 12 - 4b.. masked (12-15 at batch 1, seq 16)
+            padded["attention_mask"][b, max(1, 12 - 4 * b):] = 0
         feeds.insert(0, padded)
     return feeds
 
 
+def _zoo_seq_dim(name: str) -> str:
+    """The sequence axis' name: T5's decoder sequence is independent of the encoder's."""
+    return "decoder_seq" if name.startswith("decoder_") else "seq"
+
+
 def _zoo_export(wrapper: nn.Module, args: tuple, path: Path, input_names, output_names, exporter: str) -> None:
+    """``exporter``: dynamo or torchscript (static shapes), or dynamo_dyn / torchscript_dyn: dims 0
+    and 1 (batch and sequence) of every input and of the output are dynamic, as
+    ``dynamic_shapes=`` with ``torch.export.Dim`` (dynamo) or ``dynamic_axes=`` (TorchScript) make them."""
     if path.exists():
         path.unlink()
+    dynamic = exporter.endswith("_dyn")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if exporter == "dynamo":
+        if exporter.startswith("dynamo"):
+            shapes = None
+            if dynamic:
+                batch = torch.export.Dim("batch", min=1, max=64)
+                dims = {d: torch.export.Dim(d, min=1, max=ZOO_DYN_MAX_SEQ) for d in ("seq", "decoder_seq")}
+                # forward(*args): one spec for the tuple of positional inputs
+                shapes = (tuple({0: batch, 1: dims[_zoo_seq_dim(n)]} for n in input_names),)
             prog = torch.onnx.export(wrapper, args, dynamo=True, opset_version=OPSET,
                                      input_names=input_names, output_names=output_names,
-                                     optimize=True, verbose=False)
+                                     dynamic_shapes=shapes, optimize=True, verbose=False)
             proto = prog.model_proto
         else:
             import io
+            axes = None
+            if dynamic:
+                out_seq = "decoder_seq" if "decoder_input_ids" in input_names else "seq"
+                axes = {n: {0: "batch", 1: _zoo_seq_dim(n)} for n in input_names}
+                axes.update({n: {0: "batch", 1: out_seq} for n in output_names})
             buf = io.BytesIO()
             torch.onnx.export(wrapper, args, buf, dynamo=False, opset_version=OPSET,
                               input_names=input_names, output_names=output_names,
-                              do_constant_folding=True, verbose=False)
+                              dynamic_axes=axes, do_constant_folding=True, verbose=False)
             proto = onnx.load_from_string(buf.getvalue())
     for node in proto.graph.node:
         del node.metadata_props[:]
@@ -725,14 +756,19 @@ def zoo(only: list[str] | None, exporters: list[str]) -> int:
                 _zoo_randomize(model, seed)
                 wrapper = _ZooWrapper(model, inputs, spec["output"],
                                       use_cache="use_cache" in inspect.signature(model.forward).parameters).eval()
-                feeds = _zoo_feeds({**spec, "inputs": inputs}, seed)
+                sp = {**spec, "inputs": inputs}
+                feeds = _zoo_feeds(sp, seed)
                 args = tuple(torch.from_numpy(feeds[-1][k]) for k in inputs)
+                if exporter.endswith("_dyn"):  # trace at batch 2; check at 1x16, 1x24 and 2x16
+                    args = tuple(torch.from_numpy(_zoo_feeds(sp, seed, *ZOO_DYN_TRACE)[-1][k]) for k in inputs)
+                    feeds = [f for b, t in ZOO_DYN_CHECKS for f in _zoo_feeds(sp, seed, b, t)]
                 try:
                     _zoo_export(wrapper, args, path, inputs, [spec["output"]], exporter)
                     r = verify(path, wrapper, feeds)
                     size = path.stat().st_size
-                    if size > ZOO_MAX_BYTES:
-                        raise AssertionError(f"{path.name} is {size} bytes (> {ZOO_MAX_BYTES})")
+                    cap = ZOO_DYN_MAX_BYTES if exporter.endswith("_dyn") else ZOO_MAX_BYTES
+                    if size > cap:
+                        raise AssertionError(f"{path.name} is {size} bytes (> {cap})")
                 except Exception as e:  # noqa: BLE001 - report, then try the next form
                     if path.exists():
                         path.unlink()
@@ -749,6 +785,9 @@ def zoo(only: list[str] | None, exporters: list[str]) -> int:
                               "outputs": [f"{n}: {t}" for n, t in r["outputs"]],
                               "attn_implementation": impl or cfg._attn_implementation, "bytes": size,
                               "max_abs_err_ort_vs_torch": float(f"{r['err']:.2g}"), "ops": ", ".join(r["ops"])})
+                if exporter.endswith("_dyn"):
+                    entry["dynamic"] = True
+                    entry["ort_checked_shapes"] = [f"{b}x{t}" for b, t in ZOO_DYN_CHECKS]
                 print(f"ok   {path.name}{' (' + note + ')' if note else ''}: {size} B, inputs {r['inputs']}, "
                       f"outputs {r['outputs']}, max |ort - torch| {r['err']:.2g}, ops ({len(r['ops'])}) "
                       f"{', '.join(r['ops'])}", flush=True)
@@ -775,13 +814,19 @@ def cli(argv: list[str] | None = None) -> int:
     ap.add_argument("--zoo", action="store_true", help="export the Hugging Face zoo to examples/models/zoo/ "
                     "instead of the bespoke models")
     ap.add_argument("--only", help="comma-separated zoo names (e.g. bert,gpt2)")
-    ap.add_argument("--exporter", choices=("dynamo", "torchscript", "both"), default="both")
+    ap.add_argument("--exporter", default="all",
+                    help="comma-separated: dynamo, torchscript, dynamo_dyn, torchscript_dyn, or static (= both: "
+                         "the first two), dynamic (the _dyn two), all (default)")
     a = ap.parse_args(argv)
     if not a.zoo:
-        if a.only or a.exporter != "both":
+        if a.only or a.exporter != "all":
             ap.error("--only and --exporter apply to --zoo")
         return main()
-    exporters = list(EXPORTERS) if a.exporter == "both" else [a.exporter]
+    exporters = []
+    for x in a.exporter.split(","):
+        if x not in EXPORTERS and x not in EXPORTER_SETS:
+            ap.error(f"unknown exporter '{x}'")
+        exporters += [e for e in EXPORTER_SETS.get(x, [x]) if e not in exporters]
     return zoo([s for s in a.only.split(",") if s] if a.only else None, exporters)
 
 
