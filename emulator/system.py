@@ -26,7 +26,6 @@ distributed engine would place them on other machines the same way.
 from __future__ import annotations
 
 import multiprocessing
-import os
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -42,10 +41,6 @@ from isa.asm import format_instruction
 from isa.program import Program
 from isa.timing import host_transfer_us, union_length, utilization
 
-# Below this many instructions a pool costs more than it saves (starting a process and importing
-# numpy is about half a second; a chip's set-up and evaluation run at very roughly 20k-50k
-# instructions per second in one process).
-POOL_MIN_INSTRUCTIONS = 40_000
 
 
 def chip_program(prog: Program, c: int) -> Program:
@@ -220,10 +215,13 @@ class PoolUnits:
 
 
 def default_workers(prog: Program) -> int:
-    """Processes worth using: one per core up to one per chip, when the program has enough work."""
-    if prog.system.chips < 2 or prog.instruction_count < POOL_MIN_INSTRUCTIONS:
-        return 1
-    return max(1, min(prog.system.chips, os.cpu_count() or 1))
+    """One process: the chips run in this one unless ``Emulator(program, workers=n)`` asks for more.
+
+    A pool is opt-in because (1) it has not paid on any program measured: starting a worker and
+    moving a chip's set-up there costs about 3 s, more than a 2-chip program of 33k instructions per
+    chip takes in one process (``bench/multichip.py``), and (2) spawned workers re-import the caller's
+    ``__main__``, so a script without an ``if __name__ == "__main__":`` guard would break."""
+    return 1
 
 
 @dataclass

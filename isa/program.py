@@ -227,11 +227,16 @@ class Program:
                 if not -1 <= inst.node < len(self.nodes):
                     raise ProgramError(f"chip {c} {sname} instruction {k}: node index {inst.node} out of range")
                 last = inst.issue
-        names: set[str] = set()
+        names: set[tuple[int, str]] = set()
+        outputs: set[str] = set()
         for t in self.tensors:
-            if t.name in names:
+            # a model input may be loaded onto several chips (each reads it), under one name; within a
+            # chip names are unique, and the host reads each output from one chip
+            if (t.chip, t.name) in names or (t.role == "output" and t.name in outputs):
                 raise ProgramError(f"tensor '{t.name}' is described twice")
-            names.add(t.name)
+            names.add((t.chip, t.name))
+            if t.role == "output":
+                outputs.add(t.name)
             self._validate_tensor(t)
 
     def _validate_tensor(self, t: TensorDesc) -> None:

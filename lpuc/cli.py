@@ -304,10 +304,39 @@ def _input_shapes(items: list[str] | None) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _compile(args: argparse.Namespace, progress: "_Progress | None" = None, out=sys.stdout):
-    from isa.config import load_chip
-    from lpuc.pipeline import compile_model
+#: the system a chip's multi-chip programs go to unless --system says otherwise
+DEFAULT_SYSTEM = {"lpu-v1": "node-lpu-v1", "tiny": "pair-tiny"}
 
+
+def _chips(args: argparse.Namespace) -> "int | str":
+    """--chips: a count or 'auto'."""
+    if args.chips == "auto":
+        return "auto"
+    try:
+        n = int(args.chips)
+        if n < 1:
+            raise ValueError
+    except ValueError:
+        raise UsageError(f"--chips {args.chips}: give a number of chips (1, 2, ...) or auto") from None
+    return n
+
+
+def _compile(args: argparse.Namespace, progress: "_Progress | None" = None, out=sys.stdout):
+    from isa.config import load_chip, load_system
+    from lpuc.pipeline import compile_model, compile_system
+
+    chips = _chips(args)
+    if chips != 1 or args.system:
+        if args.dump_after:
+            raise UsageError("--dump-after works on one chip; compile with --chips 1 to read the passes")
+        name = args.system or DEFAULT_SYSTEM.get(args.chip)
+        if name is None:
+            raise UsageError(f"--chip {args.chip}: give --system NAME|PATH for more than one chip")
+        system = load_system(name)
+        if args.chip not in (system.chip.name, "lpu-v1") and load_chip(args.chip).digest != system.chip.digest:
+            raise UsageError(f"--chip {args.chip} and --system {name} (of {system.chip.name} chips) disagree")
+        return compile_system(args.model, system, chips, precision=args.precision, scheduler=args.scheduler,
+                              input_shapes=_input_shapes(args.input_shape))
     chip = load_chip(args.chip)
     # no progress line around --dump-after: the dump goes to the same terminal
     step = progress.compile_step if progress is not None and progress.enabled and not args.dump_after else None
@@ -316,10 +345,11 @@ def _compile(args: argparse.Namespace, progress: "_Progress | None" = None, out=
                          progress=step)
 
 
-def sram_footprint(c) -> int:
+def sram_footprint(c, chip=None) -> int:
     """Bytes of SRAM the program occupies: distinct words (slice, address) holding any tensor at any
     time, times the bytes of a word. The same figure ``lpuc run`` reports as the words the run wrote
-    (the emulator's ``sram_bytes``), so compile and run agree."""
+    (the emulator's ``sram_bytes``), so compile and run agree. ``c``: a ``Compiled``, or one chip's
+    part of a multi-chip compile with its ``chip``."""
     words: dict[str, list[tuple[int, int]]] = {}
     for t in c.tasks.tensors:
         for v0, v1, planes in t.segments:
@@ -332,13 +362,52 @@ def sram_footprint(c) -> int:
             if a1 > end:
                 total += a1 - max(a0, end)
                 end = a1
-    return total * c.chip.lanes
+    return total * (chip or c.chip).lanes
+
+
+def _system_summary(sc) -> str:
+    """The compile summary of a multi-chip program (``lpuc.pipeline.SystemCompiled``)."""
+    from emulator.report import SRAM_LABEL
+    from isa.timing import program_busy, utilization
+
+    prog = sc.program
+    cycles = prog.meta["predicted_cycles"]
+    chips = int(prog.meta["chips"])
+    busy, _ = program_busy(prog.queues, sc.chip)
+    util = utilization(sc.chip, chips, busy, cycles)
+    lines = [
+        f"model              {prog.meta.get('model')} ({len(sc.graph.nodes)} ONNX nodes after folding)",
+        f"system             {sc.system.name}: {chips} of its {sc.system.chips} {sc.chip.name} chips @ "
+        f"{sc.chip.clock_mhz:g} MHz, {prog.meta['precision']}, {prog.meta['scheduler']} scheduler, "
+        f"{sc.partition.mode} split",
+    ]
+    if prog.meta.get("chips_choice"):
+        lines.append(f"chips              {prog.meta['chips_choice']}")
+    lines += [
+        f"instructions       {prog.instruction_count}",
+        f"predicted cycles   {cycles}  ({cycles / sc.chip.clock_mhz:.3f} us at the clock)",
+        f"roofline bound     {sc.roofline_cycles} cycles (the largest chip's own bound; predicted / bound = "
+        f"{cycles / max(sc.roofline_cycles, 1):.2f})",
+    ]
+    for part in sc.parts:
+        st = part.stage
+        lines.append(f"  chip {st.chip}          {len(st.nodes)} nodes, weights {st.weight_bytes:,} B, "
+                     f"{SRAM_LABEL.strip()} {sram_footprint(part, sc.chip):,} B, done in cycle "
+                     f"{prog.meta['chip_cycles'][st.chip]}, receives {st.receive_bytes:,} B")
+    lines += [
+        "utilization        " + ", ".join(f"{u} {100 * v['utilization']:.1f}%" for u, v in util.items()
+                                          if u != "ICU"),
+        f"compile time       {sc.seconds:.2f} s",
+    ]
+    return "\n".join(lines)
 
 
 def _summary(c) -> str:
     from emulator.report import SRAM_LABEL, SRAM_MEANING
     from isa.timing import program_busy, utilization
 
+    if hasattr(c, "parts"):
+        return _system_summary(c)
     prog = c.program
     cycles = prog.meta["predicted_cycles"]
     busy, _ = program_busy(prog.queues, c.chip)
@@ -559,6 +628,14 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--dump-after", metavar="PASS",
                         help="print the IR after a pass: import, fold, lower, heads, tile, mirror, allocate, schedule, "
                              "codegen")
+        sp.add_argument("--chips", default="1", metavar="N|auto",
+                        help="chips to compile for; auto: the fewest that hold the model")
+        sp.add_argument("--system", metavar="NAME|PATH",
+                        help="system config for more than one chip (default: node-lpu-v1 for lpu-v1, pair-tiny "
+                             "for tiny)")
+        sp.add_argument("--parallel", default="pp", choices=["pp"],
+                        help="how the model is split over chips: pp, consecutive layers on consecutive chips "
+                             "(tensor and sequence parallel splits are not compiled yet)")
 
     cp = command("compile", "compile an ONNX model to a .lpu program")
     compile_options(cp)

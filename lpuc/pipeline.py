@@ -17,19 +17,21 @@ from typing import Any, Callable, TextIO
 import onnx
 
 from isa.asm import disassemble
-from isa.config import ChipConfig
+from isa.config import ChipConfig, SystemConfig
 from isa.program import Program
-from lpuc.errors import CompileError
+from lpuc.errors import CapacityError, CompileError
 from lpuc.ir import Graph
 from lpuc.passes.allocate import Allocation, allocate, check_weights_fit
-from lpuc.passes.codegen import codegen
+from lpuc.passes.codegen import codegen, merge_chips
 from lpuc.passes.fold_constants import fold_constants
 from lpuc.passes.import_onnx import import_onnx
 from lpuc.passes.heads import heads
 from lpuc.passes.lower import PRECISIONS, lower
 from lpuc.passes.mirror import mirror
+from lpuc.passes.partition import Partition, Stage, chips_needed, partition, weight_bytes
 from lpuc.passes.schedule import SCHEDULERS, Schedule, schedule
 from lpuc.passes.tile import tile
+from lpuc.passes.transfer import Sent, add_transfers, record_sends
 from lpuc.prim import PrimGraph
 from lpuc.roofline import Roofline, roofline
 from lpuc.tasks import TaskGraph
@@ -69,6 +71,18 @@ class Compiled:
     def roofline_cycles(self) -> int:
         """Lower bound on the cycles (``self.roofline.parts`` says what bounds it)."""
         return int(self.roofline.cycles)
+
+    @property
+    def roofline_parts(self) -> dict[str, int]:
+        """What the roofline bound is made of (``Roofline.parts``)."""
+        return self.roofline.parts
+
+    def reference(self, feeds: "dict[str, Any]") -> "dict[str, Any]":
+        """The outputs the program must compute, bit for bit: the compiler's op-level evaluation
+        (``lpuc.reference``) of its primitives on ``feeds`` (checked model inputs)."""
+        from lpuc.reference import run_reference
+
+        return run_reference(self.prims, feeds, self.chip.lanes)
 
     def save(self, path: "str | Path") -> Path:
         """Write the ``.lpu`` program (for ``lpuc run``, ``lpuc disasm``); returns the path."""
@@ -145,3 +159,161 @@ def _input_rows(g: Graph) -> dict[str, int]:
 
     rows = {name: index_rows(g, name) for name in g.inputs if g.values[name].dtype.kind in "iu"}
     return {name: int(n) for name, n in rows.items() if n}
+
+
+@dataclass
+class ChipPart:
+    """One chip's share of a multi-chip compile: its stage of the model and the IR after each pass."""
+
+    stage: Stage
+    prims: PrimGraph
+    tasks: TaskGraph
+    alloc: Allocation
+    sched: Schedule
+    program: Program  # the chip's own program (before the merge into the system program)
+    roofline: Roofline
+
+
+@dataclass
+class SystemCompiled:
+    """A model compiled onto several chips (``compile_system``): ``program`` is the system program
+    (a queue per chip and slice), ``parts`` the chips' stages and IR, ``partition`` the split."""
+
+    program: Program
+    graph: Graph
+    partition: Partition
+    parts: list[ChipPart]
+    system: SystemConfig
+    seconds: float
+    pass_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def chip(self) -> ChipConfig:
+        return self.system.chip
+
+    @property
+    def cycles(self) -> int:
+        """Predicted cycles of the whole system (the emulator counts exactly these)."""
+        return int(self.program.meta["predicted_cycles"])
+
+    @property
+    def latency_us(self) -> float:
+        return self.cycles / self.chip.clock_mhz
+
+    @property
+    def roofline_cycles(self) -> int:
+        """A lower bound: the largest of the chips' own bounds (each ignores the wait for its inputs)."""
+        return max(p.roofline.cycles for p in self.parts)
+
+    @property
+    def roofline_parts(self) -> dict[str, Any]:
+        """Each chip's roofline parts."""
+        return {f"chip{p.stage.chip}": p.roofline.parts for p in self.parts}
+
+    def reference(self, feeds: "dict[str, Any]") -> "dict[str, Any]":
+        """The model outputs the system must compute, bit for bit: each chip's primitives evaluated
+        (``lpuc.reference``) in stage order, a chip reading the values earlier chips computed (a
+        transfer moves bits unchanged)."""
+        from lpuc.reference import run_reference
+
+        values = dict(feeds)
+        for p in self.parts:
+            values.update(run_reference(p.prims, {t.name: values[t.name] for t in p.prims.inputs}, self.chip.lanes))
+        return {o: values[o] for o in self.graph.outputs}
+
+    def save(self, path: "str | Path") -> Path:
+        self.program.save(path)
+        return Path(path)
+
+
+def compile_system(path: "str | Path | onnx.ModelProto", system: SystemConfig, chips: "int | str",
+                   precision: str = "fp32", scheduler: str = "list",
+                   input_shapes: dict[str, tuple[int, ...]] | None = None) -> SystemCompiled:
+    """Compile an ONNX model onto ``chips`` chips of ``system`` as a pipeline (``lpuc.passes.partition``):
+    chip k runs the k-th stretch of the model and sends what later chips read over the links
+    (``lpuc.passes.transfer``). Every chip's stage goes through the single-chip passes; chips are
+    compiled in stage order, so that a receiver knows when its data arrives. ``chips="auto"`` takes
+    the fewest chips whose weights fit (``chips_needed``) and says why in ``program.meta["chips_choice"]``."""
+    if precision not in PRECISIONS:
+        raise CompileError(f"unknown precision '{precision}'; choose one of {', '.join(PRECISIONS)}")
+    if scheduler not in SCHEDULERS:
+        raise CompileError(f"unknown scheduler '{scheduler}'; choose one of {', '.join(SCHEDULERS)}")
+    if chips != "auto" and not (isinstance(chips, int) and 1 <= chips <= system.chips):
+        raise CompileError(f"--chips {chips}: system {system.name} has {system.chips} chip(s); give 1 to "
+                           f"{system.chips} or auto")
+    chip = system.chip
+    times: dict[str, float] = {}
+    t_all = time.perf_counter()
+
+    def step(name: str, fn: Callable[[], Any]) -> Any:
+        t0 = time.perf_counter()
+        result = fn()
+        times[name] = times.get(name, 0.0) + time.perf_counter() - t0
+        return result
+
+    g = step("import", lambda: import_onnx(path, input_shapes))
+    g = step("fold", lambda: fold_constants(g))
+    name = Path(path).name if isinstance(path, (str, Path)) else (path.graph.name or "model")
+    meta = {"model": name, "precision": precision, "scheduler": scheduler}
+    dtype = PRECISIONS[precision]
+
+    def stages(n: int) -> tuple[Partition, list[ChipPart]]:
+        """Partition onto n chips and compile every stage, in stage order (senders first)."""
+        part = step("partition", lambda: partition(g, n, chip, dtype))
+        sent: dict[tuple[str, int], Sent] = {}
+        parts: list[ChipPart] = []
+        for stage in part.stages:
+            sg = stage.graph(g)
+            pg = step("lower", lambda: lower(sg, chip, precision))
+            pg = step("heads", lambda: heads(pg, chip))
+            tg = step("tile", lambda: tile(pg, chip))
+            tg = step("transfer", lambda: add_transfers(tg, stage, system, chip, sent))
+            tg = step("mirror", lambda: mirror(tg, chip))
+            try:
+                al = step("allocate", lambda: allocate(tg, chip))
+            except CapacityError as e:
+                raise CapacityError(f"on {n} chip(s), chip {stage.chip}: {e}") from None
+            sc = step("schedule", lambda: schedule(tg, al, chip, scheduler))
+            record_sends(tg, sc.placements, stage, system, sent)
+            prog = step("codegen", lambda: codegen(tg, sc, chip, meta))
+            parts.append(ChipPart(stage, pg, tg, al, sc, prog, roofline(tg, sc, chip)))
+        return part, parts
+
+    total = weight_bytes(g, list(g.nodes), chip, dtype)
+    if chips == "auto":
+        # the fewest chips whose weights fit, then more while a stage's activations do not fit beside them
+        tried = []
+        chips = chips_needed(g, chip, dtype, most=system.chips)
+        while True:
+            try:
+                part, parts = stages(chips)
+                break
+            except CapacityError as e:
+                tried.append(f"{chips}: {e}")
+                if chips == system.chips:
+                    raise CapacityError(f"the model does not fit {system.name}'s {system.chips} chips "
+                                        f"({'; '.join(tried)})") from None
+                chips += 1
+        choice = (f"auto: {total:,} B of weights in {precision}, {chip.sram_bytes:,} B of SRAM a chip; "
+                  + "".join(f"{t} chips do not fit; " for t in tried)
+                  + f"{chips} chips hold the model (pipeline split, "
+                  + ", ".join(f"chip {p.stage.chip} {p.alloc.peak_bytes:,} B" for p in parts) + " at the peak)")
+    else:
+        try:
+            part, parts = stages(chips)
+        except CapacityError as e:
+            need = chips_needed(g, chip, dtype, most=max(system.chips, chips))
+            more = f"; its weights alone need {need} chips" if need > chips else "; try --chips auto"
+            raise CapacityError(f"{e}{more}") from None
+        choice = ""
+    # the program's system: the chips it uses and the links between them
+    used = SystemConfig(name=system.name if chips == system.chips else f"{system.name}[0:{chips}]", chip=chip,
+                        chips=chips, links=tuple(ln for ln in system.links if ln.a[0] < chips and ln.b[0] < chips))
+    prog = step("codegen", lambda: merge_chips([p.program for p in parts], used, meta))
+    prog.meta["roofline_cycles"] = max(p.roofline.cycles for p in parts)
+    prog.meta["chips"] = chips
+    prog.meta["chips_choice"] = choice
+    rows = _input_rows(g)
+    if rows:
+        prog.meta["input_rows"] = rows
+    return SystemCompiled(prog, g, part, parts, system, time.perf_counter() - t_all, times)

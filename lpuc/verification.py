@@ -56,8 +56,7 @@ from emulator.errors import InputError
 from isa.program import Program
 from isa.timing import program_busy, utilization
 from lpuc.ir import Graph
-from lpuc.pipeline import Compiled
-from lpuc.reference import run_reference
+from lpuc.pipeline import Compiled, SystemCompiled
 
 TOLERANCE = {"fp32": (1e-4, 1e-3), "fp16": (5e-3, 1e-2), "bf16": (3e-2, 3e-2)}
 
@@ -245,13 +244,14 @@ def _ort_session(model: "str | Path | onnx.ModelProto") -> Any:
     return ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
 
 
-def verify(c: Compiled, model_path: "str | Path | onnx.ModelProto", precision: str,
+def verify(c: "Compiled | SystemCompiled", model_path: "str | Path | onnx.ModelProto", precision: str,
            inputs: Mapping[str, Any] | None = None, seed: int = 0) -> Verdict:
-    """Run the compiled program ``c`` in the emulator and check it against onnxruntime running
-    ``model_path`` (the model ``c`` was compiled from, a path or a ``ModelProto``) and against the
-    compiler's reference evaluation. ``inputs`` default to :func:`make_inputs` with ``seed``; given
-    inputs go through :func:`check_inputs` first. See the module docstring for the checks and the
-    report; :func:`lpuc.api.verify` compiles and verifies in one call."""
+    """Run the compiled program ``c`` (one chip, or several: ``lpuc.pipeline.compile_system``) in the
+    emulator and check it against onnxruntime running ``model_path`` (the model ``c`` was compiled
+    from, a path or a ``ModelProto``) and against the compiler's reference evaluation
+    (``c.reference``). ``inputs`` default to :func:`make_inputs` with ``seed``; given inputs go
+    through :func:`check_inputs` first. See the module docstring for the checks and the report;
+    :func:`lpuc.api.verify` compiles and verifies in one call."""
     feeds = check_inputs(c.graph, inputs if inputs is not None else make_inputs(c.graph, seed))
     prog = Program.from_bytes(c.program.to_bytes())  # run the program as the file holds it
     t0 = time.perf_counter()
@@ -265,7 +265,7 @@ def verify(c: Compiled, model_path: "str | Path | onnx.ModelProto", precision: s
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputError(f"onnxruntime fails on these inputs: {first}") from e
     onnxruntime_s = time.perf_counter() - t0
-    ref = run_reference(c.prims, feeds, c.chip.lanes)
+    ref = c.reference(feeds)
     atol, rtol = TOLERANCE[precision]
     outputs = {}
     bit_exact = True
@@ -276,24 +276,27 @@ def verify(c: Compiled, model_path: "str | Path | onnx.ModelProto", precision: s
         outputs[o.name] = compare(got, want, atol, rtol)
         all_ok &= outputs[o.name]["ok"]
     predicted = int(c.program.meta["predicted_cycles"])
+    chips = int(c.program.meta.get("chips", 1))
     busy, _ = program_busy(c.program.queues, c.chip)
+    sram = result.stats["sram_bytes"]
     model_name = (model_path.graph.name or "model") if isinstance(model_path, onnx.ModelProto) else str(model_path)
     report = {
         "ok": bool(all_ok and bit_exact and predicted == result.cycles),
         "model": model_name,
         "chip": c.chip.name,
+        "chips": chips,
         "precision": precision,
         "scheduler": c.program.meta.get("scheduler"),
         "predicted_cycles": predicted,
         "emulated_cycles": result.cycles,
         "latency_us": result.cycles / c.chip.clock_mhz,
         "bit_exact": bool(bit_exact),
-        "roofline_cycles": c.roofline.cycles,
-        "roofline": c.roofline.parts,
+        "roofline_cycles": c.roofline_cycles,
+        "roofline": c.roofline_parts,
         "instructions": c.program.instruction_count,
-        "sram_bytes": result.stats["sram_bytes"][0],
+        "sram_bytes": sram[0] if chips == 1 else list(sram[:chips]),
         "sram_capacity": c.chip.sram_bytes,
-        "utilization": {u: v["utilization"] for u, v in utilization(c.chip, 1, busy, predicted).items()},
+        "utilization": {u: v["utilization"] for u, v in utilization(c.chip, chips, busy, predicted).items()},
         "outputs": outputs,
         "compile_s": c.seconds,
         "emulate_s": emulate_s,

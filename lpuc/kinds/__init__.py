@@ -21,6 +21,8 @@ module               task kinds                                     primitive ki
                                                                     ``relayout``, ``transpose``
 ``gather``           ``gather``                                     ``gather``
 ``matmul``           ``chain``                                      ``matmul``, ``mmheads``
+``c2c``              ``send``, ``recv`` (chip-to-chip transfers,    --
+                     added by ``lpuc.passes.transfer``)
 ===================  =============================================  ===============================
 
 Adding a task kind (e.g. ``send``/``recv`` over chip-to-chip links)
@@ -71,7 +73,7 @@ from lpuc.kinds.base import (PRIM_KINDS, TASK_KINDS, PrimKind, TaskKind, prim_ki
                              register_task_kind, task_kind)
 
 # the family modules register their kinds when imported
-from lpuc.kinds import elementwise, gather, matmul, movement  # noqa: E402,F401
+from lpuc.kinds import c2c, elementwise, gather, matmul, movement  # noqa: E402,F401
 
 __all__ = ["PRIM_KINDS", "TASK_KINDS", "PrimKind", "TaskKind", "prim_kind", "register_prim_kind",
            "register_task_kind", "task_kind"]

@@ -101,3 +101,26 @@ def _expected_producers(tg: TaskGraph, sched: Schedule, prog: Program) -> list[l
 def predicted_cycles(prog: Program) -> int:
     """One past the last cycle any instruction does anything (the emulator's definition)."""
     return program_busy(prog.queues, prog.chip)[1]
+
+
+def merge_chips(programs: list[Program], system: SystemConfig, meta: dict | None = None) -> Program:
+    """One system program from one single-chip program per chip (chip k = ``programs[k]``): queues and
+    tensors move to their chip, constants get the chip in their name (``chip1/c12:w``), ONNX node
+    indices are renumbered into one list, and the expected producers of stream reads name their chip."""
+    import dataclasses
+
+    prog = Program(system=system, meta=dict(meta or {}))
+    expect: list[list] = []
+    for k, p in enumerate(programs):
+        offset = len(prog.nodes)
+        prog.nodes.extend(p.nodes)
+        for (_, sname), q in p.queues.items():
+            prog.queues[(k, sname)] = [dataclasses.replace(i, node=i.node + offset if i.node >= 0 else -1) for i in q]
+        for t in p.tensors:
+            name = f"chip{k}/{t.name}" if t.role == "const" else t.name
+            prog.tensors.append(dataclasses.replace(t, chip=k, name=name))
+        expect.extend([k, *e] for e in p.meta.get("expect", []))
+    prog.meta["expect"] = expect
+    prog.meta["predicted_cycles"] = predicted_cycles(prog)
+    prog.meta["chip_cycles"] = [int(p.meta["predicted_cycles"]) for p in programs]
+    return prog

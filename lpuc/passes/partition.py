@@ -41,8 +41,8 @@ WEIGHT_SHARE = 1.0
 SLACK = 0.15
 #: ops whose constant inputs are data the chip reads from SRAM (not a dtype donor, not a shape)
 DATA_OPS = {"MatMul", "Gemm", "Gather", "Add", "Sub", "Mul", "Div", "LayerNormalization", "Where", "Conv", "Einsum"}
-#: constants up to this many elements are left out (a scalar becomes an immediate, small ones are noise)
-SMALL_NUMEL = 4096
+#: constants up to this many elements are left out (a scalar becomes an immediate)
+SMALL_NUMEL = 1
 
 
 def constant_bytes(value: np.ndarray, chip: ChipConfig, precision_dtype: str) -> int:

@@ -514,8 +514,9 @@ class Scheduler:
 
     def _ready(self, task: Task, j: int = 0) -> int:
         """The earliest anchor of the task with its template j, given the placed tasks it depends on."""
-        # no task may start an access before cycle 0
-        t = -self.variants[task.id][j].begin
+        # no task may start an access before cycle 0, nor before its release (a RECV before its data
+        # can have arrived: ``lpuc.kinds.c2c``)
+        t = max(-self.variants[task.id][j].begin, task.attrs.get("release", 0))
         for a, delta in self.deps.get(task.id, []):
             t = max(t, self.sched.placements[a].start + delta[self.chosen[a]][j])
         return t

@@ -1,0 +1,82 @@
+"""Chip-to-chip transfers: ``send`` and ``recv`` task kinds over one C2C link.
+
+A ``send`` task READs a tensor's vectors so that vector j passes the link's C2C slice in cycle
+``anchor + j`` and SENDs them there: the link carries one vector per cv = cdiv(width * lanes,
+c2c.bytes_per_cycle) cycles, so vector j lands in the peer's receive FIFO in cycle
+``anchor + (j+1)*cv + c2c.latency`` (ISA.md, SEND). The tx port is busy n*cv cycles: a second
+transfer on the link waits for it, which is how the scheduler books links.
+
+A ``recv`` task takes ``n`` of those vectors off the peer's FIFO (RECV, one per cycle) and WRITEs them
+into the receiving tensor. RECV may take vector j only once it has arrived and the FIFO holds at
+most ``c2c.fifo_vectors``, while vectors arrive only every cv cycles; so a transfer is received in
+chunks of at most ``chunk_vectors`` vectors, one ``recv`` task each, whose earliest anchor
+(``attrs["release"]``, honoured by the scheduler) is the cycle its last vector arrives minus the
+cycles RECV needs to reach it: ``release = S + latency + (j0 + 1)*cv + (c - 1)*(cv - 1)`` for a
+chunk of c vectors starting at vector j0 of a SEND issued in cycle S.
+
+Both tasks name their link's slice (``C2C<k>``) in ``attrs["slice"]``: a link is a fixed resource,
+not a unit the scheduler picks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from isa.config import ChipConfig
+from isa.dtypes import DTYPES
+from lpuc.kinds.base import TaskKind, register_task_kind
+from lpuc.tasks import Task
+from lpuc.templates import Builder, Template
+
+
+def cycles_per_vector(dtype: str, chip: ChipConfig) -> int:
+    """cv: link cycles per vector of ``dtype`` (ISA.md, SEND)."""
+    return -(-DTYPES[dtype].width * chip.lanes // int(chip.c2c["bytes_per_cycle"]))
+
+
+def chunk_vectors(chip: ChipConfig) -> int:
+    """The most vectors one RECV takes: half the receive FIFO, so a chunk that starts up to
+    fifo/2 * cv cycles after its release still finds room for the vectors arriving meanwhile."""
+    return max(1, int(chip.c2c["fifo_vectors"]) // 2)
+
+
+def recv_release(send_issue: int, j0: int, n: int, dtype: str, chip: ChipConfig) -> int:
+    """The earliest issue cycle of a RECV of vectors j0 .. j0+n-1 of a SEND issued in ``send_issue``:
+    RECV takes vector j0+m in cycle t + m, and it arrives in send_issue + (j0+m+1)*cv + latency."""
+    cv = cycles_per_vector(dtype, chip)
+    return send_issue + int(chip.c2c["latency"]) + (j0 + 1) * cv + (n - 1) * (cv - 1)
+
+
+@register_task_kind
+class SendTask(TaskKind):
+    """READ ``reads[0]`` onto a stream group and SEND it over link ``attrs["slice"]``."""
+
+    name = "send"
+
+    def template(self, task: Task, chip: ChipConfig) -> Template:
+        b = Builder(chip)
+        src = task.reads[0]
+        dt = DTYPES[src.tensor.dtype]
+        sl = task.attrs["slice"]
+        ti = b.inst(sl, 0, "SEND", dt=dt.code, s=0, n=src.n)
+        b.read_group(src, b.pos(sl), 0, ti, "s")  # vector j passes the C2C slice in cycle j
+        return b.finish()
+
+    def work(self, task: Task, tpl: Template, chip: ChipConfig) -> list[tuple[str, Any]]:
+        return []
+
+
+@register_task_kind
+class RecvTask(TaskKind):
+    """RECV ``writes[0].n`` vectors from link ``attrs["slice"]`` and WRITE them into ``writes[0]``."""
+
+    name = "recv"
+
+    def template(self, task: Task, chip: ChipConfig) -> Template:
+        b = Builder(chip)
+        dst = task.writes[0]
+        dt = DTYPES[dst.tensor.dtype]
+        sl = task.attrs["slice"]
+        ti = b.inst(sl, 0, "RECV", dt=dt.code, d=0, n=dst.n)
+        b.write_group(dst, b.pos(sl), int(chip.latency["c2c_recv"]), ti, "d")
+        return b.finish()
