@@ -104,7 +104,7 @@ def test_program_round_trips_through_assembly(tmp_path):
 
 
 def test_too_few_chips_says_how_many_it_needs(tmp_path):
-    """A tiny with 1024 words a slice holds 256 KiB: gpt2_tiny's 453,632 B of f32 weights need 2."""
+    """A tiny with 1024 words a slice holds 256 KiB: gpt2_tiny's 451,072 B of f32 weights need 2."""
     text = (ROOT / "isa" / "configs" / "tiny.toml").read_text()
     (tmp_path / "tiny-small.toml").write_text(text.replace('name = "tiny"', 'name = "tiny-small"')
                                               .replace("words_per_slice = 8192", "words_per_slice = 1024"))

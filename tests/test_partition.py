@@ -65,7 +65,7 @@ def test_cuts_fall_on_layer_boundaries():
 
 def test_capacity_names_the_chip_and_chips_needed(tmp_path):
     """chips_needed finds the fewest chips; a stage too big for its chip is refused, saying so. gpt2_tiny
-    has 453,632 B of f32 weights in tiny's layout: one tiny chip (2 MiB) holds them; a tiny with 1024
+    has 451,072 B of f32 weights in tiny's layout: one tiny chip (2 MiB) holds them; a tiny with 1024
     words a slice (256 KiB) needs 2."""
     g = fold_constants(import_onnx(MODELS / "gpt2_tiny.onnx"))
     assert chips_needed(g, load_chip("tiny"), "f32", most=8) == 1
@@ -75,5 +75,5 @@ def test_capacity_names_the_chip_and_chips_needed(tmp_path):
                           .replace("words_per_slice = 8192", "words_per_slice = 1024"))
     small = load_chip(small_toml)
     assert chips_needed(g, small, "f32", most=8) == 2
-    with pytest.raises(CapacityError, match=r"chip 0's stage needs 453,632 bytes .* use more chips"):
+    with pytest.raises(CapacityError, match=r"chip 0's stage needs 451,072 bytes .* use more chips"):
         partition(g, 1, small, "f32")

@@ -24,7 +24,6 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from isa.config import ChipConfig
-from isa.dtypes import DTYPES
 from lpuc.errors import CapacityError, CompileError
 from lpuc.ir import Graph
 from lpuc.kinds import task_kind
@@ -130,54 +129,18 @@ def _too_big(needed: int, chip: ChipConfig, at_least: str = "", why: str = "") -
                          f"smaller model)")
 
 
-# ops whose float constant inputs are data the chip keeps in SRAM in a float type (not a dtype donor,
-# not a shape, not a mask a lowering might narrow to bytes)
-_DATA_OPS = {"MatMul", "Gemm", "Gather", "Add", "Sub", "Mul", "Div"}
-# constants up to this many elements are left out of the early check (a scalar becomes an immediate)
-_EARLY_NUMEL = 4096
-
-
 def check_weights_fit(g: Graph, chip: ChipConfig, precision: str) -> None:
-    """Refuse, before the expensive passes, a model whose large weights alone cannot fit the chip's
-    SRAM (GPT-2 small in fp16 on lpu-v1 was refused only by :func:`allocate`, after lowering 124M
-    weights: 8-18 s and 2.1-2.9 GB). Every constant is in SRAM from the program's start, so their
-    bytes are a lower bound on the peak :func:`allocate` checks. Counted here so that the bound
-    stays a bound whatever lowering does: float constants of more than ``_EARLY_NUMEL`` elements
-    read as data by a node that reaches an output, each once, in the narrower of its own type and
-    the precision's; a matrix as rows padded to whole lane chunks, in whichever orientation pads
-    less (lowering may store it transposed), other shapes unpadded. Cycles and bits are unchanged:
-    the check only raises."""
-    L = chip.lanes
-    width = DTYPES[PRECISIONS[precision]].width
-    live: set[str] = set()  # nodes some output depends on
-    todo = [p for o in g.outputs if (p := g.producer(o)) is not None]
-    while todo:
-        n = todo.pop()
-        if n.name in live:
-            continue
-        live.add(n.name)
-        todo.extend(p for i in n.inputs if i and (p := g.producer(i)) is not None)
-    counted: set[str] = set()
-    need = 0
-    for name in live:
-        n = g.nodes[name]
-        if n.op not in _DATA_OPS:
-            continue
-        for i in n.inputs:
-            v = g.values.get(i) if i else None
-            if v is None or v.const is None or i in counted or v.const.dtype.kind != "f" \
-                    or v.const.size <= _EARLY_NUMEL:
-                continue
-            counted.add(i)
-            w = min(width, v.const.dtype.itemsize)
-            if v.const.ndim == 2:
-                r, c = v.const.shape
-                need += min(r * -(-c // L), c * -(-r // L)) * L * w
-            else:
-                need += v.const.size * w
+    """Refuse, before the expensive passes, a model whose weights alone cannot fit the chip's SRAM
+    (GPT-2 small in fp16 on lpu-v1 was refused only by :func:`allocate`, after lowering 124M
+    weights: 8-18 s and 2.1-2.9 GB). Every constant is in SRAM from the program's start, so the
+    bytes of the weights the graph reads (``lpuc.passes.partition.weight_bytes``) are a lower bound
+    on the peak :func:`allocate` checks. Cycles and bits are unchanged: the check only raises."""
+    from lpuc.passes.partition import weight_bytes
+
+    need = weight_bytes(g, list(g.nodes), chip, PRECISIONS[precision])
     if need > chip.sram_bytes:
         raise _too_big(need, chip, "at least ", f"its weights alone take that much in {precision} with rows padded to "
-                                               f"{L} lanes; ")
+                                               f"{chip.lanes} lanes; ")
 
 
 def allocate(tg: TaskGraph, chip: ChipConfig) -> Allocation:

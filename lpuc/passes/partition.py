@@ -39,8 +39,10 @@ WEIGHT_SHARE = 1.0
 #: how far (as a share of a stage's weights) a cut may move from the balanced position to find a
 #: cheaper crossing
 SLACK = 0.15
-#: ops whose constant inputs are data the chip reads from SRAM (not a dtype donor, not a shape)
-DATA_OPS = {"MatMul", "Gemm", "Gather", "Add", "Sub", "Mul", "Div", "LayerNormalization", "Where", "Conv", "Einsum"}
+#: ops whose float constant inputs are data the chip keeps in SRAM in a float type (not a dtype donor,
+#: not a shape, not a mask a lowering might narrow to bytes): what they read counts as weights, and the
+#: count stays a lower bound of the SRAM a model needs (``lpuc.passes.allocate.check_weights_fit``)
+DATA_OPS = {"MatMul", "Gemm", "Gather", "Add", "Sub", "Mul", "Div", "Conv", "Einsum"}
 #: constants up to this many elements are left out (a scalar becomes an immediate)
 SMALL_NUMEL = 1
 
