@@ -39,8 +39,30 @@ from lpuc.tasks import TaskGraph
 PASSES = ("import", "fold", "lower", "heads", "tile", "mirror", "allocate", "schedule", "codegen")
 
 
+class _Figures:
+    """What a compiled program says about itself, for one chip or a system (``program``, ``chip``)."""
+
+    program: Program
+    chip: ChipConfig
+
+    @property
+    def cycles(self) -> int:
+        """Predicted cycles (the emulator counts exactly these)."""
+        return int(self.program.meta["predicted_cycles"])
+
+    @property
+    def latency_us(self) -> float:
+        """Predicted latency in microseconds at the chip's clock."""
+        return self.cycles / self.chip.clock_mhz
+
+    def save(self, path: "str | Path") -> Path:
+        """Write the ``.lpu`` program (for ``lpuc run``, ``lpuc disasm``); returns the path."""
+        self.program.save(path)
+        return Path(path)
+
+
 @dataclass
-class Compiled:
+class Compiled(_Figures):
     """A compiled model: ``program`` (the ``.lpu`` program), the IR after each stage (``graph``,
     ``prims``, ``tasks``, ``alloc``, ``sched``), ``roofline``, ``chip`` and compile times.
     ``cycles``, ``latency_us``, ``roofline_cycles``, ``save(path)`` and ``run(inputs)`` are the
@@ -58,16 +80,6 @@ class Compiled:
     pass_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
-    def cycles(self) -> int:
-        """Predicted cycles (the emulator counts exactly these)."""
-        return int(self.program.meta["predicted_cycles"])
-
-    @property
-    def latency_us(self) -> float:
-        """Predicted latency in microseconds at the chip's clock."""
-        return self.cycles / self.chip.clock_mhz
-
-    @property
     def roofline_cycles(self) -> int:
         """Lower bound on the cycles (``self.roofline.parts`` says what bounds it)."""
         return int(self.roofline.cycles)
@@ -83,11 +95,6 @@ class Compiled:
         from lpuc.reference import run_reference
 
         return run_reference(self.prims, feeds, self.chip.lanes)
-
-    def save(self, path: "str | Path") -> Path:
-        """Write the ``.lpu`` program (for ``lpuc run``, ``lpuc disasm``); returns the path."""
-        self.program.save(path)
-        return Path(path)
 
     def run(self, inputs: "dict[str, Any] | None" = None) -> "dict[str, Any]":
         """Run the program in the emulator (as its file holds it) on one array per model input,
@@ -175,7 +182,7 @@ class ChipPart:
 
 
 @dataclass
-class SystemCompiled:
+class SystemCompiled(_Figures):
     """A model compiled onto several chips (``compile_system``): ``program`` is the system program
     (a queue per chip and slice), ``parts`` the chips' stages and IR, ``partition`` the split."""
 
@@ -188,17 +195,8 @@ class SystemCompiled:
     pass_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
-    def chip(self) -> ChipConfig:
+    def chip(self) -> ChipConfig:  # type: ignore[override]
         return self.system.chip
-
-    @property
-    def cycles(self) -> int:
-        """Predicted cycles of the whole system (the emulator counts exactly these)."""
-        return int(self.program.meta["predicted_cycles"])
-
-    @property
-    def latency_us(self) -> float:
-        return self.cycles / self.chip.clock_mhz
 
     @property
     def roofline_cycles(self) -> int:
@@ -221,9 +219,6 @@ class SystemCompiled:
             values.update(run_reference(p.prims, {t.name: values[t.name] for t in p.prims.inputs}, self.chip.lanes))
         return {o: values[o] for o in self.graph.outputs}
 
-    def save(self, path: "str | Path") -> Path:
-        self.program.save(path)
-        return Path(path)
 
 
 def compile_system(path: "str | Path | onnx.ModelProto", system: SystemConfig, chips: "int | str",
