@@ -255,7 +255,7 @@ def compile_system(path: "str | Path | onnx.ModelProto", system: SystemConfig, c
     def stages(n: int) -> tuple[Partition, list[ChipPart]]:
         """Partition onto n chips and compile every stage, in stage order (senders first)."""
         part = step("partition", lambda: partition(g, n, chip, dtype))
-        sent: dict[tuple[str, int], Sent] = {}
+        sent: dict[tuple[str, int], list[Sent]] = {}
         parts: list[ChipPart] = []
         for stage in part.stages:
             sg = stage.graph(g)

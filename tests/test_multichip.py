@@ -145,3 +145,15 @@ def test_cli_bad_chips(tmp_path, args, needle):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], r.stderr
     assert not out.exists()
+
+
+def test_a_transfer_uses_every_link_between_the_chips():
+    """pair-tiny joins its chips by two links: the hidden state goes half over each (a SEND on C2C0
+    and one on C2C1 of chip 0, RECVs on both of chip 1), which takes about half the link time of one."""
+    sc = compile_system(MODELS / "mlp_tiny.onnx", load_system("pair-tiny"), 2, precision="fp32")
+    q = sc.program.queues
+    assert [i.spec.mnemonic for i in q[(0, "C2C0")]] == ["SEND"] and [i.spec.mnemonic for i in q[(0, "C2C1")]] == ["SEND"]
+    assert {i.spec.mnemonic for i in q[(1, "C2C0")] + q[(1, "C2C1")]} == {"RECV"}
+    assert sum(i.ops["n"] for i in q[(0, "C2C0")] + q[(0, "C2C1")]) == 16  # [4, 64] f32 on 16 lanes: 16 vectors
+    r = verify(sc, str(MODELS / "mlp_tiny.onnx"), "fp32", seed=3).report
+    assert r["ok"], r

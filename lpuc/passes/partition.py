@@ -37,8 +37,10 @@ from lpuc.ir import Graph
 #: in fp16 fits one lpu-v1 with weights at 93% of its SRAM)
 WEIGHT_SHARE = 1.0
 #: how far (as a share of a stage's weights) a cut may move from the balanced position to find a
-#: cheaper crossing
-SLACK = 0.15
+#: cheaper crossing. At batch 1 the stages run one after the other, so balance buys nothing but
+#: capacity, while every crossing byte costs link time: half a stage either way reaches the nearest
+#: layer boundary of a model with at least as many layers as chips
+SLACK = 0.5
 #: ops whose float constant inputs are data the chip keeps in SRAM in a float type (not a dtype donor,
 #: not a shape, not a mask a lowering might narrow to bytes): what they read counts as weights, and the
 #: count stays a lower bound of the SRAM a model needs (``lpuc.passes.allocate.check_weights_fit``)
@@ -158,9 +160,15 @@ def partition(g: Graph, chips: int, chip: ChipConfig, precision_dtype: str) -> P
     for k in range(1, chips):
         target = total * k / chips
         lo, hi = target - SLACK * total / chips, target + SLACK * total / chips
-        cand = [i for i in range(cuts[-1] + 1, len(order)) if lo <= cum[i] <= hi]
+        # a cut must leave this stage within the budget and the rest within the chips still to come
+        # (each node at least one stage)
+        last = len(order) - (chips - k)
+        feasible = [i for i in range(cuts[-1] + 1, last + 1)
+                    if cum[i] - cum[cuts[-1]] <= budget and total - cum[i] <= budget * (chips - k)]
+        pool = feasible or list(range(cuts[-1] + 1, last + 1))
+        cand = [i for i in pool if lo <= cum[i] <= hi]
         if not cand:  # no position near the balanced share: the nearest one
-            cand = [min(range(cuts[-1] + 1, len(order)), key=lambda i: abs(cum[i] - target))]
+            cand = [min(pool, key=lambda i: abs(cum[i] - target))]
         cuts.append(min(cand, key=lambda i: (crossing[i], abs(cum[i] - target))))
     cuts.append(len(order))
     where = {}

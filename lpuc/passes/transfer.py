@@ -6,8 +6,9 @@ send it as graph inputs and gives the values it sends as graph outputs. Here
 * every received value becomes a tensor written by ``recv`` tasks (``lpuc.kinds.c2c``) placed
   before all other tasks, one per chunk of the receive FIFO, each released no earlier than the
   cycle its vectors can have arrived from the sender's already scheduled ``send`` task;
-* every sent value (unless it is also a model output) becomes a tensor read by one ``send`` task
-  per destination chip, after the tasks that compute it;
+* every sent value (unless it is also a model output) becomes a tensor read by ``send`` tasks, after
+  the tasks that compute it: for each destination chip, one per link between the two chips, each
+  carrying its share of the vectors (pair-tiny's two links halve the transfer time);
 
 and neither is a host input or output any more. Chips are compiled in stage order, so each sender is
 scheduled before its receivers: ``Sent`` records where every send landed.
@@ -26,8 +27,8 @@ from lpuc.tasks import Access, Task, TaskGraph
 
 @dataclass
 class Sent:
-    """A scheduled send: value ``name`` leaves chip ``src`` over its link ``link`` with a SEND issued in
-    cycle ``issue`` (on the global clock every chip shares)."""
+    """A scheduled send: vectors ``j0 .. j0 + n - 1`` of value ``name`` leave chip ``src`` over its link
+    ``link`` with a SEND issued in cycle ``issue`` (on the global clock every chip shares)."""
 
     name: str
     src: int
@@ -35,37 +36,49 @@ class Sent:
     link: int
     issue: int
     dtype: str
-    vectors: int
+    j0: int
+    n: int
 
 
-def link_to(system: SystemConfig, src: int, dst: int) -> tuple[int, int]:
-    """(link on src, link on dst) of the direct link between two chips."""
-    out = system.link_between(src, dst)
-    back = system.link_between(dst, src)
-    if out is None or back is None:
+def links_to(system: SystemConfig, src: int, dst: int) -> list[tuple[int, int]]:
+    """(link on src, link on dst) of every direct link between two chips, in link order."""
+    pairs = []
+    for out in system.links_between(src, dst):
+        peer = system.peer(src, out)
+        assert peer is not None and peer[0] == dst
+        pairs.append((out, peer[1]))
+    if not pairs:
         raise CompileError(f"{system.name}: chips {src} and {dst} have no direct link; a pipeline split needs "
                            f"consecutive chips linked (forwarding over a route is not compiled yet)")
-    return out, back
+    return pairs
+
+
+def shares(n: int, parts: int) -> list[tuple[int, int]]:
+    """(first vector, count) of each of ``parts`` near-equal contiguous shares of n vectors (empty
+    shares left out)."""
+    cuts = [n * k // parts for k in range(parts + 1)]
+    return [(a, b - a) for a, b in zip(cuts, cuts[1:]) if b > a]
 
 
 def add_transfers(tg: TaskGraph, stage: Stage, system: SystemConfig, chip: ChipConfig,
-                  sent: dict[tuple[str, int], Sent]) -> TaskGraph:
+                  sent: dict[tuple[str, int], list[Sent]]) -> TaskGraph:
     """Add the stage's recv and send tasks to ``tg`` (see the module docstring). ``sent`` holds the
     earlier chips' scheduled sends, keyed by (value, destination chip)."""
     receives, sends = set(stage.receives), set(stage.sends)
     recvs: list[Task] = []
+    c = chunk_vectors(chip)
     for t in [t for t in tg.inputs if t.name in receives]:
-        s = sent[(t.name, stage.chip)]
-        if s.dtype != t.dtype or s.vectors != t.vectors(chip.lanes):
-            raise AssertionError(f"{t.name}: sent as {s.dtype} x {s.vectors}, received as {t.dtype} x "
+        pieces = sent[(t.name, stage.chip)]
+        if any(s.dtype != t.dtype for s in pieces) or sum(s.n for s in pieces) != t.vectors(chip.lanes):
+            raise AssertionError(f"{t.name}: sent as {[(s.dtype, s.n) for s in pieces]}, received as {t.dtype} x "
                                  f"{t.vectors(chip.lanes)}")
-        _, back = link_to(system, s.src, stage.chip)
-        c = chunk_vectors(chip)
-        for j0 in range(0, s.vectors, c):
-            n = min(c, s.vectors - j0)
-            recvs.append(Task(-1, "recv", [], [Access(t, j0, 1, n)],
-                              {"slice": f"C2C{back}", "release": recv_release(s.issue, j0, n, t.dtype, chip),
-                               "src": s.src}))
+        back = dict(links_to(system, pieces[0].src, stage.chip))
+        for s in pieces:
+            for k0 in range(0, s.n, c):  # vector k0 of this link's share is vector s.j0 + k0 of the value
+                n = min(c, s.n - k0)
+                recvs.append(Task(-1, "recv", [], [Access(t, s.j0 + k0, 1, n)],
+                                  {"slice": f"C2C{back[s.link]}", "src": s.src,
+                                   "release": recv_release(s.issue, k0, n, t.dtype, chip)}))
         t.role = "temp"
     tg.inputs = [t for t in tg.inputs if t.name not in receives]
     model_outputs = set(stage.outputs)
@@ -73,9 +86,10 @@ def add_transfers(tg: TaskGraph, stage: Stage, system: SystemConfig, chip: ChipC
     for t in [t for t in tg.outputs if t.name in sends]:
         src = view_of.get(t.id, t)
         for dst in stage.sends[t.name]:
-            out, _ = link_to(system, stage.chip, dst)
-            tg.tasks.append(Task(-1, "send", [Access(src, 0, 1, t.vectors(chip.lanes))], [],
-                                 {"slice": f"C2C{out}", "dst": dst, "value": t.name}))
+            pairs = links_to(system, stage.chip, dst)
+            for (out, _), (j0, n) in zip(pairs, shares(t.vectors(chip.lanes), len(pairs))):
+                tg.tasks.append(Task(-1, "send", [Access(src, j0, 1, n)], [],
+                                     {"slice": f"C2C{out}", "dst": dst, "value": t.name}))
         if t.name not in model_outputs:
             t.role = "temp"
     tg.outputs = [t for t in tg.outputs if t.name not in sends or t.name in model_outputs]
@@ -86,13 +100,14 @@ def add_transfers(tg: TaskGraph, stage: Stage, system: SystemConfig, chip: ChipC
 
 
 def record_sends(tg: TaskGraph, placements: dict[int, object], stage: Stage, system: SystemConfig,
-                 sent: dict[tuple[str, int], Sent]) -> None:
+                 sent: dict[tuple[str, int], list[Sent]]) -> None:
     """Note where the stage's scheduled send tasks landed (their SEND is the anchor)."""
     for task in tg.tasks:
         if task.kind != "send":
             continue
-        t = task.reads[0].tensor
+        acc = task.reads[0]
         name = task.attrs["value"]
         link = int(task.attrs["slice"][3:])
-        sent[(name, task.attrs["dst"])] = Sent(name, stage.chip, task.attrs["dst"], link,
-                                               placements[task.id].start, t.dtype, task.reads[0].n)
+        sent.setdefault((name, task.attrs["dst"]), []).append(
+            Sent(name, stage.chip, task.attrs["dst"], link, placements[task.id].start, acc.tensor.dtype,
+                 acc.start, acc.n))
