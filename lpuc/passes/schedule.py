@@ -274,7 +274,6 @@ class Scheduler:
             return tuple(tuple(int(f(ta, tb)) for tb in V[b]) for ta in V[a])
 
         for t in self.tg.tasks:
-            tpl = self.tpl[t.id]
             for acc in t.reads:
                 tid = acc.tensor.id
                 readers[tid].append(t.id)
