@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from emulator.state import EmulatorState
+from isa.program import Program
 from isa.timing import host_transfer_us, utilization
 
 # one SRAM figure, labelled alike by ``lpuc run`` (the words the run wrote) and ``lpuc compile`` (the
@@ -52,27 +53,34 @@ def format_report(stats: dict[str, Any], chip_name: str) -> str:
     return "\n".join(lines)
 
 
+def run_figures(prog: Program, cycles: int, instructions: int, units: dict[str, Any], sram: list[int],
+                hazards: int) -> dict[str, Any]:
+    """The report's figures of a run (``Emulator.stats``): the unit use and SRAM given, plus what the
+    program and its cycle count say (latency at the clock, host transfers of its inputs and outputs)."""
+    chip = prog.chip
+    in_bytes = sum(int(np.prod(t.shape)) * t.dt.width for t in prog.io("input"))
+    out_bytes = sum(int(np.prod(t.shape)) * t.dt.width for t in prog.io("output"))
+    return {
+        "cycles": cycles,
+        "clock_mhz": chip.clock_mhz,
+        "latency_us": cycles / chip.clock_mhz,
+        "host_in_us": host_transfer_us(chip, in_bytes),
+        "host_out_us": host_transfer_us(chip, out_bytes),
+        "instructions": instructions,
+        "units": units,
+        "sram_bytes": sram,
+        "sram_capacity": chip.sram_bytes,
+        "hazards": hazards,
+    }
+
+
 class ReportPhase(EmulatorState):
     def stats(self) -> dict[str, Any]:
-        chip = self.chip
         cycles = max(self.cycles, 1)
-        units = utilization(chip, self.system.chips, self._busy_intervals(), cycles)
+        units = utilization(self.chip, self.system.chips, self._busy_intervals(), cycles)
         sram = [sum(st.written_addresses() for (c, _), st in self.sram.items() if c == ch) * self.lanes
                 for ch in range(self.system.chips)]
-        in_bytes = sum(int(np.prod(t.shape)) * t.dt.width for t in self.prog.io("input"))
-        out_bytes = sum(int(np.prod(t.shape)) * t.dt.width for t in self.prog.io("output"))
-        return {
-            "cycles": self.cycles,
-            "clock_mhz": chip.clock_mhz,
-            "latency_us": self.cycles / chip.clock_mhz,
-            "host_in_us": host_transfer_us(chip, in_bytes),
-            "host_out_us": host_transfer_us(chip, out_bytes),
-            "instructions": len(self.ops),
-            "units": units,
-            "sram_bytes": sram,
-            "sram_capacity": chip.sram_bytes,
-            "hazards": len(self.hazards),
-        }
+        return run_figures(self.prog, self.cycles, len(self.ops), units, sram, len(self.hazards))
 
     def _busy_intervals(self) -> dict[tuple[int, str], list[tuple[int, int]]]:
         out: dict[tuple[int, str], list[tuple[int, int]]] = defaultdict(list)

@@ -36,10 +36,10 @@ from emulator.errors import EmulatorLimit, Hazard, HazardError, InputError
 from emulator.links import LinkPlan, SendKey, plan_links
 from emulator.machine import Emulator
 from emulator.ops import Op, RunResult, Source, no_cyclic_gc
-from emulator.report import ReportPhase
+from emulator.report import ReportPhase, run_figures
 from isa.asm import format_instruction
 from isa.program import Program
-from isa.timing import host_transfer_us, union_length, utilization
+from isa.timing import union_length, utilization
 
 
 
@@ -353,27 +353,15 @@ class SystemEmulator(ReportPhase):
         chip = self.chip
         cycles = max(self.cycles, 1)
         busy = self._busy_intervals()
-        in_bytes = sum(int(np.prod(t.shape)) * t.dt.width for t in self.prog.io("input"))
-        out_bytes = sum(int(np.prod(t.shape)) * t.dt.width for t in self.prog.io("output"))
         per_chip = []
         for c, info in self.per_chip.items():
             mine = {(0, s): iv for (cc, s), iv in busy.items() if cc == c}
             per_chip.append({"chip": c, "cycles": info.cycles, "instructions": len(info.ops),
                              "units": utilization(chip, 1, mine, cycles)})
-        return {
-            "cycles": self.cycles,
-            "clock_mhz": chip.clock_mhz,
-            "latency_us": self.cycles / chip.clock_mhz,
-            "host_in_us": host_transfer_us(chip, in_bytes),
-            "host_out_us": host_transfer_us(chip, out_bytes),
-            "instructions": len(self.ops),
-            "units": utilization(chip, self.system.chips, busy, cycles),
-            "sram_bytes": [self._figures.get(c, {}).get("sram_bytes", 0) for c in range(self.system.chips)],
-            "sram_capacity": chip.sram_bytes,
-            "hazards": len(self.hazards),
-            "chips": per_chip,
-            "links": link_stats(self.prog, self.plan, cycles),
-        }
+        sram = [self._figures.get(c, {}).get("sram_bytes", 0) for c in range(self.system.chips)]
+        return {**run_figures(self.prog, self.cycles, len(self.ops), utilization(chip, self.system.chips, busy, cycles),
+                              sram, len(self.hazards)),
+                "chips": per_chip, "links": link_stats(self.prog, self.plan, cycles)}
 
 
 def link_stats(prog: Program, plan: LinkPlan, cycles: int) -> list[dict[str, Any]]:
