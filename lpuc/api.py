@@ -28,11 +28,14 @@ if TYPE_CHECKING:
     import numpy as np
     import onnx
 
-    from isa.config import ChipConfig
-    from lpuc.pipeline import Compiled
+    from isa.config import ChipConfig, SystemConfig
+    from lpuc.pipeline import Compiled, SystemCompiled
     from lpuc.verification import Verdict
 
 ModelLike = Union[str, Path, "onnx.ModelProto"]
+
+#: the system a chip's multi-chip programs go to unless a system is given
+DEFAULT_SYSTEM = {"lpu-v1": "node-lpu-v1", "tiny": "pair-tiny"}
 ChipLike = Union[str, Path, "ChipConfig"]
 
 
@@ -68,7 +71,8 @@ def _shapes(input_shapes: Mapping[str, Any] | None) -> dict[str, tuple[int, ...]
 
 
 def compile(model: ModelLike, chip: ChipLike = "lpu-v1", precision: str = "fp32", scheduler: str = "list",
-            input_shapes: Mapping[str, Any] | None = None) -> "Compiled":
+            input_shapes: Mapping[str, Any] | None = None, chips: "int | str" = 1,
+            system: "str | Path | SystemConfig | None" = None) -> "Compiled | SystemCompiled":
     """Compile an ONNX model for a chip; what ``lpuc compile`` does, without writing a file.
 
     Args:
@@ -79,34 +83,52 @@ def compile(model: ModelLike, chip: ChipLike = "lpu-v1", precision: str = "fp32"
         precision: ``"fp32"``, ``"fp16"`` or ``"bf16"`` (weights and matrix inputs rounded to it).
         scheduler: ``"list"``, ``"asap"`` or ``"naive"``.
         input_shapes: fixes dynamic dims, e.g. ``{"input_ids": (1, 128)}`` (``"1x128"`` works too).
+        chips: more than 1 (or ``"auto"``: the fewest that hold the model) compiles onto several chips
+            of ``system`` as a pipeline (``lpuc.pipeline.compile_system``).
+        system: a system name (``"node-lpu-v1"``, ``"pair-tiny"`` ...), a path to a system ``.toml`` or
+            an :class:`isa.config.SystemConfig`; by default the chip's own (``node-lpu-v1`` for
+            ``lpu-v1``, ``pair-tiny`` for ``tiny``). Giving it compiles for that system.
 
     Returns:
         a :class:`lpuc.pipeline.Compiled`: ``.program`` (an ``isa.program.Program``), ``.cycles``
         (predicted, equal to what the emulator will count), ``.latency_us``, ``.roofline_cycles``
-        (a lower bound), ``.save(path)``, ``.run(inputs)``, and the IR of every stage.
+        (a lower bound), ``.save(path)``, ``.run(inputs)``, and the IR of every stage; on several
+        chips a :class:`lpuc.pipeline.SystemCompiled` with the same conveniences and ``.parts``
+        (each chip's stage and IR) and ``.partition``.
 
     Raises:
         lpuc.errors.CompileError: the model cannot be compiled as given (the message says why).
         isa.config.ConfigError: unknown chip.
     """
-    from lpuc.pipeline import compile_model
+    from isa.config import ConfigError, SystemConfig, load_system
+    from lpuc.pipeline import compile_model, compile_system
 
     if isinstance(model, Path):
         model = str(model)
-    return compile_model(model, load_chip(chip), precision=precision, scheduler=scheduler,
-                         input_shapes=_shapes(input_shapes))
+    if chips == 1 and system is None:
+        return compile_model(model, load_chip(chip), precision=precision, scheduler=scheduler,
+                             input_shapes=_shapes(input_shapes))
+    if system is None:
+        name = load_chip(chip).name
+        if name not in DEFAULT_SYSTEM:
+            raise ConfigError(f"chip {name}: give a system for more than one chip")
+        system = DEFAULT_SYSTEM[name]
+    if not isinstance(system, SystemConfig):
+        system = load_system(system)
+    return compile_system(model, system, chips, precision=precision, scheduler=scheduler,
+                          input_shapes=_shapes(input_shapes))
 
 
 def verify(model: ModelLike, inputs: "Mapping[str, np.ndarray] | None" = None, chip: ChipLike = "lpu-v1",
            precision: str = "fp32", scheduler: str = "list", input_shapes: Mapping[str, Any] | None = None,
-           seed: int = 0) -> "Verdict":
+           seed: int = 0, chips: "int | str" = 1, system: "str | Path | SystemConfig | None" = None) -> "Verdict":
     """Compile, emulate and check, as ``lpuc verify`` does.
 
     The checks: every output within the precision's tolerance of onnxruntime, bit-identical to the
     compiler's reference evaluation, and the predicted cycle count equal to the emulated one.
 
     Args:
-        model, chip, precision, scheduler, input_shapes: as for :func:`compile`.
+        model, chip, precision, scheduler, input_shapes, chips, system: as for :func:`compile`.
         inputs: one array per model input (converted to the model's dtypes when exact); ``None``
             draws random inputs in valid ranges from ``seed``.
         seed: seed of the random inputs.
@@ -125,5 +147,5 @@ def verify(model: ModelLike, inputs: "Mapping[str, np.ndarray] | None" = None, c
 
     if isinstance(model, Path):
         model = str(model)
-    c = compile(model, chip, precision, scheduler, input_shapes)
+    c = compile(model, chip, precision, scheduler, input_shapes, chips, system)
     return _verify(c, model, precision, inputs, seed)

@@ -304,10 +304,6 @@ def _input_shapes(items: list[str] | None) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-#: the system a chip's multi-chip programs go to unless --system says otherwise
-DEFAULT_SYSTEM = {"lpu-v1": "node-lpu-v1", "tiny": "pair-tiny"}
-
-
 def _chips(args: argparse.Namespace) -> "int | str":
     """--chips: a count or 'auto'."""
     if args.chips == "auto":
@@ -329,6 +325,8 @@ def _compile(args: argparse.Namespace, progress: "_Progress | None" = None, out=
     if chips != 1 or args.system:
         if args.dump_after:
             raise UsageError("--dump-after works on one chip; compile with --chips 1 to read the passes")
+        from lpuc.api import DEFAULT_SYSTEM
+
         name = args.system or DEFAULT_SYSTEM.get(args.chip)
         if name is None:
             raise UsageError(f"--chip {args.chip}: give --system NAME|PATH for more than one chip")

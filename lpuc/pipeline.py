@@ -40,9 +40,11 @@ PASSES = ("import", "fold", "lower", "heads", "tile", "mirror", "allocate", "sch
 
 
 class _Figures:
-    """What a compiled program says about itself, for one chip or a system (``program``, ``chip``)."""
+    """What a compiled program says about itself and how it runs, for one chip or a system
+    (``program``, ``graph``, ``chip``)."""
 
     program: Program
+    graph: Graph
     chip: ChipConfig
 
     @property
@@ -59,6 +61,15 @@ class _Figures:
         """Write the ``.lpu`` program (for ``lpuc run``, ``lpuc disasm``); returns the path."""
         self.program.save(path)
         return Path(path)
+
+    def run(self, inputs: "dict[str, Any] | None" = None) -> "dict[str, Any]":
+        """Run the program in the emulator (as its file holds it) on one array per model input,
+        checked and converted as by ``lpuc.verification.check_inputs``; returns the outputs by name."""
+        from emulator import Emulator
+        from lpuc.verification import check_inputs
+
+        feeds = check_inputs(self.graph, inputs or {})
+        return Emulator(Program.from_bytes(self.program.to_bytes())).run(feeds).outputs
 
 
 @dataclass
@@ -95,15 +106,6 @@ class Compiled(_Figures):
         from lpuc.reference import run_reference
 
         return run_reference(self.prims, feeds, self.chip.lanes)
-
-    def run(self, inputs: "dict[str, Any] | None" = None) -> "dict[str, Any]":
-        """Run the program in the emulator (as its file holds it) on one array per model input,
-        checked and converted as by ``lpuc.verification.check_inputs``; returns the outputs by name."""
-        from emulator import Emulator
-        from lpuc.verification import check_inputs
-
-        feeds = check_inputs(self.graph, inputs or {})
-        return Emulator(Program.from_bytes(self.program.to_bytes())).run(feeds).outputs
 
 
 def dump_graph(g: Graph) -> str:
