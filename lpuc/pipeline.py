@@ -31,11 +31,15 @@ from lpuc.passes.mirror import mirror
 from lpuc.passes.partition import Partition, Stage, chips_needed, partition, weight_bytes
 from lpuc.passes.schedule import SCHEDULERS, Schedule, schedule
 from lpuc.passes.tile import tile
-from lpuc.passes.transfer import Sent, add_transfers, record_sends
+from lpuc.passes.schedule_system import schedule_system
+from lpuc.passes.shard import LINK_DTYPES, shard
+from lpuc.passes.transfer import add_transfers, fifo_order
 from lpuc.prim import PrimGraph
 from lpuc.roofline import Roofline, roofline
 from lpuc.tasks import TaskGraph
 
+#: the multi-chip splits ``compile_system`` knows
+PARALLEL = ("pp", "tp", "auto")
 PASSES = ("import", "fold", "lower", "heads", "tile", "mirror", "allocate", "schedule", "codegen")
 
 
@@ -211,30 +215,38 @@ class SystemCompiled(_Figures):
         return {f"chip{p.stage.chip}": p.roofline.parts for p in self.parts}
 
     def reference(self, feeds: "dict[str, Any]") -> "dict[str, Any]":
-        """The model outputs the system must compute, bit for bit: each chip's primitives evaluated
-        (``lpuc.reference``) in stage order, a chip reading the values earlier chips computed (a
-        transfer moves bits unchanged)."""
-        from lpuc.reference import run_reference
+        """The model outputs the system must compute, bit for bit: every chip's primitives evaluated
+        (``lpuc.reference``) in program order, the chips taking turns, each running until it needs a
+        value another chip has not sent yet (a transfer moves bits unchanged)."""
+        from lpuc.reference import SystemReference
 
-        values = dict(feeds)
-        for p in self.parts:
-            values.update(run_reference(p.prims, {t.name: values[t.name] for t in p.prims.inputs}, self.chip.lanes))
-        return {o: values[o] for o in self.graph.outputs}
-
+        return SystemReference([p.prims for p in self.parts], [p.stage for p in self.parts],
+                               self.chip.lanes).run(feeds, self.graph.outputs)
 
 
 def compile_system(path: "str | Path | onnx.ModelProto", system: SystemConfig, chips: "int | str",
                    precision: str = "fp32", scheduler: str = "list",
-                   input_shapes: dict[str, tuple[int, ...]] | None = None) -> SystemCompiled:
-    """Compile an ONNX model onto ``chips`` chips of ``system`` as a pipeline (``lpuc.passes.partition``):
-    chip k runs the k-th stretch of the model and sends what later chips read over the links
-    (``lpuc.passes.transfer``). Every chip's stage goes through the single-chip passes; chips are
-    compiled in stage order, so that a receiver knows when its data arrives. ``chips="auto"`` takes
-    the fewest chips whose weights fit (``chips_needed``) and says why in ``program.meta["chips_choice"]``."""
+                   input_shapes: dict[str, tuple[int, ...]] | None = None, parallel: str = "pp",
+                   link_dtype: str = "auto") -> SystemCompiled:
+    """Compile an ONNX model onto ``chips`` chips of ``system``.
+
+    ``parallel``: ``pp`` -- a pipeline (``lpuc.passes.partition``): chip k runs the k-th stretch of
+    the model and sends what later chips read; ``tp`` -- tensor parallel (``lpuc.passes.shard``):
+    every chip runs every layer on its share of the heads and columns, partial sums all-reduced over
+    the links; ``auto`` -- both where they fit, the one with fewer predicted cycles.
+    ``chips="auto"`` takes the fewest chips whose weights fit (``chips_needed``).
+    ``link_dtype``: what partial sums travel as (``auto``: the precision's type).
+    Every chip's graph goes through the single-chip passes up to allocation; then one scheduler
+    places all chips' tasks on the global clock (``lpuc.passes.schedule_system``).
+    ``program.meta["chips_choice"]`` says what was chosen and why."""
     if precision not in PRECISIONS:
         raise CompileError(f"unknown precision '{precision}'; choose one of {', '.join(PRECISIONS)}")
     if scheduler not in SCHEDULERS:
         raise CompileError(f"unknown scheduler '{scheduler}'; choose one of {', '.join(SCHEDULERS)}")
+    if parallel not in PARALLEL:
+        raise CompileError(f"unknown split '{parallel}'; choose one of {', '.join(PARALLEL)}")
+    if link_dtype != "auto" and link_dtype not in LINK_DTYPES:
+        raise CompileError(f"unknown link dtype '{link_dtype}'; choose auto or one of {', '.join(LINK_DTYPES)}")
     if chips != "auto" and not (isinstance(chips, int) and 1 <= chips <= system.chips):
         raise CompileError(f"--chips {chips}: system {system.name} has {system.chips} chip(s); give 1 to "
                            f"{system.chips} or auto")
@@ -253,37 +265,66 @@ def compile_system(path: "str | Path | onnx.ModelProto", system: SystemConfig, c
     name = Path(path).name if isinstance(path, (str, Path)) else (path.graph.name or "model")
     meta = {"model": name, "precision": precision, "scheduler": scheduler}
     dtype = PRECISIONS[precision]
+    wire = dtype if link_dtype == "auto" else link_dtype
 
-    def stages(n: int) -> tuple[Partition, list[ChipPart]]:
-        """Partition onto n chips and compile every stage, in stage order (senders first)."""
-        part = step("partition", lambda: partition(g, n, chip, dtype))
-        sent: dict[tuple[str, int], list[Sent]] = {}
-        parts: list[ChipPart] = []
+    def split(n: int, mode: str) -> Partition:
+        if mode == "tp":
+            return step("partition", lambda: shard(g, n, chip, dtype, wire))
+        return step("partition", lambda: partition(g, n, chip, dtype))
+
+    def chips_of(part: Partition, n: int) -> list[ChipPart]:
+        """Every chip's stage through lowering .. allocation, then all of them scheduled together."""
+        tgs, pgs, als = [], [], []
         for stage in part.stages:
             sg = stage.graph(g)
             pg = step("lower", lambda: lower(sg, chip, precision))
             pg = step("heads", lambda: heads(pg, chip))
             tg = step("tile", lambda: tile(pg, chip))
-            tg = step("transfer", lambda: add_transfers(tg, stage, system, chip, sent))
-            tg = step("mirror", lambda: mirror(tg, chip))
+            pgs.append(pg)
+            tgs.append(step("transfer", lambda: add_transfers(tg, stage, system, chip)))
+        step("transfer", lambda: fifo_order(tgs))
+        for k, stage in enumerate(part.stages):
+            tgs[k] = step("mirror", lambda: mirror(tgs[k], chip))
             try:
-                al = step("allocate", lambda: allocate(tg, chip))
+                als.append(step("allocate", lambda: allocate(tgs[k], chip)))
             except CapacityError as e:
-                raise CapacityError(f"on {n} chip(s), chip {stage.chip}: {e}") from None
-            sc = step("schedule", lambda: schedule(tg, al, chip, scheduler))
-            record_sends(tg, sc.placements, stage, system, sent)
+                raise CapacityError(f"on {n} chip(s) ({part.mode}), chip {stage.chip}: {e}") from None
+        scs = step("schedule", lambda: schedule_system(tgs, als, chip, scheduler))
+        parts = []
+        for stage, pg, tg, al, sc in zip(part.stages, pgs, tgs, als, scs):
             prog = step("codegen", lambda: codegen(tg, sc, chip, meta))
             parts.append(ChipPart(stage, pg, tg, al, sc, prog, roofline(tg, sc, chip)))
-        return part, parts
+        return parts
+
+    def best(n: int) -> tuple[Partition, list[ChipPart], str]:
+        """The split of ``parallel`` on n chips; for ``auto`` the faster of those that fit."""
+        modes = ["pp", "tp"] if parallel == "auto" and n > 1 else [parallel if n > 1 else "pp"]
+        done, why = [], []
+        for mode in modes:
+            try:
+                part = split(n, mode)
+                parts = chips_of(part, n)
+            except CapacityError as e:
+                if len(modes) == 1:
+                    raise
+                why.append(f"{mode} does not fit ({str(e)[:160]})")
+                continue
+            cycles = max(max(int(p.program.meta["predicted_cycles"]) for p in parts), 0)
+            done.append((cycles, mode, part, parts))
+            why.append(f"{mode} {cycles:,} cycles")
+        if not done:
+            raise CapacityError(f"on {n} chip(s): " + "; ".join(why))
+        cycles, mode, part, parts = min(done, key=lambda d: d[0])
+        return part, parts, (f"{mode} chosen: " + ", ".join(why) if len(modes) > 1 else f"{mode} split")
 
     total = weight_bytes(g, list(g.nodes), chip, dtype)
     if chips == "auto":
-        # the fewest chips whose weights fit, then more while a stage's activations do not fit beside them
+        # the fewest chips whose weights fit, then more while a chip's activations do not fit beside them
         tried = []
         chips = chips_needed(g, chip, dtype, most=system.chips)
         while True:
             try:
-                part, parts = stages(chips)
+                part, parts, how = best(chips)
                 break
             except CapacityError as e:
                 tried.append(f"{chips}: {e}")
@@ -293,22 +334,23 @@ def compile_system(path: "str | Path | onnx.ModelProto", system: SystemConfig, c
                 chips += 1
         choice = (f"auto: {total:,} B of weights in {precision}, {chip.sram_bytes:,} B of SRAM a chip; "
                   + "".join(f"{t} chips do not fit; " for t in tried)
-                  + f"{chips} chips hold the model (pipeline split, "
+                  + f"{chips} chips hold the model ({how}; "
                   + ", ".join(f"chip {p.stage.chip} {p.alloc.peak_bytes:,} B" for p in parts) + " at the peak)")
     else:
         try:
-            part, parts = stages(chips)
+            part, parts, how = best(chips)
         except CapacityError as e:
             need = chips_needed(g, chip, dtype, most=max(system.chips, chips))
             more = f"; its weights alone need {need} chips" if need > chips else "; try --chips auto"
             raise CapacityError(f"{e}{more}") from None
-        choice = ""
+        choice = how
     # the program's system: the chips it uses and the links between them
     used = SystemConfig(name=system.name if chips == system.chips else f"{system.name}[0:{chips}]", chip=chip,
                         chips=chips, links=tuple(ln for ln in system.links if ln.a[0] < chips and ln.b[0] < chips))
     prog = step("codegen", lambda: merge_chips([p.program for p in parts], used, meta))
     prog.meta["roofline_cycles"] = max(p.roofline.cycles for p in parts)
     prog.meta["chips"] = chips
+    prog.meta["parallel"] = part.mode
     prog.meta["chips_choice"] = choice
     rows = _input_rows(g)
     if rows:

@@ -64,6 +64,11 @@ class TaskGraph:
         self.tensors = tensors
         self.inputs = inputs
         self.outputs = outputs
+        # what the chip receives, which holds its SRAM from the program's start like an input (the words
+        # must be free when the vectors arrive, whatever the chip is doing), and what it sends, which
+        # holds its SRAM to the end like an output (until the link has taken it): ``lpuc.passes.transfer``
+        self.received: list[Tensor] = []
+        self.sent: list[Tensor] = []
 
     def add(self, kind: str, reads: list[Access], writes: list[Access], prim: Prim | None, **attrs: Any) -> Task:
         t = Task(len(self.tasks), kind, reads, writes, attrs, prim)

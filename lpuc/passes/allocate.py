@@ -205,9 +205,9 @@ def allocate(tg: TaskGraph, chip: ChipConfig) -> Allocation:
             seen |= nxt
         seen.discard(x)
         near[x] = seen
-    for t in tg.outputs:
+    for t in tg.outputs + tg.sent:
         last[base(t).id] = n_tasks
-    for t in tg.inputs:
+    for t in tg.inputs + tg.received:
         first[base(t).id] = -1
     live_ids = sorted((i for i in first if i in last or tensors[i].role in ("input", "output")),
                       key=lambda i: (first[i], i))

@@ -93,28 +93,35 @@ class Stage:
     chip: int
     nodes: list[str]  # in topological order
     inputs: list[str]  # model inputs it reads (the host loads them onto this chip)
-    receives: list[str]  # values an earlier chip computes and sends here
-    sends: dict[str, list[int]] = field(default_factory=dict)  # value computed here -> later chips reading it
+    receives: dict[str, int]  # values another chip computes and sends here -> the sending chip
+    sends: dict[str, list[int]] = field(default_factory=dict)  # value computed here -> chips reading it
     outputs: list[str] = field(default_factory=list)  # model outputs computed here
     weight_bytes: int = 0
     receive_bytes: int = 0
+    #: a sent value's name on the wire and in the receivers' graphs, where it differs from its name here
+    wires: dict[str, str] = field(default_factory=dict)
+    #: the stage's own graph, where it is not a part of the model's (a tensor-parallel shard)
+    local: Graph | None = None
 
     def graph(self, g: Graph) -> Graph:
         """The stage as a graph of its own: inputs are the model inputs it reads, then the values it
         receives; outputs are the model outputs it computes, then the values it sends."""
-        return g.subgraph(self.nodes, self.inputs + self.receives, self.outputs + list(self.sends))
+        if self.local is not None:
+            return self.local
+        return g.subgraph(self.nodes, self.inputs + list(self.receives), self.outputs + list(self.sends))
 
 
 @dataclass
 class Partition:
-    mode: str  # "pp"
+    mode: str  # "pp" (``partition``) or "tp" (``lpuc.passes.shard``)
     stages: list[Stage]
     total_weight_bytes: int
+    notes: list[str] = field(default_factory=list)  # what the split did to the weights, and why
 
     def dump(self) -> str:
-        lines = [f"{self.mode}: {len(self.stages)} chip(s), {self.total_weight_bytes:,} B of weights"]
+        lines = [f"{self.mode}: {len(self.stages)} chip(s), {self.total_weight_bytes:,} B of weights"] + self.notes
         for s in self.stages:
-            lines.append(f"chip {s.chip}: {len(s.nodes)} nodes ({s.nodes[0]} .. {s.nodes[-1]}), "
+            lines.append(f"chip {s.chip}: {len(s.nodes)} nodes ({s.nodes[0] if s.nodes else ''} .. {s.nodes[-1] if s.nodes else ''}), "
                          f"weights {s.weight_bytes:,} B, receives {s.receive_bytes:,} B {s.receives}, "
                          f"sends {dict(s.sends)}, model inputs {s.inputs}, model outputs {s.outputs}")
         return "\n".join(lines)
@@ -180,17 +187,16 @@ def partition(g: Graph, chips: int, chip: ChipConfig, precision_dtype: str) -> P
         nodes = order[cuts[k]:cuts[k + 1]]
         reads = [i for n in nodes for i in g.nodes[n].inputs if i]
         inputs = [i for i in g.inputs if i in set(reads)]
-        receives = sorted({i for i in reads if (p := g.producer(i)) is not None and where[p.name] < k},
-                          key=lambda v: where[g.producer(v).name])
-        stage = Stage(k, nodes, inputs, receives)
+        got = sorted({i for i in reads if (p := g.producer(i)) is not None and where[p.name] < k},
+                     key=lambda v: where[g.producer(v).name])
+        stage = Stage(k, nodes, inputs, {v: where[g.producer(v).name] for v in got})
         stage.outputs = [o for o in g.outputs if (p := g.producer(o)) is not None and where[p.name] == k]
         stage.weight_bytes = weight_bytes(g, nodes, chip, precision_dtype)
-        stage.receive_bytes = sum(g.values[v].size * g.values[v].dtype.itemsize for v in receives)
+        stage.receive_bytes = sum(g.values[v].size * g.values[v].dtype.itemsize for v in got)
         stages.append(stage)
     for s in stages:
-        for v in s.receives:
-            src = stages[where[g.producer(v).name]]
-            src.sends.setdefault(v, []).append(s.chip)
+        for v, src in s.receives.items():
+            stages[src].sends.setdefault(v, []).append(s.chip)
     for s in stages:
         if s.weight_bytes > budget:
             raise CapacityError(f"on {chips} chip(s), chip {s.chip}'s stage needs {s.weight_bytes:,} bytes of "

@@ -1,43 +1,34 @@
-"""Pass 5b -- transfer (multi-chip): a stage's task graph gets the chip-to-chip transfers it takes part in.
+"""Pass 5b -- transfer (multi-chip): a chip's task graph gets the chip-to-chip transfers it takes part in.
 
-After tiling, one chip's task graph (``lpuc.passes.partition.Stage``) reads the values earlier chips
+After tiling, one chip's task graph (``lpuc.passes.partition.Stage``) reads the values other chips
 send it as graph inputs and gives the values it sends as graph outputs. Here
 
-* every received value becomes a tensor written by ``recv`` tasks (``lpuc.kinds.c2c``) placed
-  before all other tasks, one per chunk of the receive FIFO, each released no earlier than the
-  cycle its vectors can have arrived from the sender's already scheduled ``send`` task;
-* every sent value (unless it is also a model output) becomes a tensor read by ``send`` tasks, after
-  the tasks that compute it: for each destination chip, one per link between the two chips, each
-  carrying its share of the vectors (pair-tiny's two links halve the transfer time);
+* every sent value (unless it is also a model output) becomes a tensor read by ``send`` tasks placed
+  right after the last task that writes it: for each destination chip, one per link between the two
+  chips, each carrying its contiguous share of the vectors (``shares``; pair-tiny's two links halve
+  the transfer time);
+* every received value becomes a tensor written by ``recv`` tasks (``lpuc.kinds.c2c``) placed right
+  before the first task that reads it: one per chunk of the receive FIFO of each link's share. A recv
+  names the send it takes its vectors from (``attrs["from"]``: source chip, wire name, the source's
+  link, and its first vector within that send), so that the scheduler of the whole system
+  (``lpuc.passes.schedule_system``) can release it once that send is placed;
 
-and neither is a host input or output any more. Chips are compiled in stage order, so each sender is
-scheduled before its receivers: ``Sent`` records where every send landed.
+and neither is a host input or output any more, but both keep their SRAM words for the whole program
+(``TaskGraph.received``, ``TaskGraph.sent``): the words of a received value must be free whenever its vectors arrive, and a
+sent value must hold until the link has taken it; neither may wait for the chip's other work, or a
+link would wait for a chip that waits for the link. The split of a value over the links depends only on
+its size and the links between the two chips, so sender and receiver agree without seeing each
+other. A value travels under its *wire name* (``Stage.wires``, by default its own name): the name it
+has in the receiving chip's graph.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from isa.config import ChipConfig, SystemConfig
 from lpuc.errors import CompileError
-from lpuc.kinds.c2c import chunk_vectors, recv_release
+from lpuc.kinds.c2c import chunk_vectors
 from lpuc.passes.partition import Stage
 from lpuc.tasks import Access, Task, TaskGraph
-
-
-@dataclass
-class Sent:
-    """A scheduled send: vectors ``j0 .. j0 + n - 1`` of value ``name`` leave chip ``src`` over its link
-    ``link`` with a SEND issued in cycle ``issue`` (on the global clock every chip shares)."""
-
-    name: str
-    src: int
-    dst: int
-    link: int
-    issue: int
-    dtype: str
-    j0: int
-    n: int
 
 
 def links_to(system: SystemConfig, src: int, dst: int) -> list[tuple[int, int]]:
@@ -48,8 +39,8 @@ def links_to(system: SystemConfig, src: int, dst: int) -> list[tuple[int, int]]:
         assert peer is not None and peer[0] == dst
         pairs.append((out, peer[1]))
     if not pairs:
-        raise CompileError(f"{system.name}: chips {src} and {dst} have no direct link; a pipeline split needs "
-                           f"consecutive chips linked (forwarding over a route is not compiled yet)")
+        raise CompileError(f"{system.name}: chips {src} and {dst} have no direct link; this split needs every "
+                           f"pair of chips that exchange data linked (forwarding over a route is not compiled yet)")
     return pairs
 
 
@@ -60,54 +51,87 @@ def shares(n: int, parts: int) -> list[tuple[int, int]]:
     return [(a, b - a) for a, b in zip(cuts, cuts[1:]) if b > a]
 
 
-def add_transfers(tg: TaskGraph, stage: Stage, system: SystemConfig, chip: ChipConfig,
-                  sent: dict[tuple[str, int], list[Sent]]) -> TaskGraph:
-    """Add the stage's recv and send tasks to ``tg`` (see the module docstring). ``sent`` holds the
-    earlier chips' scheduled sends, keyed by (value, destination chip)."""
-    receives, sends = set(stage.receives), set(stage.sends)
-    recvs: list[Task] = []
+def add_transfers(tg: TaskGraph, stage: Stage, system: SystemConfig, chip: ChipConfig) -> TaskGraph:
+    """Add the stage's recv and send tasks to ``tg`` (see the module docstring)."""
+    receives, sends = stage.receives, set(stage.sends)
     c = chunk_vectors(chip)
+    view_of = getattr(tg, "view_of", {})  # a view's vectors are its base tensor's (lpuc.kinds.movement)
+
+    def base(t):  # type: ignore[no-untyped-def]
+        return view_of.get(t.id, t)
+
+    first_read: dict[int, int] = {}
+    last_write: dict[int, int] = {}
+    for i, task in enumerate(tg.tasks):
+        for a in task.reads:
+            first_read.setdefault(base(a.tensor).id, i)
+        for a in task.writes:
+            last_write[base(a.tensor).id] = i
+    before: dict[int, list[Task]] = {}  # task position -> transfer tasks to put before it
+    after: dict[int, list[Task]] = {}  # task position -> transfer tasks to put after it (-1: first)
     for t in [t for t in tg.inputs if t.name in receives]:
-        pieces = sent[(t.name, stage.chip)]
-        if any(s.dtype != t.dtype for s in pieces) or sum(s.n for s in pieces) != t.vectors(chip.lanes):
-            raise AssertionError(f"{t.name}: sent as {[(s.dtype, s.n) for s in pieces]}, received as {t.dtype} x "
-                                 f"{t.vectors(chip.lanes)}")
-        back = dict(links_to(system, pieces[0].src, stage.chip))
-        for s in pieces:
-            for k0 in range(0, s.n, c):  # vector k0 of this link's share is vector s.j0 + k0 of the value
-                n = min(c, s.n - k0)
-                recvs.append(Task(-1, "recv", [], [Access(t, s.j0 + k0, 1, n)],
-                                  {"slice": f"C2C{back[s.link]}", "src": s.src,
-                                   "release": recv_release(s.issue, k0, n, t.dtype, chip)}))
+        src = stage.receives[t.name]
+        back = dict(links_to(system, src, stage.chip))
+        n_all = t.vectors(chip.lanes)
+        for (out, _), (j0, n) in zip(links_to(system, src, stage.chip), shares(n_all, len(back))):
+            for k0 in range(0, n, c):  # vector k0 of this link's share is vector j0 + k0 of the value
+                m = min(c, n - k0)
+                before.setdefault(first_read.get(t.id, len(tg.tasks)), []).append(
+                    Task(-1, "recv", [], [Access(t, j0 + k0, 1, m)],
+                         {"slice": f"C2C{back[out]}", "src": src, "from": (src, t.name, out, k0)}))
         t.role = "temp"
+        tg.received.append(t)
     tg.inputs = [t for t in tg.inputs if t.name not in receives]
     model_outputs = set(stage.outputs)
-    view_of = getattr(tg, "view_of", {})  # a view's vectors are its base tensor's (lpuc.kinds.movement)
     for t in [t for t in tg.outputs if t.name in sends]:
-        src = view_of.get(t.id, t)
+        src = base(t)
+        wire = stage.wires.get(t.name, t.name)
         for dst in stage.sends[t.name]:
             pairs = links_to(system, stage.chip, dst)
             for (out, _), (j0, n) in zip(pairs, shares(t.vectors(chip.lanes), len(pairs))):
-                tg.tasks.append(Task(-1, "send", [Access(src, j0, 1, n)], [],
-                                     {"slice": f"C2C{out}", "dst": dst, "value": t.name}))
+                after.setdefault(last_write.get(src.id, -1), []).append(
+                    Task(-1, "send", [Access(src, j0, 1, n)], [], {"slice": f"C2C{out}", "dst": dst, "value": wire}))
         if t.name not in model_outputs:
             t.role = "temp"
+            tg.sent.append(src)
     tg.outputs = [t for t in tg.outputs if t.name not in sends or t.name in model_outputs]
-    tg.tasks = recvs + tg.tasks
+    tasks = list(after.get(-1, []))
+    for i, task in enumerate(tg.tasks):
+        tasks += before.get(i, []) + [task] + after.get(i, [])
+    tasks += before.get(len(tg.tasks), [])
+    tg.tasks = tasks
     for i, task in enumerate(tg.tasks):  # task ids are positions in program order
         task.id = i
     return tg
 
 
-def record_sends(tg: TaskGraph, placements: dict[int, object], stage: Stage, system: SystemConfig,
-                 sent: dict[tuple[str, int], list[Sent]]) -> None:
-    """Note where the stage's scheduled send tasks landed (their SEND is the anchor)."""
-    for task in tg.tasks:
-        if task.kind != "send":
-            continue
-        acc = task.reads[0]
-        name = task.attrs["value"]
-        link = int(task.attrs["slice"][3:])
-        sent.setdefault((name, task.attrs["dst"]), []).append(
-            Sent(name, stage.chip, task.attrs["dst"], link, placements[task.id].start, acc.tensor.dtype,
-                 acc.start, acc.n))
+def fifo_order(tgs: list[TaskGraph]) -> None:
+    """Put every chip's recvs of a link in the order its vectors arrive: the sends on a link leave in
+    the sender's program order (``lpuc.passes.schedule_system``), so a recv of earlier vectors moves
+    up to just before the first of the later ones' recvs where that comes first. Allocation follows
+    program order, so the words a recv writes are then never freed by a task that needs a later recv
+    of the same link, which would make the link wait for itself."""
+    sent: dict[tuple[int, str, int, int], int] = {}  # (chip, wire, dst, link) -> index among the link's sends
+    count: dict[tuple[int, str], int] = {}
+    for a, tg in enumerate(tgs):
+        for t in tg.tasks:
+            if t.kind == "send":
+                k = (a, t.attrs["slice"])
+                sent[(a, t.attrs["value"], t.attrs["dst"], int(t.attrs["slice"][3:]))] = count.get(k, 0)
+                count[k] = count.get(k, 0) + 1
+    for b, tg in enumerate(tgs):
+        links: dict[str, list[tuple[tuple[int, int], int]]] = {}
+        for i, t in enumerate(tg.tasks):
+            if t.kind == "recv":
+                src, wire, link, k0 = t.attrs["from"]
+                links.setdefault(t.attrs["slice"], []).append(((sent[(src, wire, b, link)], k0), i))
+        key = {i: (float(i), 0, 0) for i in range(len(tg.tasks))}
+        for rs in links.values():
+            rs.sort()
+            low = float("inf")
+            for fifo, i in reversed(rs):  # the earliest place any later-arriving recv of the link sits
+                low = min(low, i)
+                key[i] = (low - 0.5, 0, fifo[0] * (1 << 32) + fifo[1])
+        tg.tasks = [tg.tasks[i] for i in sorted(range(len(tg.tasks)), key=lambda i: key[i])]
+        for i, task in enumerate(tg.tasks):
+            task.id = i

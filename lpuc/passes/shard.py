@@ -1,0 +1,617 @@
+"""Pass 2b (tensor parallel) -- shard: the folded graph -> one graph per chip, each with a share of every layer.
+
+Where ``partition`` gives each chip a stretch of layers, ``shard`` gives every chip a share of each
+layer: Megatron's split. Every value gets a *layout* over the p chips:
+
+* ``R`` (replicated): every chip holds all of it (model inputs, layer norms, the residual stream);
+* ``S(axis, parts)`` (split): chip k holds elements ``parts[k] = (start, size)`` along ``axis``;
+* ``P`` (partial sums): every chip holds a full-shape term and the value is their sum, in chip order.
+
+The layouts are propagated node by node in topological order, each op by its rule (``RULES``):
+
+* MatMul/Gemm with a constant weight W[K, N]: an input split along K (the contracted axis) meets W
+  split by rows -> ``P``; otherwise the input is made ``R`` and W is split by columns -> ``S(-1)``
+  in whole units of the head size when a Reshape into heads follows (so attention heads stay whole
+  on a chip), or kept whole (``R``) when a Split/Slice/Concat/Gather follows (it would gather it
+  again at once) or the weight has fewer units than chips.
+* MatMul of two run-time values split on the same batch axis (attention: heads) -> ``S`` on it.
+* Elementwise ops (``ELEMENTWISE``): a split operand splits the result; the other operands are sliced
+  to match (constants at compile time, replicated values by a local Slice), unless they broadcast.
+* Reshape/Transpose/Squeeze/Unsqueeze carry a split to the axis it lands on, where whole parts land
+  on whole elements of one axis (a Reshape's target shape becomes the chip's own shape); Softmax,
+  LayerNormalization and reductions keep a split on an axis they do not reduce.
+* Gather from a large constant table (an embedding) splits the table by columns -> ``S(-1)``.
+* Everything else, and every model output (on chip 0), needs ``R``.
+
+Converting a layout is explicit graph surgery with ONNX ops, so lowering, the reference and the
+emulator need nothing new: ``S -> R`` is an all-gather (every chip sends its part to every other, which
+Concat them in chip order); ``P -> R`` an all-reduce as reduce-scatter + all-gather over a fully
+connected node: the rows (the largest non-last axis) are cut into p blocks, chip j sums block j of
+all chips' terms in chip order (``((t0 + t1) + t2) + ...``) and sends the sum to every chip, which
+Concat the blocks (values with fewer rows than chips are sent whole to every chip and summed there);
+``R -> S`` is a local Slice. Partial sums travel as ``wire_dtype`` (``LINK_DTYPES``; fp16 halves the
+link time of f32): every term and every block sum is rounded to it, a chip's own ones too, so that
+every chip holds the same bits and the rounding is part of the reference.
+
+A value crossing the links has a *wire name* unique in the system (``v.rs0to1``, ``v.ag2``, ``v.g3``):
+the receiving chip's graph reads it as an input of that name (``Stage.receives``), the sending
+chip's graph gives it as an output (``Stage.sends``, ``Stage.wires``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from isa.config import ChipConfig
+from lpuc.errors import CapacityError
+from lpuc.ir import Graph, Node, Value
+from lpuc.passes.partition import WEIGHT_SHARE, Partition, Stage, weight_bytes
+
+try:
+    import ml_dtypes
+
+    _BF16 = np.dtype(ml_dtypes.bfloat16)
+except ImportError:  # pragma: no cover
+    _BF16 = np.dtype(np.float32)
+
+#: chip dtype -> numpy dtype of partial sums on the links
+LINK_DTYPES: dict[str, np.dtype] = {"f32": np.dtype(np.float32), "f16": np.dtype(np.float16), "bf16": _BF16}
+
+#: ops computed element by element (with broadcasting): a split operand splits the result
+ELEMENTWISE = {
+    "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Mean", "Where", "Equal", "Less", "Greater", "LessOrEqual",
+    "GreaterOrEqual", "And", "Or", "Xor", "Not", "Mod", "Cast", "Identity", "Neg", "Abs", "Sqrt", "Reciprocal",
+    "Exp", "Log", "Erf", "Tanh", "Sigmoid", "Relu", "LeakyRelu", "Elu", "Gelu", "Softplus", "HardSigmoid",
+    "HardSwish", "Clip", "Sign", "Floor", "Ceil", "Round", "IsNaN", "IsInf", "Sin", "Cos",
+}
+#: weights smaller than this many elements are not worth splitting
+MIN_SPLIT = 4096
+#: an embedding table is split (then gathered after the lookup) when it would take more than this share
+#: of a chip's SRAM in 16-bit floats; a smaller one is kept whole on every chip, which saves the gather
+EMBEDDING_SHARE = 1 / 16
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a value lives on the chips: ``R``, ``S`` (``axis``, ``parts``: (start, size) per chip) or ``P``."""
+
+    kind: str
+    axis: int = 0
+    parts: tuple[tuple[int, int], ...] = ()
+
+    def __str__(self) -> str:
+        if self.kind != "S":
+            return self.kind
+        return f"S(axis {self.axis}: {'/'.join(str(n) for _, n in self.parts)})"
+
+
+R = Layout("R")
+P = Layout("P")
+
+
+def even_parts(n: int, chips: int, unit: int = 1) -> tuple[tuple[int, int], ...]:
+    """``n`` elements (whole units of ``unit``) cut into ``chips`` contiguous near-equal parts, the larger first."""
+    units = n // unit
+    cuts = [units * k // chips for k in range(chips + 1)]
+    sizes = sorted((b - a for a, b in zip(cuts, cuts[1:])), reverse=True)
+    out, start = [], 0
+    for s in sizes:
+        out.append((start * unit, s * unit))
+        start += s
+    return tuple(out)
+
+
+class Sharder:
+    """Builds the chips' graphs (see the module docstring)."""
+
+    def __init__(self, g: Graph, chips: int, chip: ChipConfig, wire_dtype: np.dtype):
+        self.g = g
+        self.chip = chip
+        self.p = chips
+        self.wire = np.dtype(wire_dtype)
+        self.nodes: list[list[Node]] = [[] for _ in range(chips)]
+        self.values: list[dict[str, Value]] = [{} for _ in range(chips)]
+        self.inputs: list[list[str]] = [[] for _ in range(chips)]
+        self.stages = [Stage(k, [], [], {}) for k in range(chips)]
+        self.layout: dict[str, Layout] = {}
+        self.converted: dict[tuple[str, Layout, int | None], list[str]] = {}
+        self._n = 0
+        self.log: list[str] = []  # what each weight-bearing node became (``Partition.dump``)
+
+    # ------------------------------------------------------------------------------ building blocks
+    def fresh(self, hint: str) -> str:
+        self._n += 1
+        return f"{hint}/tp{self._n}"
+
+    def shape_on(self, name: str, lay: Layout, k: int) -> tuple[int, ...]:
+        shape = tuple(self.g.values[name].shape)
+        if lay.kind == "S":
+            shape = shape[:lay.axis] + (lay.parts[k][1],) + shape[lay.axis + 1:]
+        return shape
+
+    def value(self, k: int, name: str, shape: tuple[int, ...], dtype: np.dtype, const: np.ndarray | None = None) -> str:
+        if name not in self.values[k]:
+            self.values[k][name] = Value(name, tuple(int(s) for s in shape), np.dtype(dtype), const)
+        return name
+
+    def const(self, k: int, name: str, array: np.ndarray) -> str:
+        return self.value(k, name, array.shape, array.dtype, array)
+
+    def emit(self, k: int, op: str, inputs: list[str], outputs: list[tuple[str, tuple[int, ...], np.dtype]],
+             attrs: dict | None = None, name: str | None = None, domain: str = "") -> None:
+        for o, shape, dt in outputs:
+            self.value(k, o, shape, dt)
+        self.nodes[k].append(Node(name or self.fresh(op), op, list(inputs), [o for o, _, _ in outputs],
+                                  dict(attrs or {}), domain))
+
+    def use(self, k: int, name: str) -> str:
+        """Value ``name`` as an operand on chip k: a constant is copied into the chip's graph, a model
+        input is loaded there."""
+        if not name:
+            return name
+        v = self.g.values[name]
+        if v.const is not None:
+            return self.const(k, name, v.const)
+        if name in self.g.inputs and name not in self.values[k]:
+            self.value(k, name, v.shape, v.dtype)
+            self.inputs[k].append(name)
+        return name
+
+    def sliced_const(self, k: int, name: str, axis: int, part: tuple[int, int]) -> str:
+        c = self.g.values[name].const
+        s, n = part
+        if n == c.shape[axis]:
+            return self.const(k, name, c)
+        idx = [slice(None)] * c.ndim
+        idx[axis] = slice(s, s + n)
+        return self.const(k, f"{name}.tp{axis}_{s}_{n}", np.ascontiguousarray(c[tuple(idx)]))
+
+    def send(self, k: int, local: str, wire: str, dsts: list[int], shape: tuple[int, ...], dtype: np.dtype) -> None:
+        """Chip k sends its value ``local`` to ``dsts``, which read it as input ``wire``."""
+        st = self.stages[k]
+        for d in dsts:
+            if d == k:
+                continue
+            if d not in st.sends.setdefault(local, []):
+                st.sends[local].append(d)
+            if wire != local:
+                st.wires[local] = wire
+            self.stages[d].receives[wire] = k
+            self.value(d, wire, shape, dtype)
+
+    def out_layout(self, name: str) -> Layout:
+        return self.layout.get(name, R)
+
+    # ------------------------------------------------------------------------------ layout conversions
+    def need(self, name: str, want: Layout, only: int | None = None) -> list[str]:
+        """Per chip, the local name of value ``name`` in layout ``want`` (``only``: just that chip needs
+        it), converting as the module docstring says."""
+        if not name or self.g.values[name].const is not None or name in self.g.inputs:
+            if want.kind == "S" and name and self.g.values[name].const is None:
+                return self._slice_all(name, [name] * self.p, want)
+            return [self.use(k, name) for k in range(self.p)]
+        cur = self.out_layout(name)
+        if cur == want:
+            return [name] * self.p
+        for key in ((name, want, None), (name, want, only)):
+            if key in self.converted:
+                return self.converted[key]
+        if want.kind == "R":
+            names = self._gather(name, cur, only) if cur.kind == "S" else self._all_reduce(name, only)
+        elif want.kind == "S":
+            names = self._slice_all(name, self.need(name, R), want)
+        else:
+            raise AssertionError(f"no conversion to {want}")
+        self.converted[(name, want, only)] = names
+        return names
+
+    def _slice_all(self, name: str, local: list[str], want: Layout) -> list[str]:
+        v = self.g.values[name]
+        out = []
+        for k in range(self.p):
+            s, n = want.parts[k]
+            o = f"{name}.s{want.axis}_{s}_{n}"
+            if o not in self.values[k]:
+                ins = [self.use(k, local[k]), self.const(k, f"{o}.starts", np.array([s], np.int64)),
+                       self.const(k, f"{o}.ends", np.array([s + n], np.int64)),
+                       self.const(k, f"{o}.axes", np.array([want.axis], np.int64))]
+                self.emit(k, "Slice", ins, [(o, self.shape_on(name, want, k), v.dtype)])
+            out.append(o)
+        return out
+
+    def _gather(self, name: str, cur: Layout, only: int | None) -> list[str]:
+        """All-gather of a split value: Concat of every chip's part in chip order."""
+        v = self.g.values[name]
+        takers = range(self.p) if only is None else [only]
+        for j in range(self.p):
+            if cur.parts[j][1]:
+                self.send(j, name, f"{name}.g{j}", list(takers), self.shape_on(name, cur, j), v.dtype)
+        out = []
+        for k in range(self.p):
+            if k not in takers:
+                out.append("")
+                continue
+            parts = [name if j == k else f"{name}.g{j}" for j in range(self.p) if cur.parts[j][1]]
+            self.emit(k, "Concat", parts, [(f"{name}.R", v.shape, v.dtype)], {"axis": cur.axis})
+            out.append(f"{name}.R")
+        return out
+
+    def _cast(self, k: int, x: str, shape: tuple[int, ...], dt: np.dtype, out: str) -> str:
+        self.emit(k, "Cast", [x], [(out, shape, dt)], {"to": _onnx_type(dt)})
+        return out
+
+    def _sum(self, k: int, terms: list[str], shape: tuple[int, ...], dt: np.dtype, out: str) -> str:
+        """((t0 + t1) + t2) + ... as f32 (each term cast back from the wire type first)."""
+        acc = ""
+        for j, t in enumerate(terms):
+            if self.wire != dt:
+                t = self._cast(k, t, shape, dt, f"{t}.f")
+            if not acc:
+                acc = t
+                continue
+            nxt = out if j == len(terms) - 1 else f"{out}.{j}"
+            self.emit(k, "Add", [acc, t], [(nxt, shape, dt)])
+            acc = nxt
+        return acc
+
+    def _all_reduce(self, name: str, only: int | None) -> list[str]:
+        v = self.g.values[name]
+        shape, dt, w, p = tuple(v.shape), v.dtype, self.wire, self.p
+        takers = list(range(p)) if only is None else [only]
+        lead = [a for a in range(len(shape) - 1)]
+        ax = max(lead, key=lambda a: (shape[a], -a)) if lead else None
+        if ax is None or shape[ax] < p:
+            # too few rows to cut: every chip sends its whole term to the chips that need the sum
+            out = []
+            for k in range(p):
+                wire = f"{name}.ar{k}"
+                if w != dt:
+                    self._cast(k, name, shape, w, wire)
+                    self.send(k, wire, wire, takers, shape, w)
+                else:
+                    self.send(k, name, wire, takers, shape, w)
+            for k in range(p):
+                if k not in takers:
+                    out.append("")
+                    continue
+                own = f"{name}.ar{k}" if w != dt else name
+                terms = [own if j == k else f"{name}.ar{j}" for j in range(p)]
+                out.append(self._sum(k, terms, shape, dt, f"{name}.R"))
+            return out
+        parts = even_parts(shape[ax], p)
+        blk = Layout("S", ax, parts)
+        for k in range(p):  # reduce-scatter: block j of every chip's term goes to chip j
+            for j in range(p):
+                s, n = parts[j]
+                o = f"{name}.rs{k}to{j}"
+                b = f"{o}.x" if w != dt else o
+                ins = [name, self.const(k, f"{o}.starts", np.array([s], np.int64)),
+                       self.const(k, f"{o}.ends", np.array([s + n], np.int64)),
+                       self.const(k, f"{o}.axes", np.array([ax], np.int64))]
+                bshape = self.shape_on(name, blk, j)
+                self.emit(k, "Slice", ins, [(b, bshape, dt)])
+                if w != dt:
+                    self._cast(k, b, bshape, w, o)
+                if j != k:
+                    self.send(k, o, o, [j], bshape, w)
+        for j in range(p):  # chip j sums block j in chip order, rounds it to the wire type, sends it on
+            bshape = self.shape_on(name, blk, j)
+            total = self._sum(j, [f"{name}.rs{k}to{j}" for k in range(p)], bshape, dt,
+                              f"{name}.sum{j}" if w != dt else f"{name}.ag{j}")
+            if w != dt:
+                self._cast(j, total, bshape, w, f"{name}.ag{j}")
+            self.send(j, f"{name}.ag{j}", f"{name}.ag{j}", takers, bshape, w)
+        out = []
+        for k in range(p):  # all-gather: every block to the chips that need the sum
+            if k not in takers:
+                out.append("")
+                continue
+            cat = f"{name}.cat" if w != dt else f"{name}.R"
+            self.emit(k, "Concat", [f"{name}.ag{j}" for j in range(p)], [(cat, shape, w)], {"axis": ax})
+            if w != dt:
+                self._cast(k, cat, shape, dt, f"{name}.R")
+            out.append(f"{name}.R")
+        return out
+
+    # ------------------------------------------------------------------------------ nodes
+    def place(self, n: Node, ins: list[list[str]], outs: list[Layout],
+              attrs: "Callable[[int], dict] | None" = None) -> None:
+        """Node ``n`` on every chip, reading ``ins[i][k]`` on chip k, its outputs in layouts ``outs``."""
+        for k in range(self.p):
+            outputs = [(o, self.shape_on(o, lay, k), self.g.values[o].dtype) for o, lay in zip(n.outputs, outs) if o]
+            self.emit(k, n.op, [x[k] if x else "" for x in ins], outputs, attrs(k) if attrs else n.attrs,
+                      name=n.name, domain=n.domain)
+        for o, lay in zip(n.outputs, outs):
+            if o:
+                self.layout[o] = lay
+
+    def replicate(self, n: Node) -> None:
+        self.place(n, [self.need(i, R) if i else [] for i in n.inputs], [R] * len(n.outputs))
+
+    def run(self) -> list[Stage]:
+        for n in self.g.topo():
+            RULES.get(n.op, Sharder.replicate)(self, n)
+        outs: list[list[str]] = [[] for _ in range(self.p)]
+        renames: dict[str, str] = {}
+        for o in self.g.outputs:
+            lay = self.out_layout(o) if self.g.values[o].const is None and o not in self.g.inputs else R
+            if lay == R:
+                self.use(0, o)
+                outs[0].append(o)
+                continue
+            local = self.need(o, R, only=0)[0]
+            renames[o], renames[local] = f"{o}.part", o
+            outs[0].append(o)
+        for k, st in enumerate(self.stages):
+            ren = renames if k == 0 else {}
+            graph = Graph()
+            graph.opset = self.g.opset
+            for v in self.values[k].values():
+                nm = ren.get(v.name, v.name)
+                graph.add_value(Value(nm, v.shape, v.dtype, v.const))
+            for node in self.nodes[k]:
+                graph.add_node(Node(node.name, node.op, [ren.get(i, i) for i in node.inputs],
+                                    [ren.get(o, o) for o in node.outputs], node.attrs, node.domain))
+            if ren:
+                st.sends = {ren.get(v, v): d for v, d in st.sends.items()}
+                st.wires = {ren.get(v, v): w for v, w in st.wires.items()}
+            graph.inputs = self.inputs[k] + list(st.receives)
+            graph.outputs = outs[k] + list(st.sends)
+            st.inputs = list(self.inputs[k])
+            st.outputs = list(outs[k])
+            st.nodes = list(graph.nodes)
+            st.local = graph
+            st.receive_bytes = sum(graph.values[v].size * graph.values[v].dtype.itemsize for v in st.receives)
+        return self.stages
+
+
+def _onnx_type(dt: np.dtype) -> int:
+    from onnx import helper
+
+    return helper.np_dtype_to_tensor_dtype(np.dtype(dt))
+
+
+# ---------------------------------------------------------------------------------- rules (one per op family)
+def _lookahead(s: Sharder, value: str, depth: int = 4) -> int | None:
+    """The unit a column split of ``value`` should keep whole: the head size if a Reshape splits its
+    last axis into heads further on, 1 if nothing in the way needs it whole, None if a Split, Slice,
+    Concat or Gather reads it (a split would be gathered again at once)."""
+    unit = 1
+    for c in s.g.consumers(value):
+        if c.op in ("Split", "Slice", "Concat", "Gather", "GatherElements", "Resize", "Pad", "Expand", "Tile"):
+            return None
+        if c.op == "Reshape":
+            out = s.g.values[c.outputs[0]].shape
+            n = s.g.values[value].shape[-1]
+            if len(out) >= 2 and out[-1] < n and out[-1] * out[-2] == n:
+                unit = max(unit, int(out[-1]))
+        elif c.op in ELEMENTWISE and depth > 0:
+            u = _lookahead(s, c.outputs[0], depth - 1)
+            if u is None:
+                return None
+            unit = max(unit, u)
+    return unit
+
+
+def _matmul(s: Sharder, n: Node) -> None:
+    a, b = n.inputs[0], n.inputs[1]
+    ga, gb = s.g.values[a], s.g.values[b]
+    out = n.outputs[0]
+    r = len(s.g.values[out].shape)
+    if ga.const is None and gb.const is not None and gb.const.ndim == 2:
+        K, N = gb.const.shape
+        la = s.out_layout(a) if a not in s.g.inputs else R
+        if la.kind == "S" and la.axis == len(ga.shape) - 1 and all(n_ for _, n_ in la.parts):
+            # rows of W meet the split contraction: every chip a partial sum
+            s.place(n, [[a] * s.p, [s.sliced_const(k, b, 0, la.parts[k]) for k in range(s.p)]], [P])
+            s.log.append(f"{n.name}: W {K}x{N} split by rows {'/'.join(str(x) for _, x in la.parts)} -> P")
+            return
+        unit = _lookahead(s, out)
+        if unit is not None and K * N >= MIN_SPLIT and N // unit >= s.p and N % unit == 0:
+            parts = even_parts(N, s.p, unit)
+            s.place(n, [s.need(a, R), [s.sliced_const(k, b, 1, parts[k]) for k in range(s.p)]],
+                    [Layout("S", r - 1, parts)])
+            s.log.append(f"{n.name}: W {K}x{N} split by columns {'/'.join(str(x) for _, x in parts)} -> S")
+            return
+        s.replicate(n)
+        return
+    if ga.const is None and gb.const is None and len(ga.shape) == len(gb.shape) and r > 2:
+        la, lb = s.out_layout(a), s.out_layout(b)
+        for x, y in ((la, lb), (lb, la)):
+            if x.kind == "S" and x.axis < r - 2:
+                if y == x or (y.kind != "P" and s.g.values[a].shape[x.axis] == s.g.values[b].shape[x.axis]):
+                    s.place(n, [s.need(a, x), s.need(b, x)], [x])
+                    return
+    s.replicate(n)
+
+
+def _gemm(s: Sharder, n: Node) -> None:
+    a, b = n.inputs[0], n.inputs[1]
+    c = n.inputs[2] if len(n.inputs) > 2 else ""
+    gb = s.g.values[b]
+    if n.attrs.get("transA", 0) or s.g.values[a].const is not None or gb.const is None:
+        return s.replicate(n)
+    tb = int(n.attrs.get("transB", 0))
+    K, N = gb.const.shape[::-1] if tb else gb.const.shape
+    la = s.out_layout(a) if a not in s.g.inputs else R
+    cc = s.g.values[c].const if c else None
+    if c and cc is None:
+        return s.replicate(n)
+    if la.kind == "S" and la.axis == 1 and all(x for _, x in la.parts):
+        ws = [s.sliced_const(k, b, 1 if tb else 0, la.parts[k]) for k in range(s.p)]
+        cs = [s.use(k, c) if (c and k == 0) else "" for k in range(s.p)]  # the bias once, on chip 0
+        s.place(n, [[a] * s.p, ws] + ([cs] if c else []), [P])
+        s.log.append(f"{n.name}: W {K}x{N} split by rows -> P")
+        return
+    unit = _lookahead(s, n.outputs[0])
+    if unit is None or K * N < MIN_SPLIT or N // unit < s.p or N % unit:
+        return s.replicate(n)
+    parts = even_parts(N, s.p, unit)
+    ws = [s.sliced_const(k, b, 0 if tb else 1, parts[k]) for k in range(s.p)]
+    ins = [s.need(a, R), ws]
+    if c:
+        ins.append([s.sliced_const(k, c, cc.ndim - 1, parts[k]) if cc.ndim and cc.shape[-1] == N else s.use(k, c)
+                    for k in range(s.p)])
+    s.place(n, ins, [Layout("S", 1, parts)])
+    s.log.append(f"{n.name}: W {K}x{N} split by columns -> S")
+
+
+def _elementwise(s: Sharder, n: Node) -> None:
+    out = n.outputs[0]
+    r = len(s.g.values[out].shape)
+    oshape = s.g.values[out].shape
+    lead: Layout | None = None
+    for i in n.inputs:
+        if i and not s.g.is_const(i) and i not in s.g.inputs:
+            lay = s.out_layout(i)
+            shift = r - len(s.g.values[i].shape)
+            if lay.kind == "S" and s.g.values[i].shape[lay.axis] == oshape[lay.axis + shift]:
+                lead = Layout("S", lay.axis + shift, lay.parts)
+                break
+    if lead is None:
+        return s.replicate(n)
+    ins: list[list[str]] = []
+    for i in n.inputs:
+        if not i:
+            ins.append([])
+            continue
+        shape = s.g.values[i].shape
+        ax = lead.axis - (r - len(shape))
+        whole = ax < 0 or shape[ax] == 1
+        if s.g.is_const(i):
+            ins.append([s.use(k, i) if whole else s.sliced_const(k, i, ax, lead.parts[k]) for k in range(s.p)])
+        else:
+            ins.append(s.need(i, R) if whole else s.need(i, Layout("S", ax, lead.parts)))
+    s.place(n, ins, [lead])
+
+
+def _keeps_axis(s: Sharder, n: Node, reduced: set[int], keepdims: bool = True) -> None:
+    """Ops that work along ``reduced`` axes only: a split on another axis stays (shifted if dropped)."""
+    x = n.inputs[0]
+    lay = s.out_layout(x) if not s.g.is_const(x) and x not in s.g.inputs else R
+    if lay.kind != "S" or lay.axis in reduced:
+        return s.replicate(n)
+    axis = lay.axis if keepdims else lay.axis - sum(1 for a in reduced if a < lay.axis)
+    ins = [[x] * s.p] + [s.need(i, R) if i else [] for i in n.inputs[1:]]
+    s.place(n, ins, [Layout("S", axis, lay.parts)] * len(n.outputs))
+
+
+def _softmax(s: Sharder, n: Node) -> None:
+    r = len(s.g.values[n.inputs[0]].shape)
+    axis = n.attrs.get("axis", -1 if s.g.opset >= 13 else 1) % r
+    reduced = {axis} if s.g.opset >= 13 else set(range(axis, r))
+    _keeps_axis(s, n, reduced)
+
+
+def _layer_norm(s: Sharder, n: Node) -> None:
+    r = len(s.g.values[n.inputs[0]].shape)
+    axis = n.attrs.get("axis", -1) % r
+    if any(o for o in n.outputs[1:]):  # mean and inverse std outputs have other shapes
+        return s.replicate(n)
+    _keeps_axis(s, n, set(range(axis, r)))
+
+
+def _reduce(s: Sharder, n: Node) -> None:
+    r = len(s.g.values[n.inputs[0]].shape)
+    axes = n.attrs.get("axes")
+    if axes is None and len(n.inputs) > 1 and n.inputs[1]:
+        axes = s.g.values[n.inputs[1]].const
+    if axes is None:
+        return s.replicate(n)  # all axes
+    _keeps_axis(s, n, {int(a) % r for a in np.asarray(axes).reshape(-1)}, bool(n.attrs.get("keepdims", 1)))
+
+
+def _reshape(s: Sharder, n: Node) -> None:
+    x, out = n.inputs[0], n.outputs[0]
+    lay = s.out_layout(x) if not s.g.is_const(x) and x not in s.g.inputs else R
+    if lay.kind != "S":
+        return s.replicate(n)
+    ishape, oshape = tuple(s.g.values[x].shape), tuple(s.g.values[out].shape)
+    outer = int(np.prod(ishape[:lay.axis]))
+    inner_in = int(np.prod(ishape[lay.axis + 1:]))
+    for b in range(len(oshape)):
+        if int(np.prod(oshape[:b])) != outer or oshape[b] == 1:
+            continue
+        inner_out = int(np.prod(oshape[b + 1:]))
+        if all((st * inner_in) % inner_out == 0 and (sz * inner_in) % inner_out == 0 for st, sz in lay.parts):
+            new = Layout("S", b, tuple((st * inner_in // inner_out, sz * inner_in // inner_out) for st, sz in lay.parts))
+
+            def attrs(k: int) -> dict:
+                return dict(n.attrs)
+
+            shapes = [s.const(k, f"{n.name}.shape{k}", np.array(s.shape_on(out, new, k), np.int64)) for k in range(s.p)]
+            s.place(n, [[x] * s.p, shapes], [new], attrs)
+            return
+        break
+    s.replicate(n)
+
+
+def _transpose(s: Sharder, n: Node) -> None:
+    x = n.inputs[0]
+    lay = s.out_layout(x) if not s.g.is_const(x) and x not in s.g.inputs else R
+    if lay.kind != "S":
+        return s.replicate(n)
+    r = len(s.g.values[x].shape)
+    perm = list(n.attrs.get("perm", list(range(r))[::-1]))
+    s.place(n, [[x] * s.p], [Layout("S", perm.index(lay.axis), lay.parts)])
+
+
+def _squeeze_unsqueeze(s: Sharder, n: Node) -> None:
+    x, out = n.inputs[0], n.outputs[0]
+    lay = s.out_layout(x) if not s.g.is_const(x) and x not in s.g.inputs else R
+    if lay.kind != "S":
+        return s.replicate(n)
+    ishape, oshape = s.g.values[x].shape, s.g.values[out].shape
+    # the split axis keeps its place among the axes whose size is not 1
+    before = sum(1 for d in ishape[:lay.axis] if d != 1)
+    seen = 0
+    for b, d in enumerate(oshape):
+        if d != 1:
+            if seen == before:
+                ins = [[x] * s.p] + [s.need(i, R) if i else [] for i in n.inputs[1:]]
+                s.place(n, ins, [Layout("S", b, lay.parts)])
+                return
+            seen += 1
+    s.replicate(n)
+
+
+def _gather(s: Sharder, n: Node) -> None:
+    table, ids = n.inputs[0], n.inputs[1]
+    c = s.g.values[table].const
+    if c is None or c.ndim != 2 or n.attrs.get("axis", 0) != 0 or c.shape[1] < s.p or c.dtype.kind != "f" \
+            or c.size * 2 < s.chip.sram_bytes * EMBEDDING_SHARE:
+        return s.replicate(n)
+    # an embedding: each chip holds some of every row's columns
+    parts = even_parts(c.shape[1], s.p)
+    r = len(s.g.values[n.outputs[0]].shape)
+    s.place(n, [[s.sliced_const(k, table, 1, parts[k]) for k in range(s.p)], s.need(ids, R)],
+            [Layout("S", r - 1, parts)])
+    s.log.append(f"{n.name}: table {c.shape[0]}x{c.shape[1]} split by columns -> S")
+
+
+RULES: dict[str, Callable[[Sharder, Node], None]] = {
+    "MatMul": _matmul, "Gemm": _gemm, "Reshape": _reshape, "Transpose": _transpose, "Softmax": _softmax,
+    "LogSoftmax": _softmax, "LayerNormalization": _layer_norm, "Squeeze": _squeeze_unsqueeze,
+    "Unsqueeze": _squeeze_unsqueeze, "Gather": _gather,
+    **{op: _reduce for op in ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd")},
+    **{op: _elementwise for op in ELEMENTWISE},
+}
+
+
+def shard(g: Graph, chips: int, chip: ChipConfig, precision_dtype: str, wire_dtype: str = "f32") -> Partition:
+    """Split every layer of ``g`` over ``chips`` chips (see the module docstring); CapacityError when
+    a chip cannot hold its weights."""
+    s = Sharder(g, chips, chip, LINK_DTYPES[wire_dtype])
+    stages = s.run()
+    budget = int(chip.sram_bytes * WEIGHT_SHARE)
+    for st in stages:
+        assert st.local is not None
+        st.weight_bytes = weight_bytes(st.local, st.nodes, chip, precision_dtype)
+        if st.weight_bytes > budget:
+            raise CapacityError(f"tensor parallel on {chips} chip(s): chip {st.chip} needs {st.weight_bytes:,} bytes "
+                                f"of weights; one {chip.name} chip holds {budget:,}: use more chips")
+    return Partition("tp", stages, weight_bytes(g, list(g.nodes), chip, precision_dtype),
+                     s.log + [f"partial sums travel as {wire_dtype}"])
