@@ -72,7 +72,8 @@ def _shapes(input_shapes: Mapping[str, Any] | None) -> dict[str, tuple[int, ...]
 
 def compile(model: ModelLike, chip: ChipLike = "lpu-v1", precision: str = "fp32", scheduler: str = "list",
             input_shapes: Mapping[str, Any] | None = None, chips: "int | str" = 1,
-            system: "str | Path | SystemConfig | None" = None) -> "Compiled | SystemCompiled":
+            system: "str | Path | SystemConfig | None" = None, parallel: str = "auto",
+            link_dtype: str = "auto") -> "Compiled | SystemCompiled":
     """Compile an ONNX model for a chip; what ``lpuc compile`` does, without writing a file.
 
     Args:
@@ -84,7 +85,11 @@ def compile(model: ModelLike, chip: ChipLike = "lpu-v1", precision: str = "fp32"
         scheduler: ``"list"``, ``"asap"`` or ``"naive"``.
         input_shapes: fixes dynamic dims, e.g. ``{"input_ids": (1, 128)}`` (``"1x128"`` works too).
         chips: more than 1 (or ``"auto"``: the fewest that hold the model) compiles onto several chips
-            of ``system`` as a pipeline (``lpuc.pipeline.compile_system``).
+            of ``system`` (``lpuc.pipeline.compile_system``).
+        parallel: how a model is split over several chips: ``"pp"`` (pipeline), ``"tp"`` (tensor
+            parallel), ``"sp"`` (sequence parallel) or ``"auto"`` (the fastest that fits).
+        link_dtype: the type partial sums travel in (``"auto"``: the precision's; ``"f32"``, ``"f16"``,
+            ``"bf16"``).
         system: a system name (``"node-lpu-v1"``, ``"pair-tiny"`` ...), a path to a system ``.toml`` or
             an :class:`isa.config.SystemConfig`; by default the chip's own (``node-lpu-v1`` for
             ``lpu-v1``, ``pair-tiny`` for ``tiny``). Giving it compiles for that system.
@@ -116,19 +121,21 @@ def compile(model: ModelLike, chip: ChipLike = "lpu-v1", precision: str = "fp32"
     if not isinstance(system, SystemConfig):
         system = load_system(system)
     return compile_system(model, system, chips, precision=precision, scheduler=scheduler,
-                          input_shapes=_shapes(input_shapes))
+                          input_shapes=_shapes(input_shapes), parallel=parallel, link_dtype=link_dtype)
 
 
 def verify(model: ModelLike, inputs: "Mapping[str, np.ndarray] | None" = None, chip: ChipLike = "lpu-v1",
            precision: str = "fp32", scheduler: str = "list", input_shapes: Mapping[str, Any] | None = None,
-           seed: int = 0, chips: "int | str" = 1, system: "str | Path | SystemConfig | None" = None) -> "Verdict":
+           seed: int = 0, chips: "int | str" = 1, system: "str | Path | SystemConfig | None" = None,
+           parallel: str = "auto", link_dtype: str = "auto") -> "Verdict":
     """Compile, emulate and check, as ``lpuc verify`` does.
 
     The checks: every output within the precision's tolerance of onnxruntime, bit-identical to the
     compiler's reference evaluation, and the predicted cycle count equal to the emulated one.
 
     Args:
-        model, chip, precision, scheduler, input_shapes, chips, system: as for :func:`compile`.
+        model, chip, precision, scheduler, input_shapes, chips, system, parallel, link_dtype: as for
+            :func:`compile`.
         inputs: one array per model input (converted to the model's dtypes when exact); ``None``
             draws random inputs in valid ranges from ``seed``.
         seed: seed of the random inputs.
@@ -147,5 +154,5 @@ def verify(model: ModelLike, inputs: "Mapping[str, np.ndarray] | None" = None, c
 
     if isinstance(model, Path):
         model = str(model)
-    c = compile(model, chip, precision, scheduler, input_shapes, chips, system)
+    c = compile(model, chip, precision, scheduler, input_shapes, chips, system, parallel, link_dtype)
     return _verify(c, model, precision, inputs, seed)

@@ -334,7 +334,8 @@ def _compile(args: argparse.Namespace, progress: "_Progress | None" = None, out=
         if args.chip not in (system.chip.name, "lpu-v1") and load_chip(args.chip).digest != system.chip.digest:
             raise UsageError(f"--chip {args.chip} and --system {name} (of {system.chip.name} chips) disagree")
         return compile_system(args.model, system, chips, precision=args.precision, scheduler=args.scheduler,
-                              input_shapes=_input_shapes(args.input_shape))
+                              input_shapes=_input_shapes(args.input_shape), parallel=args.parallel,
+                              link_dtype=args.link_dtype)
     chip = load_chip(args.chip)
     # no progress line around --dump-after: the dump goes to the same terminal
     step = progress.compile_step if progress is not None and progress.enabled and not args.dump_after else None
@@ -381,6 +382,10 @@ def _system_summary(sc) -> str:
     ]
     if prog.meta.get("chips_choice"):
         lines.append(f"chips              {prog.meta['chips_choice']}")
+    if sc.partition.notes:
+        cols = sum("by columns" in n for n in sc.partition.notes)
+        rows = sum("by rows" in n for n in sc.partition.notes)
+        lines.append(f"split              {cols} weight(s) split by columns, {rows} by rows; {sc.partition.notes[-1]}")
     lines += [
         f"instructions       {prog.instruction_count}",
         f"predicted cycles   {cycles}  ({cycles / sc.chip.clock_mhz:.3f} us at the clock)",
@@ -631,9 +636,14 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--system", metavar="NAME|PATH",
                         help="system config for more than one chip (default: node-lpu-v1 for lpu-v1, pair-tiny "
                              "for tiny)")
-        sp.add_argument("--parallel", default="pp", choices=["pp"],
-                        help="how the model is split over chips: pp, consecutive layers on consecutive chips "
-                             "(tensor and sequence parallel splits are not compiled yet)")
+        sp.add_argument("--parallel", default="auto", choices=["auto", "pp", "tp", "sp"],
+                        help="how the model is split over chips: pp, consecutive layers on consecutive chips; tp, "
+                             "every layer's heads and columns over all chips (partial sums all-reduced); sp, token "
+                             "rows over all chips (keys and values gathered); auto (default), each that fits, "
+                             "keeping the one with the fewest predicted cycles")
+        sp.add_argument("--link-dtype", default="auto", choices=["auto", "f32", "f16", "bf16"],
+                        help="type partial sums travel in over the links (tp); auto: the precision's type "
+                             "(fp16 halves the link time of f32; the rounding is in the reference)")
 
     cp = command("compile", "compile an ONNX model to a .lpu program")
     compile_options(cp)

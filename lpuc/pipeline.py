@@ -39,7 +39,7 @@ from lpuc.roofline import Roofline, roofline
 from lpuc.tasks import TaskGraph
 
 #: the multi-chip splits ``compile_system`` knows
-PARALLEL = ("pp", "tp", "auto")
+PARALLEL = ("pp", "tp", "sp", "auto")
 PASSES = ("import", "fold", "lower", "heads", "tile", "mirror", "allocate", "schedule", "codegen")
 
 
@@ -268,8 +268,8 @@ def compile_system(path: "str | Path | onnx.ModelProto", system: SystemConfig, c
     wire = dtype if link_dtype == "auto" else link_dtype
 
     def split(n: int, mode: str) -> Partition:
-        if mode == "tp":
-            return step("partition", lambda: shard(g, n, chip, dtype, wire))
+        if mode in ("tp", "sp"):
+            return step("partition", lambda: shard(g, n, chip, dtype, wire, mode))
         return step("partition", lambda: partition(g, n, chip, dtype))
 
     def chips_of(part: Partition, n: int) -> list[ChipPart]:
@@ -298,7 +298,7 @@ def compile_system(path: "str | Path | onnx.ModelProto", system: SystemConfig, c
 
     def best(n: int) -> tuple[Partition, list[ChipPart], str]:
         """The split of ``parallel`` on n chips; for ``auto`` the faster of those that fit."""
-        modes = ["pp", "tp"] if parallel == "auto" and n > 1 else [parallel if n > 1 else "pp"]
+        modes = ["pp", "tp", "sp"] if parallel == "auto" and n > 1 else [parallel if n > 1 else "pp"]
         done, why = [], []
         for mode in modes:
             try:

@@ -95,7 +95,8 @@ class SystemScheduler:
                 self.chips[b].deps.setdefault(y, []).append((x, ((self.tgs[b].tasks[x].writes[0].n,),)))
         for r, s in self.send_of.items():
             for t, delta in self.chips[r[0]].deps.get(r[1], []):
-                self.before_send[s].append(((r[0], t), delta, r))
+                if self.send_of.get((r[0], t)) != s:  # the send's own earlier chunks follow from its anchor
+                    self.before_send[s].append(((r[0], t), delta, r))
 
     def _place(self, key: Key) -> None:
         c, tid = key

@@ -67,8 +67,9 @@ ELEMENTWISE = {
     "Exp", "Log", "Erf", "Tanh", "Sigmoid", "Relu", "LeakyRelu", "Elu", "Gelu", "Softplus", "HardSigmoid",
     "HardSwish", "Clip", "Sign", "Floor", "Ceil", "Round", "IsNaN", "IsInf", "Sin", "Cos",
 }
-#: weights smaller than this many elements are not worth splitting
-MIN_SPLIT = 4096
+#: weights with fewer elements than this share of one MXM tile (lanes x lanes) are not worth splitting:
+#: the chips would each stream a sliver of a plane and then exchange the result
+MIN_SPLIT_TILE = 1 / 4
 #: an embedding table is split (then gathered after the lookup) when it would take more than this share
 #: of a chip's SRAM in 16-bit floats; a smaller one is kept whole on every chip, which saves the gather
 EMBEDDING_SHARE = 1 / 16
@@ -107,8 +108,11 @@ def even_parts(n: int, chips: int, unit: int = 1) -> tuple[tuple[int, int], ...]
 class Sharder:
     """Builds the chips' graphs (see the module docstring)."""
 
-    def __init__(self, g: Graph, chips: int, chip: ChipConfig, wire_dtype: np.dtype):
+    def __init__(self, g: Graph, chips: int, chip: ChipConfig, wire_dtype: np.dtype, mode: str = "tp",
+                 mxm_dtype: np.dtype = np.dtype(np.float32)):
         self.g = g
+        self.mxm = np.dtype(mxm_dtype)
+        self.mode = mode
         self.chip = chip
         self.p = chips
         self.wire = np.dtype(wire_dtype)
@@ -117,7 +121,7 @@ class Sharder:
         self.inputs: list[list[str]] = [[] for _ in range(chips)]
         self.stages = [Stage(k, [], [], {}) for k in range(chips)]
         self.layout: dict[str, Layout] = {}
-        self.converted: dict[tuple[str, Layout, int | None], list[str]] = {}
+        self.converted: dict[tuple[str, Layout, int | None, bool], list[str]] = {}
         self._n = 0
         self.log: list[str] = []  # what each weight-bearing node became (``Partition.dump``)
 
@@ -186,9 +190,11 @@ class Sharder:
         return self.layout.get(name, R)
 
     # ------------------------------------------------------------------------------ layout conversions
-    def need(self, name: str, want: Layout, only: int | None = None) -> list[str]:
+    def need(self, name: str, want: Layout, only: int | None = None, mxm: bool = False) -> list[str]:
         """Per chip, the local name of value ``name`` in layout ``want`` (``only``: just that chip needs
-        it), converting as the module docstring says."""
+        it), converting as the module docstring says. ``mxm``: only a matrix product reads it, which
+        rounds it to the precision's type anyway, so a gather may carry it in that type if the wire
+        type is the same (f32 -> f16 -> f32 -> f16 gives the bits f32 -> f16 does)."""
         if not name or self.g.values[name].const is not None or name in self.g.inputs:
             if want.kind == "S" and name and self.g.values[name].const is None:
                 return self._slice_all(name, [name] * self.p, want)
@@ -196,16 +202,16 @@ class Sharder:
         cur = self.out_layout(name)
         if cur == want:
             return [name] * self.p
-        for key in ((name, want, None), (name, want, only)):
+        for key in ((name, want, None, mxm), (name, want, only, mxm)):
             if key in self.converted:
                 return self.converted[key]
         if want.kind == "R":
-            names = self._gather(name, cur, only) if cur.kind == "S" else self._all_reduce(name, only)
+            names = self._gather(name, cur, only, mxm) if cur.kind == "S" else self._all_reduce(name, only)
         elif want.kind == "S":
             names = self._slice_all(name, self.need(name, R), want)
         else:
             raise AssertionError(f"no conversion to {want}")
-        self.converted[(name, want, only)] = names
+        self.converted[(name, want, only, mxm)] = names
         return names
 
     def _slice_all(self, name: str, local: list[str], want: Layout) -> list[str]:
@@ -222,20 +228,61 @@ class Sharder:
             out.append(o)
         return out
 
-    def _gather(self, name: str, cur: Layout, only: int | None) -> list[str]:
-        """All-gather of a split value: Concat of every chip's part in chip order."""
+    def _gather(self, name: str, cur: Layout, only: int | None, mxm: bool = False) -> list[str]:
+        """All-gather of a split value: Concat of every chip's part in chip order. A value made from a
+        split one by Reshape/Transpose alone is gathered where it has the fewest vectors (before heads
+        are split off the hidden axis, a 64-wide head row fills a 320-lane vector a fifth), then the
+        view ops are repeated on the whole value."""
+        chain: list[Node] = []
+        src, lay = name, cur
+        while True:
+            prod = self.g.producer(src)
+            if prod is None or prod.op not in VIEW_OPS:
+                break
+            x = prod.inputs[0]
+            lx = self.out_layout(x) if not self.g.is_const(x) and x not in self.g.inputs else R
+            if lx.kind != "S" or _vectors(self.shape_on(x, lx, 0), self.chip.lanes) > \
+                    _vectors(self.shape_on(src, lay, 0), self.chip.lanes):
+                break  # (compared on the chips' parts: what the links carry)
+            chain.append(prod)
+            src, lay = x, lx
+        if chain:
+            base = self.need(src, R, only, mxm)
+            out = []
+            for k in range(self.p):
+                cur_name = base[k]
+                if not cur_name:
+                    out.append("")
+                    continue
+                for node in reversed(chain):
+                    o = f"{node.outputs[0]}.R"
+                    if o not in self.values[k]:
+                        ins = [cur_name] + [self.use(k, i) for i in node.inputs[1:]]
+                        v = self.g.values[node.outputs[0]]
+                        self.emit(k, node.op, ins, [(o, v.shape, v.dtype)], node.attrs)
+                    cur_name = o
+                out.append(cur_name)
+            return out
         v = self.g.values[name]
         takers = range(self.p) if only is None else [only]
+        narrow = mxm and self.wire == self.mxm and v.dtype.kind == "f" and self.wire.itemsize < v.dtype.itemsize
+        dt = self.wire if narrow else v.dtype
+        mine = [name] * self.p
         for j in range(self.p):
             if cur.parts[j][1]:
-                self.send(j, name, f"{name}.g{j}", list(takers), self.shape_on(name, cur, j), v.dtype)
+                if narrow:
+                    mine[j] = self._cast(j, name, self.shape_on(name, cur, j), dt, f"{name}.g{j}")
+                self.send(j, mine[j], f"{name}.g{j}", list(takers), self.shape_on(name, cur, j), dt)
         out = []
         for k in range(self.p):
             if k not in takers:
                 out.append("")
                 continue
-            parts = [name if j == k else f"{name}.g{j}" for j in range(self.p) if cur.parts[j][1]]
-            self.emit(k, "Concat", parts, [(f"{name}.R", v.shape, v.dtype)], {"axis": cur.axis})
+            parts = [mine[k] if j == k else f"{name}.g{j}" for j in range(self.p) if cur.parts[j][1]]
+            cat = f"{name}.cat" if narrow else f"{name}.R"
+            self.emit(k, "Concat", parts, [(cat, v.shape, dt)], {"axis": cur.axis})
+            if narrow:
+                self._cast(k, cat, v.shape, v.dtype, f"{name}.R")
             out.append(f"{name}.R")
         return out
 
@@ -368,6 +415,17 @@ class Sharder:
         return self.stages
 
 
+#: ops that only rearrange a value's elements: a split value is gathered before them where it is narrower
+VIEW_OPS = ("Reshape", "Transpose", "Squeeze", "Unsqueeze")
+
+
+def _vectors(shape: tuple[int, ...], lanes: int) -> int:
+    """Vectors a value of this shape takes (rows of its last axis, each padded to whole lanes)."""
+    if not shape:
+        return 1
+    return int(np.prod(shape[:-1])) * -(-int(shape[-1]) // lanes)
+
+
 def _onnx_type(dt: np.dtype) -> int:
     from onnx import helper
 
@@ -409,8 +467,12 @@ def _matmul(s: Sharder, n: Node) -> None:
             s.place(n, [[a] * s.p, [s.sliced_const(k, b, 0, la.parts[k]) for k in range(s.p)]], [P])
             s.log.append(f"{n.name}: W {K}x{N} split by rows {'/'.join(str(x) for _, x in la.parts)} -> P")
             return
-        unit = _lookahead(s, out)
-        if unit is not None and K * N >= MIN_SPLIT and N // unit >= s.p and N % unit == 0:
+        if la.kind == "S" and la.axis < len(ga.shape) - 1 and r - len(ga.shape) + la.axis < r - 1:
+            # token rows split (sequence parallel): every chip multiplies its rows by the whole W
+            s.place(n, [[a] * s.p, [s.use(k, b) for k in range(s.p)]], [Layout("S", la.axis + r - len(ga.shape), la.parts)])
+            return
+        unit = _lookahead(s, out) if s.mode == "tp" else None
+        if unit is not None and K * N >= MIN_SPLIT_TILE * s.chip.lanes ** 2 and N // unit >= s.p and N % unit == 0:
             parts = even_parts(N, s.p, unit)
             s.place(n, [s.need(a, R), [s.sliced_const(k, b, 1, parts[k]) for k in range(s.p)]],
                     [Layout("S", r - 1, parts)])
@@ -425,6 +487,10 @@ def _matmul(s: Sharder, n: Node) -> None:
                 if y == x or (y.kind != "P" and s.g.values[a].shape[x.axis] == s.g.values[b].shape[x.axis]):
                     s.place(n, [s.need(a, x), s.need(b, x)], [x])
                     return
+        if la.kind == "S" and la.axis == r - 2:
+            # query rows split (sequence parallel): every chip needs all the keys (values)
+            s.place(n, [[a] * s.p, s.need(b, R, mxm=True)], [la])
+            return
     s.replicate(n)
 
 
@@ -447,7 +513,7 @@ def _gemm(s: Sharder, n: Node) -> None:
         s.log.append(f"{n.name}: W {K}x{N} split by rows -> P")
         return
     unit = _lookahead(s, n.outputs[0])
-    if unit is None or K * N < MIN_SPLIT or N // unit < s.p or N % unit:
+    if unit is None or K * N < MIN_SPLIT_TILE * s.chip.lanes ** 2 or N // unit < s.p or N % unit:
         return s.replicate(n)
     parts = even_parts(N, s.p, unit)
     ws = [s.sliced_const(k, b, 0 if tb else 1, parts[k]) for k in range(s.p)]
@@ -581,12 +647,22 @@ def _squeeze_unsqueeze(s: Sharder, n: Node) -> None:
 def _gather(s: Sharder, n: Node) -> None:
     table, ids = n.inputs[0], n.inputs[1]
     c = s.g.values[table].const
+    lid = s.out_layout(ids) if not s.g.is_const(ids) and ids not in s.g.inputs else R
+    r = len(s.g.values[n.outputs[0]].shape)
+    if c is not None and n.attrs.get("axis", 0) == 0 and c.ndim == 2 and len(s.g.values[ids].shape) >= 1 \
+            and (s.mode == "sp" or lid.kind == "S"):
+        # token rows: each chip looks up its own tokens (sequence parallel)
+        ax = len(s.g.values[ids].shape) - 1
+        seq = s.g.values[ids].shape[ax]
+        if lid.kind == "S" or seq >= s.p:
+            lay = lid if lid.kind == "S" else Layout("S", ax, even_parts(seq, s.p))
+            s.place(n, [[s.use(k, table) for k in range(s.p)], s.need(ids, lay)], [lay])
+            return
     if c is None or c.ndim != 2 or n.attrs.get("axis", 0) != 0 or c.shape[1] < s.p or c.dtype.kind != "f" \
             or c.size * 2 < s.chip.sram_bytes * EMBEDDING_SHARE:
         return s.replicate(n)
     # an embedding: each chip holds some of every row's columns
     parts = even_parts(c.shape[1], s.p)
-    r = len(s.g.values[n.outputs[0]].shape)
     s.place(n, [[s.sliced_const(k, table, 1, parts[k]) for k in range(s.p)], s.need(ids, R)],
             [Layout("S", r - 1, parts)])
     s.log.append(f"{n.name}: table {c.shape[0]}x{c.shape[1]} split by columns -> S")
@@ -601,10 +677,11 @@ RULES: dict[str, Callable[[Sharder, Node], None]] = {
 }
 
 
-def shard(g: Graph, chips: int, chip: ChipConfig, precision_dtype: str, wire_dtype: str = "f32") -> Partition:
-    """Split every layer of ``g`` over ``chips`` chips (see the module docstring); CapacityError when
-    a chip cannot hold its weights."""
-    s = Sharder(g, chips, chip, LINK_DTYPES[wire_dtype])
+def shard(g: Graph, chips: int, chip: ChipConfig, precision_dtype: str, wire_dtype: str = "f32",
+          mode: str = "tp") -> Partition:
+    """Split every layer of ``g`` over ``chips`` chips (see the module docstring): ``mode`` ``tp``
+    splits weights, ``sp`` token rows; CapacityError when a chip cannot hold its weights."""
+    s = Sharder(g, chips, chip, LINK_DTYPES[wire_dtype], mode, LINK_DTYPES[precision_dtype])
     stages = s.run()
     budget = int(chip.sram_bytes * WEIGHT_SHARE)
     for st in stages:
@@ -613,5 +690,5 @@ def shard(g: Graph, chips: int, chip: ChipConfig, precision_dtype: str, wire_dty
         if st.weight_bytes > budget:
             raise CapacityError(f"tensor parallel on {chips} chip(s): chip {st.chip} needs {st.weight_bytes:,} bytes "
                                 f"of weights; one {chip.name} chip holds {budget:,}: use more chips")
-    return Partition("tp", stages, weight_bytes(g, list(g.nodes), chip, precision_dtype),
+    return Partition(mode, stages, weight_bytes(g, list(g.nodes), chip, precision_dtype),
                      s.log + [f"partial sums travel as {wire_dtype}"])
