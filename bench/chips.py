@@ -1,8 +1,10 @@
-"""Multi-chip compiles side by side: one model on 1, 2, 4 and 8 chips of a system (pipeline split),
-each compiled, emulated and checked, with cycles, microseconds, speed-up over one chip, link use and
+"""Multi-chip compiles side by side: one model on 1, 2, 4 and 8 chips of a system, in each split
+(pipeline, tensor parallel, sequence parallel), each compiled, emulated and checked, with cycles,
+microseconds, speed-up over one chip, link use, the link model's lower bound of the all-reduces, and
 the seconds each step took. Writes ``bench/chips.md``.
 
-    python bench/chips.py [--model bert-base] [--chips 1,2,4,8] [--precision fp16] [--system node-lpu-v1]
+    python bench/chips.py [--model bert-base] [--chips 1,2,4,8] [--parallel pp,tp,sp] [--precision fp16]
+                          [--system node-lpu-v1]
 
 Models: ``bert-base`` (HF BERT-base, vocab 30522: needs 2 chips), ``bert-base-v1k`` (BERT-base width with
 a 1024-word vocabulary: fits one), ``gpt2-small`` (vocab 50257), or a path to an .onnx file. The
@@ -34,6 +36,27 @@ def model_path(name: str) -> str:
     return str(build(spec))
 
 
+def all_reduce_bound(sc) -> int:
+    """The link model's lower bound of a tensor-parallel program's all-reduces: each of n vectors over
+    p chips as reduce-scatter + all-gather on a fully connected node, 2 x (latency + ceil(n/p) x cv)
+    cycles, one after the other (every layer needs the previous one's sum)."""
+    from lpuc.kinds.c2c import cycles_per_vector
+
+    if sc.partition.mode != "tp":
+        return 0
+    chip, p = sc.chip, len(sc.parts)
+    total = 0
+    st = sc.parts[0].stage
+    for wire in st.sends:
+        if ".rs0to1" in wire:
+            v = st.local.values[wire]
+            rows = int(v.size // v.shape[-1]) * p  # the block is 1/p of the rows
+            n = rows * -(-v.shape[-1] // chip.lanes)
+            dt = {2: "f16", 4: "f32"}[v.dtype.itemsize]
+            total += 2 * (int(chip.c2c["latency"]) + -(-n // p) * cycles_per_vector(dt, chip))
+    return total
+
+
 def main(argv: list[str] | None = None) -> int:
     from isa.config import load_system
     from isa.timing import program_busy
@@ -44,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="bert-base-v1k")
     ap.add_argument("--chips", default="1,2,4,8")
+    ap.add_argument("--parallel", default="pp,tp,sp")
     ap.add_argument("--precision", default="fp16")
     ap.add_argument("--system", default="node-lpu-v1")
     ap.add_argument("--out", default=str(ROOT / "bench" / "chips.md"))
@@ -53,33 +77,39 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     base = None
     for n in [int(x) for x in args.chips.split(",")]:
-        t0 = time.perf_counter()
-        try:
-            sc = compile_system(path, system, n, precision=args.precision)
-        except CompileError as e:
-            rows.append(f"| {n} | does not fit: {str(e)[:140]} | | | | | | |")
+        for mode in (["pp"] if n == 1 else args.parallel.split(",")):
+            t0 = time.perf_counter()
+            try:
+                sc = compile_system(path, system, n, precision=args.precision, parallel=mode)
+            except CompileError as e:
+                rows.append(f"| {n} | {mode} | does not fit: {str(e)[:140]} | | | | | | | |")
+                print(rows[-1], flush=True)
+                continue
+            compile_s = time.perf_counter() - t0
+            v = verify(sc, path, args.precision, seed=0)
+            r = v.report
+            busy, _ = program_busy(sc.program.queues, sc.chip)
+            link_busy = sum(e - s for (c, sl), ivs in busy.items() if sl.startswith("C2C") for s, e in ivs)
+            base = base or r["emulated_cycles"]
+            worst = max(o["worst_tol_ratio"] for o in r["outputs"].values())
+            bound = all_reduce_bound(sc)
+            rows.append(f"| {n} | {mode} | {r['emulated_cycles']:,} | {r['latency_us']:.1f} | "
+                        f"{base / r['emulated_cycles']:.2f}x | {link_busy:,} | {bound:,} | "
+                        f"{'ok' if v.ok else 'FAIL'} ({worst:.2f} of tolerance) | {compile_s:.1f} | "
+                        f"{r['emulate_s']:.1f} |")
             print(rows[-1], flush=True)
-            continue
-        compile_s = time.perf_counter() - t0
-        v = verify(sc, path, args.precision, seed=0)
-        r = v.report
-        busy, _ = program_busy(sc.program.queues, sc.chip)
-        link_busy = sum(e - s for (c, sl), ivs in busy.items() if sl.startswith("C2C") for s, e in ivs)
-        base = base or r["emulated_cycles"]
-        worst = max(o["worst_tol_ratio"] for o in r["outputs"].values())
-        rows.append(f"| {n} | {r['emulated_cycles']:,} | {r['latency_us']:.1f} | {base / r['emulated_cycles']:.2f}x | "
-                    f"{link_busy:,} | {'ok' if v.ok else 'FAIL'} ({worst:.2f} of tolerance) | {compile_s:.1f} | "
-                    f"{r['emulate_s']:.1f} |")
-        print(rows[-1], flush=True)
     text = [f"# {args.model} on 1..{max(int(x) for x in args.chips.split(','))} chips of {args.system} "
-            f"({args.precision}, pipeline split)", "",
+            f"({args.precision})", "",
             "Made by `python bench/chips.py " + " ".join(argv if argv is not None else sys.argv[1:]) + "`. "
-            "Speed-up is over the smallest chip count that fits. Link cycles: the transmitters' busy cycles summed "
-            "over all links. A pipeline split runs the chips one after the other at batch 1, so more chips hold "
-            "bigger models but do not make one inference faster (tensor-parallel splits, which would, are not "
-            "compiled yet).", "",
-            "| chips | cycles | us | speed-up | link busy cycles | verified | compile s | emulate s |",
-            "|---|---|---|---|---|---|---|---|", *rows, ""]
+            "Speed-up is over one chip. Link busy: the transmitters' busy cycles summed over all links. "
+            "All-reduce bound (tp): the link model's lower bound of the program's all-reduces, "
+            "2 x (latency + ceil(n/p) x cycles per vector) each for n vectors on p chips, one after the other. "
+            "pp runs the chips one after the other at batch 1 (more chips hold bigger models, one inference "
+            "is not faster); tp splits every layer's weights (two all-reduces a layer); sp splits the token "
+            "rows (every chip holds all weights; keys and values gathered).", "",
+            "| chips | split | cycles | us | speed-up | link busy cycles | all-reduce bound | verified | compile s | "
+            "emulate s |",
+            "|---|---|---|---|---|---|---|---|---|---|", *rows, ""]
     Path(args.out).write_text("\n".join(text))
     print(f"wrote {args.out}")
     return 0

@@ -4,6 +4,11 @@
 
 ``compile_model(..., dump_after="tile")`` prints the IR after that pass (``lpuc compile
 --dump-after tile``), so every step can be read.
+
+On several chips (``compile_system``):
+
+    import -> fold -> partition (pp) | shard (tp, sp) -> per chip: lower -> heads -> tile -> transfer
+    -> fifo_order (all chips) -> per chip: mirror -> allocate -> schedule_system (all chips) -> codegen -> merge
 """
 
 from __future__ import annotations

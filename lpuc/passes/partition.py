@@ -16,9 +16,9 @@ one whose crossing bytes are least (layer boundaries carry only the hidden state
 weights must fit ``WEIGHT_SHARE`` of the chip's SRAM. ``chips_needed`` is the smallest n for which
 such a split exists.
 
-This is the first step of the multi-chip compiler (issue 13): the stages are computed and checked
-(tests/test_partition.py runs them chained in onnxruntime); lowering each stage onto its chip with
-the transfers between them is the next.
+The tensor- and sequence-parallel splits (every chip a share of every layer) are ``lpuc.passes.shard``;
+both produce the ``Partition`` of ``Stage`` s that the later passes take chip by chip
+(``lpuc.pipeline.compile_system``).
 """
 
 from __future__ import annotations
