@@ -7,8 +7,9 @@
 
 On several chips (``compile_system``):
 
-    import -> fold -> partition (pp) | shard (tp, sp) -> per chip: lower -> heads -> tile -> transfer
-    -> fifo_order (all chips) -> per chip: mirror -> allocate -> schedule_system (all chips) -> codegen -> merge
+    import -> fold -> partition (pp) | shard (tp, sp) -> per chip: lower -> heads -> tile
+    -> transfer (all chips) -> per chip: mirror -> allocate -> schedule_system (all chips)
+    -> per chip: codegen -> merge
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from lpuc.passes.schedule import SCHEDULERS, Schedule, schedule
 from lpuc.passes.tile import tile
 from lpuc.passes.schedule_system import schedule_system
 from lpuc.passes.shard import LINK_DTYPES, shard
-from lpuc.passes.transfer import add_transfers, fifo_order
+from lpuc.passes.transfer import add_transfers
 from lpuc.prim import PrimGraph
 from lpuc.roofline import Roofline, roofline
 from lpuc.tasks import TaskGraph
@@ -286,8 +287,8 @@ def compile_system(path: "str | Path | onnx.ModelProto", system: SystemConfig, c
             pg = step("heads", lambda: heads(pg, chip))
             tg = step("tile", lambda: tile(pg, chip))
             pgs.append(pg)
-            tgs.append(step("transfer", lambda: add_transfers(tg, stage, system, chip)))
-        step("transfer", lambda: fifo_order(tgs))
+            tgs.append(tg)
+        step("transfer", lambda: add_transfers(tgs, part.stages, system, chip))
         for k, stage in enumerate(part.stages):
             tgs[k] = step("mirror", lambda: mirror(tgs[k], chip))
             try:

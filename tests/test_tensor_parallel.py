@@ -123,3 +123,22 @@ def test_unknown_split_is_refused(tmp_path):
     r = subprocess.run([sys.executable, "-m", "lpuc", "compile", str(MODELS / "mlp_tiny.onnx"), "--chips", "2",
                         "--parallel", "xx"], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 2 and not list(tmp_path.iterdir())
+
+
+def forwards(sc) -> int:
+    return sum(1 for p in sc.parts for t in p.tasks.tasks if t.kind == "forward")
+
+
+@pytest.mark.parametrize("parallel,chips,precision", [("pp", 4, "fp32"), ("sp", 4, "fp16"), ("tp", 3, "fp16")])
+def test_forwarding_over_a_ring(parallel, chips, precision):
+    """dragonfly-2x2-tiny is the ring 0-1-3-2-0: chips 0 and 3, 1 and 2 have no direct link, so their
+    transfers are forwarded by a chip on the route (RECV onto the streams, SEND on the next link)."""
+    sc, _ = check("bert_tiny", "dragonfly-2x2-tiny", chips, precision, parallel)
+    assert forwards(sc) > 0
+
+
+def test_sixteen_chips_of_the_dragonfly():
+    """Token rows over 16 chips of the 32-chip dragonfly-4x8-lpu-v1: chips in different nodes without a
+    global link between them reach each other through a chip of each node."""
+    sc, _ = check("bert_tiny", "dragonfly-4x8-lpu-v1", 16, "fp16", "sp")
+    assert forwards(sc) > 0

@@ -21,8 +21,8 @@ module               task kinds                                     primitive ki
                                                                     ``relayout``, ``transpose``
 ``gather``           ``gather``                                     ``gather``
 ``matmul``           ``chain``                                      ``matmul``, ``mmheads``
-``c2c``              ``send``, ``recv`` (chip-to-chip transfers,    --
-                     added by ``lpuc.passes.transfer``)
+``c2c``              ``send``, ``recv``, ``forward`` (chip-to-chip  --
+                     transfers, added by ``lpuc.passes.transfer``)
 ===================  =============================================  ===============================
 
 Adding a task kind (e.g. ``send``/``recv`` over chip-to-chip links)

@@ -1,4 +1,4 @@
-"""Chip-to-chip transfers: ``send`` and ``recv`` task kinds over one C2C link.
+"""Chip-to-chip transfers: ``send``, ``recv`` and ``forward`` task kinds over C2C links.
 
 A ``send`` task READs a tensor's vectors so that vector j passes the link's C2C slice in cycle
 ``anchor + j`` and SENDs them there: the link carries one vector per cv = cdiv(width * lanes,
@@ -80,3 +80,37 @@ class RecvTask(TaskKind):
         ti = b.inst(sl, 0, "RECV", dt=dt.code, d=0, n=dst.n)
         b.write_group(dst, b.pos(sl), int(chip.latency["c2c_recv"]), ti, "d")
         return b.finish()
+
+
+@register_task_kind
+class ForwardTask(TaskKind):
+    """A chip on a transfer's route passes ``attrs["n"]`` vectors on: RECV them from link
+    ``attrs["rx"]`` onto a stream group flowing towards link ``attrs["tx"]`` and SEND them there as they
+    pass, with no SRAM on the way (each chip is a switch). RECV puts vector j on the streams at the rx
+    slice in cycle ``c2c_recv + j``; it passes the tx slice ``|pos(tx) - pos(rx)|`` cycles later, which
+    is where the SEND issues. As a receiver it is released like a ``recv`` of its vectors; as a sender
+    its vectors reach the next chip like those of a ``send`` issued at its SEND."""
+
+    name = "forward"
+
+    def template(self, task: Task, chip: ChipConfig) -> Template:
+        b = Builder(chip)
+        rx, tx = task.attrs["rx"], task.attrs["slice"]
+        n = int(task.attrs["n"])
+        dt = DTYPES[task.attrs["dtype"]]
+        prx, ptx = b.pos(rx), b.pos(tx)
+        # the stream flows from the receiving edge towards the sending one (inwards when both share it)
+        direction = "E" if ptx > prx or (ptx == prx and prx < chip.positions // 2) else "W"
+        fl = b.new_flight(direction, dt.width)
+        t0 = int(chip.latency["c2c_recv"])
+        d0 = b.diag(direction, t0, prx)
+        for k in range(dt.width):
+            b.flights[fl].parts.append((k, min(prx, ptx), max(prx, ptx), d0, d0 + n - 1))
+        ri = b.inst(rx, 0, "RECV", dt=dt.code, d=0, n=n)
+        ri.refs["d"] = (fl, 0)
+        si = b.inst(tx, t0 + abs(ptx - prx), "SEND", dt=dt.code, s=0, n=n)
+        si.refs["s"] = (fl, 0)
+        return b.finish()
+
+    def work(self, task: Task, tpl: Template, chip: ChipConfig) -> list[tuple[str, Any]]:
+        return []

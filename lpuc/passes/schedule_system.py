@@ -2,17 +2,16 @@
 
 Each chip keeps its own reservation tables, templates and dependencies: one
 ``lpuc.passes.schedule.Scheduler`` per chip, with a chip id on everything it books. What joins the
-chips are the transfers (``lpuc.passes.transfer``): a ``recv`` task on chip b takes its vectors from
-one ``send`` task on chip a (``attrs["from"]``), so it becomes ready only once that send is placed,
-and its earliest anchor is then ``recv_release(S, k0, n)`` for the send's anchor S
-(``lpuc.kinds.c2c``). Links are booked like any other port: a send holds its link's transmit port
-for the cycles it streams, so two transfers never share a link at once.
+chips are the transfers (``lpuc.passes.transfer``): a receiving task (``recv``, or a ``forward`` on a
+chip along the route) takes its vectors from one sending task (``send`` or ``forward``) on the
+previous chip (``attrs["from"]``), so it becomes ready only once that task is placed, and its earliest
+anchor is then ``recv_release(S, k0, n)`` for the cycle S of the sender's SEND (``lpuc.kinds.c2c``).
 
-Every link is first in, first out: the sends on a link leave in their program order, and the recvs
-of its vectors on the other chip run in the order the vectors arrive (each after the previous one's
-last RECV). A recv must also run soon after its vectors arrive, or the receive FIFO overflows: so a
-send waits until every task its recvs depend on is placed, and is anchored late enough that each of
-its recvs is ready on its own chip by the time its vectors are in (``before_send``).
+Links are booked like any other port -- a SEND holds its link's transmit port for the cycles it
+streams, so two transfers never share a link at once -- and they are first in, first out: the sends
+on a link are placed in increasing cycles (a sender placed after another on its link issues after
+it), so vectors arrive in the order their senders were placed, and the receiving tasks of a link run
+in that same order, each after the previous one's last RECV.
 
 * ``list``: one heap over the ready tasks of all chips, the most urgent first -- earliest start minus
   the critical path still behind the task, measured across chips (a send's path goes on through the
@@ -26,16 +25,21 @@ its recvs is ready on its own chip by the time its vectors are in (``before_send
 from __future__ import annotations
 
 import heapq
-from collections import defaultdict
+from collections import defaultdict, deque
 
 from isa.config import ChipConfig
 from lpuc.errors import CompileError
-from lpuc.kinds.c2c import cycles_per_vector, recv_release
+from lpuc.kinds.c2c import recv_release
 from lpuc.passes.allocate import Allocation
-from lpuc.passes.schedule import Delta, Schedule, Scheduler
-from lpuc.tasks import TaskGraph
+from lpuc.passes.schedule import Schedule, Scheduler
+from lpuc.tasks import Task, TaskGraph
 
 Key = tuple[int, int]  # (chip, task id)
+
+
+def _send_rel(task: Task, sch: Scheduler) -> int:
+    """The SEND's cycle relative to the task's anchor (0 for a send; later in a forward)."""
+    return next(ti.rel for ti in sch.tpl[task.id].insts if ti.mnemonic == "SEND")
 
 
 class SystemScheduler:
@@ -44,68 +48,49 @@ class SystemScheduler:
         self.chip = chip
         self.kind = kind
         self.chips = [Scheduler(tg, al, chip, kind) for tg, al in zip(tgs, allocs)]
-        self.send_of: dict[Key, Key] = {}  # recv -> the send it takes its vectors from
-        self.recvs_of: dict[Key, list[Key]] = defaultdict(list)
-        # send -> (task on the receiving chip, delta, recv): the send's anchor S must satisfy
-        # S + off(recv) >= start(task) + delta, so that the recv can run as soon as its vectors arrive
-        self.before_send: dict[Key, list[tuple[Key, Delta, Key]]] = defaultdict(list)
-        self._links()
-
-    def _off(self, r: Key) -> int:
-        """recv anchor - send anchor when the recv runs as soon as its vectors have arrived."""
-        task = self.tgs[r[0]].tasks[r[1]]
-        acc = task.writes[0]
-        return recv_release(0, task.attrs["from"][3], acc.n, acc.tensor.dtype, self.chip)
-
-    def _links(self) -> None:
-        """Match recvs to sends; keep every link first in, first out (module docstring)."""
-        on_link: dict[tuple[int, str], list[int]] = defaultdict(list)  # (chip, slice) -> sends, program order
-        where: dict[tuple[int, str, int, int], int] = {}
-        for a, tg in enumerate(self.tgs):
+        self.send_of: dict[Key, Key] = {}  # receiving task -> the task it takes its vectors from
+        self.recvs_of: dict[Key, list[Key]] = defaultdict(list)  # sending task -> its receivers, in order
+        senders: dict[tuple, int] = {}
+        for a, tg in enumerate(tgs):
             for t in tg.tasks:
-                if t.kind == "send":
-                    link = int(t.attrs["slice"][3:])
-                    where[(a, t.attrs["value"], t.attrs["dst"], link)] = t.id
-                    on_link[(a, t.attrs["slice"])].append(t.id)
-        order: dict[Key, int] = {}
-        for (a, _), ids in on_link.items():
-            for i, tid in enumerate(ids):
-                order[(a, tid)] = i
-            cv = None
-            for x, y in zip(ids, ids[1:]):  # sends on a link leave in program order
-                acc = self.tgs[a].tasks[x].reads[0]
-                cv = cycles_per_vector(acc.tensor.dtype, self.chip)
-                self.chips[a].deps.setdefault(y, []).append((x, ((acc.n * cv,),)))
-        arriving: dict[tuple[int, str], list[tuple[int, int, int]]] = defaultdict(list)
-        for b, tg in enumerate(self.tgs):
+                if t.kind in ("send", "forward"):
+                    senders[(a, t.attrs["value"], t.attrs["dst"], t.attrs["slice"], t.attrs["part"],
+                             t.attrs["to"])] = t.id
+        for b, tg in enumerate(tgs):
             for t in tg.tasks:
-                if t.kind != "recv":
+                if "from" not in t.attrs:
                     continue
-                src, wire, link, k0 = t.attrs["from"]
-                sid = where.get((src, wire, b, link))
+                src, wire, link, part, _, to = t.attrs["from"]
+                sid = senders.get((src, wire, b, f"C2C{link}", part, to))
                 if sid is None:
                     raise CompileError(f"internal: chip {b} receives {wire} from chip {src} over its link {link}, "
-                                       f"which sends nothing of it")
+                                       f"which sends nothing of it there")
                 self.send_of[(b, t.id)] = (src, sid)
                 self.recvs_of[(src, sid)].append((b, t.id))
-                arriving[(b, t.attrs["slice"])].append((order[(src, sid)], k0, t.id))
-        for (b, _), rs in arriving.items():  # a link's FIFO is read in the order it was filled
-            rs.sort()
-            for (_, _, x), (_, _, y) in zip(rs, rs[1:]):
-                self.chips[b].deps.setdefault(y, []).append((x, ((self.tgs[b].tasks[x].writes[0].n,),)))
-        for r, s in self.send_of.items():
-            for t, delta in self.chips[r[0]].deps.get(r[1], []):
-                if self.send_of.get((r[0], t)) != s:  # the send's own earlier chunks follow from its anchor
-                    self.before_send[s].append(((r[0], t), delta, r))
+        for rs in self.recvs_of.values():
+            rs.sort(key=lambda r: self.tgs[r[0]].tasks[r[1]].attrs["from"][4])
+        self.last_send: dict[tuple[int, str], int] = {}  # (chip, link slice) -> cycle of its latest SEND
+        self.arriving: dict[tuple[int, str], deque[Key]] = defaultdict(deque)  # receivers of a link, in order
+        self.last_recv: dict[tuple[int, str], int] = {}  # (chip, link slice) -> end of its latest RECV
+
+    def _off(self, r: Key) -> int:
+        """recv anchor - SEND cycle when the receiver runs as soon as its vectors have arrived."""
+        a = self.tgs[r[0]].tasks[r[1]].attrs
+        return recv_release(0, a["from"][4], int(a["n"]), a["dtype"], self.chip)
+
+    def _rx(self, r: Key) -> tuple[int, str]:
+        a = self.tgs[r[0]].tasks[r[1]].attrs
+        return (r[0], a["rx"] if "rx" in a else a["slice"])
 
     def _place(self, key: Key) -> None:
         c, tid = key
         sch = self.chips[c]
         task = self.tgs[c].tasks[tid]
-        if key in self.before_send:  # late enough that its recvs find their chip ready for them
-            task.attrs["release"] = max([0] + [
-                self.chips[t[0]].sched.placements[t[1]].start + d[self.chips[t[0]].chosen[t[1]]][0] - self._off(r)
-                for t, d, r in self.before_send[key]])
+        a = task.attrs
+        if a.get("dst") is not None:  # a sender issues after the link's earlier SENDs (first in, first out)
+            last = self.last_send.get((c, a["slice"]))
+            if last is not None:
+                a["release"] = max(a.get("release", 0), last + 1 - _send_rel(task, sch))
         if self.kind == "list":
             p = sch._fit(task)
         else:
@@ -115,18 +100,17 @@ class SystemScheduler:
             p = sch._fit_one(task, sch.tpl[tid], ready)
         sch._commit(task, p)
         self._finish[c] = max(self._finish[c], p.start + sch.tpl[tid].end)
-        for r in self.recvs_of.get(key, []):
-            self.tgs[r[0]].tasks[r[1]].attrs["release"] = p.start + self._off(r)
-
-    def _cycle(self, succ: dict[Key, list[tuple[Key, int]]], left: set[Key]) -> str:
-        """One dependency cycle among the tasks ``left``, for the error message."""
-        import networkx as nx
-
-        dg = nx.DiGraph([(a, b) for a in left for b, _ in succ[a] if b in left])
-        cyc = nx.find_cycle(dg)
-        return " -> ".join(f"chip {a[0]} task {a[1]} ({self.tgs[a[0]].tasks[a[1]].kind} "
-                           f"{self.tgs[a[0]].tasks[a[1]].node or self.tgs[a[0]].tasks[a[1]].attrs.get('value', '')})"
-                           for a, _ in cyc)
+        if key in self.send_of:  # the link's next receiver may go now, one RECV after this one's last
+            rx = self._rx(key)
+            self.last_recv[rx] = p.start + int(a["n"])
+            assert self.arriving[rx][0] == key
+            self.arriving[rx].popleft()
+        if a.get("dst") is not None:
+            issue = p.start + _send_rel(task, sch)
+            self.last_send[(c, a["slice"])] = issue
+            for r in self.recvs_of.get(key, []):
+                self.tgs[r[0]].tasks[r[1]].attrs["release"] = issue + self._off(r)
+                self.arriving[self._rx(r)].append(r)
 
     def run(self) -> list[Schedule]:
         """Place every task: a heap of the ready ones over all chips (``list``: most urgent first;
@@ -142,12 +126,9 @@ class SystemScheduler:
                     succ[(c, a)].append(((c, b), delta[0][0]))
                     pending[(c, b)] += 1
         for r, s in self.send_of.items():
-            succ[s].append((r, self._off(r)))
+            sch = self.chips[s[0]]
+            succ[s].append((r, _send_rel(self.tgs[s[0]].tasks[s[1]], sch) + self._off(r)))
             pending[r] += 1
-        for s, pre in self.before_send.items():
-            for t, delta, r in pre:
-                succ[t].append((s, delta[0][0] - self._off(r)))
-                pending[s] += 1
         # critical path behind every task, over all chips: reverse of a topological order of the whole
         order: list[Key] = []
         left = dict(pending)
@@ -160,8 +141,7 @@ class SystemScheduler:
                 if left[b] == 0:
                     stack.append(b)
         if len(order) != len(pending):
-            raise CompileError("the chips' task graphs have a dependency cycle (a transfer waits for itself): "
-                               + self._cycle(succ, set(pending) - set(order)))
+            raise CompileError("the chips' task graphs have a dependency cycle")
         prio: dict[Key, int] = {}
         for k in reversed(order):
             tpl = self.chips[k[0]].tpl[k[1]]
@@ -170,22 +150,39 @@ class SystemScheduler:
                 best = max(best, delta + prio[b])
             prio[k] = best
 
-        def rank(k: Key) -> tuple[int, int, int]:
+        def push(k: Key) -> None:
+            if k in self.send_of:
+                rx = self._rx(k)
+                if self.arriving[rx][0] != k:  # an earlier arrival on its link goes first
+                    return
+                task = self.tgs[k[0]].tasks[k[1]]
+                task.attrs["release"] = max(task.attrs["release"], self.last_recv.get(rx, 0))
             if self.kind != "list":
-                return (k[1], k[0], 0)
-            # urgency: the cycle the task could start minus the critical path still behind it
-            return (self.chips[k[0]]._ready(self.tgs[k[0]].tasks[k[1]]) - prio[k], k[0], k[1])
+                rank = (k[1], k[0])
+            else:  # urgency: the cycle the task could start minus the critical path still behind it
+                rank = (self.chips[k[0]]._ready(self.tgs[k[0]].tasks[k[1]]) - prio[k], k[0])
+            heapq.heappush(heap, (*rank, *k))
 
-        heap = [(*rank(k), *k) for k, n in pending.items() if n == 0]
-        heapq.heapify(heap)
+        heap: list[tuple[int, int, int, int]] = []
+        for k, n in pending.items():
+            if n == 0:
+                push(k)
+        placed = 0
         while heap:
             *_, c, tid = heapq.heappop(heap)
             key = (c, tid)
             self._place(key)
+            placed += 1
+            if key in self.send_of:
+                q = self.arriving[self._rx(key)]
+                if q and pending[q[0]] == 0:
+                    push(q[0])
             for b, _ in succ[key]:
                 pending[b] -= 1
                 if pending[b] == 0:
-                    heapq.heappush(heap, (*rank(b), *b))
+                    push(b)
+        if placed != len(pending):
+            raise CompileError("the chips' transfers wait for each other in a cycle")
         return [s.sched for s in self.chips]
 
 

@@ -1,46 +1,48 @@
-"""Pass 5b -- transfer (multi-chip): a chip's task graph gets the chip-to-chip transfers it takes part in.
+"""Pass 5b -- transfer (multi-chip): every chip's task graph gets the chip-to-chip transfers it takes part in.
 
 After tiling, one chip's task graph (``lpuc.passes.partition.Stage``) reads the values other chips
-send it as graph inputs and gives the values it sends as graph outputs. Here
+send it as graph inputs and gives the values it sends as graph outputs. Here, for all chips at once,
 
 * every sent value (unless it is also a model output) becomes a tensor read by ``send`` tasks placed
-  right after the last task that writes it: for each destination chip, one per link between the two
-  chips, each carrying its contiguous share of the vectors (``shares``; pair-tiny's two links halve
-  the transfer time);
+  right after the last task that writes it: for each destination chip with a direct link, one per
+  link between the two chips, each carrying its contiguous share of the vectors (``shares``;
+  pair-tiny's two links halve the transfer time);
 * every received value becomes a tensor written by ``recv`` tasks (``lpuc.kinds.c2c``) placed right
-  before the first task that reads it: one per chunk of the receive FIFO of each link's share. A recv
-  names the send it takes its vectors from (``attrs["from"]``: source chip, wire name, the source's
-  link, and its first vector within that send), so that the scheduler of the whole system
-  (``lpuc.passes.schedule_system``) can release it once that send is placed;
+  before the first task that reads it, one per chunk of the receive FIFO of each sending task;
+* a value for a chip without a direct link goes along ``system.route``: the source sends it whole on
+  the route's first link, every chip on the way passes it on with ``forward`` tasks (RECV onto the
+  streams, SEND on the next link, no SRAM), one per chunk of the receive FIFO, and the destination
+  receives each forwarded chunk.
 
-and neither is a host input or output any more, but both keep their SRAM words for the whole program
-(``TaskGraph.received``, ``TaskGraph.sent``): the words of a received value must be free whenever its vectors arrive, and a
-sent value must hold until the link has taken it; neither may wait for the chip's other work, or a
-link would wait for a chip that waits for the link. The split of a value over the links depends only on
-its size and the links between the two chips, so sender and receiver agree without seeing each
-other. A value travels under its *wire name* (``Stage.wires``, by default its own name): the name it
-has in the receiving chip's graph.
+Every receiving task names the sending task it takes its vectors from (``attrs["from"]``: sending
+chip, wire name, its link, the first vector that task carries (``attrs["part"]``), the offset within
+it, and the transfer's destination chip (``attrs["to"]``)), so that the scheduler of the whole system (``lpuc.passes.schedule_system``) can release
+it once that task is placed.
+
+Sent and received values are no host inputs or outputs any more, but both keep their SRAM words for
+the whole program (``TaskGraph.received``, ``TaskGraph.sent``): the words of a received value must be
+free whenever its vectors arrive, and a sent value must hold until the link has taken it; neither may
+wait for the chip's other work, or a link would wait for a chip that waits for the link. A value
+travels under its *wire name* (``Stage.wires``, by default its own name): the name it has in the
+receiving chip's graph.
 """
 
 from __future__ import annotations
 
 from isa.config import ChipConfig, SystemConfig
-from lpuc.errors import CompileError
 from lpuc.kinds.c2c import chunk_vectors
 from lpuc.passes.partition import Stage
 from lpuc.tasks import Access, Task, TaskGraph
 
 
 def links_to(system: SystemConfig, src: int, dst: int) -> list[tuple[int, int]]:
-    """(link on src, link on dst) of every direct link between two chips, in link order."""
+    """(link on src, link on dst) of every direct link between two chips, in link order (none: the
+    transfer is forwarded along ``system.route``)."""
     pairs = []
     for out in system.links_between(src, dst):
         peer = system.peer(src, out)
         assert peer is not None and peer[0] == dst
         pairs.append((out, peer[1]))
-    if not pairs:
-        raise CompileError(f"{system.name}: chips {src} and {dst} have no direct link; this split needs every "
-                           f"pair of chips that exchange data linked (forwarding over a route is not compiled yet)")
     return pairs
 
 
@@ -51,87 +53,103 @@ def shares(n: int, parts: int) -> list[tuple[int, int]]:
     return [(a, b - a) for a, b in zip(cuts, cuts[1:]) if b > a]
 
 
-def add_transfers(tg: TaskGraph, stage: Stage, system: SystemConfig, chip: ChipConfig) -> TaskGraph:
-    """Add the stage's recv and send tasks to ``tg`` (see the module docstring)."""
-    receives, sends = stage.receives, set(stage.sends)
+def add_transfers(tgs: list[TaskGraph], stages: list[Stage], system: SystemConfig, chip: ChipConfig) -> list[TaskGraph]:
+    """Add every chip's send, recv and forward tasks (see the module docstring); ``tgs[k]`` is chip k's
+    task graph, ``stages[k]`` its part of the model."""
     c = chunk_vectors(chip)
-    view_of = getattr(tg, "view_of", {})  # a view's vectors are its base tensor's (lpuc.kinds.movement)
-
-    def base(t):  # type: ignore[no-untyped-def]
-        return view_of.get(t.id, t)
-
-    first_read: dict[int, int] = {}
-    last_write: dict[int, int] = {}
-    for i, task in enumerate(tg.tasks):
-        for a in task.reads:
-            first_read.setdefault(base(a.tensor).id, i)
-        for a in task.writes:
-            last_write[base(a.tensor).id] = i
-    before: dict[int, list[Task]] = {}  # task position -> transfer tasks to put before it
-    after: dict[int, list[Task]] = {}  # task position -> transfer tasks to put after it (-1: first)
-    for t in [t for t in tg.inputs if t.name in receives]:
-        src = stage.receives[t.name]
-        back = dict(links_to(system, src, stage.chip))
-        n_all = t.vectors(chip.lanes)
-        for (out, _), (j0, n) in zip(links_to(system, src, stage.chip), shares(n_all, len(back))):
-            for k0 in range(0, n, c):  # vector k0 of this link's share is vector j0 + k0 of the value
-                m = min(c, n - k0)
-                before.setdefault(first_read.get(t.id, len(tg.tasks)), []).append(
-                    Task(-1, "recv", [], [Access(t, j0 + k0, 1, m)],
-                         {"slice": f"C2C{back[out]}", "src": src, "from": (src, t.name, out, k0)}))
-        t.role = "temp"
-        tg.received.append(t)
-    tg.inputs = [t for t in tg.inputs if t.name not in receives]
-    model_outputs = set(stage.outputs)
-    for t in [t for t in tg.outputs if t.name in sends]:
-        src = base(t)
-        wire = stage.wires.get(t.name, t.name)
-        for dst in stage.sends[t.name]:
-            pairs = links_to(system, stage.chip, dst)
-            for (out, _), (j0, n) in zip(pairs, shares(t.vectors(chip.lanes), len(pairs))):
-                after.setdefault(last_write.get(src.id, -1), []).append(
-                    Task(-1, "send", [Access(src, j0, 1, n)], [], {"slice": f"C2C{out}", "dst": dst, "value": wire}))
-        if t.name not in model_outputs:
-            t.role = "temp"
-            tg.sent.append(src)
-    tg.outputs = [t for t in tg.outputs if t.name not in sends or t.name in model_outputs]
-    tasks = list(after.get(-1, []))
-    for i, task in enumerate(tg.tasks):
-        tasks += before.get(i, []) + [task] + after.get(i, [])
-    tasks += before.get(len(tg.tasks), [])
-    tg.tasks = tasks
-    for i, task in enumerate(tg.tasks):  # task ids are positions in program order
-        task.id = i
-    return tg
-
-
-def fifo_order(tgs: list[TaskGraph]) -> None:
-    """Put every chip's recvs of a link in the order its vectors arrive: the sends on a link leave in
-    the sender's program order (``lpuc.passes.schedule_system``), so a recv of earlier vectors moves
-    up to just before the first of the later ones' recvs where that comes first. Allocation follows
-    program order, so the words a recv writes are then never freed by a task that needs a later recv
-    of the same link, which would make the link wait for itself."""
-    sent: dict[tuple[int, str, int, int], int] = {}  # (chip, wire, dst, link) -> index among the link's sends
-    count: dict[tuple[int, str], int] = {}
-    for a, tg in enumerate(tgs):
-        for t in tg.tasks:
-            if t.kind == "send":
-                k = (a, t.attrs["slice"])
-                sent[(a, t.attrs["value"], t.attrs["dst"], int(t.attrs["slice"][3:]))] = count.get(k, 0)
-                count[k] = count.get(k, 0) + 1
-    for b, tg in enumerate(tgs):
-        links: dict[str, list[tuple[tuple[int, int], int]]] = {}
-        for i, t in enumerate(tg.tasks):
-            if t.kind == "recv":
-                src, wire, link, k0 = t.attrs["from"]
-                links.setdefault(t.attrs["slice"], []).append(((sent[(src, wire, b, link)], k0), i))
-        key = {i: (float(i), 0, 0) for i in range(len(tg.tasks))}
-        for rs in links.values():
-            rs.sort()
-            low = float("inf")
-            for fifo, i in reversed(rs):  # the earliest place any later-arriving recv of the link sits
-                low = min(low, i)
-                key[i] = (low - 0.5, 0, fifo[0] * (1 << 32) + fifo[1])
-        tg.tasks = [tg.tasks[i] for i in sorted(range(len(tg.tasks)), key=lambda i: key[i])]
+    L = chip.lanes
+    before: list[dict[int, list[Task]]] = [{} for _ in tgs]  # per chip: position -> tasks to put before it
+    after: list[dict[int, list[Task]]] = [{} for _ in tgs]  # per chip: position -> tasks to put after it
+    forwards: list[list[Task]] = [[] for _ in tgs]
+    first_read: list[dict[int, int]] = []
+    last_write: list[dict[int, int]] = []
+    views = [getattr(tg, "view_of", {}) for tg in tgs]  # a view's vectors are its base tensor's
+    for k, tg in enumerate(tgs):
+        fr: dict[int, int] = {}
+        lw: dict[int, int] = {}
         for i, task in enumerate(tg.tasks):
+            for a in task.reads:
+                fr.setdefault(views[k].get(a.tensor.id, a.tensor).id, i)
+            for a in task.writes:
+                lw[views[k].get(a.tensor.id, a.tensor).id] = i
+        first_read.append(fr)
+        last_write.append(lw)
+    inputs = [{t.name: t for t in tg.inputs} for tg in tgs]
+
+    def receive(d: int, t, src: int, wire: str, link: int, entry: int, part: int, n: int) -> None:
+        """Chip d takes vectors part .. part+n-1 of ``t`` off link ``entry``, which the task on chip
+        ``src`` sending vectors from ``part`` on over its link ``link`` put there: one recv per chunk."""
+        for k0 in range(0, n, c):
+            m = min(c, n - k0)
+            before[d].setdefault(first_read[d].get(t.id, len(tgs[d].tasks)), []).append(
+                Task(-1, "recv", [], [Access(t, part + k0, 1, m)],
+                     {"slice": f"C2C{entry}", "src": src, "from": (src, wire, link, part, k0, d), "n": m,
+                      "dtype": t.dtype}))
+
+    for a, (tg, st) in enumerate(zip(tgs, stages)):
+        model_outputs = set(st.outputs)
+        for t in [t for t in tg.outputs if t.name in st.sends]:
+            src = views[a].get(t.id, t)
+            wire = st.wires.get(t.name, t.name)
+            n_all = t.vectors(L)
+            pos = last_write[a].get(src.id, -1)
+            for d in st.sends[t.name]:
+                got = inputs[d][wire]
+                pairs = links_to(system, a, d)
+                if pairs:  # every direct link carries a share
+                    for (out, back), (j0, n) in zip(pairs, shares(n_all, len(pairs))):
+                        after[a].setdefault(pos, []).append(
+                            Task(-1, "send", [Access(src, j0, 1, n)], [],
+                                 {"slice": f"C2C{out}", "dst": d, "to": d, "value": wire, "part": j0, "n": n,
+                                  "dtype": t.dtype}))
+                        receive(d, got, a, wire, out, back, j0, n)
+                    continue
+                # no direct link: along the route, every chip on the way forwards it chunk by chunk
+                route = system.route(a, d)
+                k0_link = route[0][1]
+                nxt = system.peer(a, k0_link)
+                assert nxt is not None
+                after[a].setdefault(pos, []).append(
+                    Task(-1, "send", [Access(src, 0, 1, n_all)], [],
+                         {"slice": f"C2C{k0_link}", "dst": nxt[0], "to": d, "value": wire, "part": 0,
+                          "n": n_all, "dtype": t.dtype}))
+                pieces = [(a, k0_link, 0, n_all)]  # (sending chip, its link, first vector, vectors)
+                for hop in range(1, len(route) + 1):
+                    s_chip, s_link = pieces[0][0], pieces[0][1]
+                    here = system.peer(s_chip, s_link)
+                    assert here is not None
+                    r, entry = here
+                    if hop == len(route):
+                        assert r == d
+                        for sc, sl, part, n in pieces:
+                            receive(d, got, sc, wire, sl, entry, part, n)
+                        break
+                    out = route[hop][1]
+                    nxt = system.peer(r, out)
+                    assert nxt is not None and route[hop][0] == r
+                    new = []
+                    for sc, sl, part, n in pieces:
+                        for k0 in range(0, n, c):
+                            m = min(c, n - k0)
+                            forwards[r].append(Task(-1, "forward", [], [], {
+                                "rx": f"C2C{entry}", "slice": f"C2C{out}", "dst": nxt[0], "to": d, "value": wire,
+                                "part": part + k0, "n": m, "dtype": t.dtype, "from": (sc, wire, sl, part, k0, d)}))
+                            new.append((r, out, part + k0, m))
+                    pieces = new
+            if t.name not in model_outputs:
+                t.role = "temp"
+                tg.sent.append(src)
+        tg.outputs = [t for t in tg.outputs if t.name not in st.sends or t.name in model_outputs]
+    for d, (tg, st) in enumerate(zip(tgs, stages)):
+        for t in [t for t in tg.inputs if t.name in st.receives]:
+            t.role = "temp"
+            tg.received.append(t)
+        tg.inputs = [t for t in tg.inputs if t.name not in st.receives]
+        tasks = list(after[d].get(-1, []))
+        for i, task in enumerate(tg.tasks):
+            tasks += before[d].get(i, []) + [task] + after[d].get(i, [])
+        tasks += before[d].get(len(tg.tasks), []) + forwards[d]
+        tg.tasks = tasks
+        for i, task in enumerate(tg.tasks):  # task ids are positions in program order
             task.id = i
+    return tgs
