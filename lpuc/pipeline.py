@@ -32,7 +32,7 @@ from lpuc.passes.codegen import codegen, merge_chips
 from lpuc.passes.fold_constants import fold_constants
 from lpuc.passes.import_onnx import import_onnx
 from lpuc.passes.heads import heads
-from lpuc.passes.lower import PRECISIONS, lower
+from lpuc.passes.lower import PRECISIONS, FoldCache, lower
 from lpuc.passes.mirror import mirror
 from lpuc.passes.partition import Partition, Stage, chips_needed, partition, weight_bytes
 from lpuc.passes.schedule import SCHEDULERS, Schedule, schedule
@@ -281,9 +281,10 @@ def compile_system(path: "str | Path | onnx.ModelProto", system: SystemConfig, c
     def chips_of(part: Partition, n: int) -> list[ChipPart]:
         """Every chip's stage through lowering .. allocation, then all of them scheduled together."""
         tgs, pgs, als = [], [], []
+        folded = FoldCache()
         for stage in part.stages:
             sg = stage.graph(g)
-            pg = step("lower", lambda: lower(sg, chip, precision))
+            pg = step("lower", lambda: lower(sg, chip, precision, folded))
             pg = step("heads", lambda: heads(pg, chip))
             tg = step("tile", lambda: tile(pg, chip))
             pgs.append(pg)

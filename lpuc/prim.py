@@ -125,7 +125,7 @@ class PrimGraph:
         return t
 
     def const(self, name: str, value: np.ndarray, dtype: str, splat: bool = False) -> Tensor:
-        arr = np.asarray(value).astype(DTYPES[dtype].np)
+        arr = np.asarray(value).astype(DTYPES[dtype].np, copy=False)  # constants are never written in place
         return self.tensor(name, dtype, arr.shape, const=arr, role="const", splat=splat)
 
     def add(self, kind: str, ins: list[Operand], out: Tensor, node: str = "", **attrs: Any) -> Tensor:

@@ -121,6 +121,7 @@ def merge_chips(programs: list[Program], system: SystemConfig, meta: dict | None
             prog.tensors.append(dataclasses.replace(t, chip=k, name=name))
         expect.extend([k, *e] for e in p.meta.get("expect", []))
     prog.meta["expect"] = expect
-    prog.meta["predicted_cycles"] = predicted_cycles(prog)
+    # one past the last cycle any instruction of any chip does anything: the chips' own counts' maximum
+    prog.meta["predicted_cycles"] = max(int(p.meta["predicted_cycles"]) for p in programs)
     prog.meta["chip_cycles"] = [int(p.meta["predicted_cycles"]) for p in programs]
     return prog

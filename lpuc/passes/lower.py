@@ -42,11 +42,41 @@ def chip_dtype(dt: np.dtype, what: str) -> str:
                             f"int64/int32 as i32, int8, uint8, bool)") from None
 
 
+class FoldCache:
+    """Primitives on constants, evaluated once: keyed by the primitive's kind, attributes and the
+    identity of its constant inputs (held here, so that an identity is never reused)."""
+
+    def __init__(self) -> None:
+        self.done: dict[tuple, np.ndarray] = {}
+        self.keep: list[np.ndarray] = []
+
+    def evaluate(self, prim: Prim, lanes: int) -> np.ndarray:
+        from lpuc.reference import evaluate_prim
+
+        ins = [t for t in prim.ins if isinstance(t, Tensor)]
+        if any(isinstance(v, np.ndarray) for v in prim.attrs.values()):
+            return evaluate_prim(prim, {t.id: t.const for t in ins}, lanes)
+        try:
+            key = (prim.kind, repr(sorted(prim.attrs.items())), prim.out.dtype, prim.out.shape, prim.out.splat,
+                   tuple((id(t.const), t.dtype, t.shape, t.splat) for t in ins),
+                   tuple(repr(o) for o in prim.ins if not isinstance(o, Tensor)))
+        except TypeError:
+            key = None
+        got = self.done.get(key) if key is not None else None
+        if got is None:
+            got = evaluate_prim(prim, {t.id: t.const for t in ins}, lanes)
+            if key is not None:
+                self.done[key] = got
+                self.keep.extend(t.const for t in ins)
+        return got
+
+
 class Lowering:
     """State shared by the per-op lowering functions."""
 
-    def __init__(self, g: Graph, chip: ChipConfig, precision: str):
+    def __init__(self, g: Graph, chip: ChipConfig, precision: str, folded: "FoldCache | None" = None):
         self.g = g
+        self.folded = folded if folded is not None else FoldCache()
         self.chip = chip
         self.lanes = chip.lanes
         self.mxm_dtype = PRECISIONS[precision]
@@ -131,10 +161,7 @@ class Lowering:
         return out
 
     def _fold(self, prim: Prim) -> Tensor:
-        from lpuc.reference import evaluate_prim
-
-        vals = {t.id: t.const for t in prim.ins if isinstance(t, Tensor)}
-        value = evaluate_prim(prim, vals, self.lanes)
+        value = self.folded.evaluate(prim, self.lanes)
         return self.pg.const(f"{prim.out.name}.folded", value, prim.out.dtype, splat=prim.out.splat)
 
     def convert(self, t: Tensor, to: str) -> Tensor:
@@ -311,8 +338,10 @@ def check_supported(node: Node) -> Callable[[Lowering, Node], Any]:
     return fn
 
 
-def lower(g: Graph, chip: ChipConfig, precision: str = "fp32") -> PrimGraph:
-    lw = Lowering(g, chip, precision)
+def lower(g: Graph, chip: ChipConfig, precision: str = "fp32", folded: "FoldCache | None" = None) -> PrimGraph:
+    """``folded``: results of primitives computed at compile time, shared by the chips of one compile
+    (every chip of a sequence-parallel split rounds the same weights to the precision)."""
+    lw = Lowering(g, chip, precision, folded)
     used = {i for n in g.nodes.values() for i in n.inputs} | set(g.outputs)
     for name in g.inputs:
         if name not in used:  # an input nothing reads (e.g. the type donor of a CastLike) needs no SRAM

@@ -22,6 +22,7 @@ reader (write after read).
 from __future__ import annotations
 
 import bisect
+import hashlib
 import heapq
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from isa.config import ChipConfig
 from lpuc.errors import CompileError
 from lpuc.passes.allocate import Allocation
 from lpuc.kinds import task_kind
-from lpuc.tasks import Task, TaskGraph
+from lpuc.tasks import Access, Task, TaskGraph
 from lpuc.templates import Template
 
 SCHEDULERS = ("list", "asap", "naive")
@@ -213,8 +214,54 @@ class Schedule:
         return "\n".join(lines)
 
 
+def _signature(task: Task) -> tuple[tuple, list[int]]:
+    """What a task's templates depend on, and the ids of the tensors it touches: its kind, attributes
+    and accesses, each tensor by its place in the task (first touched = 0, ...), type and SRAM place.
+    Tasks of two chips with equal signatures have equal templates up to the tensor ids their vector
+    maps are keyed by (the chips of a split compile much the same layers)."""
+    ids: list[int] = []
+    local: dict[int, int] = {}
+
+    def tensor(t) -> tuple:  # type: ignore[no-untyped-def]
+        k = local.get(t.id)
+        if k is None:
+            k = local[t.id] = len(ids)
+            ids.append(t.id)
+        return (k, t.dtype, t.shape, t.bank, t.splat, tuple((v0, v1, tuple(pl)) for v0, v1, pl in t.segments))
+
+    def freeze(v: object) -> object:
+        if isinstance(v, Access):
+            return ("acc", tensor(v.tensor), v.start, v.stride, v.n, v.plane)
+        if isinstance(v, np.ndarray):
+            return ("nd", v.shape, v.dtype.str, hashlib.blake2b(np.ascontiguousarray(v).tobytes(), digest_size=16).digest())
+        if isinstance(v, dict):
+            return tuple(sorted((k, freeze(x)) for k, x in v.items()))
+        if isinstance(v, (list, tuple)):
+            return tuple(freeze(x) for x in v)
+        return v
+
+    accs = tuple(freeze(a) for a in task.reads + task.writes)
+    return (task.kind, len(task.reads), accs, freeze({k: v for k, v in task.attrs.items() if k != "release"})), ids
+
+
+def _rekeyed(tpl: Template, ids: dict[int, int]) -> Template:
+    """The template with its vector maps keyed by other tensor ids."""
+    import dataclasses
+
+    def re(m: dict) -> dict:
+        return {ids.get(k, k): v for k, v in m.items()}
+
+    return dataclasses.replace(tpl, vreads=re(tpl.vreads), vstores=re(tpl.vstores), vreads_last=re(tpl.vreads_last),
+                               vstores_first=re(tpl.vstores_first))
+
+
 class Scheduler:
-    def __init__(self, tg: TaskGraph, alloc: Allocation, chip: ChipConfig, kind: str):
+    def __init__(self, tg: TaskGraph, alloc: Allocation, chip: ChipConfig, kind: str,
+                 templates: "dict[tuple, tuple[list[Template], list[int]]] | None" = None,
+                 deltas: "dict[tuple, int] | None" = None):
+        """``templates`` and ``deltas``, if given, are shared with the schedulers of other chips: tasks
+        with equal signatures (``_signature``) get the same templates, and the vector dependencies
+        between two templates are computed once."""
         if kind not in SCHEDULERS:
             raise CompileError(f"unknown scheduler '{kind}'; choose one of {', '.join(SCHEDULERS)}")
         self.tg = tg
@@ -233,13 +280,24 @@ class Scheduler:
         # (``TaskKind.variants``, ``lpuc.kinds.matmul``): weights are balanced between the hemispheres over
         # the whole model, but not phase by phase, and attention's K and V are one tensor each
         # (BERT-base width, 12 layers: 293,479 -> 280,960 cycles)
-        self.variants = {t.id: (task_kind(t).variants(t, chip) if kind == "list" else [task_kind(t).template(t, chip)])
-                         for t in tg.tasks}
+        self.variants = {}
+        self._deltas = deltas if deltas is not None else {}
+        for t in tg.tasks:
+            key, ids = _signature(t) if templates is not None else (None, [])
+            hit = templates.get(key) if templates is not None else None
+            if hit is not None:
+                got, first = hit
+                if first != ids:
+                    got = [_rekeyed(tpl, dict(zip(first, ids))) for tpl in got]
+            else:
+                got = task_kind(t).variants(t, chip) if kind == "list" else [task_kind(t).template(t, chip)]
+                for tpl in got:
+                    _check_own_banks(t, tpl)
+                if templates is not None:
+                    templates[key] = (got, ids)
+            self.variants[t.id] = got
         self.chosen = {t.id: 0 for t in tg.tasks}
         self.tpl = {t.id: self.variants[t.id][0] for t in tg.tasks}
-        for t in tg.tasks:
-            for tpl in self.variants[t.id]:
-                _check_own_banks(t, tpl)
         self.sched.templates = self.tpl
         self.sched.variants = self.variants
         self.deps = self._dependencies(alloc)
@@ -286,7 +344,7 @@ class Scheduler:
                 for w in np.unique(rows):
                     if w < 0:
                         continue
-                    need(t.id, int(w), each(int(w), t.id, lambda ta, tb: _vector_delta(ta.vstores[tid], tb.vreads[tid])))
+                    need(t.id, int(w), each(int(w), t.id, lambda ta, tb: self._raw(ta, tb, tid)))
             for acc in t.writes:
                 tid = acc.tensor.id
                 writers[tid].append(t.id)
@@ -323,6 +381,15 @@ class Scheduler:
                     need(b, a, each(a, b, lambda ta, tb: _pair_delta(getattr(ta, kind)[old.id], vo_b,
                                                                      tb.vstores_first[new.id], vn_b)))
         return {b: list(d.items()) for b, d in deps.items()}
+
+    def _raw(self, ta: Template, tb: Template, tid: int) -> int:
+        """``_vector_delta`` of tensor tid from writer template ta to reader template tb (memoised:
+        templates shared between chips meet again)."""
+        key = (id(ta), id(tb), tid)
+        got = self._deltas.get(key)
+        if got is None:
+            got = self._deltas[key] = _vector_delta(ta.vstores[tid], tb.vreads[tid])
+        return got
 
     # ------------------------------------------------------------------------------ fitting
     def _fixed(self, tpl: Template, T: int) -> int | None:

@@ -47,7 +47,9 @@ class SystemScheduler:
         self.tgs = tgs
         self.chip = chip
         self.kind = kind
-        self.chips = [Scheduler(tg, al, chip, kind) for tg, al in zip(tgs, allocs)]
+        templates: dict[tuple, list] = {}  # shared: the chips of a split compile much the same tasks
+        deltas: dict[tuple, int] = {}
+        self.chips = [Scheduler(tg, al, chip, kind, templates, deltas) for tg, al in zip(tgs, allocs)]
         self.send_of: dict[Key, Key] = {}  # receiving task -> the task it takes its vectors from
         self.recvs_of: dict[Key, list[Key]] = defaultdict(list)  # sending task -> its receivers, in order
         senders: dict[tuple, int] = {}
