@@ -86,7 +86,8 @@ def test_all_reduce_sums_in_chip_order():
     chip ends with the same bits; the reference evaluates exactly those Add nodes."""
     sc, _ = check("bert_tiny", "pair-tiny", 2, "fp32", "tp")
     for j, part in enumerate(sc.parts):
-        adds = [n.inputs for n in part.stage.local.nodes.values() if n.op == "Add" and ".rs" in n.inputs[0]]
+        adds = [n.inputs for n in part.stage.local.nodes.values() if n.op == "Add" and ".rs" in n.inputs[0]
+                and ".rs" in n.inputs[1]]
         assert adds, j
         assert all(a[0].split(".rs")[1].startswith(f"0to{j}") and a[1].split(".rs")[1].startswith(f"1to{j}")
                    for a in adds), adds
@@ -142,3 +143,26 @@ def test_sixteen_chips_of_the_dragonfly():
     global link between them reach each other through a chip of each node."""
     sc, _ = check("bert_tiny", "dragonfly-4x8-lpu-v1", 16, "fp16", "sp")
     assert forwards(sc) > 0
+
+
+@pytest.mark.parametrize("model", ["bert_tiny", "gpt2_tiny"])
+def test_vocab_parallel_embedding(model, monkeypatch):
+    """A large embedding table is split by rows: each chip looks up the ids in its range (zero rows
+    elsewhere) and the lookups are reduce-scattered, exactly (one nonzero term per element). The
+    tiny models' tables are small, so the threshold is lowered here."""
+    from lpuc.passes import shard
+
+    monkeypatch.setattr(shard, "EMBEDDING_SHARE", 0.0)
+    sc, _ = check(model, "pair-tiny", 2, "fp16", "tp")
+    assert any("vocab parallel" in n for n in sc.partition.notes)
+
+
+def test_layer_norms_run_on_row_blocks():
+    """Megatron's sequence parallel: partial sums are reduce-scattered by rows, the bias, residual and
+    layer norm run on each chip's block of rows, and the rows are gathered again only for the next
+    column-split product."""
+    sc, _ = check("bert_tiny", "pair-tiny", 2, "fp32", "tp")
+    g = sc.graph
+    local = sc.parts[0].stage.local
+    norms = [n for n in local.nodes.values() if n.op == "LayerNormalization"]
+    assert any(local.values[n.outputs[0]].shape[1] < g.values[n.outputs[0]].shape[1] for n in norms)

@@ -209,8 +209,14 @@ def allocate(tg: TaskGraph, chip: ChipConfig) -> Allocation:
         last[base(t).id] = n_tasks
     for t in tg.inputs + tg.received:
         first[base(t).id] = -1
+    # a GATHER's table takes one region per plane, unsegmented: a large one goes first among the tensors
+    # live from the start, before smaller ones leave no region nearly empty (a tensor-parallel chip's
+    # share of a vocabulary table: 2,730 of a region's 8,192 words of 768-wide rows)
+    bw_words = chip.segment_words
+    whole = {task.reads[1].tensor.id for task in tg.tasks if task.kind == "gather"
+             and task.reads[1].tensor.rows * task.reads[1].tensor.chunks(L) > bw_words // 2}
     live_ids = sorted((i for i in first if i in last or tensors[i].role in ("input", "output")),
-                      key=lambda i: (first[i], i))
+                      key=lambda i: (first[i], i not in whole, i))
 
     # ---------------------------------------------------------------- capacity check (clear error first)
     def nbytes(t: Tensor) -> int:

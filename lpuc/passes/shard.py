@@ -1,37 +1,46 @@
-"""Pass 2b (tensor parallel) -- shard: the folded graph -> one graph per chip, each with a share of every layer.
+"""Pass 2b (tensor and sequence parallel) -- shard: the folded graph -> one graph per chip, each with a share of every layer.
 
 Where ``partition`` gives each chip a stretch of layers, ``shard`` gives every chip a share of each
-layer: Megatron's split. Every value gets a *layout* over the p chips:
+layer: with ``mode="tp"`` a share of the weights (Megatron's split), with ``mode="sp"`` a share of the
+token rows (every chip holds all weights). Every value gets a *layout* over the p chips:
 
-* ``R`` (replicated): every chip holds all of it (model inputs, layer norms, the residual stream);
+* ``R`` (replicated): every chip holds all of it (model inputs, what nothing splits);
 * ``S(axis, parts)`` (split): chip k holds elements ``parts[k] = (start, size)`` along ``axis``;
 * ``P`` (partial sums): every chip holds a full-shape term and the value is their sum, in chip order.
 
 The layouts are propagated node by node in topological order, each op by its rule (``RULES``):
 
 * MatMul/Gemm with a constant weight W[K, N]: an input split along K (the contracted axis) meets W
-  split by rows -> ``P``; otherwise the input is made ``R`` and W is split by columns -> ``S(-1)``
+  split by rows -> ``P``; otherwise (tp) the input is made ``R`` and W is split by columns -> ``S(-1)``
   in whole units of the head size when a Reshape into heads follows (so attention heads stay whole
-  on a chip), or kept whole (``R``) when a Split/Slice/Concat/Gather follows (it would gather it
-  again at once) or the weight has fewer units than chips.
-* MatMul of two run-time values split on the same batch axis (attention: heads) -> ``S`` on it.
+  on a chip), or kept whole when a Split/Slice/Concat/Gather follows (it would gather it again at
+  once) or the weight has fewer units than chips; an input split by token rows (sp) keeps W whole
+  and its rows split.
+* MatMul of two run-time values split on the same batch axis (attention: heads) -> ``S`` on it; query
+  rows split -> the keys (values) are gathered.
 * Elementwise ops (``ELEMENTWISE``): a split operand splits the result; the other operands are sliced
   to match (constants at compile time, replicated values by a local Slice), unless they broadcast.
+  Partial sums reaching one are reduce-scattered by rows first (Megatron's sequence parallel: bias,
+  residual and layer norm then run on each chip's block of rows, and the rows are gathered again only
+  for the next column-split product).
 * Reshape/Transpose/Squeeze/Unsqueeze carry a split to the axis it lands on, where whole parts land
   on whole elements of one axis (a Reshape's target shape becomes the chip's own shape); Softmax,
   LayerNormalization and reductions keep a split on an axis they do not reduce.
-* Gather from a large constant table (an embedding) splits the table by columns -> ``S(-1)``.
+* Gather from a large constant table (an embedding, ``EMBEDDING_SHARE``) splits the table by rows
+  (vocab parallel): each chip looks up the ids in its range, zero rows elsewhere -> ``P``; a small
+  table stays whole, and with sp each chip looks up its own tokens.
 * Everything else, and every model output (on chip 0), needs ``R``.
 
 Converting a layout is explicit graph surgery with ONNX ops, so lowering, the reference and the
 emulator need nothing new: ``S -> R`` is an all-gather (every chip sends its part to every other, which
-Concat them in chip order); ``P -> R`` an all-reduce as reduce-scatter + all-gather over a fully
-connected node: the rows (the largest non-last axis) are cut into p blocks, chip j sums block j of
-all chips' terms in chip order (``((t0 + t1) + t2) + ...``) and sends the sum to every chip, which
-Concat the blocks (values with fewer rows than chips are sent whole to every chip and summed there);
-``R -> S`` is a local Slice. Partial sums travel as ``wire_dtype`` (``LINK_DTYPES``; fp16 halves the
-link time of f32): every term and every block sum is rounded to it, a chip's own ones too, so that
-every chip holds the same bits and the rounding is part of the reference.
+Concat them in chip order); ``P -> S`` a reduce-scatter over a fully connected node: the rows (the
+largest non-last axis) are cut into p blocks and chip j sums block j of all chips' terms in chip order
+(``((t0 + t1) + t2) + ...``); ``P -> R`` that reduce-scatter, then an all-gather of the block sums
+(values with fewer rows than chips are sent whole to every chip and summed there); ``R -> S`` is a
+local Slice. Partial sums travel as ``wire_dtype`` (``LINK_DTYPES``; fp16 halves the link time of f32):
+every term and every block sum is rounded to it, a chip's own ones too, so that every chip holds the
+same bits and the rounding is part of the reference; a gathered value that only a matrix product
+reads (which rounds it to the precision anyway) travels in the precision's type.
 
 A value crossing the links has a *wire name* unique in the system (``v.rs0to1``, ``v.ag2``, ``v.g3``):
 the receiving chip's graph reads it as an input of that name (``Stage.receives``), the sending
@@ -70,8 +79,8 @@ ELEMENTWISE = {
 #: weights with fewer elements than this share of one MXM tile (lanes x lanes) are not worth splitting:
 #: the chips would each stream a sliver of a plane and then exchange the result
 MIN_SPLIT_TILE = 1 / 4
-#: an embedding table is split (then gathered after the lookup) when it would take more than this share
-#: of a chip's SRAM in 16-bit floats; a smaller one is kept whole on every chip, which saves the gather
+#: an embedding table is split by rows (vocab parallel, the lookup then reduce-scattered) when it would
+#: take more than this share of a chip's SRAM in 16-bit floats; a smaller one is kept whole on every chip
 EMBEDDING_SHARE = 1 / 16
 
 
@@ -121,6 +130,11 @@ class Sharder:
         self.inputs: list[list[str]] = [[] for _ in range(chips)]
         self.stages = [Stage(k, [], [], {}) for k in range(chips)]
         self.layout: dict[str, Layout] = {}
+        # the model's values and those the split adds (a reduce-scatter's block sums)
+        self.vals: dict[str, Value] = dict(g.values)
+        # values whose every element is a wire-type number stored as f32 (sums rounded for the links):
+        # a gather may carry them in the wire type, exactly
+        self.exact: set[str] = set()
         self.converted: dict[tuple[str, Layout, int | None, bool], list[str]] = {}
         self._n = 0
         self.log: list[str] = []  # what each weight-bearing node became (``Partition.dump``)
@@ -131,7 +145,7 @@ class Sharder:
         return f"{hint}/tp{self._n}"
 
     def shape_on(self, name: str, lay: Layout, k: int) -> tuple[int, ...]:
-        shape = tuple(self.g.values[name].shape)
+        shape = tuple(self.vals[name].shape)
         if lay.kind == "S":
             shape = shape[:lay.axis] + (lay.parts[k][1],) + shape[lay.axis + 1:]
         return shape
@@ -154,9 +168,9 @@ class Sharder:
     def use(self, k: int, name: str) -> str:
         """Value ``name`` as an operand on chip k: a constant is copied into the chip's graph, a model
         input is loaded there."""
-        if not name:
+        if not name or name not in self.vals:  # (a chip's own value: a conversion's result)
             return name
-        v = self.g.values[name]
+        v = self.vals[name]
         if v.const is not None:
             return self.const(k, name, v.const)
         if name in self.g.inputs and name not in self.values[k]:
@@ -165,7 +179,7 @@ class Sharder:
         return name
 
     def sliced_const(self, k: int, name: str, axis: int, part: tuple[int, int]) -> str:
-        c = self.g.values[name].const
+        c = self.vals[name].const
         s, n = part
         if n == c.shape[axis]:
             return self.const(k, name, c)
@@ -195,8 +209,8 @@ class Sharder:
         it), converting as the module docstring says. ``mxm``: only a matrix product reads it, which
         rounds it to the precision's type anyway, so a gather may carry it in that type if the wire
         type is the same (f32 -> f16 -> f32 -> f16 gives the bits f32 -> f16 does)."""
-        if not name or self.g.values[name].const is not None or name in self.g.inputs:
-            if want.kind == "S" and name and self.g.values[name].const is None:
+        if not name or self.vals[name].const is not None or name in self.g.inputs:
+            if want.kind == "S" and name and self.vals[name].const is None:
                 return self._slice_all(name, [name] * self.p, want)
             return [self.use(k, name) for k in range(self.p)]
         cur = self.out_layout(name)
@@ -207,6 +221,8 @@ class Sharder:
                 return self.converted[key]
         if want.kind == "R":
             names = self._gather(name, cur, only, mxm) if cur.kind == "S" else self._all_reduce(name, only)
+        elif want.kind == "S" and cur.kind == "P" and want == self.scatter_layout(name):
+            names = [self._reduce_scatter(name)] * self.p
         elif want.kind == "S":
             names = self._slice_all(name, self.need(name, R), want)
         else:
@@ -215,7 +231,7 @@ class Sharder:
         return names
 
     def _slice_all(self, name: str, local: list[str], want: Layout) -> list[str]:
-        v = self.g.values[name]
+        v = self.vals[name]
         out = []
         for k in range(self.p):
             s, n = want.parts[k]
@@ -258,14 +274,15 @@ class Sharder:
                     o = f"{node.outputs[0]}.R"
                     if o not in self.values[k]:
                         ins = [cur_name] + [self.use(k, i) for i in node.inputs[1:]]
-                        v = self.g.values[node.outputs[0]]
+                        v = self.vals[node.outputs[0]]
                         self.emit(k, node.op, ins, [(o, v.shape, v.dtype)], node.attrs)
                     cur_name = o
                 out.append(cur_name)
             return out
-        v = self.g.values[name]
+        v = self.vals[name]
         takers = range(self.p) if only is None else [only]
-        narrow = mxm and self.wire == self.mxm and v.dtype.kind == "f" and self.wire.itemsize < v.dtype.itemsize
+        narrow = (mxm and self.wire == self.mxm or name in self.exact) and v.dtype.kind == "f" \
+            and self.wire.itemsize < v.dtype.itemsize
         dt = self.wire if narrow else v.dtype
         mine = [name] * self.p
         for j in range(self.p):
@@ -304,71 +321,93 @@ class Sharder:
             acc = nxt
         return acc
 
-    def _all_reduce(self, name: str, only: int | None) -> list[str]:
-        v = self.g.values[name]
+    def scatter_layout(self, name: str) -> Layout | None:
+        """How a reduce-scatter leaves partial sums ``name``: its rows (the largest axis but the last)
+        cut into one block per chip; None if it has fewer rows than chips."""
+        shape = tuple(self.vals[name].shape)
+        lead = list(range(len(shape) - 1))
+        if not lead:
+            return None
+        ax = max(lead, key=lambda a: (shape[a], -a))
+        if shape[ax] < self.p:
+            return None
+        return Layout("S", ax, even_parts(shape[ax], self.p))
+
+    def _reduce_scatter(self, name: str) -> str:
+        """Partial sums -> block j of the sum on chip j: every chip sends block j of its term to chip j,
+        which adds them in chip order (in f32, each term rounded to the wire type first) and rounds
+        the sum to the wire type. The result is a new split value ``<name>.rsum``."""
+        v = self.vals[name]
         shape, dt, w, p = tuple(v.shape), v.dtype, self.wire, self.p
-        takers = list(range(p)) if only is None else [only]
-        lead = [a for a in range(len(shape) - 1)]
-        ax = max(lead, key=lambda a: (shape[a], -a)) if lead else None
-        if ax is None or shape[ax] < p:
-            # too few rows to cut: every chip sends its whole term to the chips that need the sum
-            out = []
-            for k in range(p):
-                wire = f"{name}.ar{k}"
-                if w != dt:
-                    self._cast(k, name, shape, w, wire)
-                    self.send(k, wire, wire, takers, shape, w)
-                else:
-                    self.send(k, name, wire, takers, shape, w)
-            for k in range(p):
-                if k not in takers:
-                    out.append("")
-                    continue
-                own = f"{name}.ar{k}" if w != dt else name
-                terms = [own if j == k else f"{name}.ar{j}" for j in range(p)]
-                out.append(self._sum(k, terms, shape, dt, f"{name}.R"))
-            return out
-        parts = even_parts(shape[ax], p)
-        blk = Layout("S", ax, parts)
-        for k in range(p):  # reduce-scatter: block j of every chip's term goes to chip j
+        blk = self.scatter_layout(name)
+        assert blk is not None
+        out = f"{name}.rsum"
+        self.vals[out] = Value(out, shape, dt)
+        self.layout[out] = blk
+        if w != dt:
+            self.exact.add(out)
+        for k in range(p):  # block j of every chip's term goes to chip j
             for j in range(p):
-                s, n = parts[j]
+                s, n = blk.parts[j]
                 o = f"{name}.rs{k}to{j}"
                 b = f"{o}.x" if w != dt else o
                 ins = [name, self.const(k, f"{o}.starts", np.array([s], np.int64)),
                        self.const(k, f"{o}.ends", np.array([s + n], np.int64)),
-                       self.const(k, f"{o}.axes", np.array([ax], np.int64))]
+                       self.const(k, f"{o}.axes", np.array([blk.axis], np.int64))]
                 bshape = self.shape_on(name, blk, j)
                 self.emit(k, "Slice", ins, [(b, bshape, dt)])
                 if w != dt:
                     self._cast(k, b, bshape, w, o)
                 if j != k:
                     self.send(k, o, o, [j], bshape, w)
-        for j in range(p):  # chip j sums block j in chip order, rounds it to the wire type, sends it on
+        for j in range(p):  # chip j sums block j in chip order
             bshape = self.shape_on(name, blk, j)
-            total = self._sum(j, [f"{name}.rs{k}to{j}" for k in range(p)], bshape, dt,
-                              f"{name}.sum{j}" if w != dt else f"{name}.ag{j}")
+            terms = [f"{name}.rs{k}to{j}" for k in range(p)]
             if w != dt:
-                self._cast(j, total, bshape, w, f"{name}.ag{j}")
-            self.send(j, f"{name}.ag{j}", f"{name}.ag{j}", takers, bshape, w)
+                total = self._sum(j, terms, bshape, dt, f"{name}.sum{j}")
+                self._cast(j, total, bshape, w, f"{name}.sum{j}.w")
+                self._cast(j, f"{name}.sum{j}.w", bshape, dt, out)
+            else:
+                self._sum(j, terms, bshape, dt, out)
+        return out
+
+    def _all_reduce(self, name: str, only: int | None) -> list[str]:
+        """Partial sums -> the sum on every chip (``only``: on that chip): a reduce-scatter, then an
+        all-gather of the block sums (in the wire type, which holds them exactly)."""
+        if self.scatter_layout(name) is not None:
+            return self.need(self._reduce_scatter_once(name), R, only)
+        v = self.vals[name]
+        shape, dt, w, p = tuple(v.shape), v.dtype, self.wire, self.p
+        takers = list(range(p)) if only is None else [only]
+        # too few rows to cut: every chip sends its whole term to the chips that need the sum
         out = []
-        for k in range(p):  # all-gather: every block to the chips that need the sum
+        for k in range(p):
+            wire = f"{name}.ar{k}"
+            if w != dt:
+                self._cast(k, name, shape, w, wire)
+                self.send(k, wire, wire, takers, shape, w)
+            else:
+                self.send(k, name, wire, takers, shape, w)
+        for k in range(p):
             if k not in takers:
                 out.append("")
                 continue
-            cat = f"{name}.cat" if w != dt else f"{name}.R"
-            self.emit(k, "Concat", [f"{name}.ag{j}" for j in range(p)], [(cat, shape, w)], {"axis": ax})
-            if w != dt:
-                self._cast(k, cat, shape, dt, f"{name}.R")
-            out.append(f"{name}.R")
+            own = f"{name}.ar{k}" if w != dt else name
+            terms = [own if j == k else f"{name}.ar{j}" for j in range(p)]
+            out.append(self._sum(k, terms, shape, dt, f"{name}.R"))
         return out
+
+    def _reduce_scatter_once(self, name: str) -> str:
+        lay = self.scatter_layout(name)
+        assert lay is not None
+        return self.need(name, lay)[0]
 
     # ------------------------------------------------------------------------------ nodes
     def place(self, n: Node, ins: list[list[str]], outs: list[Layout],
               attrs: "Callable[[int], dict] | None" = None) -> None:
         """Node ``n`` on every chip, reading ``ins[i][k]`` on chip k, its outputs in layouts ``outs``."""
         for k in range(self.p):
-            outputs = [(o, self.shape_on(o, lay, k), self.g.values[o].dtype) for o, lay in zip(n.outputs, outs) if o]
+            outputs = [(o, self.shape_on(o, lay, k), self.vals[o].dtype) for o, lay in zip(n.outputs, outs) if o]
             self.emit(k, n.op, [x[k] if x else "" for x in ins], outputs, attrs(k) if attrs else n.attrs,
                       name=n.name, domain=n.domain)
         for o, lay in zip(n.outputs, outs):
@@ -384,7 +423,7 @@ class Sharder:
         outs: list[list[str]] = [[] for _ in range(self.p)]
         renames: dict[str, str] = {}
         for o in self.g.outputs:
-            lay = self.out_layout(o) if self.g.values[o].const is None and o not in self.g.inputs else R
+            lay = self.out_layout(o) if self.vals[o].const is None and o not in self.g.inputs else R
             if lay == R:
                 self.use(0, o)
                 outs[0].append(o)
@@ -442,8 +481,8 @@ def _lookahead(s: Sharder, value: str, depth: int = 4) -> int | None:
         if c.op in ("Split", "Slice", "Concat", "Gather", "GatherElements", "Resize", "Pad", "Expand", "Tile"):
             return None
         if c.op == "Reshape":
-            out = s.g.values[c.outputs[0]].shape
-            n = s.g.values[value].shape[-1]
+            out = s.vals[c.outputs[0]].shape
+            n = s.vals[value].shape[-1]
             if len(out) >= 2 and out[-1] < n and out[-1] * out[-2] == n:
                 unit = max(unit, int(out[-1]))
         elif c.op in ELEMENTWISE and depth > 0:
@@ -456,9 +495,9 @@ def _lookahead(s: Sharder, value: str, depth: int = 4) -> int | None:
 
 def _matmul(s: Sharder, n: Node) -> None:
     a, b = n.inputs[0], n.inputs[1]
-    ga, gb = s.g.values[a], s.g.values[b]
+    ga, gb = s.vals[a], s.vals[b]
     out = n.outputs[0]
-    r = len(s.g.values[out].shape)
+    r = len(s.vals[out].shape)
     if ga.const is None and gb.const is not None and gb.const.ndim == 2:
         K, N = gb.const.shape
         la = s.out_layout(a) if a not in s.g.inputs else R
@@ -467,16 +506,18 @@ def _matmul(s: Sharder, n: Node) -> None:
             s.place(n, [[a] * s.p, [s.sliced_const(k, b, 0, la.parts[k]) for k in range(s.p)]], [P])
             s.log.append(f"{n.name}: W {K}x{N} split by rows {'/'.join(str(x) for _, x in la.parts)} -> P")
             return
-        if la.kind == "S" and la.axis < len(ga.shape) - 1 and r - len(ga.shape) + la.axis < r - 1:
-            # token rows split (sequence parallel): every chip multiplies its rows by the whole W
-            s.place(n, [[a] * s.p, [s.use(k, b) for k in range(s.p)]], [Layout("S", la.axis + r - len(ga.shape), la.parts)])
-            return
         unit = _lookahead(s, out) if s.mode == "tp" else None
         if unit is not None and K * N >= MIN_SPLIT_TILE * s.chip.lanes ** 2 and N // unit >= s.p and N % unit == 0:
             parts = even_parts(N, s.p, unit)
-            s.place(n, [s.need(a, R), [s.sliced_const(k, b, 1, parts[k]) for k in range(s.p)]],
+            # every chip needs all rows; only this product reads them, so a gather may carry them in the
+            # precision's type (Q, K and V share one gather)
+            s.place(n, [s.need(a, R, mxm=True), [s.sliced_const(k, b, 1, parts[k]) for k in range(s.p)]],
                     [Layout("S", r - 1, parts)])
             s.log.append(f"{n.name}: W {K}x{N} split by columns {'/'.join(str(x) for _, x in parts)} -> S")
+            return
+        if la.kind == "S" and la.axis < len(ga.shape) - 1 and r - len(ga.shape) + la.axis < r - 1:
+            # token rows split (sequence parallel): every chip multiplies its rows by the whole W
+            s.place(n, [[a] * s.p, [s.use(k, b) for k in range(s.p)]], [Layout("S", la.axis + r - len(ga.shape), la.parts)])
             return
         s.replicate(n)
         return
@@ -484,7 +525,7 @@ def _matmul(s: Sharder, n: Node) -> None:
         la, lb = s.out_layout(a), s.out_layout(b)
         for x, y in ((la, lb), (lb, la)):
             if x.kind == "S" and x.axis < r - 2:
-                if y == x or (y.kind != "P" and s.g.values[a].shape[x.axis] == s.g.values[b].shape[x.axis]):
+                if y == x or (y.kind != "P" and s.vals[a].shape[x.axis] == s.vals[b].shape[x.axis]):
                     s.place(n, [s.need(a, x), s.need(b, x)], [x])
                     return
         if la.kind == "S" and la.axis == r - 2:
@@ -497,13 +538,13 @@ def _matmul(s: Sharder, n: Node) -> None:
 def _gemm(s: Sharder, n: Node) -> None:
     a, b = n.inputs[0], n.inputs[1]
     c = n.inputs[2] if len(n.inputs) > 2 else ""
-    gb = s.g.values[b]
-    if n.attrs.get("transA", 0) or s.g.values[a].const is not None or gb.const is None:
+    gb = s.vals[b]
+    if n.attrs.get("transA", 0) or s.vals[a].const is not None or gb.const is None:
         return s.replicate(n)
     tb = int(n.attrs.get("transB", 0))
     K, N = gb.const.shape[::-1] if tb else gb.const.shape
     la = s.out_layout(a) if a not in s.g.inputs else R
-    cc = s.g.values[c].const if c else None
+    cc = s.vals[c].const if c else None
     if c and cc is None:
         return s.replicate(n)
     if la.kind == "S" and la.axis == 1 and all(x for _, x in la.parts):
@@ -527,14 +568,16 @@ def _gemm(s: Sharder, n: Node) -> None:
 
 def _elementwise(s: Sharder, n: Node) -> None:
     out = n.outputs[0]
-    r = len(s.g.values[out].shape)
-    oshape = s.g.values[out].shape
+    r = len(s.vals[out].shape)
+    oshape = s.vals[out].shape
     lead: Layout | None = None
     for i in n.inputs:
         if i and not s.g.is_const(i) and i not in s.g.inputs:
             lay = s.out_layout(i)
-            shift = r - len(s.g.values[i].shape)
-            if lay.kind == "S" and s.g.values[i].shape[lay.axis] == oshape[lay.axis + shift]:
+            if lay.kind == "P":  # partial sums meet a non-linear op or another term: reduce-scatter them
+                lay = s.scatter_layout(i) or lay  # (Megatron's sequence parallel: the rest follows the rows)
+            shift = r - len(s.vals[i].shape)
+            if lay.kind == "S" and s.vals[i].shape[lay.axis] == oshape[lay.axis + shift]:
                 lead = Layout("S", lay.axis + shift, lay.parts)
                 break
     if lead is None:
@@ -544,7 +587,7 @@ def _elementwise(s: Sharder, n: Node) -> None:
         if not i:
             ins.append([])
             continue
-        shape = s.g.values[i].shape
+        shape = s.vals[i].shape
         ax = lead.axis - (r - len(shape))
         whole = ax < 0 or shape[ax] == 1
         if s.g.is_const(i):
@@ -566,14 +609,14 @@ def _keeps_axis(s: Sharder, n: Node, reduced: set[int], keepdims: bool = True) -
 
 
 def _softmax(s: Sharder, n: Node) -> None:
-    r = len(s.g.values[n.inputs[0]].shape)
+    r = len(s.vals[n.inputs[0]].shape)
     axis = n.attrs.get("axis", -1 if s.g.opset >= 13 else 1) % r
     reduced = {axis} if s.g.opset >= 13 else set(range(axis, r))
     _keeps_axis(s, n, reduced)
 
 
 def _layer_norm(s: Sharder, n: Node) -> None:
-    r = len(s.g.values[n.inputs[0]].shape)
+    r = len(s.vals[n.inputs[0]].shape)
     axis = n.attrs.get("axis", -1) % r
     if any(o for o in n.outputs[1:]):  # mean and inverse std outputs have other shapes
         return s.replicate(n)
@@ -581,10 +624,10 @@ def _layer_norm(s: Sharder, n: Node) -> None:
 
 
 def _reduce(s: Sharder, n: Node) -> None:
-    r = len(s.g.values[n.inputs[0]].shape)
+    r = len(s.vals[n.inputs[0]].shape)
     axes = n.attrs.get("axes")
     if axes is None and len(n.inputs) > 1 and n.inputs[1]:
-        axes = s.g.values[n.inputs[1]].const
+        axes = s.vals[n.inputs[1]].const
     if axes is None:
         return s.replicate(n)  # all axes
     _keeps_axis(s, n, {int(a) % r for a in np.asarray(axes).reshape(-1)}, bool(n.attrs.get("keepdims", 1)))
@@ -595,7 +638,7 @@ def _reshape(s: Sharder, n: Node) -> None:
     lay = s.out_layout(x) if not s.g.is_const(x) and x not in s.g.inputs else R
     if lay.kind != "S":
         return s.replicate(n)
-    ishape, oshape = tuple(s.g.values[x].shape), tuple(s.g.values[out].shape)
+    ishape, oshape = tuple(s.vals[x].shape), tuple(s.vals[out].shape)
     outer = int(np.prod(ishape[:lay.axis]))
     inner_in = int(np.prod(ishape[lay.axis + 1:]))
     for b in range(len(oshape)):
@@ -620,7 +663,7 @@ def _transpose(s: Sharder, n: Node) -> None:
     lay = s.out_layout(x) if not s.g.is_const(x) and x not in s.g.inputs else R
     if lay.kind != "S":
         return s.replicate(n)
-    r = len(s.g.values[x].shape)
+    r = len(s.vals[x].shape)
     perm = list(n.attrs.get("perm", list(range(r))[::-1]))
     s.place(n, [[x] * s.p], [Layout("S", perm.index(lay.axis), lay.parts)])
 
@@ -630,7 +673,7 @@ def _squeeze_unsqueeze(s: Sharder, n: Node) -> None:
     lay = s.out_layout(x) if not s.g.is_const(x) and x not in s.g.inputs else R
     if lay.kind != "S":
         return s.replicate(n)
-    ishape, oshape = s.g.values[x].shape, s.g.values[out].shape
+    ishape, oshape = s.vals[x].shape, s.vals[out].shape
     # the split axis keeps its place among the axes whose size is not 1
     before = sum(1 for d in ishape[:lay.axis] if d != 1)
     seen = 0
@@ -646,26 +689,51 @@ def _squeeze_unsqueeze(s: Sharder, n: Node) -> None:
 
 def _gather(s: Sharder, n: Node) -> None:
     table, ids = n.inputs[0], n.inputs[1]
-    c = s.g.values[table].const
+    c = s.vals[table].const
     lid = s.out_layout(ids) if not s.g.is_const(ids) and ids not in s.g.inputs else R
-    r = len(s.g.values[n.outputs[0]].shape)
-    if c is not None and n.attrs.get("axis", 0) == 0 and c.ndim == 2 and len(s.g.values[ids].shape) >= 1 \
-            and (s.mode == "sp" or lid.kind == "S"):
+    big = c is not None and c.size * 2 >= s.chip.sram_bytes * EMBEDDING_SHARE
+    if c is not None and n.attrs.get("axis", 0) == 0 and c.ndim == 2 and len(s.vals[ids].shape) >= 1 \
+            and not big and (s.mode == "sp" or lid.kind == "S"):
         # token rows: each chip looks up its own tokens (sequence parallel)
-        ax = len(s.g.values[ids].shape) - 1
-        seq = s.g.values[ids].shape[ax]
+        ax = len(s.vals[ids].shape) - 1
+        seq = s.vals[ids].shape[ax]
         if lid.kind == "S" or seq >= s.p:
             lay = lid if lid.kind == "S" else Layout("S", ax, even_parts(seq, s.p))
             s.place(n, [[s.use(k, table) for k in range(s.p)], s.need(ids, lay)], [lay])
             return
-    if c is None or c.ndim != 2 or n.attrs.get("axis", 0) != 0 or c.shape[1] < s.p or c.dtype.kind != "f" \
+    if c is None or c.ndim != 2 or n.attrs.get("axis", 0) != 0 or c.shape[0] < s.p or c.dtype.kind != "f" \
             or c.size * 2 < s.chip.sram_bytes * EMBEDDING_SHARE:
         return s.replicate(n)
-    # an embedding: each chip holds some of every row's columns
-    parts = even_parts(c.shape[1], s.p)
-    s.place(n, [[s.sliced_const(k, table, 1, parts[k]) for k in range(s.p)], s.need(ids, R)],
-            [Layout("S", r - 1, parts)])
-    s.log.append(f"{n.name}: table {c.shape[0]}x{c.shape[1]} split by columns -> S")
+    # a large embedding, vocab parallel: chip k holds rows lo .. lo+n-1 of the table and looks up the
+    # ids in its range (the others give 0), so the lookup is a partial sum with one nonzero term
+    parts = even_parts(c.shape[0], s.p)
+    idv = s.vals[ids]
+    out = n.outputs[0]
+    oshape = tuple(s.vals[out].shape)
+    idl = s.need(ids, R)
+    for k, (lo, cnt) in enumerate(parts):
+        x = idl[k]
+        h = f"{n.name}/vocab{k}"
+        lo_c = s.const(k, f"{h}.lo", np.array(lo, idv.dtype))
+        hi_c = s.const(k, f"{h}.hi", np.array(lo + cnt, idv.dtype))
+        zero = s.const(k, f"{h}.zero", np.array(0, idv.dtype))
+        s.emit(k, "Sub", [x, lo_c], [(f"{h}.local", idv.shape, idv.dtype)])
+        s.emit(k, "GreaterOrEqual", [x, lo_c], [(f"{h}.ge", idv.shape, np.dtype(bool))])
+        s.emit(k, "Less", [x, hi_c], [(f"{h}.lt", idv.shape, np.dtype(bool))])
+        s.emit(k, "And", [f"{h}.ge", f"{h}.lt"], [(f"{h}.mine", idv.shape, np.dtype(bool))])
+        s.emit(k, "Where", [f"{h}.mine", f"{h}.local", zero], [(f"{h}.ids", idv.shape, idv.dtype)])
+        s.emit(k, "Gather", [s.sliced_const(k, table, 0, parts[k]), f"{h}.ids"],
+               [(f"{h}.rows", oshape, c.dtype)], {"axis": 0})
+        if s.g.opset >= 13:
+            s.emit(k, "Unsqueeze", [f"{h}.mine", s.const(k, f"{h}.axes", np.array([-1], np.int64))],
+                   [(f"{h}.mine3", tuple(idv.shape) + (1,), np.dtype(bool))])
+        else:
+            s.emit(k, "Unsqueeze", [f"{h}.mine"], [(f"{h}.mine3", tuple(idv.shape) + (1,), np.dtype(bool))],
+                   {"axes": [len(idv.shape)]})
+        s.emit(k, "Where", [f"{h}.mine3", f"{h}.rows", s.const(k, f"{h}.zerof", np.array(0, c.dtype))],
+               [(out, oshape, c.dtype)])
+    s.layout[out] = P
+    s.log.append(f"{n.name}: table {c.shape[0]}x{c.shape[1]} split by rows (vocab parallel) -> P")
 
 
 RULES: dict[str, Callable[[Sharder, Node], None]] = {
