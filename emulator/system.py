@@ -25,6 +25,8 @@ distributed engine would place them on other machines the same way.
 
 from __future__ import annotations
 
+import heapq
+
 import multiprocessing
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
@@ -89,42 +91,63 @@ class ChipEmulator(Emulator):
 
         self._place_inputs(inputs)
         self._handlers = HANDLERS
-        self._todo = self._order()
         self._state = [0] * len(self.ops)
         self._pending = [0] * len(self.ops)
+        n = len(self.ops)
         for op in self.ops:
             for d in op.deps:
-                if d < len(self.ops) and d != op.id:
+                if d < n and d != op.id:
                     self._pending[d] += 1
+        # evaluation is event driven: an instruction runs once every instruction it depends on has run
+        # and every SEND value it RECVs has arrived; the ready ones run in dependency order
+        # (``_order``), so that a round runs exactly what a scan of the whole list would, in its order
+        order = self._order()
+        self._pos = {op.id: k for k, op in enumerate(order)}
+        self._users: list[list[int]] = [[] for _ in range(n)]
+        self._waiting: dict[int, list[int]] = {}  # SEND source -> instructions that RECV from it
+        self._unmet = [0] * n
+        for op in order:
+            deps = {d for d in op.deps if d < n and d != op.id}
+            for d in deps:
+                self._users[d].append(op.id)
+            srcs = {sid for sid, _ in op.link if sid >= 0}
+            for sid in srcs:
+                self._waiting.setdefault(sid, []).append(op.id)
+            self._unmet[op.id] = len(deps) + len(srcs)
+        self._ready = [(self._pos[op.id], op.id) for op in order if self._unmet[op.id] == 0]
+        heapq.heapify(self._ready)
+        self._left = n
 
     def advance(self, received: dict[SendKey, np.ndarray]) -> tuple[dict[SendKey, np.ndarray], int, int]:
         """One round: take the SEND values ``received``, evaluate every instruction that does not wait
         for a SEND value still missing (or for an instruction that does), in dependency order. Returns
         the values of the SENDs evaluated, the instructions evaluated and those left."""
-        sources, n = self.sources, len(self.ops)
+        sources, ops, unmet, ready, pos = self.sources, self.ops, self._unmet, self._ready, self._pos
         for key, arr in received.items():
-            sources[self.remote[key]].store = arr
+            sid = self.remote[key]
+            sources[sid].store = arr
+            for u in self._waiting.get(sid, ()):
+                unmet[u] -= 1
+                if unmet[u] == 0:
+                    heapq.heappush(ready, (pos[u], u))
         state = self._state
-        blocked = bytearray(n)
-        waiting = False  # (until something waits, nothing can wait on it: skip the deps scan)
-        left: list[Op] = []
         sent: dict[SendKey, np.ndarray] = {}
-        for op in self._todo:
-            if state[op.id] == 3:  # (run already by a data-dependent read, ``ensure``)
-                continue
-            if (op.link and any(sid >= 0 and sources[sid].store is None for sid, _ in op.link)) or \
-                    (waiting and any(d < n and blocked[d] for d in op.deps)):
-                blocked[op.id] = 1
-                waiting = True
-                left.append(op)
-                continue
-            state[op.id] = 1
-            self._execute(op)
-            if op.inst.spec.mnemonic == "SEND":
-                sent[(op.chip, op.slice.name, op.qidx)] = op.store  # type: ignore[assignment]
-        done = len(self._todo) - len(left)
-        self._todo = left
-        return sent, done, len(left)
+        done = 0
+        while ready:
+            _, i = heapq.heappop(ready)
+            op = ops[i]
+            if state[i] != 3:  # (3: run already by a data-dependent read, ``ensure``)
+                state[i] = 1
+                self._execute(op)
+                if op.inst.spec.mnemonic == "SEND":
+                    sent[(op.chip, op.slice.name, op.qidx)] = op.store  # type: ignore[assignment]
+            done += 1
+            for u in self._users[i]:
+                unmet[u] -= 1
+                if unmet[u] == 0:
+                    heapq.heappush(ready, (pos[u], u))
+        self._left -= done
+        return sent, done, self._left
 
     def finish(self) -> dict[str, Any]:
         """Outputs of this chip, every hazard it found, and its figures for the report."""
