@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     text = [f"# {args.model} on 1..{max(int(x) for x in args.chips.split(','))} chips of {args.system} "
             f"({args.precision})", "",
             "Made by `python bench/chips.py " + " ".join(argv if argv is not None else sys.argv[1:]) + "`. "
-            "Speed-up is over one chip. Link busy: the transmitters' busy cycles summed over all links. "
+            "Speed-up is over the first row. Link busy: the transmitters' busy cycles summed over all links. "
             "All-reduce bound (tp): the link model's lower bound of the program's all-reduces, "
             "2 x (latency + ceil(n/p) x cycles per vector) each for n vectors on p chips, one after the other. "
             "pp runs the chips one after the other at batch 1 (more chips hold bigger models, one inference "

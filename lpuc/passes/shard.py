@@ -42,7 +42,7 @@ every term and every block sum is rounded to it, a chip's own ones too, so that 
 same bits and the rounding is part of the reference; a gathered value that only a matrix product
 reads (which rounds it to the precision anyway) travels in the precision's type.
 
-A value crossing the links has a *wire name* unique in the system (``v.rs0to1``, ``v.ag2``, ``v.g3``):
+A value crossing the links has a *wire name* unique in the system (``v.rs0to1``, ``v.rsum.g2``, ``v.g3``):
 the receiving chip's graph reads it as an input of that name (``Stage.receives``), the sending
 chip's graph gives it as an output (``Stage.sends``, ``Stage.wires``).
 """
