@@ -207,8 +207,10 @@ def allocate(tg: TaskGraph, chip: ChipConfig) -> Allocation:
         near[x] = seen
     for t in tg.outputs + tg.sent:
         last[base(t).id] = n_tasks
-    for t in tg.inputs + tg.received:
+    for t in tg.inputs:
         first[base(t).id] = -1
+    for t in tg.received:  # live from the first task on, placed after the constants (as an early temp)
+        first[base(t).id] = 0
     # a GATHER's table takes one region per plane, unsegmented: a large one goes first among the tensors
     # live from the start, before smaller ones leave no region nearly empty (a tensor-parallel chip's
     # share of a vocabulary table: 2,730 of a region's 8,192 words of 768-wide rows)
@@ -331,7 +333,7 @@ def allocate(tg: TaskGraph, chip: ChipConfig) -> Allocation:
                     best = (cost, h, pick)
                 if i in weights:
                     break
-            if best is not None or opposite[i] or rows_per_seg < 64 or min(rows_per_seg, t.rows) < 64:
+            if best is not None or opposite[i] or min(rows_per_seg, t.rows) <= 1:
                 break
             rows_per_seg = min(rows_per_seg, t.rows) // 2
         if i in mirror_of and (best is None or len(segs) > 1):
