@@ -166,3 +166,21 @@ def test_layer_norms_run_on_row_blocks():
     local = sc.parts[0].stage.local
     norms = [n for n in local.nodes.values() if n.op == "LayerNormalization"]
     assert any(local.values[n.outputs[0]].shape[1] < g.values[n.outputs[0]].shape[1] for n in norms)
+
+
+ZOO = ROOT / "examples" / "models" / "zoo"
+FEW = {"bert_dynamo", "llama_torchscript", "t5_dynamo"}
+
+
+@pytest.mark.parametrize("parallel", ["tp", "sp"])
+@pytest.mark.parametrize("name", [pytest.param(p.stem, marks=() if p.stem in FEW else pytest.mark.slow)
+                                  for p in sorted(ZOO.glob("*.onnx")) if not p.stem.endswith("_dyn")])
+def test_zoo_exports_split_over_two_chips(name, parallel):
+    """What users export (HF models through both torch exporters, ``examples/models/zoo``) split over
+    pair-tiny; the default suite runs a few, ``-m slow`` all of them."""
+    path = ZOO / f"{name}.onnx"
+    sc = compile_system(path, load_system("pair-tiny"), 2, precision="fp16", parallel=parallel)
+    r = verify(sc, str(path), "fp16", seed=1).report
+    assert r["ok"] and r["bit_exact"] and r["predicted_cycles"] == r["emulated_cycles"], r
+    if parallel == "tp":
+        assert any("split by" in n for n in sc.partition.notes)
