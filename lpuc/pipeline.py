@@ -293,7 +293,13 @@ def compile_system(path: "str | Path | onnx.ModelProto", system: SystemConfig, c
         for k, stage in enumerate(part.stages):
             tgs[k] = step("mirror", lambda: mirror(tgs[k], chip))
             try:
-                als.append(step("allocate", lambda: allocate(tgs[k], chip)))
+                try:
+                    al = step("allocate", lambda: allocate(tgs[k], chip))
+                except CompileError:
+                    if not tgs[k].received:
+                        raise
+                    al = step("allocate", lambda: allocate(tgs[k], chip, received_first=False))
+                als.append(al)
             except CapacityError as e:
                 raise CapacityError(f"on {n} chip(s) ({part.mode}), chip {stage.chip}: {e}") from None
         scs = step("schedule", lambda: schedule_system(tgs, als, chip, scheduler))
