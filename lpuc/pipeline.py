@@ -289,7 +289,7 @@ def compile_system(path: "str | Path | onnx.ModelProto", system: SystemConfig, c
             tg = step("tile", lambda: tile(pg, chip))
             pgs.append(pg)
             tgs.append(tg)
-        step("transfer", lambda: add_transfers(tgs, part.stages, system, chip))
+        step("transfer", lambda: add_transfers(tgs, part.stages, system, chip, spread=part.mode == "pp"))
         for k, stage in enumerate(part.stages):
             tgs[k] = step("mirror", lambda: mirror(tgs[k], chip))
             try:

@@ -184,3 +184,13 @@ def test_zoo_exports_split_over_two_chips(name, parallel):
     assert r["ok"] and r["bit_exact"] and r["predicted_cycles"] == r["emulated_cycles"], r
     if parallel == "tp":
         assert any("split by" in n for n in sc.partition.notes)
+
+
+def test_pipeline_spreads_a_transfer_over_two_hop_paths():
+    """A pipeline's hidden state is alone on the links: it goes over the direct link and, in equal
+    shares, through every other chip of the program (RECV, SEND on, no SRAM), so a boundary takes
+    about a third of the link time on 3 chips of node-lpu-v1."""
+    sc, _ = check("gpt2_tiny", "node-lpu-v1", 3, "fp16", "pp")
+    assert forwards(sc) > 0
+    sends = [t for p in sc.parts for t in p.tasks.tasks if t.kind == "send" and t.attrs["to"] == 1]
+    assert {t.attrs["dst"] for t in sends} == {1, 2}  # direct, and via chip 2

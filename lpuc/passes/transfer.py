@@ -53,9 +53,12 @@ def shares(n: int, parts: int) -> list[tuple[int, int]]:
     return [(a, b - a) for a, b in zip(cuts, cuts[1:]) if b > a]
 
 
-def add_transfers(tgs: list[TaskGraph], stages: list[Stage], system: SystemConfig, chip: ChipConfig) -> list[TaskGraph]:
+def add_transfers(tgs: list[TaskGraph], stages: list[Stage], system: SystemConfig, chip: ChipConfig,
+                  spread: bool = False) -> list[TaskGraph]:
     """Add every chip's send, recv and forward tasks (see the module docstring); ``tgs[k]`` is chip k's
-    task graph, ``stages[k]`` its part of the model."""
+    task graph, ``stages[k]`` its part of the model. ``spread``: a value goes over every direct link
+    and every two-hop path through another chip of the program at once, in near-equal shares (a
+    pipeline's hidden state, alone on the links: the other chips' links would idle)."""
     c = chunk_vectors(chip)
     L = chip.lanes
     before: list[dict[int, list[Task]]] = [{} for _ in tgs]  # per chip: position -> tasks to put before it
@@ -86,6 +89,39 @@ def add_transfers(tgs: list[TaskGraph], stages: list[Stage], system: SystemConfi
                      {"slice": f"C2C{entry}", "src": src, "from": (src, wire, link, part, k0, d), "n": m,
                       "dtype": t.dtype}))
 
+    def along(route: list[tuple[int, int]], src, got, a: int, d: int, wire: str, dtype: str, pos: int,
+              j0: int, n: int) -> None:
+        """Vectors j0 .. j0+n-1 from chip a to chip d along ``route`` ([(chip, out link), ...]): a send
+        on the first link, forwards chunk by chunk on every chip on the way, recvs on d."""
+        first = system.peer(a, route[0][1])
+        assert first is not None
+        after[a].setdefault(pos, []).append(
+            Task(-1, "send", [Access(src, j0, 1, n)], [],
+                 {"slice": f"C2C{route[0][1]}", "dst": first[0], "to": d, "value": wire, "part": j0, "n": n,
+                  "dtype": dtype}))
+        pieces = [(a, route[0][1], j0, n)]  # (sending chip, its link, first vector, vectors)
+        for hop in range(1, len(route) + 1):
+            here = system.peer(pieces[0][0], pieces[0][1])
+            assert here is not None
+            r, entry = here
+            if hop == len(route):
+                assert r == d
+                for sc, sl, part, m in pieces:
+                    receive(d, got, sc, wire, sl, entry, part, m)
+                return
+            out = route[hop][1]
+            nxt = system.peer(r, out)
+            assert nxt is not None and route[hop][0] == r
+            new = []
+            for sc, sl, part, m in pieces:
+                for k0 in range(0, m, c):
+                    mm = min(c, m - k0)
+                    forwards[r].append(Task(-1, "forward", [], [], {
+                        "rx": f"C2C{entry}", "slice": f"C2C{out}", "dst": nxt[0], "to": d, "value": wire,
+                        "part": part + k0, "n": mm, "dtype": dtype, "from": (sc, wire, sl, part, k0, d)}))
+                    new.append((r, out, part + k0, mm))
+            pieces = new
+
     for a, (tg, st) in enumerate(zip(tgs, stages)):
         model_outputs = set(st.outputs)
         for t in [t for t in tg.outputs if t.name in st.sends]:
@@ -95,47 +131,15 @@ def add_transfers(tgs: list[TaskGraph], stages: list[Stage], system: SystemConfi
             pos = last_write[a].get(src.id, -1)
             for d in st.sends[t.name]:
                 got = inputs[d][wire]
-                pairs = links_to(system, a, d)
-                if pairs:  # every direct link carries a share
-                    for (out, back), (j0, n) in zip(pairs, shares(n_all, len(pairs))):
-                        after[a].setdefault(pos, []).append(
-                            Task(-1, "send", [Access(src, j0, 1, n)], [],
-                                 {"slice": f"C2C{out}", "dst": d, "to": d, "value": wire, "part": j0, "n": n,
-                                  "dtype": t.dtype}))
-                        receive(d, got, a, wire, out, back, j0, n)
-                    continue
-                # no direct link: along the route, every chip on the way forwards it chunk by chunk
-                route = system.route(a, d)
-                k0_link = route[0][1]
-                nxt = system.peer(a, k0_link)
-                assert nxt is not None
-                after[a].setdefault(pos, []).append(
-                    Task(-1, "send", [Access(src, 0, 1, n_all)], [],
-                         {"slice": f"C2C{k0_link}", "dst": nxt[0], "to": d, "value": wire, "part": 0,
-                          "n": n_all, "dtype": t.dtype}))
-                pieces = [(a, k0_link, 0, n_all)]  # (sending chip, its link, first vector, vectors)
-                for hop in range(1, len(route) + 1):
-                    s_chip, s_link = pieces[0][0], pieces[0][1]
-                    here = system.peer(s_chip, s_link)
-                    assert here is not None
-                    r, entry = here
-                    if hop == len(route):
-                        assert r == d
-                        for sc, sl, part, n in pieces:
-                            receive(d, got, sc, wire, sl, entry, part, n)
-                        break
-                    out = route[hop][1]
-                    nxt = system.peer(r, out)
-                    assert nxt is not None and route[hop][0] == r
-                    new = []
-                    for sc, sl, part, n in pieces:
-                        for k0 in range(0, n, c):
-                            m = min(c, n - k0)
-                            forwards[r].append(Task(-1, "forward", [], [], {
-                                "rx": f"C2C{entry}", "slice": f"C2C{out}", "dst": nxt[0], "to": d, "value": wire,
-                                "part": part + k0, "n": m, "dtype": t.dtype, "from": (sc, wire, sl, part, k0, d)}))
-                            new.append((r, out, part + k0, m))
-                    pieces = new
+                paths = [[(a, out)] for out, _ in links_to(system, a, d)]  # every direct link
+                if spread:  # and every two-hop path through another chip
+                    for c2 in range(len(tgs)):
+                        if c2 not in (a, d) and links_to(system, a, c2) and links_to(system, c2, d):
+                            paths.append([(a, links_to(system, a, c2)[0][0]), (c2, links_to(system, c2, d)[0][0])])
+                if not paths:  # no direct link: along the route
+                    paths = [system.route(a, d)]
+                for route, (j0, n) in zip(paths, shares(n_all, len(paths))):
+                    along(route, src, got, a, d, wire, t.dtype, pos, j0, n)
             if t.name not in model_outputs:
                 t.role = "temp"
                 tg.sent.append(src)
