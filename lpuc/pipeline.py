@@ -322,7 +322,7 @@ def compile_system(path: "str | Path | onnx.ModelProto", system: SystemConfig, c
                     raise
                 why.append(f"{mode} does not fit ({str(e)[:160]})")
                 continue
-            cycles = max(max(int(p.program.meta["predicted_cycles"]) for p in parts), 0)
+            cycles = max(int(p.program.meta["predicted_cycles"]) for p in parts)
             done.append((cycles, mode, part, parts))
             why.append(f"{mode} {cycles:,} cycles")
         if not done:

@@ -20,8 +20,6 @@ not a unit the scheduler picks.
 
 from __future__ import annotations
 
-from typing import Any
-
 from isa.config import ChipConfig
 from isa.dtypes import DTYPES
 from lpuc.kinds.base import TaskKind, register_task_kind
@@ -61,9 +59,6 @@ class SendTask(TaskKind):
         ti = b.inst(sl, 0, "SEND", dt=dt.code, s=0, n=src.n)
         b.read_group(src, b.pos(sl), 0, ti, "s")  # vector j passes the C2C slice in cycle j
         return b.finish()
-
-    def work(self, task: Task, tpl: Template, chip: ChipConfig) -> list[tuple[str, Any]]:
-        return []
 
 
 @register_task_kind
@@ -111,6 +106,3 @@ class ForwardTask(TaskKind):
         si = b.inst(tx, t0 + abs(ptx - prx), "SEND", dt=dt.code, s=0, n=n)
         si.refs["s"] = (fl, 0)
         return b.finish()
-
-    def work(self, task: Task, tpl: Template, chip: ChipConfig) -> list[tuple[str, Any]]:
-        return []

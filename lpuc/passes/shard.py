@@ -237,12 +237,17 @@ class Sharder:
             s, n = want.parts[k]
             o = f"{name}.s{want.axis}_{s}_{n}"
             if o not in self.values[k]:
-                ins = [self.use(k, local[k]), self.const(k, f"{o}.starts", np.array([s], np.int64)),
-                       self.const(k, f"{o}.ends", np.array([s + n], np.int64)),
-                       self.const(k, f"{o}.axes", np.array([want.axis], np.int64))]
-                self.emit(k, "Slice", ins, [(o, self.shape_on(name, want, k), v.dtype)])
+                self._slice(k, self.use(k, local[k]), want.axis, s, n, o, self.shape_on(name, want, k), v.dtype)
             out.append(o)
         return out
+
+    def _slice(self, k: int, x: str, axis: int, start: int, n: int, out: str, shape: tuple[int, ...],
+               dt: np.dtype) -> None:
+        """On chip k: ``out = x[start : start + n]`` along ``axis`` (an ONNX Slice)."""
+        ins = [x, self.const(k, f"{out}.starts", np.array([start], np.int64)),
+               self.const(k, f"{out}.ends", np.array([start + n], np.int64)),
+               self.const(k, f"{out}.axes", np.array([axis], np.int64))]
+        self.emit(k, "Slice", ins, [(out, shape, dt)])
 
     def _gather(self, name: str, cur: Layout, only: int | None, mxm: bool = False) -> list[str]:
         """All-gather of a split value: Concat of every chip's part in chip order. A value made from a
@@ -351,11 +356,8 @@ class Sharder:
                 s, n = blk.parts[j]
                 o = f"{name}.rs{k}to{j}"
                 b = f"{o}.x" if w != dt else o
-                ins = [name, self.const(k, f"{o}.starts", np.array([s], np.int64)),
-                       self.const(k, f"{o}.ends", np.array([s + n], np.int64)),
-                       self.const(k, f"{o}.axes", np.array([blk.axis], np.int64))]
                 bshape = self.shape_on(name, blk, j)
-                self.emit(k, "Slice", ins, [(b, bshape, dt)])
+                self._slice(k, name, blk.axis, s, n, b, bshape, dt)
                 if w != dt:
                     self._cast(k, b, bshape, w, o)
                 if j != k:

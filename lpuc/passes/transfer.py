@@ -134,8 +134,11 @@ def add_transfers(tgs: list[TaskGraph], stages: list[Stage], system: SystemConfi
                 paths = [[(a, out)] for out, _ in links_to(system, a, d)]  # every direct link
                 if spread:  # and every two-hop path through another chip
                     for c2 in range(len(tgs)):
-                        if c2 not in (a, d) and links_to(system, a, c2) and links_to(system, c2, d):
-                            paths.append([(a, links_to(system, a, c2)[0][0]), (c2, links_to(system, c2, d)[0][0])])
+                        if c2 in (a, d):
+                            continue
+                        hop1, hop2 = system.link_between(a, c2), system.link_between(c2, d)
+                        if hop1 is not None and hop2 is not None:
+                            paths.append([(a, hop1), (c2, hop2)])
                 if not paths:  # no direct link: along the route
                     paths = [system.route(a, d)]
                 for route, (j0, n) in zip(paths, shares(n_all, len(paths))):
