@@ -15,6 +15,7 @@ import numpy as np
 from emulator.ops import Op, Seen, Segment, StoredRows, progression, run_segments, segments
 from emulator.state import EmulatorState
 from emulator.streams import diagonal
+from isa.encoding import Stream
 from isa.program import ProgramError
 from isa.timing import StoreAccess, StreamAccess
 
@@ -131,9 +132,12 @@ class ResolvePhase(EmulatorState):
             diags = diagonal(acc.dir, acc.cycles + t, pos)
             diag_run = progression(diags)
         planes = []
+        # the program names producers by stream offset within the field's streams (an IW reading g
+        # groups has g x width of them)
+        first = Stream.from_code(op.inst.ops[acc.field]).index if expect else 0
         for plane in range(acc.dtype.width):
             s = acc.base + plane
-            want = expect.get((op.chip, op.slice.name, op.qidx, acc.field, plane)) if expect else None
+            want = expect.get((op.chip, op.slice.name, op.qidx, acc.field, s - first)) if expect else None
             sole = sole_writers.get((op.id, r, plane), -1)
             fid = None
             if sole >= 0:  # the usual case: one flight carries every vector of the read
@@ -161,7 +165,7 @@ class ResolvePhase(EmulatorState):
                 if w.qidx == want[1] and w.slice.name == want[0] and w.chip == op.chip:
                     want = None
             if want is not None:
-                want = self._expected((op.chip, op.slice.name, op.qidx, acc.field, plane), want)
+                want = self._expected((op.chip, op.slice.name, op.qidx, acc.field, s - first), want)
             if want and any(flights[f].op not in want for f in seen):
                 if fid is None:
                     fid = np.full(n, seen[0], dtype=np.int64)

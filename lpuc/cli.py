@@ -629,8 +629,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fix a dynamic input shape, e.g. input_ids=1x128 (repeatable)")
         sp.add_argument("--scheduler", default="list", choices=["list", "asap", "naive"], help="instruction scheduler")
         sp.add_argument("--dump-after", metavar="PASS",
-                        help="print the IR after a pass: import, fold, lower, heads, tile, mirror, allocate, schedule, "
-                             "codegen")
+                        help="print the IR after a pass: import, fold, lower, heads, install, tile, mirror, allocate, "
+                             "schedule, codegen")
         sp.add_argument("--chips", default="1", metavar="N|auto",
                         help="chips to compile for; auto: the fewest that hold the model")
         sp.add_argument("--system", metavar="NAME|PATH",

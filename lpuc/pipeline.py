@@ -1,13 +1,13 @@
 """The compiler pipeline, straight-line: one pass after the other, each in ``lpuc/passes/<name>.py``.
 
-    import -> fold -> lower -> heads -> tile -> mirror -> allocate -> schedule -> codegen
+    import -> fold -> lower -> heads -> install -> tile -> mirror -> allocate -> schedule -> codegen
 
 ``compile_model(..., dump_after="tile")`` prints the IR after that pass (``lpuc compile
 --dump-after tile``), so every step can be read.
 
 On several chips (``compile_system``):
 
-    import -> fold -> partition (pp) | shard (tp, sp) -> per chip: lower -> heads -> tile
+    import -> fold -> partition (pp) | shard (tp, sp) -> per chip: lower -> heads -> install -> tile
     -> transfer (all chips) -> per chip: mirror -> allocate -> schedule_system (all chips)
     -> per chip: codegen -> merge
 """
@@ -32,6 +32,7 @@ from lpuc.passes.codegen import codegen, merge_chips
 from lpuc.passes.fold_constants import fold_constants
 from lpuc.passes.import_onnx import import_onnx
 from lpuc.passes.heads import heads
+from lpuc.passes.install import install
 from lpuc.passes.lower import PRECISIONS, FoldCache, lower
 from lpuc.passes.mirror import mirror
 from lpuc.passes.partition import Partition, Stage, chips_needed, partition, weight_bytes
@@ -46,7 +47,7 @@ from lpuc.tasks import TaskGraph
 
 #: the multi-chip splits ``compile_system`` knows
 PARALLEL = ("pp", "tp", "sp", "auto")
-PASSES = ("import", "fold", "lower", "heads", "tile", "mirror", "allocate", "schedule", "codegen")
+PASSES = ("import", "fold", "lower", "heads", "install", "tile", "mirror", "allocate", "schedule", "codegen")
 
 
 class _Figures:
@@ -157,6 +158,7 @@ def compile_model(path: "str | Path | onnx.ModelProto", chip: ChipConfig, precis
     check_weights_fit(g, chip, precision)  # a model far too big is refused before the expensive passes
     pg = step("lower", lambda: lower(g, chip, precision), lambda r: r.dump())
     pg = step("heads", lambda: heads(pg, chip), lambda r: r.dump())
+    pg = step("install", lambda: install(pg, chip), lambda r: r.dump())
     tg = step("tile", lambda: tile(pg, chip), lambda r: r.dump())
     tg = step("mirror", lambda: mirror(tg, chip), lambda r: r.dump())
     al = step("allocate", lambda: allocate(tg, chip), lambda r: r.dump(tg))
@@ -286,6 +288,7 @@ def compile_system(path: "str | Path | onnx.ModelProto", system: SystemConfig, c
             sg = stage.graph(g)
             pg = step("lower", lambda: lower(sg, chip, precision, folded))
             pg = step("heads", lambda: heads(pg, chip))
+            pg = step("install", lambda: install(pg, chip))
             tg = step("tile", lambda: tile(pg, chip))
             pgs.append(pg)
             tgs.append(tg)

@@ -142,10 +142,12 @@ class Builder:
         return cycle - pos if direction == "E" else cycle + pos
 
     # ------------------------------------------------------------------------------ streams
-    def read_group(self, acc: Access, dst_pos: int, arrive: int, user: TInst, fld: str) -> None:
+    def read_group(self, acc: Access, dst_pos: int, arrive: int, user: TInst, fld: str,
+                   group: tuple[int, int] = (0, 1)) -> None:
         """READ the planes of ``acc`` so that vector j passes ``dst_pos`` in cycle ``arrive + j``
-        (one READ per plane and segment of the tensor)."""
-        self._mem_group(acc, dst_pos, arrive, user, fld, reading=True)
+        (one READ per plane and segment of the tensor). ``group = (r, g)``: the field reads g stream
+        groups (IW ``g``) and ``acc`` is group r's; group 0 makes the flight of all g."""
+        self._mem_group(acc, dst_pos, arrive, user, fld, reading=True, group=group)
 
     def write_group(self, acc: Access, src_pos: int, depart: int, writer: TInst, fld: str) -> None:
         """WRITE the vectors a unit at ``src_pos`` puts on the streams in ``depart + j`` (one WRITE per
@@ -160,12 +162,15 @@ class Builder:
             self._mem_group(acc, src_pos, depart, writer, fld, reading=False, join=True)
 
     def _mem_group(self, acc: Access, unit_pos: int, t0: int, unit: TInst, fld: str, reading: bool,
-                   join: bool = False) -> None:
+                   join: bool = False, group: tuple[int, int] = (0, 1)) -> None:
         """MEM instructions moving ``acc`` between its slices and a unit at ``unit_pos``; vector j passes
         the unit in cycle ``t0 + j``. Reading, values flow from the slices to the unit; writing, back.
-        ``join``: the unit's field already has a flight; these WRITEs take its values too."""
+        ``join``: the unit's field already has a flight; these WRITEs take its values too.
+        ``group = (r, g)``: ``acc`` travels as stream group r of the field's g (offset r x planes)."""
         t = acc.tensor
-        fl = unit.refs[fld][0] if join else -1
+        r, g = group
+        fl = unit.refs[fld][0] if join or r > 0 else -1
+        off = r * len(t.planes)
         for j0, j1, v0, seg in t.pieces(acc.start, acc.stride, acc.n):
             planes = seg if acc.plane is None else [seg[acc.plane]]
             pos = [self.pos(s) for s, _ in planes]
@@ -173,9 +178,9 @@ class Builder:
             assert all(east) or not any(east), "a tensor's planes straddle the unit"
             direction = "E" if east[0] else "W"
             if fl < 0:
-                fl = self.new_flight(direction, len(planes))
+                fl = self.new_flight(direction, len(planes) * g)
             f = self.flights[fl]
-            assert f.dir == direction, "a tensor's segments straddle the unit"
+            assert f.dir == direction, "a tensor's segments (or stream groups) straddle the unit"
             n = j1 - j0
             d0 = self.diag(direction, t0 + j0, unit_pos)
             vectors = acc.start + acc.stride * np.arange(j0, j1)
@@ -184,8 +189,8 @@ class Builder:
                 rel = t0 + j0 - self.lat["mem_read"] - dist if reading else t0 + j0 + dist
                 mi = self.inst(sname, rel, "READ" if reading else "WRITE",
                                addr=base + acc.start + j0 * acc.stride - v0, n=n, stride=acc.stride)
-                mi.refs["s"] = (fl, k)
-                f.parts.append((k, min(p, unit_pos), max(p, unit_pos), d0, d0 + n - 1))
+                mi.refs["s"] = (fl, off + k)
+                f.parts.append((off + k, min(p, unit_pos), max(p, unit_pos), d0, d0 + n - 1))
                 cycles = rel + np.arange(n) + (0 if reading else self.lat["mem_write"])
                 addrs = base + acc.start + j0 * acc.stride - v0 + acc.stride * np.arange(n)
                 self.sram.append((t.id, sname, "r" if reading else "w", cycles, addrs, base))

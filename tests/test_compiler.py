@@ -227,7 +227,7 @@ def test_compiled_program_runs_with_named_inputs_and_outputs(tmp_path):
 
 
 # a segment is one bank on tiny (high-order banks) and a whole slice on lpu-v1 (interleaved banks)
-@pytest.mark.parametrize("chip,M,K,N", [("tiny", 8, 160, 512), ("lpu-v1", 16, 10000, 320), ("lpu-v1", 256, 320, 12000)])
+@pytest.mark.parametrize("chip,M,K,N", [("tiny", 8, 160, 512), ("lpu-v1", 16, 40000, 320), ("lpu-v1", 256, 320, 12000)])
 def test_tensors_larger_than_a_segment_are_split_into_segments(tmp_path, chip, M, K, N):
     rng = np.random.default_rng(0)
     w = onnx.numpy_helper.from_array((rng.standard_normal((K, N)) * 0.05).astype(np.float32), "w")
@@ -328,3 +328,43 @@ def test_a_scalar_picked_from_a_computed_vector(tmp_path):
     path = _save(m, tmp_path / "scalar.onnx")
     r = verify(compile_model(path, load_chip("lpu-v1"), "fp32"), str(path), "fp32").report
     assert r["ok"] and r["bit_exact"], r
+
+
+def test_install_groups_follow_the_rows_the_weights_are_multiplied_by():
+    from lpuc.passes.install import install_groups
+
+    # fp16 (4 cycles per row, 2 streams per group) on 320 lanes and 32 streams: a 320-row install at
+    # one row per group per cycle against rows x 4 cycles of multiply, at most 4 groups (8 streams)
+    assert install_groups(128, 4, 2, 320, 32, [768]) == 1  # 320 <= 512
+    assert install_groups(64, 4, 2, 320, 32, [768]) == 2  # 160 <= 256
+    assert install_groups(32, 4, 2, 320, 32, [768]) == 4  # 80 <= 128
+    assert install_groups(16, 4, 2, 320, 32, [768, 3072]) == 4  # 80 > 64, but 4 is the cap
+    assert install_groups(16, 16, 4, 320, 32, [768]) == 2  # f32: 4 streams per group, cap 2
+    assert install_groups(16, 4, 2, 320, 32, [50257]) == 1  # an odd row count has no groups
+    assert install_groups(16, 4, 2, 320, 32, [330]) == 2  # 10 rows past the last full install: g | 10
+
+
+def test_few_activation_rows_install_weights_over_several_stream_groups(tmp_path, monkeypatch):
+    """16 rows of fp16 on lpu-v1: each weight part is stored as 4 row-interleaved tensors and every IW
+    reads 4 stream groups; the result is bit-exact and faster than installing one row per cycle."""
+    import lpuc.passes.install as install_pass
+
+    rng = np.random.default_rng(3)
+    w1 = onnx.numpy_helper.from_array((rng.standard_normal((768, 1024)) * 0.05).astype(np.float32), "w1")
+    w2 = onnx.numpy_helper.from_array((rng.standard_normal((1024, 768)) * 0.05).astype(np.float32), "w2")
+    m = _model([helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+                helper.make_node("MatMul", ["r", "w2"], ["y"])],
+               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [16, 768])],
+               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [16, 768])], [w1, w2])
+    path = _save(m, tmp_path / "mlp.onnx")
+    c = compile_model(path, load_chip("lpu-v1"), precision="fp16")
+    mms = [p for p in c.prims.prims if p.kind == "matmul"]
+    assert mms and all(p.attrs.get("il") == 4 for p in mms)
+    iws = [i for (_, s), q in c.program.queues.items() for i in q if i.spec.mnemonic == "IW"]
+    assert iws and all(i.ops["g"] == 4 for i in iws)
+    v = verify(c, path, "fp16")
+    assert v.ok and v.report["bit_exact"], v.report
+    monkeypatch.setattr(install_pass, "STREAM_SHARE", 1 << 10)  # no stream to spare: one group
+    one = compile_model(path, load_chip("lpu-v1"), precision="fp16")
+    assert all(i.ops["g"] == 1 for (_, s), q in one.program.queues.items() for i in q if i.spec.mnemonic == "IW")
+    assert c.cycles < one.cycles * 0.75, (c.cycles, one.cycles)

@@ -17,6 +17,7 @@ from isa.instructions import BY_MNEMONIC
 from isa.timing import instruction_timing
 from lpuc.kinds.base import PrimKind, TaskKind, register_prim_kind, register_task_kind
 from lpuc.passes import tile as tiling
+from lpuc.passes.install import deinterleave
 from lpuc.prim import Prim
 from lpuc.tasks import Access, Task
 from lpuc.templates import Builder, Template
@@ -45,7 +46,7 @@ class ChainTask(TaskKind):
         cpv = chip.cycles_per_vector(task.attrs["dtype"])
         out: list[tuple[str, Any]] = []
         for st in task.attrs["steps"]:
-            out += [("mxm", task.attrs["rows"] * cpv), ("install", st["w"].n)]
+            out += [("mxm", task.attrs["rows"] * cpv), ("install", -(-install_rows(st) // len(weights(st))))]
         return out
 
     def replace_reads(self, task: Task, new: dict[int, Access]) -> None:
@@ -53,10 +54,28 @@ class ChainTask(TaskKind):
         for st in task.attrs.get("steps", []):  # a chain names its accesses per K step too
             for key in ("w", "x"):
                 st[key] = new.get(id(st[key]), st[key])
+            if "ws" in st:
+                st["ws"] = [new.get(id(a), a) for a in st["ws"]]
 
     def allocation_rules(self, task: Task, rules: Any) -> None:
         for st in task.attrs["steps"]:  # matrix weights: balanced between the hemispheres' planes
-            rules.weights[st["w"].tensor.id] = rules.tensors[st["w"].tensor.id].vectors(rules.L)
+            ws = weights(st)
+            for a in ws:
+                rules.weights[a.tensor.id] = rules.tensors[a.tensor.id].vectors(rules.L)
+            if len(ws) > 1:  # the groups of one IW flow to the plane together: one hemisphere
+                ids = {a.tensor.id for a in ws}
+                for i in ids:
+                    rules.together[i] |= ids - {i}
+
+
+def weights(step: dict[str, Any]) -> list[Access]:
+    """The accesses one IW of a chain step reads: one per stream group (``lpuc.passes.install``)."""
+    return step.get("ws") or [step["w"]]
+
+
+def install_rows(step: dict[str, Any]) -> int:
+    """Weight rows (or columns) one IW of a chain step installs."""
+    return sum(a.n for a in weights(step))
 
 
 # ================================================================================================
@@ -74,7 +93,8 @@ class MatmulPrim(PrimKind):
 
     def evaluate(self, p: Prim, vals: dict[int, np.ndarray], lanes: int) -> np.ndarray:
         a = vals[p.ins[0].id]
-        parts = [vals[t.id] for t in p.ins[1:]]  # weights stored by output lane chunk are concatenated
+        # weights stored by output lane chunk are concatenated; interleaved ones first put back together
+        parts = deinterleave([vals[t.id] for t in p.ins[1:]], p.attrs.get("il", 1))
         b = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0 if p.attrs["tb"] else -1)
         return matmul(a, b, p.attrs["tb"], lanes, p.attrs.get("kc")).reshape(p.out.shape)
 
@@ -185,17 +205,21 @@ def chain_template(task: Task, chip: ChipConfig, region_rows: int, side: str | N
     used: set[int] = set()
     iw_starts: list[int] = []
     for i, st in enumerate(steps):
-        w, a = st["w"], st["x"]
+        a = st["x"]
         if i >= 2:
             t_iw = max(t_iw, mm_end[i - 2])  # buffer i % 2 is free once multiply i-2 is done
         while t_iw in used:  # one instruction per cycle in the plane's queue
             t_iw += 1
         used.add(t_iw)
-        iw = b.inst("*", t_iw, "IW", dt=dt.code, buf=i % 2, s=0, n=w.n, r0=0, g=1, t=st["t"], clr=1,
+        ws = weights(st)
+        g = len(ws)
+        n = install_rows(st)
+        iw = b.inst("*", t_iw, "IW", dt=dt.code, buf=i % 2, s=0, n=n, r0=0, g=g, t=st["t"], clr=1,
                     lo=st.get("lo", 0), hi=st["hi"])
         iw.buf_flip = True
         probe = instruction_timing(BY_MNEMONIC["IW"], {**iw.ops, "s": 0}, t_iw, chip)
-        b.read_group(w, x, int(probe.reads[0].cycles[0]), iw, "s")
+        for r, wr in enumerate(ws):  # group r carries rows r, r+g, ...: piece r of the weights
+            b.read_group(wr, x, int(probe.reads[r].cycles[0]), iw, "s", group=(r, g))
         ready = int(probe.store[0].cycles[0])
         t_mm = max(ready, mm_end[-1] if mm_end else 0)
         while t_mm in used:
@@ -210,7 +234,7 @@ def chain_template(task: Task, chip: ChipConfig, region_rows: int, side: str | N
         mm_start.append(t_mm)
         mm_end.append(t_mm + rows * cpv)
         b.extra_ports.append(("*", f"buf*{i % 2}", t_iw, t_mm + rows * cpv))
-        t_iw = t_iw + -(-w.n // 1)  # the install port takes one row per cycle
+        t_iw = t_iw + -(-n // g)  # the install port takes one row per group per cycle
     last_rows = mm_start[-1] + lat["mxm_matmul"] + (rows - 1) * cpv
     t_accr = last_rows + 1  # row j is read in t + j, after the last multiply wrote it in ... + j*cpv
     while t_accr in used:
@@ -251,6 +275,14 @@ def tile_matmul(tiler: Tiler, p: Prim) -> None:
     a_batch = tiling.batch_map(a.shape[:-2] if len(a.shape) > 2 else (), batch)
     b_batch = tiling.batch_map(b.shape[:-2] if len(b.shape) > 2 else (), batch)
     region = int(tiler.chip.mxm["acc_rows"]) // 2
+    g = p.attrs.get("il", 1)  # weight parts interleaved over g stream groups (lpuc.passes.install)
+
+    def wacc(q: int, row0: int, col: int, stride: int, n: int) -> list[Any]:
+        """Rows row0 .. row0+n-1, lane chunk col, of weight part q: from each of its g pieces."""
+        if g == 1:
+            return [tiler.acc(p.ins[1 + q], row0 * stride + col, stride, n)]
+        return [tiler.acc(p.ins[1 + q * g + r], (row0 // g) * stride + col, stride, n // g) for r in range(g)]
+
     for beta in range(nb):
         ab, bb = int(a_batch[beta]), int(b_batch[beta])
         for m0 in range(0, M, region):
@@ -261,26 +293,28 @@ def tile_matmul(tiler: Tiler, p: Prim) -> None:
                 for i in range(c0, c1):
                     kk = min(L, K - i * L)
                     if split:  # weights stored as parts of `split` output lane chunks each
-                        bq, jj = p.ins[1 + j // split], j % split
+                        q, jj = j // split, j % split
                         if not tb:  # part [K, split*L]: rows k, lane chunk jj
-                            cq = bq.chunks(L)
-                            w = tiler.acc(bq, (i - c0) * L * cq + jj, cq, kk)
+                            ws = wacc(q, (i - c0) * L, jj, p.ins[1 + q * g].chunks(L), kk)
                             hi = 0
                         else:  # part [split*L, K]: rows n of the chunk become columns
                             nn = min(L, N - j * L)
-                            w = tiler.acc(bq, jj * L * Ck + i, Ck, nn)
+                            ws = wacc(q, jj * L, i, Ck, nn)
                             hi = kk if kk < L else 0
                     elif not tb:  # rows k of b, lane chunk j
-                        w = tiler.acc(b, (bb * K + i * L) * Cn + j, Cn, kk)
+                        ws = wacc(0, bb * K + i * L, j, Cn, kk)
                         hi = 0
                     else:  # rows n of b^T become columns; mask the padding lanes of K
                         nn = min(L, N - j * L)
-                        w = tiler.acc(b, (bb * N + j * L) * Ck + i, Ck, nn)
+                        ws = wacc(0, bb * N + j * L, i, Ck, nn)
                         hi = kk if kk < L else 0
                     x = tiler.acc(a, (ab * M + m0) * Ck + i, Ck, rows)
-                    steps.append({"w": w, "x": x, "t": int(tb), "hi": hi, "k": kk if kk < L else 0})
+                    step = {"w": ws[0], "x": x, "t": int(tb), "hi": hi, "k": kk if kk < L else 0}
+                    if g > 1:
+                        step["ws"] = ws
+                    steps.append(step)
                 o = tiler.acc(out, (beta * M + m0) * Cn + j, Cn, rows)
-                reads = [s["w"] for s in steps] + [s["x"] for s in steps]
+                reads = [a for s in steps for a in weights(s)] + [s["x"] for s in steps]
                 tiler.tg.add("chain", reads, [o], p, steps=steps, rows=rows, dtype=a.dtype)
 
 

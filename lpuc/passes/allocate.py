@@ -40,6 +40,7 @@ class Rules:
     tensors: dict[int, Tensor]
     L: int
     opposite: dict[int, set[int]] = field(default_factory=lambda: defaultdict(set))  # must be in the other hemisphere
+    together: dict[int, set[int]] = field(default_factory=lambda: defaultdict(set))  # must be in the same hemisphere
     weights: dict[int, int] = field(default_factory=dict)  # weight tensor id -> words, for the hemisphere balance
     vxm_tasks: dict[int, list] = field(default_factory=lambda: defaultdict(list))  # tensor id -> VXM tasks that touch it
 
@@ -310,6 +311,9 @@ def allocate(tg: TaskGraph, chip: ChipConfig, received_first: bool = True) -> Al
             hemis = [h for h in hemis if h not in forced]
         if mirror_of.get(i) in placed:  # one stream group stores both: it flows one way
             hemis = [placed[mirror_of[i]][0]]
+        same = {placed[j][0] for j in rules.together[i] if j in placed}
+        if same:  # the stream groups of one weight install flow to the plane one way
+            hemis = [h for h in hemis if h in same]
         if vxm_tasks.get(i):
             # the VXM sits between the hemispheres: operands from the west arrive on eastward streams,
             # results for the east leave on eastward streams. Keep each direction within its streams.

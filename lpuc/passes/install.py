@@ -1,0 +1,96 @@
+"""Pass -- install: store constant matrix weights so that their installs read several stream groups
+at once (IW ``g > 1``).
+
+An IW takes ``cdiv(n, g)`` cycles for ``n`` weight rows read over ``g`` stream groups, and the
+MATMUL after it ``rows x cycles_per_vector`` (fp16: 4 per activation row). With 128 token rows a
+320-row install (320 cycles at g = 1) hides behind the 512-cycle multiply; with the 16 rows a chip of
+an 8-way sequence-parallel split keeps, the multiply takes 64 cycles and every product waits for its
+installs (BERT-base width on 8 chips: 7,700 of every layer's ~15,000 cycles are installs).
+
+Group ``r`` of an IW carries its rows ``r, r + g, r + 2g, ...`` (``isa`` IW), one per cycle, and a MEM
+slice reads one word per cycle, so each group must come from its own slices. Constants can be stored
+in any order, so a weight part ``W`` (rows = what is installed: K rows, or N rows of a ``tb`` product)
+becomes ``g`` constant tensors
+
+    W_r = W[r::g]        (row i of W_r is row r + i*g of W),
+
+which the allocator keeps in disjoint slices of one hemisphere (``ChainTask.allocation_rules``), and
+the matmul's weight operands are the pieces part by part: ``ins = [a, W0_0 .. W0_{g-1}, W1_0, ...]``,
+``attrs["il"] = g``. Its value is unchanged (``MatmulPrim.evaluate`` puts the rows back).
+
+``g`` is the smallest divisor of the lanes that makes an install no longer than the multiply after
+it, ``cdiv(lanes, g) <= rows x cycles_per_vector``, among those that divide every install's row count
+(a part's rows modulo the lanes), and at most ``streams / (STREAM_SHARE x width)`` (fp16: 4 groups =
+8 of 32 streams): both planes of a hemisphere install at once, and the activations and results of
+the chains need streams too. Products with 128 fp16 rows keep ``g = 1``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from isa.config import ChipConfig
+from lpuc.prim import PrimGraph, Tensor
+
+#: a chain's weight installs take at most 1/STREAM_SHARE of a direction's streams
+STREAM_SHARE = 4
+
+
+def install_groups(rows: int, cpv: int, width: int, lanes: int, streams: int, part_rows: list[int]) -> int:
+    """Stream groups for installing weight parts of ``part_rows`` rows before multiplies of ``rows``
+    activation rows at ``cpv`` cycles each (see the module docstring)."""
+    cap = max(1, streams // (STREAM_SHARE * width))
+    common = lanes
+    for r in part_rows:
+        common = math.gcd(common, r % lanes) if r % lanes else common
+    g = 1
+    for d in range(1, cap + 1):
+        if common % d:
+            continue
+        g = d
+        if -(-lanes // d) <= rows * cpv:
+            break
+    return g
+
+
+def install(pg: PrimGraph, chip: ChipConfig) -> PrimGraph:
+    """Interleave the constant weights of every matmul whose installs would outlast its multiplies."""
+    L = chip.lanes
+    region = int(chip.mxm["acc_rows"]) // 2  # a chain's rows: one accumulator region (lpuc.kinds.matmul)
+    readers = pg.readers()
+    for p in pg.prims:
+        if p.kind != "matmul" or p.attrs.get("il", 1) > 1:
+            continue
+        a, parts = p.ins[0], p.ins[1:]
+        if not all(isinstance(w, Tensor) and w.const is not None and len(w.shape) == 2 for w in parts):
+            continue
+        if any(len(readers.get(w.id, [])) != 1 for w in parts):
+            continue  # a weight another primitive reads too (a tied embedding) keeps its one copy
+        rows = min(region, a.shape[-2] if len(a.shape) >= 2 else 1)
+        dt = parts[0].dt
+        g = install_groups(rows, chip.cycles_per_vector(dt.name), dt.width, L, chip.streams,
+                           [w.shape[0] for w in parts])
+        if g == 1:
+            continue
+        pieces: list[Tensor] = []
+        for w in parts:
+            pieces += [pg.const(f"{w.name}[{r}::{g}]", np.ascontiguousarray(w.const[r::g]), w.dtype) for r in range(g)]
+        p.ins = [a, *pieces]
+        p.attrs["il"] = g
+    return pg
+
+
+def deinterleave(pieces: list[np.ndarray], g: int) -> list[np.ndarray]:
+    """The weight parts as they were before ``install``: ``W[r::g] = pieces[q*g + r]`` for part q."""
+    if g == 1:
+        return list(pieces)
+    out = []
+    for q in range(0, len(pieces), g):
+        ps = pieces[q:q + g]
+        whole = np.empty((sum(x.shape[0] for x in ps),) + ps[0].shape[1:], dtype=ps[0].dtype)
+        for r, x in enumerate(ps):
+            whole[r::g] = x
+        out.append(whole)
+    return out
