@@ -353,15 +353,15 @@ class SystemEmulator(ReportPhase):
         finally:
             self.units.close()
         hazards = list(self.plan.hazards)
-        outputs_by_chip: dict[str, np.ndarray] = {}
+        outputs_by_chip: dict[tuple[int, str], np.ndarray] = {}
         for c in chips:
             hazards.extend(self._figures[c]["hazards"])
-            outputs_by_chip.update(self._figures[c]["outputs"])
+            outputs_by_chip.update({(c, name): v for name, v in self._figures[c]["outputs"].items()})
         hazards.sort(key=lambda h: (h.cycle, h.chip, h.slice, h.index))
         self.hazards = hazards
         if self.strict and hazards:
             raise HazardError(hazards[0], len(hazards) - 1)
-        outputs = {t.name: outputs_by_chip[t.name] for t in self.prog.io("output")}
+        outputs = self.prog.join_outputs(outputs_by_chip)
         return RunResult(outputs, self.cycles, self.stats(), list(hazards), self.ops)
 
     def _busy_intervals(self) -> dict[tuple[int, str], list[tuple[int, int]]]:

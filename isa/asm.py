@@ -11,6 +11,10 @@ The text form of a program, statement per line (``;`` starts a comment)::
     .queue VXM0 chip=0
     @3 ADD.f32 a=E0, b=#1.5, n=4, d=W0 {"Add_0"}  ; {"node"} names the ONNX node served
 
+A ``.tensor`` may add ``chip=N`` (its chip in a system), ``host=DTYPE`` (the host's numpy type),
+``planes@ROW=...`` (the planes of the segment from row ROW on) and, for an output computed in blocks on
+several chips, ``block=AXIS:START`` (the host joins the blocks along AXIS in order of START).
+
 Operands are checked against the instruction table; omitted operands take the table's default.
 Stream groups are written ``E<i>``/``W<i>``, immediates ``#<value>`` in the instruction's dtype
 (rounded to nearest even) or ``#0x<bits>``. ``disassemble`` prints the canonical form, which
@@ -345,6 +349,7 @@ class _Assembler:
         shape = tuple(int(x) for x in inner.split(",")) if inner else ()
         chip, host, planes, data = 0, "", None, None
         more: list[tuple[int, list[tuple[str, int]]]] = []
+        block: tuple[int, int] | None = None
         rest = words[4:]
         i = 0
         while i < len(rest):
@@ -362,12 +367,15 @@ class _Assembler:
                 planes = _planes(v)
             elif k.startswith("planes@"):  # another segment: rows from N on
                 more.append((int(k[7:]), _planes(v)))
+            elif k == "block":  # this chip's block of an output: AXIS:START
+                ax, _, st = v.partition(":")
+                block = (int(ax), int(st))
             else:
-                raise ValueError(f"unexpected '{w}'; expected chip=, host=, planes= or '= data'")
+                raise ValueError(f"unexpected '{w}'; expected chip=, host=, planes=, block= or '= data'")
             i += 1
         if planes is None:
             raise ValueError("missing planes=SLICE@ADDR,...")
-        t = TensorDesc(name, role, dname, shape, chip, planes, host, data, more)
+        t = TensorDesc(name, role, dname, shape, chip, planes, host, data, more, block)
         Program(system=system, tensors=[t])._validate_tensor(t)
         self.tensors.append(t)
 
@@ -462,6 +470,8 @@ def disassemble(prog: Program, with_data: bool = True) -> str:
         line += " planes=" + ",".join(f"{s}@{a}" for s, a in t.planes)
         for row, planes in t.more:
             line += f" planes@{row}=" + ",".join(f"{s}@{a}" for s, a in planes)
+        if t.block is not None:
+            line += f" block={t.block[0]}:{t.block[1]}"
         if t.data is not None:
             line += " = " + (_format_data(t) if with_data else "[...]")
         out.append(line)

@@ -23,8 +23,12 @@ planes, each segment laid out as above with its own base addresses.
 
 ``meta`` is free-form JSON, with two keys the tools read: ``predicted_cycles`` (the compiler's
 prediction) and ``expect``, a list of ``[slice, index, field, plane, writer slice, writer index]``
-naming for a stream read the instruction whose value it must see (chip 0); the emulator reports a
-``wrong-producer`` hazard when another value arrives.
+naming for a stream read the instruction whose value it must see (chip 0); ``plane`` counts the streams
+of the read's field from its first (an IW over g groups of a 2-byte type has 2g); the emulator reports
+a ``wrong-producer`` hazard when another value arrives.
+
+An output may be described once per chip with a ``block`` (axis, start): each chip computes a block of
+it, and the host joins them along the axis (``Program.join_outputs``), with no chip-to-chip transfer.
 """
 
 from __future__ import annotations
@@ -137,6 +141,9 @@ class TensorDesc(VectorLayout):
     data: bytes | None = None  # constants: row-major values in the chip dtype
     # a tensor larger than a bank lies in segments: rows from `row` on live in these planes instead
     more: list[tuple[int, list[tuple[str, int]]]] = field(default_factory=list)
+    # an output computed in blocks on several chips: (axis, start) of this chip's block, which the host
+    # puts at index start along axis of the whole (``Program.join_outputs``)
+    block: tuple[int, int] | None = None
 
     def placements(self, lanes: int) -> list[tuple[int, int, list[tuple[str, int]]]]:
         """(first vector, end vector, planes) of every segment; vector v of a segment lies at
@@ -166,6 +173,27 @@ class TensorDesc(VectorLayout):
     def const_array(self) -> np.ndarray:
         assert self.data is not None
         return np.frombuffer(self.data, dtype=self.dt.np).reshape(self.shape)
+
+
+def _check_blocks(name: str, descs: list[TensorDesc]) -> None:
+    """One output per name, or blocks (on distinct chips: ``validate`` checks names per chip) that tile
+    the whole along one axis."""
+    if len(descs) == 1 and descs[0].block is None:
+        return
+    if any(d.block is None for d in descs):
+        raise ProgramError(f"tensor '{name}' is described twice")
+    axis = descs[0].block[0]
+    ref = descs[0].shape
+    if any(d.block[0] != axis for d in descs) or not 0 <= axis < len(ref):
+        raise ProgramError(f"output '{name}': blocks must share one axis of the shape")
+    at = 0
+    for d in sorted(descs, key=lambda d: d.block[1]):
+        if len(d.shape) != len(ref) or any(a != b for i, (a, b) in enumerate(zip(d.shape, ref)) if i != axis) \
+                or d.dtype != descs[0].dtype:
+            raise ProgramError(f"output '{name}': blocks differ in dtype or outside axis {axis}")
+        if d.block[1] != at:
+            raise ProgramError(f"output '{name}': the block at {d.block[1]} along axis {axis} should start at {at}")
+        at += d.shape[axis]
 
 
 @dataclass
@@ -228,16 +256,32 @@ class Program:
                     raise ProgramError(f"chip {c} {sname} instruction {k}: node index {inst.node} out of range")
                 last = inst.issue
         names: set[tuple[int, str]] = set()
-        outputs: set[str] = set()
+        outputs: dict[str, list[TensorDesc]] = {}
         for t in self.tensors:
             # a model input may be loaded onto several chips (each reads it), under one name; within a
-            # chip names are unique, and the host reads each output from one chip
-            if (t.chip, t.name) in names or (t.role == "output" and t.name in outputs):
+            # chip names are unique, and the host reads each output from one chip, or in blocks
+            if (t.chip, t.name) in names:
                 raise ProgramError(f"tensor '{t.name}' is described twice")
             names.add((t.chip, t.name))
             if t.role == "output":
-                outputs.add(t.name)
+                outputs.setdefault(t.name, []).append(t)
+            elif t.block is not None:
+                raise ProgramError(f"tensor '{t.name}': only an output has a block")
             self._validate_tensor(t)
+        for name, descs in outputs.items():
+            _check_blocks(name, descs)
+
+    def join_outputs(self, values: dict[tuple[int, str], np.ndarray]) -> dict[str, np.ndarray]:
+        """The model outputs from what each chip holds (``values[(chip, name)]``): an output in blocks
+        is their concatenation along the block axis, in order of start."""
+        out: dict[str, np.ndarray] = {}
+        for t in self.io("output"):
+            if t.block is None:
+                out[t.name] = values[(t.chip, t.name)]
+            elif t.name not in out:
+                blocks = sorted((d for d in self.io("output") if d.name == t.name), key=lambda d: d.block[1])
+                out[t.name] = np.concatenate([values[(d.chip, d.name)] for d in blocks], axis=t.block[0])
+        return out
 
     def _validate_tensor(self, t: TensorDesc) -> None:
         chip = self.chip
@@ -293,6 +337,8 @@ class Program:
                 d["host_dtype"] = t.host_dtype
             if t.more:
                 d["more"] = [[r, [[sn, b] for sn, b in pl]] for r, pl in t.more]
+            if t.block is not None:
+                d["block"] = list(t.block)
             if t.data is not None:
                 d["data_len"] = len(t.data)
                 body += t.data
@@ -379,7 +425,8 @@ class Program:
                 shape=tuple(int(x) for x in td["shape"]), chip=int(td["chip"]),
                 planes=[(str(s), int(b)) for s, b in td["planes"]],
                 host_dtype=str(td.get("host_dtype", "")), data=blob,
-                more=[(int(r), [(str(sn), int(b)) for sn, b in pl]) for r, pl in td.get("more", [])]))
+                more=[(int(r), [(str(sn), int(b)) for sn, b in pl]) for r, pl in td.get("more", [])],
+                block=(int(td["block"][0]), int(td["block"][1])) if td.get("block") is not None else None))
         if pos != end:
             raise ProgramError(f"{origin}: {end - pos} unexpected bytes after the program body")
         prog.validate()

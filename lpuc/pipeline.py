@@ -364,6 +364,9 @@ def compile_system(path: "str | Path | onnx.ModelProto", system: SystemConfig, c
     used = SystemConfig(name=system.name if chips == system.chips else f"{system.name}[0:{chips}]", chip=chip,
                         chips=chips, links=tuple(ln for ln in system.links if ln.a[0] < chips and ln.b[0] < chips))
     prog = step("codegen", lambda: merge_chips([p.program for p in parts], used, meta))
+    for t in prog.tensors:  # an output each chip computes a block of: the host joins them
+        if t.role == "output" and t.name in parts[t.chip].stage.blocks:
+            t.block = parts[t.chip].stage.blocks[t.name]
     prog.meta["roofline_cycles"] = max(p.roofline.cycles for p in parts)
     prog.meta["chips"] = chips
     prog.meta["parallel"] = part.mode

@@ -89,10 +89,19 @@ class SystemReference:
                         wire.setdefault(st.wires.get(t.name, t.name), vals[k][tid])
             if not moved and not any(name in wire for w in waiting for name in w):
                 raise RuntimeError("internal: the chips' reference evaluation waits for values no chip computes")
-        out = {}
+        out: dict[str, np.ndarray] = {}
+        blocks: dict[str, list[tuple[int, int, np.ndarray]]] = {}  # outputs in blocks: (start, axis, block)
         for k, (pg, st) in enumerate(zip(self.pgs, self.stages)):
             for t in pg.outputs:
                 if t.name in outputs and t.name in st.outputs:
                     v = vals[k][t.id].reshape(t.shape)
-                    out[t.name] = v.astype(t.host_dtype) if t.host_dtype and np.dtype(t.host_dtype) != v.dtype else v
+                    v = v.astype(t.host_dtype) if t.host_dtype and np.dtype(t.host_dtype) != v.dtype else v
+                    if t.name in st.blocks:
+                        axis, start = st.blocks[t.name]
+                        blocks.setdefault(t.name, []).append((start, axis, v))
+                    else:
+                        out[t.name] = v
+        for name, bs in blocks.items():  # joined as the host joins them (isa.program.Program.join_outputs)
+            bs.sort(key=lambda b: b[0])
+            out[name] = np.concatenate([b[2] for b in bs], axis=bs[0][1])
         return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -13,7 +14,7 @@ from isa.config import load_chip, load_system
 from isa.dtypes import BY_CODE, DTYPES
 from isa.encoding import IMM_FLAG, decode, encode
 from isa.instructions import TABLE, Instr
-from isa.program import Inst, Program
+from isa.program import Inst, Program, ProgramError, TensorDesc
 
 
 def test_isa_md_is_generated_and_current():
@@ -98,6 +99,38 @@ def test_program_roundtrip_multichip(tmp_path):
     text = disassemble(Program.from_bytes(blob))
     assert ".system pair-tiny" in text and ".queue C2C0 chip=1" in text
     assert assemble(text).to_bytes() == blob
+
+
+def _blocks(*blocks) -> Program:
+    """A pair-tiny program with output y [4, 6] given as (chip, axis, start, shape) blocks."""
+    prog = Program(system=load_system("pair-tiny"))
+    for chip, axis, start, shape in blocks:
+        prog.tensors.append(TensorDesc("y", "output", "f32", shape, chip, [(f"MEM_W{k}", 0) for k in range(4)],
+                                       block=(axis, start)))
+    return prog
+
+
+def test_an_output_in_blocks_round_trips_and_joins():
+    prog = _blocks((0, 1, 0, (4, 2)), (1, 1, 2, (4, 4)))
+    prog.validate()
+    text = disassemble(prog)
+    assert "block=1:0" in text and "block=1:2" in text
+    again = Program.from_bytes(assemble(text).to_bytes())
+    assert [t.block for t in again.tensors] == [(1, 0), (1, 2)]
+    a, b = np.zeros((4, 2), np.float32), np.ones((4, 4), np.float32)
+    joined = again.join_outputs({(1, "y"): b, (0, "y"): a})["y"]
+    assert joined.shape == (4, 6) and (joined[:, :2] == 0).all() and (joined[:, 2:] == 1).all()
+
+
+@pytest.mark.parametrize("blocks,msg", [
+    (((0, 1, 0, (4, 2)), (1, 1, 3, (4, 4))), "should start at 2"),
+    (((0, 1, 0, (4, 2)), (1, 0, 2, (4, 4))), "share one axis"),
+    (((0, 1, 0, (4, 2)), (0, 1, 2, (4, 4))), "described twice"),
+    (((0, 1, 0, (4, 2)), (1, 1, 2, (3, 4))), "outside axis 1"),
+])
+def test_inconsistent_output_blocks_are_refused(blocks, msg):
+    with pytest.raises(ProgramError, match=msg):
+        _blocks(*blocks).validate()
 
 
 def test_immediate_parse_rounds_to_dtype():

@@ -56,6 +56,15 @@ def test_two_chip_sequence_parallel_on_pair_tiny(model):
     # token rows split: every chip holds all the weights, keys and values are gathered
     assert all(p.stage.weight_bytes == sc.parts[0].stage.weight_bytes for p in sc.parts)
     assert any(".g1" in w for w in sc.parts[0].stage.receives)
+    # each chip hands the host its own rows of the output: no transfer gathers them
+    outs = [t for t in sc.program.tensors if t.role == "output"]
+    assert sorted((t.chip, t.block[1]) for t in outs) == [(0, 0), (1, outs[0].shape[outs[0].block[0]])]
+    assert not any(o in w for p in sc.parts for w in p.stage.receives for o in sc.graph.outputs)
+    # the received parts of keys and values are written where the gathered value has them: no copy
+    # task reads a received tensor whole
+    for p in sc.parts:
+        got = {t.id for t in p.tasks.received}
+        assert not [t for t in p.tasks.tasks if t.kind == "copy" and t.reads[0].tensor.id in got]
 
 
 def test_eight_chips_of_a_node():

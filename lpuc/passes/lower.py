@@ -178,6 +178,10 @@ class Lowering:
         else:
             self.pg.prims.append(prim)
         self.converted[(t.id, to)] = out
+        if to == "f32" and t.dtype in ("f16", "bf16"):
+            # widening is exact, so narrowing the result back gives t itself (a value gathered from other
+            # chips in fp16 and multiplied in fp16: no conversion either way on the critical path)
+            self.converted.setdefault((out.id, t.dtype), t)
         return out
 
     def splat(self, t: Tensor) -> Tensor:

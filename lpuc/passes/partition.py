@@ -102,6 +102,8 @@ class Stage:
     wires: dict[str, str] = field(default_factory=dict)
     #: the stage's own graph, where it is not a part of the model's (a tensor-parallel shard)
     local: Graph | None = None
+    #: model outputs this chip computes a block of: name -> (axis, start) (the host joins the blocks)
+    blocks: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def graph(self, g: Graph) -> Graph:
         """The stage as a graph of its own: inputs are the model inputs it reads, then the values it

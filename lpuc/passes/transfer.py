@@ -30,6 +30,7 @@ receiving chip's graph.
 from __future__ import annotations
 
 from isa.config import ChipConfig, SystemConfig
+from lpuc.kinds import task_kind
 from lpuc.kinds.c2c import chunk_vectors
 from lpuc.passes.partition import Stage
 from lpuc.tasks import Access, Task, TaskGraph
@@ -157,6 +158,63 @@ def add_transfers(tgs: list[TaskGraph], stages: list[Stage], system: SystemConfi
             tasks += before[d].get(i, []) + [task] + after[d].get(i, [])
         tasks += before[d].get(len(tg.tasks), []) + forwards[d]
         tg.tasks = tasks
+        _in_place(tg, L)
         for i, task in enumerate(tg.tasks):  # task ids are positions in program order
             task.id = i
     return tgs
+
+
+def _in_place(tg: TaskGraph, L: int) -> None:
+    """Fold away copies of a whole received or sent tensor into a run of another one (the Concat that
+    joins the parts of a gathered value): the tasks that write the part (recvs, or the local producer)
+    write it straight into that run, and the sends read it there. The copies took 300-500 cycles after
+    the last part arrived, on the critical path of every layer of a split by token rows.
+
+    Applies to a ``copy`` task reading all of ``src`` (vectors 0..n-1, in order) into vectors
+    ``off .. off+n-1`` of ``dst`` of the same type and row width, when nothing but that copy and sends
+    reads ``src``, and neither tensor is a view or has views: vector v of src becomes vector off+v of
+    dst in every access. ``dst`` inherits ``src``'s place among the received and sent tensors."""
+    views = getattr(tg, "view_of", {})
+    viewed = {v.id for v in views.values()} | set(views)
+    moving = {t.id for t in tg.received} | {t.id for t in tg.sent}
+    outputs = {t.id for t in tg.outputs}
+    readers: dict[int, list[Task]] = {}
+    writers: dict[int, list[Task]] = {}
+    for task in tg.tasks:
+        for a in task.reads:
+            readers.setdefault(a.tensor.id, []).append(task)
+        for a in task.writes:
+            writers.setdefault(a.tensor.id, []).append(task)
+    drop: set[int] = set()
+    for task in tg.tasks:
+        if task.kind != "copy" or len(task.reads) != 1 or len(task.writes) != 1:
+            continue
+        r, w = task.reads[0], task.writes[0]
+        src, dst = r.tensor, w.tensor
+        n = src.vectors(L)
+        if src.id not in moving or src.id in viewed or dst.id in viewed or src.id in outputs or src is dst:
+            continue
+        if (r.start, r.stride, r.n, w.stride, w.n, r.plane, w.plane) != (0, 1, n, 1, n, None, None):
+            continue
+        if src.dtype != dst.dtype or src.chunks(L) != dst.chunks(L):
+            continue
+        if any(t is not task and t.kind != "send" for t in readers.get(src.id, [])):
+            continue
+
+        def moved(a: Access) -> Access:
+            return Access(dst, w.start + a.start, a.stride, a.n, a.plane) if a.tensor is src else a
+
+        for t in readers.get(src.id, []):
+            if t is not task:
+                task_kind(t).replace_reads(t, {id(a): moved(a) for a in t.reads if a.tensor is src})
+                readers.setdefault(dst.id, []).append(t)
+        for t in writers.get(src.id, []):
+            t.writes = [moved(a) for a in t.writes]
+            writers.setdefault(dst.id, []).append(t)
+        drop.add(id(task))
+        for group in (tg.received, tg.sent):
+            if any(x is src for x in group):
+                group[:] = [x for x in group if x is not src] + ([dst] if all(x is not dst for x in group) else [])
+        moving.add(dst.id)
+    if drop:
+        tg.tasks = [t for t in tg.tasks if id(t) not in drop]
