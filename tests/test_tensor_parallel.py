@@ -67,6 +67,16 @@ def test_two_chip_sequence_parallel_on_pair_tiny(model):
         assert not [t for t in p.tasks.tasks if t.kind == "copy" and t.reads[0].tensor.id in got]
 
 
+def test_logits_split_by_vocabulary_reach_the_host_in_blocks():
+    """A language model's head split by columns: every chip hands the host its columns of the logits."""
+    sc, r = check("gpt2_tiny", "pair-tiny", 2, "fp16", "tp")
+    blocks = sorted((t.block, t.chip, t.shape) for t in sc.program.tensors if t.role == "output")
+    (b0, c0, s0), (b1, c1, s1) = blocks
+    assert b0 == (len(s0) - 1, 0) and b1 == (len(s0) - 1, s0[-1]) and {c0, c1} == {0, 1}
+    assert s0[-1] + s1[-1] == sc.graph.values[sc.graph.outputs[0]].shape[-1]
+    assert any("split by columns" in n and "x" + str(s0[-1] + s1[-1]) in n for n in sc.partition.notes)
+
+
 def test_eight_chips_of_a_node():
     """Token rows over all 8 chips of node-lpu-v1 (16 tokens: 2 a chip)."""
     sc, _ = check("bert_tiny", "node-lpu-v1", 8, "fp16", "sp")

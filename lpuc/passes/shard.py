@@ -499,12 +499,10 @@ def _onnx_type(dt: np.dtype) -> int:
 # ---------------------------------------------------------------------------------- rules (one per op family)
 def _lookahead(s: Sharder, value: str, depth: int = 4) -> int | None:
     """The unit a column split of ``value`` should keep whole: the head size if a Reshape splits its
-    last axis into heads further on, 1 if nothing in the way needs it whole, None if a Split, Slice,
-    Concat or Gather reads it or it is a model output (a split would be gathered again at once)."""
-    if value in s.g.outputs:
-        # a model output is gathered on chip 0: computing it there whole saves the links its size (a
-        # language model's logits, [128, 50257] in f32, would take 200k cycles over the links)
-        return None
+    last axis into heads further on, 1 if nothing in the way needs it whole (a model output split by
+    columns goes to the host in blocks, ``Stage.blocks``: a language model's logits, [128, 50257] in f32,
+    need neither one chip's SRAM nor the links), None if a Split, Slice, Concat or Gather reads it (a
+    split would be gathered again at once)."""
     unit = 1
     for c in s.g.consumers(value):
         if c.op in ("Split", "Slice", "Concat", "Gather", "GatherElements", "Resize", "Pad", "Expand", "Tile"):
