@@ -19,6 +19,7 @@ the scheduler turns every reuse into a write-after-read dependency.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -50,6 +51,9 @@ class Allocation:
     reuse: list[tuple[Tensor, Tensor]] = field(default_factory=list)  # (earlier tensor, later one) sharing words
     peak_bytes: int = 0
     used_bytes: int = 0
+    # VXM tasks whose operands and results, where they were placed, need more streams of one direction
+    # than the chip has (each placement looked only at the neighbours placed before it)
+    overloaded: list[int] = field(default_factory=list)
 
     def dump(self, tg: TaskGraph) -> str:
         lines = [f"peak live SRAM: {self.peak_bytes} bytes"]
@@ -245,6 +249,7 @@ def allocate(tg: TaskGraph, chip: ChipConfig, received_first: bool = True) -> Al
     mem = {h: [s for s in chip.slices_of("MEM") if s.hemisphere == h] for h in ("W", "E")}
     for h in mem:  # nearest to the centre first
         mem[h].sort(key=lambda s: abs(s.position - chip.slice("VXM0").position))
+    rank = {s.name: k for h in mem for k, s in enumerate(mem[h])}
     # free space per (slice, region): a region is a bank (high-order banks) or the whole slice (interleaved)
     bw = chip.segment_words
     regions = chip.words_per_slice // bw
@@ -257,18 +262,16 @@ def allocate(tg: TaskGraph, chip: ChipConfig, received_first: bool = True) -> Al
     placed: dict[int, tuple[str, list[str], list[tuple[str, int]]]] = {}  # id -> (hemisphere, slices, spots)
     weight_words = {"W": 0, "E": 0}  # constant matrix weights placed per hemisphere
     act_words = {"W": 0, "E": 0}  # computed ones
-    active: list[tuple[int, Tensor, list[tuple[str, int, int, int]]]] = []
+    # placed tensors by the task after which their words are free (a heap: freeing is order-independent,
+    # the free lists coalesce)
+    active: list[tuple[int, int, list[tuple[str, int, int, int]]]] = []
 
     def release(upto: int) -> None:
-        keep = []
-        for end, t, spots in active:
-            if end < upto:
-                for sname, bank, addr, n in spots:
-                    free[(sname, bank)].give(addr, n)
-                    slice_load[sname] -= 1
-            else:
-                keep.append((end, t, spots))
-        active[:] = keep
+        while active and active[0][0] < upto:
+            _, _, spots = heapq.heappop(active)
+            for sname, bank, addr, n in spots:
+                free[(sname, bank)].give(addr, n)
+                slice_load[sname] -= 1
 
     def choose(h: str, n: int, w: int, banned_slices: set[str], banned_spots: set[tuple[str, int]],
                avoid: set[int] = frozenset()) -> list | None:
@@ -292,7 +295,7 @@ def allocate(tg: TaskGraph, chip: ChipConfig, received_first: bool = True) -> Al
                         cost = clash * 64 + slice_load[s.name] * 4 + len(choice) // 8
                     choice.append((cost, s.name, b, addr))
                     break
-        choice.sort(key=lambda c: (c[0], [x.name for x in mem[h]].index(c[1])))
+        choice.sort(key=lambda c: (c[0], rank[c[1]]))
         return choice[:w] if len(choice) >= w else None
 
     for i in live_ids:
@@ -388,8 +391,15 @@ def allocate(tg: TaskGraph, chip: ChipConfig, received_first: bool = True) -> Al
         placed[i] = (h, sorted({s for s, _, _, _ in spots}), sorted({(s, b) for s, b, _, _ in spots}))
         if i in weights:
             (weight_words if t.const is not None else act_words)[h] += t.vectors(L) * w
-        active.append((last.get(i, n_tasks), t, spots))
+        heapq.heappush(active, (last.get(i, n_tasks), t.id, spots))
         result.used_bytes += nbytes(t)
+    seen_tasks: set[int] = set()
+    for tasks_of in vxm_tasks.values():
+        for task in tasks_of:
+            if task.id not in seen_tasks:
+                seen_tasks.add(task.id)
+                if _stream_load(-1, "", [task], placed, tensors) > chip.streams:
+                    result.overloaded.append(task.id)
     for vid, b in view_of.items():
         v = tensors[vid]
         v.planes, v.bank, v.segments = list(b.planes), b.bank, list(b.segments)
