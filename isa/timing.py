@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ast
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from types import CodeType, SimpleNamespace
 from typing import Any
 
@@ -73,9 +73,10 @@ class Timing:
     store: list[StoreAccess]
     busy: list[tuple[str, int, int]]  # (port, first cycle, end cycle exclusive)
 
-    @property
+    @cached_property
     def end(self) -> int:
-        """One past the last cycle in which the instruction does anything."""
+        """One past the last cycle in which the instruction does anything (a timing is never changed,
+        ``relative_timing``)."""
         last = 0
         for acc in (*self.reads, *self.writes, *self.store):
             if len(acc.cycles):
@@ -83,6 +84,11 @@ class Timing:
         for _, _, e in self.busy:
             last = max(last, e)
         return last
+
+    @cached_property
+    def active(self) -> bool:
+        """Whether the instruction does anything at all."""
+        return bool(self.busy) or any(len(a.cycles) for a in (*self.reads, *self.writes, *self.store))
 
 
 @lru_cache(maxsize=16)
@@ -288,9 +294,11 @@ def program_busy(queues: dict[tuple[int, str], list], chip: ChipConfig) -> tuple
     for key, q in queues.items():
         ivs = busy.setdefault(key, [])
         for inst in q:
-            tm = instruction_timing(inst.spec, inst.ops, inst.issue, chip)
-            ivs.extend((s, e) for port, s, e in tm.busy if port != "queue")
-            end = max(end, tm.end)
+            rel, _ = relative_timing(inst.spec, inst.ops, chip)  # busy and end move with the issue cycle only
+            t = inst.issue
+            ivs.extend((s + t, e + t) for port, s, e in rel.busy if port != "queue")
+            if rel.active:  # an instruction that does nothing ends nothing
+                end = max(end, rel.end + t)
     return busy, end
 
 

@@ -374,13 +374,23 @@ class Scheduler:
                     continue
                 vo_b, vn_b = vo[mine], vn[mine]
                 lo, hi = int(vo_b.min()), int(vo_b.max())
+                words = (vo_b.tobytes(), vn_b.tobytes())
                 for a, kind in olds:
                     first = getattr(self.tpl[a], kind).get(old.id)
                     if first is None or first[0][-1] < lo or first[0][0] > hi:
                         continue
-                    need(b, a, each(a, b, lambda ta, tb: _pair_delta(getattr(ta, kind)[old.id], vo_b,
-                                                                     tb.vstores_first[new.id], vn_b)))
+                    need(b, a, each(a, b, lambda ta, tb: self._war(ta, tb, kind, old.id, new.id, vo_b, vn_b, words)))
         return {b: list(d.items()) for b, d in deps.items()}
+
+    def _war(self, ta: Template, tb: Template, kind: str, old: int, new: int, vo: np.ndarray, vn: np.ndarray,
+             words: tuple[bytes, bytes]) -> int:
+        """``_pair_delta`` of the words tensors old and new share (vector pairs vo, vn) from the earlier
+        access ``kind`` of template ta to the first stores of template tb (memoised like ``_raw``)."""
+        key = (id(ta), id(tb), kind, old, new, words)
+        got = self._deltas.get(key)
+        if got is None:
+            got = self._deltas[key] = _pair_delta(getattr(ta, kind)[old], vo, tb.vstores_first[new], vn)
+        return got
 
     def _raw(self, ta: Template, tb: Template, tid: int) -> int:
         """``_vector_delta`` of tensor tid from writer template ta to reader template tb (memoised:
