@@ -13,28 +13,41 @@ import numpy as np
 from isa.config import ChipConfig, SystemConfig
 from isa.encoding import Stream
 from isa.instructions import BY_MNEMONIC
-from isa.program import Program, TensorDesc
+from isa.program import Inst, Program, TensorDesc
 from isa.timing import program_busy
 from lpuc.passes.schedule import Schedule
 from lpuc.prim import Tensor
 from lpuc.tasks import TaskGraph
 
 
-def _desc(t: Tensor, role: str, lanes: int) -> TensorDesc:
+def _desc(t: Tensor, role: str, lanes: int, data_of: dict[tuple, tuple[np.ndarray, bytes]] | None = None) -> TensorDesc:
+    """``data_of``: the bytes of constants already converted, by the memory they view (the chips of a
+    split read the same weight arrays; the array is kept so that its memory is never reused). Their
+    programs then share one ``bytes`` object per weight instead of a copy each."""
     C = t.chunks(lanes)
     more = [(v0 // C, list(planes)) for v0, _, planes in t.segments[1:]]
     if role == "const":
-        data = t.const
         shape = t.shape
-        if t.splat:  # stored with the value in every lane
-            data = np.repeat(t.const.reshape(t.rows, 1), lanes, axis=1)
+        a = t.const
+        key = (a.__array_interface__["data"][0], a.shape, a.strides, a.dtype.str, t.dtype, t.splat)
+        got = data_of.get(key) if data_of is not None else None
+        if got is not None:
+            blob = got[1]
+        else:
+            data = a
+            if t.splat:  # stored with the value in every lane
+                data = np.repeat(a.reshape(t.rows, 1), lanes, axis=1)
+            blob = np.ascontiguousarray(data, dtype=t.dt.np).tobytes()
+            if data_of is not None:
+                data_of[key] = (a, blob)
+        if t.splat:
             shape = (t.rows, lanes)
-        return TensorDesc(f"c{t.id}:{t.name}", "const", t.dtype, tuple(shape), 0, list(t.planes),
-                          data=np.ascontiguousarray(data.astype(t.dt.np)).tobytes(), more=more)
+        return TensorDesc(f"c{t.id}:{t.name}", "const", t.dtype, tuple(shape), 0, list(t.planes), data=blob, more=more)
     return TensorDesc(t.name, role, t.dtype, tuple(t.shape), 0, list(t.planes), host_dtype=t.host_dtype, more=more)
 
 
-def codegen(tg: TaskGraph, sched: Schedule, chip: ChipConfig, meta: dict | None = None) -> Program:
+def codegen(tg: TaskGraph, sched: Schedule, chip: ChipConfig, meta: dict | None = None,
+            data_of: dict[tuple, tuple[np.ndarray, bytes]] | None = None) -> Program:
     prog = Program(system=SystemConfig.single(chip), meta=dict(meta or {}))
     node_index: dict[str, int] = {}
     entries = []
@@ -65,7 +78,7 @@ def codegen(tg: TaskGraph, sched: Schedule, chip: ChipConfig, meta: dict | None 
         prog.tensors.append(_desc(t, "output", chip.lanes))
     for t in tg.tensors:
         if t.const is not None and t.id in used and t.role != "output":
-            prog.tensors.append(_desc(t, "const", chip.lanes))
+            prog.tensors.append(_desc(t, "const", chip.lanes, data_of))
     prog.meta["predicted_cycles"] = predicted_cycles(prog)
     return prog
 
@@ -115,7 +128,7 @@ def merge_chips(programs: list[Program], system: SystemConfig, meta: dict | None
         offset = len(prog.nodes)
         prog.nodes.extend(p.nodes)
         for (_, sname), q in p.queues.items():
-            prog.queues[(k, sname)] = [dataclasses.replace(i, node=i.node + offset if i.node >= 0 else -1) for i in q]
+            prog.queues[(k, sname)] = [Inst(i.issue, i.spec, i.ops, i.node + offset if i.node >= 0 else -1) for i in q]
         for t in p.tensors:
             name = f"chip{k}/{t.name}" if t.role == "const" else t.name
             prog.tensors.append(dataclasses.replace(t, chip=k, name=name))

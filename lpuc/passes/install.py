@@ -76,7 +76,8 @@ def install(pg: PrimGraph, chip: ChipConfig) -> PrimGraph:
             continue
         pieces: list[Tensor] = []
         for w in parts:
-            pieces += [pg.const(f"{w.name}[{r}::{g}]", np.ascontiguousarray(w.const[r::g]), w.dtype) for r in range(g)]
+            # views: the chips of a split share the weights' memory (and their programs the bytes)
+            pieces += [pg.const(f"{w.name}[{r}::{g}]", w.const[r::g], w.dtype) for r in range(g)]
         p.ins = [a, *pieces]
         p.attrs["il"] = g
     return pg
