@@ -49,6 +49,7 @@ def chip_program(prog: Program, c: int) -> Program:
     """The part of a system program chip ``c`` runs: its queues, its tensors and its expect entries
     (6-element entries are chip 0's). Instructions and tensors are shared, not copied."""
     meta = dict(prog.meta)
+    meta["chip_part"] = c  # (an output in blocks: this chip's only)
     if "expect" in meta:
         meta["expect"] = [e for e in meta["expect"] if (e[0] if len(e) == 7 else 0) == c]
     return Program(system=prog.system, queues={k: q for k, q in prog.queues.items() if k[0] == c},

@@ -21,8 +21,9 @@ word at address ``base_k + v`` of slice ``slice_k``, where ``planes[k] = (slice_
 A tensor larger than one bank lies in segments (``more``): rows from ``row`` on live in another set of
 planes, each segment laid out as above with its own base addresses.
 
-``meta`` is free-form JSON, with two keys the tools read: ``predicted_cycles`` (the compiler's
-prediction) and ``expect``, a list of ``[slice, index, field, plane, writer slice, writer index]``
+``meta`` is free-form JSON, with keys the tools read: ``predicted_cycles`` (the compiler's
+prediction), ``chip_part`` (set on one chip's part of a system program, which the emulator hands to a
+work unit) and ``expect``, a list of ``[slice, index, field, plane, writer slice, writer index]``
 naming for a stream read the instruction whose value it must see (chip 0); ``plane`` counts the streams
 of the read's field from its first (an IW over g groups of a 2-byte type has 2g); the emulator reports
 a ``wrong-producer`` hazard when another value arrives.
@@ -175,9 +176,9 @@ class TensorDesc(VectorLayout):
         return np.frombuffer(self.data, dtype=self.dt.np).reshape(self.shape)
 
 
-def _check_blocks(name: str, descs: list[TensorDesc]) -> None:
+def _check_blocks(name: str, descs: list[TensorDesc], whole: bool = True) -> None:
     """One output per name, or blocks (on distinct chips: ``validate`` checks names per chip) that tile
-    the whole along one axis."""
+    the whole along one axis (``whole``; else only agree with each other)."""
     if len(descs) == 1 and descs[0].block is None:
         return
     if any(d.block is None for d in descs):
@@ -191,9 +192,9 @@ def _check_blocks(name: str, descs: list[TensorDesc]) -> None:
         if len(d.shape) != len(ref) or any(a != b for i, (a, b) in enumerate(zip(d.shape, ref)) if i != axis) \
                 or d.dtype != descs[0].dtype:
             raise ProgramError(f"output '{name}': blocks differ in dtype or outside axis {axis}")
-        if d.block[1] != at:
+        if d.block[1] != at and (whole or d.block[1] < at):
             raise ProgramError(f"output '{name}': the block at {d.block[1]} along axis {axis} should start at {at}")
-        at += d.shape[axis]
+        at = d.block[1] + d.shape[axis]
 
 
 @dataclass
@@ -269,7 +270,9 @@ class Program:
                 raise ProgramError(f"tensor '{t.name}': only an output has a block")
             self._validate_tensor(t)
         for name, descs in outputs.items():
-            _check_blocks(name, descs)
+            # one chip's part of a system program (an emulator work unit, meta "chip_part") holds its
+            # own blocks only
+            _check_blocks(name, descs, whole="chip_part" not in self.meta)
 
     def join_outputs(self, values: dict[tuple[int, str], np.ndarray]) -> dict[str, np.ndarray]:
         """The model outputs from what each chip holds (``values[(chip, name)]``): an output in blocks
