@@ -26,6 +26,7 @@ distributed engine would place them on other machines the same way.
 from __future__ import annotations
 
 import heapq
+import os
 
 import multiprocessing
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -210,6 +211,10 @@ class LocalUnits:
         self.units.clear()
 
 
+#: environment variables that set the BLAS thread count (OpenBLAS, OpenMP, MKL)
+_BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
 class PoolUnits:
     """Units spread over ``workers`` processes (spawned: safe whatever the parent holds); chip c lives
     in process ``home[c]`` from set-up to finish, so each call goes to the executor of that process."""
@@ -220,6 +225,20 @@ class PoolUnits:
         ctx = multiprocessing.get_context("spawn")
         self.home = home
         self.execs = [ProcessPoolExecutor(1, mp_context=ctx) for _ in range(workers)]
+        # one BLAS thread per worker: the workers are the parallelism (with the default of a thread per
+        # core, 2 workers on 2 cores spent half their time in the kernel and were no faster than one
+        # process). BLAS reads the setting when a process loads it: start them under it.
+        saved = {k: os.environ.get(k) for k in _BLAS_THREADS}
+        os.environ.update({k: "1" for k in _BLAS_THREADS})
+        try:
+            for f in [ex.submit(int) for ex in self.execs]:
+                f.result()
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
     def call(self, name: str, per_chip: dict[int, tuple[Any, ...]]) -> dict[int, Any]:
         futs: list[Future] = []
@@ -239,13 +258,25 @@ class PoolUnits:
 
 
 def default_workers(prog: Program) -> int:
-    """One process: the chips run in this one unless ``Emulator(program, workers=n)`` asks for more.
-
-    A pool is opt-in because (1) it has not paid on any program measured: starting a worker and
-    moving a chip's set-up there costs about 3 s, more than a 2-chip program of 33k instructions per
-    chip takes in one process (``bench/multichip.py``), and (2) spawned workers re-import the caller's
-    ``__main__``, so a script without an ``if __name__ == "__main__":`` guard would break."""
+    """One process: the chips run in this one unless ``Emulator(program, workers=n)`` asks for more
+    (the ``lpuc`` command line asks for ``pool_workers``). Spawned workers re-import the caller's
+    ``__main__``, so a script without an ``if __name__ == "__main__":`` guard would break: a pool is
+    for callers that know they are safe."""
     return 1
+
+
+#: instructions from which a pool pays for starting its workers and moving the chips there: BERT-base
+#: width split over 8 chips by token rows (267,643 instructions) takes 19.6 s in one process and 14.7 s
+#: on 2 workers; a 2-chip program of 33k instructions per chip is slower on a pool (``bench/multichip.py``)
+POOL_MIN_INSTRUCTIONS = 100_000
+
+
+def pool_workers(prog: Program) -> int:
+    """The processes worth using for a program where spawning is safe: one per core (at most one per
+    chip) for a multi-chip program of at least ``POOL_MIN_INSTRUCTIONS`` instructions, else 1."""
+    if prog.system.chips < 2 or prog.instruction_count < POOL_MIN_INSTRUCTIONS:
+        return 1
+    return max(1, min(os.cpu_count() or 1, prog.system.chips))
 
 
 @dataclass
@@ -279,7 +310,9 @@ class SystemEmulator(ReportPhase):
                 home[c] = w
                 load[w] += parts[c].instruction_count + 1
             self.units: LocalUnits | PoolUnits = PoolUnits(home, self.workers)
-            payload: dict[int, Program | bytes] = {c: p.to_bytes() for c, p in parts.items()}
+            # the parts themselves (pickled, not re-encoded: one worker's chips go in one message, so a
+            # constant the chips share -- a split's weights -- travels once per worker)
+            payload: dict[int, Program | bytes] = dict(parts)
         else:
             self.units = LocalUnits()
             payload = dict(parts)

@@ -10,7 +10,9 @@ Layout (all integers little-endian)::
     16      H     header: UTF-8 JSON (chip config, system, queue directory, tensors, node names, meta)
     16+H    ...   instruction records, queue after queue in header order; one record is 24 bytes:
                   u32 issue cycle, i32 node index (-1: none), 16-byte instruction word (isa.encoding)
-    ...     ...   constant tensor data, tensor after tensor in header order (raw chip-dtype bytes)
+    ...     ...   constant tensor data, tensor after tensor in header order (raw chip-dtype bytes); a
+                  constant whose data equals an earlier one's has ``data_same`` (that tensor's index)
+                  in the header instead of bytes here (version 2; version 1 files read as before)
     end-32  32    SHA-256 of everything before it
 
 Tensor layout in SRAM: a tensor of shape (..., D) is viewed as ``R = prod(shape[:-1])`` rows of
@@ -52,7 +54,8 @@ from isa.instructions import Instr
 
 MAGIC = b"LPUPROG\0"
 _HASH_IN_THREAD = 1 << 20  # files at least this long are hashed beside the decoding
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a constant may share an earlier one's data ("data_same")
+READABLE_VERSIONS = (1, 2)
 RECORD = struct.Struct("<Ii16s")
 
 
@@ -333,7 +336,8 @@ class Program:
             for inst in q:
                 body += RECORD.pack(inst.issue, inst.node, encode(inst.spec, inst.ops))
         tensors = []
-        for t in self.tensors:
+        stored: dict[tuple, list[int]] = {}  # (length, first and last bytes) -> tensors whose data is in the body
+        for i, t in enumerate(self.tensors):
             d = {"name": t.name, "role": t.role, "dtype": t.dtype, "shape": list(t.shape), "chip": t.chip,
                  "planes": [[s, b] for s, b in t.planes]}
             if t.host_dtype:
@@ -343,8 +347,16 @@ class Program:
             if t.block is not None:
                 d["block"] = list(t.block)
             if t.data is not None:
-                d["data_len"] = len(t.data)
-                body += t.data
+                # identical data is stored once (the chips of a split hold the same weights)
+                key = (len(t.data), bytes(t.data[:64]), bytes(t.data[-64:]))
+                same = next((j for j in stored.get(key, []) if self.tensors[j].data is t.data
+                             or self.tensors[j].data == t.data), None)
+                if same is not None:
+                    d["data_same"] = same
+                else:
+                    d["data_len"] = len(t.data)
+                    body += t.data
+                    stored.setdefault(key, []).append(i)
             tensors.append(d)
         header = {
             "format_version": FORMAT_VERSION,
@@ -367,7 +379,7 @@ class Program:
         if data[:8] != MAGIC:
             raise ProgramError(f"{origin}: not an .lpu program (bad magic); compile or assemble one with lpuc")
         version, _, hlen = struct.unpack_from("<HHI", data, 8)
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS:
             raise ProgramError(f"{origin}: format version {version}, this lpuc reads version {FORMAT_VERSION}; "
                                f"recompile it with this lpuc")
         checksum = _Checksum(data)
@@ -423,6 +435,11 @@ class Program:
                     raise ProgramError(f"{origin}: constant data runs past the end of the file")
                 blob = bytes(data[pos:pos + n])
                 pos += n
+            elif "data_same" in td:  # the data of an earlier constant (one bytes object for both)
+                j = int(td["data_same"])
+                if not 0 <= j < len(prog.tensors) or prog.tensors[j].data is None:
+                    raise ProgramError(f"{origin}: tensor '{td['name']}' shares the data of tensor {j}, which has none")
+                blob = prog.tensors[j].data
             prog.tensors.append(TensorDesc(
                 name=str(td["name"]), role=str(td["role"]), dtype=str(td["dtype"]),
                 shape=tuple(int(x) for x in td["shape"]), chip=int(td["chip"]),

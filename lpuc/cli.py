@@ -18,6 +18,10 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 
+WORKERS_HELP = ("processes emulating a multi-chip program's chips (auto: one per core for programs of "
+                "100,000 instructions or more, else 1)")
+
+
 class UsageError(ValueError):
     """Bad command-line input."""
 
@@ -237,6 +241,23 @@ def cmd_disasm(args: argparse.Namespace) -> int:
     return 0
 
 
+def _workers(args: argparse.Namespace, prog: "Program") -> int:
+    """``--workers``: a count, or auto (``emulator.system.pool_workers``: the command line is a safe
+    place to spawn processes)."""
+    from emulator.system import pool_workers
+
+    w = getattr(args, "workers", "auto")
+    if w == "auto":
+        return pool_workers(prog)
+    try:
+        n = int(w)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise UsageError(f"--workers {w}: give a number of processes (1 or more) or auto")
+    return n
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from emulator import Emulator
     from emulator.report import format_report
@@ -252,7 +273,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     with _Progress() as progress:
         progress.set("emulating: set-up")
-        em = Emulator(prog, strict=not args.no_strict)
+        em = Emulator(prog, strict=not args.no_strict, workers=_workers(args, prog))
         progress.set("")  # the emulator's own progress bar
         result = em.run(inputs)
         secs = time.perf_counter() - t0
@@ -477,7 +498,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     with _Progress() as progress:
         c = _compile(args, progress, out=buf if args.json else sys.stdout)
         progress.set("")  # the emulator shows its own progress bar
-        v = verify(c, args.model, args.precision, inputs, args.seed)
+        v = verify(c, args.model, args.precision, inputs, args.seed, workers=_workers(args, c.program))
     r = v.report
     if args.json:
         print(json.dumps(r, indent=2))
@@ -496,6 +517,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 if TYPE_CHECKING:  # annotations only: the commands import isa lazily
     from isa.config import SystemConfig
+    from isa.program import Program
 
 
 def cmd_chips(args: argparse.Namespace) -> int:
@@ -618,6 +640,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--trace", help="write a Chrome trace-event JSON timeline")
     r.add_argument("--no-strict", action="store_true", help="run through hazards like the hardware would")
     r.add_argument("--json", action="store_true", help="print the report as JSON")
+    r.add_argument("--workers", default="auto", metavar="N|auto", help=WORKERS_HELP)
     r.set_defaults(fn=cmd_run)
 
     def compile_options(sp: argparse.ArgumentParser) -> None:
@@ -656,6 +679,7 @@ def build_parser() -> argparse.ArgumentParser:
     vp.add_argument("--inputs", help=".npz of inputs (default: random, valid ranges)")
     vp.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     vp.add_argument("--json", action="store_true", help="print one JSON object")
+    vp.add_argument("--workers", default="auto", metavar="N|auto", help=WORKERS_HELP)
     vp.set_defaults(fn=cmd_verify)
 
     c = command("chips", "list chip and system configs, or show one chip's floorplan or one system")

@@ -245,17 +245,18 @@ def _ort_session(model: "str | Path | onnx.ModelProto") -> Any:
 
 
 def verify(c: "Compiled | SystemCompiled", model_path: "str | Path | onnx.ModelProto", precision: str,
-           inputs: Mapping[str, Any] | None = None, seed: int = 0) -> Verdict:
+           inputs: Mapping[str, Any] | None = None, seed: int = 0, workers: int | None = None) -> Verdict:
     """Run the compiled program ``c`` (one chip, or several: ``lpuc.pipeline.compile_system``) in the
     emulator and check it against onnxruntime running ``model_path`` (the model ``c`` was compiled
     from, a path or a ``ModelProto``) and against the compiler's reference evaluation
     (``c.reference``). ``inputs`` default to :func:`make_inputs` with ``seed``; given inputs go
     through :func:`check_inputs` first. See the module docstring for the checks and the report;
-    :func:`lpuc.api.verify` compiles and verifies in one call."""
+    :func:`lpuc.api.verify` compiles and verifies in one call. ``workers``: processes the emulator of a
+    multi-chip program may use (``emulator.system.SystemEmulator``; default one)."""
     feeds = check_inputs(c.graph, inputs if inputs is not None else make_inputs(c.graph, seed))
     prog = Program.from_bytes(c.program.to_bytes())  # run the program as the file holds it
     t0 = time.perf_counter()
-    result = Emulator(prog).run(feeds)
+    result = Emulator(prog, workers=workers).run(feeds)
     emulate_s = time.perf_counter() - t0
     sess = _ort_session(model_path)
     t0 = time.perf_counter()

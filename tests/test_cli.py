@@ -56,6 +56,13 @@ def test_run_json(capsys):
     assert doc["cycles"] == 16 and doc["instructions"] == 13 and "VXM" in doc["units"]
 
 
+@pytest.mark.parametrize("workers", ["0", "two"])
+def test_bad_worker_count(workers):
+    r = lpuc("run", str(VADD), "--workers", workers)
+    assert r.returncode == 2 and "--workers" in r.stderr and "Traceback" not in r.stderr
+    assert r.stderr.count("\n") == 1
+
+
 @pytest.mark.parametrize("content,needle", [
     (b"", "too short"),
     (b"NOTLPU" + b"\0" * 80, "bad magic"),

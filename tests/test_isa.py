@@ -133,6 +133,23 @@ def test_inconsistent_output_blocks_are_refused(blocks, msg):
         _blocks(*blocks).validate()
 
 
+def test_identical_constant_data_is_stored_once():
+    """The chips of a split hold the same weights: the file stores each distinct constant once, and the
+    loaded program shares one bytes object between them."""
+    prog = Program(system=load_system("pair-tiny"))
+    w = np.arange(64, dtype=np.float32).tobytes()
+    other = np.ones(64, dtype=np.float32).tobytes()
+    for chip, data in ((0, w), (1, bytes(w)), (1, other)):  # equal content, distinct objects too
+        prog.tensors.append(TensorDesc(f"w{len(prog.tensors)}", "const", "f32", (4, 16), chip,
+                                       [(f"MEM_W{k}", 0 if data is not other else 8) for k in range(4)], data=data))
+    blob = prog.to_bytes()
+    assert len(blob) < 2 * len(w) + 2000  # 64 + 64 floats of data, not 3 x 64
+    again = Program.from_bytes(blob)
+    a, b, c = (t.data for t in again.tensors)
+    assert a == w and b is a and c == other
+    assert again.to_bytes() == blob
+
+
 def test_immediate_parse_rounds_to_dtype():
     spec = next(i for i in TABLE if i.mnemonic == "ADD")
     v = parse_operand(spec, spec.field("b"), "#0.1", DTYPES["f16"])
