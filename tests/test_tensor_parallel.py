@@ -88,6 +88,32 @@ def test_output_blocks_run_on_a_process_pool():
         assert one.outputs[k].tobytes() == two.outputs[k].tobytes()
 
 
+def test_an_output_in_blocks_that_other_chips_also_read(tmp_path):
+    """y is a model output (each chip's rows, in blocks) and also gathered for z, which reads all rows:
+    each chip both outputs and sends it (HF BertModel: the pooler reads last_hidden_state)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    w = onnx.numpy_helper.from_array(rng.standard_normal((16, 16)).astype(np.float32), "w")
+    table = onnx.numpy_helper.from_array(rng.standard_normal((32, 16)).astype(np.float32), "table")
+    first = onnx.numpy_helper.from_array(np.array(0, dtype=np.int64), "first")
+    g = helper.make_graph([helper.make_node("Gather", ["table", "ids"], ["x"]),  # sp splits the rows from here
+                           helper.make_node("MatMul", ["x", "w"], ["y"]),
+                           helper.make_node("Gather", ["y", "first"], ["t"], axis=1),  # the first token
+                           helper.make_node("Tanh", ["t"], ["z"])], "g",
+                          [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16]),
+                           helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 16])], [w, table, first])
+    path = tmp_path / "both.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    sc = compile_system(path, load_system("pair-tiny"), 2, precision="fp32", parallel="sp")
+    r = verify(sc, str(path), "fp32", seed=1).report
+    assert r["ok"] and r["bit_exact"] and r["predicted_cycles"] == r["emulated_cycles"], r
+    assert sorted(t.chip for t in sc.program.tensors if t.role == "output" and t.name == "y") == [0, 1]
+
+
 def test_logits_split_by_vocabulary_reach_the_host_in_blocks():
     """A language model's head split by columns: every chip hands the host its columns of the logits."""
     sc, r = check("gpt2_tiny", "pair-tiny", 2, "fp16", "tp")

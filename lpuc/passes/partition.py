@@ -110,7 +110,8 @@ class Stage:
         receives; outputs are the model outputs it computes, then the values it sends."""
         if self.local is not None:
             return self.local
-        return g.subgraph(self.nodes, self.inputs + list(self.receives), self.outputs + list(self.sends))
+        return g.subgraph(self.nodes, self.inputs + list(self.receives),
+                          self.outputs + [v for v in self.sends if v not in self.outputs])
 
 
 @dataclass

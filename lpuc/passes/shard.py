@@ -454,7 +454,7 @@ class Sharder:
                 st.sends = {ren.get(v, v): d for v, d in st.sends.items()}
                 st.wires = {ren.get(v, v): w for v, w in st.wires.items()}
             graph.inputs = self.inputs[k] + list(st.receives)
-            graph.outputs = outs[k] + list(st.sends)
+            graph.outputs = outs[k] + [v for v in st.sends if v not in outs[k]]  # (an output may be sent too)
             st.inputs = list(self.inputs[k])
             st.outputs = list(outs[k])
             st.nodes = list(graph.nodes)
