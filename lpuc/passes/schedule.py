@@ -379,17 +379,33 @@ class Scheduler:
                     first = getattr(self.tpl[a], kind).get(old.id)
                     if first is None or first[0][-1] < lo or first[0][0] > hi:
                         continue
-                    need(b, a, each(a, b, lambda ta, tb: self._war(ta, tb, kind, old.id, new.id, vo_b, vn_b, words)))
+                    need(b, a, self._war(V[a], V[b], kind, old.id, new.id, vo_b, vn_b, words))
         return {b: list(d.items()) for b, d in deps.items()}
 
-    def _war(self, ta: Template, tb: Template, kind: str, old: int, new: int, vo: np.ndarray, vn: np.ndarray,
-             words: tuple[bytes, bytes]) -> int:
+    def _war(self, tas: list[Template], tbs: list[Template], kind: str, old: int, new: int, vo: np.ndarray,
+             vn: np.ndarray, words: tuple[bytes, bytes]) -> Delta:
         """``_pair_delta`` of the words tensors old and new share (vector pairs vo, vn) from the earlier
-        access ``kind`` of template ta to the first stores of template tb (memoised like ``_raw``)."""
-        key = (id(ta), id(tb), kind, old, new, words)
+        access ``kind`` of each template of one task to the first stores of each template of another
+        (memoised like ``_raw``). A task's templates access the same vectors in different cycles, so the
+        vector lookups are made once for all pairs of templates."""
+        key = (tuple(map(id, tas)), tuple(map(id, tbs)), kind, old, new, words)
         got = self._deltas.get(key)
         if got is None:
-            got = self._deltas[key] = _pair_delta(getattr(ta, kind)[old], vo, tb.vstores_first[new], vn)
+            firsts = [getattr(ta, kind)[old] for ta in tas]
+            seconds = [tb.vstores_first[new] for tb in tbs]
+            fv, sv = firsts[0][0], seconds[0][0]
+            if all(np.array_equal(f[0], fv) for f in firsts[1:]) and all(np.array_equal(x[0], sv) for x in seconds[1:]):
+                i = np.minimum(np.searchsorted(fv, vo), len(fv) - 1)
+                j = np.minimum(np.searchsorted(sv, vn), len(sv) - 1)
+                hit = (fv[i] == vo) & (sv[j] == vn)
+                if not hit.any():
+                    got = tuple(tuple(-(1 << 62) for _ in tbs) for _ in tas)
+                else:
+                    i, j = i[hit], j[hit]
+                    got = tuple(tuple(int((f[1][i] + 1 - x[1][j]).max()) for x in seconds) for f in firsts)
+            else:
+                got = tuple(tuple(_pair_delta(f, vo, x, vn) for x in seconds) for f in firsts)
+            self._deltas[key] = got
         return got
 
     def _raw(self, ta: Template, tb: Template, tid: int) -> int:
