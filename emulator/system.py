@@ -291,6 +291,7 @@ class SystemEmulator(ReportPhase):
     its chip, slice, queue index, instruction and end), ``run(inputs)``, ``stats()``, ``text(op)``.
     ``workers``: processes to use (1 = this one; None = ``default_workers``)."""
 
+    @no_cyclic_gc()  # (the coordinator's ops and link plan: many objects, no cycles)
     def __init__(self, program: Program, strict: bool = True, workers: int | None = None):
         self.prog = program
         self.system = program.system
@@ -351,6 +352,7 @@ class SystemEmulator(ReportPhase):
         if units is not None:
             units.close()
 
+    @no_cyclic_gc()
     def run(self, inputs: dict[str, np.ndarray] | None = None, progress: bool | None = None) -> RunResult:
         """Evaluate every chip; see the module docstring for the rounds. ``progress`` is accepted for
         ``Emulator.run``'s interface (a round-based run has no per-instruction progress line)."""
