@@ -149,16 +149,10 @@ def run_child(fn_name: str, timeout: float, env: dict[str, str] | None = None, *
     rd, wr = ctx.Pipe(duplex=False)
     p = ctx.Process(target=_child, args=(wr, fn_name, kwargs), daemon=True)
     t0 = time.perf_counter()
-    saved = {k: os.environ.get(k) for k in (env or {})}
-    os.environ.update(env or {})
-    try:
+    from emulator.ops import environment
+
+    with environment(env or {}):
         p.start()  # a spawned child copies os.environ now, before it imports numpy
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     wr.close()
     result = None
     hwm = None

@@ -5,6 +5,7 @@ results, and the row-index helpers every phase uses (a row set as a slice when c
 from __future__ import annotations
 
 import gc
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -154,6 +155,22 @@ class RunResult:
     stats: dict[str, Any]
     hazards: list[Hazard]
     ops: list[Op]
+
+
+@contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """``os.environ`` with ``values`` set, then as it was: for starting processes that read settings
+    once, when they load a library (a spawned child copies the environment when it starts)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @contextmanager

@@ -38,7 +38,7 @@ import numpy as np
 from emulator.errors import EmulatorLimit, Hazard, HazardError, InputError
 from emulator.links import LinkPlan, SendKey, plan_links
 from emulator.machine import Emulator
-from emulator.ops import Op, RunResult, Source, no_cyclic_gc
+from emulator.ops import Op, RunResult, Source, environment, no_cyclic_gc
 from emulator.report import ReportPhase, run_figures
 from isa.asm import format_instruction
 from isa.program import Program
@@ -228,17 +228,9 @@ class PoolUnits:
         # one BLAS thread per worker: the workers are the parallelism (with the default of a thread per
         # core, 2 workers on 2 cores spent half their time in the kernel and were no faster than one
         # process). BLAS reads the setting when a process loads it: start them under it.
-        saved = {k: os.environ.get(k) for k in _BLAS_THREADS}
-        os.environ.update({k: "1" for k in _BLAS_THREADS})
-        try:
+        with environment({k: "1" for k in _BLAS_THREADS}):
             for f in [ex.submit(int) for ex in self.execs]:
                 f.result()
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
 
     def call(self, name: str, per_chip: dict[int, tuple[Any, ...]]) -> dict[int, Any]:
         futs: list[Future] = []
