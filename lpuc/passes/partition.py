@@ -190,7 +190,8 @@ def partition(g: Graph, chips: int, chip: ChipConfig, precision_dtype: str) -> P
         nodes = order[cuts[k]:cuts[k + 1]]
         reads = [i for n in nodes for i in g.nodes[n].inputs if i]
         inputs = [i for i in g.inputs if i in set(reads)]
-        got = sorted({i for i in reads if (p := g.producer(i)) is not None and where[p.name] < k},
+        # in order of the sending chip, then of first use (not a set's order, which follows string hashes)
+        got = sorted(dict.fromkeys(i for i in reads if (p := g.producer(i)) is not None and where[p.name] < k),
                      key=lambda v: where[g.producer(v).name])
         stage = Stage(k, nodes, inputs, {v: where[g.producer(v).name] for v in got})
         stage.outputs = [o for o in g.outputs if (p := g.producer(o)) is not None and where[p.name] == k]
