@@ -22,7 +22,8 @@ the matmul's weight operands are the pieces part by part: ``ins = [a, W0_0 .. W0
 it, ``cdiv(lanes, g) <= rows x cycles_per_vector``, among those that divide every install's row count
 (a part's rows modulo the lanes), and at most ``streams / (STREAM_SHARE x width)`` (fp16: 4 groups =
 8 of 32 streams): both planes of a hemisphere install at once, and the activations and results of
-the chains need streams too. Products with 128 fp16 rows keep ``g = 1``.
+the chains need streams too. Products with 128 fp16 rows keep ``g = 1``, and so do weights with fewer
+rows than the lanes (no full install to shorten).
 """
 
 from __future__ import annotations
@@ -68,6 +69,10 @@ def install(pg: PrimGraph, chip: ChipConfig) -> PrimGraph:
             continue
         if any(len(readers.get(w.id, [])) != 1 for w in parts):
             continue  # a weight another primitive reads too (a tied embedding) keeps its one copy
+        if all(w.shape[0] < L for w in parts):
+            # no full install to shorten: a 64-row one saves 48 cycles, and its pieces still take slices
+            # and streams (the 8-token examples on lpu-v1 got 1-4% slower)
+            continue
         rows = min(region, a.shape[-2] if len(a.shape) >= 2 else 1)
         dt = parts[0].dt
         g = install_groups(rows, chip.cycles_per_vector(dt.name), dt.width, L, chip.streams,
