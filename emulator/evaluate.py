@@ -22,11 +22,6 @@ from isa.program import TensorDesc
 _LITTLE = sys.byteorder == "little"
 
 
-
-def _rows(dst: slice | np.ndarray) -> int:
-    """How many rows a segment's destination names."""
-    return len(range(*dst.indices(1 << 62))) if isinstance(dst, slice) else len(dst)
-
 class EvaluatePhase(EmulatorState):
     # ==========================================================================================
     # phase 4: evaluation
@@ -305,19 +300,17 @@ class EvaluatePhase(EmulatorState):
             return None
         return self._flight_origin(self.streams.flights[f], src)
 
-    def _whole_origin(self, planes: list[list[Segment]], count: int, dt: DType,
-                      want: slice | np.ndarray | None = None) -> np.ndarray | None:
+    def _whole_origin(self, planes: list[list[Segment]], count: int, dt: DType) -> np.ndarray | None:
         """When plane k of a read is, for every k, byte plane k of the same rows of one array of this
         width (each plane whole from one flight: a READ of words stored as that plane, or the array's
-        own writer), the read is those rows of that array: no bytes to put back together. ``want``: the
-        read's rows the planes must fill (all ``count`` of them by default; one stream group's)."""
+        own writer), the read is those rows of that array: no bytes to put back together."""
         first: Origin | None = None
         flights = self.streams.flights
         for p, segs in enumerate(planes):
             if len(segs) != 1:
                 return None
             f, dst, src = segs[0]
-            if not (same_rows(dst, want) if want is not None else isinstance(dst, slice) and dst == slice(0, count)):
+            if not (isinstance(dst, slice) and dst == slice(0, count)):
                 return None
             o = self._flight_origin(flights[f], src)
             if o is None or o[1] != p or (first is not None and (o[0] is not first[0]
@@ -354,28 +347,6 @@ class EvaluatePhase(EmulatorState):
                 plane = self._plane(flights[f], src)
                 words |= np.left_shift(plane, 8 * p, dtype=uint) if p else plane
             return words.view(dt.np)
-        if len(parts) > 1 and all(len(segs) == 1 and _rows(segs[0][1]) == len(acc.vec)
-                                  for acc, planes in parts for segs in planes):
-            # several stream groups (an IW over g of them), each plane of each whole from one flight:
-            # per group as above, into its rows (the groups' rows are disjoint and cover the read)
-            uint = _UINT[dt.width]
-            out = np.empty((count, self.lanes), dtype=uint)
-            for acc, planes in parts:
-                dst = planes[0][0][1]
-                if any(not same_rows(segs[0][1], dst) for segs in planes):
-                    break
-                typed = self._whole_origin(planes, len(acc.vec), dt, dst)  # (a READ of a weight piece)
-                if typed is not None:
-                    out[dst] = typed.view(uint)
-                    continue
-                words = np.left_shift(self._plane(flights[planes[-1][0][0]], planes[-1][0][2]), 8 * (len(planes) - 1),
-                                      dtype=uint)
-                for p in range(len(planes) - 2, -1, -1):
-                    plane = self._plane(flights[planes[p][0][0]], planes[p][0][2])
-                    words |= np.left_shift(plane, 8 * p, dtype=uint) if p else plane
-                out[dst] = words
-            else:
-                return out.view(dt.np)
         # Otherwise assemble the typed result byte plane by byte plane, straight into its memory.
         out = np.zeros((count, self.lanes), dtype=dt.np)  # vectors nobody wrote read as zeros
         raw = out.view(np.uint8).reshape(count, self.lanes, dt.width)

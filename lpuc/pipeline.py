@@ -302,12 +302,12 @@ def compile_system(path: "str | Path | onnx.ModelProto", system: SystemConfig, c
             try:
                 try:
                     al = step("allocate", lambda: allocate(tgs[k], chip))
-                    if al.overloaded and tgs[k].received:
-                        raise CompileError("a VXM task needs more streams than the chip has")
+                    again = bool(al.overloaded and tgs[k].received)
                 except CompileError:
                     if not tgs[k].received:
                         raise
-                    # received values placed after the constants instead: a different floorplan
+                    again = True
+                if again:  # received values placed after the constants instead: a different floorplan
                     al = step("allocate", lambda: allocate(tgs[k], chip, received_first=False))
                 als.append(al)
             except CapacityError as e:

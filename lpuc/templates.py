@@ -170,9 +170,9 @@ class Builder:
         t = acc.tensor
         r, g = group
         fl = unit.refs[fld][0] if join or r > 0 else -1
-        off = r * len(t.planes)
         for j0, j1, v0, seg in t.pieces(acc.start, acc.stride, acc.n):
             planes = seg if acc.plane is None else [seg[acc.plane]]
+            off = r * len(planes)  # group r's streams follow the groups before it
             pos = [self.pos(s) for s, _ in planes]
             east = [(p < unit_pos) == reading for p in pos]  # the flow direction of each plane
             assert all(east) or not any(east), "a tensor's planes straddle the unit"

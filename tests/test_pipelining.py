@@ -79,7 +79,7 @@ def test_bert_tiny_on_lpu_v1_mirrors_folds_and_pipelines():
     # chains run on both hemispheres' planes, some on the side away from their weights
     chains = [t for t in tg.tasks if t.kind == "chain"]
     assert {sc.placements[t.id].unit[:5] for t in chains} == {"MXM_W", "MXM_E"}
-    assert any(sc.placements[t.id].unit[4] != c.chip.slice(t.attrs["steps"][0]["w"].tensor.planes[0][0]).hemisphere
+    assert any(sc.placements[t.id].unit[4] != c.chip.slice(t.attrs["steps"][0]["ws"][0].tensor.planes[0][0]).hemisphere
                for t in chains)
     # some slice is read by one task while another task writes it, in the same cycles
     busy: dict[tuple[str, str], list[tuple[int, int, int]]] = {}

@@ -28,8 +28,8 @@ if TYPE_CHECKING:
 
 @register_task_kind
 class ChainTask(TaskKind):
-    """``attrs["steps"]``: per K chunk the weights ``w`` and activations ``x`` (accesses that are also
-    in ``reads``), ``rows`` activation rows, ``dtype``; the scheduler picks the MXM plane, the
+    """``attrs["steps"]``: per K chunk the weights ``ws`` (one access per stream group of the IW,
+    ``lpuc.passes.install``) and activations ``x`` (accesses that are also in ``reads``), ``rows`` activation rows, ``dtype``; the scheduler picks the MXM plane, the
     accumulator region and the first weight buffer, and (list scheduler) the hemisphere."""
 
     name = "chain"
@@ -52,10 +52,8 @@ class ChainTask(TaskKind):
     def replace_reads(self, task: Task, new: dict[int, Access]) -> None:
         task.reads = [new.get(id(a), a) for a in task.reads]
         for st in task.attrs.get("steps", []):  # a chain names its accesses per K step too
-            for key in ("w", "x"):
-                st[key] = new.get(id(st[key]), st[key])
-            if "ws" in st:
-                st["ws"] = [new.get(id(a), a) for a in st["ws"]]
+            st["x"] = new.get(id(st["x"]), st["x"])
+            st["ws"] = [new.get(id(a), a) for a in st["ws"]]
 
     def allocation_rules(self, task: Task, rules: Any) -> None:
         for st in task.attrs["steps"]:  # matrix weights: balanced between the hemispheres' planes
@@ -70,7 +68,7 @@ class ChainTask(TaskKind):
 
 def weights(step: dict[str, Any]) -> list[Access]:
     """The accesses one IW of a chain step reads: one per stream group (``lpuc.passes.install``)."""
-    return step.get("ws") or [step["w"]]
+    return step["ws"]
 
 
 def install_rows(step: dict[str, Any]) -> int:
@@ -196,7 +194,7 @@ def chain_template(task: Task, chip: ChipConfig, region_rows: int, side: str | N
     rows = task.attrs["rows"]
     dt = DTYPES[task.attrs["dtype"]]
     cpv = chip.cycles_per_vector(dt.name)
-    wside = side or chip.slice(steps[0]["w"].tensor.planes[0][0]).hemisphere
+    wside = side or chip.slice(steps[0]["ws"][0].tensor.planes[0][0]).hemisphere
     plane = chip.slices_of("MXM")[0 if wside == "W" else -1].name
     x = b.pos(plane)
     t_iw = 0
@@ -253,7 +251,7 @@ def chain_variants(task: Task, chip: ChipConfig) -> list[Template]:
     accumulators 128 or 256 cycles late, when the output's slices are busy: BERT-base width 12 layers
     278,543 -> 277,569 cycles, not worth twice the fitting work.)"""
     region_rows = int(chip.mxm["acc_rows"]) // 2
-    home = chip.slice(task.attrs["steps"][0]["w"].tensor.planes[0][0]).hemisphere
+    home = chip.slice(task.attrs["steps"][0]["ws"][0].tensor.planes[0][0]).hemisphere
     return [chain_template(task, chip, region_rows, side) for side in (home, "E" if home == "W" else "W")]
 
 
@@ -309,10 +307,7 @@ def tile_matmul(tiler: Tiler, p: Prim) -> None:
                         ws = wacc(0, bb * N + j * L, i, Ck, nn)
                         hi = kk if kk < L else 0
                     x = tiler.acc(a, (ab * M + m0) * Ck + i, Ck, rows)
-                    step = {"w": ws[0], "x": x, "t": int(tb), "hi": hi, "k": kk if kk < L else 0}
-                    if g > 1:
-                        step["ws"] = ws
-                    steps.append(step)
+                    steps.append({"ws": ws, "x": x, "t": int(tb), "hi": hi, "k": kk if kk < L else 0})
                 o = tiler.acc(out, (beta * M + m0) * Cn + j, Cn, rows)
                 reads = [a for s in steps for a in weights(s)] + [s["x"] for s in steps]
                 tiler.tg.add("chain", reads, [o], p, steps=steps, rows=rows, dtype=a.dtype)
@@ -335,10 +330,10 @@ def tile_mmheads(tiler: Tiler, p: Prim) -> None:
                 c, lo = divmod(p.attrs["offq"] + h * D, L)
                 ck = (p.attrs["offk"] + h * D) // L
                 k = min(L, E - c * L)
-                step = {"w": tiler.acc(y, b * N * C + ck, C, N), "x": tiler.acc(x, b * T * C + c, C, T), "t": 1,
+                step = {"ws": [tiler.acc(y, b * N * C + ck, C, N)], "x": tiler.acc(x, b * T * C + c, C, T), "t": 1,
                         "lo": lo, "hi": lo + D, "k": k if k < L else 0}
                 o = tiler.acc(p.out, (b * H + h) * T, 1, T)
-                tiler.tg.add("chain", [step["w"], step["x"]], [o], p, steps=[step], rows=T, dtype=x.dtype)
+                tiler.tg.add("chain", [*step["ws"], step["x"]], [o], p, steps=[step], rows=T, dtype=x.dtype)
         return
     Cy, Co = y.chunks(L), p.out.chunks(L)
     T, S = x.shape[-2], x.shape[-1]
@@ -349,9 +344,9 @@ def tile_mmheads(tiler: Tiler, p: Prim) -> None:
             for h in p.attrs.get("heads", range(H)):
                 if (h * D) // L == c:
                     cv, lo = divmod(p.attrs["offv"] + h * D, L)
-                    steps.append({"w": tiler.acc(y, b * S * Cy + cv, Cy, S), "x": tiler.acc(x, (b * H + h) * T, 1, T),
+                    steps.append({"ws": [tiler.acc(y, b * S * Cy + cv, Cy, S)], "x": tiler.acc(x, (b * H + h) * T, 1, T),
                                   "t": 0, "lo": lo, "hi": lo + D, "k": S if S < L else 0})
             if steps:
                 o = tiler.acc(p.out, b * T * Co + c, Co, T)
-                reads = [st["w"] for st in steps] + [st["x"] for st in steps]
+                reads = [a for st in steps for a in st["ws"]] + [st["x"] for st in steps]
                 tiler.tg.add("chain", reads, [o], p, steps=steps, rows=T, dtype=x.dtype)

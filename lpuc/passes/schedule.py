@@ -76,20 +76,21 @@ def _shared_words(old, new) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(vo), np.concatenate(vn)
 
 
-def _pair_delta(first: tuple[np.ndarray, np.ndarray] | None, v_first: np.ndarray,
-                second: tuple[np.ndarray, np.ndarray], v_second: np.ndarray) -> int:
-    """Smallest anchor difference so that, for every pair, the second access of v_second comes after
-    the first access of v_first (both maps: sorted vectors and their cycles)."""
-    if first is None:
-        return -(1 << 62)
-    fv, fc = first
-    sv, sc = second
+def _pair_deltas(firsts: list[tuple[np.ndarray, np.ndarray]], v_first: np.ndarray,
+                 seconds: list[tuple[np.ndarray, np.ndarray]], v_second: np.ndarray) -> Delta:
+    """For every pair (first map i, second map j), the smallest anchor difference so that, for every
+    pair of vectors, the second access of v_second comes after the first access of v_first (maps: sorted
+    vectors and their cycles). The maps of one task's templates hold the same vectors in different
+    cycles, so the vectors are looked up once."""
+    fv, sv = firsts[0][0], seconds[0][0]
+    assert all(np.array_equal(f[0], fv) for f in firsts) and all(np.array_equal(x[0], sv) for x in seconds)
     i = np.minimum(np.searchsorted(fv, v_first), len(fv) - 1)
     j = np.minimum(np.searchsorted(sv, v_second), len(sv) - 1)
     hit = (fv[i] == v_first) & (sv[j] == v_second)
     if not hit.any():
-        return -(1 << 62)
-    return int((fc[i[hit]] + 1 - sc[j[hit]]).max())
+        return tuple(tuple(-(1 << 62) for _ in seconds) for _ in firsts)
+    i, j = i[hit], j[hit]
+    return tuple(tuple(int((f[1][i] + 1 - x[1][j]).max()) for x in seconds) for f in firsts)
 
 
 def _port(port: str, region: int, flip: int) -> str:
@@ -384,28 +385,14 @@ class Scheduler:
 
     def _war(self, tas: list[Template], tbs: list[Template], kind: str, old: int, new: int, vo: np.ndarray,
              vn: np.ndarray, words: tuple[bytes, bytes]) -> Delta:
-        """``_pair_delta`` of the words tensors old and new share (vector pairs vo, vn) from the earlier
+        """``_pair_deltas`` of the words tensors old and new share (vector pairs vo, vn) from the earlier
         access ``kind`` of each template of one task to the first stores of each template of another
-        (memoised like ``_raw``). A task's templates access the same vectors in different cycles, so the
-        vector lookups are made once for all pairs of templates."""
+        (memoised like ``_raw``)."""
         key = (tuple(map(id, tas)), tuple(map(id, tbs)), kind, old, new, words)
         got = self._deltas.get(key)
         if got is None:
-            firsts = [getattr(ta, kind)[old] for ta in tas]
-            seconds = [tb.vstores_first[new] for tb in tbs]
-            fv, sv = firsts[0][0], seconds[0][0]
-            if all(np.array_equal(f[0], fv) for f in firsts[1:]) and all(np.array_equal(x[0], sv) for x in seconds[1:]):
-                i = np.minimum(np.searchsorted(fv, vo), len(fv) - 1)
-                j = np.minimum(np.searchsorted(sv, vn), len(sv) - 1)
-                hit = (fv[i] == vo) & (sv[j] == vn)
-                if not hit.any():
-                    got = tuple(tuple(-(1 << 62) for _ in tbs) for _ in tas)
-                else:
-                    i, j = i[hit], j[hit]
-                    got = tuple(tuple(int((f[1][i] + 1 - x[1][j]).max()) for x in seconds) for f in firsts)
-            else:
-                got = tuple(tuple(_pair_delta(f, vo, x, vn) for x in seconds) for f in firsts)
-            self._deltas[key] = got
+            got = self._deltas[key] = _pair_deltas([getattr(ta, kind)[old] for ta in tas], vo,
+                                                   [tb.vstores_first[new] for tb in tbs], vn)
         return got
 
     def _raw(self, ta: Template, tb: Template, tid: int) -> int:

@@ -29,7 +29,8 @@ The layouts are propagated node by node in topological order, each op by its rul
 * Gather from a large constant table (an embedding, ``EMBEDDING_SHARE``) splits the table by rows
   (vocab parallel): each chip looks up the ids in its range, zero rows elsewhere -> ``P``; a small
   table stays whole, and with sp each chip looks up its own tokens.
-* Everything else, and every model output (on chip 0), needs ``R``.
+* Everything else needs ``R``. A model output split by ``S`` stays split: every chip hands the host its
+  block (``Stage.blocks``); an output of partial sums is all-reduced onto chip 0.
 
 Converting a layout is explicit graph surgery with ONNX ops, so lowering, the reference and the
 emulator need nothing new: ``S -> R`` is an all-gather (every chip sends its part to every other, which
