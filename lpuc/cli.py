@@ -659,11 +659,12 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--system", metavar="NAME|PATH",
                         help="system config for more than one chip (default: node-lpu-v1 for lpu-v1, pair-tiny "
                              "for tiny)")
-        sp.add_argument("--parallel", default="auto", choices=["auto", "pp", "tp", "sp"],
+        sp.add_argument("--parallel", default="auto", metavar="auto|pp|tp|sp|ppSxtpW|ppSxspW",
                         help="how the model is split over chips: pp, consecutive layers on consecutive chips; tp, "
                              "every layer's heads and columns over all chips (partial sums all-reduced); sp, token "
-                             "rows over all chips (keys and values gathered); auto (default), each that fits, "
-                             "keeping the one with the fewest predicted cycles")
+                             "rows over all chips (keys and values gathered); ppSxtpW / ppSxspW, S pipeline stages "
+                             "of W chips each, tp or sp inside a stage (e.g. pp4xtp8: a stage a node); auto "
+                             "(default), each that fits, keeping the one with the fewest predicted cycles")
         sp.add_argument("--link-dtype", default="auto", choices=["auto", "f32", "f16", "bf16"],
                         help="type partial sums travel in over the links (tp); auto: the precision's type "
                              "(fp16 halves the link time of f32; the rounding is in the reference)")

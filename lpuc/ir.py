@@ -124,7 +124,8 @@ class Graph:
         sub = Graph()
         sub.opset = self.opset
         keep = [self.nodes[n] for n in nodes]
-        names = set(inputs) | set(outputs) | {x for n in keep for x in n.inputs + n.outputs if x}
+        # (in a fixed order: a set's would follow string hashes)
+        names = dict.fromkeys([*inputs, *outputs, *(x for n in keep for x in n.inputs + n.outputs if x)])
         for name in names:
             v = self.values[name]
             sub.add_value(Value(v.name, v.shape, v.dtype, v.const))

@@ -33,6 +33,8 @@ from lpuc.passes.codegen import codegen, merge_chips
 from lpuc.passes.fold_constants import fold_constants
 from lpuc.passes.import_onnx import import_onnx
 from lpuc.passes.heads import heads
+from lpuc.passes.hybrid import hybrid
+from lpuc.passes.hybrid import parse as hybrid_spec
 from lpuc.passes.install import install
 from lpuc.passes.lower import PRECISIONS, FoldCache, lower
 from lpuc.passes.mirror import mirror
@@ -185,6 +187,19 @@ def _input_rows(g: Graph) -> dict[str, int]:
     return {name: int(n) for name, n in rows.items() if n}
 
 
+def auto_modes(n: int, system: SystemConfig) -> list[str]:
+    """The splits ``--parallel auto`` tries on n chips: a pipeline, and every chip sharing every layer
+    by columns and by rows; beyond one Dragonfly node, a pipeline of whole nodes split by columns or
+    rows inside instead (all-reduces across nodes would take the scarce global links, and a chip's
+    transfers would grow with the chips)."""
+    if n == 1:
+        return ["pp"]
+    w = system.chips_per_node
+    if not w or n <= w:
+        return ["pp", "tp", "sp"]
+    return ["pp"] + ([f"pp{n // w}xtp{w}", f"pp{n // w}xsp{w}"] if n % w == 0 else [])
+
+
 @dataclass
 class ChipPart:
     """One chip's share of a multi-chip compile: its stage of the model and the IR after each pass."""
@@ -255,8 +270,16 @@ def compile_system(path: "str | Path | onnx.ModelProto", system: SystemConfig, c
         raise CompileError(f"unknown precision '{precision}'; choose one of {', '.join(PRECISIONS)}")
     if scheduler not in SCHEDULERS:
         raise CompileError(f"unknown scheduler '{scheduler}'; choose one of {', '.join(SCHEDULERS)}")
-    if parallel not in PARALLEL:
-        raise CompileError(f"unknown split '{parallel}'; choose one of {', '.join(PARALLEL)}")
+    groups = hybrid_spec(parallel)
+    if parallel not in PARALLEL and groups is None:
+        raise CompileError(f"unknown split '{parallel}'; choose one of {', '.join(PARALLEL)} or "
+                           f"pp<S>x<tp|sp><W> (S stages of W chips, e.g. pp4xtp8)")
+    if groups is not None:
+        if chips == "auto":
+            chips = groups[0] * groups[2]
+        elif chips != groups[0] * groups[2]:
+            raise CompileError(f"--parallel {parallel} takes {groups[0] * groups[2]} chips, not {chips}: give "
+                               f"--chips {groups[0] * groups[2]} or another split")
     if link_dtype != "auto" and link_dtype not in LINK_DTYPES:
         raise CompileError(f"unknown link dtype '{link_dtype}'; choose auto or one of {', '.join(LINK_DTYPES)}")
     if chips != "auto" and not (isinstance(chips, int) and 1 <= chips <= system.chips):
@@ -280,6 +303,8 @@ def compile_system(path: "str | Path | onnx.ModelProto", system: SystemConfig, c
     wire = dtype if link_dtype == "auto" else link_dtype
 
     def split(n: int, mode: str) -> Partition:
+        if (spec := hybrid_spec(mode)) is not None:
+            return step("partition", lambda: hybrid(g, spec[0], spec[2], chip, dtype, wire, spec[1]))
         if mode in ("tp", "sp"):
             return step("partition", lambda: shard(g, n, chip, dtype, wire, mode))
         return step("partition", lambda: partition(g, n, chip, dtype))
@@ -322,7 +347,7 @@ def compile_system(path: "str | Path | onnx.ModelProto", system: SystemConfig, c
 
     def best(n: int) -> tuple[Partition, list[ChipPart], str]:
         """The split of ``parallel`` on n chips; for ``auto`` the faster of those that fit."""
-        modes = ["pp", "tp", "sp"] if parallel == "auto" and n > 1 else [parallel if n > 1 else "pp"]
+        modes = ([parallel] if n > 1 else ["pp"]) if parallel != "auto" else auto_modes(n, system)
         done, why = [], []
         for mode in modes:
             try:

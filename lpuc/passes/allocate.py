@@ -148,11 +148,26 @@ def check_weights_fit(g: Graph, chip: ChipConfig, precision: str) -> None:
                                                f"{chip.lanes} lanes; ")
 
 
+class _Unmirror(Exception):
+    """A mirror found no room, and its readers could not read the original instead where it lies."""
+
+    def __init__(self, mirror: Tensor):
+        self.mirror = mirror
+
+
 def allocate(tg: TaskGraph, chip: ChipConfig, received_first: bool = True) -> Allocation:
     """SRAM places for every tensor of ``tg``. ``received_first``: values another chip sends are placed
     with the inputs, before the constants (they get slices near the centre: BERT-base width split over
     8 chips by token rows, 188,559 -> 179,620 cycles); else after them, which leaves the constants more
     room (``lpuc.pipeline`` retries that way when the first way does not fit)."""
+    while True:
+        try:
+            return _allocate(tg, chip, received_first)
+        except _Unmirror as e:  # (at most once per mirror)
+            unmirror(tg, e.mirror)
+
+
+def _allocate(tg: TaskGraph, chip: ChipConfig, received_first: bool) -> Allocation:
     L = chip.lanes
     view_of: dict[int, Tensor] = getattr(tg, "view_of", {})
     mirror_of: dict[int, int] = getattr(tg, "mirror_of", {})
@@ -348,7 +363,14 @@ def allocate(tg: TaskGraph, chip: ChipConfig, received_first: bool = True) -> Al
                 break
             rows_per_seg = min(rows_per_seg, t.rows) // 2
         if i in mirror_of and (best is None or len(segs) > 1):
-            # a mirror is an optimisation: without room for it in one piece, go without
+            # a mirror is an optimisation: without room for it in one piece, go without -- unless the
+            # original already shares a slice (or a bank a task writes) with a tensor the mirror is read
+            # or written with: then allocate again with the mirror gone from the start, so that those
+            # constraints hold for the original
+            o = placed[mirror_of[i]]
+            if any(set(placed[j][1]) & set(o[1]) for j in apart[i] if j in placed and j != mirror_of[i]) or \
+                    any(set(placed[j][2]) & set(o[2]) for j in bank_apart[i] if j in placed):
+                raise _Unmirror(t)
             unmirror(tg, t)
             continue
         if best is None:

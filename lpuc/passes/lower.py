@@ -370,7 +370,13 @@ def lower(g: Graph, chip: ChipConfig, precision: str = "fp32", folded: "FoldCach
             t = lw.convert(t, want)
         if t.role in ("input", "const", "output"):
             # inputs, constants and values output twice get their own copy in SRAM
+            src = t
             t = lw.copy_all(t, v.shape)
+            if src.role == "input":
+                # first, not last: a chip passing on a value it received (a gather inside a group of a
+                # pipeline) must not hold the others back until its own work is done, and the copy
+                # must not take SRAM that later tasks free (their reads would then come first)
+                lw.pg.prims.insert(0, lw.pg.prims.pop())
         t.name, t.role, t.host_dtype = name, "output", str(v.dtype)
         lw.pg.outputs.append(t)
     _dead_prims(lw.pg)

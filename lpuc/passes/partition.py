@@ -116,7 +116,7 @@ class Stage:
 
 @dataclass
 class Partition:
-    mode: str  # "pp" (``partition``) or "tp" (``lpuc.passes.shard``)
+    mode: str  # "pp" (``partition``), "tp"/"sp" (``lpuc.passes.shard``), "pp2xtp4" (``lpuc.passes.hybrid``)
     stages: list[Stage]
     total_weight_bytes: int
     notes: list[str] = field(default_factory=list)  # what the split did to the weights, and why
@@ -149,9 +149,10 @@ def _crossing(g: Graph, order: list[str]) -> np.ndarray:
     return np.cumsum(delta)
 
 
-def partition(g: Graph, chips: int, chip: ChipConfig, precision_dtype: str) -> Partition:
+def partition(g: Graph, chips: int, chip: ChipConfig, precision_dtype: str, width: int = 1) -> Partition:
     """Split ``g`` into ``chips`` pipeline stages (see the module docstring); CapacityError when a
-    stage cannot hold its weights."""
+    stage cannot hold its weights. ``width``: chips a stage is spread over (``lpuc.passes.hybrid``),
+    whose SRAM its weights may fill together."""
     order = [n.name for n in g.topo()]
     per_node = [node_weights(g, n) for n in order]
     # cumulative weight bytes, each constant counted where it is first read
@@ -164,7 +165,7 @@ def partition(g: Graph, chips: int, chip: ChipConfig, precision_dtype: str) -> P
                 inc[i + 1] += constant_bytes(g.values[w].const, chip, precision_dtype)
     cum = np.cumsum(inc)
     total = int(cum[-1])
-    budget = int(chip.sram_bytes * WEIGHT_SHARE)
+    budget = int(chip.sram_bytes * WEIGHT_SHARE) * width
     crossing = _crossing(g, order)
     cuts = [0]
     for k in range(1, chips):
@@ -203,9 +204,11 @@ def partition(g: Graph, chips: int, chip: ChipConfig, precision_dtype: str) -> P
             stages[src].sends.setdefault(v, []).append(s.chip)
     for s in stages:
         if s.weight_bytes > budget:
-            raise CapacityError(f"on {chips} chip(s), chip {s.chip}'s stage needs {s.weight_bytes:,} bytes of "
-                                f"weights; one {chip.name} chip holds {budget:,} for weights "
-                                f"({WEIGHT_SHARE:.0%} of {chip.sram_bytes:,}): use more chips")
+            who, where = ((f"stage {s.chip}", f"{width} {chip.name} chips hold") if width > 1 else
+                          (f"chip {s.chip}'s stage", f"one {chip.name} chip holds"))
+            raise CapacityError(f"on {chips} {'stage' if width > 1 else 'chip'}(s), {who} needs {s.weight_bytes:,} "
+                                f"bytes of weights; {where} {budget:,} for weights "
+                                f"({WEIGHT_SHARE:.0%} of {chip.sram_bytes:,} each): use more chips")
     return Partition("pp", stages, total)
 
 

@@ -119,8 +119,16 @@ class Sharder:
     """Builds the chips' graphs (see the module docstring)."""
 
     def __init__(self, g: Graph, chips: int, chip: ChipConfig, wire_dtype: np.dtype, mode: str = "tp",
-                 mxm_dtype: np.dtype = np.dtype(np.float32)):
+                 mxm_dtype: np.dtype = np.dtype(np.float32), arriving: dict[str, Layout] | None = None,
+                 leaving: "set[str] | None" = None):
+        """``arriving``: graph inputs that another group of chips sends, in the layout they arrive in
+        (chip k receives its part); ``leaving``: graph outputs another group reads, left split
+        (``Sharder.leave``). Both for a pipeline of groups (``lpuc.passes.hybrid``)."""
         self.g = g
+        self.arriving = dict(arriving or {})
+        self.leaving = set(leaving or ())
+        #: the layout each leaving value is sent in
+        self.left: dict[str, Layout] = {}
         self.mxm = np.dtype(mxm_dtype)
         self.mode = mode
         self.chip = chip
@@ -174,7 +182,7 @@ class Sharder:
         v = self.vals[name]
         if v.const is not None:
             return self.const(k, name, v.const)
-        if name in self.g.inputs and name not in self.values[k]:
+        if self.host_input(name) and name not in self.values[k]:
             self.value(k, name, v.shape, v.dtype)
             self.inputs[k].append(name)
         return name
@@ -202,7 +210,12 @@ class Sharder:
             self.value(d, wire, shape, dtype)
 
     def out_layout(self, name: str) -> Layout:
+        """The layout of a value (``R`` for constants and what the host loads)."""
         return self.layout.get(name, R)
+
+    def host_input(self, name: str) -> bool:
+        """A graph input the host loads onto the chips (not one arriving from another group of chips)."""
+        return name in self.g.inputs and name not in self.arriving
 
     # ------------------------------------------------------------------------------ layout conversions
     def need(self, name: str, want: Layout, only: int | None = None, mxm: bool = False) -> list[str]:
@@ -210,7 +223,7 @@ class Sharder:
         it), converting as the module docstring says. ``mxm``: only a matrix product reads it, which
         rounds it to the precision's type anyway, so a gather may carry it in that type if the wire
         type is the same (f32 -> f16 -> f32 -> f16 gives the bits f32 -> f16 does)."""
-        if not name or self.vals[name].const is not None or name in self.g.inputs:
+        if not name or self.vals[name].const is not None or self.host_input(name):
             if want.kind == "S" and name and self.vals[name].const is None:
                 return self._slice_all(name, [name] * self.p, want)
             return [self.use(k, name) for k in range(self.p)]
@@ -262,7 +275,7 @@ class Sharder:
             if prod is None or prod.op not in VIEW_OPS:
                 break
             x = prod.inputs[0]
-            lx = self.out_layout(x) if not self.g.is_const(x) and x not in self.g.inputs else R
+            lx = self.out_layout(x)
             if lx.kind != "S" or _vectors(self.shape_on(x, lx, 0), self.chip.lanes) > \
                     _vectors(self.shape_on(src, lay, 0), self.chip.lanes):
                 break  # (compared on the chips' parts: what the links carry)
@@ -421,12 +434,22 @@ class Sharder:
         self.place(n, [self.need(i, R) if i else [] for i in n.inputs], [R] * len(n.outputs))
 
     def run(self) -> list[Stage]:
+        outs: list[list[str]] = [[] for _ in range(self.p)]
+        renames: list[dict[str, str]] = [{} for _ in range(self.p)]
+        for v, lay in self.arriving.items():  # chip k receives its part (the pipeline fills in who sends)
+            self.layout[v] = lay
+            for k in range(self.p):
+                if lay.kind != "S" or lay.parts[k][1]:
+                    self.value(k, v, self.shape_on(v, lay, k), self.vals[v].dtype)
+                    renames[k][v] = part_wire(v, k)
+                    self.stages[k].receives[part_wire(v, k)] = -1
         for n in self.g.topo():
             RULES.get(n.op, Sharder.replicate)(self, n)
-        outs: list[list[str]] = [[] for _ in range(self.p)]
-        renames: dict[str, str] = {}
+        final: dict[str, Layout] = {}
+        for o in [o for n in self.g.topo() for o in n.outputs if o in self.leaving]:  # (not a set's order)
+            final[o] = self.leave(o)
         for o in self.g.outputs:
-            lay = self.out_layout(o) if self.vals[o].const is None and o not in self.g.inputs else R
+            lay = final[o] if o in final else self.out_layout(o)
             if lay == R:
                 self.use(0, o)
                 outs[0].append(o)
@@ -438,11 +461,11 @@ class Sharder:
                         self.stages[k].blocks[o] = (lay.axis, start)
                 continue
             local = self.need(o, R, only=0)[0]
-            renames[o], renames[local] = f"{o}.part", o
+            renames[0][o], renames[0][local] = f"{o}.part", o
             outs[0].append(o)
         for k, st in enumerate(self.stages):
             self.nodes[k] = _hoist(self.nodes[k], set(st.sends))
-            ren = renames if k == 0 else {}
+            ren = renames[k]
             graph = Graph()
             graph.opset = self.g.opset
             for v in self.values[k].values():
@@ -461,7 +484,38 @@ class Sharder:
             st.nodes = list(graph.nodes)
             st.local = graph
             st.receive_bytes = sum(graph.values[v].size * graph.values[v].dtype.itemsize for v in st.receives)
+        self.left = final
         return self.stages
+
+    def leave(self, o: str) -> Layout:
+        """Make leaving value ``o`` ready to go to the next group: split values stay split (chip k sends
+        its part to chip k of the group that reads it), partial sums are reduce-scattered (all-reduced
+        if they have fewer rows than chips), a replicated value goes whole from every chip. Chip k's
+        part travels as ``part_wire(o, k)`` (``Stage.sends[...] = []``: the pipeline fills in where);
+        returns the layout it leaves in."""
+        lay = self.out_layout(o)
+        local = [o] * self.p
+        if lay.kind == "P":
+            want = self.scatter_layout(o) or R
+            local = self.need(o, want)
+            lay = want
+        for k in range(self.p):
+            if lay.kind == "S" and not lay.parts[k][1]:
+                continue
+            src = local[k]
+            if src in self.stages[k].wires:  # sent inside the group under another wire name: a copy leaves
+                v = self.values[k][src]
+                self.emit(k, "Identity", [src], [(f"{o}.leave", v.shape, v.dtype)])
+                src = f"{o}.leave"
+            self.stages[k].sends.setdefault(src, [])
+            self.stages[k].wires[src] = part_wire(o, k)
+        return lay
+
+
+def part_wire(value: str, k: int) -> str:
+    """The wire name of chip k's part of a value going from one group of chips to the next
+    (``lpuc.passes.hybrid``): chip k of the sending group to chip k of the receiving one."""
+    return f"{value}.pp{k}"
 
 
 def _hoist(nodes: list[Node], sent: set[str]) -> list[Node]:
@@ -528,7 +582,7 @@ def _matmul(s: Sharder, n: Node) -> None:
     r = len(s.vals[out].shape)
     if ga.const is None and gb.const is not None and gb.const.ndim == 2:
         K, N = gb.const.shape
-        la = s.out_layout(a) if a not in s.g.inputs else R
+        la = s.out_layout(a)
         if la.kind == "S" and la.axis == len(ga.shape) - 1 and all(n_ for _, n_ in la.parts):
             # rows of W meet the split contraction: every chip a partial sum
             s.place(n, [[a] * s.p, [s.sliced_const(k, b, 0, la.parts[k]) for k in range(s.p)]], [P])
@@ -571,7 +625,7 @@ def _gemm(s: Sharder, n: Node) -> None:
         return s.replicate(n)
     tb = int(n.attrs.get("transB", 0))
     K, N = gb.const.shape[::-1] if tb else gb.const.shape
-    la = s.out_layout(a) if a not in s.g.inputs else R
+    la = s.out_layout(a)
     cc = s.vals[c].const if c else None
     if c and cc is None:
         return s.replicate(n)
@@ -600,7 +654,7 @@ def _elementwise(s: Sharder, n: Node) -> None:
     oshape = s.vals[out].shape
     lead: Layout | None = None
     for i in n.inputs:
-        if i and not s.g.is_const(i) and i not in s.g.inputs:
+        if i and not s.g.is_const(i) and not s.host_input(i):
             lay = s.out_layout(i)
             if lay.kind == "P":  # partial sums meet a non-linear op or another term: reduce-scatter them
                 lay = s.scatter_layout(i) or lay  # (Megatron's sequence parallel: the rest follows the rows)
@@ -628,7 +682,7 @@ def _elementwise(s: Sharder, n: Node) -> None:
 def _keeps_axis(s: Sharder, n: Node, reduced: set[int], keepdims: bool = True) -> None:
     """Ops that work along ``reduced`` axes only: a split on another axis stays (shifted if dropped)."""
     x = n.inputs[0]
-    lay = s.out_layout(x) if not s.g.is_const(x) and x not in s.g.inputs else R
+    lay = s.out_layout(x)
     if lay.kind != "S" or lay.axis in reduced:
         return s.replicate(n)
     axis = lay.axis if keepdims else lay.axis - sum(1 for a in reduced if a < lay.axis)
@@ -663,7 +717,7 @@ def _reduce(s: Sharder, n: Node) -> None:
 
 def _reshape(s: Sharder, n: Node) -> None:
     x, out = n.inputs[0], n.outputs[0]
-    lay = s.out_layout(x) if not s.g.is_const(x) and x not in s.g.inputs else R
+    lay = s.out_layout(x)
     if lay.kind != "S":
         return s.replicate(n)
     ishape, oshape = tuple(s.vals[x].shape), tuple(s.vals[out].shape)
@@ -688,7 +742,7 @@ def _reshape(s: Sharder, n: Node) -> None:
 
 def _transpose(s: Sharder, n: Node) -> None:
     x = n.inputs[0]
-    lay = s.out_layout(x) if not s.g.is_const(x) and x not in s.g.inputs else R
+    lay = s.out_layout(x)
     if lay.kind != "S":
         return s.replicate(n)
     r = len(s.vals[x].shape)
@@ -698,7 +752,7 @@ def _transpose(s: Sharder, n: Node) -> None:
 
 def _squeeze_unsqueeze(s: Sharder, n: Node) -> None:
     x, out = n.inputs[0], n.outputs[0]
-    lay = s.out_layout(x) if not s.g.is_const(x) and x not in s.g.inputs else R
+    lay = s.out_layout(x)
     if lay.kind != "S":
         return s.replicate(n)
     ishape, oshape = s.vals[x].shape, s.vals[out].shape
@@ -718,7 +772,7 @@ def _squeeze_unsqueeze(s: Sharder, n: Node) -> None:
 def _gather(s: Sharder, n: Node) -> None:
     table, ids = n.inputs[0], n.inputs[1]
     c = s.vals[table].const
-    lid = s.out_layout(ids) if not s.g.is_const(ids) and ids not in s.g.inputs else R
+    lid = s.out_layout(ids)
     big = c is not None and c.size * 2 >= s.chip.sram_bytes * EMBEDDING_SHARE
     if c is not None and n.attrs.get("axis", 0) == 0 and c.ndim == 2 and len(s.vals[ids].shape) >= 1 \
             and not big and (s.mode == "sp" or lid.kind == "S"):
