@@ -147,16 +147,32 @@ def test_partial_sums_travel_in_the_link_dtype():
     assert link_busy(narrow) < 0.7 * link_busy(wide)
 
 
-def test_all_reduce_sums_in_chip_order():
-    """Chip j sums block j of every chip's partial sums as ((t0 + t1) + ...) in chip order, so every
-    chip ends with the same bits; the reference evaluates exactly those Add nodes."""
+def test_reduce_scatter_sums_own_term_first():
+    """Chip j sums block j of every chip's partial sums as ((tj + tj+1) + ...), indices mod p: one chip
+    sums each block, and every chip runs the same tasks (the chips share one floorplan and the
+    scheduler's templates); the reference evaluates exactly those Add nodes."""
     sc, _ = check("bert_tiny", "pair-tiny", 2, "fp32", "tp")
     for j, part in enumerate(sc.parts):
         adds = [n.inputs for n in part.stage.local.nodes.values() if n.op == "Add" and ".rs" in n.inputs[0]
                 and ".rs" in n.inputs[1]]
         assert adds, j
-        assert all(a[0].split(".rs")[1].startswith(f"0to{j}") and a[1].split(".rs")[1].startswith(f"1to{j}")
+        assert all(a[0].split(".rs")[1].startswith(f"{j}to{j}") and a[1].split(".rs")[1].startswith(f"{1 - j}to{j}")
                    for a in adds), adds
+
+
+@pytest.mark.parametrize("model", ["gpt2_tiny", "bert_tiny", "llama_tiny"])
+def test_chips_of_a_split_share_one_floorplan(model):
+    """Every chip of a tensor-parallel split emits the same tasks on the same floorplan (the
+    reduce-scatter's own term first, received values in the order they are read), so that their
+    tasks share templates."""
+    from lpuc.passes.schedule import _signature
+
+    sc = compile_system(MODELS / f"{model}.onnx", load_system("pair-tiny"), 2, precision="fp16", parallel="tp")
+    a, b = (p.tasks for p in sc.parts)
+    assert [t.shape for t in a.tensors] == [t.shape for t in b.tensors]
+    assert [t.planes for t in a.tensors] == [t.planes for t in b.tensors]
+    shared = {_signature(t)[0] for t in a.tasks} & {_signature(t)[0] for t in b.tasks}
+    assert len(shared) > 0.7 * len(a.tasks)
 
 
 def test_auto_keeps_the_fastest_split():
