@@ -46,15 +46,28 @@ from isa.timing import union_length, utilization
 
 
 
+def chip_programs(prog: Program, chips: "list[int] | range") -> dict[int, Program]:
+    """The parts of a system program chips ``chips`` run: each its queues, its tensors and its expect
+    entries (6-element entries are chip 0's). Instructions and tensors are shared, not copied."""
+    expect: dict[int, list] = {c: [] for c in chips}
+    for e in prog.meta.get("expect", []):
+        got = expect.get(e[0] if len(e) == 7 else 0)
+        if got is not None:
+            got.append(e)
+    parts = {}
+    for c in chips:
+        meta = dict(prog.meta)
+        meta["chip_part"] = c  # (an output in blocks: this chip's only)
+        if "expect" in meta:
+            meta["expect"] = expect[c]
+        parts[c] = Program(system=prog.system, queues={k: q for k, q in prog.queues.items() if k[0] == c},
+                           tensors=[t for t in prog.tensors if t.chip == c], nodes=prog.nodes, meta=meta)
+    return parts
+
+
 def chip_program(prog: Program, c: int) -> Program:
-    """The part of a system program chip ``c`` runs: its queues, its tensors and its expect entries
-    (6-element entries are chip 0's). Instructions and tensors are shared, not copied."""
-    meta = dict(prog.meta)
-    meta["chip_part"] = c  # (an output in blocks: this chip's only)
-    if "expect" in meta:
-        meta["expect"] = [e for e in meta["expect"] if (e[0] if len(e) == 7 else 0) == c]
-    return Program(system=prog.system, queues={k: q for k, q in prog.queues.items() if k[0] == c},
-                   tensors=[t for t in prog.tensors if t.chip == c], nodes=prog.nodes, meta=meta)
+    """The part of a system program chip ``c`` runs (``chip_programs``)."""
+    return chip_programs(prog, [c])[c]
 
 
 class ChipEmulator(Emulator):
@@ -161,12 +174,21 @@ class ChipEmulator(Emulator):
 # ------------------------------------------------------------------------------------------------
 # work units: the calls a coordinator makes, on a dict of units held where they run
 # ------------------------------------------------------------------------------------------------
-def unit_setup(units: dict[int, ChipEmulator], c: int, program: Program | bytes, strict: bool,
+#: in a pool worker: the parts of a program file its chips come from (``unit_setup``), read once
+_FILE_PARTS: dict[tuple[str, bytes], dict[int, Program]] = {}
+
+
+def unit_setup(units: dict[int, ChipEmulator], c: int, program: "Program | tuple", strict: bool,
                recv: dict[tuple[str, int], list[tuple[SendKey, int] | None]]) -> dict[str, Any]:
-    """Set up chip c: in ``program`` (its part, or that part's bytes), RECVs taking what ``recv``
-    says. Out: its set-up hazards and, per instruction (in queue order), one past its last cycle."""
-    if isinstance(program, bytes):
-        program = Program.from_bytes(program, f"chip {c}")
+    """Set up chip c: in ``program`` (its part, or ``(source, chips)``: the chips of a program file
+    this unit's process holds, read from the file once), RECVs taking what ``recv`` says. Out: its
+    set-up hazards and, per instruction (in queue order), one past its last cycle."""
+    if isinstance(program, tuple):
+        source, chips = program
+        if source not in _FILE_PARTS:
+            _FILE_PARTS.clear()
+            _FILE_PARTS[source] = chip_programs(Program.load_part(source, set(chips)), chips)
+        program = _FILE_PARTS[source].pop(c)
     em = units[c] = ChipEmulator(program, strict, c, recv)
     return {"hazards": list(em.hazards), "ends": [op.end for op in em.ops], "cycles": em.cycles}
 
@@ -293,7 +315,7 @@ class SystemEmulator(ReportPhase):
         n_chips = self.system.chips
         self.workers = default_workers(program) if workers is None else max(1, min(workers, n_chips))
         self.plan: LinkPlan = plan_links(program)
-        parts = {c: chip_program(program, c) for c in range(n_chips)}
+        parts = chip_programs(program, range(n_chips))
         if self.workers > 1:
             # balance instructions over the workers, biggest chip first
             load = [0] * self.workers
@@ -303,9 +325,14 @@ class SystemEmulator(ReportPhase):
                 home[c] = w
                 load[w] += parts[c].instruction_count + 1
             self.units: LocalUnits | PoolUnits = PoolUnits(home, self.workers)
-            # the parts themselves (pickled, not re-encoded: one worker's chips go in one message, so a
-            # constant the chips share -- a split's weights -- travels once per worker)
-            payload: dict[int, Program | bytes] = dict(parts)
+            # a program read from a file: each worker reads its chips from the file (HF BERT-base by rows
+            # on 8 chips: sending them took 2.4 s of pickling and piping 214 MB a worker); else the parts
+            # themselves (pickled, not re-encoded: one worker's chips go in one message, so a constant the
+            # chips share -- a split's weights -- travels once per worker)
+            payload: dict[int, Program | tuple] = dict(parts)
+            if program.source is not None:
+                mine = {w: sorted(c for c in home if home[c] == w) for w in range(self.workers)}
+                payload = {c: (program.source, mine[home[c]]) for c in parts}
         else:
             self.units = LocalUnits()
             payload = dict(parts)

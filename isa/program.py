@@ -207,6 +207,9 @@ class Program:
     tensors: list[TensorDesc] = field(default_factory=list)
     nodes: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    #: the file it was loaded from and that file's checksum (``Program.load``), so that the emulator's
+    #: workers can read their chips from the file instead of being sent them; not part of the program
+    source: tuple[str, bytes] | None = field(default=None, compare=False, repr=False)
 
     @property
     def chip(self) -> ChipConfig:
@@ -373,7 +376,10 @@ class Program:
         return blob + hashlib.sha256(blob).digest()
 
     @staticmethod
-    def from_bytes(data: bytes, origin: str = "program") -> "Program":
+    def from_bytes(data: bytes, origin: str = "program", chips: "set[int] | None" = None) -> "Program":
+        """The program in ``data`` (checked: magic, version, checksum, then ``validate``). ``chips``:
+        decode only these chips' queues and tensors (a part for an emulator worker, of a file the
+        caller has validated whole; the part itself is not validated)."""
         if len(data) < 16 + 32:
             raise ProgramError(f"{origin}: too short to be an .lpu program ({len(data)} bytes)")
         if data[:8] != MAGIC:
@@ -389,7 +395,7 @@ class Program:
             except (UnicodeDecodeError, json.JSONDecodeError) as e:
                 raise ProgramError(f"{origin}: unreadable header ({e})") from None
             try:
-                prog = Program._from_header(header, data, 16 + hlen, len(data) - 32, origin)
+                prog = Program._from_header(header, data, 16 + hlen, len(data) - 32, origin, chips)
             except (KeyError, TypeError, ValueError) as e:
                 if isinstance(e, ProgramError):
                     raise
@@ -401,7 +407,8 @@ class Program:
         return prog
 
     @staticmethod
-    def _from_header(header: dict[str, Any], data: bytes, pos: int, end: int, origin: str) -> "Program":
+    def _from_header(header: dict[str, Any], data: bytes, pos: int, end: int, origin: str,
+                     chips: "set[int] | None" = None) -> "Program":
         try:
             chip = ChipConfig.from_dict(header["chip"])
         except ConfigError as e:
@@ -414,6 +421,9 @@ class Program:
         # streams the same shapes again and again): decode and check each distinct word once.
         decoded: dict[bytes, tuple[Instr, dict[str, int]]] = {}
         for qd in header["queues"]:
+            if chips is not None and int(qd["chip"]) not in chips:
+                pos += int(qd["count"]) * RECORD.size
+                continue
             q = prog.queue(int(qd["chip"]), str(qd["slice"]))
             for k in range(int(qd["count"])):
                 if pos + RECORD.size > end:
@@ -427,19 +437,29 @@ class Program:
                     except EncodingError as e:
                         raise ProgramError(f"{origin}: chip {qd['chip']} {qd['slice']} instruction {k}: {e}") from None
                 q.append(Inst(issue, known[0], dict(known[1]), node))  # own operands: callers may edit them
+        spans: list[tuple[int, int] | None] = []  # per tensor: where its data lies in the body
+        blobs: dict[int, bytes] = {}  # data read so far, by start in the body (one bytes object per span)
         for td in header["tensors"]:
-            blob = None
+            span = None
             if "data_len" in td:
                 n = int(td["data_len"])
                 if pos + n > end:
                     raise ProgramError(f"{origin}: constant data runs past the end of the file")
-                blob = bytes(data[pos:pos + n])
+                span = (pos, n)
                 pos += n
             elif "data_same" in td:  # the data of an earlier constant (one bytes object for both)
                 j = int(td["data_same"])
-                if not 0 <= j < len(prog.tensors) or prog.tensors[j].data is None:
+                if not 0 <= j < len(spans) or spans[j] is None:
                     raise ProgramError(f"{origin}: tensor '{td['name']}' shares the data of tensor {j}, which has none")
-                blob = prog.tensors[j].data
+                span = spans[j]
+            spans.append(span)
+            if chips is not None and int(td["chip"]) not in chips:
+                continue
+            blob = None
+            if span is not None:
+                blob = blobs.get(span[0])
+                if blob is None:
+                    blob = blobs[span[0]] = bytes(data[span[0]:span[0] + span[1]])
             prog.tensors.append(TensorDesc(
                 name=str(td["name"]), role=str(td["role"]), dtype=str(td["dtype"]),
                 shape=tuple(int(x) for x in td["shape"]), chip=int(td["chip"]),
@@ -449,7 +469,8 @@ class Program:
                 block=(int(td["block"][0]), int(td["block"][1])) if td.get("block") is not None else None))
         if pos != end:
             raise ProgramError(f"{origin}: {end - pos} unexpected bytes after the program body")
-        prog.validate()
+        if chips is None:
+            prog.validate()
         return prog
 
     def save(self, path: str | Path) -> None:
@@ -467,4 +488,19 @@ class Program:
             data = path.read_bytes()
         except OSError as e:
             raise ProgramError(f"{path}: cannot read ({e.strerror})") from None
-        return Program.from_bytes(data, str(path))
+        prog = Program.from_bytes(data, str(path))
+        prog.source = (str(path.resolve()), bytes(data[-32:]))
+        return prog
+
+    @staticmethod
+    def load_part(source: tuple[str, bytes], chips: set[int]) -> "Program":
+        """Chips ``chips`` of the program a ``Program.load`` read from ``source`` (its path and
+        checksum), if the file still holds that program (ProgramError otherwise)."""
+        path, digest = source
+        try:
+            data = Path(path).read_bytes()
+        except OSError as e:
+            raise ProgramError(f"{path}: cannot read ({e.strerror})") from None
+        if data[-32:] != digest:
+            raise ProgramError(f"{path}: the file changed while it was being emulated")
+        return Program.from_bytes(data, path, chips)

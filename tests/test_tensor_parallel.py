@@ -88,6 +88,32 @@ def test_output_blocks_run_on_a_process_pool():
         assert one.outputs[k].tobytes() == two.outputs[k].tobytes()
 
 
+def test_pool_workers_read_their_chips_from_the_program_file(tmp_path):
+    """A program loaded from a file is not sent to the workers: each reads its own chips from the file
+    (``Program.load_part``), with the same bits and cycles; a file changed meanwhile is refused."""
+    import numpy as np
+
+    from emulator import Emulator
+    from isa.program import Program, ProgramError
+
+    sc = compile_system(MODELS / "gpt2_tiny.onnx", load_system("pair-tiny"), 2, precision="fp16", parallel="tp")
+    path = tmp_path / "g.lpu"
+    sc.save(path)
+    prog = Program.load(path)
+    assert prog.source is not None and prog.source[0] == str(path.resolve())
+    part = Program.load_part(prog.source, {1})
+    assert {c for c, _ in part.queues} == {1} and {t.chip for t in part.tensors} == {1}
+    assert part.queues[(1, "C2C0")] == prog.queues[(1, "C2C0")]
+    feeds = {"input_ids": np.random.default_rng(3).integers(0, 96, (1, 16)).astype(np.int64)}
+    one, two = Emulator(prog, workers=1).run(feeds), Emulator(prog, workers=2).run(feeds)
+    assert one.cycles == two.cycles == sc.cycles
+    assert all(one.outputs[k].tobytes() == two.outputs[k].tobytes() for k in one.outputs)
+    sc.program.meta["model"] = "changed"
+    sc.save(path)
+    with pytest.raises(ProgramError, match="changed while"):
+        Program.load_part(prog.source, {0})
+
+
 def test_an_output_in_blocks_that_other_chips_also_read(tmp_path):
     """y is a model output (each chip's rows, in blocks) and also gathered for z, which reads all rows:
     each chip both outputs and sends it (HF BertModel: the pooler reads last_hidden_state)."""
