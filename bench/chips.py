@@ -6,6 +6,10 @@ the seconds each step took. Writes ``bench/chips.md``.
     python bench/chips.py [--model bert-base] [--chips 1,2,4,8] [--parallel pp,tp,sp] [--precision fp16]
                           [--system node-lpu-v1]
 
+``--parallel`` takes the splits of ``lpuc compile --parallel``; ``pp*xtp8`` stands for ``pp{N/8}xtp8`` on N
+chips (a pipeline of groups of 8, as many stages as the chip count gives). Every program is saved and
+emulated from the file, as ``lpuc compile`` and ``lpuc run`` do.
+
 Models: ``bert-base`` (HF BERT-base, vocab 30522: needs 2 chips), ``bert-base-v1k`` (BERT-base width with
 a 1024-word vocabulary: fits one), ``gpt2-small`` (vocab 50257), or a path to an .onnx file. The
 BERT/GPT-2 models are built without torch by ``bench/models.py`` (cached in ~/.cache/lpuc-bench).
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -81,6 +86,7 @@ def gather_bound(sc) -> int:
 def main(argv: list[str] | None = None) -> int:
     from emulator.system import pool_workers
     from isa.config import load_system
+    from isa.program import Program
     from isa.timing import program_busy
     from lpuc.errors import CompileError
     from lpuc.pipeline import compile_system
@@ -100,6 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     base = None
     for n in [int(x) for x in args.chips.split(",")]:
         for mode in (["pp"] if n == 1 else args.parallel.split(",")):
+            if "*" in mode:  # pp*xtpW: as many stages of W chips as n gives
+                w = int(mode.rsplit("p", 1)[1])
+                if n % w:
+                    continue
+                mode = mode.replace("*", str(n // w))
             t0 = time.perf_counter()
             try:
                 sc = compile_system(path, system, n, precision=args.precision, parallel=mode)
@@ -108,7 +119,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(rows[-1], flush=True)
                 continue
             compile_s = time.perf_counter() - t0
-            v = verify(sc, path, args.precision, seed=0, workers=pool_workers(sc.program))
+            with tempfile.TemporaryDirectory() as tmp:  # emulated from the file, as ``lpuc run`` does
+                sc.save(Path(tmp) / "m.lpu")
+                sc.program = Program.load(Path(tmp) / "m.lpu")
+                v = verify(sc, path, args.precision, seed=0, workers=pool_workers(sc.program))
             r = v.report
             busy, _ = program_busy(sc.program.queues, sc.chip)
             link_busy = sum(e - s for (c, sl), ivs in busy.items() if sl.startswith("C2C") for s, e in ivs)
@@ -128,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
             "2 x (latency + ceil(n/p) x cycles per vector) each for n vectors on p chips, one after the other; "
             "for sp the link time of its gathers, every chip's part of every gathered value (a layer's keys "
             "and values) over each link, n x cycles per vector summed (latency not counted). "
-            "Emulation on a process per core where the program has 100k+ instructions (`lpuc run --workers auto`). "
+            "Emulation from the saved .lpu, on a process per core where the program has 100k+ instructions "
+            "(`lpuc run --workers auto`). "
             "pp runs the chips one after the other at batch 1 (more chips hold bigger models, one inference "
             "is not faster); tp splits every layer's weights (two all-reduces a layer); sp splits the token "
             "rows (every chip holds all weights; keys and values gathered).", "",

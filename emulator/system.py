@@ -250,9 +250,11 @@ class PoolUnits:
         # one BLAS thread per worker: the workers are the parallelism (with the default of a thread per
         # core, 2 workers on 2 cores spent half their time in the kernel and were no faster than one
         # process). BLAS reads the setting when a process loads it: start them under it.
+        # (started here, under the setting; unpickling the call imports the emulator in each worker while
+        # the caller goes on with its own set-up)
         with environment({k: "1" for k in _BLAS_THREADS}):
-            for f in [ex.submit(int) for ex in self.execs]:
-                f.result()
+            for ex in self.execs:
+                ex.submit(_worker_call, "warm", [])
 
     def call(self, name: str, per_chip: dict[int, tuple[Any, ...]]) -> dict[int, Any]:
         futs: list[Future] = []
@@ -314,17 +316,27 @@ class SystemEmulator(ReportPhase):
         self.lanes = self.chip.lanes
         n_chips = self.system.chips
         self.workers = default_workers(program) if workers is None else max(1, min(workers, n_chips))
-        self.plan: LinkPlan = plan_links(program)
-        parts = chip_programs(program, range(n_chips))
         if self.workers > 1:
-            # balance instructions over the workers, biggest chip first
+            # balance instructions over the workers, biggest chip first; the workers start now, while
+            # the links are planned here
+            count = [0] * n_chips
+            for (c, _), q in program.queues.items():
+                count[c] += len(q)
             load = [0] * self.workers
             home: dict[int, int] = {}
-            for c in sorted(parts, key=lambda c: -parts[c].instruction_count):
+            for c in sorted(range(n_chips), key=lambda c: -count[c]):
                 w = load.index(min(load))
                 home[c] = w
-                load[w] += parts[c].instruction_count + 1
+                load[w] += count[c] + 1
             self.units: LocalUnits | PoolUnits = PoolUnits(home, self.workers)
+        try:
+            self.plan: LinkPlan = plan_links(program)
+        except BaseException:
+            if self.workers > 1:
+                self.units.close()
+            raise
+        parts = chip_programs(program, range(n_chips))
+        if self.workers > 1:
             # a program read from a file: each worker reads its chips from the file (HF BERT-base by rows
             # on 8 chips: sending them took 2.4 s of pickling and piping 214 MB a worker); else the parts
             # themselves (pickled, not re-encoded: one worker's chips go in one message, so a constant the
