@@ -10,4 +10,9 @@ class UnsupportedOp(CompileError):
 
 
 class CapacityError(CompileError):
-    """The model does not fit the chip's SRAM."""
+    """The model does not fit the chip's SRAM. ``part``: the same, said of one chip's part of a split
+    (without advice on the chip count, which the split's caller gives)."""
+
+    def __init__(self, message: str, part: str = ""):
+        super().__init__(message)
+        self.part = part or message

@@ -336,7 +336,7 @@ def compile_system(path: "str | Path | onnx.ModelProto", system: SystemConfig, c
                     al = step("allocate", lambda: allocate(tgs[k], chip, received_first=False))
                 als.append(al)
             except CapacityError as e:
-                raise CapacityError(f"on {n} chip(s) ({part.mode}), chip {stage.chip}: {e}") from None
+                raise CapacityError(f"on {n} chip(s) ({part.mode}), chip {stage.chip}: {e.part}") from None
         scs = step("schedule", lambda: schedule_system(tgs, als, chip, scheduler))
         parts = []
         data_of: dict = {}  # constant bytes shared between the chips' programs

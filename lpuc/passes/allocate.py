@@ -130,7 +130,9 @@ def _too_big(needed: int, chip: ChipConfig, at_least: str = "", why: str = "") -
     chips = math.ceil(needed / chip.sram_bytes)
     return CapacityError(f"the model needs {at_least}{needed:,} bytes of SRAM at its peak; one {chip.name} chip has "
                          f"{chip.sram_bytes:,} ({why}it would need {'at least' if at_least else 'about'} {chips} "
-                         f"chips: compile with --chips {max(chips, 2)} or --chips auto)")
+                         f"chips: compile with --chips {max(chips, 2)} or --chips auto)",
+                         part=f"its part needs {at_least}{needed:,} bytes of SRAM at its peak; one {chip.name} chip "
+                              f"has {chip.sram_bytes:,}")
 
 
 def check_weights_fit(g: Graph, chip: ChipConfig, precision: str) -> None:
