@@ -41,7 +41,24 @@ class EvaluatePhase(EmulatorState):
                 store, rows = self.host_rows[(t.name, v0, k)]
                 store.put(rows, planes[k, v0:v1], (vecs, k, slice(v0, v1)))
 
+    def _place_resident(self) -> None:
+        """Resident tensors' words before a run: their data (zeros without) before the first run, then
+        what the previous run left in them (``_keep_resident``)."""
+        state: dict[str, np.ndarray] = self.__dict__.setdefault("resident", {})
+        for t in self.prog.io("resident"):
+            if t.name not in state:
+                state[t.name] = t.const_array() if t.data is not None else np.zeros(t.shape, t.dt.np)
+            self._fill_host(t, state[t.name])
+
+    def _keep_resident(self) -> dict[tuple[int, str], np.ndarray]:
+        """Read every resident tensor as the run left it (the next run starts from it); by (chip, name)."""
+        state: dict[str, np.ndarray] = self.__dict__.setdefault("resident", {})
+        for t in self.prog.io("resident"):
+            state[t.name] = t.from_vectors(self._read_vectors(t), self.lanes)
+        return {(t.chip, t.name): state[t.name] for t in self.prog.io("resident")}
+
     def _place_inputs(self, inputs: dict[str, np.ndarray]) -> None:
+        self._place_resident()
         descs = self.prog.io("input")
         names = {t.name for t in descs}
         extra = sorted(set(inputs) - names)
@@ -91,7 +108,7 @@ class EvaluatePhase(EmulatorState):
         outputs = {t.name: self._read_output(t) for t in self.prog.io("output")}
         if self.strict and self.hazards:
             raise HazardError(self.hazards[0], len(self.hazards) - 1)
-        return RunResult(outputs, self.cycles, self.stats(), list(self.hazards), self.ops)
+        return RunResult(outputs, self.cycles, self.stats(), list(self.hazards), self.ops, self._keep_resident())
 
     def evaluate(self, op: Op) -> None:
         """Evaluate op after everything it depends on (iteratively; in order that is just op)."""
@@ -205,6 +222,11 @@ class EvaluatePhase(EmulatorState):
         return [self.ops[i] for i in ids]
 
     def _read_output(self, t: TensorDesc) -> np.ndarray:
+        return chip_to_host(t, self._read_vectors(t), self.lanes)
+
+    def _read_vectors(self, t: TensorDesc) -> np.ndarray:
+        """The tensor's vectors as its SRAM words hold them once the program is over (chip dtype);
+        an ``unwritten-output`` hazard for words nothing wrote."""
         nvec = t.vectors(self.lanes)
         planes = np.zeros((t.dt.width, nvec, self.lanes), dtype=np.uint8)
         for v0, v1, pl in t.placements(self.lanes):
@@ -221,7 +243,7 @@ class EvaluatePhase(EmulatorState):
                                                f"output {t.name}", "", f"vector {v0 + i} (address {base + i}) of "
                                                f"output '{t.name}' was never written"))
                 planes[k, v0:v1] = store.words(event)
-        return chip_to_host(t, from_planes(planes, t.dt).reshape(nvec, self.lanes), self.lanes)
+        return from_planes(planes, t.dt).reshape(nvec, self.lanes)
 
     # ------------------------------------------------------------------------------ data access
     def write_sram_plane(self, op: Op, origin: Origin) -> bool:

@@ -155,6 +155,9 @@ class RunResult:
     stats: dict[str, Any]
     hazards: list[Hazard]
     ops: list[Op]
+    #: resident tensors as the run left them (in the chip's dtype), by chip and name: what the next run
+    #: of the same emulator starts from
+    resident: dict[tuple[int, str], np.ndarray] = field(default_factory=dict)
 
 
 @contextmanager

@@ -165,9 +165,11 @@ class ChipEmulator(Emulator):
         return sent, done, self._left
 
     def finish(self) -> dict[str, Any]:
-        """Outputs of this chip, every hazard it found, and its figures for the report."""
+        """Outputs of this chip, its resident tensors as the run left them, every hazard it found, and
+        its figures for the report."""
         outputs = {t.name: self._read_output(t) for t in self.prog.io("output")}
-        return {"outputs": outputs, "hazards": list(self.hazards), "busy": dict(self._busy_intervals()),
+        return {"outputs": outputs, "resident": self._keep_resident(), "hazards": list(self.hazards),
+                "busy": dict(self._busy_intervals()),
                 "sram_bytes": sum(st.written_addresses() for st in self.sram.values()) * self.lanes}
 
 
@@ -204,8 +206,9 @@ def unit_advance(units: dict[int, ChipEmulator], c: int,
         return units[c].advance(received)
 
 
-def unit_finish(units: dict[int, ChipEmulator], c: int) -> dict[str, Any]:
-    return units.pop(c).finish()
+def unit_finish(units: dict[int, ChipEmulator], c: int, keep: bool = False) -> dict[str, Any]:
+    """Chip c's results; ``keep``: the unit stays for another run (its resident tensors with it)."""
+    return (units[c] if keep else units.pop(c)).finish()
 
 
 _CALLS: dict[str, Callable[..., Any]] = {"setup": unit_setup, "begin": unit_begin, "advance": unit_advance,
@@ -416,8 +419,13 @@ class SystemEmulator(ReportPhase):
                     raise EmulatorLimit(f"chips {sorted(active)} wait for each other's SEND values inside "
                                         f"whole instructions; the vectorised emulator evaluates whole "
                                         f"instructions, so split a SEND or RECV in two")
-            self._figures = self.units.call("finish", {c: () for c in chips})
-        finally:
+            # a program with resident tensors keeps its units (and their state) for the next run
+            keep = bool(self.prog.io("resident"))
+            self._figures = self.units.call("finish", {c: (keep,) for c in chips})
+        except BaseException:
+            self.units.close()
+            raise
+        if not keep:
             self.units.close()
         hazards = list(self.plan.hazards)
         outputs_by_chip: dict[tuple[int, str], np.ndarray] = {}
@@ -429,7 +437,8 @@ class SystemEmulator(ReportPhase):
         if self.strict and hazards:
             raise HazardError(hazards[0], len(hazards) - 1)
         outputs = self.prog.join_outputs(outputs_by_chip)
-        return RunResult(outputs, self.cycles, self.stats(), list(hazards), self.ops)
+        resident = {k: v for c in chips for k, v in self._figures[c]["resident"].items()}
+        return RunResult(outputs, self.cycles, self.stats(), list(hazards), self.ops, resident)
 
     def _busy_intervals(self) -> dict[tuple[int, str], list[tuple[int, int]]]:
         out: dict[tuple[int, str], list[tuple[int, int]]] = {}

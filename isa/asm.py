@@ -6,6 +6,7 @@ The text form of a program, statement per line (``;`` starts a comment)::
     .node "MatMul_0"                             ; ONNX node names instructions may refer to
     .tensor x input f32 [4, 16] planes=MEM_W0@0,MEM_W1@0,MEM_W2@0,MEM_W3@0
     .tensor k const f32 [16] planes=MEM_E0@0,MEM_E1@0,MEM_E2@0,MEM_E3@0 = [1, 2, ...]
+    .tensor acc resident f32 [16] planes=MEM_W4@0,...    ; state kept between runs (= [...]: first contents)
     .queue MEM_W0                                ; following instructions go to this slice's queue
     @0 READ addr=0, n=4, stride=1, s=E0          ; @issue-cycle MNEMONIC[.dtype] operand=value, ...
     .queue VXM0 chip=0

@@ -32,6 +32,10 @@ a ``wrong-producer`` hazard when another value arrives.
 
 An output may be described once per chip with a ``block`` (axis, start): each chip computes a block of
 it, and the host joins them along the axis (``Program.join_outputs``), with no chip-to-chip transfer.
+
+A ``resident`` tensor is state the chip keeps from one run of the program to the next (a language
+model's KV cache): before the first run its words hold ``data`` (zeros without data); before every
+later run, what they held when the previous run ended. The host neither loads nor reads it per run.
 """
 
 from __future__ import annotations
@@ -131,18 +135,22 @@ class VectorLayout:
         return self.rows * self.chunks(lanes)
 
 
+#: what a tensor of a program is to the host (module docstring)
+ROLES = ("input", "output", "const", "resident")
+
+
 @dataclass
 class TensorDesc(VectorLayout):
-    """Where a host-visible tensor (input, output or constant) lives in SRAM."""
+    """Where a host-visible tensor (input, output, constant or resident state) lives in SRAM."""
 
     name: str
-    role: str  # "input", "output" or "const"
+    role: str  # "input", "output", "const" or "resident"
     dtype: str  # chip dtype
     shape: tuple[int, ...]
     chip: int
     planes: list[tuple[str, int]]  # (MEM slice name, base address) for each byte plane
     host_dtype: str = ""  # numpy dtype the host uses (e.g. int64, bool); "" = same as dtype
-    data: bytes | None = None  # constants: row-major values in the chip dtype
+    data: bytes | None = None  # constants (and resident tensors' first contents): row-major values in the chip dtype
     # a tensor larger than a bank lies in segments: rows from `row` on live in these planes instead
     more: list[tuple[int, list[tuple[str, int]]]] = field(default_factory=list)
     # an output computed in blocks on several chips: (axis, start) of this chip's block, which the host
@@ -294,8 +302,8 @@ class Program:
 
     def _validate_tensor(self, t: TensorDesc) -> None:
         chip = self.chip
-        if t.role not in ("input", "output", "const"):
-            raise ProgramError(f"tensor '{t.name}': role must be input, output or const")
+        if t.role not in ROLES:
+            raise ProgramError(f"tensor '{t.name}': role must be input, output, const or resident")
         if t.dtype not in DTYPES:
             raise ProgramError(f"tensor '{t.name}': unknown dtype '{t.dtype}'")
         if any(d < 1 for d in t.shape):
@@ -320,12 +328,13 @@ class Program:
                 if base < 0 or base + nvec > chip.words_per_slice:
                     raise ProgramError(f"tensor '{t.name}': {nvec} words from address {base} do not fit "
                                        f"{sname} ({chip.words_per_slice} words)")
-        if t.role == "const":
+        if t.role in ("const", "resident") and (t.role == "const" or t.data is not None):
             need = math.prod(t.shape) * t.dt.width
             if t.data is None or len(t.data) != need:
-                raise ProgramError(f"constant '{t.name}' needs {need} data bytes")
+                raise ProgramError(f"{'constant' if t.role == 'const' else 'resident tensor'} '{t.name}' needs {need} "
+                                   f"data bytes")
         elif t.data is not None:
-            raise ProgramError(f"tensor '{t.name}': only constants carry data")
+            raise ProgramError(f"tensor '{t.name}': only constants and resident tensors carry data")
 
     # ------------------------------------------------------------------------------ bytes
     def to_bytes(self) -> bytes:
