@@ -319,6 +319,7 @@ class SystemEmulator(ReportPhase):
         self.lanes = self.chip.lanes
         n_chips = self.system.chips
         self.workers = default_workers(program) if workers is None else max(1, min(workers, n_chips))
+        self.reusable = False  # keep the units after a run, for another (set by callers that run again)
         if self.workers > 1:
             # balance instructions over the workers, biggest chip first; the workers start now, while
             # the links are planned here
@@ -419,8 +420,9 @@ class SystemEmulator(ReportPhase):
                     raise EmulatorLimit(f"chips {sorted(active)} wait for each other's SEND values inside "
                                         f"whole instructions; the vectorised emulator evaluates whole "
                                         f"instructions, so split a SEND or RECV in two")
-            # a program with resident tensors keeps its units (and their state) for the next run
-            keep = bool(self.prog.io("resident"))
+            # a program with resident tensors keeps its units (and their state) for the next run, and so
+            # does an emulator its caller will run again (``reusable``: token generation)
+            keep = bool(self.prog.io("resident")) or self.reusable
             self._figures = self.units.call("finish", {c: (keep,) for c in chips})
         except BaseException:
             self.units.close()

@@ -515,6 +515,73 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if v.ok else 1
 
 
+def _int_list(text: str, what: str) -> list[int]:
+    try:
+        return [int(x) for x in text.replace(" ", "").split(",") if x != ""]
+    except ValueError:
+        raise UsageError(f"{what} {text!r}: give integers separated by commas, e.g. 5,17,42") from None
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import io
+
+    from lpuc.generate import Sampler, generate, plan
+
+    _check_input(args.model, "the .onnx model file in it")
+    prompt = _int_list(args.prompt_ids, "--prompt-ids")
+    if args.max_context is not None:
+        if args.max_context < 1:
+            raise UsageError("--max-context: give a number of tokens, 1 or more")
+        # a dynamic sequence axis takes the context; a fixed one must be it
+        args.input_shape = (args.input_shape or []) + [f"{n}=1x{args.max_context}" for n in _dynamic_seq(args.model)]
+    sampler = Sampler(args.temperature, args.top_k, args.top_p, args.seed)
+    with _Progress() as progress:
+        c = _compile(args, progress, out=io.StringIO())
+        p = plan(c.graph)
+        if args.max_context is not None and p.context != args.max_context:
+            raise UsageError(f"--max-context {args.max_context}: the model's '{p.ids}' has a fixed length of "
+                             f"{p.context}; export it with a dynamic sequence axis or give --max-context {p.context}")
+        progress.set(f"generating {args.max_new_tokens} tokens")
+        gen = generate(c, args.model, prompt, args.max_new_tokens, sampler, args.eos, check=not args.no_check,
+                       workers=_workers(args, c.program))
+    r = gen.report()
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return 0 if r["identical_to_onnxruntime"] is not False else 1
+    print(_summary(c))
+    print(f"mode               recompute: no KV cache, every step runs the whole context of {gen.context} tokens "
+          "(exports with a KV cache are refused so far)")
+    print(f"prompt             {', '.join(map(str, gen.prompt))}")
+    print(f"tokens             {', '.join(map(str, gen.tokens))}" + ("  (stopped at --eos)" if gen.stopped_at_eos else ""))
+    if gen.reference_tokens is not None:
+        same = gen.reference_tokens == gen.tokens
+        print(f"onnxruntime        {'identical' if same else 'DIFFERENT: ' + ', '.join(map(str, gen.reference_tokens))} "
+              f"(its greedy loop over the same export)")
+    print(f"time to 1st token  {r['ttft_us']:.1f} us  ({gen.cycles:,} cycles at {c.chip.clock_mhz:g} MHz)")
+    print(f"per token          {r['decode_us_per_token']:.1f} us, {r['tokens_per_s']:,.0f} tokens/s "
+          f"(roofline bound {gen.roofline_cycles:,} cycles a step)")
+    print(f"KV cache           0 bytes (recompute mode)")
+    print(f"emulated in        {gen.emulate_s:.2f} s for {len(gen.tokens)} step(s)")
+    return 0 if gen.reference_tokens in (None, gen.tokens) else 1
+
+
+def _dynamic_seq(model: str) -> list[str]:
+    """The inputs of shape [1, seq] whose seq is not fixed (``--max-context`` fixes it)."""
+    import onnx
+
+    try:
+        m = onnx.load(model, load_external_data=False)
+    except Exception:
+        return []  # (the compile that follows reports what is wrong with the file)
+    inits = {i.name for i in m.graph.initializer}
+    out = []
+    for i in m.graph.input:
+        dims = i.type.tensor_type.shape.dim
+        if i.name not in inits and len(dims) == 2 and not dims[1].dim_value:
+            out.append(i.name)
+    return out
+
+
 if TYPE_CHECKING:  # annotations only: the commands import isa lazily
     from isa.config import SystemConfig
     from isa.program import Program
@@ -682,6 +749,22 @@ def build_parser() -> argparse.ArgumentParser:
     vp.add_argument("--json", action="store_true", help="print one JSON object")
     vp.add_argument("--workers", default="auto", metavar="N|auto", help=WORKERS_HELP)
     vp.set_defaults(fn=cmd_verify)
+
+    gp = command("generate", "generate tokens with a causal language model (greedy or sampled)")
+    compile_options(gp)
+    gp.add_argument("--prompt-ids", required=True, metavar="ID,ID,...", help="the prompt's token ids")
+    gp.add_argument("--max-new-tokens", type=int, default=8, help="tokens to generate")
+    gp.add_argument("--max-context", type=int, metavar="L",
+                    help="context the program is compiled for (a dynamic sequence axis; default: the model's)")
+    gp.add_argument("--eos", type=int, metavar="ID", help="stop after this token")
+    gp.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy; else sample")
+    gp.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0: all)")
+    gp.add_argument("--top-p", type=float, default=1.0, help="sample from the most likely tokens up to this mass")
+    gp.add_argument("--seed", type=int, default=0, help="seed of the sampling")
+    gp.add_argument("--no-check", action="store_true", help="skip onnxruntime's greedy loop")
+    gp.add_argument("--json", action="store_true", help="print one JSON object")
+    gp.add_argument("--workers", default="auto", metavar="N|auto", help=WORKERS_HELP)
+    gp.set_defaults(fn=cmd_generate)
 
     c = command("chips", "list chip and system configs, or show one chip's floorplan or one system")
     c.add_argument("chip", nargs="?", help="chip or system name, or .toml path (default: list them all)")
