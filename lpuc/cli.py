@@ -528,7 +528,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from lpuc.generate import Sampler, generate, plan
 
     _check_input(args.model, "the .onnx model file in it")
-    prompt = _int_list(args.prompt_ids, "--prompt-ids")
+    if (args.prompt_ids is None) == (args.prompt is None):
+        raise UsageError("give the prompt as --prompt-ids 5,17,42 or as --prompt TEXT with --tokenizer tokenizer.json")
+    tok = _tokenizer(args.tokenizer) if args.tokenizer else None
+    if args.prompt is not None:
+        if tok is None:
+            raise UsageError("--prompt TEXT needs --tokenizer tokenizer.json (the model's, for the tokenizers library)")
+        prompt = list(tok.encode(args.prompt).ids)
+    else:
+        prompt = _int_list(args.prompt_ids, "--prompt-ids")
+    _check_outputs([("--trace", args.trace)], [args.model])
     if args.max_context is not None:
         if args.max_context < 1:
             raise UsageError("--max-context: give a number of tokens, 1 or more")
@@ -543,8 +552,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
                              f"{p.context}; export it with a dynamic sequence axis or give --max-context {p.context}")
         progress.set(f"generating {args.max_new_tokens} tokens")
         gen = generate(c, args.model, prompt, args.max_new_tokens, sampler, args.eos, check=not args.no_check,
-                       workers=_workers(args, c.program))
+                       workers=_workers(args, c.program), trace=bool(args.trace))
+        if args.trace:
+            text = json.dumps(gen.trace)
+            _write_all([(args.trace, lambda p: p.write_text(text))])
     r = gen.report()
+    if tok is not None:
+        r["text"] = tok.decode(gen.tokens)
     if args.json:
         print(json.dumps(r, indent=2))
         return 0 if r["identical_to_onnxruntime"] is not False else 1
@@ -553,6 +567,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
           "(exports with a KV cache are refused so far)")
     print(f"prompt             {', '.join(map(str, gen.prompt))}")
     print(f"tokens             {', '.join(map(str, gen.tokens))}" + ("  (stopped at --eos)" if gen.stopped_at_eos else ""))
+    if tok is not None:
+        print(f"text               {r['text']!r}")
     if gen.reference_tokens is not None:
         same = gen.reference_tokens == gen.tokens
         print(f"onnxruntime        {'identical' if same else 'DIFFERENT: ' + ', '.join(map(str, gen.reference_tokens))} "
@@ -563,6 +579,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
     print(f"KV cache           0 bytes (recompute mode)")
     print(f"emulated in        {gen.emulate_s:.2f} s for {len(gen.tokens)} step(s)")
     return 0 if gen.reference_tokens in (None, gen.tokens) else 1
+
+
+def _tokenizer(path: str):
+    """A ``tokenizers.Tokenizer`` from a tokenizer.json (the optional ``text`` extra)."""
+    _check_input(path, "the tokenizer.json file in it")
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        raise UsageError("--tokenizer needs the tokenizers library: pip install 'lpuc[text]'") from None
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as e:  # (tokenizers raises its own exception types)
+        raise UsageError(f"{path}: not a tokenizer.json the tokenizers library reads ({str(e).splitlines()[0]})") from None
 
 
 def _dynamic_seq(model: str) -> list[str]:
@@ -752,7 +781,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     gp = command("generate", "generate tokens with a causal language model (greedy or sampled)")
     compile_options(gp)
-    gp.add_argument("--prompt-ids", required=True, metavar="ID,ID,...", help="the prompt's token ids")
+    gp.add_argument("--prompt-ids", metavar="ID,ID,...", help="the prompt's token ids")
+    gp.add_argument("--prompt", metavar="TEXT", help="the prompt as text (needs --tokenizer)")
+    gp.add_argument("--tokenizer", metavar="tokenizer.json",
+                    help="the model's tokenizer (the tokenizers library): encodes --prompt, decodes the tokens")
+    gp.add_argument("--trace", help="write a Chrome trace-event JSON timeline of the last step")
     gp.add_argument("--max-new-tokens", type=int, default=8, help="tokens to generate")
     gp.add_argument("--max-context", type=int, metavar="L",
                     help="context the program is compiled for (a dynamic sequence axis; default: the model's)")

@@ -148,6 +148,7 @@ class Generation:
     reference_tokens: list[int] | None = None  # onnxruntime's greedy loop, where checked
     stopped_at_eos: bool = False
     mode: str = "recompute"
+    trace: dict | None = None  # the last step's trace events (``generate(trace=True)``)
 
     @property
     def step_us(self) -> float:
@@ -166,10 +167,11 @@ class Generation:
 
 def generate(compiled: Any, model: "str | Path", prompt: list[int], max_new_tokens: int,
              sampler: Sampler | None = None, eos: int | None = None, check: bool = True,
-             workers: int | None = None) -> Generation:
+             workers: int | None = None, trace: bool = False) -> Generation:
     """Generate up to ``max_new_tokens`` after ``prompt`` with ``compiled`` (a ``Compiled`` or
     ``SystemCompiled`` of ``model``), stopping after ``eos``; ``check``: also run onnxruntime's greedy
-    loop on ``model`` (greedy decoding only) for ``Generation.reference_tokens``."""
+    loop on ``model`` (greedy decoding only) for ``Generation.reference_tokens``; ``trace``: keep the
+    last step's trace events (``emulator.trace``)."""
     from emulator import Emulator
     from isa.program import Program
 
@@ -207,11 +209,16 @@ def generate(compiled: Any, model: "str | Path", prompt: list[int], max_new_toke
         if close is not None:
             close()
     emulate_s = time.perf_counter() - t0
+    events = None
+    if trace:
+        from emulator.trace import trace_events
+
+        events = trace_events(em)
     ref = None
     if check and sampler.temperature == 0:
         ref = reference_tokens(model, p, g, prompt, len(new), eos)
     return Generation(list(prompt), new, p.context, int(em.cycles), compiled.chip.clock_mhz,
-                      int(compiled.roofline_cycles), emulate_s, ref, stopped)
+                      int(compiled.roofline_cycles), emulate_s, ref, stopped, trace=events)
 
 
 def reference_tokens(model: "str | Path", p: Plan, g: Graph, prompt: list[int], n: int,

@@ -110,3 +110,23 @@ def test_cli_generate_json_and_bad_input():
         r = lpuc("generate", str(MODELS / "gpt2_tiny.onnx"), "--chip", "tiny", *args)
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 2 and len(lines) == 1 and needle in lines[0], r.stderr
+
+
+def test_cli_text_prompt_through_a_tokenizer_and_a_trace(tmp_path):
+    """--prompt TEXT with the model's tokenizer.json (the tokenizers library) gives the same tokens as
+    the ids it encodes to, and the text of the new ones; --trace writes the last step's timeline."""
+    tokenizers = pytest.importorskip("tokenizers")
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel({f"w{i}": i for i in range(96)}, unk_token="w0"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tok.save(str(tmp_path / "tokenizer.json"))
+    trace = tmp_path / "t.json"
+    common = [str(MODELS / "gpt2_tiny.onnx"), "--chip", "tiny", "--max-new-tokens", "3", "--json"]
+    text = json.loads(lpuc("generate", *common, "--prompt", "w5 w17 w42", "--tokenizer", str(tmp_path / "tokenizer.json"),
+                           "--trace", str(trace)).stdout)
+    ids = json.loads(lpuc("generate", *common, "--prompt-ids", "5,17,42").stdout)
+    assert text["prompt"] == [5, 17, 42] and text["tokens"] == ids["tokens"]
+    assert text["text"] == " ".join(f"w{t}" for t in ids["tokens"])
+    events = json.loads(trace.read_text())["traceEvents"]
+    assert any(e["ph"] == "X" for e in events)
+    r = lpuc("generate", *common, "--prompt", "w5")
+    assert r.returncode == 2 and "--prompt TEXT needs --tokenizer" in r.stderr
