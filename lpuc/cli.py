@@ -545,7 +545,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         args.input_shape = (args.input_shape or []) + [f"{n}=1x{args.max_context}" for n in _dynamic_seq(args.model)]
     sampler = Sampler(args.temperature, args.top_k, args.top_p, args.seed)
     with _Progress() as progress:
-        c = _compile(args, progress, out=io.StringIO())
+        c = _compile(args, progress, out=io.StringIO() if args.json else sys.stdout)
         p = plan(c.graph)
         if args.max_context is not None and p.context != args.max_context:
             raise UsageError(f"--max-context {args.max_context}: the model's '{p.ids}' has a fixed length of "
