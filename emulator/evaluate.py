@@ -42,20 +42,16 @@ class EvaluatePhase(EmulatorState):
                 store.put(rows, planes[k, v0:v1], (vecs, k, slice(v0, v1)))
 
     def _place_resident(self) -> None:
-        """Resident tensors' words before a run: their data (zeros without) before the first run, then
-        what the previous run left in them (``_keep_resident``)."""
-        state: dict[str, np.ndarray] = self.__dict__.setdefault("resident", {})
+        """Resident tensors' words before a run: ``self.resident`` (their data, or zeros, before the
+        first run; then what the previous run left in them, ``_keep_resident``)."""
         for t in self.prog.io("resident"):
-            if t.name not in state:
-                state[t.name] = t.const_array() if t.data is not None else np.zeros(t.shape, t.dt.np)
-            self._fill_host(t, state[t.name])
+            self._fill_host(t, self.resident[t.name])
 
     def _keep_resident(self) -> dict[tuple[int, str], np.ndarray]:
         """Read every resident tensor as the run left it (the next run starts from it); by (chip, name)."""
-        state: dict[str, np.ndarray] = self.__dict__.setdefault("resident", {})
         for t in self.prog.io("resident"):
-            state[t.name] = t.from_vectors(self._read_vectors(t), self.lanes)
-        return {(t.chip, t.name): state[t.name] for t in self.prog.io("resident")}
+            self.resident[t.name] = t.from_vectors(self._read_vectors(t), self.lanes)
+        return {(t.chip, t.name): self.resident[t.name] for t in self.prog.io("resident")}
 
     def _place_inputs(self, inputs: dict[str, np.ndarray]) -> None:
         self._place_resident()

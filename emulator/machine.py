@@ -30,6 +30,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from emulator.errors import Hazard
 from emulator.evaluate import EvaluatePhase, chip_to_host, host_to_chip
 from emulator.links import LinkPhase
@@ -56,7 +58,9 @@ class Emulator(SetupPhase, ResolvePhase, LinkPhase, EvaluatePhase, ReportPhase):
             return SystemEmulator(program, strict, *args, **kwargs)
         return super().__new__(cls)
 
-    def __init__(self, program: Program, strict: bool = True, workers: int | None = None):
+    def __init__(self, program: Program, strict: bool = True, workers: int | None = None, reusable: bool = True):
+        """``workers`` and ``reusable`` matter for several chips (``SystemEmulator``); one chip's emulator
+        may always run again."""
         self.prog = program
         self.system = program.system
         self.chip = program.chip
@@ -78,4 +82,8 @@ class Emulator(SetupPhase, ResolvePhase, LinkPhase, EvaluatePhase, ReportPhase):
             self._resolve_reads()
             self._check_links_and_barriers()
         self.hazards.sort(key=lambda h: (h.cycle, h.chip, h.slice, h.index))
+        # resident tensors before the first run: their data, zeros without (``EvaluatePhase._place_resident``)
+        self.resident: dict[str, np.ndarray] = {
+            t.name: t.const_array() if t.data is not None else np.zeros(t.shape, t.dt.np)
+            for t in program.io("resident")}
 

@@ -311,7 +311,9 @@ class SystemEmulator(ReportPhase):
     ``workers``: processes to use (1 = this one; None = ``default_workers``)."""
 
     @no_cyclic_gc()  # (the coordinator's ops and link plan: many objects, no cycles)
-    def __init__(self, program: Program, strict: bool = True, workers: int | None = None):
+    def __init__(self, program: Program, strict: bool = True, workers: int | None = None, reusable: bool = False):
+        """``reusable``: keep the chips' units (and their processes) after a run, for another, until
+        ``close``; a program with resident tensors always keeps them."""
         self.prog = program
         self.system = program.system
         self.chip = program.chip
@@ -319,7 +321,7 @@ class SystemEmulator(ReportPhase):
         self.lanes = self.chip.lanes
         n_chips = self.system.chips
         self.workers = default_workers(program) if workers is None else max(1, min(workers, n_chips))
-        self.reusable = False  # keep the units after a run, for another (set by callers that run again)
+        self.reusable = reusable or bool(program.io("resident"))
         if self.workers > 1:
             # balance instructions over the workers, biggest chip first; the workers start now, while
             # the links are planned here
@@ -342,7 +344,8 @@ class SystemEmulator(ReportPhase):
         parts = chip_programs(program, range(n_chips))
         if self.workers > 1:
             # a program read from a file: each worker reads its chips from the file (HF BERT-base by rows
-            # on 8 chips: sending them took 2.4 s of pickling and piping 214 MB a worker); else the parts
+            # on 8 chips: sending them pickled 214 MB a worker, 0.8 s to dump here, one worker after the
+            # other, and 0.9 s to load there); else the parts
             # themselves (pickled, not re-encoded: one worker's chips go in one message, so a constant the
             # chips share -- a split's weights -- travels once per worker)
             payload: dict[int, Program | tuple] = dict(parts)
@@ -420,14 +423,11 @@ class SystemEmulator(ReportPhase):
                     raise EmulatorLimit(f"chips {sorted(active)} wait for each other's SEND values inside "
                                         f"whole instructions; the vectorised emulator evaluates whole "
                                         f"instructions, so split a SEND or RECV in two")
-            # a program with resident tensors keeps its units (and their state) for the next run, and so
-            # does an emulator its caller will run again (``reusable``: token generation)
-            keep = bool(self.prog.io("resident")) or self.reusable
-            self._figures = self.units.call("finish", {c: (keep,) for c in chips})
+            self._figures = self.units.call("finish", {c: (self.reusable,) for c in chips})
         except BaseException:
             self.units.close()
             raise
-        if not keep:
+        if not self.reusable:
             self.units.close()
         hazards = list(self.plan.hazards)
         outputs_by_chip: dict[tuple[int, str], np.ndarray] = {}

@@ -328,7 +328,7 @@ class Program:
                 if base < 0 or base + nvec > chip.words_per_slice:
                     raise ProgramError(f"tensor '{t.name}': {nvec} words from address {base} do not fit "
                                        f"{sname} ({chip.words_per_slice} words)")
-        if t.role in ("const", "resident") and (t.role == "const" or t.data is not None):
+        if t.role == "const" or (t.role == "resident" and t.data is not None):
             need = math.prod(t.shape) * t.dt.width
             if t.data is None or len(t.data) != need:
                 raise ProgramError(f"{'constant' if t.role == 'const' else 'resident tensor'} '{t.name}' needs {need} "

@@ -189,8 +189,7 @@ def generate(compiled: Any, model: "str | Path", prompt: list[int], max_new_toke
         raise GenerateError(f"{len(prompt)} prompt tokens and {max_new_tokens} new ones need a context of "
                             f"{len(prompt) + max_new_tokens - 1}; the program takes {p.context} (--max-context)")
     prog = Program.from_bytes(compiled.program.to_bytes())  # run the program as the file holds it
-    em = Emulator(prog, workers=workers)
-    em.reusable = True  # (a multi-chip emulator keeps its units from step to step)
+    em = Emulator(prog, workers=workers, reusable=True)  # (one set-up for every step)
     tokens = list(prompt)
     new: list[int] = []
     stopped = False

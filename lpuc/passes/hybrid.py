@@ -22,10 +22,10 @@ from __future__ import annotations
 import re
 
 from isa.config import ChipConfig
-from lpuc.errors import CapacityError, CompileError
+from lpuc.errors import CompileError
 from lpuc.ir import Graph
-from lpuc.passes.partition import WEIGHT_SHARE, Partition, Stage, partition, weight_bytes
-from lpuc.passes.shard import LINK_DTYPES, Layout, Sharder, part_wire
+from lpuc.passes.partition import Partition, Stage, partition
+from lpuc.passes.shard import LINK_DTYPES, Layout, Sharder, count_weights, part_wire
 
 _SPEC = re.compile(r"pp(\d+)x(tp|sp)(\d+)")
 
@@ -50,7 +50,6 @@ def hybrid(g: Graph, stages: int, width: int, chip: ChipConfig, precision_dtype:
     chips: list[Stage] = []
     came: dict[str, Layout] = {}  # a value between stretches -> the layout it travels in
     notes = [f"{stages} stage(s) of {width} chip(s), {mode} inside a stage; between stages chip j sends to chip j"]
-    budget = int(chip.sram_bytes * WEIGHT_SHARE)
     for s, st in enumerate(pp.stages):
         sub = g.subgraph(st.nodes, st.inputs + list(st.receives), st.outputs)
         sh = Sharder(sub, width, chip, LINK_DTYPES[wire_dtype], mode, LINK_DTYPES[precision_dtype],
@@ -69,11 +68,7 @@ def hybrid(g: Graph, stages: int, width: int, chip: ChipConfig, precision_dtype:
             c.receives = {w: (base + src if src >= 0 else arrive[w]) for w, src in c.receives.items()}
             leave = {part_wire(v, j): [t * width + j for t in st.sends[v]] for v in sh.left}
             c.sends = {v: [base + d for d in ds] + leave.get(c.wires.get(v, ""), []) for v, ds in c.sends.items()}
-            assert c.local is not None
-            c.weight_bytes = weight_bytes(c.local, c.nodes, chip, precision_dtype)
-            if c.weight_bytes > budget:
-                raise CapacityError(f"pp{stages}x{mode}{width}: chip {c.chip} needs {c.weight_bytes:,} bytes of "
-                                    f"weights; one {chip.name} chip holds {budget:,}: use more chips")
-            chips.append(c)
+        count_weights(group, chip, precision_dtype, f"pp{stages}x{mode}{width}")
+        chips += group
     return Partition(f"pp{stages}x{mode}{width}", chips, pp.total_weight_bytes,
                      notes + [f"partial sums travel as {wire_dtype}"])

@@ -665,8 +665,8 @@ def _elementwise(s: Sharder, n: Node) -> None:
     oshape = s.vals[out].shape
     lead: Layout | None = None
     for i in n.inputs:
-        if i and not s.g.is_const(i) and not s.host_input(i):
-            lay = s.out_layout(i)
+        if i:
+            lay = s.out_layout(i)  # (R for constants and what the host loads)
             if lay.kind == "P":  # partial sums meet a non-linear op or another term: reduce-scatter them
                 lay = s.scatter_layout(i) or lay  # (Megatron's sequence parallel: the rest follows the rows)
             shift = r - len(s.vals[i].shape)
@@ -845,18 +845,24 @@ RULES: dict[str, Callable[[Sharder, Node], None]] = {
 }
 
 
+def count_weights(stages: list[Stage], chip: ChipConfig, precision_dtype: str, split: str) -> None:
+    """Each chip's ``weight_bytes`` from its own graph; CapacityError (naming ``split``) for a chip
+    whose weights do not fit its SRAM."""
+    budget = int(chip.sram_bytes * WEIGHT_SHARE)
+    for st in stages:
+        assert st.local is not None
+        st.weight_bytes = weight_bytes(st.local, st.nodes, chip, precision_dtype)
+        if st.weight_bytes > budget:
+            raise CapacityError(f"{split}: chip {st.chip} needs {st.weight_bytes:,} bytes of weights; one "
+                                f"{chip.name} chip holds {budget:,}: use more chips")
+
+
 def shard(g: Graph, chips: int, chip: ChipConfig, precision_dtype: str, wire_dtype: str = "f32",
           mode: str = "tp") -> Partition:
     """Split every layer of ``g`` over ``chips`` chips (see the module docstring): ``mode`` ``tp``
     splits weights, ``sp`` token rows; CapacityError when a chip cannot hold its weights."""
     s = Sharder(g, chips, chip, LINK_DTYPES[wire_dtype], mode, LINK_DTYPES[precision_dtype])
     stages = s.run()
-    budget = int(chip.sram_bytes * WEIGHT_SHARE)
-    for st in stages:
-        assert st.local is not None
-        st.weight_bytes = weight_bytes(st.local, st.nodes, chip, precision_dtype)
-        if st.weight_bytes > budget:
-            raise CapacityError(f"tensor parallel on {chips} chip(s): chip {st.chip} needs {st.weight_bytes:,} bytes "
-                                f"of weights; one {chip.name} chip holds {budget:,}: use more chips")
+    count_weights(stages, chip, precision_dtype, f"{mode} on {chips} chip(s)")
     return Partition(mode, stages, weight_bytes(g, list(g.nodes), chip, precision_dtype),
                      s.log + [f"partial sums travel as {wire_dtype}"])
