@@ -91,6 +91,8 @@ class Shape:
                 kinds.append((k, "op"))
             elif st.space == "sram" and st.mode == "r":
                 kinds.append((k, "sram" if st.addrs is not None else "gather"))
+            elif st.space == "sram" and st.mode == "w" and st.addrs is None:
+                kinds.append((k, "scatter"))  # keeps the rows its index misses: it reads what they hold
             elif st.space == "acc" and "r" in st.mode:
                 kinds.append((k, "acc"))
             elif st.space == "weights" and st.mode == "r":
@@ -128,6 +130,8 @@ class Op(Source):
     sram: tuple[EventStore, slice | np.ndarray, int] | None = None  # READ: the store, the event rows it
     # sees and the one block they are in (-1: several)
     sram_write: tuple[EventStore, slice, slice | np.ndarray] | None = None  # WRITE: event rows, which rows of s
+    # SCATTER: (its candidate rows r < bound inside the slice, the event rows of what they held before it)
+    scatter: tuple[np.ndarray, slice | np.ndarray] | None = None
     acc: StoredRows | None = None
     weights: int = -1  # IW op whose buffer state a MATMUL uses / an IW builds on
     link: list[tuple[int, int]] = field(default_factory=list)  # RECV: (SEND op, row) per vector

@@ -52,6 +52,10 @@ class ResolvePhase(EmulatorState):
                 if kind == "gather":
                     if len(st.cycles):
                         self._resolve_gather(op, int(st.cycles[0]) + op.inst.issue)
+                elif kind == "scatter":
+                    if op.scatter is not None:
+                        self._resolve_scatter(op, int(st.cycles[0]) + op.inst.issue,
+                                              int(st.cycles[-1]) + op.inst.issue)
                 elif kind == "sram":
                     if shape.one_read:
                         continue  # settled by ``_lookup_all``
@@ -292,6 +296,32 @@ class ResolvePhase(EmulatorState):
         settles when it runs."""
         store = self._sram_store(op.chip, op.slice.name)
         op.deps.update(int(s) for s in store.sources_before(first) if s < len(self.ops))
+
+    def _resolve_scatter(self, op: Op, first: int, last: int) -> None:
+        """A SCATTER's rows (``SetupPhase._register_scatter``) keep what they held when its first word
+        lands (cycle ``first``) unless its index vector picks them: it depends on those writers and
+        reads their words when it runs. Other accesses of the rows while its words land (reads in
+        first+1..last, writes by others in first..last) see or make words that depend on data: a
+        scatter-race hazard."""
+        assert op.sram_write is not None and op.scatter is not None
+        store, events, _ = op.sram_write
+        inside, _ = op.scatter
+        addrs = op.inst.ops["addr"] + op.inst.ops["stride"] * inside
+        src, _, prev = store.find(addrs, np.full(len(addrs), first), rows=False)
+        op.scatter = (inside, prev)
+        op.deps.update(int(s) for s in np.unique(src) if 0 <= s < len(self.ops))
+        key = (op.chip, op.slice.name)
+        for what, accesses, lo in (("read", self.mem_reads.get(key, []), first + 1),
+                                   ("written", self.mem_writes.get(key, []), first)):
+            for a, c, other in accesses:
+                if other is op or not len(c) or c[-1] < lo or c[0] > last:
+                    continue
+                hit = (c >= lo) & (c <= last) & np.isin(a, addrs)
+                if hit.any():
+                    i = int(np.argmax(hit))
+                    self.hazard(other, "scatter-race", int(c[i]), f"address {int(a[i])} of {op.slice.name} is "
+                                                                  f"{what} while #{op.qidx} {self.text(op)} stores "
+                                                                  f"there (cycles {first}..{last})")
 
     def _unwritten(self, op: Op, src: np.ndarray, addrs: np.ndarray, cycles: np.ndarray, size: int,
                    what: str) -> None:

@@ -106,6 +106,7 @@ class SetupPhase(EmulatorState):
         self.weights: dict[tuple[int, str, int], list[tuple[int, int, int, Op]]] = defaultdict(list)
         self.mem_reads: dict[tuple[int, str], list[tuple[np.ndarray, np.ndarray, Op]]] = defaultdict(list)
         self.mem_writes: dict[tuple[int, str], list[tuple[np.ndarray, np.ndarray, Op]]] = defaultdict(list)
+        self.scatters: dict[tuple[int, str], list[Op]] = defaultdict(list)
         sram: dict[tuple[int, str], list[tuple[Op, int, StoreAccess, int]]] = defaultdict(list)
         add_flight = self.streams.add
         for op in self.ops:
@@ -122,6 +123,8 @@ class SetupPhase(EmulatorState):
                 if st.space == "sram":
                     if st.addrs is not None:  # (GATHER: data-dependent, checked when it runs)
                         sram[(op.chip, op.slice.name)].append((op, k, st, op.shift[k]))
+                    elif st.mode == "w":
+                        self._register_scatter(op, st)
                 elif st.space == "acc" and "w" in st.mode:
                     rows, cycles = op.store_at(k)
                     ok = self._in_range(op, rows, int(chip.mxm["acc_rows"]), "accumulator row", cycles)
@@ -151,6 +154,27 @@ class SetupPhase(EmulatorState):
             if t.role == "const":
                 self._fill_host(t, t.const_array(), shared=True)
         self._check_banks()
+
+    def _register_scatter(self, op: Op, st: StoreAccess) -> None:
+        """A SCATTER's words land at addresses that depend on data, but only at rows ``addr + r*stride``
+        with ``r < bound``, and the last of them in a known cycle. It is recorded as a write of every one
+        of those rows (inside the slice) in that cycle: the rows its index vector misses keep what they
+        held (the handler copies it), so every read of the slice still sees a write known before any data
+        is computed, and is resolved like any other. Exact unless the rows are read while the words land,
+        a scatter-race hazard (``ResolvePhase._check_scatter_races``)."""
+        o, t = op.inst.ops, op.inst.issue
+        if not len(st.cycles):
+            return
+        if o["bound"] < 1:
+            self.hazard(op, "operand", t, "SCATTER needs bound >= 1 (the rows it may write)")
+            return
+        rows = o["addr"] + o["stride"] * np.arange(o["bound"], dtype=np.int64)
+        inside = np.flatnonzero((rows >= 0) & (rows < self.chip.words_per_slice))
+        store = self._sram_store(op.chip, op.slice.name)
+        last = int(st.cycles[-1]) + t
+        op.sram_write = (store, store.add(rows[inside], np.full(len(inside), last), op.id), slice(None))
+        op.scatter = (inside, slice(0, 0))
+        self.scatters[(op.chip, op.slice.name)].append(op)
 
     def _in_range(self, op: Op, addrs: np.ndarray, size: int, what: str, cycles: np.ndarray) -> np.ndarray:
         ok = (addrs >= 0) & (addrs < size)

@@ -38,6 +38,7 @@ class EmulatorState:
     weights: dict[tuple[int, str, int], list[tuple[int, int, int, Op]]]
     mem_reads: dict[tuple[int, str], list[tuple[np.ndarray, np.ndarray, Op]]]
     mem_writes: dict[tuple[int, str], list[tuple[np.ndarray, np.ndarray, Op]]]
+    scatters: dict[tuple[int, str], list[Op]]  # (chip, MEM slice) -> its SCATTERs
     _handlers: dict[str, Handler]
     _state: list[int]
     _pending: list[int]

@@ -421,7 +421,28 @@ ICU = [
     ),
 ]
 
-TABLE: tuple[Instr, ...] = tuple(MEM + VXM + MXM + SXM + C2C + ICU)
+# Instructions added after the first programs were written: appended, so that every earlier
+# instruction keeps its opcode (the documentation lists them with their unit all the same).
+ADDED = [
+    Instr(
+        "SCATTER", "MEM",
+        (_ADDR, N, _STRIDE, _f("idx", "stream", STREAM_BITS, "index vector (i32 group)"),
+         _f("s", "stream", STREAM_BITS, "input stream (one byte plane)"),
+         _f("bound", "uint", 16, "indices outside [0, bound) write nothing (1 or more)", default=1)),
+        "Store the vectors passing on a stream at the rows an index vector selects (KV-cache append).",
+        "ix = idx[0] (one i32 vector, read in cycle t); for j < n (n <= lanes): if 0 <= ix[j] < bound: "
+        "sram[addr + ix[j]*stride] = s[j]; s[j] is taken in cycle t + 1 + j and written in cycle "
+        "t + 1 + j + L.mem_write (for equal indices the later j wins). Rows addr + r*stride (r < bound) may not "
+        "be read in cycles t + 2 + L.mem_write .. t + n + L.mem_write, nor written by another instruction in "
+        "t + 1 + L.mem_write .. t + n + L.mem_write (a scatter-race hazard: which word is there then depends on "
+        "data); an address outside the slice is a hazard and is not written",
+        reads=(StreamIO("idx", "i32", "0", "1"), StreamIO("s", "u8", "1")),
+        store=(StoreIO("sram", "w", "", "1 + L.mem_write"),),
+        busy=(Busy("write", "0", "n + 1"),),
+    ),
+]
+
+TABLE: tuple[Instr, ...] = tuple(MEM + VXM + MXM + SXM + C2C + ICU + ADDED)
 
 # opcodes follow the table order; 0 is reserved so an all-zero word never decodes
 for _i, _ins in enumerate(TABLE):

@@ -11,13 +11,14 @@ import test_instr_mem
 import test_instr_mxm
 import test_instr_sxm
 import test_instr_vxm
+import test_scatter
 from isa.asm import imm_bits
 from isa.dtypes import DTYPES
 from isa.encoding import IMM_FLAG, Stream
 from isa.instructions import BY_MNEMONIC, TABLE
 from isa.timing import instruction_timing
 
-MODULES = (test_instr_vxm, test_instr_mem, test_instr_mxm, test_instr_sxm, test_instr_c2c_icu)
+MODULES = (test_instr_vxm, test_instr_mem, test_instr_mxm, test_instr_sxm, test_instr_c2c_icu, test_scatter)
 
 
 def test_every_instruction_is_covered():

@@ -1,4 +1,4 @@
-"""MEM slice handlers: READ, WRITE, GATHER."""
+"""MEM slice handlers: READ, WRITE, GATHER, SCATTER."""
 
 from __future__ import annotations
 
@@ -63,6 +63,52 @@ def gather(em, op):
     if len(out) < o["n"]:
         out = np.concatenate([out, np.zeros((o["n"] - len(out), em.lanes), np.uint8)])
     return {"s": out}
+
+
+@handles("SCATTER")
+def scatter(em, op):
+    """sram[addr + idx[0][j]*stride] = s[j] for j < n <= lanes and 0 <= idx[0][j] < bound; the other rows
+    r < bound keep their words (``SetupPhase._register_scatter``)."""
+    if op.scatter is None:  # (an operand hazard at set-up: nothing to store)
+        return
+    o = op.inst.ops
+    n = min(o["n"], em.lanes)
+    if o["n"] > em.lanes:
+        em.hazard(op, "operand", op.inst.issue, f"SCATTER n={o['n']} exceeds the {em.lanes} lanes of one index vector")
+    ix = em.stream_in(op, "idx")[0][:n].astype(np.int64)
+    s = em.stream_in(op, "s")
+    store, _, _ = op.sram_write
+    inside, prev = op.scatter
+    # the rows' words before it (zeros where never written), a copy: the blocks they come from stay as they are
+    words = np.array(store.words(prev), dtype=np.uint8)
+    cycles = op.inst.issue + 1 + em.chip.latency["mem_write"] + np.arange(n)
+    size = em.chip.words_per_slice
+    row_of = np.full(o["bound"], -1, np.int64)
+    row_of[inside] = np.arange(len(inside))
+    hit = (ix >= 0) & (ix < o["bound"])
+    addrs = o["addr"] + ix * o["stride"]
+    out = hit & ((addrs < 0) | (addrs >= size))
+    if out.any():
+        i = int(np.argmax(out))
+        em.hazard(op, "out-of-range", int(cycles[i]), f"scattered address {int(addrs[i])} is outside 0..{size - 1}")
+    for j in np.flatnonzero(hit & ~out):  # in j order: for equal indices the later j wins
+        words[row_of[ix[j]]] = s[j]
+    _check_scatter_banks(em, op, addrs[hit & ~out], cycles[hit & ~out])
+    em.write_sram(op, words)
+
+
+def _check_scatter_banks(em, op, addrs, cycles) -> None:
+    reads = em.mem_reads.get((op.chip, op.slice.name))
+    if not reads or not len(cycles):
+        return
+    rc = np.concatenate([c for _, c, _ in reads])
+    rb = em.chip.bank_of(np.concatenate([a for a, _, _ in reads]))
+    common, wi, ri = np.intersect1d(cycles, rc, return_indices=True)
+    bad = em.chip.bank_of(addrs[wi]) == rb[ri]
+    if bad.any():
+        k = int(np.argmax(bad))
+        em.hazard(op, "bank-conflict", common[k], f"{op.slice.name} reads and scatters into bank "
+                                                  f"{int(rb[ri[k]])} in the same cycle")
 
 
 def _check_gather_banks(em, op, addrs, cycles) -> None:
