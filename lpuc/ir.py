@@ -43,6 +43,10 @@ class Graph:
         self.nodes: dict[str, Node] = {}
         self.inputs: list[str] = []
         self.outputs: list[str] = []
+        # inputs that are state the chip keeps from one run to the next, not host data (a KV cache:
+        # ``lpuc.passes.kv_cache``)
+        self.resident: list[str] = []
+        self.updates: dict[str, str] = {}  # resident value -> the value holding its contents after a run
         self.opset = 0
         self.nx = nx.DiGraph()
         self._producer: dict[str, str] = {}

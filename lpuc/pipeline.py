@@ -36,6 +36,7 @@ from lpuc.passes.heads import heads
 from lpuc.passes.hybrid import hybrid
 from lpuc.passes.hybrid import parse as hybrid_spec
 from lpuc.passes.install import install
+from lpuc.passes.kv_cache import KVLayout, KVStep, kv_cache
 from lpuc.passes.lower import PRECISIONS, FoldCache, lower
 from lpuc.passes.mirror import mirror
 from lpuc.passes.partition import Partition, Stage, chips_needed, partition, weight_bytes
@@ -50,7 +51,7 @@ from lpuc.tasks import TaskGraph
 
 #: the multi-chip splits ``compile_system`` knows
 PARALLEL = ("pp", "tp", "sp", "auto")
-PASSES = ("import", "fold", "lower", "heads", "install", "tile", "mirror", "allocate", "schedule", "codegen")
+PASSES = ("import", "fold", "kv_cache", "lower", "heads", "install", "tile", "mirror", "allocate", "schedule", "codegen")
 
 
 class _Figures:
@@ -103,6 +104,7 @@ class Compiled(_Figures):
     chip: ChipConfig
     seconds: float
     pass_seconds: dict[str, float] = field(default_factory=dict)
+    kv: KVLayout | None = None  # a KV-cache step program's caches (``lpuc.passes.kv_cache``)
 
     @property
     def roofline_cycles(self) -> int:
@@ -136,9 +138,13 @@ def dump_graph(g: Graph) -> str:
 # the collector walked them again and again (BERT-base width on 8 chips: 32.5 -> 22 s)
 def compile_model(path: "str | Path | onnx.ModelProto", chip: ChipConfig, precision: str = "fp32", scheduler: str = "list",
                   input_shapes: dict[str, tuple[int, ...]] | None = None, dump_after: str | None = None,
-                  out: TextIO = sys.stdout, progress: Callable[[str, int, int], None] | None = None) -> Compiled:
+                  out: TextIO = sys.stdout, progress: Callable[[str, int, int], None] | None = None,
+                  kv: KVStep | None = None, pinned: dict[str, list[tuple[str, int]]] | None = None) -> Compiled:
     """Compile an ONNX model (a path or a ModelProto) for ``chip``. ``progress(name, k, n)``, if
-    given, is called as pass ``name`` (the k-th of n) starts (``lpuc`` shows it on a terminal)."""
+    given, is called as pass ``name`` (the k-th of n) starts (``lpuc`` shows it on a terminal).
+    ``kv``: the model is a decoder exported with a KV cache, compiled as that step program with the
+    cache resident (``lpuc.passes.kv_cache``; the shapes are the step's); ``pinned``: SRAM planes of
+    resident tensors, by name (another step program's, which shares the cache: ``allocate``)."""
     if precision not in PRECISIONS:
         raise CompileError(f"unknown precision '{precision}'; choose one of {', '.join(PRECISIONS)}")
     if scheduler not in SCHEDULERS:
@@ -160,13 +166,14 @@ def compile_model(path: "str | Path | onnx.ModelProto", chip: ChipConfig, precis
 
     g = step("import", lambda: import_onnx(path, input_shapes), dump_graph)
     g = step("fold", lambda: fold_constants(g), dump_graph)
+    layout = step("kv_cache", lambda: kv_cache(g, kv) if kv is not None else None, lambda r: dump_graph(g))
     check_weights_fit(g, chip, precision)  # a model far too big is refused before the expensive passes
     pg = step("lower", lambda: lower(g, chip, precision), lambda r: r.dump())
     pg = step("heads", lambda: heads(pg, chip), lambda r: r.dump())
     pg = step("install", lambda: install(pg, chip), lambda r: r.dump())
     tg = step("tile", lambda: tile(pg, chip), lambda r: r.dump())
     tg = step("mirror", lambda: mirror(tg, chip), lambda r: r.dump())
-    al = step("allocate", lambda: allocate(tg, chip), lambda r: r.dump(tg))
+    al = step("allocate", lambda: allocate(tg, chip, pinned=pinned), lambda r: r.dump(tg))
     sc = step("schedule", lambda: schedule(tg, al, chip, scheduler), lambda r: r.dump(tg))
     name = Path(path).name if isinstance(path, (str, Path)) else (path.graph.name or "model")
     meta = {"model": name, "precision": precision, "scheduler": scheduler}
@@ -176,7 +183,7 @@ def compile_model(path: "str | Path | onnx.ModelProto", chip: ChipConfig, precis
     rows = _input_rows(g)
     if rows:  # which integer inputs index a table, and its rows: lpuc run draws valid ids from it
         prog.meta["input_rows"] = rows
-    return Compiled(prog, g, pg, tg, al, sc, rl, chip, time.perf_counter() - t_all, times)
+    return Compiled(prog, g, pg, tg, al, sc, rl, chip, time.perf_counter() - t_all, times, layout)
 
 
 def _input_rows(g: Graph) -> dict[str, int]:

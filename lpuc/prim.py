@@ -44,7 +44,7 @@ class Tensor(VectorLayout):
     shape: tuple[int, ...]
     const: np.ndarray | None = None  # in the chip dtype, logical shape
     splat: bool = False
-    role: str = "temp"  # "input", "output", "const" or "temp"
+    role: str = "temp"  # "input", "output", "const", "resident" or "temp"
     host_dtype: str = ""  # numpy dtype on the host side of an input/output
     planes: list[tuple[str, int]] = field(default_factory=list)  # set by the allocation pass (segment 0)
     bank: int = 0
@@ -118,6 +118,7 @@ class PrimGraph:
         self.prims: list[Prim] = []
         self.inputs: list[Tensor] = []
         self.outputs: list[Tensor] = []
+        self.resident: list[Tensor] = []  # state kept from one run to the next (a KV cache), role "resident"
 
     def tensor(self, name: str, dtype: str, shape: tuple[int, ...], **kw: Any) -> Tensor:
         t = Tensor(len(self.tensors), name, dtype, tuple(int(d) for d in shape), **kw)

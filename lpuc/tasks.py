@@ -69,6 +69,7 @@ class TaskGraph:
         # holds its SRAM to the end like an output (until the link has taken it): ``lpuc.passes.transfer``
         self.received: list[Tensor] = []
         self.sent: list[Tensor] = []
+        self.resident: list[Tensor] = []  # state kept from one run to the next (a KV cache)
 
     def add(self, kind: str, reads: list[Access], writes: list[Access], prim: Prim | None, **attrs: Any) -> Task:
         t = Task(len(self.tasks), kind, reads, writes, attrs, prim)

@@ -20,6 +20,7 @@ module               task kinds                                     primitive ki
 ``movement``         ``copy``, ``permute``, ``transpose``           ``view``, ``copy``,
                                                                     ``relayout``, ``transpose``
 ``gather``           ``gather``                                     ``gather``
+``scatter``          ``scatter``                                    ``kv_append``
 ``matmul``           ``chain``                                      ``matmul``, ``mmheads``
 ``c2c``              ``send``, ``recv``, ``forward`` (chip-to-chip  --
                      transfers, added by ``lpuc.passes.transfer``)
@@ -73,7 +74,7 @@ from lpuc.kinds.base import (PRIM_KINDS, TASK_KINDS, PrimKind, TaskKind, prim_ki
                              register_task_kind, task_kind)
 
 # the family modules register their kinds when imported
-from lpuc.kinds import c2c, elementwise, gather, matmul, movement  # noqa: E402,F401
+from lpuc.kinds import c2c, elementwise, gather, matmul, movement, scatter  # noqa: E402,F401
 
 __all__ = ["PRIM_KINDS", "TASK_KINDS", "PrimKind", "TaskKind", "prim_kind", "register_prim_kind",
            "register_task_kind", "task_kind"]

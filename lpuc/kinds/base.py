@@ -94,6 +94,11 @@ class TaskKind:
         its outputs); a single-vector read happens before the task stores anything."""
         return {a.tensor.id for a in task.reads if a.n > 1}
 
+    def whole(self, task: "Task") -> set[int]:
+        """Tensor ids the task needs in one region per plane, unsegmented (one flight passes them all:
+        a GATHER's table, a SCATTER's cache)."""
+        return set()
+
     def allocation_rules(self, task: "Task", rules: Any) -> None:
         """Add the task's kind-specific placement constraints to ``rules``
         (``lpuc.passes.allocate.Rules``: hemisphere opposites, matrix weights, ALU-streamed tensors)."""

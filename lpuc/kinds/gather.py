@@ -33,6 +33,9 @@ class GatherTask(TaskKind):
         # a GATHER's table is read for n cycles, while the task stores
         return {a.tensor.id for a in task.reads if a.n > 1 or a is task.reads[1]}
 
+    def whole(self, task: Task) -> set[int]:
+        return {task.reads[1].tensor.id}
+
     def allocation_rules(self, task: Task, rules: Any) -> None:
         # one flight of the index vector passes every plane of the table: the other hemisphere
         ids, table = task.reads[0].tensor.id, task.reads[1].tensor.id

@@ -231,3 +231,26 @@ for _name in ("Constant", "ConstantOfShape", "Range", "Shape", "Size"):  # folde
 
     _folded.__name__ = _name
     OPS[_name] = _folded
+
+
+def KVAppend(lw: Lowering, node: Node) -> None:
+    """lpuc.KVAppend(cache [L, E], rows [S, E], positions [S]) -> cache with ``cache[positions[i]] = rows[i]``
+    (``lpuc.passes.kv_cache``): the cache is resident state, made here in the rows' chip dtype and
+    stored in place (MEM SCATTER: ``lpuc.kinds.scatter``)."""
+    name, rows_name, pos_name = node.inputs
+    rows = lw.tensor(rows_name)
+    cache = lw.env.get(name)
+    if cache is None:
+        cache = lw.pg.tensor(name, rows.dtype, lw.shape(name), role="resident")
+        lw.pg.resident.append(cache)
+        lw.env[name] = cache
+    if rows.dtype != cache.dtype:
+        rows = lw.convert(rows, cache.dtype)
+    pos = lw.tensor(pos_name)
+    if pos.dtype != "i32":
+        pos = lw.convert(pos, "i32")
+    lw.pg.add("kv_append", [cache, rows, pos], cache, node.name)
+    lw.bind(node.outputs[0], cache)
+
+
+OPS["lpuc.KVAppend"] = KVAppend

@@ -156,19 +156,23 @@ class _Unmirror(Exception):
         self.mirror = mirror
 
 
-def allocate(tg: TaskGraph, chip: ChipConfig, received_first: bool = True) -> Allocation:
+def allocate(tg: TaskGraph, chip: ChipConfig, received_first: bool = True,
+             pinned: dict[str, list[tuple[str, int]]] | None = None) -> Allocation:
     """SRAM places for every tensor of ``tg``. ``received_first``: values another chip sends are placed
     with the inputs, before the constants (they get slices near the centre: BERT-base width split over
     8 chips by token rows, 188,559 -> 179,620 cycles); else after them, which leaves the constants more
-    room (``lpuc.pipeline`` retries that way when the first way does not fit)."""
+    room (``lpuc.pipeline`` retries that way when the first way does not fit). ``pinned``: resident
+    tensors' planes (slice, address) by name, placed there before anything else (the step programs of
+    one model share their KV cache: the prefill program's must lie where the decode program's does)."""
     while True:
         try:
-            return _allocate(tg, chip, received_first)
+            return _allocate(tg, chip, received_first, pinned or {})
         except _Unmirror as e:  # (at most once per mirror)
             unmirror(tg, e.mirror)
 
 
-def _allocate(tg: TaskGraph, chip: ChipConfig, received_first: bool) -> Allocation:
+def _allocate(tg: TaskGraph, chip: ChipConfig, received_first: bool,
+              pinned: dict[str, list[tuple[str, int]]]) -> Allocation:
     L = chip.lanes
     view_of: dict[int, Tensor] = getattr(tg, "view_of", {})
     mirror_of: dict[int, int] = getattr(tg, "mirror_of", {})
@@ -185,7 +189,7 @@ def _allocate(tg: TaskGraph, chip: ChipConfig, received_first: bool) -> Allocati
     rules = Rules(tensors, L)  # the task kinds' own constraints
     opposite, weights, vxm_tasks = rules.opposite, rules.weights, rules.vxm_tasks
     n_tasks = len(tg.tasks)
-    for t in list(tg.inputs) + [x for x in tg.tensors if x.const is not None]:
+    for t in list(tg.inputs) + list(tg.resident) + [x for x in tg.tensors if x.const is not None]:
         first[base(t).id] = -1
     for task in tg.tasks:
         rs = {a.tensor.id for a in task.reads}
@@ -230,20 +234,20 @@ def _allocate(tg: TaskGraph, chip: ChipConfig, received_first: bool) -> Allocati
             seen |= nxt
         seen.discard(x)
         near[x] = seen
-    for t in tg.outputs + tg.sent:
+    for t in tg.outputs + tg.sent + tg.resident:  # (resident state: kept for the next run)
         last[base(t).id] = n_tasks
     for t in tg.inputs:
         first[base(t).id] = -1
     for t in tg.received:  # live from the start (placed with the inputs) or from the first task on
         first[base(t).id] = -1 if received_first else 0
-    # a GATHER's table takes one region per plane, unsegmented: a large one goes first among the tensors
-    # live from the start, before smaller ones leave no region nearly empty (a tensor-parallel chip's
-    # share of a vocabulary table: 2,730 of a region's 8,192 words of 768-wide rows)
+    # a GATHER's table (a SCATTER's cache) takes one region per plane, unsegmented: a large one goes first
+    # among the tensors live from the start, before smaller ones leave no region nearly empty (a
+    # tensor-parallel chip's share of a vocabulary table: 2,730 of a region's 8,192 words of 768-wide rows)
     bw_words = chip.segment_words
-    whole = {task.reads[1].tensor.id for task in tg.tasks if task.kind == "gather"
-             and task.reads[1].tensor.rows * task.reads[1].tensor.chunks(L) > bw_words // 2}
-    live_ids = sorted((i for i in first if i in last or tensors[i].role in ("input", "output")),
-                      key=lambda i: (first[i], i not in whole, i))
+    whole = {i for task in tg.tasks for i in task_kind(task).whole(task)
+             if tensors[i].rows * tensors[i].chunks(L) > bw_words // 2}
+    live_ids = sorted((i for i in first if i in last or tensors[i].role in ("input", "output", "resident")),
+                      key=lambda i: (first[i], tensors[i].name not in pinned, i not in whole, i))
 
     # ---------------------------------------------------------------- capacity check (clear error first)
     def nbytes(t: Tensor) -> int:
@@ -378,6 +382,12 @@ def _allocate(tg: TaskGraph, chip: ChipConfig, received_first: bool) -> Allocati
             raise CompileError(f"cannot place tensor {t.name} ({t.dtype} {list(t.shape)}): {chip.name} has no "
                                f"{w} free MEM slices in one hemisphere apart from the tensors it is used with")
         _, h, pick = best
+        if t.name in pinned:  # where another program of the model keeps it
+            want = pinned[t.name]
+            if len(segs) != 1 or len(want) != w:
+                raise CompileError(f"resident tensor {t.name} cannot lie where the other step program keeps it")
+            h = chip.slice(want[0][0]).hemisphere
+            pick = [(0, sname, addr // bw, addr) for sname, addr in want]
         spots: list[tuple[str, int, int, int]] = []
         t.segments = []
         for k, (v0, v1) in enumerate(segs):

@@ -76,6 +76,8 @@ def codegen(tg: TaskGraph, sched: Schedule, chip: ChipConfig, meta: dict | None 
         prog.tensors.append(_desc(t, "input", chip.lanes))
     for t in tg.outputs:
         prog.tensors.append(_desc(t, "output", chip.lanes))
+    for t in tg.resident:
+        prog.tensors.append(_desc(t, "resident", chip.lanes))
     for t in tg.tensors:
         if t.const is not None and t.id in used and t.role != "output":
             prog.tensors.append(_desc(t, "const", chip.lanes, data_of))
@@ -93,7 +95,7 @@ def _expected_producers(tg: TaskGraph, sched: Schedule, prog: Program) -> list[l
         p = sched.placements[task.id]
         tpl = sched.templates[task.id]
         writers: dict[tuple[int, int], list[tuple[str, int]]] = {}
-        readers: list[tuple[int, str, int, str]] = []
+        readers: list[tuple[int, int, str, int, str]] = []
         for ti in tpl.insts:
             sname = p.slice_of(ti.slice)
             spec = BY_MNEMONIC[ti.mnemonic]
@@ -102,11 +104,12 @@ def _expected_producers(tg: TaskGraph, sched: Schedule, prog: Program) -> list[l
                 if fld in wfields:
                     writers.setdefault((fl, off), []).append((sname, index[(sname, p.start + ti.rel)]))
                 else:
-                    readers.append((fl, sname, index[(sname, p.start + ti.rel)], fld))
-        for fl, sname, k, fld in readers:
-            for plane in range(tpl.flights[fl].width):
-                # a unit writes a whole group; READs write one plane (one READ per segment)
-                for w in writers.get((fl, plane)) or writers.get((fl, 0), []):
+                    readers.append((fl, off, sname, index[(sname, p.start + ti.rel)], fld))
+        for fl, off, sname, k, fld in readers:
+            for plane in range(tpl.flights[fl].width - off):
+                # a unit writes a whole group; READs write one plane (one READ per segment). A reader
+                # from stream ``off`` of the group (a SCATTER's plane k) sees plane ``off + plane``.
+                for w in writers.get((fl, off + plane)) or writers.get((fl, 0), []):
                     out.append([sname, k, fld, plane, *w])
     return out
 

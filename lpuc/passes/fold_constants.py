@@ -179,7 +179,7 @@ def _is_noop(node: Node, g: Graph) -> bool:
 
 
 def _dead_code(g: Graph) -> None:
-    needed = set(g.outputs)
+    needed = set(g.outputs) | set(g.updates.values())  # (resident state's updates are kept too)
     for node in reversed(list(g.topo())):
         if any(o in needed for o in node.outputs):
             needed.update(i for i in node.inputs if i)

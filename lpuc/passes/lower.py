@@ -335,7 +335,8 @@ def check_supported(node: Node) -> Callable[[Lowering, Node], Any]:
     if there is none."""
     from lpuc.ops.onnx_ops import OPS
 
-    fn: Callable[[Lowering, Node], Any] | None = OPS.get(node.op) if node.domain in ("", "ai.onnx") else None
+    fn: Callable[[Lowering, Node], Any] | None = OPS.get(node.op if node.domain in ("", "ai.onnx")
+                                                         else f"{node.domain}.{node.op}")
     if fn is None:
         raise UnsupportedOp(f"node {node.name}: op {node.domain + '.' if node.domain else ''}{node.op} is not "
                             f"supported; supported ops: {', '.join(sorted(OPS))}")
@@ -348,8 +349,8 @@ def lower(g: Graph, chip: ChipConfig, precision: str = "fp32", folded: "FoldCach
     lw = Lowering(g, chip, precision, folded)
     used = {i for n in g.nodes.values() for i in n.inputs} | set(g.outputs)
     for name in g.inputs:
-        if name not in used:  # an input nothing reads (e.g. the type donor of a CastLike) needs no SRAM
-            continue
+        if name not in used or name in g.resident:  # an input nothing reads (e.g. the type donor of a
+            continue  # CastLike) needs no SRAM; resident state is made by the op that updates it (KVAppend)
         v = g.values[name]
         t = lw.pg.tensor(name, chip_dtype(v.dtype, f"input '{name}'"), v.shape, role="input",
                          host_dtype=str(v.dtype))
@@ -418,7 +419,7 @@ def _vector_map(ts: list[Tensor], index: np.ndarray, shape: tuple[int, ...], lan
 
 def _dead_prims(pg: PrimGraph) -> None:
     """Drop primitives whose results nothing uses (e.g. a Transpose folded into a MatMul)."""
-    live = {t.id for t in pg.outputs}
+    live = {t.id for t in pg.outputs + pg.resident}
     keep = []
     for p in reversed(pg.prims):
         if p.out.id in live:

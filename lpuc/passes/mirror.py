@@ -43,7 +43,7 @@ def mirror(tg: TaskGraph, chip: ChipConfig) -> TaskGraph:
             writers[tid].append(task)
         for tid in {a.tensor.id for a in task.reads}:
             readers[tid].append(task)
-    fixed = {t.id for t in list(tg.inputs) + list(tg.outputs)}
+    fixed = {t.id for t in list(tg.inputs) + list(tg.outputs) + list(tg.resident)}
     mirror_of: dict[int, int] = {}
     by_id = {t.id: t for t in tg.tensors}
     for tid, rs in list(readers.items()):

@@ -70,6 +70,7 @@ class Tiler:
         self.chip = chip
         self.L = chip.lanes
         self.tg = TaskGraph(pg.tensors, pg.inputs, pg.outputs)
+        self.tg.resident = list(pg.resident)
         self.view_of: dict[int, Tensor] = {}
         self.idx_consts: dict[bytes, Tensor] = {}
         # row movements (single-input copies) not yet done: tensor id -> (source, vector map, prim). A

@@ -1,0 +1,139 @@
+"""KV-cache appends: the ``kv_append`` primitive and ``scatter`` task kind (MEM SCATTER of new rows into
+a resident cache at rows a run-time index vector selects).
+
+A cache is a resident tensor ``[L, E]``: row r holds the keys (or values) of token position r, the
+heads side by side in lanes (``lpuc.passes.kv_cache``). A step appends S new rows at positions
+``idx[0..S-1]`` (data: ``position_ids``), so one program serves every position; rows the step does not
+append keep what earlier runs stored.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from isa.config import ChipConfig
+from lpuc.errors import CompileError
+from lpuc.kinds.base import PrimKind, TaskKind, register_prim_kind, register_task_kind
+from lpuc.prim import Prim
+from lpuc.tasks import Task
+from lpuc.templates import Builder, Template
+
+if TYPE_CHECKING:
+    from lpuc.passes.tile import Tiler
+
+
+@register_prim_kind
+class KVAppendPrim(PrimKind):
+    """``out = cache`` with ``out[idx[i]] = rows[i]`` for ``i < S`` and ``0 <= idx[i] < L`` (later i wins):
+    ``ins = [cache [L, E], rows [S, E], idx [S] i32]``; ``out`` *is* the cache tensor (stored in place)."""
+
+    name = "kv_append"
+
+    def tile(self, tiler: Tiler, p: Prim) -> None:
+        cache, rows, idx = p.ins
+        L, S = cache.shape[0], rows.rows
+        C = cache.chunks(tiler.L)
+        if S > tiler.L:
+            raise CompileError(f"{p.node}: {S} new cache rows in one step exceed the {tiler.L} lanes of one "
+                               f"index vector; use a shorter chunk")
+        for c in range(C):
+            tiler.tg.add("scatter", [tiler.acc(idx, 0, 1, 1), tiler.acc(rows, c, C, S)],
+                         [tiler.acc(cache, c, C, L)], p, chunk=c, n=S, stride=C, bound=L)
+
+    def evaluate(self, p: Prim, vals: dict[int, np.ndarray], lanes: int) -> np.ndarray:
+        cache, rows, idx = (vals[t.id] for t in p.ins)  # type: ignore[union-attr]
+        out = np.array(cache).reshape(p.out.shape[0], -1)
+        new = np.asarray(rows).reshape(-1, out.shape[1])
+        for i, r in enumerate(np.asarray(idx).astype(np.int64).reshape(-1)):
+            if 0 <= r < len(out):
+                out[r] = new[i]
+        return out.reshape(p.out.shape)
+
+
+@register_task_kind
+class ScatterTask(TaskKind):
+    """One lane chunk of the new rows into one lane chunk of every cache row: reads (index vector, new
+    rows), writes the cache chunk (any of its rows: which depends on data)."""
+
+    name = "scatter"
+
+    def template(self, task: Task, chip: ChipConfig) -> Template:
+        return scatter_template(task, chip)
+
+    def long_reads(self, task: Task) -> set[int]:
+        return {task.reads[1].tensor.id}  # the new rows stream in while the SCATTERs store
+
+    def whole(self, task: Task) -> set[int]:
+        return {task.writes[0].tensor.id}
+
+    def allocation_rules(self, task: Task, rules: Any) -> None:
+        # one flight of the index vector and one of the rows pass every plane of the cache: both come
+        # from the other hemisphere
+        cache = task.writes[0].tensor.id
+        for a in task.reads:
+            rules.opposite[a.tensor.id].add(cache)
+            rules.opposite[cache].add(a.tensor.id)
+
+
+def scatter_template(task: Task, chip: ChipConfig) -> Template:
+    """The index vector passes the cache plane nearest to it in cycle 0 and plane k in cycle t_k (its
+    distance from that one), where plane k's SCATTER issues; new row j follows one diagonal behind it,
+    passing plane k in cycle t_k + 1 + j, as the SCATTER takes it. Plane k of the rows goes to plane k of
+    the cache."""
+    b = Builder(chip)
+    ids, rows = task.reads
+    out = task.writes[0]
+    cache = out.tensor
+    lat = chip.latency
+    if len(cache.segments) > 1 or len(ids.tensor.segments) > 1:
+        raise CompileError(f"KV cache {cache.name} ({cache.dtype} {list(cache.shape)}) is larger than one "
+                           f"{chip.name} segment ({chip.segment_words} words) per plane; use a shorter --max-context")
+    cpos = [b.pos(s) for s, _ in cache.planes]
+    ipos = [b.pos(s) for s, _ in ids.tensor.planes]
+    direction = "E" if max(ipos) < min(cpos) else "W"
+    first = min(cpos) if direction == "E" else max(cpos)
+    last = max(cpos) if direction == "E" else min(cpos)
+    n, stride, chunk = task.attrs["n"], task.attrs["stride"], task.attrs["chunk"]
+    d = b.diag(direction, 0, first)
+    # the index group, aligned on diagonal d
+    fi = b.new_flight(direction, 4)
+    (_, _, iv0, iseg), = ids.tensor.pieces(ids.start, 1, 1)
+    for k, (sname, base) in enumerate(iseg):
+        p = b.pos(sname)
+        assert (p < first) == (direction == "E"), "index vector and cache must be in different hemispheres"
+        rel = -lat["mem_read"] - abs(first - p)
+        r = b.inst(sname, rel, "READ", addr=base + ids.start - iv0, n=1, stride=1)
+        r.refs["s"] = (fi, k)
+        b.flights[fi].parts.append((k, min(p, last), max(p, last), d, d))
+        b.sram.append((ids.tensor.id, sname, "r", np.array([rel]), np.array([base + ids.start - iv0]), base))
+        b.vec.append((ids.tensor.id, "r", np.array([ids.start]), np.array([rel])))
+    # the new rows, on diagonals d+1 .. d+n
+    width = len(cache.planes)
+    fr = b.new_flight(direction, width)
+    for j0, j1, v0, seg in rows.tensor.pieces(rows.start, rows.stride, rows.n):
+        for k, (sname, base) in enumerate(seg):
+            p = b.pos(sname)
+            assert (p < first) == (direction == "E"), "new rows and cache must be in different hemispheres"
+            m = j1 - j0
+            rel = 1 + j0 - lat["mem_read"] - abs(first - p)
+            addr = base + rows.start + j0 * rows.stride - v0
+            r = b.inst(sname, rel, "READ", addr=addr, n=m, stride=rows.stride)
+            r.refs["s"] = (fr, k)
+            b.flights[fr].parts.append((k, min(p, last), max(p, last), d + 1 + j0, d + j1))
+            cycles = rel + np.arange(m)
+            b.sram.append((rows.tensor.id, sname, "r", cycles, addr + rows.stride * np.arange(m), base))
+            b.vec.append((rows.tensor.id, "r", rows.start + rows.stride * np.arange(j0, j1), cycles))
+    # one SCATTER per cache plane; every row of the chunk may change, by its last landing cycle
+    nvec = cache.rows
+    for k, ((sname, base), p) in enumerate(zip(cache.planes, cpos)):
+        t_k = abs(p - first)
+        s = b.inst(sname, t_k, "SCATTER", addr=base + chunk, n=n, stride=stride, idx=0, s=0,
+                   bound=task.attrs["bound"])
+        s.refs["idx"] = (fi, 0)
+        s.refs["s"] = (fr, k)
+        lands = t_k + 1 + lat["mem_write"] + np.arange(n)
+        b.sram.append((cache.id, sname, "w", lands, None, base))
+        b.vec.append((cache.id, "w", chunk + stride * np.arange(nvec), np.full(nvec, int(lands[-1]))))
+    return b.finish()

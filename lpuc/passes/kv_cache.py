@@ -1,0 +1,261 @@
+"""Pass 1b -- kv_cache: a decoder exported with a KV cache -> a step program whose cache stays on the chip.
+
+Exports with a cache (optimum's decoder-with-past convention, torch.onnx TorchScript and dynamo) take
+``input_ids`` [1, S], ``position_ids`` [1, S], ``attention_mask`` [1, P+S] and, per layer i,
+``past_key_values.{i}.key/value`` [1, H, P, D]; each layer concatenates its past with the step's new
+keys (values) along axis 2 (``present.{i}.key`` = Concat(past, new)), attends over that, and returns
+it. The host would send the whole cache in and take it out every step. Here the cache is *resident*
+instead: one tensor ``[L, H*D]`` per layer and kind (row r = token position r, the heads side by side
+in lanes, as attention reads them), kept on the chip from one run to the next, and a step appends its
+S new rows in place at rows ``position_ids`` (``lpuc.KVAppend``, MEM SCATTER: ``lpuc.kinds.scatter``).
+The position is data, so one program serves every position up to L (``--max-context``).
+
+Two step programs, both of the export as it is, at two input shapes (``KVStep``):
+
+* decode: S new tokens after a past of P = L - S positions; attention runs over all L rows of the
+  cache: ``present = view of the cache after the append``. ``attention_mask`` is made on the chip,
+  ``mask[r] = (r <= position_ids[S-1])``: rows beyond the position (not yet written, or left from an
+  earlier, longer sequence) are masked, so the host sends only the tokens and their positions. Inside
+  the step the export's own causal mask (positions P..P+S-1) is exact for S = 1, which is what decode
+  uses.
+* prefill: S prompt tokens (padded) at positions 0..S-1 after an empty past (P = 0): attention runs
+  over the new rows themselves, as the export's graph says (``present = new``), and the append stores
+  them in the cache for decode. ``attention_mask`` is all ones: the export's causal mask keeps a real
+  token from seeing the padding after it.
+
+``position_ids`` must be an input (the export derives positions from the static P otherwise). The
+cache input's other uses must be ``Shape`` (the past length, which folds to the static P).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import networkx as nx
+import numpy as np
+import onnx
+
+from lpuc.errors import CompileError
+from lpuc.ir import Graph, Node, Value
+from lpuc.passes.fold_constants import _run_onnxruntime, fold_constants
+
+#: cache inputs: past_key_values.{i}.key (optimum), past_key_values_{i}_key, past.{i}.value ...
+CACHE_INPUT = re.compile(r"^past(?:_key_values)?[._](\d+)[._](key|value)$")
+
+
+class KVCacheError(CompileError):
+    """An export whose cache layout the compiler does not recognise; the message names the input."""
+
+
+@dataclass(frozen=True)
+class KVStep:
+    """Which step program to make: ``context`` L rows of cache, ``chunk`` S new tokens per run,
+    ``prefill`` (P = 0) or decode (P = L - S)."""
+
+    context: int
+    chunk: int = 1
+    prefill: bool = False
+
+    @property
+    def past(self) -> int:
+        return 0 if self.prefill else self.context - self.chunk
+
+
+@dataclass
+class Cache:
+    """One resident cache: ``name`` [context, heads * head_dim], from model input ``source``."""
+
+    name: str
+    source: str
+    layer: int
+    kind: str  # "key" or "value"
+    heads: int
+    head_dim: int
+
+
+@dataclass
+class KVLayout:
+    """What the pass made: the caches in (layer, kind) order, and the step."""
+
+    step: KVStep
+    caches: list[Cache] = field(default_factory=list)
+
+    def bytes(self, width: int) -> int:
+        """Cache bytes at ``width`` bytes a value."""
+        return sum(self.step.context * c.heads * c.head_dim * width for c in self.caches)
+
+
+def cache_inputs(names: list[str]) -> dict[str, tuple[int, str]]:
+    """Model inputs that are cache inputs: name -> (layer, "key"/"value")."""
+    out = {}
+    for n in names:
+        m = CACHE_INPUT.match(n)
+        if m:
+            out[n] = (int(m.group(1)), m.group(2))
+    return out
+
+
+def step_shapes(inputs: dict[str, tuple], step: KVStep) -> dict[str, tuple[int, ...]]:
+    """The input shapes of the step program: ``inputs`` are the export's declared input shapes (ints
+    or names of dynamic dimensions); cache inputs keep their heads and head size."""
+    S, P = step.chunk, step.past
+    shapes: dict[str, tuple[int, ...]] = {}
+    caches = cache_inputs(list(inputs))
+    for name, dims in inputs.items():
+        if name in caches:
+            if len(dims) != 4 or not all(isinstance(d, int) and d > 0 for d in (dims[1], dims[3])):
+                raise KVCacheError(f"cache input '{name}' has shape {list(dims)}; lpuc expects "
+                                   f"[batch, heads, past, head_dim] with fixed heads and head_dim")
+            shapes[name] = (1, int(dims[1]), P, int(dims[3]))
+        elif "mask" in name:
+            shapes[name] = (1, P + S)
+        else:
+            shapes[name] = (1, S)
+    return shapes
+
+
+def kv_cache(g: Graph, step: KVStep) -> KVLayout:
+    """Rewrite ``g`` (shapes fixed by ``step_shapes``) into the step program (module docstring)."""
+    caches = cache_inputs(g.inputs)
+    if not caches:
+        raise KVCacheError(f"no KV-cache inputs (past_key_values.<i>.key/value) among {', '.join(g.inputs)}")
+    if "position_ids" not in g.inputs:
+        raise KVCacheError("the export has no 'position_ids' input: lpuc's step programs take the position "
+                           "as data; export with position_ids (as optimum does)")
+    S, L = step.chunk, step.context
+    layout = KVLayout(step)
+    pos = g.add_value(Value("kv/positions", (S,), np.dtype(np.int64)))
+    shape_s = _const(g, "kv/shape_s", np.array([S], np.int64))
+    g.add_node(Node("kv/positions", "Reshape", ["position_ids", shape_s.name], [pos.name]))
+    for src in sorted(caches, key=lambda n: caches[n]):
+        layer, kind = caches[src]
+        layout.caches.append(_rewrite_cache(g, src, layer, kind, step, pos.name))
+    if "attention_mask" in g.inputs or any("mask" in n for n in g.inputs):
+        mask = "attention_mask" if "attention_mask" in g.inputs else next(n for n in g.inputs if "mask" in n)
+        _mask_on_chip(g, mask, step)
+    g.inputs = [n for n in g.inputs if n not in caches]
+    if step.prefill:  # the prompt's positions are 0..S-1: what depends on them alone is folded
+        v = g.values["position_ids"]
+        v.const = np.arange(S, dtype=v.dtype).reshape(v.shape)
+        g.inputs.remove("position_ids")
+    else:
+        _tabulate(g, L)
+    fold_constants(g)
+    return layout
+
+
+def _const(g: Graph, name: str, value: np.ndarray) -> Value:
+    return g.add_value(Value(name, tuple(value.shape), value.dtype, value))
+
+
+def _rewrite_cache(g: Graph, src: str, layer: int, kind: str, step: KVStep, pos: str) -> Cache:
+    cat, x = _find_concat(g, src)
+    new, present = cat.inputs[1], cat.outputs[0]
+    _, H, _, D = g.values[src].shape  # (the new rows' shape may be known only after folding)
+    S = step.chunk
+    E, L = H * D, step.context
+    p = f"kv/{layer}/{kind}"
+    dtype = g.values[src].dtype
+    g.remove_node(cat.name)
+    # what attention reads: the new rows themselves (prefill, P = 0) or the cache after the append
+    view = new if step.prefill else f"{p}/present"
+    g.replace_uses(present, view)
+    g.outputs = [o for o in g.outputs if o != view]
+    # the output's name (present.i.key) is the resident cache's: it holds every position's row
+    name = present if present.startswith("present") else f"{src}.cache"
+    g.values[name] = Value(name, (L, E), dtype)
+    rows_t = g.add_value(Value(f"{p}/rows_t", (1, S, H, D), dtype))
+    g.add_node(Node(f"{p}/rows_t", "Transpose", [new], [rows_t.name], {"perm": [0, 2, 1, 3]}))
+    rows = g.add_value(Value(f"{p}/rows", (S, E), dtype))
+    g.add_node(Node(f"{p}/rows", "Reshape", [rows_t.name, _const(g, f"{p}/rows_shape", np.array([S, E])).name],
+                    [rows.name]))
+    after = g.add_value(Value(f"{p}/appended", (L, E), dtype))
+    g.add_node(Node(f"{p}/append", "KVAppend", [name, rows.name, pos], [after.name], domain="lpuc"))
+    if not step.prefill:
+        heads = g.add_value(Value(f"{p}/heads", (1, L, H, D), dtype))
+        g.add_node(Node(f"{p}/heads", "Reshape",
+                        [after.name, _const(g, f"{p}/heads_shape", np.array([1, L, H, D])).name], [heads.name]))
+        g.add_value(Value(view, (1, H, L, D), dtype))
+        g.add_node(Node(view, "Transpose", [heads.name], [view], {"perm": [0, 2, 1, 3]}))
+    g.resident.append(name)
+    g.updates[name] = after.name
+    return Cache(name, src, layer, kind, H, D)
+
+
+def _find_concat(g: Graph, src: str) -> tuple[Node, str]:
+    """The Concat appending the step's rows to cache input ``src`` (through single-input Concats and
+    Identities, as TorchScript exports have them), and the value it concatenates to."""
+    x = src
+    while True:
+        uses = [n for n in g.consumers(x) if n.op != "Shape"]
+        ops = ", ".join(sorted({f"{n.op}" for n in uses})) or "nothing"
+        if len(uses) == 1 and uses[0].op in ("Identity", "Concat") and len(uses[0].inputs) == 1:
+            x = uses[0].outputs[0]
+            continue
+        if len(uses) == 1 and uses[0].op == "Concat" and len(uses[0].inputs) == 2 and uses[0].inputs[0] == x:
+            cat = uses[0]
+            rank = len(g.values[x].shape)
+            if rank == 4 and cat.attrs.get("axis") in (2, -2):
+                return cat, x
+        raise KVCacheError(f"cache input '{src}' is used by {ops}; lpuc recognises a cache concatenated "
+                           f"with the step's new keys or values along axis 2 ([batch, heads, positions, "
+                           f"head_dim])")
+
+
+def _mask_on_chip(g: Graph, mask: str, step: KVStep) -> None:
+    """Replace the mask input by ``mask[r] = (r <= position_ids[S-1])`` (decode) or ones (prefill)."""
+    v = g.values[mask]
+    S, L = step.chunk, step.context
+    if step.prefill:
+        made = _const(g, "kv/mask", np.ones((1, S), v.dtype))
+    else:
+        iota = _const(g, "kv/iota", np.arange(L, dtype=np.int64)[None])
+        last = g.add_value(Value("kv/last", (1, 1), np.dtype(np.int64)))
+        g.add_node(Node("kv/last", "Slice", ["position_ids", _const(g, "kv/last_start", np.array([S - 1])).name,
+                                             _const(g, "kv/last_end", np.array([S])).name,
+                                             _const(g, "kv/last_axis", np.array([1])).name], [last.name]))
+        valid = g.add_value(Value("kv/valid", (1, L), np.dtype(np.bool_)))
+        g.add_node(Node("kv/valid", "LessOrEqual", [iota.name, last.name], [valid.name]))
+        made = g.add_value(Value("kv/mask", (1, L), v.dtype))
+        g.add_node(Node("kv/mask", "Cast", [valid.name], [made.name],
+                        {"to": onnx.helper.np_dtype_to_tensor_dtype(v.dtype)}))
+    g.replace_uses(mask, made.name)
+    g.inputs = [n for n in g.inputs if n != mask]
+
+
+def _tabulate(g: Graph, L: int) -> None:
+    """Values computed from the position alone by ops the chip lacks (RoPE's Cos and Sin of
+    ``position_ids * inv_freq``) become table lookups: the position is one of L, so onnxruntime
+    evaluates the value for each (``T[p]``, exactly the numbers the export computes) and the chip
+    GATHERs row ``position_ids`` of T. A decode step has one position (S = 1)."""
+    from lpuc.ops.onnx_ops import OPS
+
+    only = {"position_ids"}  # values that depend on the position and constants alone
+    for node in g.topo():
+        ins = [i for i in node.inputs if i]
+        if any(i in only for i in ins) and all(i in only or g.is_const(i) for i in ins):
+            only.update(o for o in node.outputs if o)
+    for node in list(g.topo()):
+        out = node.outputs[0]
+        if node.domain not in ("", "ai.onnx") or node.op in OPS or out not in only:
+            continue
+        ancestors = nx.ancestors(g.nx, node.name) | {node.name}
+        nodes = [n for n in ancestors if all(o in only for o in g.nodes[n].outputs if o)]
+        sub = g.subgraph(nodes, ["position_ids"], [out])
+        model = sub.to_onnx()
+        dt = g.values["position_ids"].dtype
+        shape = g.values["position_ids"].shape
+        rows = [_run_onnxruntime(model, {"position_ids": np.full(shape, p, dt)})[0] for p in range(L)]
+        width = int(np.prod(rows[0].shape))
+        table = _const(g, f"kv/table/{out}", np.stack(rows).reshape(L, width))
+        flat = g.add_value(Value(f"kv/table/{out}/pos", (1,), dt))
+        g.add_node(Node(f"kv/table/{out}/pos", "Reshape", ["position_ids", _const(
+            g, f"kv/table/{out}/pos_shape", np.array([1])).name], [flat.name]))
+        got = g.add_value(Value(f"kv/table/{out}/row", (1, width), table.dtype))
+        g.add_node(Node(f"kv/table/{out}/row", "Gather", [table.name, flat.name], [got.name], {"axis": 0}))
+        v = g.values[out]
+        look = g.add_value(Value(f"kv/table/{out}/value", v.shape, v.dtype))
+        g.add_node(Node(f"kv/table/{out}/value", "Reshape", [got.name, _const(
+            g, f"kv/table/{out}/shape", np.array(v.shape)).name], [look.name]))
+        g.replace_uses(out, look.name)
