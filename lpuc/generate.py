@@ -147,22 +147,38 @@ class Generation:
     emulate_s: float
     reference_tokens: list[int] | None = None  # onnxruntime's greedy loop, where checked
     stopped_at_eos: bool = False
-    mode: str = "recompute"
+    mode: str = "recompute"  # or "kv-cache" (``lpuc.generate_kv``)
     trace: dict | None = None  # the last step's trace events (``generate(trace=True)``)
+    # kv-cache mode: the prefill program's cycles and length, the cache's bytes and where it lives, and
+    # the decode step's bound (``lpuc.roofline.decode_roofline``)
+    prefill_cycles: int | None = None
+    prefill_chunk: int = 0
+    kv_cache_bytes: int = 0
+    kv_cache_where: str = ""
+    decode_roofline: dict | None = None
 
     @property
     def step_us(self) -> float:
         return self.cycles / self.clock_mhz
 
+    @property
+    def ttft_us(self) -> float:
+        """Time to the first token: the prefill program (kv-cache mode) or one step (recompute)."""
+        return (self.prefill_cycles if self.prefill_cycles is not None else self.cycles) / self.clock_mhz
+
     def report(self) -> dict[str, Any]:
-        return {"mode": self.mode, "prompt": self.prompt, "tokens": self.tokens, "context": self.context,
-                "ttft_us": self.step_us, "decode_us_per_token": self.step_us,
-                "tokens_per_s": 1e6 / self.step_us if self.cycles else 0.0, "cycles_per_step": self.cycles,
-                "roofline_cycles_per_step": self.roofline_cycles, "kv_cache_bytes": 0,
-                "stopped_at_eos": self.stopped_at_eos, "emulate_s": self.emulate_s,
-                "onnxruntime_tokens": self.reference_tokens,
-                "identical_to_onnxruntime": (None if self.reference_tokens is None
-                                             else self.reference_tokens == self.tokens)}
+        r = {"mode": self.mode, "prompt": self.prompt, "tokens": self.tokens, "context": self.context,
+             "ttft_us": self.ttft_us, "decode_us_per_token": self.step_us,
+             "tokens_per_s": 1e6 / self.step_us if self.cycles else 0.0, "cycles_per_step": self.cycles,
+             "roofline_cycles_per_step": self.roofline_cycles, "kv_cache_bytes": self.kv_cache_bytes,
+             "stopped_at_eos": self.stopped_at_eos, "emulate_s": self.emulate_s,
+             "onnxruntime_tokens": self.reference_tokens,
+             "identical_to_onnxruntime": (None if self.reference_tokens is None
+                                          else self.reference_tokens == self.tokens)}
+        if self.mode == "kv-cache":
+            r.update({"prefill_cycles": self.prefill_cycles, "prefill_tokens": self.prefill_chunk,
+                      "kv_cache_where": self.kv_cache_where, "decode_roofline": self.decode_roofline})
+        return r
 
 
 def generate(compiled: Any, model: "str | Path", prompt: list[int], max_new_tokens: int,

@@ -116,12 +116,13 @@ class Compiled(_Figures):
         """What the roofline bound is made of (``Roofline.parts``)."""
         return self.roofline.parts
 
-    def reference(self, feeds: "dict[str, Any]") -> "dict[str, Any]":
+    def reference(self, feeds: "dict[str, Any]", resident: "dict[str, Any] | None" = None) -> "dict[str, Any]":
         """The outputs the program must compute, bit for bit: the compiler's op-level evaluation
-        (``lpuc.reference``) of its primitives on ``feeds`` (checked model inputs)."""
+        (``lpuc.reference``) of its primitives on ``feeds`` (checked model inputs); ``resident``: the
+        state before the run, by name, updated in place (``run_reference``)."""
         from lpuc.reference import run_reference
 
-        return run_reference(self.prims, feeds, self.chip.lanes)
+        return run_reference(self.prims, feeds, self.chip.lanes, resident)
 
 
 def dump_graph(g: Graph) -> str:
@@ -165,7 +166,7 @@ def compile_model(path: "str | Path | onnx.ModelProto", chip: ChipConfig, precis
         return result
 
     g = step("import", lambda: import_onnx(path, input_shapes), dump_graph)
-    g = step("fold", lambda: fold_constants(g), dump_graph)
+    g = step("fold", lambda: fold_constants(g, empty_ok=kv is not None), dump_graph)
     layout = step("kv_cache", lambda: kv_cache(g, kv) if kv is not None else None, lambda r: dump_graph(g))
     check_weights_fit(g, chip, precision)  # a model far too big is refused before the expensive passes
     pg = step("lower", lambda: lower(g, chip, precision), lambda r: r.dump())

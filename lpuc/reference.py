@@ -22,16 +22,24 @@ def evaluate_prim(p: Prim, vals: dict[int, np.ndarray], lanes: int) -> np.ndarra
     return prim_kind(p.kind).evaluate(p, vals, lanes)
 
 
-def run_reference(pg: PrimGraph, inputs: dict[str, np.ndarray], lanes: int) -> dict[str, np.ndarray]:
-    """Evaluate the whole graph; inputs are host arrays (converted to chip dtypes here)."""
+def run_reference(pg: PrimGraph, inputs: dict[str, np.ndarray], lanes: int,
+                  resident: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Evaluate the whole graph; inputs are host arrays (converted to chip dtypes here). ``resident``:
+    the resident tensors' contents before the run (by name, in the chip dtype; zeros where missing),
+    updated in place to their contents after it, as the chip keeps them for the next run."""
     vals: dict[int, np.ndarray] = {}
     for t in pg.tensors:
         if t.const is not None:
             vals[t.id] = t.const
     for t in pg.inputs:
         vals[t.id] = np.asarray(inputs[t.name]).astype(t.dt.np).reshape(t.shape)
+    state = resident if resident is not None else {}
+    for t in pg.resident:
+        vals[t.id] = np.asarray(state.get(t.name, np.zeros(t.shape, t.dt.np))).reshape(t.shape)
     for p in pg.prims:
         vals[p.out.id] = evaluate_prim(p, vals, lanes)
+    for t in pg.resident:
+        state[t.name] = vals[t.id]
     out = {}
     for t in pg.outputs:
         v = vals[t.id].reshape(t.shape)

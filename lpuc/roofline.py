@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from isa.config import ChipConfig
 from lpuc.kinds import task_kind
 from lpuc.tasks import TaskGraph
@@ -88,3 +90,31 @@ def _critical_path(tg: TaskGraph, sched) -> int:
         est[t.id] = s
         longest = max(longest, min(sj + tpl.end for sj, tpl in zip(s, tpls)))
     return longest
+
+
+def decode_roofline(compiled) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    """The bound on one decode step (``lpuc generate`` with a KV cache): the larger of
+
+    * ``install``: every byte the step installs into the MXM as weights -- each weight matrix, and the
+      KV cache where attention installs it -- over the install bandwidth the ISA allows on all planes at
+      once, ``planes x streams_per_direction x lanes`` bytes a cycle (an IW taking g = streams / width
+      stream groups of its dtype's width every cycle);
+    * ``critical_path``: the longest chain of dependent tasks of one token at their minimum latency
+      (``Roofline.parts``).
+
+    A step at batch 1 is bound by streaming weights, not by multiplying: ``mxm`` is not part of it."""
+    chip = compiled.chip
+    seen: set[int] = set()
+    weight_bytes = 0
+    for t in compiled.tasks.tasks:
+        for st in t.attrs.get("steps", []) if t.kind == "chain" else []:
+            for a in st["ws"]:
+                x = a.tensor
+                if x.id not in seen:
+                    seen.add(x.id)
+                    weight_bytes += int(np.prod(x.shape)) * x.dt.width
+    planes = len(chip.slices_of("MXM"))
+    bandwidth = planes * chip.streams * chip.lanes
+    parts = {"install": _cdiv(weight_bytes, bandwidth), "critical_path": int(compiled.roofline.parts["critical_path"])}
+    return {"weight_bytes": weight_bytes, "install_bytes_per_cycle": bandwidth, **parts,
+            "cycles": max(parts.values()), "bound_by": max(parts, key=parts.get)}

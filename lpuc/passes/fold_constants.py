@@ -82,7 +82,10 @@ def _evaluate(node: Node, g: Graph) -> list[np.ndarray]:
                        f"and in onnx's reference evaluator ({errors[1]})")
 
 
-def fold_constants(g: Graph) -> Graph:
+def fold_constants(g: Graph, empty_ok: bool = False) -> Graph:
+    """Fold what is known at compile time (onnxruntime evaluates the nodes), drop dead code; every
+    value left must have a static shape, and (unless ``empty_ok``: a KV-cache export's empty past,
+    which ``lpuc.passes.kv_cache`` removes next) no empty dimension."""
     for node in list(g.topo()):
         outs = [o for o in node.outputs if o]
         if node.op == "Constant":
@@ -130,7 +133,7 @@ def fold_constants(g: Graph) -> Graph:
         if v.shape is None:
             raise CompileError(f"value '{v.name}': its shape depends on data computed on the chip; "
                                f"lpuc needs static shapes")
-        if v.const is None and 0 in v.shape:
+        if v.const is None and 0 in v.shape and not empty_ok:
             raise CompileError(f"value '{v.name}' has an empty dimension {list(v.shape)}; empty tensors "
                                f"are not supported on the chip")
     return g

@@ -103,7 +103,7 @@ def _unfuse_projections(pg: PrimGraph, chip: ChipConfig) -> None:
     L = chip.lanes
     producer = {p.out.id: p for p in pg.prims}
     readers = pg.readers()
-    outputs = {t.id for t in pg.outputs}
+    outputs = {t.id for t in pg.outputs + pg.resident}
     replace: dict[int, list[Prim]] = {}  # id() of a slice prim -> the prims computing it directly
     for y_id, rs in readers.items():
         if y_id in outputs or not rs or any(_column_slice(r) is None for r in rs):
@@ -167,7 +167,7 @@ def heads(pg: PrimGraph, chip: ChipConfig) -> PrimGraph:
     _unfuse_projections(pg, chip)
     producer = {p.out.id: p for p in pg.prims}
     readers = pg.readers()
-    outputs = {t.id for t in pg.outputs}
+    outputs = {t.id for t in pg.outputs + pg.resident}
     converted: dict[tuple[int, str], Tensor] = {}
     new_prims: list[Prim] = []
     summed: set[int] = set()  # merged PV results written by the sum of two head groups' products
@@ -255,7 +255,7 @@ def heads(pg: PrimGraph, chip: ChipConfig) -> PrimGraph:
     made = {p.out.id for p in new_prims if p.kind == "mmheads"} | summed
     order = [p for p in new_prims if p.kind == "mmheads" or p.out.id not in made
              or (p.out.id in summed and producer.get(p.out.id) is p)]
-    live = {t.id for t in pg.outputs}
+    live = {t.id for t in pg.outputs + pg.resident}
     keep = []
     for p in reversed(order):
         if p.out.id in live:

@@ -253,7 +253,7 @@ def vxm_runs(pg: PrimGraph, chip: ChipConfig) -> dict[int, list[Prim]]:
     reads it once, has the same shape, and the run's operand and result streams fit the chip's
     streams of one direction. The run is tiled where its last op stands, when all operands exist."""
     readers = pg.readers()
-    outputs = {t.id for t in pg.outputs}
+    outputs = {t.id for t in pg.outputs + pg.resident}
     runs: dict[int, list[Prim]] = {}
     run_of: dict[int, list[Prim]] = {}
     for q in pg.prims:
