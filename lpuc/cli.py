@@ -538,9 +538,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     else:
         prompt = _int_list(args.prompt_ids, "--prompt-ids")
     _check_outputs([("--trace", args.trace)], [args.model])
+    if args.max_context is not None and args.max_context < 1:
+        raise UsageError("--max-context: give a number of tokens, 1 or more")
+    from lpuc.generate_kv import has_kv_cache
+
+    if has_kv_cache(args.model):
+        return _generate_kv(args, prompt, tok, Sampler(args.temperature, args.top_k, args.top_p, args.seed))
     if args.max_context is not None:
-        if args.max_context < 1:
-            raise UsageError("--max-context: give a number of tokens, 1 or more")
         # a dynamic sequence axis takes the context; a fixed one must be it
         args.input_shape = (args.input_shape or []) + [f"{n}=1x{args.max_context}" for n in _dynamic_seq(args.model)]
     sampler = Sampler(args.temperature, args.top_k, args.top_p, args.seed)
@@ -577,6 +581,61 @@ def cmd_generate(args: argparse.Namespace) -> int:
     print(f"per token          {r['decode_us_per_token']:.1f} us, {r['tokens_per_s']:,.0f} tokens/s "
           f"(roofline bound {gen.roofline_cycles:,} cycles a step)")
     print(f"KV cache           0 bytes (recompute mode)")
+    print(f"emulated in        {gen.emulate_s:.2f} s for {len(gen.tokens)} step(s)")
+    return 0 if gen.reference_tokens in (None, gen.tokens) else 1
+
+
+def _generate_kv(args: argparse.Namespace, prompt: list[int], tok, sampler) -> int:
+    """``lpuc generate`` on an export with a KV cache: prefill and decode programs sharing the resident
+    cache (``lpuc.generate_kv``)."""
+    from isa.config import load_chip
+    from lpuc.generate_kv import compile_steps, generate_kv
+
+    if _chips(args) != 1 or args.system:
+        raise UsageError("KV-cache generation runs on one chip so far; give --chips 1")
+    if args.dump_after:
+        raise UsageError("--dump-after: compile one step program with lpuc compile to read its passes")
+    if args.input_shape:
+        raise UsageError("--input-shape: a KV-cache export's shapes follow from --max-context and the prompt")
+    if args.max_context is not None and len(prompt) > args.max_context:
+        raise UsageError(f"the prompt has {len(prompt)} tokens, more than --max-context {args.max_context}")
+    context = args.max_context or -(-(len(prompt) + args.max_new_tokens) // 16) * 16
+    with _Progress() as progress:
+        step = progress.compile_step if progress.enabled else None
+        steps = compile_steps(args.model, load_chip(args.chip), args.precision, context, len(prompt),
+                              args.scheduler, progress=step)
+        progress.set(f"generating {args.max_new_tokens} tokens")
+        gen = generate_kv(steps, args.model, prompt, args.max_new_tokens, sampler, args.eos,
+                          check=not args.no_check, trace=bool(args.trace))
+        if args.trace:
+            text = json.dumps(gen.trace)
+            _write_all([(args.trace, lambda p: p.write_text(text))])
+    r = gen.report()
+    if tok is not None:
+        r["text"] = tok.decode(gen.tokens)
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return 0 if r["identical_to_onnxruntime"] is not False else 1
+    clock = steps.decode.chip.clock_mhz
+    b = gen.decode_roofline or {}
+    print(_summary(steps.decode))
+    print(f"mode               KV cache: prefill program ({steps.chunk} tokens, compiled in "
+          f"{steps.prefill.seconds:.1f} s) and decode program (1 token at a run-time position < {gen.context})")
+    print(f"prompt             {', '.join(map(str, gen.prompt))}")
+    print(f"tokens             {', '.join(map(str, gen.tokens))}" + ("  (stopped at --eos)" if gen.stopped_at_eos else ""))
+    if tok is not None:
+        print(f"text               {r['text']!r}")
+    if gen.reference_tokens is not None:
+        same = gen.reference_tokens == gen.tokens
+        print(f"onnxruntime        {'identical' if same else 'DIFFERENT: ' + ', '.join(map(str, gen.reference_tokens))} "
+              f"(its greedy loop over the export, present fed back as past)")
+    print(f"time to 1st token  {gen.ttft_us:.1f} us  (prefill: {gen.prefill_cycles:,} cycles at {clock:g} MHz)")
+    print(f"per token          {gen.step_us:.1f} us, {r['tokens_per_s']:,.0f} tokens/s ({gen.cycles:,} cycles a decode step)")
+    print(f"decode roofline    {b.get('cycles', 0):,} cycles, bound by {b.get('bound_by', '')}: weights "
+          f"{b.get('weight_bytes', 0):,} bytes / {b.get('install_bytes_per_cycle', 0):,} bytes a cycle = "
+          f"{b.get('install', 0):,}; critical path {b.get('critical_path', 0):,}; decode / roofline = "
+          f"{gen.cycles / max(b.get('cycles', 1), 1):.2f}")
+    print(f"KV cache           {gen.kv_cache_bytes:,} bytes, {gen.kv_cache_where}")
     print(f"emulated in        {gen.emulate_s:.2f} s for {len(gen.tokens)} step(s)")
     return 0 if gen.reference_tokens in (None, gen.tokens) else 1
 

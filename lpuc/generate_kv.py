@@ -105,6 +105,11 @@ def compile_steps(model: "str | Path", chip: Any, precision: str, context: int, 
     pre = KVStep(context, chunk, True)
     prefill = compile_model(model, chip, precision, scheduler, input_shapes=step_shapes(decl, pre), kv=pre,
                             pinned=pinned, progress=progress)
+    for c, S in ((decode, 1), (prefill, chunk)):
+        shape = tuple(c.graph.values["logits"].shape)
+        if len(shape) != 3 or shape[:2] != (1, S):
+            raise GenerateError(f"the export's logits have shape {list(shape)} for {S} tokens; generation "
+                                f"takes [1, tokens, vocab]")
     got = {t.name: list(t.planes) for t in prefill.prims.resident}
     if got != pinned:
         raise AssertionError("the prefill program's cache does not lie where the decode program's does")

@@ -241,7 +241,10 @@ def KVAppend(lw: Lowering, node: Node) -> None:
     rows = lw.tensor(rows_name)
     cache = lw.env.get(name)
     if cache is None:
-        cache = lw.pg.tensor(name, rows.dtype, lw.shape(name), role="resident")
+        # in the MXM's dtype: attention installs the cache as weights, and half the bytes (fp16) halve
+        # its SRAM and install time
+        dtype = lw.mxm_dtype if rows.dtype in ("f32", "f16", "bf16") else rows.dtype
+        cache = lw.pg.tensor(name, dtype, lw.shape(name), role="resident")
         lw.pg.resident.append(cache)
         lw.env[name] = cache
     if rows.dtype != cache.dtype:
