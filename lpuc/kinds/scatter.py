@@ -1,7 +1,7 @@
 """KV-cache appends: the ``kv_append`` primitive and ``scatter`` task kind (MEM SCATTER of new rows into
 a resident cache at rows a run-time index vector selects).
 
-A cache is a resident tensor ``[L, E]``: row r holds the keys (or values) of token position r, the
+A cache is a resident tensor ``[1, L, E]``: row r holds the keys (or values) of token position r, the
 heads side by side in lanes (``lpuc.passes.kv_cache``). A step appends S new rows at positions
 ``idx[0..S-1]`` (data: ``position_ids``), so one program serves every position; rows the step does not
 append keep what earlier runs stored.
@@ -26,14 +26,15 @@ if TYPE_CHECKING:
 
 @register_prim_kind
 class KVAppendPrim(PrimKind):
-    """``out = cache`` with ``out[idx[i]] = rows[i]`` for ``i < S`` and ``0 <= idx[i] < L`` (later i wins):
-    ``ins = [cache [L, E], rows [S, E], idx [S] i32]``; ``out`` *is* the cache tensor (stored in place)."""
+    """``out = cache`` with ``out[idx[i]] = rows[i]`` for ``i < S`` and ``0 <= idx[i] < L`` (later i wins), over
+    the rows of the tensors (all dimensions but the last): ``ins = [cache [.., L, E], rows [.., S, E], idx [S]
+    i32]``; ``out`` *is* the cache tensor (stored in place)."""
 
     name = "kv_append"
 
     def tile(self, tiler: Tiler, p: Prim) -> None:
         cache, rows, idx = p.ins
-        L, S = cache.shape[0], rows.rows
+        L, S = cache.rows, rows.rows
         C = cache.chunks(tiler.L)
         if S > tiler.L:
             raise CompileError(f"{p.node}: {S} new cache rows in one step exceed the {tiler.L} lanes of one "
@@ -44,7 +45,7 @@ class KVAppendPrim(PrimKind):
 
     def evaluate(self, p: Prim, vals: dict[int, np.ndarray], lanes: int) -> np.ndarray:
         cache, rows, idx = (vals[t.id] for t in p.ins)  # type: ignore[union-attr]
-        out = np.array(cache).reshape(p.out.shape[0], -1)
+        out = np.array(cache).reshape(-1, p.out.shape[-1])
         new = np.asarray(rows).reshape(-1, out.shape[1])
         for i, r in enumerate(np.asarray(idx).astype(np.int64).reshape(-1)):
             if 0 <= r < len(out):

@@ -234,11 +234,11 @@ for _name in ("Constant", "ConstantOfShape", "Range", "Shape", "Size"):  # folde
 
 
 def KVAppend(lw: Lowering, node: Node) -> None:
-    """lpuc.KVAppend(cache [L, E], rows [S, E], positions [S]) -> cache with ``cache[positions[i]] = rows[i]``
+    """lpuc.KVAppend(cache [1, L, E], rows [1, S, E], positions [S]) -> cache with ``cache[positions[i]] = rows[i]``
     (``lpuc.passes.kv_cache``): the cache is resident state, made here in the rows' chip dtype and
     stored in place (MEM SCATTER: ``lpuc.kinds.scatter``)."""
     name, rows_name, pos_name = node.inputs
-    rows = lw.tensor(rows_name)
+    rows = _unmoved(lw, lw.tensor(rows_name))
     cache = lw.env.get(name)
     if cache is None:
         # in the MXM's dtype: attention installs the cache as weights, and half the bytes (fp16) halve
@@ -257,3 +257,28 @@ def KVAppend(lw: Lowering, node: Node) -> None:
 
 
 OPS["lpuc.KVAppend"] = KVAppend
+
+
+def _unmoved(lw: Lowering, t: Tensor) -> Tensor:
+    """t, or a view of the nearest tensor it was moved from whose elements the moves give back in
+    their own order (the new keys split into heads and merged again, ``lpuc.passes.kv_cache``): then
+    nothing is moved at all."""
+    from lpuc.passes.heads import MOVES, _element_map
+
+    producer = {p.out.id: p for p in lw.pg.prims}
+    emap = np.arange(int(np.prod(t.shape)), dtype=np.int64)
+    cur, best = t, t
+    while True:
+        p = producer.get(cur.id)
+        if p is None or p.kind not in MOVES or p.kind == "convert" or len(p.ins) != 1 \
+                or not isinstance(p.ins[0], Tensor):
+            break
+        m = _element_map(p)
+        if (m < 0).any():
+            break
+        emap = m[emap]
+        cur = p.ins[0]
+        if cur.shape[-1] == t.shape[-1] and len(emap) == int(np.prod(cur.shape)) \
+                and np.array_equal(emap, np.arange(len(emap))):
+            best = cur
+    return t if best is t else lw.view(best, t.shape)

@@ -5,7 +5,7 @@ Exports with a cache (optimum's decoder-with-past convention, torch.onnx TorchSc
 ``past_key_values.{i}.key/value`` [1, H, P, D]; each layer concatenates its past with the step's new
 keys (values) along axis 2 (``present.{i}.key`` = Concat(past, new)), attends over that, and returns
 it. The host would send the whole cache in and take it out every step. Here the cache is *resident*
-instead: one tensor ``[L, H*D]`` per layer and kind (row r = token position r, the heads side by side
+instead: one tensor ``[1, L, H*D]`` per layer and kind (row r = token position r, the heads side by side
 in lanes, as attention reads them), kept on the chip from one run to the next, and a step appends its
 S new rows in place at rows ``position_ids`` (``lpuc.KVAppend``, MEM SCATTER: ``lpuc.kinds.scatter``).
 The position is data, so one program serves every position up to L (``--max-context``).
@@ -64,7 +64,7 @@ class KVStep:
 
 @dataclass
 class Cache:
-    """One resident cache: ``name`` [context, heads * head_dim], from model input ``source``."""
+    """One resident cache: ``name`` [1, context, heads * head_dim], from model input ``source``."""
 
     name: str
     source: str
@@ -164,13 +164,13 @@ def _rewrite_cache(g: Graph, src: str, layer: int, kind: str, step: KVStep, pos:
     g.outputs = [o for o in g.outputs if o != view]
     # the output's name (present.i.key) is the resident cache's: it holds every position's row
     name = present if present.startswith("present") else f"{src}.cache"
-    g.values[name] = Value(name, (L, E), dtype)
+    g.values[name] = Value(name, (1, L, E), dtype)  # (batch 1, as the attention's other operand has it)
     rows_t = g.add_value(Value(f"{p}/rows_t", (1, S, H, D), dtype))
     g.add_node(Node(f"{p}/rows_t", "Transpose", [new], [rows_t.name], {"perm": [0, 2, 1, 3]}))
-    rows = g.add_value(Value(f"{p}/rows", (S, E), dtype))
-    g.add_node(Node(f"{p}/rows", "Reshape", [rows_t.name, _const(g, f"{p}/rows_shape", np.array([S, E])).name],
+    rows = g.add_value(Value(f"{p}/rows", (1, S, E), dtype))
+    g.add_node(Node(f"{p}/rows", "Reshape", [rows_t.name, _const(g, f"{p}/rows_shape", np.array([1, S, E])).name],
                     [rows.name]))
-    after = g.add_value(Value(f"{p}/appended", (L, E), dtype))
+    after = g.add_value(Value(f"{p}/appended", (1, L, E), dtype))
     g.add_node(Node(f"{p}/append", "KVAppend", [name, rows.name, pos], [after.name], domain="lpuc"))
     if not step.prefill:
         heads = g.add_value(Value(f"{p}/heads", (1, L, H, D), dtype))
