@@ -140,9 +140,36 @@ def kv_cache(g: Graph, step: KVStep) -> KVLayout:
         v.const = np.arange(S, dtype=v.dtype).reshape(v.shape)
         g.inputs.remove("position_ids")
     else:
-        _tabulate(g, L)
+        if S > 1:
+            _causal_on_chip(g, step)
+        _tabulate(g, step)
     fold_constants(g)
     return layout
+
+
+def _causal_on_chip(g: Graph, step: KVStep) -> None:
+    """A chunk of S > 1 tokens at a run-time position (speculative verification): the export's causal
+    mask, folded to a constant ``[.., S, L]`` with ``allowed[i, r] = (r <= P + i)`` for the static
+    P = L - S, becomes ``allowed[i, r] = (r <= position_ids[i])``, computed on the chip."""
+    S, L, P = step.chunk, step.context, step.past
+    tri = np.arange(L)[None, :] <= (P + np.arange(S))[:, None]
+    found = [v for v in g.values.values() if v.const is not None and v.const.dtype == np.bool_
+             and v.const.ndim >= 2 and v.const.shape[-2:] == (S, L) and int(np.prod(v.const.shape)) == S * L
+             and np.array_equal(v.const.reshape(S, L), tri) and g.consumers(v.name)]
+    if not found:
+        raise KVCacheError(f"the export's causal mask over {S} new tokens is not a constant lpuc recognises "
+                           f"(r <= past + i); a chunk at a run-time position needs it")
+    iota = _const(g, "kv/causal_iota", np.arange(L, dtype=np.int64)[None])
+    col = g.add_value(Value("kv/causal_pos", (S, 1), np.dtype(np.int64)))
+    g.add_node(Node("kv/causal_pos", "Reshape", ["position_ids", _const(g, "kv/causal_shape", np.array([S, 1])).name],
+                    [col.name]))
+    allowed = g.add_value(Value("kv/causal", (S, L), np.dtype(np.bool_)))
+    g.add_node(Node("kv/causal", "LessOrEqual", [iota.name, col.name], [allowed.name]))
+    for k, v in enumerate(found):
+        shaped = g.add_value(Value(f"kv/causal/{k}", v.shape, np.dtype(np.bool_)))
+        g.add_node(Node(f"kv/causal/{k}", "Reshape", [allowed.name, _const(g, f"kv/causal/{k}/shape",
+                                                                            np.array(v.shape)).name], [shaped.name]))
+        g.replace_uses(v.name, shaped.name)
 
 
 def _const(g: Graph, name: str, value: np.ndarray) -> Value:
@@ -224,14 +251,16 @@ def _mask_on_chip(g: Graph, mask: str, step: KVStep) -> None:
     g.inputs = [n for n in g.inputs if n != mask]
 
 
-def _tabulate(g: Graph, L: int) -> None:
-    """Values computed from the position alone by ops the chip lacks (RoPE's Cos and Sin of
-    ``position_ids * inv_freq``) become table lookups: the position is one of L, so onnxruntime
-    evaluates the value for each (``T[p]``, exactly the numbers the export computes) and the chip
-    GATHERs row ``position_ids`` of T. A decode step has one position (S = 1)."""
+def _tabulate(g: Graph, step: KVStep) -> None:
+    """Values computed from the positions alone by ops the chip lacks (RoPE's Cos and Sin of
+    ``position_ids * inv_freq``) become table lookups: a position is one of L, so onnxruntime evaluates
+    the value at every position (``T[p]``, exactly the numbers the export computes) and the chip
+    GATHERs rows ``position_ids`` of T. With S > 1 new tokens a value's token axis is its axis of size
+    S, and each token's slice must depend on its own position alone (checked)."""
     from lpuc.ops.onnx_ops import OPS
 
-    only = {"position_ids"}  # values that depend on the position and constants alone
+    S, L = step.chunk, step.context
+    only = {"position_ids"}  # values that depend on the positions and constants alone
     for node in g.topo():
         ins = [i for i in node.inputs if i]
         if any(i in only for i in ins) and all(i in only or g.is_const(i) for i in ins):
@@ -240,22 +269,35 @@ def _tabulate(g: Graph, L: int) -> None:
         out = node.outputs[0]
         if node.domain not in ("", "ai.onnx") or node.op in OPS or out not in only:
             continue
+        v = g.values[out]
+        axes = [a for a, d in enumerate(v.shape) if d == S] if S > 1 else [0]
+        if len(axes) != 1:
+            raise KVCacheError(f"value '{out}' ({node.op}) depends on the positions alone, but its token axis "
+                               f"is not clear from its shape {list(v.shape)}")
+        ax = axes[0]
         ancestors = nx.ancestors(g.nx, node.name) | {node.name}
         nodes = [n for n in ancestors if all(o in only for o in g.nodes[n].outputs if o)]
-        sub = g.subgraph(nodes, ["position_ids"], [out])
-        model = sub.to_onnx()
-        dt = g.values["position_ids"].dtype
-        shape = g.values["position_ids"].shape
-        rows = [_run_onnxruntime(model, {"position_ids": np.full(shape, p, dt)})[0] for p in range(L)]
-        width = int(np.prod(rows[0].shape))
-        table = _const(g, f"kv/table/{out}", np.stack(rows).reshape(L, width))
-        flat = g.add_value(Value(f"kv/table/{out}/pos", (1,), dt))
+        model = g.subgraph(nodes, ["position_ids"], [out]).to_onnx()
+        pv = g.values["position_ids"]
+        rows = []
+        for p in range(L):
+            r = _run_onnxruntime(model, {"position_ids": np.full(pv.shape, p, pv.dtype)})[0]
+            first = np.take(r, [0], axis=ax)
+            if S > 1 and not np.array_equal(np.broadcast_to(first, r.shape), r):
+                raise KVCacheError(f"value '{out}' ({node.op}) is not computed token by token from the positions")
+            rows.append(first.reshape(-1))
+        width = len(rows[0])
+        table = _const(g, f"kv/table/{out}", np.stack(rows))
+        flat = g.add_value(Value(f"kv/table/{out}/pos", (S,), pv.dtype))
         g.add_node(Node(f"kv/table/{out}/pos", "Reshape", ["position_ids", _const(
-            g, f"kv/table/{out}/pos_shape", np.array([1])).name], [flat.name]))
-        got = g.add_value(Value(f"kv/table/{out}/row", (1, width), table.dtype))
-        g.add_node(Node(f"kv/table/{out}/row", "Gather", [table.name, flat.name], [got.name], {"axis": 0}))
-        v = g.values[out]
+            g, f"kv/table/{out}/pos_shape", np.array([S])).name], [flat.name]))
+        got = g.add_value(Value(f"kv/table/{out}/rows", (S, width), table.dtype))
+        g.add_node(Node(f"kv/table/{out}/rows", "Gather", [table.name, flat.name], [got.name], {"axis": 0}))
+        rest = [d for a, d in enumerate(v.shape) if a != ax]
+        split = g.add_value(Value(f"kv/table/{out}/split", (S, *rest), v.dtype))
+        g.add_node(Node(f"kv/table/{out}/split", "Reshape", [got.name, _const(
+            g, f"kv/table/{out}/split_shape", np.array([S, *rest])).name], [split.name]))
+        perm = list(range(1, ax + 1)) + [0] + list(range(ax + 1, len(v.shape)))
         look = g.add_value(Value(f"kv/table/{out}/value", v.shape, v.dtype))
-        g.add_node(Node(f"kv/table/{out}/value", "Reshape", [got.name, _const(
-            g, f"kv/table/{out}/shape", np.array(v.shape)).name], [look.name]))
+        g.add_node(Node(f"kv/table/{out}/value", "Transpose", [split.name], [look.name], {"perm": perm}))
         g.replace_uses(out, look.name)
