@@ -542,8 +542,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise UsageError("--max-context: give a number of tokens, 1 or more")
     from lpuc.generate_kv import has_kv_cache
 
+    if args.speculate is not None and not args.draft:
+        raise UsageError("--speculate K needs --draft draft.onnx (the model that proposes the tokens)")
+    if args.draft:
+        _check_input(args.draft, "the draft's .onnx model file in it")
     if has_kv_cache(args.model):
         return _generate_kv(args, prompt, tok, Sampler(args.temperature, args.top_k, args.top_p, args.seed))
+    if args.draft:
+        raise UsageError(f"--draft: speculative decoding runs on exports with a KV cache; {args.model} has none "
+                         f"(export it with past_key_values, as optimum does)")
     if args.max_context is not None:
         # a dynamic sequence axis takes the context; a fixed one must be it
         args.input_shape = (args.input_shape or []) + [f"{n}=1x{args.max_context}" for n in _dynamic_seq(args.model)]
@@ -589,7 +596,7 @@ def _generate_kv(args: argparse.Namespace, prompt: list[int], tok, sampler) -> i
     """``lpuc generate`` on an export with a KV cache: prefill and decode programs sharing the resident
     cache (``lpuc.generate_kv``)."""
     from isa.config import load_chip
-    from lpuc.generate_kv import compile_steps, generate_kv
+    from lpuc.generate_kv import compile_steps, generate_kv, has_kv_cache
 
     if _chips(args) != 1 or args.system:
         raise UsageError("KV-cache generation runs on one chip so far; give --chips 1")
@@ -599,18 +606,42 @@ def _generate_kv(args: argparse.Namespace, prompt: list[int], tok, sampler) -> i
         raise UsageError("--input-shape: a KV-cache export's shapes follow from --max-context and the prompt")
     if args.max_context is not None and len(prompt) > args.max_context:
         raise UsageError(f"the prompt has {len(prompt)} tokens, more than --max-context {args.max_context}")
-    context = args.max_context or -(-(len(prompt) + args.max_new_tokens) // 16) * 16
+    k = args.speculate if args.draft else 0
+    if args.draft:
+        if not has_kv_cache(args.draft):
+            raise UsageError(f"--draft {args.draft}: the draft needs a KV cache too (past_key_values inputs)")
+        if k is None or k < 1:
+            raise UsageError("--draft needs --speculate K, the tokens the draft proposes a round (1 or more)")
+        if sampler.temperature != 0:
+            raise UsageError("--draft: speculative decoding here is greedy; leave --temperature at 0")
+    context = args.max_context or -(-(len(prompt) + args.max_new_tokens + k) // 16) * 16
+    spec = None
     with _Progress() as progress:
         step = progress.compile_step if progress.enabled else None
         steps = compile_steps(args.model, load_chip(args.chip), args.precision, context, len(prompt),
                               args.scheduler, progress=step)
         progress.set(f"generating {args.max_new_tokens} tokens")
-        gen = generate_kv(steps, args.model, prompt, args.max_new_tokens, sampler, args.eos,
-                          check=not args.no_check, trace=bool(args.trace))
+        if args.draft:
+            from lpuc.speculate import compile_verify, speculate
+
+            verify = compile_verify(args.model, steps, k, args.scheduler, progress=step)
+            draft = compile_steps(args.draft, load_chip(args.chip), args.precision, context, len(prompt),
+                                  args.scheduler, progress=step)
+            if draft.vocab != steps.vocab:
+                raise UsageError(f"--draft {args.draft}: its vocabulary has {draft.vocab} tokens, the target's "
+                                 f"{steps.vocab}; a draft must share the target's tokenizer")
+            progress.set(f"generating {args.max_new_tokens} tokens, {k} proposed a round")
+            gen, spec = speculate(steps, verify, draft, args.model, prompt, args.max_new_tokens, k, args.eos,
+                                  check=not args.no_check)
+        else:
+            gen = generate_kv(steps, args.model, prompt, args.max_new_tokens, sampler, args.eos,
+                              check=not args.no_check, trace=bool(args.trace))
         if args.trace:
             text = json.dumps(gen.trace)
             _write_all([(args.trace, lambda p: p.write_text(text))])
     r = gen.report()
+    if spec is not None:
+        r["speculative"] = spec.report()
     if tok is not None:
         r["text"] = tok.decode(gen.tokens)
     if args.json:
@@ -636,6 +667,15 @@ def _generate_kv(args: argparse.Namespace, prompt: list[int], tok, sampler) -> i
           f"{b.get('install', 0):,}; critical path {b.get('critical_path', 0):,}; decode / roofline = "
           f"{gen.cycles / max(b.get('cycles', 1), 1):.2f}")
     print(f"KV cache           {gen.kv_cache_bytes:,} bytes, {gen.kv_cache_where}")
+    if spec is not None:
+        s = spec.report()
+        print(f"speculative        draft {args.draft} on its own chip proposes {k} a round: acceptance "
+              f"{s['acceptance']:.2f} ({s['accepted']} of {s['proposed']}), {s['tokens_per_target_pass']:.2f} tokens "
+              f"a target pass (formula (1 - a^(k+1)) / (1 - a): {s['expected_tokens_per_pass']:.2f})")
+        print(f"                   {s['speculative_us_per_token']:.1f} us a token ({s['target_passes']} verify passes of "
+              f"{s['verify_cycles_per_pass']:,} cycles, {s['draft_steps']} draft steps of "
+              f"{s['draft_cycles_per_step']:,}) vs {s['plain_decode_us_per_token']:.1f} us plain: "
+              f"speed-up {s['speedup']:.2f}x")
     print(f"emulated in        {gen.emulate_s:.2f} s for {len(gen.tokens)} step(s)")
     return 0 if gen.reference_tokens in (None, gen.tokens) else 1
 
@@ -854,6 +894,9 @@ def build_parser() -> argparse.ArgumentParser:
     gp.add_argument("--top-p", type=float, default=1.0, help="sample from the most likely tokens up to this mass")
     gp.add_argument("--seed", type=int, default=0, help="seed of the sampling")
     gp.add_argument("--no-check", action="store_true", help="skip onnxruntime's greedy loop")
+    gp.add_argument("--draft", metavar="draft.onnx",
+                    help="speculative decoding: a smaller KV-cache export with the same vocabulary proposes tokens")
+    gp.add_argument("--speculate", type=int, metavar="K", help="tokens the draft proposes a round (with --draft)")
     gp.add_argument("--json", action="store_true", help="print one JSON object")
     gp.add_argument("--workers", default="auto", metavar="N|auto", help=WORKERS_HELP)
     gp.set_defaults(fn=cmd_generate)

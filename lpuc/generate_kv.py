@@ -33,9 +33,9 @@ from lpuc.passes.kv_cache import KVStep, cache_inputs, step_shapes
 
 def declared_inputs(model: "str | Path") -> dict[str, tuple]:
     """The export's inputs (not initializers) with their declared dims (ints, or names of dynamic ones)."""
-    from lpuc.passes.import_onnx import _dims, load_model
+    from lpuc.passes.import_onnx import _dims
 
-    m = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model), load_external_data=False)
+    m = _graph_only(model)
     inits = {i.name for i in m.graph.initializer}
     return {i.name: tuple(_dims(i)) for i in m.graph.input if i.name not in inits}
 
@@ -117,8 +117,22 @@ def compile_steps(model: "str | Path", chip: Any, precision: str, context: int, 
 
 
 def _outputs(model: "str | Path") -> list[str]:
-    m = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model), load_external_data=False)
-    return [o.name for o in m.graph.output]
+    return [o.name for o in _graph_only(model).graph.output]
+
+
+def _graph_only(model: "str | Path | onnx.ModelProto") -> onnx.ModelProto:
+    """The model without its external weights (its inputs and outputs are all that is asked here)."""
+    from lpuc.errors import CompileError
+
+    if isinstance(model, onnx.ModelProto):
+        return model
+    try:
+        m = onnx.load(str(model), load_external_data=False)
+    except Exception as e:  # (protobuf's own DecodeError types)
+        raise CompileError(f"{model}: not a valid ONNX model ({type(e).__name__}); export it again") from None
+    if not m.HasField("graph"):
+        raise CompileError(f"{model}: not a valid ONNX model (it holds no graph); export it again")
+    return m
 
 
 def generate_kv(steps: StepPrograms, model: "str | Path", prompt: list[int], max_new_tokens: int,
