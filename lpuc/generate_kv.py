@@ -183,11 +183,8 @@ def generate_kv(steps: StepPrograms, model: "str | Path", prompt: list[int], max
         new.append(sampler(r.outputs["logits"][0, -1]))
         stopped = eos is not None and new[-1] == eos
     emulate_s = time.perf_counter() - t0
-    events = None
-    if trace:
-        from emulator.trace import trace_events
-
-        events = trace_events(em_dec if len(new) > 1 else em_pre)
+    events = _trace([(em_pre, "prefill")] + [(em_dec, f"decode step {i}") for i in (1, 2) if i < len(new)]) \
+        if trace else None
     ref = reference_tokens_kv(model, prompt, len(new), eos) if check and sampler.temperature == 0 else None
     from lpuc.roofline import decode_roofline
 
@@ -196,6 +193,30 @@ def generate_kv(steps: StepPrograms, model: "str | Path", prompt: list[int], max
                       bound["cycles"], emulate_s, ref, stopped, mode="kv-cache", trace=events,
                       prefill_cycles=prefill_cycles, prefill_chunk=steps.chunk, kv_cache_bytes=steps.kv_cache_bytes,
                       kv_cache_where=steps.kv_cache_where(), decode_roofline=bound)
+
+
+def _trace(runs: list[tuple[Any, str]]) -> dict:
+    """One timeline of several runs one after the other (a program's timing is static, so each run's
+    events are its program's, moved to where the run starts), each run marked by a span on its own
+    row of chip 0."""
+    from emulator.trace import trace_events
+
+    events: list[dict] = []
+    t0 = 0.0
+    for k, (em, label) in enumerate(runs):
+        clock = em.chip.clock_mhz
+        for e in trace_events(em)["traceEvents"]:
+            if e["ph"] == "M" and k:
+                continue  # (the rows are named once)
+            if "ts" in e:
+                e = {**e, "ts": e["ts"] + t0}
+            events.append(e)
+        dur = em.cycles / clock
+        events.append({"ph": "X", "pid": 0, "tid": 999, "name": label, "cat": "step", "ts": t0, "dur": dur,
+                       "args": {"cycles": int(em.cycles)}})
+        t0 += dur
+    events.append({"ph": "M", "pid": 0, "tid": 999, "name": "thread_name", "args": {"name": "steps"}})
+    return {"traceEvents": events, "displayTimeUnit": "ns"}
 
 
 def _same(check: bool, outputs: dict[str, np.ndarray], compiled: Any, feeds: dict[str, np.ndarray],

@@ -140,10 +140,13 @@ def lpuc(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "lpuc", *args], capture_output=True, text=True, cwd=ROOT)
 
 
-def test_cli_generate_kv_json_and_bad_input():
+def test_cli_generate_kv_json_and_bad_input(tmp_path):
     model = str(KV / "gpt2_kv_torchscript.onnx")
-    r = lpuc("generate", model, "--prompt-ids", "5,17,42", "--max-new-tokens", "5", "--max-context", "16", "--json")
+    r = lpuc("generate", model, "--prompt-ids", "5,17,42", "--max-new-tokens", "5", "--max-context", "16", "--json",
+             "--trace", str(tmp_path / "t.json"))
     assert r.returncode == 0, r.stderr
+    steps = [e["name"] for e in json.loads((tmp_path / "t.json").read_text())["traceEvents"] if e.get("cat") == "step"]
+    assert steps == ["prefill", "decode step 1", "decode step 2"]  # a timeline of the first few steps
     doc = json.loads(r.stdout)
     assert doc["mode"] == "kv-cache" and len(doc["tokens"]) == 5 and doc["identical_to_onnxruntime"] is True
     assert {"ttft_us", "decode_us_per_token", "tokens_per_s", "kv_cache_bytes", "decode_roofline"} <= set(doc)
