@@ -47,6 +47,13 @@ class EvaluatePhase(EmulatorState):
         for t in self.prog.io("resident"):
             self._fill_host(t, self.resident[t.name])
 
+    def use_resident(self, resident: dict[tuple[int, str], np.ndarray] | None) -> None:
+        """Start the next run from these resident contents (by (chip, name); other chips' are ignored)."""
+        names = {t.name for t in self.prog.io("resident")}
+        for (_, name), v in (resident or {}).items():
+            if name in names:
+                self.resident[name] = v
+
     def _keep_resident(self) -> dict[tuple[int, str], np.ndarray]:
         """Read every resident tensor as the run left it (the next run starts from it); by (chip, name)."""
         for t in self.prog.io("resident"):
@@ -66,9 +73,13 @@ class EvaluatePhase(EmulatorState):
                 raise InputError(f"missing input '{t.name}' ({t.host_dtype or t.dtype} {list(t.shape)})")
             self._fill_host(t, host_to_chip(t, inputs[t.name]))
 
-    def run(self, inputs: dict[str, np.ndarray] | None = None, progress: bool | None = None) -> RunResult:
+    def run(self, inputs: dict[str, np.ndarray] | None = None, progress: bool | None = None,
+            resident: dict[tuple[int, str], np.ndarray] | None = None) -> RunResult:
+        """``resident``: resident tensors' contents before this run, by (chip, name), where another
+        program of the model left them in the same words (else what this emulator's last run left)."""
         if self.strict and self.hazards:
             raise HazardError(self.hazards[0], len(self.hazards) - 1)
+        self.use_resident(resident)
         with no_cyclic_gc():
             return self._run(inputs, progress)
 

@@ -195,8 +195,10 @@ def unit_setup(units: dict[int, ChipEmulator], c: int, program: "Program | tuple
     return {"hazards": list(em.hazards), "ends": [op.end for op in em.ops], "cycles": em.cycles}
 
 
-def unit_begin(units: dict[int, ChipEmulator], c: int, inputs: dict[str, np.ndarray]) -> None:
+def unit_begin(units: dict[int, ChipEmulator], c: int, inputs: dict[str, np.ndarray],
+               resident: dict[tuple[int, str], np.ndarray] | None = None) -> None:
     with no_cyclic_gc():
+        units[c].use_resident(resident)
         units[c].begin(inputs)
 
 
@@ -391,9 +393,11 @@ class SystemEmulator(ReportPhase):
             units.close()
 
     @no_cyclic_gc()
-    def run(self, inputs: dict[str, np.ndarray] | None = None, progress: bool | None = None) -> RunResult:
+    def run(self, inputs: dict[str, np.ndarray] | None = None, progress: bool | None = None,
+            resident: dict[tuple[int, str], np.ndarray] | None = None) -> RunResult:
         """Evaluate every chip; see the module docstring for the rounds. ``progress`` is accepted for
-        ``Emulator.run``'s interface (a round-based run has no per-instruction progress line)."""
+        ``Emulator.run``'s interface (a round-based run has no per-instruction progress line);
+        ``resident`` as there (each chip is sent its own)."""
         try:
             if self.strict and self.hazards:
                 raise HazardError(self.hazards[0], len(self.hazards) - 1)
@@ -404,8 +408,9 @@ class SystemEmulator(ReportPhase):
                 raise InputError(f"unknown input(s) {', '.join(extra)}; the program takes "
                                  f"{', '.join(sorted(names)) or 'no inputs'}")
             chips = list(self.per_chip)
+            mine = {c: {k: v for k, v in (resident or {}).items() if k[0] == c} for c in chips}
             self.units.call("begin", {c: ({t.name: inputs[t.name] for t in self.prog.io("input")
-                                           if t.chip == c and t.name in inputs},) for c in chips})
+                                           if t.chip == c and t.name in inputs}, mine[c] or None) for c in chips})
             received: dict[int, dict[SendKey, np.ndarray]] = {c: {} for c in chips}
             active = set(chips)
             while active:

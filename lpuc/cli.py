@@ -598,8 +598,18 @@ def _generate_kv(args: argparse.Namespace, prompt: list[int], tok, sampler) -> i
     from isa.config import load_chip
     from lpuc.generate_kv import compile_steps, generate_kv, has_kv_cache
 
-    if _chips(args) != 1 or args.system:
-        raise UsageError("KV-cache generation runs on one chip so far; give --chips 1")
+    system, chips = None, _chips(args)
+    if chips != 1 or args.system:
+        from isa.config import load_system
+        from lpuc.api import DEFAULT_SYSTEM
+
+        name = args.system or DEFAULT_SYSTEM.get(args.chip)
+        if name is None:
+            raise UsageError(f"--chip {args.chip}: give --system NAME|PATH for more than one chip")
+        system = load_system(name)
+        if args.parallel not in ("pp", "auto"):
+            raise UsageError(f"--parallel {args.parallel}: KV-cache generation splits a model over chips as a "
+                             f"pipeline (pp) so far")
     if args.dump_after:
         raise UsageError("--dump-after: compile one step program with lpuc compile to read its passes")
     if args.input_shape:
@@ -618,15 +628,16 @@ def _generate_kv(args: argparse.Namespace, prompt: list[int], tok, sampler) -> i
     spec = None
     with _Progress() as progress:
         step = progress.compile_step if progress.enabled else None
-        steps = compile_steps(args.model, load_chip(args.chip), args.precision, context, len(prompt),
-                              args.scheduler, progress=step)
+        chip = system.chip if system is not None else load_chip(args.chip)
+        steps = compile_steps(args.model, chip, args.precision, context, len(prompt), args.scheduler,
+                              progress=step, system=system, chips=chips)
         progress.set(f"generating {args.max_new_tokens} tokens")
         if args.draft:
             from lpuc.speculate import compile_verify, speculate
 
             verify = compile_verify(args.model, steps, k, args.scheduler, progress=step)
-            draft = compile_steps(args.draft, load_chip(args.chip), args.precision, context, len(prompt),
-                                  args.scheduler, progress=step)
+            draft = compile_steps(args.draft, chip, args.precision, context, len(prompt), args.scheduler,
+                                  progress=step, system=system, chips=chips)
             if draft.vocab != steps.vocab:
                 raise UsageError(f"--draft {args.draft}: its vocabulary has {draft.vocab} tokens, the target's "
                                  f"{steps.vocab}; a draft must share the target's tokenizer")
@@ -650,6 +661,8 @@ def _generate_kv(args: argparse.Namespace, prompt: list[int], tok, sampler) -> i
     clock = steps.decode.chip.clock_mhz
     b = gen.decode_roofline or {}
     print(_summary(steps.decode))
+    if steps.chips > 1:
+        print(f"chips              {steps.chips} as a pipeline ({steps.decode.program.meta.get('chips_choice', '')})")
     print(f"mode               KV cache: prefill program ({steps.chunk} tokens, compiled in "
           f"{steps.prefill.seconds:.1f} s) and decode program (1 token at a run-time position < {gen.context})")
     print(f"prompt             {', '.join(map(str, gen.prompt))}")

@@ -45,6 +45,19 @@ def has_kv_cache(model: "str | Path") -> bool:
     return bool(cache_inputs(list(declared_inputs(model))))
 
 
+def residents(compiled: Any) -> list[tuple[int, Any]]:
+    """(chip, tensor) of every resident tensor of a compiled step program (one chip or several)."""
+    if hasattr(compiled, "parts"):
+        return [(p.stage.chip, t) for p in compiled.parts for t in p.prims.resident]
+    return [(0, t) for t in compiled.prims.resident]
+
+
+def placement(compiled: Any) -> tuple[dict[str, list[tuple[str, int]]], dict[str, int]]:
+    """Where a step program keeps its caches: planes by name, and chip by name."""
+    rs = residents(compiled)
+    return {t.name: list(t.planes) for _, t in rs}, {t.name: c for c, t in rs}
+
+
 def prefill_chunk(prompt_len: int, context: int) -> int:
     """The prefill program's length for a prompt: the next power of two from 4 (programs are shared
     by prompts of similar length), at most the context."""
@@ -74,19 +87,36 @@ class StepPrograms:
 
     @property
     def kv_cache_bytes(self) -> int:
-        return sum(int(np.prod(t.shape)) * t.dt.width for t in self.decode.prims.resident)
+        return sum(int(np.prod(t.shape)) * t.dt.width for _, t in residents(self.decode))
+
+    @property
+    def chips(self) -> int:
+        return int(self.decode.program.system.chips)
 
     def kv_cache_where(self) -> str:
-        slices = sorted({s for t in self.decode.prims.resident for s, _ in t.planes})
-        return (f"SRAM, resident: {len(self.decode.prims.resident)} tensors of [{self.context}, heads x head_dim] "
-                f"in {len(slices)} MEM slices, shared by the prefill and decode programs")
+        rs = residents(self.decode)
+        slices = {(c, s) for c, t in rs for s, _ in t.planes}
+        on = f" on {self.chips} chips (each layer's where its layer runs)" if self.chips > 1 else ""
+        return (f"SRAM, resident: {len(rs)} tensors of [{self.context}, heads x head_dim] in {len(slices)} MEM "
+                f"slices{on}, shared by the prefill and decode programs")
 
 
 def compile_steps(model: "str | Path", chip: Any, precision: str, context: int, prompt_len: int,
-                  scheduler: str = "list", progress: Any = None) -> StepPrograms:
+                  scheduler: str = "list", progress: Any = None, system: Any = None,
+                  chips: "int | str" = 1) -> StepPrograms:
     """Compile the decode program for ``context`` positions, then the prefill program for the prompt
-    with the decode program's cache planes pinned."""
-    from lpuc.pipeline import compile_model
+    with the decode program's cache planes pinned. With ``system`` (a ``SystemConfig``), on ``chips``
+    of it (or ``"auto"``: the fewest that hold the model) as a pipeline, each cache on its layer's chip."""
+    from lpuc.pipeline import compile_model, compile_system
+
+    def build(step: KVStep, **kw: Any) -> Any:
+        shapes = step_shapes(decl, step)
+        if system is None:
+            return compile_model(model, chip, precision, scheduler, input_shapes=shapes, kv=step,
+                                 progress=progress, pinned=kw.get("pinned"))
+        n = chips if kw.get("chips") is None else kw["chips"]
+        return compile_system(model, system, n, precision, scheduler, input_shapes=shapes, parallel="pp",
+                              kv=step, **{k: v for k, v in kw.items() if k != "chips"})
 
     decl = declared_inputs(model)
     missing = [n for n in ("input_ids", "position_ids") if n not in decl]
@@ -97,21 +127,17 @@ def compile_steps(model: "str | Path", chip: Any, precision: str, context: int, 
         raise GenerateError("the KV-cache export has no 'logits' output")
     if context < 2:
         raise GenerateError("--max-context: give 2 or more positions for a KV cache")
-    dec = KVStep(context, 1, False)
-    decode = compile_model(model, chip, precision, scheduler, input_shapes=step_shapes(decl, dec), kv=dec,
-                           progress=progress)
-    pinned = {t.name: list(t.planes) for t in decode.prims.resident}
+    decode = build(KVStep(context, 1, False))
+    pinned, on = placement(decode)
     chunk = prefill_chunk(prompt_len, context)
-    pre = KVStep(context, chunk, True)
-    prefill = compile_model(model, chip, precision, scheduler, input_shapes=step_shapes(decl, pre), kv=pre,
-                            pinned=pinned, progress=progress)
+    more = {} if system is None else {"resident_chips": on, "chips": decode.program.system.chips}
+    prefill = build(KVStep(context, chunk, True), pinned=pinned, **more)
     for c, S in ((decode, 1), (prefill, chunk)):
         shape = tuple(c.graph.values["logits"].shape)
         if len(shape) != 3 or shape[:2] != (1, S):
             raise GenerateError(f"the export's logits have shape {list(shape)} for {S} tokens; generation "
                                 f"takes [1, tokens, vocab]")
-    got = {t.name: list(t.planes) for t in prefill.prims.resident}
-    if got != pinned:
+    if placement(prefill) != (pinned, on):
         raise AssertionError("the prefill program's cache does not lie where the decode program's does")
     return StepPrograms(decode, prefill, context, chunk)
 
@@ -158,8 +184,8 @@ def generate_kv(steps: StepPrograms, model: "str | Path", prompt: list[int], max
     if len(prompt) + max_new_tokens - 1 > L:
         raise GenerateError(f"{len(prompt)} prompt tokens and {max_new_tokens} new ones need a context of "
                             f"{len(prompt) + max_new_tokens - 1}; the cache holds {L} (--max-context)")
-    em_pre = Emulator(Program.from_bytes(steps.prefill.program.to_bytes()))  # (as the files hold them)
-    em_dec = Emulator(Program.from_bytes(steps.decode.program.to_bytes()))
+    em_pre = Emulator(Program.from_bytes(steps.prefill.program.to_bytes()), reusable=True)  # (as the files hold them)
+    em_dec = Emulator(Program.from_bytes(steps.decode.program.to_bytes()), reusable=True)
     ids_dtype = steps.decode.graph.values["input_ids"].dtype
     state: dict[str, np.ndarray] = {}  # the reference's cache (bit_exact)
     t0 = time.perf_counter()
@@ -171,18 +197,23 @@ def generate_kv(steps: StepPrograms, model: "str | Path", prompt: list[int], max
     new = [sampler(r.outputs["logits"][0, n - 1])]
     # the chip keeps its SRAM from one program to the next: the decode program starts from the cache
     # the prefill program left, at the same words (pinned)
-    em_dec.resident.update({name: v for (_, name), v in r.resident.items()})
+    cache: dict | None = r.resident
     prefill_cycles = int(em_pre.cycles)
     stopped = eos is not None and new[-1] == eos
     while len(new) < max_new_tokens and not stopped:
         pos = n + len(new) - 1
         feeds = {"input_ids": np.array([[new[-1]]], ids_dtype),
                  "position_ids": np.array([[pos]], steps.decode.graph.values["position_ids"].dtype)}
-        r = em_dec.run(feeds)
+        r = em_dec.run(feeds, resident=cache)
+        cache = None  # (from now on the decode program's own)
         _same(bit_exact, r.outputs, steps.decode, feeds, state)
         new.append(sampler(r.outputs["logits"][0, -1]))
         stopped = eos is not None and new[-1] == eos
     emulate_s = time.perf_counter() - t0
+    for em in (em_pre, em_dec):
+        close = getattr(em, "close", None)
+        if close is not None:
+            close()
     events = _trace([(em_pre, "prefill")] + [(em_dec, f"decode step {i}") for i in (1, 2) if i < len(new)]) \
         if trace else None
     ref = reference_tokens_kv(model, prompt, len(new), eos) if check and sampler.temperature == 0 else None

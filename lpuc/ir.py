@@ -78,6 +78,19 @@ class Graph:
                     self.nx.add_edge(node.name, c)
         return node
 
+    def place_after(self, names: list[str], anchor: str) -> None:
+        """Put nodes ``names`` right after node ``anchor`` in the node order, which breaks the ties of
+        ``topo`` (nodes made by a pass then stay beside what they belong to, e.g. on its pipeline stage)."""
+        moved = {n: self.nodes[n] for n in names}
+        order: dict[str, Node] = {}
+        for n, node in self.nodes.items():
+            if n in moved:
+                continue
+            order[n] = node
+            if n == anchor:
+                order.update(moved)
+        self.nodes = order
+
     def remove_node(self, name: str) -> None:
         node = self.nodes.pop(name)
         for i in node.inputs:

@@ -233,6 +233,7 @@ class SystemCompiled(_Figures):
     system: SystemConfig
     seconds: float
     pass_seconds: dict[str, float] = field(default_factory=dict)
+    kv: KVLayout | None = None  # a KV-cache step program's caches (``lpuc.passes.kv_cache``)
 
     @property
     def chip(self) -> ChipConfig:  # type: ignore[override]
@@ -262,7 +263,9 @@ class SystemCompiled(_Figures):
 def compile_system(path: "str | Path | onnx.ModelProto", system: SystemConfig, chips: "int | str",
                    precision: str = "fp32", scheduler: str = "list",
                    input_shapes: dict[str, tuple[int, ...]] | None = None, parallel: str = "pp",
-                   link_dtype: str = "auto") -> SystemCompiled:
+                   link_dtype: str = "auto", kv: KVStep | None = None,
+                   pinned: dict[str, list[tuple[str, int]]] | None = None,
+                   resident_chips: dict[str, int] | None = None) -> SystemCompiled:
     """Compile an ONNX model onto ``chips`` chips of ``system``.
 
     ``parallel``: ``pp`` -- a pipeline (``lpuc.passes.partition``): chip k runs the k-th stretch of
@@ -271,6 +274,8 @@ def compile_system(path: "str | Path | onnx.ModelProto", system: SystemConfig, c
     the links; ``auto`` -- both where they fit, the one with fewer predicted cycles.
     ``chips="auto"`` takes the fewest chips whose weights fit (``chips_needed``).
     ``link_dtype``: what partial sums travel as (``auto``: the precision's type).
+    ``kv``, ``pinned``: a KV-cache step program, as ``compile_model``'s (a pipeline split only), with
+    ``resident_chips`` the chip of each cache (another step program's).
     Every chip's graph goes through the single-chip passes up to allocation; then one scheduler
     places all chips' tasks on the global clock (``lpuc.passes.schedule_system``).
     ``program.meta["chips_choice"]`` says what was chosen and why."""
@@ -304,7 +309,11 @@ def compile_system(path: "str | Path | onnx.ModelProto", system: SystemConfig, c
         return result
 
     g = step("import", lambda: import_onnx(path, input_shapes))
-    g = step("fold", lambda: fold_constants(g))
+    g = step("fold", lambda: fold_constants(g, empty_ok=kv is not None))
+    layout = step("kv_cache", lambda: kv_cache(g, kv)) if kv is not None else None
+    if kv is not None and parallel not in ("pp", "auto"):
+        raise CompileError(f"--parallel {parallel}: KV-cache step programs are split over chips as a pipeline "
+                           f"(pp) so far")
     name = Path(path).name if isinstance(path, (str, Path)) else (path.graph.name or "model")
     meta = {"model": name, "precision": precision, "scheduler": scheduler}
     dtype = PRECISIONS[precision]
@@ -315,7 +324,7 @@ def compile_system(path: "str | Path | onnx.ModelProto", system: SystemConfig, c
             return step("partition", lambda: hybrid(g, spec[0], spec[2], chip, dtype, wire, spec[1]))
         if mode in ("tp", "sp"):
             return step("partition", lambda: shard(g, n, chip, dtype, wire, mode))
-        return step("partition", lambda: partition(g, n, chip, dtype))
+        return step("partition", lambda: partition(g, n, chip, dtype, resident_chips=resident_chips))
 
     def chips_of(part: Partition, n: int) -> list[ChipPart]:
         """Every chip's stage through lowering .. allocation, then all of them scheduled together."""
@@ -334,14 +343,14 @@ def compile_system(path: "str | Path | onnx.ModelProto", system: SystemConfig, c
             tgs[k] = step("mirror", lambda: mirror(tgs[k], chip))
             try:
                 try:
-                    al = step("allocate", lambda: allocate(tgs[k], chip))
+                    al = step("allocate", lambda: allocate(tgs[k], chip, pinned=pinned))
                     again = bool(al.overloaded and tgs[k].received)
                 except CompileError:
                     if not tgs[k].received:
                         raise
                     again = True
                 if again:  # received values placed after the constants instead: a different floorplan
-                    al = step("allocate", lambda: allocate(tgs[k], chip, received_first=False))
+                    al = step("allocate", lambda: allocate(tgs[k], chip, received_first=False, pinned=pinned))
                 als.append(al)
             except CapacityError as e:
                 raise CapacityError(f"on {n} chip(s) ({part.mode}), chip {stage.chip}: {e.part}") from None
@@ -356,6 +365,8 @@ def compile_system(path: "str | Path | onnx.ModelProto", system: SystemConfig, c
     def best(n: int) -> tuple[Partition, list[ChipPart], str]:
         """The split of ``parallel`` on n chips; for ``auto`` the faster of those that fit."""
         modes = ([parallel] if n > 1 else ["pp"]) if parallel != "auto" else auto_modes(n, system)
+        if kv is not None:
+            modes = ["pp"]
         done, why = [], []
         for mode in modes:
             try:
@@ -415,4 +426,4 @@ def compile_system(path: "str | Path | onnx.ModelProto", system: SystemConfig, c
     rows = _input_rows(g)
     if rows:
         prog.meta["input_rows"] = rows
-    return SystemCompiled(prog, g, part, parts, system, time.perf_counter() - t_all, times)
+    return SystemCompiled(prog, g, part, parts, system, time.perf_counter() - t_all, times, layout)

@@ -98,23 +98,29 @@ def decode_roofline(compiled) -> dict[str, int]:  # type: ignore[no-untyped-def]
     * ``install``: every byte the step installs into the MXM as weights -- each weight matrix, and the
       KV cache where attention installs it -- over the install bandwidth the ISA allows on all planes at
       once, ``planes x streams_per_direction x lanes`` bytes a cycle (an IW taking g = streams / width
-      stream groups of its dtype's width every cycle);
+      stream groups of its dtype's width every cycle); on several chips (a pipeline), the most any one
+      chip installs;
     * ``critical_path``: the longest chain of dependent tasks of one token at their minimum latency
-      (``Roofline.parts``).
+      (``Roofline.parts``); on several chips, the chips' paths one after the other (a token passes them
+      in turn).
 
     A step at batch 1 is bound by streaming weights, not by multiplying: ``mxm`` is not part of it."""
     chip = compiled.chip
-    seen: set[int] = set()
-    weight_bytes = 0
-    for t in compiled.tasks.tasks:
-        for st in t.attrs.get("steps", []) if t.kind == "chain" else []:
-            for a in st["ws"]:
-                x = a.tensor
-                if x.id not in seen:
-                    seen.add(x.id)
-                    weight_bytes += int(np.prod(x.shape)) * x.dt.width
-    planes = len(chip.slices_of("MXM"))
-    bandwidth = planes * chip.streams * chip.lanes
-    parts = {"install": _cdiv(weight_bytes, bandwidth), "critical_path": int(compiled.roofline.parts["critical_path"])}
-    return {"weight_bytes": weight_bytes, "install_bytes_per_cycle": bandwidth, **parts,
-            "cycles": max(parts.values()), "bound_by": max(parts, key=parts.get)}
+    parts = compiled.parts if hasattr(compiled, "parts") else [compiled]
+    bandwidth = len(chip.slices_of("MXM")) * chip.streams * chip.lanes
+    weight_bytes, install, critical = 0, 0, 0
+    for part in parts:
+        seen: set[int] = set()
+        mine = 0
+        for t in part.tasks.tasks:
+            for st in t.attrs.get("steps", []) if t.kind == "chain" else []:
+                for a in st["ws"]:
+                    if a.tensor.id not in seen:
+                        seen.add(a.tensor.id)
+                        mine += int(np.prod(a.tensor.shape)) * a.tensor.dt.width
+        weight_bytes += mine
+        install = max(install, _cdiv(mine, bandwidth))
+        critical += int(part.roofline.parts["critical_path"])
+    bound = {"install": install, "critical_path": critical}
+    return {"weight_bytes": weight_bytes, "install_bytes_per_cycle": bandwidth, **bound,
+            "cycles": max(bound.values()), "bound_by": max(bound, key=bound.get)}

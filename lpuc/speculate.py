@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from lpuc.generate import GenerateError, Generation
-from lpuc.generate_kv import StepPrograms, declared_inputs, reference_tokens_kv
+from lpuc.generate_kv import StepPrograms, declared_inputs, placement, reference_tokens_kv
 from lpuc.passes.kv_cache import KVStep, step_shapes
 
 
@@ -41,11 +41,16 @@ def compile_verify(model: "str | Path", steps: StepPrograms, k: int, scheduler: 
     if k + 1 > steps.context:
         raise GenerateError(f"--speculate {k}: the verify pass of {k + 1} tokens exceeds the context of {steps.context}")
     st = KVStep(steps.context, k + 1, False)
-    pinned = {t.name: list(t.planes) for t in steps.decode.prims.resident}
+    pinned, on = placement(steps.decode)
     d = steps.decode
-    return compile_model(model, d.chip, d.program.meta["precision"], scheduler,
-                         input_shapes=step_shapes(declared_inputs(model), st), kv=st, pinned=pinned,
-                         progress=progress)
+    shapes = step_shapes(declared_inputs(model), st)
+    if hasattr(d, "parts"):
+        from lpuc.pipeline import compile_system
+
+        return compile_system(model, d.system, d.program.system.chips, d.program.meta["precision"], scheduler,
+                              input_shapes=shapes, parallel="pp", kv=st, pinned=pinned, resident_chips=on)
+    return compile_model(model, d.chip, d.program.meta["precision"], scheduler, input_shapes=shapes, kv=st,
+                         pinned=pinned, progress=progress)
 
 
 @dataclass
@@ -102,15 +107,20 @@ class _Chip:
         from emulator import Emulator
         from isa.program import Program
 
-        self.em = {id(c): Emulator(Program.from_bytes(c.program.to_bytes())) for c in programs}
-        self.state: dict[str, np.ndarray] = {}
+        self.em = {id(c): Emulator(Program.from_bytes(c.program.to_bytes()), reusable=True) for c in programs}
+        self.state: dict[tuple[int, str], np.ndarray] = {}
 
     def run(self, compiled: Any, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        em = self.em[id(compiled)]
-        em.resident.update(self.state)  # the cache where the previous program left it (same words)
-        r = em.run(feeds)
-        self.state = {name: v for (_, name), v in r.resident.items()}
+        # the cache where the previous program left it (the same words)
+        r = self.em[id(compiled)].run(feeds, resident=self.state)
+        self.state = r.resident
         return r.outputs["logits"]
+
+    def close(self) -> None:
+        for em in self.em.values():
+            close = getattr(em, "close", None)
+            if close is not None:
+                close()
 
 
 def speculate(target: StepPrograms, verify: Any, draft: StepPrograms, model: "str | Path",
@@ -174,6 +184,8 @@ def speculate(target: StepPrograms, verify: Any, draft: StepPrograms, model: "st
                 new.append(t)
                 stopped = eos is not None and t == eos
     emulate_s = time.perf_counter() - t0
+    tchip.close()
+    dchip.close()
     ref = reference_tokens_kv(model, prompt, len(new), eos) if check else None
     from lpuc.roofline import decode_roofline
 

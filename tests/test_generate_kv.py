@@ -158,3 +158,19 @@ def test_cli_generate_kv_json_and_bad_input(tmp_path):
         r = lpuc("generate", model, *args)
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 2 and len(lines) == 1 and needle in lines[0], r.stderr
+
+
+def test_two_chips_as_a_pipeline_keep_each_cache_with_its_layer():
+    """On pair-tiny (two tiny chips) the step programs split the model at the same layer, so every cache
+    stays on one chip through prefill and decode; tokens are onnxruntime's."""
+    from isa.config import load_system
+    from lpuc.generate_kv import placement
+
+    path = KV / "llama_kv_dynamo.onnx"
+    system = load_system("pair-tiny")
+    steps = compile_steps(path, system.chip, "fp32", 16, 4, system=system, chips=2)
+    assert steps.chips == 2 and placement(steps.prefill) == placement(steps.decode)
+    gen = generate_kv(steps, path, [5, 17, 42, 7], 6)
+    assert gen.tokens == gen.reference_tokens
+    assert "on 2 chips" in gen.kv_cache_where and gen.decode_roofline["critical_path"] == sum(
+        int(p.roofline.parts["critical_path"]) for p in steps.decode.parts)

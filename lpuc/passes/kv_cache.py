@@ -207,6 +207,9 @@ def _rewrite_cache(g: Graph, src: str, layer: int, kind: str, step: KVStep, pos:
         g.add_node(Node(view, "Transpose", [heads.name], [view], {"perm": [0, 2, 1, 3]}))
     g.resident.append(name)
     g.updates[name] = after.name
+    made = [f"{p}/rows_t", f"{p}/rows", f"{p}/append"] + ([] if step.prefill else [f"{p}/heads", view])
+    if g.producer(new) is not None:  # (beside the layer they belong to, in the node order)
+        g.place_after(made, g.producer(new).name)
     return Cache(name, src, layer, kind, H, D)
 
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from isa.config import ChipConfig
 from isa.dtypes import DTYPES
-from lpuc.errors import CapacityError
+from lpuc.errors import CapacityError, CompileError
 from lpuc.ir import Graph
 
 #: the share of a chip's SRAM the weights of a stage may take. 1: the weights are a lower bound of what
@@ -149,11 +149,16 @@ def _crossing(g: Graph, order: list[str]) -> np.ndarray:
     return np.cumsum(delta)
 
 
-def partition(g: Graph, chips: int, chip: ChipConfig, precision_dtype: str, width: int = 1) -> Partition:
+def partition(g: Graph, chips: int, chip: ChipConfig, precision_dtype: str, width: int = 1,
+              resident_chips: dict[str, int] | None = None) -> Partition:
     """Split ``g`` into ``chips`` pipeline stages (see the module docstring); CapacityError when a
     stage cannot hold its weights. ``width``: chips a stage is spread over (``lpuc.passes.hybrid``),
-    whose SRAM its weights may fill together."""
+    whose SRAM its weights may fill together. ``resident_chips``: the chip each resident tensor (KV
+    cache) must be updated on -- where another step program of the model keeps it."""
     order = [n.name for n in g.topo()]
+    index = {n: i for i, n in enumerate(order)}
+    # the position of each resident tensor's update, and the chip it must stay on
+    fixed = [(index[g.producer(g.updates[r]).name], c) for r, c in (resident_chips or {}).items() if r in g.updates]
     per_node = [node_weights(g, n) for n in order]
     # cumulative weight bytes, each constant counted where it is first read
     first_seen: set[str] = set()
@@ -174,9 +179,12 @@ def partition(g: Graph, chips: int, chip: ChipConfig, precision_dtype: str, widt
         # a cut must leave this stage within the budget and the rest within the chips still to come
         # (each node at least one stage)
         last = len(order) - (chips - k)
-        feasible = [i for i in range(cuts[-1] + 1, last + 1)
-                    if cum[i] - cum[cuts[-1]] <= budget and total - cum[i] <= budget * (chips - k)]
-        pool = feasible or list(range(cuts[-1] + 1, last + 1))
+        allowed = [i for i in range(cuts[-1] + 1, last + 1) if all((c < k) == (at < i) for at, c in fixed)]
+        if not allowed:
+            raise CompileError("the step programs' caches cannot stay on the same chips: no pipeline cut keeps "
+                               "every cache update where the other program has it")
+        feasible = [i for i in allowed if cum[i] - cum[cuts[-1]] <= budget and total - cum[i] <= budget * (chips - k)]
+        pool = feasible or allowed
         cand = [i for i in pool if lo <= cum[i] <= hi]
         if not cand:  # no position near the balanced share: the nearest one
             cand = [min(pool, key=lambda i: abs(cum[i] - target))]
