@@ -138,7 +138,7 @@ def mmheads(p: Prim, x: np.ndarray, y: np.ndarray, lanes: int) -> np.ndarray:
     zeroed outside one head's lanes; PV accumulates the heads of a chunk pass by pass."""
     H, D, L = p.attrs["H"], p.attrs["D"], lanes
     E = x.shape[-1] if p.attrs["mode"] == "qk" else y.shape[-1]
-    B = int(np.prod(p.out.shape[:-3])) if p.attrs["mode"] == "qk" else int(np.prod(p.out.shape[:-2]))
+    B = int(np.prod(p.out.shape[:-3])) if p.attrs["mode"] in ("qk", "qkg") else int(np.prod(p.out.shape[:-2]))
 
     def chunk(t: np.ndarray, c: int) -> np.ndarray:  # lanes of chunk c, zero-padded to L
         out = np.zeros(t.shape[:-1] + (L,), t.dtype)
@@ -146,6 +146,17 @@ def mmheads(p: Prim, x: np.ndarray, y: np.ndarray, lanes: int) -> np.ndarray:
         out[..., :part.shape[-1]] = part
         return out
 
+    if p.attrs["mode"] == "qkg":  # x: the grouped query rows [B, H, T, L]; K's chunk installed whole
+        T, N = x.shape[-2], y.shape[-2]
+        xs, ys = x.reshape(B, H, T, L), y.reshape(B, N, E)
+        out = np.empty((B, H, T, N), np.float32)
+        for b in range(B):
+            for h in range(H):
+                ck = (p.attrs["offk"] + h * D) // L
+                k = min(L, E - ck * L)
+                w = chunk(ys[b], ck).T.copy()  # [L, N]: K's rows as columns (lanes past the row's end: 0)
+                out[b, h] = semantics.matmul(np.ascontiguousarray(xs[b, h][:, :k]), np.ascontiguousarray(w[:k]))
+        return out.reshape(p.out.shape)
     if p.attrs["mode"] == "qk":
         T, N = x.shape[-2], y.shape[-2]
         xs, ys = x.reshape(B, T, E), y.reshape(B, N, y.shape[-1])
@@ -321,6 +332,21 @@ def tile_mmheads(tiler: Tiler, p: Prim) -> None:
     x, y = p.ins
     L = tiler.L
     H, D = p.attrs["H"], p.attrs["D"]
+    if p.attrs["mode"] == "qkg":  # one chain per (batch, lane chunk of K): its heads' query rows at once
+        E, C = y.shape[-1], y.chunks(L)
+        T, N = x.shape[-2], y.shape[-2]
+        B = y.rows // N
+        for b in range(B):
+            for ck in range(C):
+                hs = [h for h in range(H) if (p.attrs["offk"] + h * D) // L == ck]
+                if not hs:
+                    continue
+                hi = min(L, E - ck * L)
+                step = {"ws": [tiler.acc(y, b * N * C + ck, C, N)], "x": tiler.acc(x, (b * H + hs[0]) * T, 1, len(hs) * T),
+                        "t": 1, "lo": 0, "hi": hi if hi < L else 0, "k": hi if hi < L else 0}
+                o = tiler.acc(p.out, (b * H + hs[0]) * T, 1, len(hs) * T)
+                tiler.tg.add("chain", [*step["ws"], step["x"]], [o], p, steps=[step], rows=len(hs) * T, dtype=x.dtype)
+        return
     if p.attrs["mode"] == "qk":
         E, C = x.shape[-1], x.chunks(L)
         T, N = x.shape[-2], y.shape[-2]
