@@ -138,7 +138,7 @@ def mmheads(p: Prim, x: np.ndarray, y: np.ndarray, lanes: int) -> np.ndarray:
     zeroed outside one head's lanes; PV accumulates the heads of a chunk pass by pass."""
     H, D, L = p.attrs["H"], p.attrs["D"], lanes
     E = x.shape[-1] if p.attrs["mode"] == "qk" else y.shape[-1]
-    B = int(np.prod(p.out.shape[:-3])) if p.attrs["mode"] in ("qk", "qkg") else int(np.prod(p.out.shape[:-2]))
+    B = int(np.prod(p.out.shape[:-3])) if p.attrs["mode"] in ("qk", "qkg", "pvg") else int(np.prod(p.out.shape[:-2]))
 
     def chunk(t: np.ndarray, c: int) -> np.ndarray:  # lanes of chunk c, zero-padded to L
         out = np.zeros(t.shape[:-1] + (L,), t.dtype)
@@ -156,6 +156,15 @@ def mmheads(p: Prim, x: np.ndarray, y: np.ndarray, lanes: int) -> np.ndarray:
                 k = min(L, E - ck * L)
                 w = chunk(ys[b], ck).T.copy()  # [L, N]: K's rows as columns (lanes past the row's end: 0)
                 out[b, h] = semantics.matmul(np.ascontiguousarray(xs[b, h][:, :k]), np.ascontiguousarray(w[:k]))
+        return out.reshape(p.out.shape)
+    if p.attrs["mode"] == "pvg":  # x: P [B, H, T, S]; V's chunk installed whole (lanes past the row's end: 0)
+        T, S = x.shape[-2], x.shape[-1]
+        xs, ys = x.reshape(B, H, T, S), y.reshape(B, S, E)
+        out = np.empty((B, H, T, L), np.float32)
+        for b in range(B):
+            for h in range(H):
+                w = chunk(ys[b], (p.attrs["offv"] + h * D) // L)
+                out[b, h] = semantics.matmul(np.ascontiguousarray(xs[b, h]), w)
         return out.reshape(p.out.shape)
     if p.attrs["mode"] == "qk":
         T, N = x.shape[-2], y.shape[-2]
@@ -344,6 +353,21 @@ def tile_mmheads(tiler: Tiler, p: Prim) -> None:
                 hi = min(L, E - ck * L)
                 step = {"ws": [tiler.acc(y, b * N * C + ck, C, N)], "x": tiler.acc(x, (b * H + hs[0]) * T, 1, len(hs) * T),
                         "t": 1, "lo": 0, "hi": hi if hi < L else 0, "k": hi if hi < L else 0}
+                o = tiler.acc(p.out, (b * H + hs[0]) * T, 1, len(hs) * T)
+                tiler.tg.add("chain", [*step["ws"], step["x"]], [o], p, steps=[step], rows=len(hs) * T, dtype=x.dtype)
+        return
+    if p.attrs["mode"] == "pvg":  # one chain per (batch, lane chunk of V): its heads' P rows at once
+        E, C = y.shape[-1], y.chunks(L)
+        T, S = x.shape[-2], x.shape[-1]
+        B = y.rows // S
+        for b in range(B):
+            for cv in range(C):
+                hs = [h for h in range(H) if (p.attrs["offv"] + h * D) // L == cv]
+                if not hs:
+                    continue
+                hi = min(L, E - cv * L)
+                step = {"ws": [tiler.acc(y, b * S * C + cv, C, S)], "x": tiler.acc(x, (b * H + hs[0]) * T, 1, len(hs) * T),
+                        "t": 0, "lo": 0, "hi": hi if hi < L else 0, "k": S if S < L else 0}
                 o = tiler.acc(p.out, (b * H + hs[0]) * T, 1, len(hs) * T)
                 tiler.tg.add("chain", [*step["ws"], step["x"]], [o], p, steps=[step], rows=len(hs) * T, dtype=x.dtype)
         return

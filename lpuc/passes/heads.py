@@ -253,6 +253,21 @@ def heads(pg: PrimGraph, chip: ChipConfig) -> PrimGraph:
                                 break
                 if merged is not None and rs:
                     v = source(va[0], va[2])
+                    if v.dtype == b.dtype and T <= GROUPED_ROWS:
+                        # few query rows: V's chunk installed once for all its heads; row (h, t) of the
+                        # product holds head h's result in its lanes, which one relayout merges
+                        Bc = int(np.prod(merged.shape[:-2])) if len(merged.shape) > 2 else 1
+                        per_head = pg.tensor(f"{merged.name}.heads", merged.dtype, (Bc, H, T, L))
+                        new_prims.append(Prim("mmheads", [a, v], per_head, {"mode": "pvg", "H": H, "D": D,
+                                                                           "offv": va[1]}, p.node))
+                        e = np.arange(H * D)
+                        bt = np.arange(Bc)[:, None] * H * T * L + np.arange(T)[None, :] * L  # [Bc, T]
+                        emap = bt[:, :, None] + ((e // D) * T * L + e % L)[None, None, :]
+                        merge = Prim("relayout", [per_head], merged, {"emap": emap.reshape(-1)}, p.node)
+                        new_prims.append(merge)
+                        producer[merged.id] = merge
+                        summed.add(merged.id)
+                        continue
                     if v.dtype == b.dtype:
                         attrs = {"mode": "pv", "H": H, "D": D, "offv": va[1]}
                         groups = _pv_groups(H, D, L)
