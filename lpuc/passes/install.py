@@ -37,12 +37,18 @@ from lpuc.prim import PrimGraph, Tensor
 
 #: a chain's weight installs take at most 1/STREAM_SHARE of a direction's streams
 STREAM_SHARE = 4
+#: products whose multiply takes at most this many cycles (rows x cycles_per_vector) install faster
+FEW_ROWS_CYCLES = 16
 
 
 def install_groups(rows: int, cpv: int, width: int, lanes: int, streams: int, part_rows: list[int]) -> int:
     """Stream groups for installing weight parts of ``part_rows`` rows before multiplies of ``rows``
     activation rows at ``cpv`` cycles each (see the module docstring)."""
+    # a product of a few rows (a decode step) waits for its installs whatever else it does: it may take
+    # twice the streams (the activations and results it moves are a few vectors)
     cap = max(1, streams // (STREAM_SHARE * width))
+    if rows * cpv <= FEW_ROWS_CYCLES:
+        cap = max(cap, streams * 5 // (4 * STREAM_SHARE * width))
     common = lanes
     for r in part_rows:
         common = math.gcd(common, r % lanes) if r % lanes else common
