@@ -189,6 +189,12 @@ class ChipConfig:
                 f"{', '.join(s.name for s in self.slices)}"
             ) from None
 
+    @property
+    def weight_buffers(self) -> int:
+        """Weight buffers per MXM plane (``mxm.weight_buffers``): installs into one overlap multiplies with
+        the others."""
+        return int(self.mxm["weight_buffers"])
+
     def cycles_per_vector(self, dtype: str) -> int:
         """MXM cycles per activation vector for an input dtype (int8 is the full rate)."""
         cpv = self.mxm["cycles_per_vector"]

@@ -30,6 +30,16 @@ from isa.timing import relative_timing
 from lpuc.tasks import Access
 
 
+#: accumulator regions a plane's rows are cut into: a chain accumulates in one while the previous
+#: chain's results are read out of another (``lpuc.kinds.matmul``)
+ACC_REGIONS = 2
+
+
+def region_rows(chip: ChipConfig) -> int:
+    """Accumulator rows of one region: the most activation rows one chain multiplies."""
+    return int(chip.mxm["acc_rows"]) // ACC_REGIONS
+
+
 @dataclass
 class TInst:
     slice: str  # "*" = the chosen unit

@@ -20,7 +20,7 @@ from lpuc.passes import tile as tiling
 from lpuc.passes.install import deinterleave
 from lpuc.prim import Prim
 from lpuc.tasks import Access, Task
-from lpuc.templates import Builder, Template
+from lpuc.templates import Builder, Template, region_rows
 
 if TYPE_CHECKING:
     from lpuc.passes.tile import Tiler
@@ -37,7 +37,7 @@ class ChainTask(TaskKind):
     mirror_reader = True
 
     def template(self, task: Task, chip: ChipConfig) -> Template:
-        return chain_template(task, chip, int(chip.mxm["acc_rows"]) // 2)
+        return chain_template(task, chip, region_rows(chip))
 
     def variants(self, task: Task, chip: ChipConfig) -> list[Template]:
         return chain_variants(task, chip)
@@ -204,10 +204,12 @@ def mmheads(p: Prim, x: np.ndarray, y: np.ndarray, lanes: int) -> np.ndarray:
 def chain_template(task: Task, chip: ChipConfig, region_rows: int, side: str | None = None) -> Template:
     """Install weights and multiply for every K chunk, then read the accumulators out.
 
-    IW i uses weight buffer (i + flip) % 2, so the next install overlaps the current multiply; a buffer is
+    IW i uses weight buffer (i + flip) % B (B = ``mxm.weight_buffers``), so the next installs overlap the
+    current multiply; a buffer is
     reinstalled only after the multiply that used it has finished. The scheduler picks ``flip`` (and
     the accumulator region) per chain.
     """
+    nbuf = chip.weight_buffers
     b = Builder(chip)
     lat = chip.latency
     steps = task.attrs["steps"]
@@ -225,14 +227,14 @@ def chain_template(task: Task, chip: ChipConfig, region_rows: int, side: str | N
     for i, st in enumerate(steps):
         a = st["x"]
         if i >= 2:
-            t_iw = max(t_iw, mm_end[i - 2])  # buffer i % 2 is free once multiply i-2 is done
+            t_iw = max(t_iw, mm_end[i - nbuf])  # buffer i % B is free once multiply i-B is done
         while t_iw in used:  # one instruction per cycle in the plane's queue
             t_iw += 1
         used.add(t_iw)
         ws = weights(st)
         g = len(ws)
         n = install_rows(st)
-        iw = b.inst("*", t_iw, "IW", dt=dt.code, buf=i % 2, s=0, n=n, r0=0, g=g, t=st["t"], clr=1,
+        iw = b.inst("*", t_iw, "IW", dt=dt.code, buf=i % nbuf, s=0, n=n, r0=0, g=g, t=st["t"], clr=1,
                     lo=st.get("lo", 0), hi=st["hi"])
         iw.buf_flip = True
         probe = instruction_timing(BY_MNEMONIC["IW"], {**iw.ops, "s": 0}, t_iw, chip)
@@ -243,7 +245,7 @@ def chain_template(task: Task, chip: ChipConfig, region_rows: int, side: str | N
         while t_mm in used:
             t_mm += 1
         used.add(t_mm)
-        mm = b.inst("*", t_mm, "MATMUL", dt=dt.code, buf=i % 2, s=0, n=rows, acc=0, mode=int(i > 0), k=st["k"])
+        mm = b.inst("*", t_mm, "MATMUL", dt=dt.code, buf=i % nbuf, s=0, n=rows, acc=0, mode=int(i > 0), k=st["k"])
         mm.acc_region = True
         mm.buf_flip = True
         probe_mm = instruction_timing(BY_MNEMONIC["MATMUL"], {**mm.ops, "s": 0}, t_mm, chip)
@@ -251,7 +253,7 @@ def chain_template(task: Task, chip: ChipConfig, region_rows: int, side: str | N
         iw_starts.append(t_iw)
         mm_start.append(t_mm)
         mm_end.append(t_mm + rows * cpv)
-        b.extra_ports.append(("*", f"buf*{i % 2}", t_iw, t_mm + rows * cpv))
+        b.extra_ports.append(("*", f"buf*{i % nbuf}", t_iw, t_mm + rows * cpv))
         t_iw = t_iw + -(-n // g)  # the install port takes one row per group per cycle
     last_rows = mm_start[-1] + lat["mxm_matmul"] + (rows - 1) * cpv
     t_accr = last_rows + 1  # row j is read in t + j, after the last multiply wrote it in ... + j*cpv
@@ -262,7 +264,7 @@ def chain_template(task: Task, chip: ChipConfig, region_rows: int, side: str | N
     probe = instruction_timing(BY_MNEMONIC["ACCR"], {**accr.ops, "d": 0}, t_accr, chip)
     b.write_groups(task.writes, x, int(probe.writes[0].cycles[0]), accr, "d")
     b.extra_ports.append(("*", "acc*", mm_start[0], t_accr + rows))
-    return b.finish(unit="MXM_" + wside, regions=max(1, int(chip.mxm["acc_rows"]) // region_rows), flips=2)
+    return b.finish(unit="MXM_" + wside, regions=max(1, int(chip.mxm["acc_rows"]) // region_rows), flips=nbuf)
 
 
 def chain_variants(task: Task, chip: ChipConfig) -> list[Template]:
@@ -270,9 +272,9 @@ def chain_variants(task: Task, chip: ChipConfig) -> list[Template]:
     weights then stream across the chip). (Also tried: variants reading the results out of the
     accumulators 128 or 256 cycles late, when the output's slices are busy: BERT-base width 12 layers
     278,543 -> 277,569 cycles, not worth twice the fitting work.)"""
-    region_rows = int(chip.mxm["acc_rows"]) // 2
+    rows = region_rows(chip)
     home = chip.slice(task.attrs["steps"][0]["ws"][0].tensor.planes[0][0]).hemisphere
-    return [chain_template(task, chip, region_rows, side) for side in (home, "E" if home == "W" else "W")]
+    return [chain_template(task, chip, rows, side) for side in (home, "E" if home == "W" else "W")]
 
 
 # ================================================================================================
@@ -292,7 +294,7 @@ def tile_matmul(tiler: Tiler, p: Prim) -> None:
     nb = int(np.prod(batch)) if batch else 1
     a_batch = tiling.batch_map(a.shape[:-2] if len(a.shape) > 2 else (), batch)
     b_batch = tiling.batch_map(b.shape[:-2] if len(b.shape) > 2 else (), batch)
-    region = int(tiler.chip.mxm["acc_rows"]) // 2
+    region = region_rows(tiler.chip)
     g = p.attrs.get("il", 1)  # weight parts interleaved over g stream groups (lpuc.passes.install)
 
     def wacc(q: int, row0: int, col: int, stride: int, n: int) -> list[Any]:

@@ -65,7 +65,7 @@ def codegen(tg: TaskGraph, sched: Schedule, chip: ChipConfig, meta: dict | None 
             if ti.acc_region:
                 ops["acc"] += p.region * sched.region_rows
             if ti.buf_flip:
-                ops["buf"] = (ops["buf"] + p.flip) % 2
+                ops["buf"] = (ops["buf"] + p.flip) % chip.weight_buffers
             entries.append((p.slice_of(ti.slice), p.start + ti.rel, ti.mnemonic, ops, node))
     prog.nodes = list(node_index)
     for sname, issue, mn, ops, node in sorted(entries, key=lambda e: (e[0], e[1])):

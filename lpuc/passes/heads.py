@@ -28,6 +28,7 @@ import numpy as np
 
 from isa.config import ChipConfig
 from lpuc.prim import Prim, PrimGraph, Tensor
+from lpuc.templates import region_rows
 
 MOVES = ("view", "copy", "relayout", "convert")
 #: at most this many query rows, Q K^T installs each lane chunk of K once for all its heads (``qkg``)
@@ -204,7 +205,7 @@ def heads(pg: PrimGraph, chip: ChipConfig) -> PrimGraph:
     def fits(off: int, H: int, D: int) -> bool:  # every head inside one lane chunk
         return all((off + h * D) // L == (off + h * D + D - 1) // L for h in range(H))
 
-    rows = int(chip.mxm["acc_rows"]) // 2  # one accumulator region per chain
+    rows = region_rows(chip)  # one accumulator region per chain
     for p in pg.prims:
         rewritten = None
         if p.kind == "matmul" and len(p.ins) == 2 and len(p.out.shape) >= 3 and p.ins[0].dtype == p.ins[1].dtype \

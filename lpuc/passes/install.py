@@ -34,6 +34,7 @@ import numpy as np
 
 from isa.config import ChipConfig
 from lpuc.prim import PrimGraph, Tensor
+from lpuc.templates import region_rows
 
 #: a chain's weight installs take at most 1/STREAM_SHARE of a direction's streams
 STREAM_SHARE = 4
@@ -65,7 +66,7 @@ def install_groups(rows: int, cpv: int, width: int, lanes: int, streams: int, pa
 def install(pg: PrimGraph, chip: ChipConfig) -> PrimGraph:
     """Interleave the constant weights of every matmul whose installs would outlast its multiplies."""
     L = chip.lanes
-    region = int(chip.mxm["acc_rows"]) // 2  # a chain's rows: one accumulator region (lpuc.kinds.matmul)
+    region = region_rows(chip)  # a chain's rows: one accumulator region
     readers = pg.readers()
     for p in pg.prims:
         if p.kind != "matmul" or p.attrs.get("il", 1) > 1:

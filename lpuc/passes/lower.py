@@ -18,6 +18,7 @@ from isa.config import ChipConfig
 from lpuc.errors import CompileError, UnsupportedOp
 from lpuc.ir import Graph, Node
 from lpuc.prim import Imm, Operand, Prim, PrimGraph, Tensor
+from lpuc.templates import region_rows
 
 #: ONNX numpy dtype -> chip dtype
 CHIP_DTYPE = {
@@ -262,7 +263,7 @@ class Lowering:
         g makes the chain count a multiple of the planes, with at least 2 passes per chain."""
         L = self.lanes
         planes = len(self.chip.slices_of("MXM"))
-        region = int(self.chip.mxm["acc_rows"]) // 2
+        region = region_rows(self.chip)
         M = a.shape[-2] if len(a.shape) >= 2 else 1
         chains = int(np.prod(a.shape[:-2])) * -(-M // region) * -(-N // L)
         Ck = -(-K // L)

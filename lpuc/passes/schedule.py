@@ -34,7 +34,7 @@ from lpuc.errors import CompileError
 from lpuc.passes.allocate import Allocation
 from lpuc.kinds import task_kind
 from lpuc.tasks import Access, Task, TaskGraph
-from lpuc.templates import Template
+from lpuc.templates import Template, region_rows
 
 SCHEDULERS = ("list", "asap", "naive")
 Delta = tuple[tuple[int, ...], ...]  # a dependency's anchor difference per (earlier template, later template)
@@ -93,12 +93,12 @@ def _pair_deltas(firsts: list[tuple[np.ndarray, np.ndarray]], v_first: np.ndarra
     return tuple(tuple(int((f[1][i] + 1 - x[1][j]).max()) for x in seconds) for f in firsts)
 
 
-def _port(port: str, region: int, flip: int) -> str:
+def _port(port: str, region: int, flip: int, buffers: int) -> str:
     """A template's port with the chosen accumulator region (``acc*``) and weight buffer (``buf*k``)."""
     if port == "acc*":
         return f"acc{region}"
     if port.startswith("buf*"):
-        return f"buf{(int(port[4:]) + flip) % 2}"
+        return f"buf{(int(port[4:]) + flip) % buffers}"
     return port
 
 
@@ -182,7 +182,7 @@ class Placement:
     unit: str
     region: int
     streams: list[int]
-    flip: int = 0  # chains: the first weight buffer is (0 + flip) % 2
+    flip: int = 0  # chains: the first weight buffer is (0 + flip) % weight_buffers
     units: list[str] = field(default_factory=list)  # a VXM task with a run of ops: the ALU of each ("*0", "*1", ...)
 
     def slice_of(self, name: str) -> str:
@@ -270,12 +270,13 @@ class Scheduler:
         self.kind = kind
         self.streams = chip.streams
         self.B = chip.banks
+        self.buffers = chip.weight_buffers
         self._ports_cache: dict[int, tuple[list, list]] = {}
         self.ports: dict[tuple[str, str], Intervals] = defaultdict(Intervals)
         # (slice, "r"/"w") -> bank class (ks, ko) -> cycles: in cycle c the access uses bank (ks*c + ko) mod B
         self.banks: dict[tuple[str, str], dict[tuple[int, int], Intervals]] = defaultdict(dict)
         self.rects: dict[tuple[str, int], Rects] = defaultdict(Rects)
-        self.sched = Schedule(kind, region_rows=int(chip.mxm["acc_rows"]) // 2)
+        self.sched = Schedule(kind, region_rows=region_rows(chip))
         # every task's possible templates, the first the default; the list scheduler picks one per task
         # (``chosen``; ``tpl`` holds it). A chain may run on either hemisphere's planes
         # (``TaskKind.variants``, ``lpuc.kinds.matmul``): weights are balanced between the hemispheres over
@@ -433,7 +434,7 @@ class Scheduler:
         for sl, port, s, e in self._split_ports(tpl)[1]:
             if sl != name and (sl.startswith("*") or name != "*"):
                 continue
-            c = self.ports[(unit if sl == name else sl, _port(port, region, flip))].conflict(T + s, T + e)
+            c = self.ports[(unit if sl == name else sl, _port(port, region, flip, self.buffers))].conflict(T + s, T + e)
             if c is not None:
                 return c - s
         return None
@@ -566,7 +567,7 @@ class Scheduler:
         tpl = self.tpl[task.id]
         T = p.start
         for sl, port, s, e in tpl.ports:
-            port = _port(port, p.region, p.flip)
+            port = _port(port, p.region, p.flip, self.buffers)
             if e > s:
                 self.ports[(p.slice_of(sl), port)].add(T + s, T + e)
         for sl, kind, ks, ko, s, e in tpl.banks:
