@@ -326,15 +326,16 @@ def compile_system(path: "str | Path | onnx.ModelProto", system: SystemConfig, c
             return step("partition", lambda: shard(g, n, chip, dtype, wire, mode))
         return step("partition", lambda: partition(g, n, chip, dtype, resident_chips=resident_chips))
 
-    def chips_of(part: Partition, n: int) -> list[ChipPart]:
-        """Every chip's stage through lowering .. allocation, then all of them scheduled together."""
+    def chips_of(part: Partition, n: int, groups: int | None = None) -> list[ChipPart]:
+        """Every chip's stage through lowering .. allocation, then all of them scheduled together.
+        ``groups``: the most stream groups a weight install may take (``install``)."""
         tgs, pgs, als = [], [], []
         folded = FoldCache()
         for stage in part.stages:
             sg = stage.graph(g)
             pg = step("lower", lambda: lower(sg, chip, precision, folded))
             pg = step("heads", lambda: heads(pg, chip))
-            pg = step("install", lambda: install(pg, chip))
+            pg = step("install", lambda: install(pg, chip, groups))
             tg = step("tile", lambda: tile(pg, chip))
             pgs.append(pg)
             tgs.append(tg)
@@ -371,7 +372,12 @@ def compile_system(path: "str | Path | onnx.ModelProto", system: SystemConfig, c
         for mode in modes:
             try:
                 part = split(n, mode)
-                parts = chips_of(part, n)
+                try:
+                    parts = chips_of(part, n)
+                except CapacityError:
+                    # weights interleaved for fast installs take more slices apart: a chip nearly full of
+                    # weights may hold them only as they are (HF GPT-2 small decoding on 2 chips)
+                    parts = chips_of(part, n, groups=1)
             except CapacityError as e:
                 if len(modes) == 1:
                     raise

@@ -63,8 +63,9 @@ def install_groups(rows: int, cpv: int, width: int, lanes: int, streams: int, pa
     return g
 
 
-def install(pg: PrimGraph, chip: ChipConfig) -> PrimGraph:
-    """Interleave the constant weights of every matmul whose installs would outlast its multiplies."""
+def install(pg: PrimGraph, chip: ChipConfig, most: int | None = None) -> PrimGraph:
+    """Interleave the constant weights of every matmul whose installs would outlast its multiplies;
+    ``most``: at most that many stream groups (1: none; a chip too full for the pieces' slices)."""
     L = chip.lanes
     region = region_rows(chip)  # a chain's rows: one accumulator region
     readers = pg.readers()
@@ -84,6 +85,8 @@ def install(pg: PrimGraph, chip: ChipConfig) -> PrimGraph:
         dt = parts[0].dt
         g = install_groups(rows, chip.cycles_per_vector(dt.name), dt.width, L, chip.streams,
                            [w.shape[0] for w in parts])
+        if most is not None:
+            g = math.gcd(g, most) if most > 1 else 1
         if g == 1:
             continue
         pieces: list[Tensor] = []
