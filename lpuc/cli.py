@@ -674,7 +674,9 @@ def _generate_kv(args: argparse.Namespace, prompt: list[int], tok, sampler) -> i
         print(f"onnxruntime        {'identical' if same else 'DIFFERENT: ' + ', '.join(map(str, gen.reference_tokens))} "
               f"(its greedy loop over the export, present fed back as past)")
     print(f"time to 1st token  {gen.ttft_us:.1f} us  (prefill: {gen.prefill_cycles:,} cycles at {clock:g} MHz)")
-    print(f"per token          {gen.step_us:.1f} us, {r['tokens_per_s']:,.0f} tokens/s ({gen.cycles:,} cycles a decode step)")
+    print(f"per token          {gen.step_us:.1f} us, {r['tokens_per_s']:,.0f} tokens/s ({gen.cycles:,} cycles a decode step); "
+          f"with the host's transfers ({gen.host_us_per_step:.1f} us: the token in, the logits out) "
+          f"{r['decode_us_per_token_with_host']:.1f} us, {r['tokens_per_s_with_host']:,.0f} tokens/s")
     print(f"decode roofline    {b.get('cycles', 0):,} cycles, bound by {b.get('bound_by', '')}: weights "
           f"{b.get('weight_bytes', 0):,} bytes / {b.get('install_bytes_per_cycle', 0):,} bytes a cycle = "
           f"{b.get('install', 0):,}; critical path {b.get('critical_path', 0):,}; decode / roofline = "

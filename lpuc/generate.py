@@ -156,6 +156,7 @@ class Generation:
     kv_cache_bytes: int = 0
     kv_cache_where: str = ""
     decode_roofline: dict | None = None
+    host_us_per_step: float = 0.0  # a decode step's host transfers: the token and position in, the logits out
 
     @property
     def step_us(self) -> float:
@@ -176,8 +177,11 @@ class Generation:
              "identical_to_onnxruntime": (None if self.reference_tokens is None
                                           else self.reference_tokens == self.tokens)}
         if self.mode == "kv-cache":
+            with_host = self.step_us + self.host_us_per_step
             r.update({"prefill_cycles": self.prefill_cycles, "prefill_tokens": self.prefill_chunk,
-                      "kv_cache_where": self.kv_cache_where, "decode_roofline": self.decode_roofline})
+                      "kv_cache_where": self.kv_cache_where, "decode_roofline": self.decode_roofline,
+                      "host_us_per_step": self.host_us_per_step, "decode_us_per_token_with_host": with_host,
+                      "tokens_per_s_with_host": 1e6 / with_host if with_host else 0.0})
         return r
 
 

@@ -223,7 +223,19 @@ def generate_kv(steps: StepPrograms, model: "str | Path", prompt: list[int], max
     return Generation(list(prompt), new, L, int(steps.decode.cycles), steps.decode.chip.clock_mhz,
                       bound["cycles"], emulate_s, ref, stopped, mode="kv-cache", trace=events,
                       prefill_cycles=prefill_cycles, prefill_chunk=steps.chunk, kv_cache_bytes=steps.kv_cache_bytes,
-                      kv_cache_where=steps.kv_cache_where(), decode_roofline=bound)
+                      kv_cache_where=steps.kv_cache_where(), decode_roofline=bound, host_us_per_step=host_us(steps.decode))
+
+
+def host_us(compiled: Any) -> float:
+    """A step's host transfers at the host model's cost (``isa.timing.host_transfer_us``, each way):
+    its inputs in (a decode step: the token and its position) and its outputs out (the logits)."""
+    from isa.timing import host_transfer_us
+
+    def nbytes(role: str) -> int:
+        return sum(int(np.prod(t.shape)) * np.dtype(t.host_dtype or "float32").itemsize
+                   for t in compiled.program.io(role))
+
+    return host_transfer_us(compiled.chip, nbytes("input")) + host_transfer_us(compiled.chip, nbytes("output"))
 
 
 def _trace(runs: list[tuple[Any, str]]) -> dict:

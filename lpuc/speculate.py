@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from lpuc.generate import GenerateError, Generation
-from lpuc.generate_kv import StepPrograms, declared_inputs, placement, reference_tokens_kv
+from lpuc.generate_kv import StepPrograms, declared_inputs, host_us, placement, reference_tokens_kv
 from lpuc.passes.kv_cache import KVStep, step_shapes
 
 
@@ -195,5 +195,5 @@ def speculate(target: StepPrograms, verify: Any, draft: StepPrograms, model: "st
     gen = Generation(list(prompt), new, L, int(target.decode.cycles), target.decode.chip.clock_mhz, bound["cycles"],
                      emulate_s, ref, stopped, mode="kv-cache", prefill_cycles=int(target.prefill.cycles),
                      prefill_chunk=target.chunk, kv_cache_bytes=target.kv_cache_bytes,
-                     kv_cache_where=target.kv_cache_where(), decode_roofline=bound)
+                     kv_cache_where=target.kv_cache_where(), decode_roofline=bound, host_us_per_step=host_us(target.decode))
     return gen, spec
