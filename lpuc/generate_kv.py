@@ -52,10 +52,12 @@ def residents(compiled: Any) -> list[tuple[int, Any]]:
     return [(0, t) for t in compiled.prims.resident]
 
 
-def placement(compiled: Any) -> tuple[dict[str, list[tuple[str, int]]], dict[str, int]]:
-    """Where a step program keeps its caches: planes by name, and chip by name."""
+def placement(compiled: Any) -> tuple[dict[str, list], dict[str, int]]:
+    """Where a step program keeps its caches: segments (first vector, end vector, planes) by name, and
+    chip by name."""
     rs = residents(compiled)
-    return {t.name: list(t.planes) for _, t in rs}, {t.name: c for c, t in rs}
+    return ({t.name: [(v0, v1, list(pl)) for v0, v1, pl in t.segments] for _, t in rs},
+            {t.name: c for c, t in rs})
 
 
 def prefill_chunk(prompt_len: int, context: int) -> int:
@@ -95,7 +97,7 @@ class StepPrograms:
 
     def kv_cache_where(self) -> str:
         rs = residents(self.decode)
-        slices = {(c, s) for c, t in rs for s, _ in t.planes}
+        slices = {(c, s) for c, t in rs for _, _, pl in t.segments for s, _ in pl}
         on = f" on {self.chips} chips (each layer's where its layer runs)" if self.chips > 1 else ""
         return (f"SRAM, resident: {len(rs)} tensors of [{self.context}, heads x head_dim] in {len(slices)} MEM "
                 f"slices{on}, shared by the prefill and decode programs")

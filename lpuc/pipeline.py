@@ -140,7 +140,7 @@ def dump_graph(g: Graph) -> str:
 def compile_model(path: "str | Path | onnx.ModelProto", chip: ChipConfig, precision: str = "fp32", scheduler: str = "list",
                   input_shapes: dict[str, tuple[int, ...]] | None = None, dump_after: str | None = None,
                   out: TextIO = sys.stdout, progress: Callable[[str, int, int], None] | None = None,
-                  kv: KVStep | None = None, pinned: dict[str, list[tuple[str, int]]] | None = None) -> Compiled:
+                  kv: KVStep | None = None, pinned: dict[str, list] | None = None) -> Compiled:
     """Compile an ONNX model (a path or a ModelProto) for ``chip``. ``progress(name, k, n)``, if
     given, is called as pass ``name`` (the k-th of n) starts (``lpuc`` shows it on a terminal).
     ``kv``: the model is a decoder exported with a KV cache, compiled as that step program with the
@@ -167,7 +167,7 @@ def compile_model(path: "str | Path | onnx.ModelProto", chip: ChipConfig, precis
 
     g = step("import", lambda: import_onnx(path, input_shapes), dump_graph)
     g = step("fold", lambda: fold_constants(g, empty_ok=kv is not None), dump_graph)
-    layout = step("kv_cache", lambda: kv_cache(g, kv) if kv is not None else None, lambda r: dump_graph(g))
+    layout = step("kv_cache", lambda: kv_cache(g, kv, chip.lanes) if kv is not None else None, lambda r: dump_graph(g))
     check_weights_fit(g, chip, precision)  # a model far too big is refused before the expensive passes
     pg = step("lower", lambda: lower(g, chip, precision), lambda r: r.dump())
     pg = step("heads", lambda: heads(pg, chip), lambda r: r.dump())
@@ -264,7 +264,7 @@ def compile_system(path: "str | Path | onnx.ModelProto", system: SystemConfig, c
                    precision: str = "fp32", scheduler: str = "list",
                    input_shapes: dict[str, tuple[int, ...]] | None = None, parallel: str = "pp",
                    link_dtype: str = "auto", kv: KVStep | None = None,
-                   pinned: dict[str, list[tuple[str, int]]] | None = None,
+                   pinned: dict[str, list] | None = None,
                    resident_chips: dict[str, int] | None = None) -> SystemCompiled:
     """Compile an ONNX model onto ``chips`` chips of ``system``.
 
@@ -310,7 +310,7 @@ def compile_system(path: "str | Path | onnx.ModelProto", system: SystemConfig, c
 
     g = step("import", lambda: import_onnx(path, input_shapes))
     g = step("fold", lambda: fold_constants(g, empty_ok=kv is not None))
-    layout = step("kv_cache", lambda: kv_cache(g, kv)) if kv is not None else None
+    layout = step("kv_cache", lambda: kv_cache(g, kv, chip.lanes)) if kv is not None else None
     if kv is not None and parallel not in ("pp", "auto"):
         raise CompileError(f"--parallel {parallel}: KV-cache step programs are split over chips as a pipeline "
                            f"(pp) so far")

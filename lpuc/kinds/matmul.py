@@ -18,7 +18,7 @@ from isa.timing import instruction_timing
 from lpuc.kinds.base import PrimKind, TaskKind, register_prim_kind, register_task_kind
 from lpuc.passes import tile as tiling
 from lpuc.passes.install import deinterleave
-from lpuc.prim import Prim
+from lpuc.prim import Prim, Tensor
 from lpuc.tasks import Access, Task
 from lpuc.templates import Builder, Template, region_rows
 
@@ -137,7 +137,10 @@ def mmheads(p: Prim, x: np.ndarray, y: np.ndarray, lanes: int) -> np.ndarray:
     """The passes ``tile_mmheads`` runs (see ``lpuc.passes.heads``): whole lane chunks against weights
     zeroed outside one head's lanes; PV accumulates the heads of a chunk pass by pass."""
     H, D, L = p.attrs["H"], p.attrs["D"], lanes
-    E = x.shape[-1] if p.attrs["mode"] == "qk" else y.shape[-1]
+    if p.attrs.get("blocks"):  # a chunk-major K or V [1, C, N, L]: back to rows [1, N, C*L]
+        C, N = y.shape[1], y.shape[2]
+        y = np.ascontiguousarray(y.reshape(C, N, L).transpose(1, 0, 2)).reshape(1, N, C * L)
+    E = x.shape[-1] if p.attrs["mode"] == "qk" else int(p.attrs.get("E", y.shape[-1]))
     B = int(np.prod(p.out.shape[:-3])) if p.attrs["mode"] in ("qk", "qkg", "pvg") else int(np.prod(p.out.shape[:-2]))
 
     def chunk(t: np.ndarray, c: int) -> np.ndarray:  # lanes of chunk c, zero-padded to L
@@ -148,7 +151,7 @@ def mmheads(p: Prim, x: np.ndarray, y: np.ndarray, lanes: int) -> np.ndarray:
 
     if p.attrs["mode"] == "qkg":  # x: the grouped query rows [B, H, T, L]; K's chunk installed whole
         T, N = x.shape[-2], y.shape[-2]
-        xs, ys = x.reshape(B, H, T, L), y.reshape(B, N, E)
+        xs, ys = x.reshape(B, H, T, L), y.reshape(B, N, y.shape[-1])
         out = np.empty((B, H, T, N), np.float32)
         for b in range(B):
             for h in range(H):
@@ -159,11 +162,13 @@ def mmheads(p: Prim, x: np.ndarray, y: np.ndarray, lanes: int) -> np.ndarray:
         return out.reshape(p.out.shape)
     if p.attrs["mode"] == "pvg":  # x: P [B, H, T, S]; V's chunk installed whole (lanes past the row's end: 0)
         T, S = x.shape[-2], x.shape[-1]
-        xs, ys = x.reshape(B, H, T, S), y.reshape(B, S, E)
+        xs, ys = x.reshape(B, H, T, S), y.reshape(B, S, y.shape[-1])
         out = np.empty((B, H, T, L), np.float32)
         for b in range(B):
             for h in range(H):
-                w = chunk(ys[b], (p.attrs["offv"] + h * D) // L)
+                cv = (p.attrs["offv"] + h * D) // L
+                w = chunk(ys[b], cv)
+                w[:, max(0, E - cv * L):] = 0  # (lanes past the row's end: zeroed as the install does)
                 out[b, h] = semantics.matmul(np.ascontiguousarray(xs[b, h]), w)
         return out.reshape(p.out.shape)
     if p.attrs["mode"] == "qk":
@@ -335,6 +340,18 @@ def tile_matmul(tiler: Tiler, p: Prim) -> None:
                 tiler.tg.add("chain", reads, [o], p, steps=steps, rows=rows, dtype=a.dtype)
 
 
+def _keys(tiler: Tiler, y: Tensor, p: Prim) -> tuple[int, int, int, Any]:
+    """(row width E, lane chunks C, batches B, rows_of(b, c): the access of lane chunk c of batch b's
+    rows) of a grouped product's K or V: ``[.., N, E]`` rows, or chunk-major ``[1, C, N, L]`` blocks (a KV
+    cache: block c is lane chunk c of every row, ``attrs["blocks"]``)."""
+    N = y.shape[-2]
+    if p.attrs.get("blocks"):
+        C = y.shape[1]
+        return int(p.attrs["E"]), C, 1, lambda b, c: tiler.acc(y, c * N, 1, N)
+    C = y.chunks(tiler.L)
+    return y.shape[-1], C, y.rows // N, lambda b, c: tiler.acc(y, b * N * C + c, C, N)
+
+
 def tile_mmheads(tiler: Tiler, p: Prim) -> None:
     """Multi-head products on heads in place (``lpuc.passes.heads``). QK: one chain per (batch, head):
     K's token rows installed as columns, lanes outside the head zeroed; Q's rows multiplied whole.
@@ -344,31 +361,29 @@ def tile_mmheads(tiler: Tiler, p: Prim) -> None:
     L = tiler.L
     H, D = p.attrs["H"], p.attrs["D"]
     if p.attrs["mode"] == "qkg":  # one chain per (batch, lane chunk of K): its heads' query rows at once
-        E, C = y.shape[-1], y.chunks(L)
+        E, C, B, rows_of = _keys(tiler, y, p)
         T, N = x.shape[-2], y.shape[-2]
-        B = y.rows // N
         for b in range(B):
             for ck in range(C):
                 hs = [h for h in range(H) if (p.attrs["offk"] + h * D) // L == ck]
                 if not hs:
                     continue
                 hi = min(L, E - ck * L)
-                step = {"ws": [tiler.acc(y, b * N * C + ck, C, N)], "x": tiler.acc(x, (b * H + hs[0]) * T, 1, len(hs) * T),
+                step = {"ws": [rows_of(b, ck)], "x": tiler.acc(x, (b * H + hs[0]) * T, 1, len(hs) * T),
                         "t": 1, "lo": 0, "hi": hi if hi < L else 0, "k": hi if hi < L else 0}
                 o = tiler.acc(p.out, (b * H + hs[0]) * T, 1, len(hs) * T)
                 tiler.tg.add("chain", [*step["ws"], step["x"]], [o], p, steps=[step], rows=len(hs) * T, dtype=x.dtype)
         return
     if p.attrs["mode"] == "pvg":  # one chain per (batch, lane chunk of V): its heads' P rows at once
-        E, C = y.shape[-1], y.chunks(L)
+        E, C, B, rows_of = _keys(tiler, y, p)
         T, S = x.shape[-2], x.shape[-1]
-        B = y.rows // S
         for b in range(B):
             for cv in range(C):
                 hs = [h for h in range(H) if (p.attrs["offv"] + h * D) // L == cv]
                 if not hs:
                     continue
                 hi = min(L, E - cv * L)
-                step = {"ws": [tiler.acc(y, b * S * C + cv, C, S)], "x": tiler.acc(x, (b * H + hs[0]) * T, 1, len(hs) * T),
+                step = {"ws": [rows_of(b, cv)], "x": tiler.acc(x, (b * H + hs[0]) * T, 1, len(hs) * T),
                         "t": 0, "lo": 0, "hi": hi if hi < L else 0, "k": S if S < L else 0}
                 o = tiler.acc(p.out, (b * H + hs[0]) * T, 1, len(hs) * T)
                 tiler.tg.add("chain", [*step["ws"], step["x"]], [o], p, steps=[step], rows=len(hs) * T, dtype=x.dtype)

@@ -26,30 +26,35 @@ if TYPE_CHECKING:
 
 @register_prim_kind
 class KVAppendPrim(PrimKind):
-    """``out = cache`` with ``out[idx[i]] = rows[i]`` for ``i < S`` and ``0 <= idx[i] < L`` (later i wins), over
-    the rows of the tensors (all dimensions but the last): ``ins = [cache [.., L, E], rows [.., S, E], idx [S]
-    i32]``; ``out`` *is* the cache tensor (stored in place)."""
+    """The cache ``[1, C, L, Lc]`` is stored chunk-major: block c holds lane chunk c (``Lc`` lanes, the
+    chip's) of every row. ``out = cache`` with ``out[0, c, idx[i]] = rows[0, i, c*Lc:(c+1)*Lc]`` (zero-padded)
+    for ``i < S`` and ``0 <= idx[i] < L`` (later i wins): ``ins = [cache, rows [1, S, E], idx [S] i32]``;
+    ``out`` *is* the cache tensor (stored in place)."""
 
     name = "kv_append"
 
     def tile(self, tiler: Tiler, p: Prim) -> None:
         cache, rows, idx = p.ins
-        L, S = cache.rows, rows.rows
-        C = cache.chunks(tiler.L)
+        C, L, S = cache.shape[1], cache.shape[2], rows.rows
+        Cr = rows.chunks(tiler.L)
         if S > tiler.L:
             raise CompileError(f"{p.node}: {S} new cache rows in one step exceed the {tiler.L} lanes of one "
                                f"index vector; use a shorter chunk")
-        for c in range(C):
-            tiler.tg.add("scatter", [tiler.acc(idx, 0, 1, 1), tiler.acc(rows, c, C, S)],
-                         [tiler.acc(cache, c, C, L)], p, chunk=c, n=S, stride=C, bound=L)
+        assert cache.shape[-1] <= tiler.L and Cr == C, "a chunk-major cache holds one lane chunk a row"
+        for c in range(C):  # block c: vectors c*L .. c*L + L - 1
+            tiler.tg.add("scatter", [tiler.acc(idx, 0, 1, 1), tiler.acc(rows, c, Cr, S)],
+                         [tiler.acc(cache, c * L, 1, L)], p, first=c * L, n=S, stride=1, bound=L)
 
     def evaluate(self, p: Prim, vals: dict[int, np.ndarray], lanes: int) -> np.ndarray:
         cache, rows, idx = (vals[t.id] for t in p.ins)  # type: ignore[union-attr]
-        out = np.array(cache).reshape(-1, p.out.shape[-1])
-        new = np.asarray(rows).reshape(-1, out.shape[1])
+        C, L, Lc = p.out.shape[1], p.out.shape[2], p.out.shape[3]
+        out = np.array(cache).reshape(C, L, Lc)
+        new = np.asarray(rows).reshape(-1, np.asarray(rows).shape[-1])
+        pad = np.zeros((len(new), C * Lc), new.dtype)
+        pad[:, :new.shape[1]] = new
         for i, r in enumerate(np.asarray(idx).astype(np.int64).reshape(-1)):
-            if 0 <= r < len(out):
-                out[r] = new[i]
+            if 0 <= r < L:
+                out[:, r] = pad[i].reshape(C, Lc)
         return out.reshape(p.out.shape)
 
 
@@ -66,16 +71,15 @@ class ScatterTask(TaskKind):
     def long_reads(self, task: Task) -> set[int]:
         return {task.reads[1].tensor.id}  # the new rows stream in while the SCATTERs store
 
-    def whole(self, task: Task) -> set[int]:
-        return {task.writes[0].tensor.id}
-
     def allocation_rules(self, task: Task, rules: Any) -> None:
         # one flight of the index vector and one of the rows pass every plane of the cache: both come
-        # from the other hemisphere
-        cache = task.writes[0].tensor.id
+        # from the other hemisphere; each block of the cache in slices of its own (attention reads the
+        # blocks at once)
+        cache = task.writes[0]
         for a in task.reads:
-            rules.opposite[a.tensor.id].add(cache)
-            rules.opposite[cache].add(a.tensor.id)
+            rules.opposite[a.tensor.id].add(cache.tensor.id)
+            rules.opposite[cache.tensor.id].add(a.tensor.id)
+        rules.blocks[cache.tensor.id] = cache.n
 
 
 def scatter_template(task: Task, chip: ChipConfig) -> Template:
@@ -88,15 +92,18 @@ def scatter_template(task: Task, chip: ChipConfig) -> Template:
     out = task.writes[0]
     cache = out.tensor
     lat = chip.latency
-    if len(cache.segments) > 1 or len(ids.tensor.segments) > 1:
-        raise CompileError(f"KV cache {cache.name} ({cache.dtype} {list(cache.shape)}) is larger than one "
-                           f"{chip.name} segment ({chip.segment_words} words) per plane; use a shorter --max-context")
-    cpos = [b.pos(s) for s, _ in cache.planes]
+    pieces = cache.pieces(out.start, out.stride, out.n)
+    if len(pieces) > 1 or len(ids.tensor.segments) > 1:
+        raise CompileError(f"KV cache {cache.name} ({cache.dtype} {list(cache.shape)}): a block of {out.n} rows "
+                           f"is larger than one {chip.name} segment ({chip.segment_words} words) per plane; use a "
+                           f"shorter --max-context")
+    (_, _, cv0, cplanes), = pieces
+    cpos = [b.pos(s) for s, _ in cplanes]
     ipos = [b.pos(s) for s, _ in ids.tensor.planes]
     direction = "E" if max(ipos) < min(cpos) else "W"
     first = min(cpos) if direction == "E" else max(cpos)
     last = max(cpos) if direction == "E" else min(cpos)
-    n, stride, chunk = task.attrs["n"], task.attrs["stride"], task.attrs["chunk"]
+    n, stride, first_row = task.attrs["n"], task.attrs["stride"], task.attrs["first"]
     d = b.diag(direction, 0, first)
     # the index group, aligned on diagonal d
     fi = b.new_flight(direction, 4)
@@ -126,15 +133,14 @@ def scatter_template(task: Task, chip: ChipConfig) -> Template:
             cycles = rel + np.arange(m)
             b.sram.append((rows.tensor.id, sname, "r", cycles, addr + rows.stride * np.arange(m), base))
             b.vec.append((rows.tensor.id, "r", rows.start + rows.stride * np.arange(j0, j1), cycles))
-    # one SCATTER per cache plane; every row of the chunk may change, by its last landing cycle
-    nvec = cache.rows
-    for k, ((sname, base), p) in enumerate(zip(cache.planes, cpos)):
+    # one SCATTER per cache plane; every row of the block may change, by its last landing cycle
+    for k, ((sname, base), p) in enumerate(zip(cplanes, cpos)):
         t_k = abs(p - first)
-        s = b.inst(sname, t_k, "SCATTER", addr=base + chunk, n=n, stride=stride, idx=0, s=0,
+        s = b.inst(sname, t_k, "SCATTER", addr=base + first_row - cv0, n=n, stride=stride, idx=0, s=0,
                    bound=task.attrs["bound"])
         s.refs["idx"] = (fi, 0)
         s.refs["s"] = (fr, k)
         lands = t_k + 1 + lat["mem_write"] + np.arange(n)
         b.sram.append((cache.id, sname, "w", lands, None, base))
-        b.vec.append((cache.id, "w", chunk + stride * np.arange(nvec), np.full(nvec, int(lands[-1]))))
+        b.vec.append((cache.id, "w", out.indices(), np.full(out.n, int(lands[-1]))))
     return b.finish()

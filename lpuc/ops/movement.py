@@ -234,9 +234,9 @@ for _name in ("Constant", "ConstantOfShape", "Range", "Shape", "Size"):  # folde
 
 
 def KVAppend(lw: Lowering, node: Node) -> None:
-    """lpuc.KVAppend(cache [1, L, E], rows [1, S, E], positions [S]) -> cache with ``cache[positions[i]] = rows[i]``
-    (``lpuc.passes.kv_cache``): the cache is resident state, made here in the rows' chip dtype and
-    stored in place (MEM SCATTER: ``lpuc.kinds.scatter``)."""
+    """lpuc.KVAppend(cache [1, C, L, Lc], rows [1, S, E], positions [S]) -> cache with
+    ``cache[0, c, positions[i]] = rows[0, i, c*Lc:(c+1)*Lc]`` (chunk-major, ``lpuc.passes.kv_cache``): the
+    cache is resident state, made here and stored in place (MEM SCATTER: ``lpuc.kinds.scatter``)."""
     name, rows_name, pos_name = node.inputs
     rows = _unmoved(lw, lw.tensor(rows_name))
     cache = lw.env.get(name)

@@ -44,6 +44,9 @@ class Rules:
     together: dict[int, set[int]] = field(default_factory=lambda: defaultdict(set))  # must be in the same hemisphere
     weights: dict[int, int] = field(default_factory=dict)  # weight tensor id -> words, for the hemisphere balance
     vxm_tasks: dict[int, list] = field(default_factory=lambda: defaultdict(list))  # tensor id -> VXM tasks that touch it
+    # tensor id -> vectors a block: a segment each, in slices apart from its other blocks (a chunk-major
+    # KV cache, whose blocks attention reads at once)
+    blocks: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -157,13 +160,14 @@ class _Unmirror(Exception):
 
 
 def allocate(tg: TaskGraph, chip: ChipConfig, received_first: bool = True,
-             pinned: dict[str, list[tuple[str, int]]] | None = None) -> Allocation:
+             pinned: dict[str, list[tuple[int, int, list[tuple[str, int]]]]] | None = None) -> Allocation:
     """SRAM places for every tensor of ``tg``. ``received_first``: values another chip sends are placed
     with the inputs, before the constants (they get slices near the centre: BERT-base width split over
     8 chips by token rows, 188,559 -> 179,620 cycles); else after them, which leaves the constants more
     room (``lpuc.pipeline`` retries that way when the first way does not fit). ``pinned``: resident
-    tensors' planes (slice, address) by name, placed there before anything else (the step programs of
-    one model share their KV cache: the prefill program's must lie where the decode program's does)."""
+    tensors' segments (first vector, end vector, planes) by name, placed there before anything else (the
+    step programs of one model share their KV cache: the prefill program's must lie where the decode
+    program's does)."""
     while True:
         try:
             return _allocate(tg, chip, received_first, pinned or {})
@@ -172,7 +176,7 @@ def allocate(tg: TaskGraph, chip: ChipConfig, received_first: bool = True,
 
 
 def _allocate(tg: TaskGraph, chip: ChipConfig, received_first: bool,
-              pinned: dict[str, list[tuple[str, int]]]) -> Allocation:
+              pinned: dict[str, list[tuple[int, int, list[tuple[str, int]]]]]) -> Allocation:
     L = chip.lanes
     view_of: dict[int, Tensor] = getattr(tg, "view_of", {})
     mirror_of: dict[int, int] = getattr(tg, "mirror_of", {})
@@ -351,7 +355,9 @@ def _allocate(tg: TaskGraph, chip: ChipConfig, received_first: bool,
             hemis.sort(key=lambda h: (weight_words if t.const is not None else act_words)[h])
         # a tensor larger than a region is cut into segments of whole rows; when the free space is too
         # fragmented for that, into smaller segments (not a GATHER's table or index: one flight each)
-        rows_per_seg = max(1, bw // C)
+        rows_per_seg = max(1, bw // C) if i not in rules.blocks else max(1, rules.blocks[i] // C)
+        if t.name in pinned:  # where another program of the model keeps it: its segments as they are there
+            rows_per_seg = max(1, (pinned[t.name][0][1] - pinned[t.name][0][0]) // C)
         best = None
         while best is None:
             segs = [(r0 * C, min(t.rows, r0 + rows_per_seg) * C) for r0 in range(0, t.rows, rows_per_seg)]
@@ -382,17 +388,20 @@ def _allocate(tg: TaskGraph, chip: ChipConfig, received_first: bool,
             raise CompileError(f"cannot place tensor {t.name} ({t.dtype} {list(t.shape)}): {chip.name} has no "
                                f"{w} free MEM slices in one hemisphere apart from the tensors it is used with")
         _, h, pick = best
-        if t.name in pinned:  # where another program of the model keeps it
-            want = pinned[t.name]
-            if len(segs) != 1 or len(want) != w:
+        want = pinned.get(t.name)
+        if want is not None:
+            if [(v0, v1) for v0, v1, _ in want] != segs or any(len(pl) != w for _, _, pl in want):
                 raise CompileError(f"resident tensor {t.name} cannot lie where the other step program keeps it")
-            h = chip.slice(want[0][0]).hemisphere
-            pick = [(0, sname, addr // bw, addr) for sname, addr in want]
+            h = chip.slice(want[0][2][0][0]).hemisphere
         spots: list[tuple[str, int, int, int]] = []
         t.segments = []
         for k, (v0, v1) in enumerate(segs):
             n = v1 - v0
-            if k:  # later segments stay in the same hemisphere (flights keep their direction)
+            if want is not None:
+                pick = [(0, sname, addr // bw, addr) for sname, addr in want[k][2]]
+            elif k:  # later segments stay in the same hemisphere (flights keep their direction)
+                if i in rules.blocks:  # (each block in slices of its own)
+                    banned_slices = banned_slices | {s for s, _, _, _ in spots}
                 pick = choose(h, n, w, banned_slices, banned_spots, near.get(i, set()))
                 if pick is None:
                     raise CapacityError(f"tensor {t.name} ({t.dtype} {list(t.shape)}) does not fit the free SRAM "

@@ -27,12 +27,56 @@ from __future__ import annotations
 import numpy as np
 
 from isa.config import ChipConfig
-from lpuc.prim import Prim, PrimGraph, Tensor
+from lpuc.prim import Imm, Prim, PrimGraph, Tensor
 from lpuc.templates import region_rows
 
 MOVES = ("view", "copy", "relayout", "convert")
-#: at most this many query rows, Q K^T installs each lane chunk of K once for all its heads (``qkg``)
-GROUPED_ROWS = 4
+#: at most this many query rows (a decode step, a speculative verify pass), Q K^T and P V install each
+#: lane chunk of K and V once for all its heads (``qkg``, ``pvg``)
+GROUPED_ROWS = 8
+
+
+def _merge_heads(pg: PrimGraph, rows: Tensor, merged: Tensor, H: int, T: int, D: int, L: int,
+                 node: str) -> list[Prim]:
+    """``merged [.., T, H*D]`` from a grouped P V product ``rows [Bc, H, T, L]`` (row (h, t): lane chunk c_h
+    of head h's result, only head h's lanes meant): per lane chunk, VXM SELECTs with constant lane masks
+    take each head's lanes from its row (bit copies, a few vectors), and the chunks' rows are the merged
+    rows' vectors; lanes of no head are 0. (Moving the lanes on the SXM instead took 12 permutes and ORs a
+    layer.)"""
+    Bc, E = rows.shape[0], H * D
+    Cm = -(-E // L)
+    prims: list[Prim] = []
+    results: list[Tensor] = []
+
+    def row(b: int, h: int) -> Tensor:  # head h's rows: whole vectors of ``rows`` (a copy the tiler folds)
+        out = pg.tensor(f"{rows.name}.b{b}h{h}", rows.dtype, (T, L))
+        vmap = (b * H + h) * T + np.arange(T, dtype=np.int64)
+        emap = (vmap[:, None] * L + np.arange(L)[None, :]).reshape(-1)
+        prims.append(Prim("copy", [rows], out, {"vmap": vmap, "emap": emap}, node))
+        return out
+
+    for b in range(Bc):
+        for c in range(Cm):
+            hs = [h for h in range(H) if (h * D) // L == c]
+            acc: Tensor | Imm = Imm(0.0)  # (not a row of ``rows``: a VXM op reads one vector of a tensor a cycle)
+            for h in hs:
+                lo = (h * D) % L
+                mask = np.zeros(L, np.uint8)
+                mask[lo:lo + D] = 1
+                out = pg.tensor(f"{rows.name}.b{b}c{c}h{h}", rows.dtype, (T, L))
+                prims.append(Prim("ewise", [pg.const(f"head{h}.lanes", mask, "u8"), row(b, h), acc], out,
+                                  {"op": "SELECT", "dtype": rows.dtype}, node))
+                acc = out
+            assert isinstance(acc, Tensor)
+            results.append(acc)
+    # merged vector (b*T + t)*Cm + c is vector t of results[b*Cm + c]
+    b_, t_, c_ = np.meshgrid(np.arange(Bc), np.arange(T), np.arange(Cm), indexing="ij")
+    vmap = ((b_ * Cm + c_) * T + t_).reshape(-1)
+    e = np.arange(E)
+    emap = (((np.arange(Bc)[:, None, None] * Cm + (e // L)[None, None, :]) * T + np.arange(T)[None, :, None]) * L
+            + (e % L)[None, None, :]).reshape(-1)
+    prims.append(Prim("copy", results, merged, {"vmap": vmap, "emap": emap}, node))
+    return prims
 
 
 def _grouped_queries(pg: PrimGraph, q: Tensor, off: int, H: int, T: int, D: int, L: int, node: str) -> Prim:
@@ -85,19 +129,27 @@ def _head_split(B: int, H: int, T: int, D: int, E: int, off: int) -> np.ndarray:
     return ((b * T + t) * E + off + h * D + d).reshape(-1)
 
 
-def _as_heads(t: Tensor, producer: dict[int, Prim], H: int, T: int, D: int) -> tuple[Tensor, int, str | None] | None:
-    """(source [.., T, E], lane offset of head 0, conversion) if t [.., H, T, D] is a head split of it."""
+def _as_heads(t: Tensor, producer: dict[int, Prim], H: int, T: int, D: int,
+              L: int = 0) -> tuple[Tensor, int, str | None, bool] | None:
+    """(source [.., T, E], lane offset of head 0, conversion, False) if t [.., H, T, D] is a head split
+    of it; with ``L``, also (source [1, C, T, L], offset, conversion, True) if t is a head split of a
+    chunk-major source (block c holds lane chunk c of every row: a KV cache, ``lpuc.passes.kv_cache``)."""
     src, emap, to = _trace(t, producer)
     if src is t or len(src.shape) < 2 or src.shape[-2] != T or src.splat:
         return None
     E = src.shape[-1]
     B = int(np.prod(src.shape[:-2])) if len(src.shape) > 2 else 1
-    if B * H * T * D != len(emap):
-        return None
     off = int(emap[0]) if len(emap) else 0
-    if off >= E or not np.array_equal(emap, _head_split(B, H, T, D, E, off)):
-        return None
-    return src, off, to
+    if B * H * T * D == len(emap) and off < E and np.array_equal(emap, _head_split(B, H, T, D, E, off)):
+        return src, off, to, False
+    if L and len(src.shape) == 4 and src.shape[0] == 1 and src.shape[-1] == L and len(emap) == H * T * D:
+        C = src.shape[1]
+        off = (off // (T * L)) * L + off % L
+        e = off + np.arange(H)[:, None, None] * D + np.arange(D)[None, None, :]  # [H, 1, D]
+        want = ((e // L) * T + np.arange(T)[None, :, None]) * L + e % L
+        if int(e.max()) < C * L and np.array_equal(emap, want.reshape(-1)):
+            return src, off, to, True
+    return None
 
 
 def _column_slice(p: Prim) -> int | None:
@@ -215,9 +267,11 @@ def heads(pg: PrimGraph, chip: ChipConfig) -> PrimGraph:
             if p.attrs["tb"] and a.shape[-3:-1] == (H, T) and T <= L:  # S = Q K^T, per head
                 D = a.shape[-1]
                 qa = _as_heads(a, producer, H, T, D)
-                ka = _as_heads(b, producer, H, b.shape[-2], D) if len(b.shape) >= 3 and b.shape[-3] == H else None
+                ka = _as_heads(b, producer, H, b.shape[-2], D, L) if len(b.shape) >= 3 and b.shape[-3] == H else None
+                if qa and ka and ka[3] and (T > GROUPED_ROWS or int(np.prod(qa[0].shape[:-2])) != 1):
+                    ka = None  # (a chunk-major cache: grouped products of one batch only)
                 if qa and ka and b.shape[-2] <= L and qa[1] % L == ka[1] % L and fits(qa[1], H, D) and fits(ka[1], H, D) \
-                        and qa[0].shape[:-2] == ka[0].shape[:-2]:
+                        and (ka[3] or qa[0].shape[:-2] == ka[0].shape[:-2]):
                     q, k = source(qa[0], qa[2]), source(ka[0], ka[2])
                     if q.dtype == k.dtype == a.dtype and T <= GROUPED_ROWS:
                         # few query rows (a decode step): K's chunk installed once for all its heads, each
@@ -226,15 +280,17 @@ def heads(pg: PrimGraph, chip: ChipConfig) -> PrimGraph:
                         new_prims.append(made)
                         producer[made.out.id] = made
                         qm = made.out
-                        rewritten = Prim("mmheads", [qm, k], p.out, {"mode": "qkg", "H": H, "D": D, "offk": ka[1]},
-                                         p.node)
+                        rewritten = Prim("mmheads", [qm, k], p.out, {"mode": "qkg", "H": H, "D": D, "offk": ka[1],
+                                                                    "blocks": ka[3], "E": H * D + ka[1]}, p.node)
                     elif q.dtype == k.dtype == a.dtype:
                         rewritten = Prim("mmheads", [q, k], p.out, {"mode": "qk", "H": H, "D": D, "offq": qa[1],
                                                                    "offk": ka[1]}, p.node)
             elif not p.attrs["tb"] and b.shape[-3:-1] == (H, a.shape[-1]) and a.shape[-1] <= L and T <= L:
                 # C = P V per head, merged by the moves that read C (and nothing else reads C)
                 D = b.shape[-1]
-                va = _as_heads(b, producer, H, a.shape[-1], D)
+                va = _as_heads(b, producer, H, a.shape[-1], D, L)
+                if va and va[3] and (T > GROUPED_ROWS or int(np.prod(a.shape[:-3])) != 1):
+                    va = None  # (a chunk-major cache: grouped products of one batch only)
                 rs = readers.get(p.out.id, [])
                 merged = None
                 if va and va[1] % L == 0 and fits(va[1], H, D) and p.out.id not in outputs:
@@ -260,13 +316,11 @@ def heads(pg: PrimGraph, chip: ChipConfig) -> PrimGraph:
                         Bc = int(np.prod(merged.shape[:-2])) if len(merged.shape) > 2 else 1
                         per_head = pg.tensor(f"{merged.name}.heads", merged.dtype, (Bc, H, T, L))
                         new_prims.append(Prim("mmheads", [a, v], per_head, {"mode": "pvg", "H": H, "D": D,
-                                                                           "offv": va[1]}, p.node))
-                        e = np.arange(H * D)
-                        bt = np.arange(Bc)[:, None] * H * T * L + np.arange(T)[None, :] * L  # [Bc, T]
-                        emap = bt[:, :, None] + ((e // D) * T * L + e % L)[None, None, :]
-                        merge = Prim("relayout", [per_head], merged, {"emap": emap.reshape(-1)}, p.node)
-                        new_prims.append(merge)
-                        producer[merged.id] = merge
+                                                                           "offv": va[1], "blocks": va[3],
+                                                                           "E": H * D + va[1]}, p.node))
+                        merge = _merge_heads(pg, per_head, merged, H, T, D, L, p.node)
+                        new_prims.extend(merge)
+                        producer[merged.id] = merge[-1]
                         summed.add(merged.id)
                         continue
                     if v.dtype == b.dtype:

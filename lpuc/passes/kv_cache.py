@@ -5,8 +5,9 @@ Exports with a cache (optimum's decoder-with-past convention, torch.onnx TorchSc
 ``past_key_values.{i}.key/value`` [1, H, P, D]; each layer concatenates its past with the step's new
 keys (values) along axis 2 (``present.{i}.key`` = Concat(past, new)), attends over that, and returns
 it. The host would send the whole cache in and take it out every step. Here the cache is *resident*
-instead: one tensor ``[1, L, H*D]`` per layer and kind (row r = token position r, the heads side by side
-in lanes, as attention reads them), kept on the chip from one run to the next, and a step appends its
+instead: one tensor per layer and kind, row r = token position r with the heads side by side in lanes,
+stored chunk-major (``[1, C, L, lanes]``: block c holds lane chunk c of every row, so that each block
+gets slices of its own and attention reads the blocks in parallel), kept on the chip from one run to the next, and a step appends its
 S new rows in place at rows ``position_ids`` (``lpuc.KVAppend``, MEM SCATTER: ``lpuc.kinds.scatter``).
 The position is data, so one program serves every position up to L (``--max-context``).
 
@@ -64,7 +65,8 @@ class KVStep:
 
 @dataclass
 class Cache:
-    """One resident cache: ``name`` [1, context, heads * head_dim], from model input ``source``."""
+    """One resident cache: ``name`` [1, C, context, lanes] (chunk-major: block c holds lane chunk c of
+    every row of heads * head_dim), from model input ``source``."""
 
     name: str
     source: str
@@ -115,8 +117,9 @@ def step_shapes(inputs: dict[str, tuple], step: KVStep) -> dict[str, tuple[int, 
     return shapes
 
 
-def kv_cache(g: Graph, step: KVStep) -> KVLayout:
-    """Rewrite ``g`` (shapes fixed by ``step_shapes``) into the step program (module docstring)."""
+def kv_cache(g: Graph, step: KVStep, lanes: int) -> KVLayout:
+    """Rewrite ``g`` (shapes fixed by ``step_shapes``) into the step program (module docstring) for a
+    chip of ``lanes`` lanes."""
     caches = cache_inputs(g.inputs)
     if not caches:
         raise KVCacheError(f"no KV-cache inputs (past_key_values.<i>.key/value) among {', '.join(g.inputs)}")
@@ -130,7 +133,7 @@ def kv_cache(g: Graph, step: KVStep) -> KVLayout:
     g.add_node(Node("kv/positions", "Reshape", ["position_ids", shape_s.name], [pos.name]))
     for src in sorted(caches, key=lambda n: caches[n]):
         layer, kind = caches[src]
-        layout.caches.append(_rewrite_cache(g, src, layer, kind, step, pos.name))
+        layout.caches.append(_rewrite_cache(g, src, layer, kind, step, pos.name, lanes))
     if "attention_mask" in g.inputs or any("mask" in n for n in g.inputs):
         mask = "attention_mask" if "attention_mask" in g.inputs else next(n for n in g.inputs if "mask" in n)
         _mask_on_chip(g, mask, step)
@@ -176,7 +179,7 @@ def _const(g: Graph, name: str, value: np.ndarray) -> Value:
     return g.add_value(Value(name, tuple(value.shape), value.dtype, value))
 
 
-def _rewrite_cache(g: Graph, src: str, layer: int, kind: str, step: KVStep, pos: str) -> Cache:
+def _rewrite_cache(g: Graph, src: str, layer: int, kind: str, step: KVStep, pos: str, lanes: int) -> Cache:
     cat, x = _find_concat(g, src)
     new, present = cat.inputs[1], cat.outputs[0]
     _, H, _, D = g.values[src].shape  # (the new rows' shape may be known only after folding)
@@ -191,23 +194,36 @@ def _rewrite_cache(g: Graph, src: str, layer: int, kind: str, step: KVStep, pos:
     g.outputs = [o for o in g.outputs if o != view]
     # the output's name (present.i.key) is the resident cache's: it holds every position's row
     name = present if present.startswith("present") else f"{src}.cache"
-    g.values[name] = Value(name, (1, L, E), dtype)  # (batch 1, as the attention's other operand has it)
+    # chunk-major: lane chunk c of every row is block c of rows, which the allocator keeps in slices of its
+    # own, so that attention reads the chunks of a step's cache in parallel
+    C = -(-E // lanes)
+    Lc = lanes if C > 1 else E
+    g.values[name] = Value(name, (1, C, L, Lc), dtype)
     rows_t = g.add_value(Value(f"{p}/rows_t", (1, S, H, D), dtype))
     g.add_node(Node(f"{p}/rows_t", "Transpose", [new], [rows_t.name], {"perm": [0, 2, 1, 3]}))
     rows = g.add_value(Value(f"{p}/rows", (1, S, E), dtype))
     g.add_node(Node(f"{p}/rows", "Reshape", [rows_t.name, _const(g, f"{p}/rows_shape", np.array([1, S, E])).name],
                     [rows.name]))
-    after = g.add_value(Value(f"{p}/appended", (1, L, E), dtype))
+    after = g.add_value(Value(f"{p}/appended", (1, C, L, Lc), dtype))
     g.add_node(Node(f"{p}/append", "KVAppend", [name, rows.name, pos], [after.name], domain="lpuc"))
-    if not step.prefill:
-        heads = g.add_value(Value(f"{p}/heads", (1, L, H, D), dtype))
-        g.add_node(Node(f"{p}/heads", "Reshape",
-                        [after.name, _const(g, f"{p}/heads_shape", np.array([1, L, H, D])).name], [heads.name]))
-        g.add_value(Value(view, (1, H, L, D), dtype))
-        g.add_node(Node(view, "Transpose", [heads.name], [view], {"perm": [0, 2, 1, 3]}))
+    made = [f"{p}/rows_t", f"{p}/rows", f"{p}/append"]
+    if not step.prefill:  # the cache as [1, H, L, D]: rows back together, heads split
+        steps = [("Transpose", (1, L, C, Lc), {"perm": [0, 2, 1, 3]}, []),
+                 ("Reshape", (1, L, C * Lc), {}, [np.array([1, L, C * Lc])])]
+        if C * Lc > E:
+            steps.append(("Slice", (1, L, E), {}, [np.array([0]), np.array([E]), np.array([2])]))
+        steps += [("Reshape", (1, L, H, D), {}, [np.array([1, L, H, D])]),
+                  ("Transpose", (1, H, L, D), {"perm": [0, 2, 1, 3]}, [])]
+        x = after.name
+        for k, (op, shape, attrs, consts) in enumerate(steps):
+            out = view if k == len(steps) - 1 else f"{p}/view{k}"
+            g.add_value(Value(out, shape, dtype))
+            ins = [x] + [_const(g, f"{out}/c{j}", c).name for j, c in enumerate(consts)]
+            g.add_node(Node(out, op, ins, [out], attrs))
+            made.append(out)
+            x = out
     g.resident.append(name)
     g.updates[name] = after.name
-    made = [f"{p}/rows_t", f"{p}/rows", f"{p}/append"] + ([] if step.prefill else [f"{p}/heads", view])
     if g.producer(new) is not None:  # (beside the layer they belong to, in the node order)
         g.place_after(made, g.producer(new).name)
     return Cache(name, src, layer, kind, H, D)
