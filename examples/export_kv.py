@@ -37,7 +37,6 @@ Files written to ``examples/models/kv/`` (see its README.md); torch is not an lp
 from __future__ import annotations
 
 import copy
-import io
 import json
 import logging
 import sys
@@ -53,10 +52,12 @@ import torch.nn as nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from export_models import (  # noqa: E402  (the helpers of the zoo export)
     OPSET,
+    op_counts,
+    save_clean,
+    torchscript_proto,
     _first_line,
     _shape,
     _zoo_randomize,
-    op_types,
     seed_everything,
 )
 
@@ -187,17 +188,8 @@ def export(wrapper: KVWrapper, cfg, path: Path, exporter: str) -> dict[str, str]
                     "logits": {1: SEQ}}
             axes.update({n: {2: PAST} for n in in_names[3:]})
             axes.update({n: {2: TOTAL} for n in out_names[1:]})
-            buf = io.BytesIO()
-            torch.onnx.export(wrapper, args, buf, dynamo=False, opset_version=OPSET,
-                              input_names=in_names, output_names=out_names,
-                              dynamic_axes=axes, do_constant_folding=True, verbose=False)
-            proto = onnx.load_from_string(buf.getvalue())
-    # drop the exporter's per-node debug metadata (stack traces with absolute paths)
-    for node in proto.graph.node:
-        del node.metadata_props[:]
-        node.doc_string = ""
-    del proto.metadata_props[:]
-    onnx.save_model(proto, str(path))
+            proto = torchscript_proto(wrapper, args, in_names, out_names, axes)
+    save_clean(proto, path)
     return info
 
 
@@ -321,27 +313,6 @@ def verify(path: Path, model: nn.Module, wrapper: KVWrapper) -> dict:
     pad_err = max(float(np.max(np.abs(o - r))) for o, r in zip(outs, ref))
     result["left_padded_row0_err_ort_vs_torch"] = float(f"{pad_err:.2g}")
     return result
-
-
-def op_counts(m: onnx.ModelProto) -> dict[str, int]:
-    counts: dict[str, int] = {}
-
-    def walk(graph):
-        for n in graph.node:
-            key = n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}"
-            counts[key] = counts.get(key, 0) + 1
-            for a in n.attribute:
-                if a.type == onnx.AttributeProto.GRAPH:
-                    walk(a.g)
-                elif a.type == onnx.AttributeProto.GRAPHS:
-                    for g in a.graphs:
-                        walk(g)
-
-    walk(m.graph)
-    for f in m.functions:
-        walk(f)
-    assert set(counts) == set(op_types(m))
-    return dict(sorted(counts.items()))
 
 
 def _error(e: BaseException) -> str:

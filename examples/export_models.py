@@ -381,12 +381,15 @@ def export(model: nn.Module, args: tuple, path: Path, input_names, output_names,
         onnx.save_model(proto, str(path))
 
 
-def op_types(model: onnx.ModelProto) -> list[str]:
-    ops = set()
+def op_counts(model: onnx.ModelProto) -> dict[str, int]:
+    """How often each op type occurs (``domain::op`` outside the default domain), in subgraphs too; a
+    function's nodes count by their op type alone."""
+    counts: dict[str, int] = {}
 
-    def walk(graph):
+    def walk(graph, qualify: bool = True):
         for n in graph.node:
-            ops.add(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}")
+            key = n.op_type if n.domain in ("", "ai.onnx") or not qualify else f"{n.domain}::{n.op_type}"
+            counts[key] = counts.get(key, 0) + 1
             for a in n.attribute:
                 if a.type == onnx.AttributeProto.GRAPH:
                     walk(a.g)
@@ -396,9 +399,12 @@ def op_types(model: onnx.ModelProto) -> list[str]:
 
     walk(model.graph)
     for f in model.functions:
-        for n in f.node:
-            ops.add(n.op_type)
-    return sorted(ops)
+        walk(f, qualify=False)
+    return dict(sorted(counts.items()))
+
+
+def op_types(model: onnx.ModelProto) -> list[str]:
+    return sorted(op_counts(model))
 
 
 def verify(path: Path, model: nn.Module, feeds_list: list[dict[str, np.ndarray]]) -> dict:
@@ -683,17 +689,27 @@ def _zoo_export(wrapper: nn.Module, args: tuple, path: Path, input_names, output
                                      dynamic_shapes=shapes, optimize=True, verbose=False)
             proto = prog.model_proto
         else:
-            import io
             axes = None
             if dynamic:
                 out_seq = "decoder_seq" if "decoder_input_ids" in input_names else "seq"
                 axes = {n: {0: "batch", 1: _zoo_seq_dim(n)} for n in input_names}
                 axes.update({n: {0: "batch", 1: out_seq} for n in output_names})
-            buf = io.BytesIO()
-            torch.onnx.export(wrapper, args, buf, dynamo=False, opset_version=OPSET,
-                              input_names=input_names, output_names=output_names,
-                              dynamic_axes=axes, do_constant_folding=True, verbose=False)
-            proto = onnx.load_from_string(buf.getvalue())
+            proto = torchscript_proto(wrapper, args, input_names, output_names, axes)
+    save_clean(proto, path)
+
+
+def torchscript_proto(wrapper: nn.Module, args: tuple, input_names, output_names, axes) -> onnx.ModelProto:
+    """The TorchScript exporter's model (``dynamo=False``, constants folded, ``dynamic_axes=axes``)."""
+    import io
+
+    buf = io.BytesIO()
+    torch.onnx.export(wrapper, args, buf, dynamo=False, opset_version=OPSET, input_names=input_names,
+                      output_names=output_names, dynamic_axes=axes, do_constant_folding=True, verbose=False)
+    return onnx.load_from_string(buf.getvalue())
+
+
+def save_clean(proto: onnx.ModelProto, path: Path) -> None:
+    """Save without the exporter's per-node debug metadata (stack traces with absolute paths)."""
     for node in proto.graph.node:
         del node.metadata_props[:]
         node.doc_string = ""

@@ -574,22 +574,27 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print(json.dumps(r, indent=2))
         return 0 if r["identical_to_onnxruntime"] is not False else 1
     print(_summary(c))
-    print(f"mode               recompute: no KV cache, every step runs the whole context of {gen.context} tokens "
-          "(exports with a KV cache are refused so far)")
+    print(f"mode               recompute: the export has no KV cache, so every step runs the whole context of "
+          f"{gen.context} tokens")
+    _print_tokens(gen, r, "its greedy loop over the same export")
+    print(f"time to 1st token  {r['ttft_us']:.1f} us  ({gen.cycles:,} cycles at {c.chip.clock_mhz:g} MHz)")
+    print(f"per token          {r['decode_us_per_token']:.1f} us, {r['tokens_per_s']:,.0f} tokens/s "
+          f"(roofline bound {gen.roofline_cycles:,} cycles a step)")
+    print("KV cache           0 bytes (recompute mode)")
+    print(f"emulated in        {gen.emulate_s:.2f} s for {len(gen.tokens)} step(s)")
+    return 0 if gen.reference_tokens in (None, gen.tokens) else 1
+
+
+def _print_tokens(gen, r: dict, reference: str) -> None:
+    """The prompt, the new tokens (and their text), and whether onnxruntime's loop gave the same."""
     print(f"prompt             {', '.join(map(str, gen.prompt))}")
     print(f"tokens             {', '.join(map(str, gen.tokens))}" + ("  (stopped at --eos)" if gen.stopped_at_eos else ""))
-    if tok is not None:
+    if "text" in r:
         print(f"text               {r['text']!r}")
     if gen.reference_tokens is not None:
         same = gen.reference_tokens == gen.tokens
         print(f"onnxruntime        {'identical' if same else 'DIFFERENT: ' + ', '.join(map(str, gen.reference_tokens))} "
-              f"(its greedy loop over the same export)")
-    print(f"time to 1st token  {r['ttft_us']:.1f} us  ({gen.cycles:,} cycles at {c.chip.clock_mhz:g} MHz)")
-    print(f"per token          {r['decode_us_per_token']:.1f} us, {r['tokens_per_s']:,.0f} tokens/s "
-          f"(roofline bound {gen.roofline_cycles:,} cycles a step)")
-    print(f"KV cache           0 bytes (recompute mode)")
-    print(f"emulated in        {gen.emulate_s:.2f} s for {len(gen.tokens)} step(s)")
-    return 0 if gen.reference_tokens in (None, gen.tokens) else 1
+              f"({reference})")
 
 
 def _generate_kv(args: argparse.Namespace, prompt: list[int], tok, sampler) -> int:
@@ -665,14 +670,7 @@ def _generate_kv(args: argparse.Namespace, prompt: list[int], tok, sampler) -> i
         print(f"chips              {steps.chips} as a pipeline ({steps.decode.program.meta.get('chips_choice', '')})")
     print(f"mode               KV cache: prefill program ({steps.chunk} tokens, compiled in "
           f"{steps.prefill.seconds:.1f} s) and decode program (1 token at a run-time position < {gen.context})")
-    print(f"prompt             {', '.join(map(str, gen.prompt))}")
-    print(f"tokens             {', '.join(map(str, gen.tokens))}" + ("  (stopped at --eos)" if gen.stopped_at_eos else ""))
-    if tok is not None:
-        print(f"text               {r['text']!r}")
-    if gen.reference_tokens is not None:
-        same = gen.reference_tokens == gen.tokens
-        print(f"onnxruntime        {'identical' if same else 'DIFFERENT: ' + ', '.join(map(str, gen.reference_tokens))} "
-              f"(its greedy loop over the export, present fed back as past)")
+    _print_tokens(gen, r, "its greedy loop over the export, present fed back as past")
     print(f"time to 1st token  {gen.ttft_us:.1f} us  (prefill: {gen.prefill_cycles:,} cycles at {clock:g} MHz)")
     print(f"per token          {gen.step_us:.1f} us, {r['tokens_per_s']:,.0f} tokens/s ({gen.cycles:,} cycles a decode step); "
           f"with the host's transfers ({gen.host_us_per_step:.1f} us: the token in, the logits out) "

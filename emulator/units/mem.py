@@ -56,7 +56,7 @@ def gather(em, op):
     if ((src < 0) & ok).any():
         i = int(np.argmax((src < 0) & ok))
         em.hazard(op, "unwritten-read", cycles[i], f"gathered address {int(addrs_read[i])} was never written")
-    _check_gather_banks(em, op, addrs_read, cycles)
+    _check_banks(em, op, addrs_read, cycles, em.mem_writes, "gathers from and writes")
     em.ensure(src[src >= 0])
     out = np.zeros((n, em.lanes), np.uint8)
     out[inside] = store.words(events)
@@ -93,33 +93,21 @@ def scatter(em, op):
         em.hazard(op, "out-of-range", int(cycles[i]), f"scattered address {int(addrs[i])} is outside 0..{size - 1}")
     for j in np.flatnonzero(hit & ~out):  # in j order: for equal indices the later j wins
         words[row_of[ix[j]]] = s[j]
-    _check_scatter_banks(em, op, addrs[hit & ~out], cycles[hit & ~out])
+    _check_banks(em, op, addrs[hit & ~out], cycles[hit & ~out], em.mem_reads, "reads and scatters into")
     em.write_sram(op, words)
 
 
-def _check_scatter_banks(em, op, addrs, cycles) -> None:
-    reads = em.mem_reads.get((op.chip, op.slice.name))
-    if not reads or not len(cycles):
+def _check_banks(em, op, addrs, cycles, others, what: str) -> None:
+    """A data-dependent access of op's slice (GATHER reads, SCATTER writes: ``addrs`` in ``cycles``) against
+    the slice's addressed accesses of the other kind (``others``: ``mem_writes`` or ``mem_reads``): one bank
+    a cycle each."""
+    acc = others.get((op.chip, op.slice.name))
+    if not acc or not len(cycles):
         return
-    rc = np.concatenate([c for _, c, _ in reads])
-    rb = em.chip.bank_of(np.concatenate([a for a, _, _ in reads]))
-    common, wi, ri = np.intersect1d(cycles, rc, return_indices=True)
-    bad = em.chip.bank_of(addrs[wi]) == rb[ri]
+    oc = np.concatenate([c for _, c, _ in acc])
+    ob = em.chip.bank_of(np.concatenate([a for a, _, _ in acc]))
+    common, mi, oi = np.intersect1d(cycles, oc, return_indices=True)
+    bad = em.chip.bank_of(addrs[mi]) == ob[oi]
     if bad.any():
         k = int(np.argmax(bad))
-        em.hazard(op, "bank-conflict", common[k], f"{op.slice.name} reads and scatters into bank "
-                                                  f"{int(rb[ri[k]])} in the same cycle")
-
-
-def _check_gather_banks(em, op, addrs, cycles) -> None:
-    writes = em.mem_writes.get((op.chip, op.slice.name))
-    if not writes:
-        return
-    wc = np.concatenate([c for _, c, _ in writes])
-    wb = em.chip.bank_of(np.concatenate([a for a, _, _ in writes]))
-    common, ri, wi = np.intersect1d(cycles, wc, return_indices=True)
-    bad = em.chip.bank_of(addrs[ri]) == wb[wi]
-    if bad.any():
-        k = int(np.argmax(bad))
-        em.hazard(op, "bank-conflict", common[k], f"{op.slice.name} gathers from and writes bank "
-                                                  f"{int(wb[wi[k]])} in the same cycle")
+        em.hazard(op, "bank-conflict", common[k], f"{op.slice.name} {what} bank {int(ob[oi[k]])} in the same cycle")

@@ -360,31 +360,21 @@ def tile_mmheads(tiler: Tiler, p: Prim) -> None:
     x, y = p.ins
     L = tiler.L
     H, D = p.attrs["H"], p.attrs["D"]
-    if p.attrs["mode"] == "qkg":  # one chain per (batch, lane chunk of K): its heads' query rows at once
+    if p.attrs["mode"] in ("qkg", "pvg"):
+        # one chain per (batch, lane chunk of K or V): the chunk installed once, the rows of its heads (Q
+        # with the other heads' lanes zeroed, or P) multiplied at once
+        qk = p.attrs["mode"] == "qkg"
         E, C, B, rows_of = _keys(tiler, y, p)
-        T, N = x.shape[-2], y.shape[-2]
+        T, off = x.shape[-2], p.attrs["offk" if qk else "offv"]
         for b in range(B):
-            for ck in range(C):
-                hs = [h for h in range(H) if (p.attrs["offk"] + h * D) // L == ck]
+            for c in range(C):
+                hs = [h for h in range(H) if (off + h * D) // L == c]
                 if not hs:
                     continue
-                hi = min(L, E - ck * L)
-                step = {"ws": [rows_of(b, ck)], "x": tiler.acc(x, (b * H + hs[0]) * T, 1, len(hs) * T),
-                        "t": 1, "lo": 0, "hi": hi if hi < L else 0, "k": hi if hi < L else 0}
-                o = tiler.acc(p.out, (b * H + hs[0]) * T, 1, len(hs) * T)
-                tiler.tg.add("chain", [*step["ws"], step["x"]], [o], p, steps=[step], rows=len(hs) * T, dtype=x.dtype)
-        return
-    if p.attrs["mode"] == "pvg":  # one chain per (batch, lane chunk of V): its heads' P rows at once
-        E, C, B, rows_of = _keys(tiler, y, p)
-        T, S = x.shape[-2], x.shape[-1]
-        for b in range(B):
-            for cv in range(C):
-                hs = [h for h in range(H) if (p.attrs["offv"] + h * D) // L == cv]
-                if not hs:
-                    continue
-                hi = min(L, E - cv * L)
-                step = {"ws": [rows_of(b, cv)], "x": tiler.acc(x, (b * H + hs[0]) * T, 1, len(hs) * T),
-                        "t": 0, "lo": 0, "hi": hi if hi < L else 0, "k": S if S < L else 0}
+                hi = min(L, E - c * L)
+                k = (hi if hi < L else 0) if qk else (x.shape[-1] if x.shape[-1] < L else 0)
+                step = {"ws": [rows_of(b, c)], "x": tiler.acc(x, (b * H + hs[0]) * T, 1, len(hs) * T),
+                        "t": int(qk), "lo": 0, "hi": hi if hi < L else 0, "k": k}
                 o = tiler.acc(p.out, (b * H + hs[0]) * T, 1, len(hs) * T)
                 tiler.tg.add("chain", [*step["ws"], step["x"]], [o], p, steps=[step], rows=len(hs) * T, dtype=x.dtype)
         return

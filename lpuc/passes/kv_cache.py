@@ -126,7 +126,7 @@ def kv_cache(g: Graph, step: KVStep, lanes: int) -> KVLayout:
     if "position_ids" not in g.inputs:
         raise KVCacheError("the export has no 'position_ids' input: lpuc's step programs take the position "
                            "as data; export with position_ids (as optimum does)")
-    S, L = step.chunk, step.context
+    S = step.chunk
     layout = KVLayout(step)
     pos = g.add_value(Value("kv/positions", (S,), np.dtype(np.int64)))
     shape_s = _const(g, "kv/shape_s", np.array([S], np.int64))
