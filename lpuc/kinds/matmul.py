@@ -206,14 +206,16 @@ def mmheads(p: Prim, x: np.ndarray, y: np.ndarray, lanes: int) -> np.ndarray:
     return out[..., :Eo].reshape(p.out.shape)
 
 
-def chain_template(task: Task, chip: ChipConfig, region_rows: int, side: str | None = None) -> Template:
+def chain_template(task: Task, chip: ChipConfig, region_rows: int, side: str | None = None,
+                   lead: int = 0) -> Template:
     """Install weights and multiply for every K chunk, then read the accumulators out.
 
     IW i uses weight buffer (i + flip) % B (B = ``mxm.weight_buffers``), so the next installs overlap the
-    current multiply; a buffer is
-    reinstalled only after the multiply that used it has finished. The scheduler picks ``flip`` (and
-    the accumulator region) per chain.
-    """
+    current multiply; a buffer is reinstalled only after the multiply that used it has finished. The
+    scheduler picks ``flip`` (and the accumulator region) per chain. ``lead``: the first multiply waits
+    that many cycles more, so the first B installs may happen that much earlier, before the activations
+    exist (a product of one row is all installs: a plane idle while the layer's vector work runs can
+    fill its buffers ahead)."""
     nbuf = chip.weight_buffers
     b = Builder(chip)
     lat = chip.latency
@@ -231,7 +233,7 @@ def chain_template(task: Task, chip: ChipConfig, region_rows: int, side: str | N
     iw_starts: list[int] = []
     for i, st in enumerate(steps):
         a = st["x"]
-        if i >= 2:
+        if i >= nbuf:
             t_iw = max(t_iw, mm_end[i - nbuf])  # buffer i % B is free once multiply i-B is done
         while t_iw in used:  # one instruction per cycle in the plane's queue
             t_iw += 1
@@ -246,7 +248,7 @@ def chain_template(task: Task, chip: ChipConfig, region_rows: int, side: str | N
         for r, wr in enumerate(ws):  # group r carries rows r, r+g, ...: piece r of the weights
             b.read_group(wr, x, int(probe.reads[r].cycles[0]), iw, "s", group=(r, g))
         ready = int(probe.store[0].cycles[0])
-        t_mm = max(ready, mm_end[-1] if mm_end else 0)
+        t_mm = max(ready + (lead if i == 0 else 0), mm_end[-1] if mm_end else 0)
         while t_mm in used:
             t_mm += 1
         used.add(t_mm)
@@ -272,6 +274,10 @@ def chain_template(task: Task, chip: ChipConfig, region_rows: int, side: str | N
     return b.finish(unit="MXM_" + wside, regions=max(1, int(chip.mxm["acc_rows"]) // region_rows), flips=nbuf)
 
 
+#: chains whose multiply takes at most this many cycles (rows x cycles_per_vector) may install ahead
+PREFETCH_CYCLES = 8
+
+
 def chain_variants(task: Task, chip: ChipConfig) -> list[Template]:
     """A chain on either hemisphere's planes: first where its weights are, then the other side (the
     weights then stream across the chip). (Also tried: variants reading the results out of the
@@ -279,7 +285,14 @@ def chain_variants(task: Task, chip: ChipConfig) -> list[Template]:
     278,543 -> 277,569 cycles, not worth twice the fitting work.)"""
     rows = region_rows(chip)
     home = chip.slice(task.attrs["steps"][0]["ws"][0].tensor.planes[0][0]).hemisphere
-    return [chain_template(task, chip, rows, side) for side in (home, "E" if home == "W" else "W")]
+    sides = (home, "E" if home == "W" else "W")
+    out = [chain_template(task, chip, rows, side) for side in sides]
+    steps = task.attrs["steps"]
+    if task.attrs["rows"] * chip.cycles_per_vector(task.attrs["dtype"]) <= PREFETCH_CYCLES and len(steps) > 1:
+        # a product of a row or two waits for its installs: also offer to do the first B of them ahead
+        lead = sum(-(-install_rows(st) // len(weights(st))) for st in steps[:chip.weight_buffers])
+        out += [chain_template(task, chip, rows, side, lead) for side in sides]
+    return out
 
 
 # ================================================================================================
