@@ -174,3 +174,17 @@ def test_two_chips_as_a_pipeline_keep_each_cache_with_its_layer():
     assert gen.tokens == gen.reference_tokens
     assert "on 2 chips" in gen.kv_cache_where and gen.decode_roofline["critical_path"] == sum(
         int(p.roofline.parts["critical_path"]) for p in steps.decode.parts)
+
+
+def test_cli_text_prompt_on_a_kv_export(tmp_path):
+    """--prompt TEXT with a tokenizer.json: the same tokens as the ids it encodes to, and their text."""
+    tokenizers = pytest.importorskip("tokenizers")
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel({f"w{i}": i for i in range(96)}, unk_token="w0"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tok.save(str(tmp_path / "tokenizer.json"))
+    common = [str(KV / "llama_kv_dynamo.onnx"), "--max-new-tokens", "3", "--max-context", "16", "--json"]
+    text = json.loads(lpuc("generate", *common, "--prompt", "w5 w17 w42", "--tokenizer",
+                           str(tmp_path / "tokenizer.json")).stdout)
+    ids = json.loads(lpuc("generate", *common, "--prompt-ids", "5,17,42").stdout)
+    assert text["mode"] == "kv-cache" and text["tokens"] == ids["tokens"] and text["identical_to_onnxruntime"]
+    assert text["text"] == " ".join(f"w{t}" for t in ids["tokens"])
