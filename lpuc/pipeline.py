@@ -169,12 +169,25 @@ def compile_model(path: "str | Path | onnx.ModelProto", chip: ChipConfig, precis
     g = step("fold", lambda: fold_constants(g, empty_ok=kv is not None), dump_graph)
     layout = step("kv_cache", lambda: kv_cache(g, kv, chip.lanes) if kv is not None else None, lambda r: dump_graph(g))
     check_weights_fit(g, chip, precision)  # a model far too big is refused before the expensive passes
-    pg = step("lower", lambda: lower(g, chip, precision), lambda r: r.dump())
-    pg = step("heads", lambda: heads(pg, chip), lambda r: r.dump())
-    pg = step("install", lambda: install(pg, chip), lambda r: r.dump())
-    tg = step("tile", lambda: tile(pg, chip), lambda r: r.dump())
-    tg = step("mirror", lambda: mirror(tg, chip), lambda r: r.dump())
-    al = step("allocate", lambda: allocate(tg, chip, pinned=pinned), lambda r: r.dump(tg))
+    interleaved = []
+
+    def to_allocation(groups: int | None) -> tuple[PrimGraph, TaskGraph, Allocation]:
+        pg = step("lower", lambda: lower(g, chip, precision), lambda r: r.dump())
+        pg = step("heads", lambda: heads(pg, chip), lambda r: r.dump())
+        pg = step("install", lambda: install(pg, chip, groups), lambda r: r.dump())
+        interleaved.append(any(p.attrs.get("il", 1) > 1 for p in pg.prims))
+        tg = step("tile", lambda: tile(pg, chip), lambda r: r.dump())
+        tg = step("mirror", lambda: mirror(tg, chip), lambda r: r.dump())
+        return pg, tg, step("allocate", lambda: allocate(tg, chip, pinned=pinned), lambda r: r.dump(tg))
+
+    try:
+        pg, tg, al = to_allocation(None)
+    except CapacityError:
+        # weights interleaved for fast installs take more slices apart: a chip nearly full may hold them
+        # only as they are (as ``compile_system`` does; GPT-2 small width with a 256-position cache)
+        if not interleaved[-1]:
+            raise
+        pg, tg, al = to_allocation(1)
     sc = step("schedule", lambda: schedule(tg, al, chip, scheduler), lambda r: r.dump(tg))
     name = Path(path).name if isinstance(path, (str, Path)) else (path.graph.name or "model")
     meta = {"model": name, "precision": precision, "scheduler": scheduler}
