@@ -385,7 +385,9 @@ def _allocate(tg: TaskGraph, chip: ChipConfig, received_first: bool,
             unmirror(tg, t)
             continue
         if best is None:
-            raise CompileError(f"cannot place tensor {t.name} ({t.dtype} {list(t.shape)}): {chip.name} has no "
+            # (the chip is too full for the tensor beside those it is read with: a capacity limit, which a
+            # caller may meet with plainer installs or more chips)
+            raise CapacityError(f"cannot place tensor {t.name} ({t.dtype} {list(t.shape)}): {chip.name} has no "
                                f"{w} free MEM slices in one hemisphere apart from the tensors it is used with")
         _, h, pick = best
         want = pinned.get(t.name)
