@@ -54,8 +54,9 @@ def plan(g: Graph) -> Plan:
     [1, L]; GenerateError naming the input or output that does not fit."""
     for name in g.inputs:
         if any(w in name.lower() for w in CACHE_WORDS):
-            raise GenerateError(f"input '{name}' is a KV cache: lpuc generate runs exports without one so far "
-                                f"(recompute mode); export the model with use_cache=False")
+            raise GenerateError(f"input '{name}' is a KV cache: recompute mode runs exports without one; "
+                                f"generate with lpuc.generate_kv (as lpuc generate does), or export the model "
+                                f"with use_cache=False")
     ints = [n for n in g.inputs if g.values[n].dtype.kind in "iu"]
     ids = "input_ids" if "input_ids" in g.inputs else (ints[0] if len(ints) == 1 else None)
     if ids is None:

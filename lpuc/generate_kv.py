@@ -80,10 +80,6 @@ class StepPrograms:
     chunk: int
 
     @property
-    def seconds(self) -> float:
-        return self.decode.seconds + self.prefill.seconds
-
-    @property
     def vocab(self) -> int:
         return int(self.decode.graph.values["logits"].shape[-1])
 

@@ -169,25 +169,23 @@ def compile_model(path: "str | Path | onnx.ModelProto", chip: ChipConfig, precis
     g = step("fold", lambda: fold_constants(g, empty_ok=kv is not None), dump_graph)
     layout = step("kv_cache", lambda: kv_cache(g, kv, chip.lanes) if kv is not None else None, lambda r: dump_graph(g))
     check_weights_fit(g, chip, precision)  # a model far too big is refused before the expensive passes
-    interleaved = []
-
-    def to_allocation(groups: int | None) -> tuple[PrimGraph, TaskGraph, Allocation]:
+    def to_tasks(groups: int | None) -> tuple[PrimGraph, TaskGraph]:
         pg = step("lower", lambda: lower(g, chip, precision), lambda r: r.dump())
         pg = step("heads", lambda: heads(pg, chip), lambda r: r.dump())
         pg = step("install", lambda: install(pg, chip, groups), lambda r: r.dump())
-        interleaved.append(any(p.attrs.get("il", 1) > 1 for p in pg.prims))
         tg = step("tile", lambda: tile(pg, chip), lambda r: r.dump())
-        tg = step("mirror", lambda: mirror(tg, chip), lambda r: r.dump())
-        return pg, tg, step("allocate", lambda: allocate(tg, chip, pinned=pinned), lambda r: r.dump(tg))
+        return pg, step("mirror", lambda: mirror(tg, chip), lambda r: r.dump())
 
+    pg, tg = to_tasks(None)
     try:
-        pg, tg, al = to_allocation(None)
+        al = step("allocate", lambda: allocate(tg, chip, pinned=pinned), lambda r: r.dump(tg))
     except CapacityError:
         # weights interleaved for fast installs take more slices apart: a chip nearly full may hold them
         # only as they are (as ``compile_system`` does; GPT-2 small width with a 256-position cache)
-        if not interleaved[-1]:
+        if not interleaved(pg):
             raise
-        pg, tg, al = to_allocation(1)
+        pg, tg = to_tasks(1)
+        al = step("allocate", lambda: allocate(tg, chip, pinned=pinned), lambda r: r.dump(tg))
     sc = step("schedule", lambda: schedule(tg, al, chip, scheduler), lambda r: r.dump(tg))
     name = Path(path).name if isinstance(path, (str, Path)) else (path.graph.name or "model")
     meta = {"model": name, "precision": precision, "scheduler": scheduler}
@@ -198,6 +196,11 @@ def compile_model(path: "str | Path | onnx.ModelProto", chip: ChipConfig, precis
     if rows:  # which integer inputs index a table, and its rows: lpuc run draws valid ids from it
         prog.meta["input_rows"] = rows
     return Compiled(prog, g, pg, tg, al, sc, rl, chip, time.perf_counter() - t_all, times, layout)
+
+
+def interleaved(pg: PrimGraph) -> bool:
+    """Whether the ``install`` pass interleaved any weights (a chip too full for them may hold them plain)."""
+    return any(p.attrs.get("il", 1) > 1 for p in pg.prims)
 
 
 def _input_rows(g: Graph) -> dict[str, int]:
@@ -367,7 +370,8 @@ def compile_system(path: "str | Path | onnx.ModelProto", system: SystemConfig, c
                     al = step("allocate", lambda: allocate(tgs[k], chip, received_first=False, pinned=pinned))
                 als.append(al)
             except CapacityError as e:
-                raise CapacityError(f"on {n} chip(s) ({part.mode}), chip {stage.chip}: {e.part}") from None
+                raise CapacityError(f"on {n} chip(s) ({part.mode}), chip {stage.chip}: {e.part}",
+                                    interleaved=any(interleaved(pg) for pg in pgs)) from None
         scs = step("schedule", lambda: schedule_system(tgs, als, chip, scheduler))
         parts = []
         data_of: dict = {}  # constant bytes shared between the chips' programs
@@ -387,9 +391,11 @@ def compile_system(path: "str | Path | onnx.ModelProto", system: SystemConfig, c
                 part = split(n, mode)
                 try:
                     parts = chips_of(part, n)
-                except CapacityError:
+                except CapacityError as e:
                     # weights interleaved for fast installs take more slices apart: a chip nearly full of
                     # weights may hold them only as they are (HF GPT-2 small decoding on 2 chips)
+                    if not e.interleaved:
+                        raise
                     parts = chips_of(part, n, groups=1)
             except CapacityError as e:
                 if len(modes) == 1:

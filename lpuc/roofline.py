@@ -113,11 +113,10 @@ def decode_roofline(compiled) -> dict[str, int]:  # type: ignore[no-untyped-def]
         seen: set[int] = set()
         mine = 0
         for t in part.tasks.tasks:
-            for st in t.attrs.get("steps", []) if t.kind == "chain" else []:
-                for a in st["ws"]:
-                    if a.tensor.id not in seen:
-                        seen.add(a.tensor.id)
-                        mine += int(np.prod(a.tensor.shape)) * a.tensor.dt.width
+            for a in task_kind(t).installed(t):
+                if a.tensor.id not in seen:
+                    seen.add(a.tensor.id)
+                    mine += int(np.prod(a.tensor.shape)) * a.tensor.dt.width
         weight_bytes += mine
         install = max(install, _cdiv(mine, bandwidth))
         critical += int(part.roofline.parts["critical_path"])

@@ -208,6 +208,24 @@ class Builder:
                 self.vec.append((t.id, "r" if reading else "w", vectors, cycles))
         unit.refs[fld] = (fl, 0)
 
+    def index_flight(self, ids: Access, direction: str, first: int, last: int, arrive: int = 0) -> int:
+        """READ the planes of index vector ``ids`` (one vector, an i32 group) so that the group passes
+        position ``first`` in cycle ``arrive``, all planes on one diagonal, and flows on to ``last``
+        (the MEM slices that GATHER or SCATTER with it); returns the flight."""
+        fl = self.new_flight(direction, 4)
+        d = self.diag(direction, arrive, first)
+        (_, _, v0, seg), = ids.tensor.pieces(ids.start, 1, 1)
+        for k, (sname, base) in enumerate(seg):
+            p = self.pos(sname)
+            assert (p < first) == (direction == "E"), "the index vector must come from the other side"
+            rel = arrive - self.lat["mem_read"] - abs(first - p)
+            r = self.inst(sname, rel, "READ", addr=base + ids.start - v0, n=1, stride=1)
+            r.refs["s"] = (fl, k)
+            self.flights[fl].parts.append((k, min(p, last), max(p, last), d, d))
+            self.sram.append((ids.tensor.id, sname, "r", np.array([rel]), np.array([base + ids.start - v0]), base))
+            self.vec.append((ids.tensor.id, "r", np.array([ids.start]), np.array([rel])))
+        return fl
+
     # ------------------------------------------------------------------------------ result
     def finish(self, unit: str = "", regions: int = 1, flips: int = 1) -> Template:
         ports: list[tuple[str, str, int, int]] = list(self.extra_ports)

@@ -77,6 +77,10 @@ class TaskKind:
         cycles). SRAM words and stream hops are counted from the template for every kind."""
         return []
 
+    def installed(self, task: "Task") -> list["Access"]:
+        """The accesses whose vectors the task installs into the MXM as weights (``decode_roofline``)."""
+        return []
+
     # ------------------------------------------------------------------ mirror (lpuc.passes.mirror)
     def mirror_reader_key(self, task: "Task") -> object:
         """Readers with one key count as one reader (and read one copy) when the mirror pass

@@ -70,7 +70,6 @@ def gather_template(task: Task, chip: ChipConfig) -> Template:
     b = Builder(chip)
     ids, table = task.reads
     out = task.writes[0]
-    lat = chip.latency
     tpos = [b.pos(s) for s, _ in table.tensor.planes]
     ipos = [b.pos(s) for s, _ in ids.tensor.planes]
     direction = "E" if max(ipos) < min(tpos) else "W"
@@ -82,18 +81,7 @@ def gather_template(task: Task, chip: ChipConfig) -> Template:
         raise CompileError(f"embedding table {table.tensor.name} ({table.tensor.dtype} {list(table.tensor.shape)}) "
                            f"is larger than one {chip.name} segment ({chip.segment_words} words) per plane; gathers from split tables are not "
                            f"supported yet")
-    fl = b.new_flight(direction, 4)
-    f = b.flights[fl]
-    arrive_first = 0  # the index vector passes the nearest table plane in cycle 0
-    d = b.diag(direction, arrive_first, first)
-    (_, _, iv0, iseg), = ids.tensor.pieces(ids.start, 1, 1)
-    for k, ((sname, base), p) in enumerate(zip(iseg, ipos)):
-        rel = arrive_first - lat["mem_read"] - abs(first - p)
-        r = b.inst(sname, rel, "READ", addr=base + ids.start - iv0, n=1, stride=1)
-        r.refs["s"] = (fl, k)
-        f.parts.append((k, min(p, last), max(p, last), d, d))
-        b.sram.append((ids.tensor.id, sname, "r", np.array([rel]), np.array([base + ids.start - iv0]), base))
-        b.vec.append((ids.tensor.id, "r", np.array([ids.start]), np.array([rel])))
+    fl = b.index_flight(ids, direction, first, last)  # (passing the nearest table plane in cycle 0)
     w = DTYPES[table.tensor.dtype].width
     for k in range(w):
         sname, base = table.tensor.planes[k]

@@ -49,6 +49,9 @@ class ChainTask(TaskKind):
             out += [("mxm", task.attrs["rows"] * cpv), ("install", -(-install_rows(st) // len(weights(st))))]
         return out
 
+    def installed(self, task: Task) -> list[Access]:
+        return [a for st in task.attrs["steps"] for a in weights(st)]
+
     def replace_reads(self, task: Task, new: dict[int, Access]) -> None:
         task.reads = [new.get(id(a), a) for a in task.reads]
         for st in task.attrs.get("steps", []):  # a chain names its accesses per K step too

@@ -104,22 +104,10 @@ def scatter_template(task: Task, chip: ChipConfig) -> Template:
     first = min(cpos) if direction == "E" else max(cpos)
     last = max(cpos) if direction == "E" else min(cpos)
     n, stride, first_row = task.attrs["n"], task.attrs["stride"], task.attrs["first"]
+    fi = b.index_flight(ids, direction, first, last)  # on diagonal d, passing ``first`` in cycle 0
     d = b.diag(direction, 0, first)
-    # the index group, aligned on diagonal d
-    fi = b.new_flight(direction, 4)
-    (_, _, iv0, iseg), = ids.tensor.pieces(ids.start, 1, 1)
-    for k, (sname, base) in enumerate(iseg):
-        p = b.pos(sname)
-        assert (p < first) == (direction == "E"), "index vector and cache must be in different hemispheres"
-        rel = -lat["mem_read"] - abs(first - p)
-        r = b.inst(sname, rel, "READ", addr=base + ids.start - iv0, n=1, stride=1)
-        r.refs["s"] = (fi, k)
-        b.flights[fi].parts.append((k, min(p, last), max(p, last), d, d))
-        b.sram.append((ids.tensor.id, sname, "r", np.array([rel]), np.array([base + ids.start - iv0]), base))
-        b.vec.append((ids.tensor.id, "r", np.array([ids.start]), np.array([rel])))
     # the new rows, on diagonals d+1 .. d+n
-    width = len(cache.planes)
-    fr = b.new_flight(direction, width)
+    fr = b.new_flight(direction, len(cplanes))
     for j0, j1, v0, seg in rows.tensor.pieces(rows.start, rows.stride, rows.n):
         for k, (sname, base) in enumerate(seg):
             p = b.pos(sname)

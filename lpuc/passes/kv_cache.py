@@ -83,9 +83,6 @@ class KVLayout:
     step: KVStep
     caches: list[Cache] = field(default_factory=list)
 
-    def bytes(self, width: int) -> int:
-        """Cache bytes at ``width`` bytes a value."""
-        return sum(self.step.context * c.heads * c.head_dim * width for c in self.caches)
 
 
 def cache_inputs(names: list[str]) -> dict[str, tuple[int, str]]:
