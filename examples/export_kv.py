@@ -52,6 +52,7 @@ import torch.nn as nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from export_models import (  # noqa: E402  (the helpers of the zoo export)
     OPSET,
+    error_line,
     op_counts,
     save_clean,
     torchscript_proto,
@@ -315,16 +316,6 @@ def verify(path: Path, model: nn.Module, wrapper: KVWrapper) -> dict:
     return result
 
 
-def _error(e: BaseException) -> str:
-    first = f"{type(e).__name__}: {_first_line(e)}"
-    cause = e.__cause__
-    while cause is not None and cause.__cause__ is not None:
-        cause = cause.__cause__
-    if cause is not None:  # torch.export's ConversionError: its first line is boilerplate
-        first = f"{type(e).__name__} <- {type(cause).__name__}: {_first_line(cause)}"
-    return first
-
-
 def main() -> int:
     import transformers
 
@@ -351,8 +342,8 @@ def main() -> int:
                 except Exception as e:  # noqa: BLE001 - report, then try the next form
                     if path.exists():
                         path.unlink()
-                    tried.append(f"{note}: {_error(e)}")
-                    print(f"FAIL {path.name} ({note}): {_error(e)}", flush=True)
+                    tried.append(f"{note}: {error_line(e)}")
+                    print(f"FAIL {path.name} ({note}): {error_line(e)}", flush=True)
                     continue
                 entry.update({"model_class": type(model).__name__, "exporter": exporter,
                               "attn_implementation": model.config._attn_implementation})

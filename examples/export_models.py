@@ -736,6 +736,18 @@ def _first_line(e: BaseException) -> str:
     return (text.splitlines() or [""])[0][:300]
 
 
+def error_line(e: BaseException) -> str:
+    """An export failure in one line: its type and first line, or its deepest cause's (torch.export's
+    ConversionError's own first line is boilerplate)."""
+    first = f"{type(e).__name__}: {_first_line(e)}"
+    cause = e.__cause__
+    while cause is not None and cause.__cause__ is not None:
+        cause = cause.__cause__
+    if cause is not None:
+        first = f"{type(e).__name__} <- {type(cause).__name__}: {_first_line(cause)}"
+    return first
+
+
 def zoo(only: list[str] | None, exporters: list[str]) -> int:
     import copy
     import json
@@ -788,12 +800,7 @@ def zoo(only: list[str] | None, exporters: list[str]) -> int:
                 except Exception as e:  # noqa: BLE001 - report, then try the next form
                     if path.exists():
                         path.unlink()
-                    first = f"{type(e).__name__}: {_first_line(e)}"
-                    cause = e.__cause__
-                    while cause is not None and cause.__cause__ is not None:
-                        cause = cause.__cause__
-                    if cause is not None:  # torch.export's ConversionError: its first line is boilerplate
-                        first = f"{type(e).__name__} <- {type(cause).__name__}: {_first_line(cause)}"
+                    first = error_line(e)
                     tried.append(f"{note or 'default'}: {first}")
                     print(f"FAIL {path.name} ({note or 'default'}): {first}", flush=True)
                     continue
