@@ -342,6 +342,27 @@ def test_install_groups_follow_the_rows_the_weights_are_multiplied_by():
     assert install_groups(16, 16, 4, 320, 32, [768]) == 2  # f32: 4 streams per group, cap 2
     assert install_groups(16, 4, 2, 320, 32, [50257]) == 1  # an odd row count has no groups
     assert install_groups(16, 4, 2, 320, 32, [330]) == 2  # 10 rows past the last full install: g | 10
+    # a decode step (one row): 5 groups (10 of the 32 streams); with padding g need not divide the rows
+    assert install_groups(1, 4, 2, 320, 32, [768]) == 4  # 128 rows past the last full install: 5 does not divide
+    assert install_groups(1, 4, 2, 320, 32, [768], pad=True) == 5  # padded to 770 rows
+    assert install_groups(1, 4, 2, 320, 32, [50257], pad=True) == 5
+
+
+def test_padded_installs_compute_the_same_product(tmp_path):
+    """One activation row times K x 700 weights on lpu-v1 in fp16: installs over g = 5 stream groups, the
+    last install of K = 643 and 650 rows (3 and 10 past two full ones) padded with zero rows up to a
+    multiple of 5 that its MATMUL's k masks off. The product is onnxruntime's and the reference's, bit
+    for bit; the 3 rows of K = 643 are not a multiple of any g > 1, so without padding it installs plain."""
+    for K in (640, 643, 650):
+        w = onnx.numpy_helper.from_array(np.random.default_rng(K).standard_normal((K, 700)).astype(np.float32) / K ** 0.5, "w")
+        m = _model([helper.make_node("MatMul", ["x", "w"], ["y"])], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, K])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 700])], [w])
+        path = _save(m, tmp_path / f"mm{K}.onnx")
+        c = compile_model(path, load_chip("lpu-v1"), "fp16")
+        ils = [p.attrs.get("il", 1) for p in c.prims.prims if p.kind == "matmul"]
+        assert ils and all(il == 5 for il in ils), (K, ils)
+        r = verify(c, str(path), "fp16").report
+        assert r["ok"] and r["bit_exact"], (K, r)
 
 
 def test_few_activation_rows_install_weights_over_several_stream_groups(tmp_path, monkeypatch):

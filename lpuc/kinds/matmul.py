@@ -17,7 +17,7 @@ from isa.instructions import BY_MNEMONIC
 from isa.timing import instruction_timing
 from lpuc.kinds.base import PrimKind, TaskKind, register_prim_kind, register_task_kind
 from lpuc.passes import tile as tiling
-from lpuc.passes.install import deinterleave
+from lpuc.passes.install import FEW_ROWS_CYCLES, deinterleave
 from lpuc.prim import Prim, Tensor
 from lpuc.tasks import Access, Task
 from lpuc.templates import Builder, Template, region_rows
@@ -59,8 +59,11 @@ class ChainTask(TaskKind):
             st["ws"] = [new.get(id(a), a) for a in st["ws"]]
 
     def allocation_rules(self, task: Task, rules: Any) -> None:
+        few = task.attrs["rows"] * rules.chip.cycles_per_vector(task.attrs["dtype"]) <= FEW_ROWS_CYCLES
         for st in task.attrs["steps"]:  # matrix weights: balanced between the hemispheres' planes
             ws = weights(st)
+            if few and len(ws) > 1 and all(a.tensor.const is not None for a in ws):
+                rules.few_rows.add(st["x"].tensor.id)
             for a in ws:
                 rules.weights[a.tensor.id] = rules.tensors[a.tensor.id].vectors(rules.L)
             if len(ws) > 1:  # the groups of one IW flow to the plane together: one hemisphere
@@ -96,6 +99,9 @@ class MatmulPrim(PrimKind):
         a = vals[p.ins[0].id]
         # weights stored by output lane chunk are concatenated; interleaved ones first put back together
         parts = deinterleave([vals[t.id] for t in p.ins[1:]], p.attrs.get("il", 1))
+        if not p.attrs["tb"]:  # without the rows ``install`` padded the last installs with
+            c0, c1 = p.attrs.get("kc", (0, -(-a.shape[-1] // lanes)))
+            parts = [x[..., :min(a.shape[-1], c1 * lanes) - c0 * lanes, :] for x in parts]
         b = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0 if p.attrs["tb"] else -1)
         return matmul(a, b, p.attrs["tb"], lanes, p.attrs.get("kc")).reshape(p.out.shape)
 
@@ -336,14 +342,17 @@ def tile_matmul(tiler: Tiler, p: Prim) -> None:
                     if split:  # weights stored as parts of `split` output lane chunks each
                         q, jj = j // split, j % split
                         if not tb:  # part [K, split*L]: rows k, lane chunk jj
-                            ws = wacc(q, (i - c0) * L, jj, p.ins[1 + q * g].chunks(L), kk)
+                            # (the last install may take rows ``install`` padded it with; k masks them)
+                            kw = min(L, p.ins[1 + q * g].shape[0] * g - (i - c0) * L)
+                            ws = wacc(q, (i - c0) * L, jj, p.ins[1 + q * g].chunks(L), kw)
                             hi = 0
                         else:  # part [split*L, K]: rows n of the chunk become columns
                             nn = min(L, N - j * L)
                             ws = wacc(q, jj * L, i, Ck, nn)
                             hi = kk if kk < L else 0
                     elif not tb:  # rows k of b, lane chunk j
-                        ws = wacc(0, bb * K + i * L, j, Cn, kk)
+                        kw = kk if g == 1 else min(L, p.ins[1].shape[0] * g - i * L)  # (padded: see above)
+                        ws = wacc(0, bb * K + i * L, j, Cn, kw)
                         hi = 0
                     else:  # rows n of b^T become columns; mask the padding lanes of K
                         nn = min(L, N - j * L)

@@ -40,9 +40,12 @@ class Rules:
 
     tensors: dict[int, Tensor]
     L: int
+    chip: ChipConfig
     opposite: dict[int, set[int]] = field(default_factory=lambda: defaultdict(set))  # must be in the other hemisphere
     together: dict[int, set[int]] = field(default_factory=lambda: defaultdict(set))  # must be in the same hemisphere
     weights: dict[int, int] = field(default_factory=dict)  # weight tensor id -> words, for the hemisphere balance
+    # the activations of products of a row or two by interleaved constant weights (``lpuc.passes.install``)
+    few_rows: set[int] = field(default_factory=set)
     vxm_tasks: dict[int, list] = field(default_factory=lambda: defaultdict(list))  # tensor id -> VXM tasks that touch it
     # tensor id -> vectors a block: a segment each, in slices apart from its other blocks (a chunk-major
     # KV cache, whose blocks attention reads at once)
@@ -103,6 +106,9 @@ class _FreeList:
 
 TINY = 1  # words per plane up to which a tensor is packed with others rather than spread (lane maps)
 NEAR_HOPS = 4  # how far apart in the dataflow two tensors may still be streamed at the same time
+#: slices of each hemisphere, nearest the VXM, kept free of constant weights for the activations of
+#: products of a row or two by interleaved weights
+ACTIVATION_SLICES = 2
 
 
 def _stream_load(tid: int, hemi: str, tasks: list, placed: dict, tensors: dict) -> int:
@@ -190,7 +196,7 @@ def _allocate(tg: TaskGraph, chip: ChipConfig, received_first: bool,
     last: dict[int, int] = {}
     apart: dict[int, set[int]] = defaultdict(set)  # must not share a slice
     bank_apart: dict[int, set[int]] = defaultdict(set)  # must not share a (slice, bank)
-    rules = Rules(tensors, L)  # the task kinds' own constraints
+    rules = Rules(tensors, L, chip)  # the task kinds' own constraints
     opposite, weights, vxm_tasks = rules.opposite, rules.weights, rules.vxm_tasks
     n_tasks = len(tg.tasks)
     for t in list(tg.inputs) + list(tg.resident) + [x for x in tg.tensors if x.const is not None]:
@@ -286,6 +292,12 @@ def _allocate(tg: TaskGraph, chip: ChipConfig, received_first: bool,
     placed: dict[int, tuple[str, list[str], list[tuple[str, int]]]] = {}  # id -> (hemisphere, slices, spots)
     weight_words = {"W": 0, "E": 0}  # constant matrix weights placed per hemisphere
     act_words = {"W": 0, "E": 0}  # computed ones
+    # interleaved weights (``lpuc.passes.install``) take many slices each, and a product's activation must
+    # lie apart from the pieces of every chain that reads it; read for a cycle or two by each chain (a decode
+    # step), it had better not share a slice with any weight, whose installs would hold the chain back for
+    # 64 cycles: the slices nearest the VXM keep no constant weights (GPT-2 small width decode, with
+    # interleaving padded to 5 groups: no room otherwise; 58,525 -> 56,963 cycles a token)
+    no_weights = {s.name for h in mem for s in mem[h][:ACTIVATION_SLICES]} if rules.few_rows else set()
     # placed tensors by the task after which their words are free (a heap: freeing is order-independent,
     # the free lists coalesce)
     active: list[tuple[int, int, list[tuple[str, int, int, int]]]] = []
@@ -298,7 +310,8 @@ def _allocate(tg: TaskGraph, chip: ChipConfig, received_first: bool,
                 slice_load[sname] -= 1
 
     def choose(h: str, n: int, w: int, banned_slices: set[str], banned_spots: set[tuple[str, int]],
-               avoid: set[int] = frozenset()) -> list | None:
+               avoid: set[int] = frozenset(), spare: set[str] = frozenset(),
+               prefer: set[str] = frozenset()) -> list | None:
         """w slices of hemisphere h with n free words in an allowed region: fewest tensors of ``avoid``
         first, then least loaded -- except tiny tensors (lane maps: at most TINY words), which
         go to the most loaded slices, so that the many small constants one tensor is read with (a
@@ -316,7 +329,7 @@ def _allocate(tg: TaskGraph, chip: ChipConfig, received_first: bool,
                         cost = -slice_load[s.name] * 4
                     else:
                         clash = len(avoid & slice_hist[s.name]) if avoid else 0
-                        cost = clash * 64 + slice_load[s.name] * 4 + len(choice) // 8
+                        cost = clash * 64 + slice_load[s.name] * 4 + len(choice) // 8 + 48 * (s.name in spare) - 48 * (s.name in prefer)
                     choice.append((cost, s.name, b, addr))
                     break
         choice.sort(key=lambda c: (c[0], rank[c[1]]))
@@ -353,6 +366,8 @@ def _allocate(tg: TaskGraph, chip: ChipConfig, received_first: bool,
             # the constants left lighter, and QK^T and PV would share two planes while two idle
             # (BERT-base width, one layer: 26,894 -> 25,574 cycles)
             hemis.sort(key=lambda h: (weight_words if t.const is not None else act_words)[h])
+            if t.const is not None:
+                banned_slices |= no_weights
         # a tensor larger than a region is cut into segments of whole rows; when the free space is too
         # fragmented for that, into smaller segments (not a GATHER's table or index: one flight each)
         rows_per_seg = max(1, bw // C) if i not in rules.blocks else max(1, rules.blocks[i] // C)
@@ -362,7 +377,10 @@ def _allocate(tg: TaskGraph, chip: ChipConfig, received_first: bool,
         while best is None:
             segs = [(r0 * C, min(t.rows, r0 + rows_per_seg) * C) for r0 in range(0, t.rows, rows_per_seg)]
             for h in hemis:
-                pick = choose(h, segs[0][1] - segs[0][0], w, banned_slices, banned_spots, near.get(i, set()))
+                # a product's activation to the slices without weights, the other tensors elsewhere
+                spare, prefer = (frozenset(), no_weights) if i in rules.few_rows else (no_weights, frozenset())
+                pick = choose(h, segs[0][1] - segs[0][0], w, banned_slices, banned_spots, near.get(i, set()),
+                              spare, prefer)
                 if pick is None:
                     continue
                 cost = 0 if i in weights else sum(c[0] for c in pick)  # weights: the order above decides

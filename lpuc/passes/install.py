@@ -19,11 +19,17 @@ the matmul's weight operands are the pieces part by part: ``ins = [a, W0_0 .. W0
 ``attrs["il"] = g``. Its value is unchanged (``MatmulPrim.evaluate`` puts the rows back).
 
 ``g`` is the smallest divisor of the lanes that makes an install no longer than the multiply after
-it, ``cdiv(lanes, g) <= rows x cycles_per_vector``, among those that divide every install's row count
-(a part's rows modulo the lanes), and at most ``streams / (STREAM_SHARE x width)`` (fp16: 4 groups =
+it, ``cdiv(lanes, g) <= rows x cycles_per_vector``, and at most ``streams / (STREAM_SHARE x width)`` (fp16: 4 groups =
 8 of 32 streams): both planes of a hemisphere install at once, and the activations and results of
 the chains need streams too. Products with 128 fp16 rows keep ``g = 1``, and so do weights with fewer
 rows than the lanes (no full install to shorten).
+
+A part's last install takes its rows modulo the lanes. Where ``g`` does not divide them, the part gets
+zero rows up to a multiple of ``g`` (768 = 2 x 320 + 128 rows at g = 5: 770), which the last install
+takes too and its MATMUL's ``k`` masks off (``tile_matmul`` installs the padded count; the value is
+unchanged). A tb product's installed rows are its result lanes, so there ``g`` must divide them (the
+rows modulo the lanes). (GPT-2 small width decode: every K = 768 or 3072 install at g = 5 instead of
+4, 64 cycles instead of 80.)
 """
 
 from __future__ import annotations
@@ -42,9 +48,11 @@ STREAM_SHARE = 4
 FEW_ROWS_CYCLES = 16
 
 
-def install_groups(rows: int, cpv: int, width: int, lanes: int, streams: int, part_rows: list[int]) -> int:
+def install_groups(rows: int, cpv: int, width: int, lanes: int, streams: int, part_rows: list[int],
+                   pad: bool = False) -> int:
     """Stream groups for installing weight parts of ``part_rows`` rows before multiplies of ``rows``
-    activation rows at ``cpv`` cycles each (see the module docstring)."""
+    activation rows at ``cpv`` cycles each (see the module docstring). ``pad``: the parts' last
+    installs may be padded with rows the multiply masks off, so ``g`` need not divide them."""
     # a product of a few rows (a decode step) waits for its installs whatever else it does: it may take
     # twice the streams (the activations and results it moves are a few vectors)
     cap = max(1, streams // (STREAM_SHARE * width))
@@ -52,7 +60,7 @@ def install_groups(rows: int, cpv: int, width: int, lanes: int, streams: int, pa
         cap = max(cap, streams * 5 // (4 * STREAM_SHARE * width))
     common = lanes
     for r in part_rows:
-        common = math.gcd(common, r % lanes) if r % lanes else common
+        common = math.gcd(common, r % lanes) if r % lanes and not pad else common
     g = 1
     for d in range(1, cap + 1):
         if common % d:
@@ -83,16 +91,22 @@ def install(pg: PrimGraph, chip: ChipConfig, most: int | None = None) -> PrimGra
             continue
         rows = min(region, a.shape[-2] if len(a.shape) >= 2 else 1)
         dt = parts[0].dt
+        # a product's K rows (not a tb product's N rows: they become result lanes) may be padded up to a
+        # multiple of g in its last install; the MATMUL's k masks the padding off
+        pad = not p.attrs["tb"]
         g = install_groups(rows, chip.cycles_per_vector(dt.name), dt.width, L, chip.streams,
-                           [w.shape[0] for w in parts])
+                           [w.shape[0] for w in parts], pad)
         if most is not None:
             g = math.gcd(g, most) if most > 1 else 1
         if g == 1:
             continue
         pieces: list[Tensor] = []
         for w in parts:
+            c = w.const
+            if c.shape[0] % g:  # (only when pad: otherwise g divides every part's rows)
+                c = np.concatenate([c, np.zeros((-c.shape[0] % g,) + c.shape[1:], c.dtype)])
             # views: the chips of a split share the weights' memory (and their programs the bytes)
-            pieces += [pg.const(f"{w.name}[{r}::{g}]", w.const[r::g], w.dtype) for r in range(g)]
+            pieces += [pg.const(f"{w.name}[{r}::{g}]", c[r::g], w.dtype) for r in range(g)]
         p.ins = [a, *pieces]
         p.attrs["il"] = g
     return pg

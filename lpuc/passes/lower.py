@@ -17,6 +17,7 @@ import numpy as np
 from isa.config import ChipConfig
 from lpuc.errors import CompileError, UnsupportedOp
 from lpuc.ir import Graph, Node
+from lpuc.passes.install import FEW_ROWS_CYCLES
 from lpuc.prim import Imm, Operand, Prim, PrimGraph, Tensor
 from lpuc.templates import region_rows
 
@@ -260,7 +261,8 @@ class Lowering:
         projection: 3072 -> 768, 3 chains of 10 passes on 4 planes) leaves planes idle however it is
         scheduled; cut into g groups of K chunks it has g times the chains, of 1/g the length, and
         the partial sums are added on the VXM (f32, in group order, which fixes the rounding).
-        g makes the chain count a multiple of the planes, with at least 2 passes per chain."""
+        g makes the chain count a multiple of the planes (of twice the planes for a product of a row or two),
+        with at least 2 passes per chain."""
         L = self.lanes
         planes = len(self.chip.slices_of("MXM"))
         region = region_rows(self.chip)
@@ -269,7 +271,11 @@ class Lowering:
         Ck = -(-K // L)
         if chains >= planes:
             return [(0, Ck)]
-        g = min(planes // math.gcd(chains, planes), Ck // 2)
+        # a product of a row or two is all installs: twice the chains, of 2 passes, balance the planes better
+        # (GPT-2 small width decode, FFN down projection: 12 chains of 2 or 3 passes -> 15 of 2; 56,963 ->
+        # 54,615 cycles a token)
+        most = 2 * planes if M * self.chip.cycles_per_vector(a.dtype) <= FEW_ROWS_CYCLES else planes
+        g = min(most // math.gcd(chains, most), Ck // 2)
         if g < 2:
             return [(0, Ck)]
         bounds = [Ck * i // g for i in range(g + 1)]
