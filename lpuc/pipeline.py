@@ -170,7 +170,7 @@ def compile_model(path: "str | Path | onnx.ModelProto", chip: ChipConfig, precis
     layout = step("kv_cache", lambda: kv_cache(g, kv, chip.lanes) if kv is not None else None, lambda r: dump_graph(g))
     check_weights_fit(g, chip, precision)  # a model far too big is refused before the expensive passes
     def to_tasks(groups: int | None) -> tuple[PrimGraph, TaskGraph]:
-        pg = step("lower", lambda: lower(g, chip, precision), lambda r: r.dump())
+        pg = step("lower", lambda: lower(g, chip, precision, plain=groups == 1), lambda r: r.dump())
         pg = step("heads", lambda: heads(pg, chip), lambda r: r.dump())
         pg = step("install", lambda: install(pg, chip, groups), lambda r: r.dump())
         tg = step("tile", lambda: tile(pg, chip), lambda r: r.dump())
@@ -349,7 +349,7 @@ def compile_system(path: "str | Path | onnx.ModelProto", system: SystemConfig, c
         folded = FoldCache()
         for stage in part.stages:
             sg = stage.graph(g)
-            pg = step("lower", lambda: lower(sg, chip, precision, folded))
+            pg = step("lower", lambda: lower(sg, chip, precision, folded, plain=groups == 1))
             pg = step("heads", lambda: heads(pg, chip))
             pg = step("install", lambda: install(pg, chip, groups))
             tg = step("tile", lambda: tile(pg, chip))

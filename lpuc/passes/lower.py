@@ -76,8 +76,10 @@ class FoldCache:
 class Lowering:
     """State shared by the per-op lowering functions."""
 
-    def __init__(self, g: Graph, chip: ChipConfig, precision: str, folded: "FoldCache | None" = None):
+    def __init__(self, g: Graph, chip: ChipConfig, precision: str, folded: "FoldCache | None" = None,
+                 plain: bool = False):
         self.g = g
+        self.plain = plain  # weights will be installed plain (``install(most=1)``), not interleaved
         self.folded = folded if folded is not None else FoldCache()
         self.chip = chip
         self.lanes = chip.lanes
@@ -273,8 +275,10 @@ class Lowering:
             return [(0, Ck)]
         # a product of a row or two is all installs: twice the chains, of 2 passes, balance the planes better
         # (GPT-2 small width decode, FFN down projection: 12 chains of 2 or 3 passes -> 15 of 2; 56,963 ->
-        # 54,615 cycles a token)
-        most = 2 * planes if M * self.chip.cycles_per_vector(a.dtype) <= FEW_ROWS_CYCLES else planes
+        # 54,615 cycles a token) -- with interleaved installs; plain ones, 5 times as long, queue worse
+        # in more chains (the same model with 256 positions: 117,859 -> 121,283)
+        few = M * self.chip.cycles_per_vector(a.dtype) <= FEW_ROWS_CYCLES and not self.plain
+        most = 2 * planes if few else planes
         g = min(most // math.gcd(chains, most), Ck // 2)
         if g < 2:
             return [(0, Ck)]
@@ -350,10 +354,12 @@ def check_supported(node: Node) -> Callable[[Lowering, Node], Any]:
     return fn
 
 
-def lower(g: Graph, chip: ChipConfig, precision: str = "fp32", folded: "FoldCache | None" = None) -> PrimGraph:
+def lower(g: Graph, chip: ChipConfig, precision: str = "fp32", folded: "FoldCache | None" = None,
+          plain: bool = False) -> PrimGraph:
     """``folded``: results of primitives computed at compile time, shared by the chips of one compile
-    (every chip of a sequence-parallel split rounds the same weights to the precision)."""
-    lw = Lowering(g, chip, precision, folded)
+    (every chip of a sequence-parallel split rounds the same weights to the precision); ``plain``: the
+    weights will be installed plain (the ``install`` pass with ``most=1``)."""
+    lw = Lowering(g, chip, precision, folded, plain)
     used = {i for n in g.nodes.values() for i in n.inputs} | set(g.outputs)
     for name in g.inputs:
         if name not in used or name in g.resident:  # an input nothing reads (e.g. the type donor of a
