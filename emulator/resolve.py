@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from emulator.expect import StoreExpect, first_unexpected
 from emulator.ops import Op, Seen, Segment, StoredRows, progression, run_segments, segments
 from emulator.state import EmulatorState
 from emulator.streams import diagonal
@@ -36,6 +37,7 @@ class ResolvePhase(EmulatorState):
                 self._expect_all.setdefault((c, sname, k, fld, plane), []).append((wslice, wk))
             self._expect_all = {key: ws for key, ws in self._expect_all.items() if len(ws) > 1}
         self._by_pos: dict[tuple[int, str, int], int] | None = None
+        self._store_expect = StoreExpect(self.prog.meta, self.ops, self.host_sources, self.text)
         found = self._lookup_all()
         sole = self._sole_writers()
         n_ops = len(self.ops)
@@ -66,6 +68,8 @@ class ResolvePhase(EmulatorState):
                                         f"address {{}} of {op.slice.name}")
                     op.deps.update(w for w in seen.writers if w < n_ops)
                     op.sram = (self.sram[(op.chip, op.slice.name)], seen.event, seen.block)
+                    if self._store_expect:
+                        self._check_store(op, "sram", seen.writers, seen.src, k)
                 elif kind == "acc":
                     size = int(self.chip.mxm["acc_rows"])
                     if op.inst.spec.mnemonic == "ACCR":
@@ -77,10 +81,15 @@ class ResolvePhase(EmulatorState):
                         self._unwritten(op, seen.src, addrs, cycles, size, "accumulator row {}")
                     op.acc = StoredRows(len(seen.src), segments(seen.src, seen.row))
                     op.deps.update(w for w in seen.writers if w < n_ops)
-                elif kind == "weights":
-                    self._resolve_weights_read(op)
-                elif kind == "weights-base":
-                    self._resolve_weights_base(op, int(st.cycles[0]) + op.inst.issue)
+                    if self._store_expect:
+                        self._check_store(op, "acc", seen.writers, seen.src, k)
+                elif kind in ("weights", "weights-base"):
+                    if kind == "weights":
+                        self._resolve_weights_read(op)
+                    else:
+                        self._resolve_weights_base(op, int(st.cycles[0]) + op.inst.issue)
+                    if self._store_expect:
+                        self._check_store(op, kind, [op.weights] if op.weights >= 0 else [])
 
     def _sole_writers(self) -> dict[tuple[int, int, int], int]:
         """(op id, index in op.timing.reads, plane) -> the flight that alone carries every vector of that
@@ -186,6 +195,28 @@ class ResolvePhase(EmulatorState):
             planes.append(segs)
         return planes
 
+    def _check_store(self, op: Op, space: str, seen: list[int], src: np.ndarray | None = None,
+                     k: int | None = None) -> None:
+        """A ``wrong-producer`` hazard unless storage read ``space`` of op (its store access ``k``, whose
+        elements ``src`` wrote, when it is addressed) sees exactly the writers the program names
+        (``emulator.expect``)."""
+        bad = self._store_expect.mismatch(op, space, seen)
+        if bad is None:
+            return
+        extra, missing = bad
+        cycle, what = op.inst.issue, f"its {space} read"
+        if k is not None and src is not None:
+            addrs, cycles = op.store_at(k)
+            i = first_unexpected(src, extra) if extra else 0
+            unit = "accumulator row" if space == "acc" else "address"
+            cycle, what = int(cycles[i]), f"{unit} {int(addrs[i])} of {op.slice.name}"
+        parts = []
+        if extra:
+            parts.append(f"{what} holds the value of {'; '.join(self._store_expect.describe(s) for s in sorted(extra))}")
+        if missing:
+            parts.append(f"the value of {'; '.join(missing)}, which the program names, is {'not seen' if extra else 'not seen in ' + what}")
+        self.hazard(op, "wrong-producer", cycle, ", and ".join(parts))
+
     def _expected(self, key: tuple[int, str, int, str, int], pos: tuple[str, int]) -> set[int]:
         """The ids of the writers a stream read (``key``: chip, slice, index, field, plane) must see
         (their positions on the read's chip: ``pos``, or all the program names for it), those that exist."""
@@ -285,6 +316,8 @@ class ResolvePhase(EmulatorState):
                         if w < n_ops:
                             op.deps.add(w)
                     op.sram = (store, rows_seen, bk if e1 > e0 else -1)
+                    if self._store_expect:
+                        self._check_store(op, "sram", writers, src[e0:e1], key[1])
                     continue
                 found[key] = Seen(src[e0:e1], row[e0:e1] if rows else None, rows_seen, writers, nu > 0,
                                    bk if e1 > e0 else -1)
@@ -310,6 +343,8 @@ class ResolvePhase(EmulatorState):
         src, _, prev = store.find(addrs, np.full(len(addrs), first), rows=False)
         op.scatter = (inside, prev)
         op.deps.update(int(s) for s in np.unique(src) if 0 <= s < len(self.ops))
+        if self._store_expect:
+            self._check_store(op, "scatter", [int(s) for s in np.unique(src) if s >= 0])
         key = (op.chip, op.slice.name)
         for what, accesses, lo in (("read", self.mem_reads.get(key, []), first + 1),
                                    ("written", self.mem_writes.get(key, []), first)):
