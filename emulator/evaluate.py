@@ -265,7 +265,14 @@ class EvaluatePhase(EmulatorState):
         bad = self._store_expect.mismatch_at((t.chip, t.name), t.chip, seen)
         if bad is None:
             return
-        extra, missing = bad
+        extra, missing, absent = bad
+        culprit = [w for w in absent if not any(st.space == "sram" and "w" in st.mode
+                                                for st in self.ops[w].shape.timing.store)]
+        if len(culprit) == 1:
+            self.hazard(self.ops[culprit[0]], "wrong-producer", self.cycles,
+                        f"this instruction writes no SRAM words, yet the program names it as what {t.role} "
+                        f"'{t.name}' holds at the end")
+            return
         parts = []
         if extra:
             parts.append(f"{t.role} '{t.name}' holds the value of "

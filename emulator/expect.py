@@ -76,13 +76,14 @@ class StoreExpect:
     def __bool__(self) -> bool:
         return bool(self.want)
 
-    def mismatch(self, op: Op, space: str, seen: Iterable[int]) -> tuple[set[int], list[str]] | None:
+    def mismatch(self, op: Op, space: str, seen: Iterable[int]) -> tuple[set[int], list[str], list[int]] | None:
         """None if read ``space`` of op sees exactly the writers the program names (every word written
         by one of them, each of them seen), else (the sources seen that it does not name, a
-        description of each named writer it does not see)."""
+        description of each named writer it does not see, the ids of those that are instructions)."""
         return self.mismatch_at((op.chip, op.slice.name, op.qidx, space), op.chip, seen)
 
-    def mismatch_at(self, key: tuple[Any, ...], chip: int, seen: Iterable[int]) -> tuple[set[int], list[str]] | None:
+    def mismatch_at(self, key: tuple[Any, ...], chip: int,
+                    seen: Iterable[int]) -> tuple[set[int], list[str], list[int]] | None:
         """``mismatch`` of the read ``key`` names (a read's or an output's, ``want``) on ``chip``."""
         writers = self.want.get(key)
         if writers is None:
@@ -93,6 +94,7 @@ class StoreExpect:
                 return None
         named: set[int] = set()
         missing: list[str] = []
+        absent: list[int] = []
         for w in writers:
             if isinstance(w, str):
                 ids = self.host.get(w, set())
@@ -104,16 +106,23 @@ class StoreExpect:
             named |= ids
             if not ids & seen:
                 missing.append(label)
+                if not isinstance(w, str) and ids:
+                    absent.extend(ids)
         extra = seen - named
         if not extra and not missing:
             return None
-        return extra, missing
+        return extra, missing, absent
 
     def describe(self, source: int) -> str:
         if source < len(self.ops):
             op = self.ops[source]
             return f"{op.slice.name} #{op.qidx} {self.text(op)}"
         return f"the host's image of '{self.host_name.get(source, '?')}'"
+
+
+def space_store(space: str) -> str:
+    """The storage (``isa.timing.StoreAccess.space``) a read of ``space`` reads."""
+    return {"scatter": "sram", "weights-base": "weights"}.get(space, space)
 
 
 def first_unexpected(src: np.ndarray, extra: set[int]) -> int:
