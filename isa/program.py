@@ -32,6 +32,8 @@ a ``wrong-producer`` hazard when another value arrives.
 
 An output may be described once per chip with a ``block`` (axis, start): each chip computes a block of
 it, and the host joins them along the axis (``Program.join_outputs``), with no chip-to-chip transfer.
+An output with an empty dimension (0 in its shape) has no planes: it holds no element, and the host
+makes it.
 
 A ``resident`` tensor is state the chip keeps from one run of the program to the next (a language
 model's KV cache): before the first run its words hold ``data`` (zeros without data); before every
@@ -306,10 +308,13 @@ class Program:
             raise ProgramError(f"tensor '{t.name}': role must be input, output, const or resident")
         if t.dtype not in DTYPES:
             raise ProgramError(f"tensor '{t.name}': unknown dtype '{t.dtype}'")
-        if any(d < 1 for d in t.shape):
-            raise ProgramError(f"tensor '{t.name}': every dimension must be at least 1, got {list(t.shape)}")
+        if any(d < 0 for d in t.shape) or (0 in t.shape and (t.role != "output" or t.planes or t.more)):
+            raise ProgramError(f"tensor '{t.name}': every dimension must be at least 1 (only an output without "
+                               f"planes may be empty), got {list(t.shape)}")
         if not 0 <= t.chip < self.system.chips:
             raise ProgramError(f"tensor '{t.name}': chip {t.chip} is not in the system")
+        if 0 in t.shape:
+            return  # an empty output: the host makes it, no word of SRAM holds it
         rows = [r for r, _ in t.more]
         if rows != sorted(set(rows)) or (rows and not 0 < rows[0] and rows[-1] < t.rows):
             raise ProgramError(f"tensor '{t.name}': segment rows must increase strictly inside 1..{t.rows - 1}")
