@@ -17,9 +17,9 @@ import numpy as np
 from emulator.ops import Op, Source
 from isa.program import ProgramError
 
-#: the storage reads an entry may name (``ResolvePhase._storage_read``'s answers, GATHER's aside:
-#: its rows depend on data)
-SPACES = ("sram", "scatter", "acc", "weights", "weights-base")
+#: the storage reads an entry may name (``ResolvePhase._storage_read``'s answers); a GATHER's rows
+#: depend on data, so the writers named for it are those of its whole table, and it need not see each
+SPACES = ("sram", "gather", "scatter", "acc", "weights", "weights-base")
 
 
 def _entry(e: list[Any]) -> tuple[int, str, int, str, list[Any]]:
@@ -78,9 +78,13 @@ class StoreExpect:
 
     def mismatch(self, op: Op, space: str, seen: Iterable[int]) -> tuple[set[int], list[str], list[int]] | None:
         """None if read ``space`` of op sees exactly the writers the program names (every word written
-        by one of them, each of them seen), else (the sources seen that it does not name, a
-        description of each named writer it does not see, the ids of those that are instructions)."""
-        return self.mismatch_at((op.chip, op.slice.name, op.qidx, space), op.chip, seen)
+        by one of them, each of them seen; a GATHER: only the first), else (the sources seen that it
+        does not name, a description of each named writer it does not see, the ids of those that are
+        instructions)."""
+        bad = self.mismatch_at((op.chip, op.slice.name, op.qidx, space), op.chip, seen)
+        if bad is not None and space == "gather" and not bad[0]:
+            return None
+        return bad
 
     def mismatch_at(self, key: tuple[Any, ...], chip: int,
                     seen: Iterable[int]) -> tuple[set[int], list[str], list[int]] | None:
@@ -114,6 +118,8 @@ class StoreExpect:
         return extra, missing, absent
 
     def describe(self, source: int) -> str:
+        if source < 0:  # (a GATHER's row that nothing wrote)
+            return "no write at all"
         if source < len(self.ops):
             op = self.ops[source]
             return f"{op.slice.name} #{op.qidx} {self.text(op)}"
@@ -122,7 +128,7 @@ class StoreExpect:
 
 def space_store(space: str) -> str:
     """The storage (``isa.timing.StoreAccess.space``) a read of ``space`` reads."""
-    return {"scatter": "sram", "weights-base": "weights"}.get(space, space)
+    return {"gather": "sram", "scatter": "sram", "weights-base": "weights"}.get(space, space)
 
 
 def first_unexpected(src: np.ndarray, extra: set[int]) -> int:

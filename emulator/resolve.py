@@ -245,18 +245,19 @@ class ResolvePhase(EmulatorState):
         self._faults = {}
 
     def _check_store(self, op: Op, space: str, seen: list[int], src: np.ndarray | None = None,
-                     k: int | None = None) -> bool:
-        """A ``wrong-producer`` hazard unless storage read ``space`` of op (its store access ``k``, whose
-        elements ``src`` wrote, when it is addressed) sees exactly the writers the program names
-        (``emulator.expect``); True if it reported one. A named writer that writes nothing there at all
-        (dropped, or another instruction in its place) gets the hazard: it is the one to fix."""
+                     k: int | tuple[np.ndarray, np.ndarray] | None = None) -> bool:
+        """A ``wrong-producer`` hazard unless storage read ``space`` of op (its store access ``k``, or
+        its (addresses, cycles), whose elements ``src`` wrote, when it is addressed) sees exactly the
+        writers the program names (``emulator.expect``); True if it reported one. A named writer that
+        writes nothing there at all (dropped, or another instruction in its place) gets the hazard: it
+        is the one to fix."""
         bad = self._store_expect.mismatch(op, space, seen)
         if bad is None:
             return False
         extra, missing, absent = bad
         cycle, what = op.inst.issue, f"its {space} read"
         if k is not None and src is not None:
-            addrs, cycles = op.store_at(k)
+            addrs, cycles = op.store_at(k) if isinstance(k, int) else k
             i = first_unexpected(src, extra) if extra else 0
             unit = "accumulator row" if space == "acc" else "address"
             cycle, what = int(cycles[i]), f"{unit} {int(addrs[i])} of {op.slice.name}"

@@ -25,10 +25,22 @@ planes, each segment laid out as above with its own base addresses.
 
 ``meta`` is free-form JSON, with keys the tools read: ``predicted_cycles`` (the compiler's
 prediction), ``chip_part`` (set on one chip's part of a system program, which the emulator hands to a
-work unit) and ``expect``, a list of ``[slice, index, field, plane, writer slice, writer index]``
-naming for a stream read the instruction whose value it must see (chip 0); ``plane`` counts the streams
-of the read's field from its first (an IW over g groups of a 2-byte type has 2g); the emulator reports
-a ``wrong-producer`` hazard when another value arrives.
+work unit) and three lists that say which value each read must see, so that a mistimed or missing
+instruction cannot go unnoticed (the emulator reports a ``wrong-producer`` hazard when anything else is
+seen); an entry names its chip first in a system program, and is chip 0's without:
+
+* ``expect``: ``[slice, index, field, plane, writer slice, writer index]``, for a stream read the
+  instruction whose value it must see; ``plane`` counts the streams of the read's field from its first
+  (an IW over g groups of a 2-byte type has 2g);
+* ``expect_store``: ``[slice, index, space, writers]``, for a storage read the writes it must see,
+  ``space`` one of ``sram`` (a READ's words), ``gather`` (a GATHER's table: the rows it picks must hold
+  words of these writers), ``scatter`` (what the rows a SCATTER may store held before it), ``acc``
+  (the accumulator rows of an ACCR or an accumulating MATMUL), ``weights`` (the install a MATMUL
+  multiplies by), ``weights-base`` (the one an IW without clr adds to); ``writers`` lists
+  ``[slice, index]`` of instructions and names of host-placed tensors (inputs, constants, resident
+  tensors); every word read must come from one of them and each must be seen (a GATHER: the first only);
+* ``expect_final``: ``[name, writers]``, the writes an output's or resident tensor's words hold when
+  the program ends.
 
 An output may be described once per chip with a ``block`` (axis, start): each chip computes a block of
 it, and the host joins them along the axis (``Program.join_outputs``), with no chip-to-chip transfer.

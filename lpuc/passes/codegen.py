@@ -133,9 +133,9 @@ def _expected_writers(tg: TaskGraph, placed: dict[int, list[tuple[str, int, str,
     chose: a READ of tensor vectors must see, for each vector and byte plane, the last task before its
     own in program order that writes it (what the scheduler's read-after-write dependencies follow),
     or the host's image of an input, constant or resident tensor; a SCATTER's rows hold, before it,
-    what they held then. Accumulator rows and weight buffers are a chain's own: its instructions in
-    template order (the order of their issue cycles) write and read them. GATHERs (rows chosen by
-    data) name nothing."""
+    what they held then; a GATHER, whose rows depend on data, names the writers of its whole table.
+    Accumulator rows and weight buffers are a chain's own: its instructions in template order (the
+    order of their issue cycles) write and read them."""
     index = {(sname, inst.issue): k for (_, sname), q in prog.queues.items() for k, inst in enumerate(q)}
     refs: list[list[Any] | str] = []  # writer codes -> [slice, index] or a host tensor's name
     code_of: dict[tuple[str, int] | str, int] = {}
@@ -189,6 +189,9 @@ def _expected_writers(tg: TaskGraph, placed: dict[int, list[tuple[str, int, str,
                     expect(sname, issue, "sram" if mn == "READ" else "scatter", plane_owner(t, k)[v])
                 if mn != "READ":
                     stores.append((t, k, v, me))
+            elif mn == "GATHER":  # any row of its table, which one depends on data
+                t, k, _ = _vectors(where, task, sname, np.array([ops["addr"]]), True)
+                expect(sname, issue, "gather", plane_owner(t, k))
             elif mn == "IW":
                 key = (sname, ops["buf"])
                 if not ops["clr"] and key in weights:
