@@ -113,9 +113,10 @@ class EvaluatePhase(EmulatorState):
         if self.strict and self.hazards:
             raise HazardError(self.hazards[0], len(self.hazards) - 1)
         outputs = {t.name: self._read_output(t) for t in self.prog.io("output")}
+        resident = self._keep_resident()
         if self.strict and self.hazards:
             raise HazardError(self.hazards[0], len(self.hazards) - 1)
-        return RunResult(outputs, self.cycles, self.stats(), list(self.hazards), self.ops, self._keep_resident())
+        return RunResult(outputs, self.cycles, self.stats(), list(self.hazards), self.ops, resident)
 
     def evaluate(self, op: Op) -> None:
         """Evaluate op after everything it depends on (iteratively; in order that is just op)."""
@@ -236,6 +237,7 @@ class EvaluatePhase(EmulatorState):
         an ``unwritten-output`` hazard for words nothing wrote."""
         nvec = t.vectors(self.lanes)
         planes = np.zeros((t.dt.width, nvec, self.lanes), dtype=np.uint8)
+        seen: list[np.ndarray] = []
         for v0, v1, pl in t.placements(self.lanes):
             n = v1 - v0
             for k, (sname, base) in enumerate(pl):
@@ -249,8 +251,36 @@ class EvaluatePhase(EmulatorState):
                     self.hazards.append(Hazard("unwritten-output", self.cycles, t.chip, sname, -1,
                                                f"output {t.name}", "", f"vector {v0 + i} (address {base + i}) of "
                                                f"output '{t.name}' was never written"))
+                elif t.role in ("output", "resident"):
+                    seen.append(np.unique(src))
                 planes[k, v0:v1] = store.words(event)
+        if seen and self._store_expect:
+            self._check_final(t, np.unique(np.concatenate(seen)).tolist())
         return from_planes(planes, t.dt).reshape(nvec, self.lanes)
+
+    def _check_final(self, t: TensorDesc, seen: list[int]) -> None:
+        """A ``wrong-producer`` hazard unless the words of output or resident tensor t at the end come
+        from exactly the writers the program names for it (``emulator.expect``): a dropped WRITE leaves
+        an earlier tensor's words there, a dropped SCATTER the cache as it was."""
+        bad = self._store_expect.mismatch_at((t.chip, t.name), t.chip, seen)
+        if bad is None:
+            return
+        extra, missing, absent = bad
+        culprit = [w for w in absent if not any(st.space == "sram" and "w" in st.mode
+                                                for st in self.ops[w].shape.timing.store)]
+        if len(culprit) == 1:
+            self.hazard(self.ops[culprit[0]], "wrong-producer", self.cycles,
+                        f"this instruction writes no SRAM words, yet the program names it as what {t.role} "
+                        f"'{t.name}' holds at the end")
+            return
+        parts = []
+        if extra:
+            parts.append(f"{t.role} '{t.name}' holds the value of "
+                         f"{'; '.join(self._store_expect.describe(s) for s in sorted(extra))}")
+        if missing:
+            parts.append(f"the value of {'; '.join(missing)}, which the program names, is not there")
+        self.hazards.append(Hazard("wrong-producer", self.cycles, t.chip, t.planes[0][0], -1, f"{t.role} {t.name}", "",
+                                   ", and ".join(parts)))
 
     # ------------------------------------------------------------------------------ data access
     def write_sram_plane(self, op: Op, origin: Origin) -> bool:

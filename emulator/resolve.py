@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from emulator.expect import StoreExpect, first_unexpected, space_store
 from emulator.ops import Op, Seen, Segment, StoredRows, progression, run_segments, segments
 from emulator.state import EmulatorState
 from emulator.streams import diagonal
@@ -36,6 +37,8 @@ class ResolvePhase(EmulatorState):
                 self._expect_all.setdefault((c, sname, k, fld, plane), []).append((wslice, wk))
             self._expect_all = {key: ws for key, ws in self._expect_all.items() if len(ws) > 1}
         self._by_pos: dict[tuple[int, str, int], int] | None = None
+        self._store_expect = StoreExpect(self.prog.meta, self.ops, self.host_sources, self.text)
+        self._faults: dict[int, list[tuple[str, int, str, tuple[str, int], set[int]]]] = {}
         found = self._lookup_all()
         sole = self._sole_writers()
         n_ops = len(self.ops)
@@ -60,7 +63,8 @@ class ResolvePhase(EmulatorState):
                     if shape.one_read:
                         continue  # settled by ``_lookup_all``
                     seen = found[(op.id, k)]
-                    if seen.unwritten:
+                    named = self._store_expect and self._check_store(op, "sram", seen.writers, seen.src, k)
+                    if seen.unwritten and not named:
                         addrs, cycles = op.store_at(k)
                         self._unwritten(op, seen.src, addrs, cycles, self.chip.words_per_slice,
                                         f"address {{}} of {op.slice.name}")
@@ -72,15 +76,20 @@ class ResolvePhase(EmulatorState):
                         addrs, cycles = op.store_at(k)
                         self._in_range(op, addrs, size, "accumulator row", cycles)
                     seen = found[(op.id, k)]
-                    if seen.unwritten:
+                    named = self._store_expect and self._check_store(op, "acc", seen.writers, seen.src, k)
+                    if seen.unwritten and not named:
                         addrs, cycles = op.store_at(k)
                         self._unwritten(op, seen.src, addrs, cycles, size, "accumulator row {}")
                     op.acc = StoredRows(len(seen.src), segments(seen.src, seen.row))
                     op.deps.update(w for w in seen.writers if w < n_ops)
-                elif kind == "weights":
-                    self._resolve_weights_read(op)
-                elif kind == "weights-base":
-                    self._resolve_weights_base(op, int(st.cycles[0]) + op.inst.issue)
+                elif kind in ("weights", "weights-base"):
+                    if kind == "weights":
+                        self._resolve_weights_read(op)
+                    else:
+                        self._resolve_weights_base(op, int(st.cycles[0]) + op.inst.issue)
+                    if self._store_expect:
+                        self._check_store(op, kind, [op.weights] if op.weights >= 0 else [])
+        self._place_stream_faults()
 
     def _sole_writers(self) -> dict[tuple[int, int, int], int]:
         """(op id, index in op.timing.reads, plane) -> the flight that alone carries every vector of that
@@ -156,9 +165,9 @@ class ResolvePhase(EmulatorState):
                 missing = fid < 0
                 if missing.any():
                     i = int(np.argmax(missing))
-                    self.hazard(op, "stream-empty", acc.cycles[i] + t,
-                                f"no value is passing on {acc.dir}{s} at {op.slice.name} for operand "
-                                f"'{acc.field}' vector {int(acc.vec[i])}")
+                    self._stream_fault(op, "stream-empty", int(acc.cycles[i] + t),
+                                       f"no value is passing on {acc.dir}{s} at {op.slice.name} for operand "
+                                       f"'{acc.field}' vector {int(acc.vec[i])}", (acc.field, s - first), expect)
                 if run and isinstance(whole, slice):
                     segs = run_segments(fid, vidx, whole)
                 else:
@@ -178,13 +187,101 @@ class ResolvePhase(EmulatorState):
                 other = self.ops[flights[int(fid[i])].op]
                 named = "; ".join(f"{self.ops[w].slice.name} #{self.ops[w].qidx} {self.text(self.ops[w])}"
                                   for w in sorted(want))
-                self.hazard(op, "wrong-producer", acc.cycles[i] + t,
-                            f"{acc.dir}{s} carries the value of {other.slice.name} #{other.qidx} "
-                            f"{self.text(other)} instead of {named} for operand '{acc.field}'")
+                self._stream_fault(op, "wrong-producer", int(acc.cycles[i] + t),
+                                   f"{acc.dir}{s} carries the value of {other.slice.name} #{other.qidx} "
+                                   f"{self.text(other)} instead of {named} for operand '{acc.field}'",
+                                   (acc.field, s - first), expect)
             for f in seen:
                 op.deps.add(flights[f].op)
             planes.append(segs)
         return planes
+
+    def _stream_fault(self, op: Op, kind: str, cycle: int, detail: str, plane: tuple[str, int],
+                      expect: dict) -> None:
+        """A stream read of op (operand field and stream offset ``plane``) that sees nothing or another
+        value than the one the program names: a hazard, placed by ``_place_stream_faults``."""
+        pos = expect.get((op.chip, op.slice.name, op.qidx, *plane)) if expect else None
+        named = self._expected((op.chip, op.slice.name, op.qidx, *plane), pos) if pos is not None else set()
+        self._faults.setdefault(op.id, []).append((kind, cycle, detail, plane, named))
+
+    def _place_stream_faults(self) -> None:
+        """Report each stream fault (``_stream_fault``) at the instruction that is most likely off. A
+        reader whose other streams carry the values the program names is on time, so the fault is its
+        producer's (a READ a cycle early or late, or dropped); a producer whose value its other readers
+        find is on time, so the fault is the reader's. When both look off elsewhere too, the one with
+        more faults is (faulty planes of the reader, faulty readers of the producer: an ACCR late for
+        all four WRITEs of its planes, say). The first hazard then names the instruction to fix."""
+        if not self._faults:
+            return
+        planes_bad = {oid: len({f[3] for f in faults}) for oid, faults in self._faults.items()}
+        readers: dict[int, set[tuple[str, int]]] = defaultdict(set)  # named producer -> its readers
+        for e in self.prog.meta.get("expect", []):
+            c, sname, k, _, _, ws, wk = _expect_entry(e)
+            w = self._by_pos.get((c, ws, wk)) if self._by_pos is not None else None
+            if w is not None:
+                readers[w].add((sname, k))
+        faulty: dict[int, set[int]] = defaultdict(set)  # named producer -> its readers that fault on it
+        for oid, faults in self._faults.items():
+            for *_, named in faults:
+                if len(named) == 1:
+                    faulty[next(iter(named))].add(oid)
+        for oid, faults in self._faults.items():
+            op = self.ops[oid]
+            r_all = sum(a.dtype.width for a in op.shape.timing.reads if len(a.cycles))
+            r_bad = planes_bad[oid]
+            for kind, cycle, detail, _, named in faults:
+                w = next(iter(named)) if len(named) == 1 else -1
+                blame = False
+                if w >= 0 and w != oid:
+                    p_bad, p_all = len(faulty[w]), len(readers[w])
+                    r_ok, p_ok = r_bad < r_all, p_bad < p_all
+                    blame = (r_ok and not p_ok) or (not r_ok and not p_ok and p_bad > r_bad)
+                if blame:
+                    self.hazard(self.ops[w], kind, cycle, f"{detail}: this instruction's value does not pass "
+                                                          f"there when {op.slice.name} #{op.qidx} {self.text(op)} "
+                                                          f"reads it")
+                else:
+                    self.hazard(op, kind, cycle, detail)
+        self._faults = {}
+
+    def _check_store(self, op: Op, space: str, seen: list[int], src: np.ndarray | None = None,
+                     k: int | tuple[np.ndarray, np.ndarray] | None = None) -> bool:
+        """A ``wrong-producer`` hazard unless storage read ``space`` of op (its store access ``k``, or
+        its (addresses, cycles), whose elements ``src`` wrote, when it is addressed) sees exactly the
+        writers the program names (``emulator.expect``); True if it reported one. A named writer that
+        writes nothing there at all (dropped, or another instruction in its place) gets the hazard: it
+        is the one to fix."""
+        bad = self._store_expect.mismatch(op, space, seen)
+        if bad is None:
+            return False
+        extra, missing, absent = bad
+        cycle, what = op.inst.issue, f"its {space} read"
+        if k is not None and src is not None:
+            addrs, cycles = op.store_at(k) if isinstance(k, int) else k
+            i = first_unexpected(src, extra) if extra else 0
+            unit = "accumulator row" if space == "acc" else "address"
+            cycle, what = int(cycles[i]), f"{unit} {int(addrs[i])} of {op.slice.name}"
+        culprit = [w for w in absent if not self._writes_space(self.ops[w], space)]
+        if len(culprit) == 1 and culprit[0] != op.id:
+            self.hazard(self.ops[culprit[0]], "wrong-producer", cycle,
+                        f"this instruction writes no {space_store(space)}, yet the program names it as what "
+                        f"{what} holds when {op.slice.name} #{op.qidx} {self.text(op)} reads it")
+            return True
+        parts = []
+        if extra:
+            parts.append(f"{what} holds the value of {'; '.join(self._store_expect.describe(s) for s in sorted(extra))}")
+        if missing:
+            parts.append(f"the value of {'; '.join(missing)}, which the program names, is "
+                         f"{'not seen' if extra else 'not seen in ' + what}")
+        self.hazard(op, "wrong-producer", cycle, ", and ".join(parts))
+        return True
+
+    @staticmethod
+    def _writes_space(op: Op, space: str) -> bool:
+        """Whether op writes the storage a read of ``space`` reads (SRAM words, accumulator rows, a weight
+        buffer) at all."""
+        want = space_store(space)
+        return any(st.space == want and "w" in st.mode for st in op.shape.timing.store)
 
     def _expected(self, key: tuple[int, str, int, str, int], pos: tuple[str, int]) -> set[int]:
         """The ids of the writers a stream read (``key``: chip, slice, index, field, plane) must see
@@ -278,7 +375,8 @@ class ResolvePhase(EmulatorState):
                 if kind == "sram" and op.shape.one_read:
                     # The op's only read (a READ): settle it now, as ``_resolve_reads`` would (same
                     # hazard, same dependencies in the same order), without keeping what it saw.
-                    if nu:
+                    named = self._store_expect and self._check_store(op, "sram", writers, src[e0:e1], key[1])
+                    if nu and not named:
                         addrs_k, cycles_k = op.store_at(key[1])
                         self._unwritten(op, src[e0:e1], addrs_k, cycles_k, size, f"address {{}} of {sname}")
                     for w in writers:
@@ -310,6 +408,8 @@ class ResolvePhase(EmulatorState):
         src, _, prev = store.find(addrs, np.full(len(addrs), first), rows=False)
         op.scatter = (inside, prev)
         op.deps.update(int(s) for s in np.unique(src) if 0 <= s < len(self.ops))
+        if self._store_expect:
+            self._check_store(op, "scatter", [int(s) for s in np.unique(src) if s >= 0])
         key = (op.chip, op.slice.name)
         for what, accesses, lo in (("read", self.mem_reads.get(key, []), first + 1),
                                    ("written", self.mem_writes.get(key, []), first)):

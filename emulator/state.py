@@ -43,6 +43,8 @@ class EmulatorState:
     _state: list[int]
     _pending: list[int]
     _expect_all: dict[Any, Any]
+    _store_expect: Any  # emulator.expect.StoreExpect
+    _faults: dict[int, list[Any]]
 
     # (defined by the phases; declared here so each phase can call the others')
     def text(self, op: Op) -> str: ...

@@ -48,18 +48,21 @@ from isa.timing import union_length, utilization
 
 def chip_programs(prog: Program, chips: "list[int] | range") -> dict[int, Program]:
     """The parts of a system program chips ``chips`` run: each its queues, its tensors and its expect
-    entries (6-element entries are chip 0's). Instructions and tensors are shared, not copied."""
-    expect: dict[int, list] = {c: [] for c in chips}
-    for e in prog.meta.get("expect", []):
-        got = expect.get(e[0] if len(e) == 7 else 0)
-        if got is not None:
-            got.append(e)
+    entries (those without a chip are chip 0's). Instructions and tensors are shared, not copied."""
+    keys = {"expect": 7, "expect_store": 5, "expect_final": 3}  # entry lengths that name the chip
+    split: dict[str, dict[int, list]] = {key: {c: [] for c in chips} for key in keys}
+    for key, n in keys.items():
+        for e in prog.meta.get(key, []):
+            got = split[key].get(e[0] if len(e) == n else 0)
+            if got is not None:
+                got.append(e)
     parts = {}
     for c in chips:
         meta = dict(prog.meta)
         meta["chip_part"] = c  # (an output in blocks: this chip's only)
-        if "expect" in meta:
-            meta["expect"] = expect[c]
+        for key in keys:
+            if key in meta:
+                meta[key] = split[key][c]
         parts[c] = Program(system=prog.system, queues={k: q for k, q in prog.queues.items() if k[0] == c},
                            tensors=[t for t in prog.tensors if t.chip == c], nodes=prog.nodes, meta=meta)
     return parts

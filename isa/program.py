@@ -25,13 +25,27 @@ planes, each segment laid out as above with its own base addresses.
 
 ``meta`` is free-form JSON, with keys the tools read: ``predicted_cycles`` (the compiler's
 prediction), ``chip_part`` (set on one chip's part of a system program, which the emulator hands to a
-work unit) and ``expect``, a list of ``[slice, index, field, plane, writer slice, writer index]``
-naming for a stream read the instruction whose value it must see (chip 0); ``plane`` counts the streams
-of the read's field from its first (an IW over g groups of a 2-byte type has 2g); the emulator reports
-a ``wrong-producer`` hazard when another value arrives.
+work unit) and three lists that say which value each read must see, so that a mistimed or missing
+instruction cannot go unnoticed (the emulator reports a ``wrong-producer`` hazard when anything else is
+seen); an entry names its chip first in a system program, and is chip 0's without:
+
+* ``expect``: ``[slice, index, field, plane, writer slice, writer index]``, for a stream read the
+  instruction whose value it must see; ``plane`` counts the streams of the read's field from its first
+  (an IW over g groups of a 2-byte type has 2g);
+* ``expect_store``: ``[slice, index, space, writers]``, for a storage read the writes it must see,
+  ``space`` one of ``sram`` (a READ's words), ``gather`` (a GATHER's table: the rows it picks must hold
+  words of these writers), ``scatter`` (what the rows a SCATTER may store held before it), ``acc``
+  (the accumulator rows of an ACCR or an accumulating MATMUL), ``weights`` (the install a MATMUL
+  multiplies by), ``weights-base`` (the one an IW without clr adds to); ``writers`` lists
+  ``[slice, index]`` of instructions and names of host-placed tensors (inputs, constants, resident
+  tensors); every word read must come from one of them and each must be seen (a GATHER: the first only);
+* ``expect_final``: ``[name, writers]``, the writes an output's or resident tensor's words hold when
+  the program ends.
 
 An output may be described once per chip with a ``block`` (axis, start): each chip computes a block of
 it, and the host joins them along the axis (``Program.join_outputs``), with no chip-to-chip transfer.
+An output with an empty dimension (0 in its shape) has no planes: it holds no element, and the host
+makes it.
 
 A ``resident`` tensor is state the chip keeps from one run of the program to the next (a language
 model's KV cache): before the first run its words hold ``data`` (zeros without data); before every
@@ -306,10 +320,13 @@ class Program:
             raise ProgramError(f"tensor '{t.name}': role must be input, output, const or resident")
         if t.dtype not in DTYPES:
             raise ProgramError(f"tensor '{t.name}': unknown dtype '{t.dtype}'")
-        if any(d < 1 for d in t.shape):
-            raise ProgramError(f"tensor '{t.name}': every dimension must be at least 1, got {list(t.shape)}")
+        if any(d < 0 for d in t.shape) or (0 in t.shape and (t.role != "output" or t.planes or t.more)):
+            raise ProgramError(f"tensor '{t.name}': every dimension must be at least 1 (only an output without "
+                               f"planes may be empty), got {list(t.shape)}")
         if not 0 <= t.chip < self.system.chips:
             raise ProgramError(f"tensor '{t.name}': chip {t.chip} is not in the system")
+        if 0 in t.shape:
+            return  # an empty output: the host makes it, no word of SRAM holds it
         rows = [r for r, _ in t.more]
         if rows != sorted(set(rows)) or (rows and not 0 < rows[0] and rows[-1] < t.rows):
             raise ProgramError(f"tensor '{t.name}': segment rows must increase strictly inside 1..{t.rows - 1}")

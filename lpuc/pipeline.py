@@ -81,10 +81,10 @@ class _Figures:
         """Run the program in the emulator (as its file holds it) on one array per model input,
         checked and converted as by ``lpuc.verification.check_inputs``; returns the outputs by name."""
         from emulator import Emulator
-        from lpuc.verification import check_inputs
+        from lpuc.verification import check_inputs, placed_inputs
 
-        feeds = check_inputs(self.graph, inputs or {})
-        return Emulator(Program.from_bytes(self.program.to_bytes())).run(feeds).outputs
+        prog = Program.from_bytes(self.program.to_bytes())
+        return Emulator(prog).run(placed_inputs(prog, check_inputs(self.graph, inputs or {}))).outputs
 
 
 @dataclass
@@ -326,6 +326,10 @@ def compile_system(path: "str | Path | onnx.ModelProto", system: SystemConfig, c
 
     g = step("import", lambda: import_onnx(path, input_shapes))
     g = step("fold", lambda: fold_constants(g, empty_ok=kv is not None))
+    empty = [o for o in g.outputs if g.values[o].const is not None and g.values[o].const.size == 0]
+    if empty:
+        raise CompileError(f"output '{empty[0]}' is empty {list(g.values[empty[0]].shape)}: one chip's program "
+                           f"makes empty outputs on the host, a system program does not; compile for one chip")
     layout = step("kv_cache", lambda: kv_cache(g, kv, chip.lanes)) if kv is not None else None
     if kv is not None and parallel not in ("pp", "auto"):
         raise CompileError(f"--parallel {parallel}: KV-cache step programs are split over chips as a pipeline "

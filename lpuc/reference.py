@@ -42,7 +42,7 @@ def run_reference(pg: PrimGraph, inputs: dict[str, np.ndarray], lanes: int,
         state[t.name] = vals[t.id]
     out = {}
     for t in pg.outputs:
-        v = vals[t.id].reshape(t.shape)
+        v = vals[t.id].reshape(t.shape) if 0 not in t.shape else np.zeros(t.shape, t.dt.np)  # (an empty output)
         out[t.name] = v.astype(t.host_dtype) if t.host_dtype and np.dtype(t.host_dtype) != v.dtype else v
     return out
 

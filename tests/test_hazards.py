@@ -210,6 +210,8 @@ def test_wrong_producer_when_the_program_names_the_expected_writer():
 
     ok = with_expect([["VXM0", 0, "a", 0, "MEM_W0", 0], ["VXM0", 0, "a", 3, "MEM_W3", 0]])
     assert run(ok).hazards == []
-    # the value passing on E0 is MEM_W0's, not MEM_W1's: a mistimed or misrouted flight looks like this
+    # the value passing on E0 is MEM_W0's, not MEM_W1's: a mistimed or misrouted flight looks like this.
+    # The ADD's other streams carry what they should, so the hazard is the named producer's, and it
+    # names the reader and the value it found
     h = hazard_of(with_expect([["VXM0", 0, "a", 0, "MEM_W1", 0]]))
-    assert h.kind == "wrong-producer" and h.slice == "VXM0" and "MEM_W0 #0" in h.detail and "MEM_W1 #0" in h.detail
+    assert h.kind == "wrong-producer" and h.slice == "MEM_W1" and "MEM_W0 #0" in h.detail and "VXM0 #0" in h.detail

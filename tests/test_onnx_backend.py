@@ -23,7 +23,7 @@ SUPPORTED = (
     "less_equal", "log", "matmul", "max", "mean", "min", "mod", "mul", "neg", "not", "or", "pow", "range",
     "reciprocal", "reduce_max", "reduce_mean", "reduce_min", "reduce_sum", "reduce_sum_square", "relu",
     "reshape", "rms_normalization", "sigmoid", "sign", "slice", "softmax", "split", "sqrt", "squeeze", "sub",
-    "sum", "tanh", "transpose", "trilu", "unsqueeze", "where", "xor",
+    "sum", "tanh", "transpose", "tril", "triu", "unsqueeze", "where", "xor",
 )
 
 EXCLUDED = {
@@ -80,19 +80,9 @@ EXCLUDED = {
         "split_to_sequence_1", "split_to_sequence_2", "split_to_sequence_nokeepdims",
         "log_softmax_dim3", "log_softmax_lastdim",
     ],
-    "empty tensors (a zero-sized dimension): there is nothing to place in SRAM or stream": [
-        "constantofshape_int_shape_zero", "reduce_max_empty_set", "reduce_max_empty_set_bool",
-        "reduce_sum_empty_set", "reduce_sum_empty_set_non_reduced_axis_zero", "reduce_sum_square_empty_set",
-        "reduce_min_empty_set",
-        "reduce_sum_square_empty_set_expanded", "reshape_allowzero_reordered", "slice_start_out_of_bounds",
-        "split_zero_size_splits_opset13", "split_zero_size_splits_opset18",
-    ],
     "GatherND with indices computed at run time (constant indices are a data movement; run-time "
     "Gather and GatherElements pick rows on the MEM GATHER)": [
         "gathernd_example_float32", "gathernd_example_int32", "gathernd_example_int32_batch_dim1",
-    ],
-    "integer Pow with an exponent computed at run time (the VXM has no integer power)": [
-        "pow_types_int32_float32", "pow_types_int32_int32", "pow_types_int64_float32", "pow_types_int64_int64",
     ],
 }
 

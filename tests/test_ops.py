@@ -304,3 +304,41 @@ def test_clip_attributes_before_opset_11_and_float16_default_bounds(tmp_path):
     with np.errstate(over="ignore"):
         x = _special((2, 20)).astype(np.float16)  # 3e9 and inf are inf in float16: clipped to 65504
     run(tmp_path, [node("Clip", ["x"])], {"x": x}, chip="tiny")
+
+
+@pytest.mark.parametrize("ytype", [np.int32, np.int64, np.float32])
+def test_integer_pow_with_an_exponent_computed_at_run_time(tmp_path, ytype):
+    """Square and multiply over the exponent's bits: 0..19 on small bases, up to 40 and below 0 on the
+    bases whose powers never overflow (-1, 0, 1), each against onnxruntime (the double power truncated)."""
+    x = np.concatenate([np.repeat(np.arange(-3, 4), 20), np.repeat([-1, 1], 46), [0] * 41]).astype(np.int32)
+    e = np.concatenate([np.tile(np.arange(20), 7), np.tile(np.arange(-5, 41), 2), np.arange(41)])
+    run(tmp_path, [helper.make_node("Pow", ["x", "e"], ["y"])], {"x": x.reshape(3, -1), "e": e.astype(ytype).reshape(3, -1)})
+
+
+def test_integer_pow_of_a_float_exponent_that_is_not_whole(tmp_path):
+    """A non-integral exponent of an integer base: exp(e log x) in f32, truncated as onnxruntime
+    truncates its double power (exact here: no power lies near an integer)."""
+    x = np.array([[4, 9, 2, 3, 5, 7]], np.int32)
+    e = np.array([[2.5, 1.5, 0.5, 2.2, 1.3, 0.7]], np.float32)
+    run(tmp_path, [helper.make_node("Pow", ["x", "e"], ["y"])], {"x": x, "e": e})
+
+
+def test_empty_outputs_and_inputs_are_made_by_the_host(tmp_path):
+    """A value with an empty dimension has no elements: it is known at compile time (an empty input
+    too), the program describes an empty output without SRAM planes, and the host makes it; the other
+    outputs of the same Split and a reduction over an empty input (its identity) run as usual."""
+    x = RNG.standard_normal((4, 6)).astype(np.float32)
+    z = np.zeros((2, 0, 3), np.float32)
+    nodes = [helper.make_node("Split", ["x", "sizes"], ["a", "b", "c"], axis=1),
+             helper.make_node("ReduceSum", ["z", "axes"], ["s"], keepdims=1),
+             helper.make_node("Slice", ["x", "st", "en"], ["e"])]
+    r = run(tmp_path, nodes, {"x": x, "z": z}, ["a", "b", "c", "s", "e"],
+            {"sizes": np.array([2, 0, 4]), "axes": np.array([1]), "st": np.array([9]), "en": np.array([12])},
+            chip="tiny")
+    assert set(r["outputs"]) == {"a", "b", "c", "s", "e"}
+    from isa.config import load_system
+    from lpuc.errors import CompileError
+    from lpuc.pipeline import compile_system
+
+    with pytest.raises(CompileError, match=r"output 'b' is empty \[4, 0\].* compile for one chip"):
+        compile_system(str(tmp_path / "m.onnx"), load_system("pair-tiny"), 2)

@@ -79,6 +79,21 @@ def test_capacity_names_the_chip_and_chips_needed(tmp_path):
         partition(g, 1, small, "f32")
 
 
+def test_fewer_nodes_than_stages_is_refused_saying_so():
+    """A pipeline stage holds at least one node: one node cannot run on two chips as a pipeline (the
+    message once blamed KV caches the model does not have)."""
+    from onnx import TensorProto, helper
+
+    from lpuc.errors import CompileError
+
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 16])])
+    graph = fold_constants(import_onnx(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])))
+    with pytest.raises(CompileError, match=r"1 node\(s\) .* too few for a pipeline of 2 stages"):
+        partition(graph, 2, load_chip("tiny"), "f32")
+
+
 def test_programs_do_not_depend_on_string_hashes(tmp_path):
     """A compile is deterministic: the same program whatever PYTHONHASHSEED. (A stage once took the
     values it receives from one chip in a set's order, which follows string hashes: here five side

@@ -53,7 +53,9 @@ def gather(em, op):
     src, _, events = store.find(np.where(ok, addrs_read, 0), cycles)
     src = np.where(ok, src, -1)
     events = np.where(ok, events, store.count)
-    if ((src < 0) & ok).any():
+    # the rows it gathers must hold its table's words (``emulator.expect``; -1: a word never written)
+    named = em._store_expect and em._check_store(op, "gather", np.unique(src[ok]).tolist(), src, (addrs_read, cycles))
+    if ((src < 0) & ok).any() and not named:
         i = int(np.argmax((src < 0) & ok))
         em.hazard(op, "unwritten-read", cycles[i], f"gathered address {int(addrs_read[i])} was never written")
     _check_banks(em, op, addrs_read, cycles, em.mem_writes, "gathers from and writes")

@@ -41,6 +41,8 @@ def _float_type(lw: Lowering, name: str) -> str:
 
 
 def _move(lw: Lowering, node: Node, idx: np.ndarray, k: int = 0) -> None:
+    if lw.const(node.outputs[k]) is not None:  # an empty output (one of Split's): known, nothing to move
+        return
     x = lw.tensor(node.inputs[0])
     shape = lw.shape(node.outputs[k])
     lw.bind(node.outputs[k], lw.move(x, np.asarray(idx).reshape(shape), shape))

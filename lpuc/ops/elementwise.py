@@ -10,7 +10,7 @@ import numpy as np
 from isa.dtypes import DTYPES
 from lpuc.ir import Node
 from lpuc.passes.lower import Lowering, chip_dtype
-from lpuc.prim import Imm, Operand
+from lpuc.prim import Imm, Operand, Tensor
 from lpuc.ops.common import OPS, op, _out, _float_type
 
 
@@ -163,13 +163,58 @@ def Mod(lw: Lowering, node: Node) -> None:
     _out(lw, node, lw.ewise("SELECT", [wrong, lw.ewise("ADD", [r, b], dt), r], dt))
 
 
+#: bits of an integer exponent the VXM multiplies by: x^e for e up to 31 (beyond, only x in -1..1 does
+#: not overflow i32, and for those the parity of e is all that matters)
+_POW_BITS = 5
+
+
+def _int_pow(lw: Lowering, x: Tensor, e: Tensor) -> Tensor:
+    """x^e for integer x and i32 e, broadcast, by square and multiply over the low ``_POW_BITS`` bits
+    of e, with e > 31 taken as 30 or 31 of the same parity (exact wherever the power fits x's type;
+    beyond, the VXM's wrapping products). e < 0: onnxruntime truncates the double power, so 1 for
+    x = 1, (-1)^e for x = -1, 0 otherwise."""
+    dt = x.dtype
+    top = 2 ** _POW_BITS - 1
+    big = lw.ewise("GT", [e, Imm(top)], "i32", "u8")
+    e = lw.ewise("SELECT", [big, lw.ewise("ADD", [lw.ewise("AND", [e, Imm(1)], "i32"), Imm(top - 1)], "i32"), e],
+                 "i32")
+    r: Tensor | None = None
+    base = x
+    for k in range(_POW_BITS):
+        bit = lw.ewise("NE", [lw.ewise("AND", [e, Imm(1 << k)], "i32"), Imm(0)], "i32", "u8")
+        r = lw.ewise("SELECT", [bit, base, Imm(1)], dt) if r is None else \
+            lw.ewise("SELECT", [bit, lw.ewise("MUL", [r, base], dt), r], dt)
+        if k + 1 < _POW_BITS:
+            base = lw.ewise("MUL", [base, base], dt)
+    assert r is not None
+    if DTYPES[dt].kind == "int":  # (signed)
+        odd = lw.convert(lw.ewise("AND", [e, Imm(1)], "i32"), dt)
+        sign = lw.ewise("SUB", [lw.ewise("MUL", [odd, Imm(-2)], dt), Imm(-1)], dt)  # 1 - 2*odd
+        one = lw.convert(lw.ewise("EQ", [x, Imm(1)], dt, "u8"), dt)
+        small = lw.ewise("SELECT", [lw.ewise("EQ", [x, Imm(-1)], dt, "u8"), sign, one], dt)
+        r = lw.ewise("SELECT", [lw.ewise("LT", [e, Imm(0)], "i32", "u8"), small, r], dt)
+    return r
+
+
 @op
 def Pow(lw: Lowering, node: Node) -> None:
+    """x^e. A constant scalar e: multiplies, SQRT, RSQRT or RECIP where it is one of theirs, else
+    exp(e log x). A computed e: exp(e log x) on floats; on integers square and multiply
+    (``_int_pow``), a float e taken as the integer it is (onnxruntime computes the double power and
+    truncates it; a non-integral e gives trunc(exp(e log x)) in f32)."""
     x = lw.tensor(node.inputs[0])
     e = lw.const(node.inputs[1])
     if e is None or e.size != 1:
         if x.dt.kind != "float":
-            raise lw.unsupported("integer Pow with a computed exponent")
+            y = lw.tensor(node.inputs[1])
+            if y.dt.kind != "float":
+                _out(lw, node, _int_pow(lw, x, lw.convert(y, "i32")))
+                return
+            yi = lw.convert(y, "i32")  # (truncates, saturates)
+            whole = lw.ewise("EQ", [lw.convert(yi, y.dtype), y], y.dtype, "u8")
+            f = lw.ewise("EXP", [lw.ewise("MUL", [lw.ewise("LOG", [lw.convert(x, "f32")]), lw.convert(y, "f32")])])
+            _out(lw, node, lw.ewise("SELECT", [whole, _int_pow(lw, x, yi), lw.convert(f, x.dtype)], x.dtype))
+            return
         y = lw.operand(node.inputs[1], x.dtype)
         _out(lw, node, lw.ewise("EXP", [lw.ewise("MUL", [lw.ewise("LOG", [x]), y])]))
         return

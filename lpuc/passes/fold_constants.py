@@ -16,7 +16,7 @@ import onnx
 from onnx import helper
 
 from lpuc.errors import CompileError
-from lpuc.ir import Graph, Node
+from lpuc.ir import Graph, Node, Value
 from lpuc.passes.lower import check_supported
 
 #: ops never evaluated at compile time even with constant inputs (non-deterministic)
@@ -84,10 +84,18 @@ def _evaluate(node: Node, g: Graph) -> list[np.ndarray]:
 
 def fold_constants(g: Graph, empty_ok: bool = False) -> Graph:
     """Fold what is known at compile time (onnxruntime evaluates the nodes), drop dead code; every
-    value left must have a static shape, and (unless ``empty_ok``: a KV-cache export's empty past,
-    which ``lpuc.passes.kv_cache`` removes next) no empty dimension."""
+    value left must have a static shape. A value with an empty dimension has no elements, so it is
+    known: a constant (inputs too: the program leaves them out), and a node whose outputs are all
+    empty is gone; ``empty_ok`` (a KV-cache export's empty past, which ``lpuc.passes.kv_cache``
+    removes next) leaves them as they are."""
+    if not empty_ok:
+        for name in g.inputs:  # an empty input holds nothing: its value is known
+            _known_if_empty(g.values[name])
     for node in list(g.topo()):
         outs = [o for o in node.outputs if o]
+        if not empty_ok and outs and all([_known_if_empty(g.values[o]) for o in outs]):
+            g.remove_node(node.name)  # every output empty: nothing to compute
+            continue
         if node.op == "Constant":
             (res,) = _evaluate(node, g) if node.attrs else ([],)
             g.values[outs[0]].const = res.astype(g.values[outs[0]].dtype)
@@ -139,6 +147,15 @@ def fold_constants(g: Graph, empty_ok: bool = False) -> Graph:
     return g
 
 
+def _known_if_empty(v: Value) -> bool:
+    """Make a value with an empty dimension (0 in its static shape) the constant it is (it has no
+    elements); whether it is one now."""
+    if v.const is None and v.shape is not None and v.dtype is not None and 0 in v.shape \
+            and all(isinstance(d, int) for d in v.shape):
+        v.const = np.zeros(v.shape, v.dtype)
+    return v.const is not None and 0 in v.const.shape
+
+
 def _infer_shapes(node: Node, g: Graph) -> None:
     """Shapes shape inference could not give before folding (they depended on folded values)."""
     types, data = {}, {}
@@ -188,5 +205,6 @@ def _dead_code(g: Graph) -> None:
             needed.update(i for i in node.inputs if i)
         else:
             g.remove_node(node.name)
-    for name in [n for n, v in g.values.items() if v.const is not None and n not in needed]:
+    keep = needed | set(g.inputs)  # (an empty input is a constant, and still an input of the model)
+    for name in [n for n, v in g.values.items() if v.const is not None and n not in keep]:
         del g.values[name]

@@ -362,8 +362,10 @@ def lower(g: Graph, chip: ChipConfig, precision: str = "fp32", folded: "FoldCach
     lw = Lowering(g, chip, precision, folded, plain)
     used = {i for n in g.nodes.values() for i in n.inputs} | set(g.outputs)
     for name in g.inputs:
-        if name not in used or name in g.resident:  # an input nothing reads (e.g. the type donor of a
-            continue  # CastLike) needs no SRAM; resident state is made by the op that updates it (KVAppend)
+        if name not in used or name in g.resident or g.values[name].const is not None:
+            # an input nothing reads (e.g. the type donor of a CastLike) needs no SRAM, nor an empty one
+            # (a constant: ``fold_constants``); resident state is made by the op that updates it (KVAppend)
+            continue
         v = g.values[name]
         t = lw.pg.tensor(name, chip_dtype(v.dtype, f"input '{name}'"), v.shape, role="input",
                          host_dtype=str(v.dtype))
@@ -377,6 +379,11 @@ def lower(g: Graph, chip: ChipConfig, precision: str = "fp32", folded: "FoldCach
     for name in g.outputs:
         v = g.values[name]
         t = lw.env.get(name)
+        if v.const is not None and v.const.size == 0:  # an empty output: the host makes it, nothing is on the chip
+            t = lw.pg.tensor(name, chip_dtype(v.dtype, f"output '{name}'"), v.shape, role="output",
+                             host_dtype=str(v.dtype))
+            lw.pg.outputs.append(t)
+            continue
         if t is None:  # a constant output: materialise it on the chip
             t = lw.tensor(name)
         want = chip_dtype(v.dtype, f"output '{name}'")

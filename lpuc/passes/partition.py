@@ -180,6 +180,9 @@ def partition(g: Graph, chips: int, chip: ChipConfig, precision_dtype: str, widt
         # (each node at least one stage)
         last = len(order) - (chips - k)
         allowed = [i for i in range(cuts[-1] + 1, last + 1) if all((c < k) == (at < i) for at, c in fixed)]
+        if not allowed and len(order) < chips:
+            raise CompileError(f"the model has {len(order)} node(s) to run on the chip: too few for a pipeline "
+                               f"of {chips} stages; use fewer chips or another --parallel split")
         if not allowed:
             raise CompileError("the step programs' caches cannot stay on the same chips: no pipeline cut keeps "
                                "every cache update where the other program has it")
