@@ -1,8 +1,10 @@
 """Pass 1 -- import: an ONNX file (with external data) -> the graph IR with static shapes.
 
 Uses what onnx provides: the loader (external data included), the checker and shape inference with
-data propagation (both on the model without its large float weights, ``_skeleton``). The only change
-made to the model is fixing dynamic input dimensions to the values given with ``--input-shape``.
+data propagation (both on the model without its large float weights, ``_skeleton``). The model is
+changed in two ways only: dynamic input dimensions are fixed to the values given with
+``--input-shape``, and onnxruntime's fused ``com.microsoft`` ops are rewritten into standard ops
+(``lpuc.passes.contrib``) before the checker sees them.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from onnx import helper, numpy_helper, shape_inference
 
 from lpuc.errors import CompileError
 from lpuc.ir import Graph, Node, Value
+from lpuc.passes.contrib import contrib
 
 MIN_OPSET = 17
 
@@ -104,6 +107,7 @@ def import_onnx(path: str | Path | onnx.ModelProto, input_shapes: dict[str, tupl
     if opset > onnx.defs.onnx_opset_version():
         raise CompileError(f"{path}: opset {opset} is newer than this onnx ({onnx.defs.onnx_opset_version()})")
     fix_input_shapes(model, input_shapes or {})
+    contrib(model)  # onnxruntime's fused ops, which the checker and shape inference do not know
     skel = _skeleton(model, path)
     try:
         onnx.checker.check_model(skel)
