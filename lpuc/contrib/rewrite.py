@@ -55,9 +55,10 @@ class Rewrite:
     def where(self) -> str:
         return f"node {self.node.name}: {self.node.domain or 'ai.onnx'}.{self.node.op_type}"
 
-    def unsupported(self, variant: str) -> UnsupportedOp:
-        """The error for a variant of the op this rewrite does not handle (one line, exit code 2)."""
-        return UnsupportedOp(f"{self.where} with {variant} is not supported")
+    def unsupported(self, variant: str, takes: str = "") -> UnsupportedOp:
+        """The error for a variant of the op this rewrite does not handle (one line, exit code 2);
+        ``takes``: what lpuc takes instead."""
+        return UnsupportedOp(f"{self.where}: {variant} is not supported" + (f" (lpuc takes {takes})" if takes else ""))
 
     # ------------------------------------------------------------------------------ attributes
     def _attr(self, name: str) -> onnx.AttributeProto | None:
@@ -76,6 +77,13 @@ class Rewrite:
     def attr_float(self, name: str, default: float) -> float:
         a = self._attr(name)
         return default if a is None else float(helper.get_attribute_value(a))
+
+    def attr_str(self, name: str, default: str) -> str:
+        a = self._attr(name)
+        if a is None:
+            return default
+        v = helper.get_attribute_value(a)
+        return v.decode() if isinstance(v, bytes) else str(v)
 
     def attr_ints(self, name: str, default: list[int]) -> list[int]:
         a = self._attr(name)
@@ -137,7 +145,7 @@ class Rewrite:
 
     def const(self, value: np.ndarray, hint: str = "const") -> str:
         name = self._fresh(f"{self.node.name}/{hint}")
-        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+        self.inits.append(numpy_helper.from_array(np.array(value, order="C"), name))  # ascontiguousarray makes 0-d 1-d
         return name
 
     def scalar(self, value: float, dtype: np.dtype) -> str:
