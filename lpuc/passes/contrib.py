@@ -132,11 +132,14 @@ def contrib(model: onnx.ModelProto) -> int:
     """Rewrite the model's contrib nodes in place (see the module docstring); returns how many."""
     g = model.graph
     nodes = list(g.node)
-    _refuse_unknown(nodes)
-    if not any(is_contrib(n) for n in nodes):
+    if all(n.domain in ONNX_DOMAINS and not is_contrib(n) for n in nodes):
         return 0
-    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     fresh = _fresh_names(model)
+    for k, node in enumerate(nodes):
+        if not node.name and (is_contrib(node) or node.domain not in ONNX_DOMAINS):
+            node.name = fresh(f"{node.op_type}_{k}")  # as the import names nodes
+    _refuse_unknown(nodes)
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     shapes = _Shapes(model)
     done: list[onnx.NodeProto] = []
     count = 0
@@ -144,8 +147,6 @@ def contrib(model: onnx.ModelProto) -> int:
         if not is_contrib(node):
             done.append(node)
             continue
-        if not node.name:
-            node.name = fresh(f"{node.op_type}_{k}")
         rw = Rewrite(node, opset, lambda name, k=k: shapes.get(name, lambda: done + nodes[k:]), fresh)
         CONTRIB[node.op_type](rw)
         rw.finish()
