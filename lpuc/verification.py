@@ -248,13 +248,14 @@ def _ort_session(model: "str | Path | onnx.ModelProto") -> Any:
     import onnxruntime as ort
 
     src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    so = ort.SessionOptions()
+    so.log_severity_level = 4  # a failure below is handled; onnxruntime would print it first
     try:
-        return ort.InferenceSession(src, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
     except Exception:
         # onnxruntime's own graph optimisations can fail on a graph its transformer optimizer wrote (a fused
         # BERT from the TorchScript exporter: "Attempt to replace the existing tensor"); its kernels still
         # run the graph as written
-        so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
 
