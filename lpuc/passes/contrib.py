@@ -30,7 +30,8 @@ from lpuc.errors import UnsupportedOp
 MS_DOMAIN = "com.microsoft"
 #: onnxruntime's ops in the default domain, which onnx has no schema for
 ORT_DEFAULT_DOMAIN = ("SimplifiedLayerNormalization",)
-#: the domains onnx's checker knows (their ops are checked, then lowered or refused, as usual)
+#: the domains onnx's checker knows (their ops are checked, then lowered or refused, as usual; so are
+#: those of the model's own functions)
 ONNX_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "ai.onnx.preview.training")
 _FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE)
 
@@ -39,12 +40,12 @@ def is_contrib(node: onnx.NodeProto) -> bool:
     return node.domain == MS_DOMAIN or (node.domain in ("", "ai.onnx") and node.op_type in ORT_DEFAULT_DOMAIN)
 
 
-def _refuse_unknown(nodes: list[onnx.NodeProto]) -> None:
+def _refuse_unknown(nodes: list[onnx.NodeProto], known: set[str]) -> None:
     supported = ", ".join(sorted(CONTRIB))
     for node in nodes:
         if is_contrib(node) and node.op_type in CONTRIB:
             continue
-        if is_contrib(node) or node.domain not in ONNX_DOMAINS:
+        if is_contrib(node) or node.domain not in known:
             raise UnsupportedOp(f"node {node.name}: {node.domain + '.' if node.domain else ''}{node.op_type} is not "
                                 f"supported (supported contrib ops: {supported})")
 
@@ -132,13 +133,14 @@ def contrib(model: onnx.ModelProto) -> int:
     """Rewrite the model's contrib nodes in place (see the module docstring); returns how many."""
     g = model.graph
     nodes = list(g.node)
-    if all(n.domain in ONNX_DOMAINS and not is_contrib(n) for n in nodes):
+    known = set(ONNX_DOMAINS) | {f.domain for f in model.functions}  # (the model's own functions' too)
+    if all(n.domain in known and not is_contrib(n) for n in nodes):
         return 0
     fresh = _fresh_names(model)
     for k, node in enumerate(nodes):
-        if not node.name and (is_contrib(node) or node.domain not in ONNX_DOMAINS):
+        if not node.name and (is_contrib(node) or node.domain not in known):
             node.name = fresh(f"{node.op_type}_{k}")  # as the import names nodes
-    _refuse_unknown(nodes)
+    _refuse_unknown(nodes, known)
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     shapes = _Shapes(model)
     done: list[onnx.NodeProto] = []
