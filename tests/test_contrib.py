@@ -119,6 +119,15 @@ def test_skip_and_simplified_layer_norms_with_every_output(tmp_path, chip, preci
         precision=precision)
 
 
+def test_an_opset_14_model_is_upgraded_around_its_contrib_ops(tmp_path):
+    """onnx's version converter passes com.microsoft by; onnxruntime's default-domain
+    SimplifiedLayerNormalization is set apart for it (it has no schema for the op)."""
+    nodes = [helper.make_node("Relu", ["x"], ["r"]),
+             helper.make_node("SimplifiedLayerNormalization", ["r", "g"], ["rms"], epsilon=1e-5),
+             ms("SkipLayerNormalization", ["rms", "x", "g"], ["y"], epsilon=1e-5)]
+    run(tmp_path, nodes, {"x": f32(B, S, D)}, ["y"], {"g": f32(D) + 1}, chip="tiny", opset=14)
+
+
 def test_embed_layer_norm_segments_mask_index_positions(tmp_path):
     V, P = 30, 8
     tables = {"word": f32(V, D), "pos": f32(P, D), "seg_table": f32(2, D), "g": f32(D) + 1, "beta": f32(D)}

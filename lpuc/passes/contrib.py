@@ -40,6 +40,19 @@ def is_contrib(node: onnx.NodeProto) -> bool:
     return node.domain == MS_DOMAIN or (node.domain in ("", "ai.onnx") and node.op_type in ORT_DEFAULT_DOMAIN)
 
 
+def set_apart(model: onnx.ModelProto) -> None:
+    """Move onnxruntime's default-domain ops (``ORT_DEFAULT_DOMAIN``) to ``com.microsoft``: onnx's version
+    converter, which upgrades models older than the compiler's opset first, passes other domains by
+    but fails on an op of the default domain it has no schema for. The rewrite takes them there too."""
+    moved = False
+    for node in model.graph.node:
+        if node.domain in ("", "ai.onnx") and node.op_type in ORT_DEFAULT_DOMAIN:
+            node.domain = MS_DOMAIN
+            moved = True
+    if moved and not any(o.domain == MS_DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+
+
 def _refuse_unknown(nodes: list[onnx.NodeProto], known: set[str]) -> None:
     supported = ", ".join(sorted(CONTRIB))
     for node in nodes:

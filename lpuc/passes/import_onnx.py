@@ -18,7 +18,7 @@ from onnx import helper, numpy_helper, shape_inference
 
 from lpuc.errors import CompileError
 from lpuc.ir import Graph, Node, Value
-from lpuc.passes.contrib import contrib
+from lpuc.passes.contrib import contrib, set_apart
 
 MIN_OPSET = 17
 
@@ -97,6 +97,7 @@ def import_onnx(path: str | Path | onnx.ModelProto, input_shapes: dict[str, tupl
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < MIN_OPSET:
         # older models are upgraded with onnx's own converter; what it cannot convert is refused
+        set_apart(model)
         try:
             model = onnx.version_converter.convert_version(model, MIN_OPSET)
         except Exception as e:
