@@ -32,6 +32,7 @@ from lpuc.errors import CompileError
 from lpuc.passes.lower import PRECISIONS
 from lpuc.passes.schedule import SCHEDULERS
 from lpuc.pipeline import compile_model
+from lpuc.verification import program_feeds
 
 
 def _load(path: "str | Path") -> onnx.ModelProto:
@@ -123,8 +124,7 @@ class LpucRep(BackendRep):
         fixed = {k: np.asarray(feeds[k]) for k in self._shape_inputs() if k in feeds}
         prog = self._program(shapes, fixed) if (fixed or not self.programs) else next(iter(self.programs.values()))
         self.last = prog
-        wanted = {t.name for t in prog.io("input")}
-        result = Emulator(prog).run({k: v for k, v in feeds.items() if k in wanted})
+        result = Emulator(prog).run(program_feeds(prog, feeds))
         return tuple(result.outputs[name] for name in self.outputs)
 
 

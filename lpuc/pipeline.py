@@ -81,10 +81,10 @@ class _Figures:
         """Run the program in the emulator (as its file holds it) on one array per model input,
         checked and converted as by ``lpuc.verification.check_inputs``; returns the outputs by name."""
         from emulator import Emulator
-        from lpuc.verification import check_inputs, placed_inputs
+        from lpuc.verification import check_inputs, program_feeds
 
         prog = Program.from_bytes(self.program.to_bytes())
-        return Emulator(prog).run(placed_inputs(prog, check_inputs(self.graph, inputs or {}))).outputs
+        return Emulator(prog).run(program_feeds(prog, check_inputs(self.graph, inputs or {}))).outputs
 
 
 @dataclass

@@ -140,6 +140,15 @@ def check_inputs(g: Graph, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
     return feeds
 
 
+def program_feeds(prog: Program, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The checked model inputs ``prog`` reads. The lowering gives an input nothing computes with no
+    place on the chip (the type donor of a CastLike, GroupQueryAttention's sequence lengths in
+    lpuc's dense case), nor an empty one (its readers were folded), and the emulator refuses inputs
+    its program does not take."""
+    wanted = {t.name for t in prog.io("input")}
+    return {k: v for k, v in feeds.items() if k in wanted}
+
+
 def _index_uses(g: Graph, name: str) -> list[tuple[Any, int, int, bool]]:
     """The Gather and GatherElements nodes a value indexes (following casts and reshapes), each as
     (node, axis, rows along the axis, whether the program takes negative indices). A Gather on axis
@@ -193,13 +202,6 @@ def _check_ids(g: Graph, name: str, ids: np.ndarray) -> None:
                              f"(0..{rows - 1})")
 
 
-def placed_inputs(prog: Program, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The checked model inputs the program places on the chip: an input nothing reads (the type donor
-    of a CastLike) or an empty one (its readers were folded) is in the model, not in the program."""
-    names = {t.name for t in prog.io("input")}
-    return {k: v for k, v in feeds.items() if k in names}
-
-
 def compare(got: np.ndarray, want: np.ndarray, atol: float, rtol: float) -> dict[str, Any]:
     """Compare an emulated output with onnxruntime's: the per-output dict of the report (see the
     module docstring). Matching nans and same-signed infs agree; a finiteness mismatch is an error;
@@ -246,9 +248,17 @@ class Verdict:
 def _ort_session(model: "str | Path | onnx.ModelProto") -> Any:
     import onnxruntime as ort
 
-    if isinstance(model, onnx.ModelProto):
-        return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    so = ort.SessionOptions()
+    so.log_severity_level = 4  # a failure below is handled; onnxruntime would print it first
+    try:
+        return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+    except Exception:
+        # onnxruntime's own graph optimisations can fail on a graph its transformer optimizer wrote (a fused
+        # BERT from the TorchScript exporter: "Attempt to replace the existing tensor"); its kernels still
+        # run the graph as written
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
 
 
 def verify(c: "Compiled | SystemCompiled", model_path: "str | Path | onnx.ModelProto", precision: str,
@@ -263,7 +273,7 @@ def verify(c: "Compiled | SystemCompiled", model_path: "str | Path | onnx.ModelP
     feeds = check_inputs(c.graph, inputs if inputs is not None else make_inputs(c.graph, seed))
     prog = Program.from_bytes(c.program.to_bytes())  # run the program as the file holds it
     t0 = time.perf_counter()
-    result = Emulator(prog, workers=workers).run(placed_inputs(prog, feeds))
+    result = Emulator(prog, workers=workers).run(program_feeds(prog, feeds))
     emulate_s = time.perf_counter() - t0
     sess = _ort_session(model_path)
     t0 = time.perf_counter()

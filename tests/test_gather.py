@@ -62,3 +62,24 @@ def test_gather_with_run_time_indices_on_other_axes(tmp_path, axis, data_const):
     n = data.shape[axis]
     node = helper.make_node("Gather", ["data", "ind"], ["g"], axis=axis)
     _check(tmp_path, node, data, data_const, ishape, out, "lpu-v1", "fp32", 0, n)
+
+
+@pytest.mark.parametrize("chip", ["lpu-v1", "tiny"])
+def test_one_run_time_index_vector_selects_from_two_tables(tmp_path, chip):
+    """RoPE's cos and sin rows at positions computed at run time, multiplied together: both tables
+    must lie in the hemisphere opposite the one index vector (placed apart, it had none left)."""
+    rng = np.random.default_rng(4)
+    nodes = [helper.make_node("Add", ["start", "steps"], ["pos"]),
+             helper.make_node("Gather", ["cos", "pos"], ["c"], axis=0),
+             helper.make_node("Gather", ["sin", "pos"], ["s"], axis=0),
+             helper.make_node("Mul", ["c", "s"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("start", TensorProto.INT64, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [5, 8])],
+                              [numpy_helper.from_array(rng.standard_normal((20, 8)).astype(np.float32), "cos"),
+                               numpy_helper.from_array(rng.standard_normal((20, 8)).astype(np.float32), "sin"),
+                               numpy_helper.from_array(np.arange(5, dtype=np.int64), "steps")])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), path)
+    c = compile_model(path, load_chip(chip))
+    r = verify(c, str(path), "fp32", inputs={"start": np.array([11], np.int64)}).report
+    assert r["ok"] and r["outputs"]["y"]["max_abs_err"] == 0, r

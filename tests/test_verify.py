@@ -87,6 +87,27 @@ def test_float_ids_wrong_shape_unknown_and_missing_inputs_are_one_line(tmp_path,
                     "missing input(s) 'ids' (int64 [1, 4]) and unknown input(s) other; the model takes ids", capsys)
 
 
+def test_an_input_nothing_reads_is_checked_but_not_sent_to_the_chip(tmp_path):
+    """A model input no op computes with gets no SRAM (the lowering skips it); verify, the Python
+    API and the backend take it like onnxruntime does and run the program on the others."""
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "unused",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3]),
+                           helper.make_tensor_value_info("lengths", TensorProto.INT32, [2])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])])
+    path = str(tmp_path / "unused.onnx")
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), path)
+    feeds = {"x": np.arange(-3, 3, dtype=np.float32).reshape(2, 3), "lengths": np.array([1, 2], np.int32)}
+    c = compile_model(path, load_chip("tiny"))
+    assert verify(c, path, "fp32", inputs=feeds).ok
+    assert np.array_equal(c.run(feeds)["y"], np.maximum(feeds["x"], 0))
+    import lpuc.backend
+
+    (y,) = lpuc.backend.prepare(path, chip="tiny").run(feeds)
+    assert np.array_equal(y, np.maximum(feeds["x"], 0))
+    with pytest.raises(InputError, match="missing input"):
+        c.run({"x": feeds["x"]})
+
+
 def test_check_inputs_converts_only_exact_values():
     c = compile_model(MODELS / "mlp_tiny.onnx", load_chip("tiny"))
     x = np.random.default_rng(0).standard_normal((4, 32))

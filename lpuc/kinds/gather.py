@@ -37,8 +37,13 @@ class GatherTask(TaskKind):
         return {task.reads[1].tensor.id}
 
     def allocation_rules(self, task: Task, rules: Any) -> None:
-        # one flight of the index vector passes every plane of the table: the other hemisphere
+        # one flight of the index vector passes every plane of the table: the other hemisphere. So all
+        # tables one index vector selects from lie in one hemisphere (RoPE's cos and sin at run-time
+        # positions: placed apart, the index vector had no hemisphere left)
         ids, table = task.reads[0].tensor.id, task.reads[1].tensor.id
+        for other in rules.opposite[ids] - {table}:
+            rules.together[table].add(other)
+            rules.together[other].add(table)
         rules.opposite[ids].add(table)
         rules.opposite[table].add(ids)
 

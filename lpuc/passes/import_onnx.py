@@ -1,8 +1,10 @@
 """Pass 1 -- import: an ONNX file (with external data) -> the graph IR with static shapes.
 
 Uses what onnx provides: the loader (external data included), the checker and shape inference with
-data propagation (both on the model without its large float weights, ``_skeleton``). The only change
-made to the model is fixing dynamic input dimensions to the values given with ``--input-shape``.
+data propagation (both on the model without its large float weights, ``_skeleton``). The model is
+changed in two ways only: dynamic input dimensions are fixed to the values given with
+``--input-shape``, and onnxruntime's fused ``com.microsoft`` ops are rewritten into standard ops
+(``lpuc.passes.contrib``) before the checker sees them.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from onnx import helper, numpy_helper, shape_inference
 
 from lpuc.errors import CompileError
 from lpuc.ir import Graph, Node, Value
+from lpuc.passes.contrib import contrib, set_apart
 
 MIN_OPSET = 17
 
@@ -94,6 +97,7 @@ def import_onnx(path: str | Path | onnx.ModelProto, input_shapes: dict[str, tupl
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < MIN_OPSET:
         # older models are upgraded with onnx's own converter; what it cannot convert is refused
+        set_apart(model)
         try:
             model = onnx.version_converter.convert_version(model, MIN_OPSET)
         except Exception as e:
@@ -104,6 +108,7 @@ def import_onnx(path: str | Path | onnx.ModelProto, input_shapes: dict[str, tupl
     if opset > onnx.defs.onnx_opset_version():
         raise CompileError(f"{path}: opset {opset} is newer than this onnx ({onnx.defs.onnx_opset_version()})")
     fix_input_shapes(model, input_shapes or {})
+    contrib(model)  # onnxruntime's fused ops, which the checker and shape inference do not know
     skel = _skeleton(model, path)
     try:
         onnx.checker.check_model(skel)
