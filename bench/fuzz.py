@@ -130,13 +130,17 @@ def _where(tb: Any) -> str:
     return best
 
 
-def run_case(model: Any, case: Case, g: int, fill: float, timeout: float = 0.0, debug: bool = False) -> dict:
-    """Compile and verify ``model`` for ``case`` (inputs drawn from seed g); the classified result.
+def run_case(model: Any, case: Case, g: int, timeout: float = 0.0, debug: bool = False) -> dict:
+    """Compile and verify ``model`` for ``case`` (inputs drawn from seed g); the classified result, with
     ``fill``: the graph's estimated peak over one chip's SRAM (``placement`` vs ``refused``)."""
     import lpuc
-    from isa.config import ConfigError
+    from fuzz_graphs import peak_bytes
+    from isa.config import ConfigError, load_chip
     from lpuc.errors import CapacityError, CompileError
     from lpuc.verification import make_inputs, verify
+
+    chip = load_chip(case.chip)
+    fill = peak_bytes(model, chip.lanes) / chip.sram_bytes
 
     out: dict[str, Any] = {"graph": g, "case": case.label, "kind": case.kind, "chip": case.chip,
                            "precision": case.precision, "scheduler": case.scheduler, "chips": case.chips,
@@ -238,8 +242,7 @@ def _within_rounded(c: Any, model: Any, precision: str, feeds: dict) -> bool:
 def run_graph(g: int, only: int | None = None, timeout: float = 0.0, debug: bool = False,
               save: str | None = None) -> list[dict]:
     """Every case of graph seed g (or case ``only``)."""
-    from fuzz_graphs import build_model, peak_bytes, sample_spec
-    from isa.config import load_chip
+    from fuzz_graphs import build_model, sample_spec
 
     spec = sample_spec(random.Random(g))
     model = build_model(spec)
@@ -251,9 +254,7 @@ def run_graph(g: int, only: int | None = None, timeout: float = 0.0, debug: bool
     for k, case in enumerate(cases_for(g)):
         if only is not None and k != only:
             continue
-        chip = load_chip(case.chip)
-        fill = peak_bytes(model, chip.lanes) / chip.sram_bytes
-        r = run_case(model, case, g, fill, timeout, debug)
+        r = run_case(model, case, g, timeout, debug)
         r["case_index"] = k
         r["spec"] = spec.describe()
         results.append(r)

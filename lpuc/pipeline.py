@@ -26,9 +26,9 @@ from emulator.ops import no_cyclic_gc
 from isa.asm import disassemble
 from isa.config import ChipConfig, SystemConfig
 from isa.program import Program
-from lpuc.errors import CapacityError, CompileError
+from lpuc.errors import CapacityError, CompileError, StreamsError
 from lpuc.ir import Graph
-from lpuc.passes.allocate import Allocation, allocate, check_weights_fit
+from lpuc.passes.allocate import Allocation, allocate, check_weights_fit, overload_first
 from lpuc.passes.codegen import codegen, merge_chips
 from lpuc.passes.fold_constants import fold_constants
 from lpuc.passes.import_onnx import import_onnx
@@ -186,7 +186,22 @@ def compile_model(path: "str | Path | onnx.ModelProto", chip: ChipConfig, precis
             raise
         pg, tg = to_tasks(1)
         al = step("allocate", lambda: allocate(tg, chip, pinned=pinned), lambda r: r.dump(tg))
-    sc = step("schedule", lambda: schedule(tg, al, chip, scheduler), lambda r: r.dump(tg))
+    firsts: list[int] = []
+    rounds = 0
+    while True:
+        try:
+            sc = step("schedule", lambda: schedule(tg, al, chip, scheduler), lambda r: r.dump(tg))
+            break
+        except StreamsError:
+            # allocate again with the tensors of the tasks that need too many streams placed first, each
+            # where the stream load of those before it allows (a few rounds: a new floorplan may overload
+            # other tasks)
+            new = [i for i in overload_first(tg, al) if i not in firsts]
+            if not new or rounds == 4:
+                raise
+            rounds += 1
+            firsts += new
+            al = step("allocate", lambda: allocate(tg, chip, pinned=pinned, first=firsts), lambda r: r.dump(tg))
     name = Path(path).name if isinstance(path, (str, Path)) else (path.graph.name or "model")
     meta = {"model": name, "precision": precision, "scheduler": scheduler}
     prog = step("codegen", lambda: codegen(tg, sc, chip, meta), lambda r: disassemble(r, with_data=False))

@@ -159,24 +159,63 @@ class _Unmirror(Exception):
         self.mirror = mirror
 
 
+class _Unplaced(Exception):
+    """A tensor found no free slices apart from the tensors placed before it that it is used with."""
+
+    def __init__(self, tid: int, error: CapacityError):
+        self.tid = tid
+        self.error = error
+
+
+#: how many tensors that found no room allocation may place first and try again with
+EARLY_RETRIES = 8
+
+
 def allocate(tg: TaskGraph, chip: ChipConfig, received_first: bool = True,
-             pinned: dict[str, list[tuple[int, int, list[tuple[str, int]]]]] | None = None) -> Allocation:
+             pinned: dict[str, list[tuple[int, int, list[tuple[str, int]]]]] | None = None,
+             first: list[int] | None = None) -> Allocation:
     """SRAM places for every tensor of ``tg``. ``received_first``: values another chip sends are placed
     with the inputs, before the constants (they get slices near the centre: BERT-base width split over
     8 chips by token rows, 188,559 -> 179,620 cycles); else after them, which leaves the constants more
     room (``lpuc.pipeline`` retries that way when the first way does not fit). ``pinned``: resident
     tensors' segments (first vector, end vector, planes) by name, placed there before anything else (the
     step programs of one model share their KV cache: the prefill program's must lie where the decode
-    program's does)."""
+    program's does). ``first``: tensor ids placed before all others (after pinned ones), in this order,
+    each beside those placed before it (``overload_first``)."""
+    early: list[int] = list(first or [])
     while True:
         try:
-            return _allocate(tg, chip, received_first, pinned or {})
+            return _allocate(tg, chip, received_first, pinned or {}, early)
         except _Unmirror as e:  # (at most once per mirror)
             unmirror(tg, e.mirror)
+        except _Unplaced as e:
+            # the tensors placed before it (in the order of first use, constants first) left it no room,
+            # though they could have left some: place it first, before them, and try again (a width-7
+            # key of RoPE on tiny: the lane maps and cos table it is read with took all 8 slices of the
+            # one hemisphere its writer's streams allowed)
+            if e.tid in early or len(early) >= EARLY_RETRIES:
+                raise e.error from None
+            early.append(e.tid)
+
+
+def overload_first(tg: TaskGraph, al: Allocation) -> list[int]:
+    """The tensors of the VXM tasks ``al`` left needing more streams of one direction than the chip has,
+    task by task, reads then writes: placed first, each sees where the ones before it went, so the
+    stream load steers it (a chain of SELECTs merging heads on tiny, whose lane masks, constants placed
+    first, all went to one hemisphere and left the chain no way to keep 8 streams a direction)."""
+    view_of: dict[int, Tensor] = getattr(tg, "view_of", {})
+    ids: list[int] = []
+    for tid in al.overloaded:
+        for a in list(tg.tasks[tid].reads) + list(tg.tasks[tid].writes):
+            i = view_of.get(a.tensor.id, a.tensor).id
+            if i not in ids:
+                ids.append(i)
+    return ids
 
 
 def _allocate(tg: TaskGraph, chip: ChipConfig, received_first: bool,
-              pinned: dict[str, list[tuple[int, int, list[tuple[str, int]]]]]) -> Allocation:
+              pinned: dict[str, list[tuple[int, int, list[tuple[str, int]]]]], early: list[int]) -> Allocation:
+    """One allocation attempt; ``early``: tensor ids placed first (after pinned ones), in this order."""
     L = chip.lanes
     view_of: dict[int, Tensor] = getattr(tg, "view_of", {})
     mirror_of: dict[int, int] = getattr(tg, "mirror_of", {})
@@ -250,8 +289,10 @@ def _allocate(tg: TaskGraph, chip: ChipConfig, received_first: bool,
     bw_words = chip.segment_words
     whole = {i for task in tg.tasks for i in task_kind(task).whole(task)
              if tensors[i].rows * tensors[i].chunks(L) > bw_words // 2}
+    early_rank = {i: k for k, i in enumerate(early)}  # (their words held from the start: a conservative lifetime)
     live_ids = sorted((i for i in first if i in last or tensors[i].role in ("input", "output", "resident")),
-                      key=lambda i: (first[i], tensors[i].name not in pinned, i not in whole, i))
+                      key=lambda i: (-1 if i in early_rank else first[i], tensors[i].name not in pinned,
+                                     early_rank.get(i, len(early)), i not in whole, i))
 
     # ---------------------------------------------------------------- capacity check (clear error first)
     def nbytes(t: Tensor) -> int:
@@ -324,7 +365,7 @@ def _allocate(tg: TaskGraph, chip: ChipConfig, received_first: bool,
 
     for i in live_ids:
         t = tensors[i]
-        release(first[i])
+        release(-1 if i in early_rank else first[i])  # (an early tensor is placed before the clock runs)
         w = t.dt.width
         C = t.chunks(L)
         if C > bw:
@@ -387,8 +428,9 @@ def _allocate(tg: TaskGraph, chip: ChipConfig, received_first: bool,
         if best is None:
             # (the chip is too full for the tensor beside those it is read with: a capacity limit, which a
             # caller may meet with plainer installs or more chips)
-            raise CapacityError(f"cannot place tensor {t.name} ({t.dtype} {list(t.shape)}): {chip.name} has no "
-                               f"{w} free MEM slices in one hemisphere apart from the tensors it is used with")
+            raise _Unplaced(i, CapacityError(f"cannot place tensor {t.name} ({t.dtype} {list(t.shape)}): {chip.name} "
+                                             f"has no {w} free MEM slices in one hemisphere apart from the tensors "
+                                             f"it is used with"))
         _, h, pick = best
         want = pinned.get(t.name)
         if want is not None:
