@@ -371,6 +371,7 @@ def compile_system(path: "str | Path | onnx.ModelProto", system: SystemConfig, c
             pgs.append(pg)
             tgs.append(tg)
         step("transfer", lambda: add_transfers(tgs, part.stages, system, chip, spread=part.mode == "pp"))
+        received_first: list[bool] = []
         for k, stage in enumerate(part.stages):
             tgs[k] = step("mirror", lambda: mirror(tgs[k], chip))
             try:
@@ -384,10 +385,28 @@ def compile_system(path: "str | Path | onnx.ModelProto", system: SystemConfig, c
                 if again:  # received values placed after the constants instead: a different floorplan
                     al = step("allocate", lambda: allocate(tgs[k], chip, received_first=False, pinned=pinned))
                 als.append(al)
+                received_first.append(not again)
             except CapacityError as e:
                 raise CapacityError(f"on {n} chip(s) ({part.mode}), chip {stage.chip}: {e.part}",
                                     interleaved=any(interleaved(pg) for pg in pgs)) from None
-        scs = step("schedule", lambda: schedule_system(tgs, als, chip, scheduler))
+        firsts: list[list[int]] = [[] for _ in tgs]
+        rounds = 0
+        while True:
+            try:
+                scs = step("schedule", lambda: schedule_system(tgs, als, chip, scheduler))
+                break
+            except StreamsError:  # as compile_model: the overloaded tasks' tensors placed first, on every chip
+                grew = False
+                for k in range(len(tgs)):
+                    new = [i for i in overload_first(tgs[k], als[k]) if i not in firsts[k]]
+                    if new:
+                        firsts[k] += new
+                        grew = True
+                        als[k] = step("allocate", lambda: allocate(tgs[k], chip, received_first=received_first[k],
+                                                                   pinned=pinned, first=firsts[k]))
+                if not grew or rounds == 4:
+                    raise
+                rounds += 1
         parts = []
         data_of: dict = {}  # constant bytes shared between the chips' programs
         for stage, pg, tg, al, sc in zip(part.stages, pgs, tgs, als, scs):

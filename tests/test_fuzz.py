@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -88,6 +89,10 @@ REGRESSIONS = {
     # row and the merge so far, 9 streams one way where allocation put the masks -> "a task's own flights
     # need more than 8 E streams"; the pipeline allocates again with those tasks' tensors placed first
     "streams-head-merge": (_spec(seed=953174252, heads=5, kv_heads=5, ffn=1, scale="qk"), Case("tiny", "fp32", "list")),
+    # the same on two chips (compile_system allocates the chips with overloaded tasks again)
+    "streams-pair-tiny-pp": (_spec(seed=770188687, tokens=4, d=2, heads=2, kv_heads=2, head_dim=5, ffn=295, rotary=4,
+                                   mask="causal", mask_form="additive", mask_value=float(np.finfo(np.float32).min)),
+                             Case("tiny", "fp16", "list", 2, "pair-tiny", "pp")),
     # 71 tokens split by columns over pair-tiny, run in program order: the receivers of the all-gather's
     # 142-vector sends ran late, the 64-vector receive FIFO overflowed (hazard link-overflow); sends of
     # more than a FIFO are now cut into chunks, each sent once the vectors a FIFO before it are taken

@@ -56,6 +56,9 @@ class SystemScheduler:
         self.tgs = tgs
         self.chip = chip
         self.kind = kind
+        for tg in tgs:  # (the releases are this scheduler's own: none left from an earlier run on these tasks)
+            for t in tg.tasks:
+                t.attrs.pop("release", None)
         templates: dict[tuple, list] = {}  # shared: the chips of a split compile much the same tasks
         deltas: dict[tuple, int] = {}
         self.chips = [Scheduler(tg, al, chip, kind, templates, deltas) for tg, al in zip(tgs, allocs)]
