@@ -396,6 +396,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         import multiprocessing as mp
 
+        import fuzz_graphs  # noqa: F401 - loaded once here: every worker forked later runs this code
+        import lpuc.pipeline  # noqa: F401
+        import lpuc.verification  # noqa: F401
+
         with mp.get_context("fork").Pool(a.workers, maxtasksperchild=50) as pool:
             for rs in pool.imap_unordered(_worker, [(g, a.timeout) for g in seeds]):
                 note(rs)

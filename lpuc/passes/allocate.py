@@ -428,9 +428,11 @@ def _allocate(tg: TaskGraph, chip: ChipConfig, received_first: bool,
         if best is None:
             # (the chip is too full for the tensor beside those it is read with: a capacity limit, which a
             # caller may meet with plainer installs or more chips)
-            raise _Unplaced(i, CapacityError(f"cannot place tensor {t.name} ({t.dtype} {list(t.shape)}): {chip.name} "
-                                             f"has no {w} free MEM slices in one hemisphere apart from the tensors "
-                                             f"it is used with"))
+            err = CapacityError(f"cannot place tensor {t.name} ({t.dtype} {list(t.shape)}): {chip.name} has no {w} "
+                                f"free MEM slices in one hemisphere apart from the tensors it is used with")
+            if any(choose(h, segs[0][1] - segs[0][0], w, set(), set()) for h in hemis):
+                raise _Unplaced(i, err)  # there is room, only not apart from those: place it before them
+            raise err
         _, h, pick = best
         want = pinned.get(t.name)
         if want is not None:
