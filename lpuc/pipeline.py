@@ -186,22 +186,12 @@ def compile_model(path: "str | Path | onnx.ModelProto", chip: ChipConfig, precis
             raise
         pg, tg = to_tasks(1)
         al = step("allocate", lambda: allocate(tg, chip, pinned=pinned), lambda r: r.dump(tg))
-    firsts: list[int] = []
-    rounds = 0
-    while True:
-        try:
-            sc = step("schedule", lambda: schedule(tg, al, chip, scheduler), lambda r: r.dump(tg))
-            break
-        except StreamsError:
-            # allocate again with the tensors of the tasks that need too many streams placed first, each
-            # where the stream load of those before it allows (a few rounds: a new floorplan may overload
-            # other tasks)
-            new = [i for i in overload_first(tg, al) if i not in firsts]
-            if not new or rounds == 4:
-                raise
-            rounds += 1
-            firsts += new
-            al = step("allocate", lambda: allocate(tg, chip, pinned=pinned, first=firsts), lambda r: r.dump(tg))
+    als = [al]
+    sc = schedule_or_reallocate(lambda: step("schedule", lambda: schedule(tg, als[0], chip, scheduler),
+                                             lambda r: r.dump(tg)),
+                                [tg], als, lambda k, firsts: step("allocate", lambda: allocate(
+                                    tg, chip, pinned=pinned, first=firsts), lambda r: r.dump(tg)))
+    al = als[0]
     name = Path(path).name if isinstance(path, (str, Path)) else (path.graph.name or "model")
     meta = {"model": name, "precision": precision, "scheduler": scheduler}
     prog = step("codegen", lambda: codegen(tg, sc, chip, meta), lambda r: disassemble(r, with_data=False))
@@ -211,6 +201,30 @@ def compile_model(path: "str | Path | onnx.ModelProto", chip: ChipConfig, precis
     if rows:  # which integer inputs index a table, and its rows: lpuc run draws valid ids from it
         prog.meta["input_rows"] = rows
     return Compiled(prog, g, pg, tg, al, sc, rl, chip, time.perf_counter() - t_all, times, layout)
+
+
+def schedule_or_reallocate(run: Callable[[], Any], tgs: list[TaskGraph], als: list[Allocation],
+                           realloc: Callable[[int, list[int]], Allocation], rounds: int = 5) -> Any:
+    """``run()``, the scheduler over chips' task graphs ``tgs`` with allocations ``als``. When it finds that
+    a task's own flights need more streams than the chip has (``StreamsError``), every chip whose
+    allocation left tasks overloaded is allocated again, ``als[k] = realloc(k, firsts)``, with the tensors
+    of those tasks placed first (``overload_first``), each where the stream load of those before it
+    allows; then ``run()`` again. A few rounds: a new floorplan may overload other tasks."""
+    firsts: list[list[int]] = [[] for _ in tgs]
+    for r in range(rounds):
+        try:
+            return run()
+        except StreamsError:
+            grew = False
+            for k, tg in enumerate(tgs):
+                new = [i for i in overload_first(tg, als[k]) if i not in firsts[k]]
+                if new:
+                    firsts[k] += new
+                    als[k] = realloc(k, firsts[k])
+                    grew = True
+            if not grew or r == rounds - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def interleaved(pg: PrimGraph) -> bool:
@@ -389,24 +403,10 @@ def compile_system(path: "str | Path | onnx.ModelProto", system: SystemConfig, c
             except CapacityError as e:
                 raise CapacityError(f"on {n} chip(s) ({part.mode}), chip {stage.chip}: {e.part}",
                                     interleaved=any(interleaved(pg) for pg in pgs)) from None
-        firsts: list[list[int]] = [[] for _ in tgs]
-        rounds = 0
-        while True:
-            try:
-                scs = step("schedule", lambda: schedule_system(tgs, als, chip, scheduler))
-                break
-            except StreamsError:  # as compile_model: the overloaded tasks' tensors placed first, on every chip
-                grew = False
-                for k in range(len(tgs)):
-                    new = [i for i in overload_first(tgs[k], als[k]) if i not in firsts[k]]
-                    if new:
-                        firsts[k] += new
-                        grew = True
-                        als[k] = step("allocate", lambda: allocate(tgs[k], chip, received_first=received_first[k],
-                                                                   pinned=pinned, first=firsts[k]))
-                if not grew or rounds == 4:
-                    raise
-                rounds += 1
+        scs = schedule_or_reallocate(lambda: step("schedule", lambda: schedule_system(tgs, als, chip, scheduler)),
+                                     tgs, als, lambda k, firsts: step("allocate", lambda: allocate(
+                                         tgs[k], chip, received_first=received_first[k], pinned=pinned,
+                                         first=firsts)))
         parts = []
         data_of: dict = {}  # constant bytes shared between the chips' programs
         for stage, pg, tg, al, sc in zip(part.stages, pgs, tgs, als, scs):
