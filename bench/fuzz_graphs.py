@@ -17,7 +17,8 @@ compiler supports (``examples/models/zoo/``):
   ``Unsqueeze``/``Expand``/``Reshape`` of the key and value heads; scale by ``Div``, ``Mul`` or on q and k
   both, or none (T5); masks: causal (constant), padding (an ``attention_mask`` input), both, each as
   ``Where`` on the scores, an additive ``Where(allowed, 0, v)`` or ``(1 - m) * v`` arithmetic, with v
-  one of -1e4, -1e9 and float32's lowest; a constant per-head position bias (ALiBi, T5);
+  one of -1e4, -1e9 and float32's lowest; a constant per-head position bias (ALiBi, T5); the dynamo
+  exports' ``Where(IsNaN(p), 0, p)`` after the softmax;
 * MLP: erf-GELU and tanh-GELU written out, ``Gelu`` (opset 20), ReLU, SiLU, and gated (SwiGLU/GeGLU);
 * output: the last hidden state, or an LM head (its own weight, or tied to the embedding by ``Gemm``
   with ``transB``), or both.
@@ -84,6 +85,7 @@ class GraphSpec:
     out: str
     shared_layers: bool
     opset: int
+    nan_guard: bool = False
 
     def describe(self) -> str:
         """One line: the sizes and the choices."""
@@ -121,7 +123,8 @@ def sample_spec(rng: random.Random, max_tokens: int = 100, max_d: int = 96, max_
         residual=rng.choice(RESIDUALS), qk_norm=rng.random() < 0.15, fused_qkv=rng.random() < 0.4,
         qkv_bias=rng.random() < 0.6, gemm=rng.random() < 0.25, scale=rng.choice(SCALES), mask=mask,
         mask_form=rng.choice(MASK_FORMS), mask_value=rng.choice(MASK_VALUES), pos_bias=rng.random() < 0.15,
-        mlp=mlp, out=rng.choice(HEADS_OUT), shared_layers=rng.random() < 0.1, opset=opset)
+        mlp=mlp, out=rng.choice(HEADS_OUT), shared_layers=rng.random() < 0.1, opset=opset,
+        nan_guard=rng.random() < 0.2)
 
 
 def spec_from_dict(d: dict) -> GraphSpec:
@@ -292,6 +295,8 @@ class _Graph:
             else:
                 scores = self.op("Add", [scores, self.op("Where", [allowed, self.f32(0.0), self.f32(s.mask_value)])])
         probs = self.op("Softmax", [scores], axis=-1)
+        if s.nan_guard:  # the dynamo exports' guard for rows with every key masked
+            probs = self.op("Where", [self.op("IsNaN", [probs]), self.f32(0.0), probs])
         ctx = self.op("Transpose", [self.op("MatMul", [probs, v])], perm=[0, 2, 1, 3])
         ctx = self.op("Reshape", [ctx, self.ints([1, s.tokens, H * hd])])
         return self.linear(ctx, H * hd, s.d, bias=s.qkv_bias)

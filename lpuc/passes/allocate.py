@@ -73,6 +73,11 @@ class _FreeList:
         self.free: list[tuple[int, int]] = [(lo, hi)]
         self.used: list[tuple[int, int, Tensor]] = []  # ranges given out (for reuse bookkeeping)
 
+    def copy(self) -> "_FreeList":
+        c = _FreeList(0, 0)
+        c.free = list(self.free)
+        return c
+
     def fit(self, n: int) -> int | None:
         for s, e in self.free:
             if e - s >= n:
@@ -339,11 +344,14 @@ def _allocate(tg: TaskGraph, chip: ChipConfig, received_first: bool,
                 slice_load[sname] -= 1
 
     def choose(h: str, n: int, w: int, banned_slices: set[str], banned_spots: set[tuple[str, int]],
-               avoid: set[int] = frozenset()) -> list | None:
+               avoid: set[int] = frozenset(), space: dict | None = None, load: dict | None = None) -> list | None:
         """w slices of hemisphere h with n free words in an allowed region: fewest tensors of ``avoid``
         first, then least loaded -- except tiny tensors (lane maps: at most TINY words), which
         go to the most loaded slices, so that the many small constants one tensor is read with (a
-        relayout's lane maps) do not end up in every slice and leave that tensor no room."""
+        relayout's lane maps) do not end up in every slice and leave that tensor no room. ``space``,
+        ``load``: the free lists and slice loads to look at (a trial's copies; by default the real ones)."""
+        space = free if space is None else space
+        load = slice_load if load is None else load
         choice = []
         for s in mem[h]:
             if s.name in banned_slices:
@@ -351,17 +359,38 @@ def _allocate(tg: TaskGraph, chip: ChipConfig, received_first: bool,
             for b in range(regions):
                 if (s.name, b) in banned_spots:
                     continue
-                addr = free[(s.name, b)].fit(n)
+                addr = space[(s.name, b)].fit(n)
                 if addr is not None:
                     if n <= TINY:  # pack
-                        cost = -slice_load[s.name] * 4
+                        cost = -load[s.name] * 4
                     else:
                         clash = len(avoid & slice_hist[s.name]) if avoid else 0
-                        cost = clash * 64 + slice_load[s.name] * 4 + len(choice) // 8
+                        cost = clash * 64 + load[s.name] * 4 + len(choice) // 8
                     choice.append((cost, s.name, b, addr))
                     break
         choice.sort(key=lambda c: (c[0], rank[c[1]]))
         return choice[:w] if len(choice) >= w else None
+
+    def later_picks(i: int, h: str, pick: list, segs: list[tuple[int, int]], banned_slices: set[str],
+                    banned_spots: set[tuple[str, int]]) -> list | None:
+        """Every segment's pick in hemisphere h, the first's given, each made as the placement below makes
+        it after the ones before it took their words (on copies of the free space); None if a later
+        segment finds no room."""
+        space = {(sl.name, b): free[(sl.name, b)].copy() for sl in mem[h] for b in range(regions)}
+        load = defaultdict(int, slice_load)
+        picks, own = [pick], set()
+        for k, (v0, v1) in enumerate(segs):
+            if k:
+                if i in rules.blocks:  # (each block in slices of its own)
+                    banned_slices = banned_slices | own
+                picks.append(choose(h, v1 - v0, w, banned_slices, banned_spots, near.get(i, set()), space, load))
+                if picks[-1] is None:
+                    return None
+            for _, sname, b, addr in picks[k]:
+                space[(sname, b)].take(addr, v1 - v0)
+                load[sname] += 1
+                own.add(sname)
+        return picks
 
     for i in live_ids:
         t = tensors[i]
@@ -400,6 +429,7 @@ def _allocate(tg: TaskGraph, chip: ChipConfig, received_first: bool,
         if t.name in pinned:  # where another program of the model keeps it: its segments as they are there
             rows_per_seg = max(1, (pinned[t.name][0][1] - pinned[t.name][0][0]) // C)
         best = None
+        picks = None
         while best is None:
             segs = [(r0 * C, min(t.rows, r0 + rows_per_seg) * C) for r0 in range(0, t.rows, rows_per_seg)]
             for h in hemis:
@@ -411,6 +441,12 @@ def _allocate(tg: TaskGraph, chip: ChipConfig, received_first: bool,
                     best = (cost, h, pick)
                 if i in weights:
                     break
+            if best is not None and len(segs) > 1 and t.name not in pinned:
+                # later segments stay in the first one's hemisphere (flights keep their direction): when
+                # they find no room there, smaller segments
+                picks = later_picks(i, best[1], best[2], segs, banned_slices, banned_spots)
+                if picks is None:
+                    best = None
             if best is not None or opposite[i] or min(rows_per_seg, t.rows) <= 1:
                 break
             rows_per_seg = min(rows_per_seg, t.rows) // 2
@@ -445,13 +481,9 @@ def _allocate(tg: TaskGraph, chip: ChipConfig, received_first: bool,
             n = v1 - v0
             if want is not None:
                 pick = [(0, sname, addr // bw, addr) for sname, addr in want[k][2]]
-            elif k:  # later segments stay in the same hemisphere (flights keep their direction)
-                if i in rules.blocks:  # (each block in slices of its own)
-                    banned_slices = banned_slices | {s for s, _, _, _ in spots}
-                pick = choose(h, n, w, banned_slices, banned_spots, near.get(i, set()))
-                if pick is None:
-                    raise CapacityError(f"tensor {t.name} ({t.dtype} {list(t.shape)}) does not fit the free SRAM "
-                                        f"of one {chip.name} hemisphere")
+            elif k:
+                assert picks is not None
+                pick = picks[k]
             planes = []
             for _, sname, b, addr in pick:
                 free[(sname, b)].take(addr, n)
