@@ -18,3 +18,9 @@ class CapacityError(CompileError):
         super().__init__(message)
         self.part = part or message
         self.interleaved = interleaved
+
+
+class StreamsError(CompileError):
+    """A task's own stream flights need more streams at one place than the chip has, where allocation
+    put its tensors (``lpuc.pipeline`` allocates again with the tensors of the tasks it found
+    overloaded placed first)."""

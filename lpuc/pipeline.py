@@ -26,9 +26,9 @@ from emulator.ops import no_cyclic_gc
 from isa.asm import disassemble
 from isa.config import ChipConfig, SystemConfig
 from isa.program import Program
-from lpuc.errors import CapacityError, CompileError
+from lpuc.errors import CapacityError, CompileError, StreamsError
 from lpuc.ir import Graph
-from lpuc.passes.allocate import Allocation, allocate, check_weights_fit
+from lpuc.passes.allocate import Allocation, allocate, check_weights_fit, overload_first
 from lpuc.passes.codegen import codegen, merge_chips
 from lpuc.passes.fold_constants import fold_constants
 from lpuc.passes.import_onnx import import_onnx
@@ -186,7 +186,12 @@ def compile_model(path: "str | Path | onnx.ModelProto", chip: ChipConfig, precis
             raise
         pg, tg = to_tasks(1)
         al = step("allocate", lambda: allocate(tg, chip, pinned=pinned), lambda r: r.dump(tg))
-    sc = step("schedule", lambda: schedule(tg, al, chip, scheduler), lambda r: r.dump(tg))
+    als = [al]
+    sc = schedule_or_reallocate(lambda: step("schedule", lambda: schedule(tg, als[0], chip, scheduler),
+                                             lambda r: r.dump(tg)),
+                                [tg], als, lambda k, firsts: step("allocate", lambda: allocate(
+                                    tg, chip, pinned=pinned, first=firsts), lambda r: r.dump(tg)))
+    al = als[0]
     name = Path(path).name if isinstance(path, (str, Path)) else (path.graph.name or "model")
     meta = {"model": name, "precision": precision, "scheduler": scheduler}
     prog = step("codegen", lambda: codegen(tg, sc, chip, meta), lambda r: disassemble(r, with_data=False))
@@ -196,6 +201,30 @@ def compile_model(path: "str | Path | onnx.ModelProto", chip: ChipConfig, precis
     if rows:  # which integer inputs index a table, and its rows: lpuc run draws valid ids from it
         prog.meta["input_rows"] = rows
     return Compiled(prog, g, pg, tg, al, sc, rl, chip, time.perf_counter() - t_all, times, layout)
+
+
+def schedule_or_reallocate(run: Callable[[], Any], tgs: list[TaskGraph], als: list[Allocation],
+                           realloc: Callable[[int, list[int]], Allocation], rounds: int = 5) -> Any:
+    """``run()``, the scheduler over chips' task graphs ``tgs`` with allocations ``als``. When it finds that
+    a task's own flights need more streams than the chip has (``StreamsError``), every chip whose
+    allocation left tasks overloaded is allocated again, ``als[k] = realloc(k, firsts)``, with the tensors
+    of those tasks placed first (``overload_first``), each where the stream load of those before it
+    allows; then ``run()`` again. A few rounds: a new floorplan may overload other tasks."""
+    firsts: list[list[int]] = [[] for _ in tgs]
+    for r in range(rounds):
+        try:
+            return run()
+        except StreamsError:
+            grew = False
+            for k, tg in enumerate(tgs):
+                new = [i for i in overload_first(tg, als[k]) if i not in firsts[k]]
+                if new:
+                    firsts[k] += new
+                    als[k] = realloc(k, firsts[k])
+                    grew = True
+            if not grew or r == rounds - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def interleaved(pg: PrimGraph) -> bool:
@@ -360,6 +389,7 @@ def compile_system(path: "str | Path | onnx.ModelProto", system: SystemConfig, c
             pgs.append(pg)
             tgs.append(tg)
         step("transfer", lambda: add_transfers(tgs, part.stages, system, chip, spread=part.mode == "pp"))
+        received_first: list[bool] = []
         for k, stage in enumerate(part.stages):
             tgs[k] = step("mirror", lambda: mirror(tgs[k], chip))
             try:
@@ -373,10 +403,14 @@ def compile_system(path: "str | Path | onnx.ModelProto", system: SystemConfig, c
                 if again:  # received values placed after the constants instead: a different floorplan
                     al = step("allocate", lambda: allocate(tgs[k], chip, received_first=False, pinned=pinned))
                 als.append(al)
+                received_first.append(not again)
             except CapacityError as e:
                 raise CapacityError(f"on {n} chip(s) ({part.mode}), chip {stage.chip}: {e.part}",
                                     interleaved=any(interleaved(pg) for pg in pgs)) from None
-        scs = step("schedule", lambda: schedule_system(tgs, als, chip, scheduler))
+        scs = schedule_or_reallocate(lambda: step("schedule", lambda: schedule_system(tgs, als, chip, scheduler)),
+                                     tgs, als, lambda k, firsts: step("allocate", lambda: allocate(
+                                         tgs[k], chip, received_first=received_first[k], pinned=pinned,
+                                         first=firsts)))
         parts = []
         data_of: dict = {}  # constant bytes shared between the chips' programs
         for stage, pg, tg, al, sc in zip(part.stages, pgs, tgs, als, scs):

@@ -76,6 +76,11 @@ class _FreeList:
         self.free: list[tuple[int, int]] = [(lo, hi)]
         self.used: list[tuple[int, int, Tensor]] = []  # ranges given out (for reuse bookkeeping)
 
+    def copy(self) -> "_FreeList":
+        c = _FreeList(0, 0)
+        c.free = list(self.free)
+        return c
+
     def fit(self, n: int) -> int | None:
         for s, e in self.free:
             if e - s >= n:
@@ -165,24 +170,63 @@ class _Unmirror(Exception):
         self.mirror = mirror
 
 
+class _Unplaced(Exception):
+    """A tensor found no free slices apart from the tensors placed before it that it is used with."""
+
+    def __init__(self, tid: int, error: CapacityError):
+        self.tid = tid
+        self.error = error
+
+
+#: how many tensors that found no room allocation may place first and try again with
+EARLY_RETRIES = 8
+
+
 def allocate(tg: TaskGraph, chip: ChipConfig, received_first: bool = True,
-             pinned: dict[str, list[tuple[int, int, list[tuple[str, int]]]]] | None = None) -> Allocation:
+             pinned: dict[str, list[tuple[int, int, list[tuple[str, int]]]]] | None = None,
+             first: list[int] | None = None) -> Allocation:
     """SRAM places for every tensor of ``tg``. ``received_first``: values another chip sends are placed
     with the inputs, before the constants (they get slices near the centre: BERT-base width split over
     8 chips by token rows, 188,559 -> 179,620 cycles); else after them, which leaves the constants more
     room (``lpuc.pipeline`` retries that way when the first way does not fit). ``pinned``: resident
     tensors' segments (first vector, end vector, planes) by name, placed there before anything else (the
     step programs of one model share their KV cache: the prefill program's must lie where the decode
-    program's does)."""
+    program's does). ``first``: tensor ids placed before all others (after pinned ones), in this order,
+    each beside those placed before it (``overload_first``)."""
+    early: list[int] = list(first or [])
     while True:
         try:
-            return _allocate(tg, chip, received_first, pinned or {})
+            return _allocate(tg, chip, received_first, pinned or {}, early)
         except _Unmirror as e:  # (at most once per mirror)
             unmirror(tg, e.mirror)
+        except _Unplaced as e:
+            # the tensors placed before it (in the order of first use, constants first) left it no room,
+            # though they could have left some: place it first, before them, and try again (a width-7
+            # key of RoPE on tiny: the lane maps and cos table it is read with took all 8 slices of the
+            # one hemisphere its writer's streams allowed)
+            if e.tid in early or len(early) >= EARLY_RETRIES:
+                raise e.error from None
+            early.append(e.tid)
+
+
+def overload_first(tg: TaskGraph, al: Allocation) -> list[int]:
+    """The tensors of the VXM tasks ``al`` left needing more streams of one direction than the chip has,
+    task by task, reads then writes: placed first, each sees where the ones before it went, so the
+    stream load steers it (a chain of SELECTs merging heads on tiny, whose lane masks, constants placed
+    first, all went to one hemisphere and left the chain no way to keep 8 streams a direction)."""
+    view_of: dict[int, Tensor] = getattr(tg, "view_of", {})
+    ids: list[int] = []
+    for tid in al.overloaded:
+        for a in list(tg.tasks[tid].reads) + list(tg.tasks[tid].writes):
+            i = view_of.get(a.tensor.id, a.tensor).id
+            if i not in ids:
+                ids.append(i)
+    return ids
 
 
 def _allocate(tg: TaskGraph, chip: ChipConfig, received_first: bool,
-              pinned: dict[str, list[tuple[int, int, list[tuple[str, int]]]]]) -> Allocation:
+              pinned: dict[str, list[tuple[int, int, list[tuple[str, int]]]]], early: list[int]) -> Allocation:
+    """One allocation attempt; ``early``: tensor ids placed first (after pinned ones), in this order."""
     L = chip.lanes
     view_of: dict[int, Tensor] = getattr(tg, "view_of", {})
     mirror_of: dict[int, int] = getattr(tg, "mirror_of", {})
@@ -256,8 +300,10 @@ def _allocate(tg: TaskGraph, chip: ChipConfig, received_first: bool,
     bw_words = chip.segment_words
     whole = {i for task in tg.tasks for i in task_kind(task).whole(task)
              if tensors[i].rows * tensors[i].chunks(L) > bw_words // 2}
+    early_rank = {i: k for k, i in enumerate(early)}  # (their words held from the start: a conservative lifetime)
     live_ids = sorted((i for i in first if i in last or tensors[i].role in ("input", "output", "resident")),
-                      key=lambda i: (first[i], tensors[i].name not in pinned, i not in whole, i))
+                      key=lambda i: (-1 if i in early_rank else first[i], tensors[i].name not in pinned,
+                                     early_rank.get(i, len(early)), i not in whole, i))
 
     # ---------------------------------------------------------------- capacity check (clear error first)
     def nbytes(t: Tensor) -> int:
@@ -310,12 +356,15 @@ def _allocate(tg: TaskGraph, chip: ChipConfig, received_first: bool,
                 slice_load[sname] -= 1
 
     def choose(h: str, n: int, w: int, banned_slices: set[str], banned_spots: set[tuple[str, int]],
-               avoid: set[int] = frozenset(), spare: set[str] = frozenset(),
-               prefer: set[str] = frozenset()) -> list | None:
+               avoid: set[int] = frozenset(), space: dict | None = None, load: dict | None = None,
+               spare: set[str] = frozenset(), prefer: set[str] = frozenset()) -> list | None:
         """w slices of hemisphere h with n free words in an allowed region: fewest tensors of ``avoid``
         first, then least loaded -- except tiny tensors (lane maps: at most TINY words), which
         go to the most loaded slices, so that the many small constants one tensor is read with (a
-        relayout's lane maps) do not end up in every slice and leave that tensor no room."""
+        relayout's lane maps) do not end up in every slice and leave that tensor no room. ``space``,
+        ``load``: the free lists and slice loads to look at (a trial's copies; by default the real ones)."""
+        space = free if space is None else space
+        load = slice_load if load is None else load
         choice = []
         for s in mem[h]:
             if s.name in banned_slices:
@@ -323,21 +372,42 @@ def _allocate(tg: TaskGraph, chip: ChipConfig, received_first: bool,
             for b in range(regions):
                 if (s.name, b) in banned_spots:
                     continue
-                addr = free[(s.name, b)].fit(n)
+                addr = space[(s.name, b)].fit(n)
                 if addr is not None:
                     if n <= TINY:  # pack
-                        cost = -slice_load[s.name] * 4
+                        cost = -load[s.name] * 4
                     else:
                         clash = len(avoid & slice_hist[s.name]) if avoid else 0
-                        cost = clash * 64 + slice_load[s.name] * 4 + len(choice) // 8 + 48 * (s.name in spare) - 48 * (s.name in prefer)
+                        cost = clash * 64 + load[s.name] * 4 + len(choice) // 8 + 48 * (s.name in spare) - 48 * (s.name in prefer)
                     choice.append((cost, s.name, b, addr))
                     break
         choice.sort(key=lambda c: (c[0], rank[c[1]]))
         return choice[:w] if len(choice) >= w else None
 
+    def later_picks(i: int, h: str, pick: list, segs: list[tuple[int, int]], banned_slices: set[str],
+                    banned_spots: set[tuple[str, int]]) -> list | None:
+        """Every segment's pick in hemisphere h, the first's given, each made as the placement below makes
+        it after the ones before it took their words (on copies of the free space); None if a later
+        segment finds no room."""
+        space = {(sl.name, b): free[(sl.name, b)].copy() for sl in mem[h] for b in range(regions)}
+        load = defaultdict(int, slice_load)
+        picks, own = [pick], set()
+        for k, (v0, v1) in enumerate(segs):
+            if k:
+                if i in rules.blocks:  # (each block in slices of its own)
+                    banned_slices = banned_slices | own
+                picks.append(choose(h, v1 - v0, w, banned_slices, banned_spots, near.get(i, set()), space, load))
+                if picks[-1] is None:
+                    return None
+            for _, sname, b, addr in picks[k]:
+                space[(sname, b)].take(addr, v1 - v0)
+                load[sname] += 1
+                own.add(sname)
+        return picks
+
     for i in live_ids:
         t = tensors[i]
-        release(first[i])
+        release(-1 if i in early_rank else first[i])  # (an early tensor is placed before the clock runs)
         w = t.dt.width
         C = t.chunks(L)
         if C > bw:
@@ -374,13 +444,14 @@ def _allocate(tg: TaskGraph, chip: ChipConfig, received_first: bool,
         if t.name in pinned:  # where another program of the model keeps it: its segments as they are there
             rows_per_seg = max(1, (pinned[t.name][0][1] - pinned[t.name][0][0]) // C)
         best = None
+        picks = None
         while best is None:
             segs = [(r0 * C, min(t.rows, r0 + rows_per_seg) * C) for r0 in range(0, t.rows, rows_per_seg)]
             for h in hemis:
                 # a product's activation to the slices without weights, the other tensors elsewhere
                 spare, prefer = (frozenset(), no_weights) if i in rules.few_rows else (no_weights, frozenset())
                 pick = choose(h, segs[0][1] - segs[0][0], w, banned_slices, banned_spots, near.get(i, set()),
-                              spare, prefer)
+                              spare=spare, prefer=prefer)
                 if pick is None:
                     continue
                 cost = 0 if i in weights else sum(c[0] for c in pick)  # weights: the order above decides
@@ -388,6 +459,12 @@ def _allocate(tg: TaskGraph, chip: ChipConfig, received_first: bool,
                     best = (cost, h, pick)
                 if i in weights:
                     break
+            if best is not None and len(segs) > 1 and t.name not in pinned:
+                # later segments stay in the first one's hemisphere (flights keep their direction): when
+                # they find no room there, smaller segments
+                picks = later_picks(i, best[1], best[2], segs, banned_slices, banned_spots)
+                if picks is None:
+                    best = None
             if best is not None or opposite[i] or min(rows_per_seg, t.rows) <= 1:
                 break
             rows_per_seg = min(rows_per_seg, t.rows) // 2
@@ -405,8 +482,11 @@ def _allocate(tg: TaskGraph, chip: ChipConfig, received_first: bool,
         if best is None:
             # (the chip is too full for the tensor beside those it is read with: a capacity limit, which a
             # caller may meet with plainer installs or more chips)
-            raise CapacityError(f"cannot place tensor {t.name} ({t.dtype} {list(t.shape)}): {chip.name} has no "
-                               f"{w} free MEM slices in one hemisphere apart from the tensors it is used with")
+            err = CapacityError(f"cannot place tensor {t.name} ({t.dtype} {list(t.shape)}): {chip.name} has no {w} "
+                                f"free MEM slices in one hemisphere apart from the tensors it is used with")
+            if any(choose(h, segs[0][1] - segs[0][0], w, set(), set()) for h in hemis):
+                raise _Unplaced(i, err)  # there is room, only not apart from those: place it before them
+            raise err
         _, h, pick = best
         want = pinned.get(t.name)
         if want is not None:
@@ -419,13 +499,9 @@ def _allocate(tg: TaskGraph, chip: ChipConfig, received_first: bool,
             n = v1 - v0
             if want is not None:
                 pick = [(0, sname, addr // bw, addr) for sname, addr in want[k][2]]
-            elif k:  # later segments stay in the same hemisphere (flights keep their direction)
-                if i in rules.blocks:  # (each block in slices of its own)
-                    banned_slices = banned_slices | {s for s, _, _, _ in spots}
-                pick = choose(h, n, w, banned_slices, banned_spots, near.get(i, set()))
-                if pick is None:
-                    raise CapacityError(f"tensor {t.name} ({t.dtype} {list(t.shape)}) does not fit the free SRAM "
-                                        f"of one {chip.name} hemisphere")
+            elif k:
+                assert picks is not None
+                pick = picks[k]
             planes = []
             for _, sname, b, addr in pick:
                 free[(sname, b)].take(addr, n)

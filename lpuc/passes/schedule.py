@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from isa.config import ChipConfig
-from lpuc.errors import CompileError
+from lpuc.errors import CompileError, StreamsError
 from lpuc.passes.allocate import Allocation
 from lpuc.kinds import task_kind
 from lpuc.tasks import Access, Task, TaskGraph
@@ -495,7 +495,7 @@ class Scheduler:
                 hint = shift if hint is None else min(hint, shift)
             if found is None:
                 if hint is None:
-                    raise CompileError(f"a task's own flights need more than {self.streams} {f.dir} streams "
+                    raise StreamsError(f"a task's own flights need more than {self.streams} {f.dir} streams "
                                        f"at one place; the chip config has too few streams")
                 return None, hint
             chosen.append(found)

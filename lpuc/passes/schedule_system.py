@@ -13,6 +13,15 @@ on a link are placed in increasing cycles (a sender placed after another on its 
 it), so vectors arrive in the order their senders were placed, and the receiving tasks of a link run
 in that same order, each after the previous one's last RECV.
 
+Nothing waits for a full receive FIFO on the chip, so the schedule must keep every link's FIFO within
+``c2c.fifo_vectors`` (F): vector v of a link may arrive only once vector v - F has been taken,
+``take(v - F) <= arrive(v)`` (ISA.md, link-overflow). A sender is placed only once the receivers of
+the vectors F before its own are placed (until then it waits, ``blocked``), and no earlier than that
+bound allows (``_fifo_release``); a send of more than F vectors was cut into chunks by the transfer
+pass, so it never waits for its own receivers. A receiver that runs late -- a chip busy with other
+work (``naive``, ``asap``), a forward whose next link is taken -- then holds the sender back instead
+of overflowing its FIFO.
+
 * ``list``: one heap over the ready tasks of all chips, the most urgent first -- earliest start minus
   the critical path still behind the task, measured across chips (a send's path goes on through the
   recvs it feeds and what follows them on the other chip). A chip that waits for data does not hold
@@ -29,7 +38,7 @@ from collections import defaultdict, deque
 
 from isa.config import ChipConfig
 from lpuc.errors import CompileError
-from lpuc.kinds.c2c import recv_release
+from lpuc.kinds.c2c import cycles_per_vector, recv_release
 from lpuc.passes.allocate import Allocation
 from lpuc.passes.schedule import Schedule, Scheduler
 from lpuc.tasks import Task, TaskGraph
@@ -47,6 +56,9 @@ class SystemScheduler:
         self.tgs = tgs
         self.chip = chip
         self.kind = kind
+        for tg in tgs:  # (the releases are this scheduler's own: none left from an earlier run on these tasks)
+            for t in tg.tasks:
+                t.attrs.pop("release", None)
         templates: dict[tuple, list] = {}  # shared: the chips of a split compile much the same tasks
         deltas: dict[tuple, int] = {}
         self.chips = [Scheduler(tg, al, chip, kind, templates, deltas) for tg, al in zip(tgs, allocs)]
@@ -74,6 +86,13 @@ class SystemScheduler:
         self.last_send: dict[tuple[int, str], int] = {}  # (chip, link slice) -> cycle of its latest SEND
         self.arriving: dict[tuple[int, str], deque[Key]] = defaultdict(deque)  # receivers of a link, in order
         self.last_recv: dict[tuple[int, str], int] = {}  # (chip, link slice) -> end of its latest RECV
+        # receive FIFOs: per receiving link end, the vectors sent to it so far, the cycle each vector
+        # received so far is taken (in arrival order), and the senders waiting for more of them
+        self.fifo = int(chip.c2c["fifo_vectors"])
+        self.rx_of: dict[Key, tuple[int, str]] = {s: self._rx(rs[0]) for s, rs in self.recvs_of.items()}
+        self.sent_to: dict[tuple[int, str], int] = defaultdict(int)
+        self.takes: dict[tuple[int, str], list[int]] = defaultdict(list)
+        self.blocked: dict[tuple[int, str], list[Key]] = defaultdict(list)
 
     def _off(self, r: Key) -> int:
         """recv anchor - SEND cycle when the receiver runs as soon as its vectors have arrived."""
@@ -83,6 +102,21 @@ class SystemScheduler:
     def _rx(self, r: Key) -> tuple[int, str]:
         a = self.tgs[r[0]].tasks[r[1]].attrs
         return (r[0], a["rx"] if "rx" in a else a["slice"])
+
+    def _fifo_release(self, key: Key) -> int | None:
+        """The earliest anchor at which sender ``key`` fills its peer's receive FIFO no further than it
+        holds, given the takes of the receivers placed so far (None: one of them is not placed yet).
+        Vector j of the send is vector v0 + j of the link, arriving in S + latency + (j+1)*cv for a SEND in
+        S; vector v0 + j - F must be taken by then."""
+        rx = self.rx_of[key]
+        a = self.tgs[key[0]].tasks[key[1]].attrs
+        v0, n, takes = self.sent_to[rx], int(a["n"]), self.takes[rx]
+        if v0 + n - self.fifo > len(takes):
+            return None
+        cv, lat = cycles_per_vector(a["dtype"], self.chip), int(self.chip.c2c["latency"])
+        floor = max((takes[v0 + j - self.fifo] - lat - (j + 1) * cv for j in range(max(0, self.fifo - v0), n)),
+                    default=0)
+        return floor - _send_rel(self.tgs[key[0]].tasks[key[1]], self.chips[key[0]])
 
     def _place(self, key: Key) -> None:
         c, tid = key
@@ -107,9 +141,12 @@ class SystemScheduler:
             self.last_recv[rx] = p.start + int(a["n"])
             assert self.arriving[rx][0] == key
             self.arriving[rx].popleft()
+            take = p.start + next(ti.rel for ti in sch.tpl[tid].insts if ti.mnemonic == "RECV")
+            self.takes[rx].extend(range(take, take + int(a["n"])))  # (RECV takes vector j in cycle t + j)
         if a.get("dst") is not None:
             issue = p.start + _send_rel(task, sch)
             self.last_send[(c, a["slice"])] = issue
+            self.sent_to[self.rx_of[key]] += int(a["n"])
             for r in self.recvs_of.get(key, []):
                 self.tgs[r[0]].tasks[r[1]].attrs["release"] = issue + self._off(r)
                 self.arriving[self._rx(r)].append(r)
@@ -173,12 +210,22 @@ class SystemScheduler:
         while heap:
             *_, c, tid = heapq.heappop(heap)
             key = (c, tid)
+            task = self.tgs[c].tasks[tid]
+            if task.attrs.get("dst") is not None:  # a sender: no further than its peer's FIFO allows
+                floor = self._fifo_release(key)
+                if floor is None:
+                    self.blocked[self.rx_of[key]].append(key)
+                    continue
+                task.attrs["release"] = max(task.attrs.get("release", 0), floor)
             self._place(key)
             placed += 1
             if key in self.send_of:
-                q = self.arriving[self._rx(key)]
+                rx = self._rx(key)
+                q = self.arriving[rx]
                 if q and pending[q[0]] == 0:
                     push(q[0])
+                for k in self.blocked.pop(rx, []):  # senders waiting for these takes: look again
+                    push(k)
             for b, _ in succ[key]:
                 pending[b] -= 1
                 if pending[b] == 0:

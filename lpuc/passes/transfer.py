@@ -6,7 +6,9 @@ send it as graph inputs and gives the values it sends as graph outputs. Here, fo
 * every sent value (unless it is also a model output) becomes a tensor read by ``send`` tasks placed
   right after the last task that writes it: for each destination chip with a direct link, one per
   link between the two chips, each carrying its contiguous share of the vectors (``shares``;
-  pair-tiny's two links halve the transfer time);
+  pair-tiny's two links halve the transfer time); a share of more vectors than the receive FIFO
+  holds is sent in chunks of the receive FIFO, one ``send`` each (the scheduler keeps every link's
+  FIFO from overflowing by letting a send go only once the vectors a FIFO before it are taken);
 * every received value becomes a tensor written by ``recv`` tasks (``lpuc.kinds.c2c``) placed right
   before the first task that reads it, one per chunk of the receive FIFO of each sending task;
 * a value for a chip without a direct link goes along ``system.route``: the source sends it whole on
@@ -61,6 +63,7 @@ def add_transfers(tgs: list[TaskGraph], stages: list[Stage], system: SystemConfi
     and every two-hop path through another chip of the program at once, in near-equal shares (a
     pipeline's hidden state, alone on the links: the other chips' links would idle)."""
     c = chunk_vectors(chip)
+    fifo = int(chip.c2c["fifo_vectors"])
     L = chip.lanes
     before: list[dict[int, list[Task]]] = [{} for _ in tgs]  # per chip: position -> tasks to put before it
     after: list[dict[int, list[Task]]] = [{} for _ in tgs]  # per chip: position -> tasks to put after it
@@ -96,11 +99,15 @@ def add_transfers(tgs: list[TaskGraph], stages: list[Stage], system: SystemConfi
         on the first link, forwards chunk by chunk on every chip on the way, recvs on d."""
         first = system.peer(a, route[0][1])
         assert first is not None
-        after[a].setdefault(pos, []).append(
-            Task(-1, "send", [Access(src, j0, 1, n)], [],
-                 {"slice": f"C2C{route[0][1]}", "dst": first[0], "to": d, "value": wire, "part": j0, "n": n,
-                  "dtype": dtype}))
-        pieces = [(a, route[0][1], j0, n)]  # (sending chip, its link, first vector, vectors)
+        # more vectors than the receive FIFO holds: a send per chunk, each of which the scheduler lets go
+        # only once the receivers of the vectors a FIFO before it are placed (``schedule_system``)
+        sends = [(j0 + k0, min(c, n - k0)) for k0 in range(0, n, c)] if n > fifo else [(j0, n)]
+        for part, m in sends:
+            after[a].setdefault(pos, []).append(
+                Task(-1, "send", [Access(src, part, 1, m)], [],
+                     {"slice": f"C2C{route[0][1]}", "dst": first[0], "to": d, "value": wire, "part": part, "n": m,
+                      "dtype": dtype}))
+        pieces = [(a, route[0][1], part, m) for part, m in sends]  # (sending chip, its link, first vector, vectors)
         for hop in range(1, len(route) + 1):
             here = system.peer(pieces[0][0], pieces[0][1])
             assert here is not None
