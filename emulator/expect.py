@@ -9,12 +9,13 @@ names the writers, and a read that sees anything else, or misses one of them, is
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
 from emulator.ops import Op, Source
+from isa.asm import format_instruction
 from isa.program import ProgramError
 
 #: the storage reads an entry may name (``ResolvePhase._storage_read``'s answers); a GATHER's rows
@@ -54,7 +55,7 @@ class StoreExpect:
     """The expected writers of one program's storage reads, checked against what each read sees."""
 
     def __init__(self, meta: dict[str, Any], ops: list[Op], host_sources: dict[tuple[str, int, int], Source],
-                 text: Callable[[Op], str]):
+                 nodes: list[str]):
         # (chip, slice, index, space) of a read, or (chip, name) of an output or resident tensor at the
         # end -> the writers it names
         self.want: dict[tuple[Any, ...], list[Any]] = {}
@@ -65,7 +66,7 @@ class StoreExpect:
             c, name, writers = _final_entry(e)
             self.want[(c, name)] = writers
         self.ops = ops
-        self.text = text
+        self.nodes = nodes  # (not the emulator's ``text``: a reference to the emulator would make a cycle)
         self._by_pos = {(op.chip, op.slice.name, op.qidx): op.id for op in ops} if self.want else {}
         self.host: dict[str, set[int]] = {}  # a host tensor's name -> its images (a segment and plane each)
         self.host_name: dict[int, str] = {}
@@ -116,6 +117,9 @@ class StoreExpect:
         if not extra and not missing:
             return None
         return extra, missing, absent
+
+    def text(self, op: Op) -> str:
+        return format_instruction(op.inst, self.nodes)
 
     def describe(self, source: int) -> str:
         if source < 0:  # (a GATHER's row that nothing wrote)

@@ -37,7 +37,7 @@ class ResolvePhase(EmulatorState):
                 self._expect_all.setdefault((c, sname, k, fld, plane), []).append((wslice, wk))
             self._expect_all = {key: ws for key, ws in self._expect_all.items() if len(ws) > 1}
         self._by_pos: dict[tuple[int, str, int], int] | None = None
-        self._store_expect = StoreExpect(self.prog.meta, self.ops, self.host_sources, self.text)
+        self._store_expect = StoreExpect(self.prog.meta, self.ops, self.host_sources, self.prog.nodes)
         self._faults: dict[int, list[tuple[str, int, str, tuple[str, int], set[int]]]] = {}
         found = self._lookup_all()
         sole = self._sole_writers()

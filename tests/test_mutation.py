@@ -136,6 +136,21 @@ def test_the_expectations_are_in_the_file_and_a_clean_program_meets_them():
     assert again.hazards == [] and mutation.run_bits(prog, inputs) == ref
 
 
+@pytest.mark.parametrize("chips", [1, 2])
+def test_an_emulator_leaves_no_reference_cycle(chips):
+    """An emulator is freed as soon as it is dropped: a cycle through it (the expectations once held its
+    ``text`` method) kept every one of thousands of mutants' emulators until a full collection, and a
+    long mutation run ran out of memory."""
+    import gc
+
+    prog, inputs, _ = compiled(chips)
+    gc.collect()
+    em = Emulator(prog, workers=1)
+    em.run(inputs)
+    del em
+    assert gc.collect() == 0
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("chips", [1, 2])
 def test_every_mutant_is_caught_or_harmless(chips):
