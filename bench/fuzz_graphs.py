@@ -345,7 +345,9 @@ def build_model(s: GraphSpec) -> onnx.ModelProto:
     table = None
     if s.vocab:
         inputs.append(helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, T]))
-        table = b.normal((s.vocab, s.d), 1 / math.sqrt(s.d) if s.embed_scale else 1.0, hint="wte")  # (Gemma: scaled back up)
+        # (scaled back up by sqrt(d) as Gemma; read as the LM head too when tied: logits of order 1)
+        table = b.normal((s.vocab, s.d), 1 / math.sqrt(s.d) if s.embed_scale or s.out == "lm_tied" else 1.0,
+                         hint="wte")
         x = b.op("Gather", [table, "input_ids"], axis=0)
         if s.embed_scale:
             x = b.op("Mul", [x, b.f32(math.sqrt(s.d))])
