@@ -52,13 +52,15 @@ import sys
 import time
 import traceback
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+
+from zoo import _where  # noqa: E402  (where in lpuc/, emulator/ or isa/ an exception came from)
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 SCHEDULERS = ("list", "asap", "naive")
@@ -119,16 +121,6 @@ class _Timeout(BaseException):
 
 def _alarm(signum: int, frame: Any) -> None:
     raise _Timeout()
-
-
-def _where(tb: Any) -> str:
-    """The innermost frame in lpuc/, emulator/ or isa/ (file:line function)."""
-    best = ""
-    for fr in traceback.extract_tb(tb):
-        rel = os.path.relpath(fr.filename, ROOT)
-        if rel.split(os.sep)[0] in ("lpuc", "emulator", "isa"):
-            best = f"{rel}:{fr.lineno} {fr.name}"
-    return best
 
 
 def run_case(model: Any, case: Case, g: int, timeout: float = 0.0, debug: bool = False) -> dict:

@@ -667,3 +667,19 @@ def link_transfer(dtype: str, values: Any, *, link: int = 0, src_chip: int = 0, 
 
 
 __all__ = [n for n in dir() if not n.startswith("_")]
+
+
+def compile_and_verify(path: str, feeds: dict[str, np.ndarray], chip: str = "lpu-v1", precision: str = "fp32") -> dict:
+    """Compile the ONNX model at ``path`` for ``chip`` and verify it on ``feeds`` against onnxruntime and
+    the compiler's reference: predicted == emulated cycles, bit-exact, every output within tolerance.
+    Returns verify's report."""
+    from lpuc.pipeline import compile_model
+    from lpuc.verification import verify
+
+    c = compile_model(path, load_chip(chip), precision=precision)
+    r = verify(c, path, precision, inputs=feeds).report
+    assert r["predicted_cycles"] == r["emulated_cycles"], r
+    assert r["bit_exact"], r
+    assert all(o["ok"] for o in r["outputs"].values()), r["outputs"]
+    assert r["ok"]
+    return r

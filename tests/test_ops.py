@@ -13,10 +13,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from harness import compile_and_verify
 from isa.config import load_chip
 from lpuc.errors import UnsupportedOp
 from lpuc.pipeline import compile_model
-from lpuc.verification import verify
 
 RNG = np.random.default_rng(12)
 
@@ -41,13 +41,7 @@ def run(tmp_path: Path, nodes: list, feeds: dict[str, np.ndarray], outputs: list
     """Compile and verify; every check must hold. Returns verify's report."""
     path = str(tmp_path / "m.onnx")
     onnx.save(_model(nodes, feeds, outputs or ["y"], inits or {}, opset), path)
-    c = compile_model(path, load_chip(chip), precision=precision)
-    r = verify(c, path, precision, inputs=feeds).report
-    assert r["predicted_cycles"] == r["emulated_cycles"], r
-    assert r["bit_exact"], r
-    assert all(o["ok"] for o in r["outputs"].values()), r["outputs"]
-    assert r["ok"]
-    return r
+    return compile_and_verify(path, feeds, chip, precision)
 
 
 def unsupported(tmp_path: Path, nodes: list, feeds: dict[str, np.ndarray], match: str,
