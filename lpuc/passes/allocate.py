@@ -114,6 +114,9 @@ NEAR_HOPS = 4  # how far apart in the dataflow two tensors may still be streamed
 #: slices of each hemisphere, nearest the VXM, kept free of constant weights for the activations of
 #: products of a row or two by interleaved weights
 ACTIVATION_SLICES = 2
+#: what a slice of ``spare`` costs more (of ``prefer``, less) in ``choose``: less than sharing a slice with
+#: a tensor streamed alongside (64), more than the load of a few tensors (4 each)
+SPARE_COST = 48
 
 
 def _stream_load(tid: int, hemi: str, tasks: list, placed: dict, tensors: dict) -> int:
@@ -378,7 +381,7 @@ def _allocate(tg: TaskGraph, chip: ChipConfig, received_first: bool,
                         cost = -load[s.name] * 4
                     else:
                         clash = len(avoid & slice_hist[s.name]) if avoid else 0
-                        cost = clash * 64 + load[s.name] * 4 + len(choice) // 8 + 48 * (s.name in spare) - 48 * (s.name in prefer)
+                        cost = clash * 64 + load[s.name] * 4 + len(choice) // 8 + SPARE_COST * ((s.name in spare) - (s.name in prefer))
                     choice.append((cost, s.name, b, addr))
                     break
         choice.sort(key=lambda c: (c[0], rank[c[1]]))
