@@ -310,8 +310,9 @@ def summarize(results: list[dict]) -> dict:
             "refusals": reasons.most_common()}
 
 
-def failures(results: list[dict]) -> list[dict]:
-    return [r for r in results if r["status"] != "ok"]
+def failures(results: list[dict], precision: bool = True) -> list[dict]:
+    """The cases that are not ok (``precision``: those of the precision class too)."""
+    return [r for r in results if r["status"] != "ok" and (precision or r["status"] != "precision")]
 
 
 def repro(r: dict) -> str:
@@ -329,7 +330,9 @@ def markdown(summary: dict, results: list[dict], command: str, seconds: float, f
     lines = ["# Differential fuzzing", "",
              "Random transformer-shaped graphs (`bench/fuzz_graphs.py`) compiled and verified against onnxruntime "
              "by `bench/fuzz.py` (its docstring documents the generator, the sampling of chips, precisions, "
-             "schedulers and splits per graph, and the classes below).", "",
+             "schedulers and splits per graph, and the classes below). fill: the graph's estimated peak "
+             "(`fuzz_graphs.peak_bytes`) over one chip's SRAM; a capacity refusal at a fill of at most "
+             f"{FITS:.0%} counts as a placement failure.", "",
              f"Measured {datetime.date.today()} at {rev} on {os.cpu_count()} cores with `{command}`: "
              f"{summary['graphs']} graphs, {summary['cases']} cases, {seconds:.0f} s.", "",
              "| ok | precision | wrong | crash | placement failure | refused |", "|---:|---:|---:|---:|---:|---:|",
@@ -347,14 +350,15 @@ def markdown(summary: dict, results: list[dict], command: str, seconds: float, f
         lines += [f"| {n} | {_cell(m)} |" for m, n in summary["refusals"]]
     else:
         lines.append("None.")
-    fails = failures(results)
-    lines += ["", f"## Failures ({len(fails)}; the first {min(first, len(fails))})", ""]
-    if fails:
-        lines += ["| graph | case | status | detail | where | reproduce |", "|---:|---|---|---|---|---|"]
-        lines += [f"| {r['graph']} | {r['case']} | {r['status']} | {_cell(r.get('detail', ''))} | "
-                  f"{_cell(r.get('where', ''))} | `{repro(r)}` |" for r in fails[:first]]
-    else:
-        lines.append("None.")
+    for title, rows in (("Failures: wrong, crash, placement, refused", failures(results, precision=False)),
+                        ("Precision-limited cases", [r for r in results if r["status"] == "precision"])):
+        lines += ["", f"## {title} ({len(rows)}{f'; the first {first}' if len(rows) > first else ''})", ""]
+        if rows:
+            lines += ["| graph | case | status | detail | fill | where | reproduce |", "|---:|---|---|---|---:|---|---|"]
+            lines += [f"| {r['graph']} | {r['case']} | {r['status']} | {_cell(r.get('detail', ''))} | "
+                      f"{r.get('fill', 0):.0%} | {_cell(r.get('where', ''))} | `{repro(r)}` |" for r in rows[:first]]
+        else:
+            lines.append("None.")
     return "\n".join(lines) + "\n"
 
 
@@ -377,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print the summary and the failures as JSON")
     ap.add_argument("--out", default=str(ROOT / "bench" / "fuzz.md"), help="markdown report ('' for none)")
     ap.add_argument("--first", type=int, default=30, help="failures listed in the report (default 30)")
+    ap.add_argument("--results", help="also write every case's result here (JSON lines)")
     ap.add_argument("--replay", type=int, help="run one graph seed again, printing tracebacks")
     ap.add_argument("--case", type=int, help="with --replay: only this case")
     ap.add_argument("--save", help="with --replay: write the graph's ONNX model here")
@@ -426,14 +431,16 @@ def main(argv: list[str] | None = None) -> int:
     command = "python bench/fuzz.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if a.out:
         Path(a.out).write_text(markdown(summary, results, command.strip(), seconds, a.first))
+    if a.results:
+        Path(a.results).write_text("".join(json.dumps(r) + "\n" for r in results))
     if a.json:
         print(json.dumps({"summary": summary, "seconds": round(seconds, 1), "failures": failures(results)}, indent=1))
     else:
         print(table(summary))
         print(f"{seconds:.0f} s")
-        for r in failures(results)[:10]:
+        for r in failures(results, precision=False)[:10]:
             print(f"{r['status']}: graph {r['graph']} {r['case']}: {r.get('detail', '')} -- {repro(r)}")
-    bad = summary["counts"]
+    bad = summary["counts"]  # (the precision class is not the compiler's)
     return 0 if bad["wrong"] == bad["crash"] == bad["placement"] == 0 else 1
 
 

@@ -98,6 +98,17 @@ REGRESSIONS = {
     # the free SRAM of one tiny hemisphere"; every segment's room is now checked before smaller segments
     "segments-97-tokens": (_spec(seed=2088474519, tokens=97, d=8, heads=5, head_dim=3, ffn=1, layers=2, rotary=2,
                                  residual="parallel"), Case("tiny", "fp32", "list")),
+    # GQA's repeated V heads (Expand, a row movement the tiler folds into its readers' strided reads) cut
+    # between the chips of a pipeline: sent through a Reshape view, nothing read it on chip 0 to fold into,
+    # so no task wrote it (hazard unwritten-read); tile now copies such a movement
+    "sent-view-of-a-movement": (_spec(seed=4503793, tokens=25, d=5, heads=8, pos_bias=True, mask_value=-1e4),
+                                Case("tiny", "fp16", "naive", 2, "pair-tiny", "pp")),
+    # a value chip 1 receives and passes on (a view of it) to chip 2: its sends came first in chip 1's
+    # program, before the recvs that bring it (hazard unwritten-read); transfer now puts a send after
+    # the last task that writes what it reads
+    "received-and-passed-on": (_spec(seed=534729707, tokens=19, d=8, head_dim=4, ffn=1, gemm=True, nan_guard=True,
+                                     mask_value=float(np.finfo(np.float32).min)),
+                               Case("lpu-v1", "fp32", "asap", 4, "node-lpu-v1", "pp")),
     # 71 tokens split by columns over pair-tiny, run in program order: the receivers of the all-gather's
     # 142-vector sends ran late, the 64-vector receive FIFO overflowed (hazard link-overflow); sends of
     # more than a FIFO are now cut into chunks, each sent once the vectors a FIFO before it are taken

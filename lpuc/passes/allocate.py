@@ -197,6 +197,7 @@ def allocate(tg: TaskGraph, chip: ChipConfig, received_first: bool = True,
     program's does). ``first``: tensor ids placed before all others (after pinned ones), in this order,
     each beside those placed before it (``overload_first``)."""
     early: list[int] = list(first or [])
+    retries = 0
     while True:
         try:
             return _allocate(tg, chip, received_first, pinned or {}, early)
@@ -207,9 +208,10 @@ def allocate(tg: TaskGraph, chip: ChipConfig, received_first: bool = True,
             # though they could have left some: place it first, before them, and try again (a width-7
             # key of RoPE on tiny: the lane maps and cos table it is read with took all 8 slices of the
             # one hemisphere its writer's streams allowed)
-            if e.tid in early or len(early) >= EARLY_RETRIES:
+            if e.tid in early or retries == EARLY_RETRIES:
                 raise e.error from None
             early.append(e.tid)
+            retries += 1
 
 
 def overload_first(tg: TaskGraph, al: Allocation) -> list[int]:

@@ -297,6 +297,11 @@ def tile(pg: PrimGraph, chip: ChipConfig) -> TaskGraph:
             t.vxm_run(runs[id(p)])
             continue
         prim_kind(p.kind).tile(t, p)  # lpuc.kinds
+    # a row movement that the host or another chip takes through a view has no reader to fold it into
+    # (a Reshape of a GQA Expand at a pipeline cut, sent to the next chip): its copy tasks after all
+    kept = {t.base(o).id for o in list(pg.outputs) + list(pg.resident)}
+    for tid in [i for i in t.moved if i in kept]:
+        t.materialize(t.moved[tid][2].out)
     t.tg.view_of = {k: t.base(v) for k, v in t.view_of.items()}  # type: ignore[attr-defined]
     t.tg.tensors = pg.tensors
     return t.tg

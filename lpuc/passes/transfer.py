@@ -164,11 +164,36 @@ def add_transfers(tgs: list[TaskGraph], stages: list[Stage], system: SystemConfi
         for i, task in enumerate(tg.tasks):
             tasks += before[d].get(i, []) + [task] + after[d].get(i, [])
         tasks += before[d].get(len(tg.tasks), []) + forwards[d]
-        tg.tasks = tasks
+        tg.tasks = _sends_after_writers(tasks, views[d])
         _in_place(tg, L)
         for i, task in enumerate(tg.tasks):  # task ids are positions in program order
             task.id = i
     return tgs
+
+
+def _sends_after_writers(tasks: list[Task], views: dict) -> list[Task]:
+    """``tasks`` with every send that comes before a task writing what it reads moved to right after the
+    last such writer: a received value passed on to a third chip (a view of it, at a pipeline cut) is
+    sent once the recvs that bring it are done, not from the start (whose vectors it read unwritten)."""
+    last: dict[int, int] = {}
+    for i, task in enumerate(tasks):
+        for a in task.writes:
+            last[views.get(a.tensor.id, a.tensor).id] = i
+    late: dict[int, list[Task]] = {}
+    for i, task in enumerate(tasks):
+        if task.kind == "send":
+            w = max((last.get(views.get(a.tensor.id, a.tensor).id, -1) for a in task.reads), default=-1)
+            if w > i:
+                late.setdefault(w, []).append(task)
+    if not late:
+        return tasks
+    moved = {id(t) for ts in late.values() for t in ts}
+    out: list[Task] = []
+    for i, task in enumerate(tasks):
+        if id(task) not in moved:
+            out.append(task)
+        out += late.get(i, [])
+    return out
 
 
 def _in_place(tg: TaskGraph, L: int) -> None:
