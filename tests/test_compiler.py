@@ -365,6 +365,62 @@ def test_padded_installs_compute_the_same_product(tmp_path):
         assert r["ok"] and r["bit_exact"], (K, r)
 
 
+def test_ragged_lane_chunk_of_a_decode_product_installs_transposed(tmp_path):
+    """One activation row times K x N weights on lpu-v1 in fp16, N not a multiple of the 320 lanes: the
+    last lane chunk's N mod 320 columns are stored as rows of K lanes and installed as columns (IW t = 1),
+    nr rows per K chunk instead of up to 320 (60 rows interleaved over 5 groups: 12 cycles),
+    for split weights (N = 700), weights of one ragged chunk only (N = 100) and partial products over
+    groups of K (K = 1300 cut for the planes). The product is onnxruntime's and the reference's, bit for bit."""
+    for K, N in ((643, 700), (700, 100), (1300, 700)):
+        w = onnx.numpy_helper.from_array(np.random.default_rng(K + N).standard_normal((K, N)).astype(np.float32) / K ** 0.5, "w")
+        m = _model([helper.make_node("MatMul", ["x", "w"], ["y"])], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, K])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, N])], [w])
+        path = _save(m, tmp_path / f"mm{K}x{N}.onnx")
+        c = compile_model(path, load_chip("lpu-v1"), "fp16")
+        mms = [p for p in c.prims.prims if p.kind == "matmul"]
+        assert mms and all(p.attrs.get("tt") for p in mms), (K, N)
+        nr = N % 320
+        for p in mms:  # the transposed part: nr rows (g pieces of nr / g; one part of 100 rows: not interleaved)
+            g = p.attrs.get("il", 1)
+            assert g == (1 if N < 320 else 5)
+            assert sum(t.shape[0] for t in p.ins[-g:]) == nr and p.ins[-1].shape[1] <= K, (K, N)
+        iws = [i for (_, s), q in c.program.queues.items() for i in q if i.spec.mnemonic == "IW"]
+        transposed = [i for i in iws if i.ops["t"] == 1]
+        assert transposed and all(i.ops["n"] == nr for i in transposed), (K, N)
+        assert len(transposed) == -(-K // 320) and len(iws) - len(transposed) == (N // 320) * -(-K // 320)
+        r = verify(c, str(path), "fp16").report
+        assert r["ok"] and r["bit_exact"], (K, N, r)
+
+
+def test_decode_product_chains_install_from_disjoint_slices(tmp_path):
+    """A decode step's product of 10 output lane chunks (one row times 768 x 3072, fp16, lpu-v1): the 5
+    pieces of each chain's weights (2 slices each) take one install class of 10 slices, and a hemisphere's
+    chains take its 4 classes in turn, so that chains of neighbouring chunks never wait for each other's
+    installs on a slice read port; the result stays bit-exact."""
+    rng = np.random.default_rng(5)
+    w = onnx.numpy_helper.from_array((rng.standard_normal((768, 3072)) * 0.05).astype(np.float32), "w")
+    m = _model([helper.make_node("MatMul", ["x", "w"], ["y"])], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 768])],
+               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3072])], [w])
+    path = _save(m, tmp_path / "fc.onnx")
+    chip = load_chip("lpu-v1")
+    c = compile_model(path, chip, "fp16")
+    chains = [t for t in c.tasks.tasks if t.kind == "chain"]
+    assert len(chains) == 10
+    sets = []
+    for t in chains:
+        slices = {s for st in t.attrs["steps"] for a in st["ws"] for s, _ in a.tensor.planes}
+        hemis = {chip.slice(s).hemisphere for s in slices}
+        assert len(slices) == 10 and len(hemis) == 1, slices
+        sets.append((hemis.pop(), slices))
+    for h in ("W", "E"):
+        mine = [s for hh, s in sets if hh == h]
+        assert len(mine) >= 2
+        for a, b in zip(mine, mine[1:]):
+            assert not a & b, (h, a, b)
+    r = verify(c, str(path), "fp16").report
+    assert r["ok"] and r["bit_exact"], r
+
+
 def test_few_activation_rows_install_weights_over_several_stream_groups(tmp_path, monkeypatch):
     """16 rows of fp16 on lpu-v1: each weight part is stored as 4 row-interleaved tensors and every IW
     reads 4 stream groups; the result is bit-exact and faster than installing one row per cycle."""

@@ -64,6 +64,7 @@ class ChainTask(TaskKind):
             ws = weights(st)
             if few and len(ws) > 1 and all(a.tensor.const is not None for a in ws):
                 rules.few_rows.add(st["x"].tensor.id)
+                rules.classed |= {a.tensor.id for a in ws}
             for a in ws:
                 rules.weights[a.tensor.id] = rules.tensors[a.tensor.id].vectors(rules.L)
             if len(ws) > 1:  # the groups of one IW flow to the plane together: one hemisphere
@@ -88,7 +89,8 @@ def install_rows(step: dict[str, Any]) -> int:
 @register_prim_kind
 class MatmulPrim(PrimKind):
     """``a @ b`` on the MXM; ``b`` is ``[.., K, N]`` (or ``[.., N, K]`` with ``tb``), or given as one
-    tensor per group of output lane chunks (``split``); ``kc``: a partial product over a's K chunks."""
+    tensor per group of output lane chunks (``split``), the last lane chunk's ``[N mod lanes, K]``
+    transposed with ``tt``; ``kc``: a partial product over a's K chunks."""
 
     name = "matmul"
 
@@ -101,7 +103,11 @@ class MatmulPrim(PrimKind):
         parts = deinterleave([vals[t.id] for t in p.ins[1:]], p.attrs.get("il", 1))
         if not p.attrs["tb"]:  # without the rows ``install`` padded the last installs with
             c0, c1 = p.attrs.get("kc", (0, -(-a.shape[-1] // lanes)))
-            parts = [x[..., :min(a.shape[-1], c1 * lanes) - c0 * lanes, :] for x in parts]
+            k = min(a.shape[-1], c1 * lanes) - c0 * lanes
+            if p.attrs.get("tt"):  # the ragged lane chunk, stored transposed: its nr rows are columns
+                N = p.out.shape[-1]
+                parts[-1] = parts[-1][:N - (-(-N // lanes) - 1) * lanes, :k].T
+            parts = [x[..., :k, :] for x in parts]
         b = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0 if p.attrs["tb"] else -1)
         return matmul(a, b, p.attrs["tb"], lanes, p.attrs.get("kc")).reshape(p.out.shape)
 
@@ -323,6 +329,7 @@ def tile_matmul(tiler: Tiler, p: Prim) -> None:
     b_batch = tiling.batch_map(b.shape[:-2] if len(b.shape) > 2 else (), batch)
     region = region_rows(tiler.chip)
     g = p.attrs.get("il", 1)  # weight parts interleaved over g stream groups (lpuc.passes.install)
+    tt = p.attrs.get("tt", False)  # the last part: the ragged lane chunk transposed (install.transpose_ragged)
 
     def wacc(q: int, row0: int, col: int, stride: int, n: int) -> list[Any]:
         """Rows row0 .. row0+n-1, lane chunk col, of weight part q: from each of its g pieces."""
@@ -339,7 +346,12 @@ def tile_matmul(tiler: Tiler, p: Prim) -> None:
                 c0, c1 = p.attrs.get("kc", (0, Ck))  # a partial product: a's K chunks c0..c1 times all of b
                 for i in range(c0, c1):
                     kk = min(L, K - i * L)
-                    if split:  # weights stored as parts of `split` output lane chunks each
+                    t = int(tb)
+                    if tt and j == Cn - 1:  # the ragged chunk's weights, stored transposed: rows become columns
+                        q = (len(p.ins) - 1) // g - 1
+                        ws = wacc(q, 0, i - c0, p.ins[1 + q * g].chunks(L), p.ins[1 + q * g].shape[0] * g)
+                        hi, t = (kk if kk < L else 0), 1
+                    elif split:  # weights stored as parts of `split` output lane chunks each
                         q, jj = j // split, j % split
                         if not tb:  # part [K, split*L]: rows k, lane chunk jj
                             # (the last install may take rows ``install`` padded it with; k masks them)
@@ -359,7 +371,7 @@ def tile_matmul(tiler: Tiler, p: Prim) -> None:
                         ws = wacc(0, bb * N + j * L, i, Ck, nn)
                         hi = kk if kk < L else 0
                     x = tiler.acc(a, (ab * M + m0) * Ck + i, Ck, rows)
-                    steps.append({"ws": ws, "x": x, "t": int(tb), "hi": hi, "k": kk if kk < L else 0})
+                    steps.append({"ws": ws, "x": x, "t": t, "hi": hi, "k": kk if kk < L else 0})
                 o = tiler.acc(out, (beta * M + m0) * Cn + j, Cn, rows)
                 reads = [a for s in steps for a in weights(s)] + [s["x"] for s in steps]
                 tiler.tg.add("chain", reads, [o], p, steps=steps, rows=rows, dtype=a.dtype)

@@ -232,6 +232,12 @@ class Lowering:
         out = self.temp("f32", out_shape)
         L = self.lanes
         n_parts = min(-(-N // L), int(self.chip.mem["slices_per_hemisphere"]) // (4 * b.dt.width))
+        M = a.shape[-2] if len(a.shape) >= 2 else 1
+        if M * self.chip.cycles_per_vector(a.dtype) <= FEW_ROWS_CYCLES and not self.plain:
+            # a product of a row or two is all installs, and two chains reading one part's slices cannot
+            # install at once: a part per output lane chunk (GPT-2 small width decode: 48,973 -> 47,662
+            # cycles a token)
+            n_parts = -(-N // L)
         if b.const is not None and len(b.shape) == 2 and n_parts > 1:
             # constant weights are stored as a few tensors of whole output lane chunks, so that the
             # allocator spreads them over slices and the chains of different chunks install weights in
