@@ -34,7 +34,7 @@ SEEDS = ("Beside the published LPU figures: Groq reports about 750 tokens/s for 
          "Llama-2 70B on some 576 chips, and 250 -> 1,660 tokens/s for Llama 3.1 70B with speculative decoding. "
          "A decode step streams every weight once, so the rate goes with the weight bytes a chip (or a pipeline "
          "stage) holds: GPT-2 small width's 176 MB of fp16 weights on one lpu-v1 give the table's rate, bound "
-         "by the critical path of one token through 12 layers (the install bandwidth alone would allow 4,300 "
+         "by the critical path of one token through 12 layers (the install bandwidth alone would allow 8,700 "
          "cycles a token). The speculative rows below show acceptance and tokens a pass as the formula predicts; "
          "a speed-up needs a draft far cheaper than its target that agrees with it, which random-weight models "
          "do not offer: the model as its own draft is accepted every time but costs as much as the target.")
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             "## KV cache: prefill and decode programs", "",
             "TTFT: the prefill program (the prompt padded to 4 tokens) at the clock; us/token: one decode step. "
             "Decode roofline (`lpuc.roofline.decode_roofline`): the larger of every installed weight byte over "
-            "the ISA's install bandwidth (all MXM planes taking all 32 streams of their direction) and the "
+            "the ISA's install bandwidth (the MXM planes at each end of the chip taking all 32 streams that reach them) and the "
             "critical path of one token; on a pipeline of chips the chips' paths add up. Emulate s: wall "
             "seconds for the prefill and all decode steps on this machine.", "",
             "| model | chip | precision | context | prefill cycles | decode cycles | decode roofline | "

@@ -97,9 +97,10 @@ def decode_roofline(compiled) -> dict[str, int]:  # type: ignore[no-untyped-def]
 
     * ``install``: every byte the step installs into the MXM as weights -- each weight matrix, and the
       KV cache where attention installs it -- over the install bandwidth the ISA allows on all planes at
-      once, ``planes x streams_per_direction x lanes`` bytes a cycle (an IW taking g = streams / width
-      stream groups of its dtype's width every cycle); on several chips (a pipeline), the most any one
-      chip installs;
+      once: the planes at one place in the floorplan (lpu-v1: two at each end) share the
+      ``streams_per_direction`` streams that reach them, so ``places x streams_per_direction x lanes``
+      bytes a cycle (an IW taking g = streams / width stream groups of its dtype's width every cycle,
+      or two planes g / 2 each); on several chips (a pipeline), the most any one chip installs;
     * ``critical_path``: the longest chain of dependent tasks of one token at their minimum latency
       (``Roofline.parts``); on several chips, the chips' paths one after the other (a token passes them
       in turn).
@@ -107,7 +108,7 @@ def decode_roofline(compiled) -> dict[str, int]:  # type: ignore[no-untyped-def]
     A step at batch 1 is bound by streaming weights, not by multiplying: ``mxm`` is not part of it."""
     chip = compiled.chip
     parts = compiled.parts if hasattr(compiled, "parts") else [compiled]
-    bandwidth = len(chip.slices_of("MXM")) * chip.streams * chip.lanes
+    bandwidth = len({s.position for s in chip.slices_of("MXM")}) * chip.streams * chip.lanes
     weight_bytes, install, critical = 0, 0, 0
     for part in parts:
         seen: set[int] = set()

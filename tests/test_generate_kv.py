@@ -55,7 +55,7 @@ def test_fp16_on_the_tiny_chip_and_the_figures():
     assert r["tokens_per_s"] == pytest.approx(900e6 / steps.decode.cycles)
     bound = r["decode_roofline"]
     assert bound["cycles"] == max(bound["install"], bound["critical_path"]) <= steps.decode.cycles
-    assert bound["weight_bytes"] > 0 and bound["install_bytes_per_cycle"] == 2 * 8 * 16  # 2 planes x 8 streams x 16 lanes
+    assert bound["weight_bytes"] > 0 and bound["install_bytes_per_cycle"] == 2 * 8 * 16  # 2 ends with planes x 8 streams x 16 lanes
 
 
 def test_sampling_is_reproducible_and_eos_stops():
