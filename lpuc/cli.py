@@ -447,6 +447,8 @@ def _summary(c) -> str:
         f"roofline bound     {rl.cycles} cycles, bound by {rl.bound_by}; predicted / bound = "
         f"{cycles / max(rl.cycles, 1):.2f}",
         "                   " + ", ".join(f"{k} {v}" for k, v in rl.parts.items()),
+        f"mxm unpadded       {rl.unpadded.get('mxm_packed', 0)} cycles in whole passes over packed columns, "
+        f"{rl.unpadded.get('mxm_dense', 0)} padding-free (the MXM bound without lane padding, for reference)",
         SRAM_LABEL + f"{sram_footprint(c):,} B of {c.chip.sram_bytes:,} B ({SRAM_MEANING}; "
         f"at most {c.alloc.peak_bytes:,} B of tensors live at once)",
         "utilization        " + ", ".join(f"{u} {100 * v['utilization']:.1f}%" for u, v in util.items()

@@ -12,6 +12,16 @@ No schedule of these tasks can be shorter than any of:
   units and streams.
 
 The bound is the largest of these; ``predicted cycles / bound`` says how close the schedule is.
+
+Beside it, for reference, what the MXM would need without lane padding (``Roofline.unpadded``; not part of
+the bound, which is this program's): for every matrix product ``rows x K`` times ``K x N``,
+
+* ``mxm_packed``: whole passes over packed columns, ``cdiv(K, lanes) x rows x cycles_per_vector x N /
+  lanes`` (a K = 768 contraction is 3 passes; a row of 768 results 2.4 vectors), heads' products packed
+  as below;
+* ``mxm_dense``: the multiply-accumulates alone, ``rows x K x N x cycles_per_vector / lanes^2``;
+
+each summed over the products and shared by all planes.
 """
 
 from __future__ import annotations
@@ -21,13 +31,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from isa.config import ChipConfig
-from lpuc.kinds import task_kind
+from lpuc.kinds import prim_kind, task_kind
 from lpuc.tasks import TaskGraph
 
 
 @dataclass
 class Roofline:
     parts: dict[str, int] = field(default_factory=dict)
+    unpadded: dict[str, int] = field(default_factory=dict)  # the MXM without lane padding (module docstring)
 
     @property
     def cycles(self) -> int:
@@ -69,7 +80,25 @@ def roofline(tg: TaskGraph, sched, chip: ChipConfig) -> Roofline:
         "stream": _cdiv(hops, 2 * chip.streams * chip.positions),
         "critical_path": _critical_path(tg, sched),
     }
-    return Roofline(parts)
+    return Roofline(parts, _unpadded(tg, chip))
+
+
+def _unpadded(tg: TaskGraph, chip: ChipConfig) -> dict[str, int]:
+    """``mxm_packed`` and ``mxm_dense`` (module docstring) of the products the chains compute."""
+    L, planes = chip.lanes, len(chip.slices_of("MXM"))
+    seen: set[int] = set()
+    packed = dense = 0.0
+    for t in tg.tasks:
+        p = t.prim
+        if t.kind != "chain" or p is None or id(p) in seen:
+            continue
+        seen.add(id(p))
+        cpv = chip.cycles_per_vector(t.attrs["dtype"])
+        for rows, K, N, shared in prim_kind(p.kind).products(p, L):
+            d = rows * K * N * cpv / (L * L)
+            dense += d
+            packed += d if shared else -(-K // L) * rows * cpv * N / L
+    return {"mxm_packed": _cdiv(packed, planes), "mxm_dense": _cdiv(dense, planes)}
 
 
 def _critical_path(tg: TaskGraph, sched) -> int:

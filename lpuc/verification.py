@@ -24,7 +24,8 @@ and, for integer inputs that index a Gather, the range of the ids. Each problem 
 
 The report (``Verdict.report``, ``lpuc verify --json``) holds ``ok``, ``model``, ``chip``,
 ``precision``, ``scheduler``, ``predicted_cycles``, ``emulated_cycles``, ``latency_us``,
-``bit_exact``, ``roofline_cycles``, ``roofline`` (its parts), ``instructions``, ``sram_bytes``,
+``bit_exact``, ``roofline_cycles``, ``roofline`` (its parts), ``mxm_unpadded`` (single chip: the MXM's
+packed and padding-free bounds, ``Roofline.unpadded``), ``instructions``, ``sram_bytes``,
 ``sram_capacity``, ``utilization``, ``compile_s``, ``emulate_s``, ``onnxruntime_s`` and
 ``outputs``, one dict per model output with:
 
@@ -311,6 +312,7 @@ def verify(c: "Compiled | SystemCompiled", model_path: "str | Path | onnx.ModelP
         "bit_exact": bool(bit_exact),
         "roofline_cycles": c.roofline_cycles,
         "roofline": c.roofline_parts,
+        "mxm_unpadded": dict(c.roofline.unpadded) if chips == 1 else None,
         "instructions": c.program.instruction_count,
         "sram_bytes": sram[0] if chips == 1 else list(sram[:chips]),
         "sram_capacity": c.chip.sram_bytes,

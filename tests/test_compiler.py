@@ -445,3 +445,20 @@ def test_few_activation_rows_install_weights_over_several_stream_groups(tmp_path
     one = compile_model(path, load_chip("lpu-v1"), precision="fp16")
     assert all(i.ops["g"] == 1 for (_, s), q in one.program.queues.items() for i in q if i.spec.mnemonic == "IW")
     assert c.cycles < one.cycles * 0.75, (c.cycles, one.cycles)
+
+
+def test_roofline_reports_the_mxm_without_lane_padding(tmp_path):
+    """16 rows times 700 x 700 weights in fp16 on lpu-v1 (4 planes of 320 x 320, 4 cycles a row): in whole
+    passes over packed columns 3 passes x 16 rows x 4 cycles x 700/320 columns / 4 planes = 105 cycles;
+    padding-free 16 x 700 x 700 multiply-adds x 4 / 320^2 / 4 = 77 (rounded up); both below the program's
+    own (padded) MXM bound, 3 x 3 passes x 64 / 4 = 144. A transformer's attention products count with
+    their heads packed: padding-free <= packed <= padded."""
+    w = onnx.numpy_helper.from_array(np.random.default_rng(7).standard_normal((700, 700)).astype(np.float32) / 30, "w")
+    m = _model([helper.make_node("MatMul", ["x", "w"], ["y"])], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [16, 700])],
+               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [16, 700])], [w])
+    c = compile_model(_save(m, tmp_path / "mm.onnx"), load_chip("lpu-v1"), "fp16")
+    assert c.roofline.unpadded == {"mxm_packed": 105, "mxm_dense": 77}
+    assert c.roofline.parts["mxm"] == 144
+    g = compile_model(str(MODELS / "gpt2_tiny.onnx"), load_chip("lpu-v1"), "fp16")
+    un = g.roofline.unpadded
+    assert 0 < un["mxm_dense"] <= un["mxm_packed"] <= g.roofline.parts["mxm"], (un, g.roofline.parts)

@@ -132,3 +132,10 @@ class PrimKind:
         dtype), computed with ``isa.semantics`` in the order the program computes it, so that the
         emulator's outputs equal it bit for bit."""
         raise NotImplementedError(f"no reference for primitive {self.name}")
+
+    # ------------------------------------------------------------------ roofline (lpuc.roofline)
+    def products(self, p: "Prim", lanes: int) -> list[tuple[int, int, int, bool]]:
+        """The matrix products the primitive computes on the MXM, without lane padding: (rows, K, N,
+        packed) for ``rows x K`` times ``K x N``; ``packed``: several such products (heads) could share
+        one pass of the lanes. None by default."""
+        return []

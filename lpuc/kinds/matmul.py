@@ -111,6 +111,11 @@ class MatmulPrim(PrimKind):
         b = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0 if p.attrs["tb"] else -1)
         return matmul(a, b, p.attrs["tb"], lanes, p.attrs.get("kc")).reshape(p.out.shape)
 
+    def products(self, p: Prim, lanes: int) -> list[tuple[int, int, int, bool]]:
+        K = p.ins[0].shape[-1]
+        c0, c1 = p.attrs.get("kc", (0, -(-K // lanes)))  # (a partial product: its K chunks)
+        return [(int(np.prod(p.out.shape[:-1])), min(K, c1 * lanes) - c0 * lanes, p.out.shape[-1], False)]
+
 
 @register_prim_kind
 class MmheadsPrim(PrimKind):
@@ -123,6 +128,16 @@ class MmheadsPrim(PrimKind):
 
     def evaluate(self, p: Prim, vals: dict[int, np.ndarray], lanes: int) -> np.ndarray:
         return mmheads(p, vals[p.ins[0].id], vals[p.ins[1].id], lanes)
+
+    def products(self, p: Prim, lanes: int) -> list[tuple[int, int, int, bool]]:
+        """Per (batch, head): Q K^T is ``T x D`` times ``D x N`` (``out [.., H, T, N]``), P V is ``T x S``
+        times ``S x D`` (``P [.., H, T, S]``, the product's heads); heads of D < lanes can share a pass."""
+        H, D = p.attrs["H"], p.attrs["D"]
+        if p.attrs["mode"] in ("qk", "qkg"):
+            return [(int(np.prod(p.out.shape[:-1])), D, p.out.shape[-1], True)]
+        x = p.ins[0]
+        heads = len(p.attrs.get("heads", range(H)))
+        return [(int(np.prod(x.shape[:-3])) * heads * x.shape[-2], x.shape[-1], D, True)]
 
 
 def matmul(a: np.ndarray, b: np.ndarray, tb: bool, lanes: int, kc: tuple[int, int] | None = None) -> np.ndarray:
