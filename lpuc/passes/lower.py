@@ -249,15 +249,20 @@ class Lowering:
                                        b.dtype) for j in range(0, N, per)]
                 return self.pg.add("matmul", [a, *parts], out, self._node_name(), tb=tb, split=per // L)
             # split K: one product per group of K lane chunks (with its own weight tensors, so that the
-            # groups install from different slices), the partial sums added in group order
-            acc = None
+            # groups install from different slices), the partial sums added in group order -- after all
+            # the products: a sum emitted between them frees its operands' words for the later products'
+            # results, whose chains then wait for it (GPT-2 small width decode: the last of 5 groups waited
+            # ~250 cycles a layer for the sum of the first 4)
+            partials = []
             for c0, c1 in groups:
                 rows = b.const[c0 * L:c1 * L]
                 parts = [self.pg.const(f"{b.name}[{c0 * L}:{c1 * L}][{j}:]", rows[:, j:j + per], b.dtype)
                          for j in range(0, N, per)]
-                part = self.temp("f32", out_shape)
-                self.pg.add("matmul", [a, *parts], part, self._node_name(), tb=tb, split=per // L, kc=(c0, c1))
-                acc = part if acc is None else self.ewise("ADD", [acc, part])
+                partials.append(self.temp("f32", out_shape))
+                self.pg.add("matmul", [a, *parts], partials[-1], self._node_name(), tb=tb, split=per // L, kc=(c0, c1))
+            acc = partials[0]
+            for part in partials[1:]:
+                acc = self.ewise("ADD", [acc, part])
             return acc
         return self.pg.add("matmul", [a, b], out, self._node_name(), tb=tb)
 
