@@ -312,7 +312,7 @@ def verify(c: "Compiled | SystemCompiled", model_path: "str | Path | onnx.ModelP
         "bit_exact": bool(bit_exact),
         "roofline_cycles": c.roofline_cycles,
         "roofline": c.roofline_parts,
-        "mxm_unpadded": dict(c.roofline.unpadded) if chips == 1 else None,
+        "mxm_unpadded": dict(c.roofline.unpadded) if hasattr(c, "roofline") else None,
         "instructions": c.program.instruction_count,
         "sram_bytes": sram[0] if chips == 1 else list(sram[:chips]),
         "sram_capacity": c.chip.sram_bytes,

@@ -48,6 +48,7 @@ class Rules:
     few_rows: set[int] = field(default_factory=set)
     # their weight pieces: each IW's pieces go to one "install class" of slices (see ``_allocate``)
     classed: set[int] = field(default_factory=set)
+    many_rows: bool = False  # some product by constant weights has more rows than that
     vxm_tasks: dict[int, list] = field(default_factory=lambda: defaultdict(list))  # tensor id -> VXM tasks that touch it
     # tensor id -> vectors a block: a segment each, in slices apart from its other blocks (a chunk-major
     # KV cache, whose blocks attention reads at once)
@@ -343,6 +344,7 @@ def _allocate(tg: TaskGraph, chip: ChipConfig, received_first: bool,
     # every tensor that ever had a plane in the slice: a tensor should not even take over the freed
     # words of a near one (its producer may still be reading them while it is being stored)
     slice_hist: dict[str, set[int]] = defaultdict(set)
+    slice_live: dict[str, set[int]] = defaultdict(set)  # the tensors holding words of the slice now
     placed: dict[int, tuple[str, list[str], list[tuple[str, int]]]] = {}  # id -> (hemisphere, slices, spots)
     weight_words = {"W": 0, "E": 0}  # constant matrix weights placed per hemisphere
     act_words = {"W": 0, "E": 0}  # computed ones
@@ -363,6 +365,7 @@ def _allocate(tg: TaskGraph, chip: ChipConfig, received_first: bool,
     # (GPT-2 small width decode, with the ragged chunks transposed: 52,113 -> 48,973 cycles a token; the
     # classes taken from the VXM end first instead: 53,169, as the slices beside the activations' fill up)
     klass: dict[frozenset[int], set[str]] = {}  # an IW's pieces -> the slices of its class
+    decode = bool(rules.few_rows) and not rules.many_rows  # every product by constant weights a row or two
     next_class = {"W": 0, "E": 0}
     # placed tensors by the task after which their words are free (a heap: freeing is order-independent,
     # the free lists coalesce)
@@ -370,14 +373,15 @@ def _allocate(tg: TaskGraph, chip: ChipConfig, received_first: bool,
 
     def release(upto: int) -> None:
         while active and active[0][0] < upto:
-            _, _, spots = heapq.heappop(active)
+            _, tid, spots = heapq.heappop(active)
             for sname, bank, addr, n in spots:
                 free[(sname, bank)].give(addr, n)
                 slice_load[sname] -= 1
+                slice_live[sname].discard(tid)
 
     def choose(h: str, n: int, w: int, banned_slices: set[str], banned_spots: set[tuple[str, int]],
                avoid: set[int] = frozenset(), space: dict | None = None, load: dict | None = None,
-               spare: set[str] = frozenset(), prefer: set[str] = frozenset()) -> list | None:
+               spare: set[str] = frozenset(), prefer: set[str] = frozenset(), near_vxm: bool = False) -> list | None:
         """w slices of hemisphere h with n free words in an allowed region: fewest tensors of ``avoid``
         first, then least loaded -- except tiny tensors (lane maps: at most TINY words), which
         go to the most loaded slices, so that the many small constants one tensor is read with (a
@@ -399,6 +403,14 @@ def _allocate(tg: TaskGraph, chip: ChipConfig, received_first: bool,
                     else:
                         clash = len(avoid & slice_hist[s.name]) if avoid else 0
                         cost = clash * 64 + load[s.name] * 4 + len(choice) // 8 + SPARE_COST * ((s.name in spare) - (s.name in prefer))
+                        if near_vxm:
+                            # a decode step's tensors are a few vectors each, and every VXM op on them waits
+                            # for their flights to and from its slices: the distance decides, and a live
+                            # tensor near in the dataflow sharing the slice counts as one slice further
+                            # (GPT-2 small width decode: 47,478 -> 37,356 cycles a token; by distance alone
+                            # 39,003; with the usual cost above, whose history of near tensors and loads
+                            # drove a LayerNorm's statistics 40 slices out, 10-20% of each layer's path)
+                            cost = rank[s.name] + (len(avoid & slice_live[s.name]) if avoid else 0)
                     choice.append((cost, s.name, b, addr))
                     break
         choice.sort(key=lambda c: (c[0], rank[c[1]]))
@@ -489,7 +501,7 @@ def _allocate(tg: TaskGraph, chip: ChipConfig, received_first: bool,
                                   banned_spots, near.get(i, set()))
                 if pick is None:
                     pick = choose(h, segs[0][1] - segs[0][0], w, banned_slices, banned_spots, near.get(i, set()),
-                                  spare=spare, prefer=prefer)
+                                  spare=spare, prefer=prefer, near_vxm=decode and t.const is None)
                 if pick is None:
                     continue
                 cost = 0 if i in weights else sum(c[0] for c in pick)  # weights: the order above decides
@@ -559,6 +571,7 @@ def _allocate(tg: TaskGraph, chip: ChipConfig, received_first: bool,
                 occupants[(sname, b)] = keep
                 slice_load[sname] += 1
                 slice_hist[sname].add(t.id)
+                slice_live[sname].add(t.id)
                 spots.append((sname, b, addr, n))
                 planes.append((sname, addr))
             t.segments.append((v0, v1, planes))
