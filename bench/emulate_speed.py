@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import models as M  # noqa: E402  (bench/models.py)
 
 OUT = ROOT / "bench" / "emulate_speed.md"
+NOTES = "\n<!-- notes: kept when the bench rewrites the table -->\n"
 
 CHILD_EMULATE = r"""
 import hashlib, json, sys, time
@@ -208,7 +209,9 @@ def main() -> None:
     d, cyc, hz = next(iter(facts))
     lines += ["", (f"Every emulation gave the same outputs (sha-256 {d}...), {cyc:,} cycles and {hz} hazards."
                    if same else f"**Emulations differ**: {sorted(facts)}"), ""]
-    args.out.write_text("\n".join(lines))
+    # hand-written notes below the marker (profiles, what stands in the way) survive a new measurement
+    kept = args.out.read_text().split(NOTES, 1) if args.out.exists() else []
+    args.out.write_text("\n".join(lines) + (NOTES + kept[1] if len(kept) == 2 else ""))
     print("\n".join(lines))
     if not same:
         raise SystemExit(1)

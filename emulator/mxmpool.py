@@ -96,6 +96,23 @@ def default_workers() -> int:
     return max(1, min(4, cpus - 1))
 
 
+_BLAS: list = []  # the process's one ThreadpoolController, once made (None: no threadpoolctl)
+
+
+def _blas_controller() -> Any:
+    """threadpoolctl's view of the BLAS libraries the process has loaded (numpy's OpenBLAS), made once:
+    making one leaves reference cycles behind (its ctypes handles), which a per-run controller would
+    add to every emulator run."""
+    if not _BLAS:
+        try:
+            from threadpoolctl import ThreadpoolController
+
+            _BLAS.append(ThreadpoolController())
+        except ImportError:  # (only the speed depends on it)
+            _BLAS.append(None)
+    return _BLAS[0]
+
+
 _inside = threading.local()  # .task: the thread is running a pass (it must not take later ones)
 
 
@@ -120,12 +137,9 @@ class PassPool:
     def start(self) -> None:
         if self._threads:
             return
-        try:
-            from threadpoolctl import threadpool_limits
-
-            self._stack.enter_context(threadpool_limits(1, user_api="blas"))
-        except ImportError:  # (only the speed depends on it)
-            pass
+        blas = _blas_controller()
+        if blas is not None:
+            self._stack.enter_context(blas.limit(limits=1, user_api="blas"))
         self._closing = False
         for k in range(self.workers):
             t = threading.Thread(target=self._work, name=f"lpu-mxm-{k}", daemon=True)
