@@ -119,6 +119,9 @@ class EvaluatePhase(EmulatorState):
             raise
         finally:
             self.mxm.close()
+        for op in self.ops:  # results nobody read: arrays, as without workers (``RunResult.ops``)
+            if isinstance(op.store, Pending):
+                op.store = op.store.result()
         if show and order:
             _progress(len(order), len(order), time.perf_counter() - t0, final=True)
         if self.strict and self.hazards:

@@ -31,6 +31,7 @@ def _run(prog: Program, threads: int, monkeypatch: pytest.MonkeyPatch) -> tuple:
     em = Emulator(prog, strict=False)
     r = em.run(random_inputs(prog, 0), progress=False)
     again = em.run(random_inputs(prog, 1), progress=False)  # an emulator runs again (a new pool)
+    assert not any(isinstance(op.store, Pending) for op in again.ops)  # (every result is an array again)
     bits = [np.ascontiguousarray(res.outputs[k]).tobytes() for res in (r, again) for k in sorted(res.outputs)]
     return bits, r.cycles, [str(h) for h in r.hazards], sorted(r.resident)
 
