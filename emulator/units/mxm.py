@@ -60,7 +60,14 @@ def matmul(em, op):
         # +0 product there would turn a sum of -0 products into +0)
         x, w = x[:, :o["k"]], w[:o["k"]]
     if dt.name not in semantics.ACC_DTYPE or x.dtype not in exactdot.SUPPORTED_DTYPES:
-        op.store = _pass(x, w, None, dt)  # (raises what ``exactdot`` says about the operands, here)
+        y = semantics.matmul(x, w)  # (raises what ``exactdot`` says about the operands, here)
+        if o["mode"]:
+            prev = em.read_rows(op.acc, dtype=y.dtype)
+            if prev.dtype != y.dtype:
+                em.hazard(op, "operand", op.inst.issue, f"accumulator rows hold {_name(prev)}, this MATMUL adds "
+                                                        f"{y.dtype}")
+            y = _pass_acc(prev, y)
+        op.store = y
         return
     ydt = semantics.ACC_DTYPE[dt.name].np
     prev = None
@@ -69,20 +76,24 @@ def matmul(em, op):
         if pdt != ydt:
             em.hazard(op, "operand", op.inst.issue, f"accumulator rows hold {from_numpy(pdt)}, this MATMUL adds {ydt}")
         prev = (op.acc.n, em.row_parts(op.acc), em.lanes)
-    op.store = em.mxm.submit(ydt, _pass, x, w, prev, dt)
+    op.store = em.mxm.submit(ydt, _pass, x, w, prev)
 
 
-def _pass(x: np.ndarray, w: np.ndarray, prev: tuple | None, dt) -> np.ndarray:
+def _pass(x: np.ndarray, w: np.ndarray, prev: tuple | None) -> np.ndarray:
     """The MXM pass (a pure function of its arguments: it may run on a worker thread). ``prev``: the
-    accumulator rows to add to, as (rows, parts, lanes) for ``assemble_rows``; a different type of
-    the same width is taken bit for bit, another width as zeros (the caller reported the hazard)."""
+    accumulator rows to add to, as (rows, parts, lanes) for ``assemble_rows`` (``_pass_acc``)."""
     y = semantics.matmul(x, w)
     if prev is not None:
-        p = assemble_rows(prev[0], prev[1], y.dtype, prev[2])
-        if p.dtype != y.dtype:
-            p = p.view(y.dtype) if p.dtype.itemsize == y.dtype.itemsize else np.zeros_like(y)
-        y = semantics.accumulate(p, y)
+        y = _pass_acc(assemble_rows(prev[0], prev[1], y.dtype, prev[2]), y)
     return y
+
+
+def _pass_acc(p: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """y added to the accumulator rows p: rows of another type of y's width bit for bit, of another
+    width as zeros (the caller reported the hazard)."""
+    if p.dtype != y.dtype:
+        p = p.view(y.dtype) if p.dtype.itemsize == y.dtype.itemsize else np.zeros_like(y)
+    return semantics.accumulate(p, y)
 
 
 @handles("ACCR")
