@@ -200,6 +200,10 @@ class PassPool:
                     task.get()
         finally:
             with self._cv:
+                for task in self._queue:  # (dropped: asking for one raises, it never hangs)
+                    task.error = RuntimeError("an MXM pass dropped when its run stopped early")
+                    task.fn = task.args = None  # type: ignore[assignment]
+                    task.done.set()
                 self._queue.clear()
                 self._closing = True
                 self._cv.notify_all()

@@ -77,3 +77,25 @@ def test_an_error_in_a_pass_is_raised_where_its_result_is_asked_for():
             pool.close()
     assert not pool.active
     assert pool.submit(np.dtype(np.int32), lambda: np.zeros(2, np.int32)).dtype == np.int32  # now inline
+
+
+
+def test_passes_dropped_by_a_stopped_run_raise_instead_of_hanging():
+    """A run stopped by an error drops the passes no worker has taken: asking for one raises."""
+    import threading
+    import time
+
+    gate = threading.Event()
+    pool = PassPool(workers=1)
+    pool.start()
+    first = pool.submit(np.dtype(np.float32), lambda: (gate.wait(10), np.ones(1, np.float32))[1])
+    later = [pool.submit(np.dtype(np.float32), lambda: np.zeros(1, np.float32)) for _ in range(3)]
+    deadline = time.monotonic() + 10
+    while len(pool._queue) != 3 and time.monotonic() < deadline:  # (until the worker holds the first)
+        time.sleep(0.001)
+    threading.Timer(0.1, gate.set).start()
+    pool.close(wait=False)
+    assert first.result().tolist() == [1]
+    for p in later:
+        with pytest.raises(RuntimeError, match="dropped"):
+            p.result()
