@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from emulator.errors import EmulatorLimit, Hazard, HazardError, InputError
+from emulator.mxmpool import PassPool, Pending, resolve
 from emulator.ops import Op, RunResult, Segment, StoredRows, no_cyclic_gc, same_rows
 from emulator.state import EmulatorState
 from emulator.storage import _UINT, EventStore, Origin, byte_plane, compose_rows
@@ -101,13 +102,26 @@ class EvaluatePhase(EmulatorState):
         t0 = time.perf_counter()
         last = t0
         state = self._state
-        for i, op in enumerate(order):
-            if state[op.id] == 0:  # in dependency order everything op reads is done: run it directly
-                state[op.id] = 1
-                self._execute(op)
-            if show and time.perf_counter() - last > 0.2:
-                last = time.perf_counter()
-                _progress(i + 1, len(order), last - t0)
+        # MXM passes go to worker threads while this loop goes on (``emulator.mxmpool``)
+        self.mxm = PassPool()
+        self.mxm.start()
+        try:
+            for i, op in enumerate(order):
+                if state[op.id] == 0:  # in dependency order everything op reads is done: run it directly
+                    state[op.id] = 1
+                    self._execute(op)
+                if show and time.perf_counter() - last > 0.2:
+                    last = time.perf_counter()
+                    _progress(i + 1, len(order), last - t0)
+        except BaseException:
+            self.mxm.workers = 0  # (the error above is the one to report; the passes are abandoned)
+            self.mxm.close(wait=False)
+            raise
+        finally:
+            self.mxm.close()
+        for op in self.ops:  # results nobody read: arrays, as without workers (``RunResult.ops``)
+            if isinstance(op.store, Pending):
+                op.store = op.store.result()
         if show and order:
             _progress(len(order), len(order), time.perf_counter() - t0, final=True)
         if self.strict and self.hazards:
@@ -305,19 +319,22 @@ class EvaluatePhase(EmulatorState):
     def read_rows(self, rows: StoredRows, dtype: np.dtype | None = None) -> np.ndarray:
         """The rows a resolved storage read sees, in read order; zeros for rows never written (typed
         like the first source's store, else ``dtype``)."""
-        segs = rows.segments
-        if len(segs) == 1 and segs[0][1] == slice(0, rows.n):  # one source: a view or one gather
-            st = self.sources[segs[0][0]].store
-            assert st is not None
-            return st[segs[0][2]]
-        if not segs:
-            return np.zeros((rows.n, self.lanes), dtype=dtype or np.uint8)
-        first = self.sources[min(s for s, _, _ in segs)].store  # the lowest source id sets the type
-        assert first is not None
-        out = np.zeros((rows.n,) + first.shape[1:], dtype=first.dtype)
-        for s, dst, src in segs:
-            out[dst] = self.sources[s].store[src]  # type: ignore[index]
-        return out
+        return assemble_rows(rows.n, self.row_parts(rows), dtype, self.lanes)
+
+    def row_parts(self, rows: StoredRows) -> RowParts:
+        """The stores (arrays, or ``Pending`` results of MXM passes) a resolved storage read copies
+        from, per segment, lowest source id first: taken now, so that a worker may assemble the rows
+        later (``assemble_rows``) even after the sources' stores are released."""
+        segs = sorted(rows.segments, key=lambda seg: seg[0])  # (stable: same-source pieces keep their order)
+        return [(self.sources[s].store, dst, src) for s, dst, src in segs]
+
+    def rows_dtype(self, rows: StoredRows, dtype: np.dtype) -> np.dtype:
+        """The dtype ``read_rows(rows, dtype)`` returns, known before any MXM pass behind it is done."""
+        if not rows.segments:
+            return np.dtype(dtype)
+        st = self.sources[min(s for s, _, _ in rows.segments)].store
+        assert st is not None
+        return st.dtype
 
     def _plane(self, fl: Flight, src: slice | np.ndarray) -> np.ndarray:
         """Rows ``src`` of byte plane ``fl.plane`` of the result a flight carries, as a new contiguous
@@ -445,6 +462,27 @@ class EvaluatePhase(EmulatorState):
         if dt.width == 1:
             return self._plane(fl, src).view(dt.np)
         return None
+
+
+RowParts = list[tuple["np.ndarray | Pending | None", "slice | np.ndarray", "slice | np.ndarray"]]
+
+
+def assemble_rows(n: int, parts: RowParts, dtype: np.dtype | None, lanes: int) -> np.ndarray:
+    """Rows ``n`` of a storage read from its parts (``EvaluatePhase.row_parts``): rows ``dst`` are
+    rows ``src`` of each part's store. Zeros where no part writes, typed like the first part's store
+    (the lowest source id), else ``dtype``. One part covering every row is a view of its store."""
+    if len(parts) == 1 and parts[0][1] == slice(0, n):  # one source: a view or one gather
+        st = resolve(parts[0][0])
+        assert st is not None
+        return st[parts[0][2]]
+    if not parts:
+        return np.zeros((n, lanes), dtype=dtype or np.uint8)
+    first = resolve(parts[0][0])
+    assert first is not None
+    out = np.zeros((n,) + first.shape[1:], dtype=first.dtype)
+    for st, dst, src in parts:
+        out[dst] = resolve(st)[src]  # type: ignore[index]
+    return out
 
 
 def _progress(done: int, total: int, secs: float, final: bool = False) -> None:

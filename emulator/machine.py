@@ -35,6 +35,7 @@ import numpy as np
 from emulator.errors import Hazard
 from emulator.evaluate import EvaluatePhase, chip_to_host, host_to_chip
 from emulator.links import LinkPhase
+from emulator.mxmpool import PassPool
 from emulator.ops import Op, RunResult, Segment, Source, StoredRows, no_cyclic_gc
 from emulator.report import ReportPhase
 from emulator.resolve import ResolvePhase
@@ -82,6 +83,7 @@ class Emulator(SetupPhase, ResolvePhase, LinkPhase, EvaluatePhase, ReportPhase):
             self._resolve_reads()
             self._check_links_and_barriers()
         self.hazards.sort(key=lambda h: (h.cycle, h.chip, h.slice, h.index))
+        self.mxm = PassPool(workers=0)  # MXM passes on this thread until a run starts its workers
         # resident tensors before the first run: their data, zeros without (``EvaluatePhase._place_resident``)
         self.resident: dict[str, np.ndarray] = {
             t.name: t.const_array() if t.data is not None else np.zeros(t.shape, t.dt.np)

@@ -26,17 +26,25 @@ class SetupPhase(EmulatorState):
     def _build_ops(self) -> None:
         chip = self.chip
         shapes: dict[int, Shape] = {}  # by id of the shared relative timing (each shape keeps it alive)
+        # instructions with equal operands (a program repeats most words: only the issue cycle differs)
+        # share their relative timing, shift and shape: looked up once per distinct operands
+        timed: dict[tuple, tuple[Shape, tuple[int, ...]]] = {}
         for (c, sname), q in sorted(self.prog.queues.items(), key=lambda kv: (kv[0][0], chip.slice(kv[0][1]).index)):
             sl = chip.slice(sname)
             for k, inst in enumerate(q):
-                try:
-                    rel, shift = relative_timing(inst.spec, inst.ops, chip)
-                except TimingError as e:
-                    raise ProgramError(f"chip {c} {sname} instruction {k} "
-                                       f"({format_instruction(inst, self.prog.nodes)}): {e}") from None
-                shape = shapes.get(id(rel))
-                if shape is None:
-                    shape = shapes[id(rel)] = Shape.of(rel)
+                key = (inst.spec.mnemonic, *inst.ops.items())
+                got = timed.get(key)
+                if got is None:
+                    try:
+                        rel, shift = relative_timing(inst.spec, inst.ops, chip)
+                    except TimingError as e:
+                        raise ProgramError(f"chip {c} {sname} instruction {k} "
+                                           f"({format_instruction(inst, self.prog.nodes)}): {e}") from None
+                    shape = shapes.get(id(rel))
+                    if shape is None:
+                        shape = shapes[id(rel)] = Shape.of(rel)
+                    got = timed[key] = (shape, shift)
+                shape, shift = got
                 end = 0 if shape.last is None else max(0, shape.last + inst.issue)
                 op = Op(id=len(self.sources), chip=c, slice=sl, qidx=k, inst=inst, shape=shape, shift=shift, end=end)
                 self.sources.append(op)

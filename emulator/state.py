@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from emulator.errors import Hazard
+from emulator.mxmpool import PassPool
 from emulator.ops import Op, Source
 from emulator.storage import EventStore
 from emulator.streams import StreamIndex
@@ -40,6 +41,7 @@ class EmulatorState:
     mem_writes: dict[tuple[int, str], list[tuple[np.ndarray, np.ndarray, Op]]]
     scatters: dict[tuple[int, str], list[Op]]  # (chip, MEM slice) -> its SCATTERs
     _handlers: dict[str, Handler]
+    mxm: PassPool  # where MXM passes run (``emulator.mxmpool``)
     _state: list[int]
     _pending: list[int]
     _expect_all: dict[Any, Any]

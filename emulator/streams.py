@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 
-@dataclass
+@dataclass(slots=True)
 class Flight:
     op: int  # index of the writing instruction
     field: str  # its write field

@@ -54,14 +54,16 @@ later run, what they held when the previous run ended. The host neither loads no
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import math
 import struct
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -79,6 +81,23 @@ RECORD = struct.Struct("<Ii16s")
 
 class ProgramError(ValueError):
     """A program file or program object that is malformed; the message says what and where."""
+
+
+@contextmanager
+def _no_cyclic_gc() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while a program is decoded: the header and the records
+    make hundreds of thousands of objects that live as long as the program, and the collector would
+    walk them again and again (a third of the decode time of a 34k-instruction program) to find no
+    cycle. Afterwards they go straight to the oldest generation (as ``emulator.ops.no_cyclic_gc``)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.freeze()
+            gc.unfreeze()
+            gc.enable()
 
 
 class _Checksum:
@@ -164,12 +183,20 @@ class TensorDesc(VectorLayout):
     chip: int
     planes: list[tuple[str, int]]  # (MEM slice name, base address) for each byte plane
     host_dtype: str = ""  # numpy dtype the host uses (e.g. int64, bool); "" = same as dtype
-    data: bytes | None = None  # constants (and resident tensors' first contents): row-major values in the chip dtype
+    # constants (and resident tensors' first contents): row-major values in the chip dtype; a decoded
+    # program's are read-only views of the file's bytes (``from_bytes``), pickled as bytes
+    data: "bytes | memoryview | None" = None
     # a tensor larger than a bank lies in segments: rows from `row` on live in these planes instead
     more: list[tuple[int, list[tuple[str, int]]]] = field(default_factory=list)
     # an output computed in blocks on several chips: (axis, start) of this chip's block, which the host
     # puts at index start along axis of the whole (``Program.join_outputs``)
     block: tuple[int, int] | None = None
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        if isinstance(state.get("data"), memoryview):
+            state["data"] = bytes(state["data"])  # (a memoryview cannot be pickled)
+        return state
 
     def placements(self, lanes: int) -> list[tuple[int, int, list[tuple[str, int]]]]:
         """(first vector, end vector, planes) of every segment; vector v of a segment lies at
@@ -417,11 +444,13 @@ class Program:
         checksum = _Checksum(data)
         try:
             try:
-                header = json.loads(data[16:16 + hlen].decode())
+                with _no_cyclic_gc():
+                    header = json.loads(data[16:16 + hlen].decode())
             except (UnicodeDecodeError, json.JSONDecodeError) as e:
                 raise ProgramError(f"{origin}: unreadable header ({e})") from None
             try:
-                prog = Program._from_header(header, data, 16 + hlen, len(data) - 32, origin, chips)
+                with _no_cyclic_gc():
+                    prog = Program._from_header(header, data, 16 + hlen, len(data) - 32, origin, chips)
             except (KeyError, TypeError, ValueError) as e:
                 if isinstance(e, ProgramError):
                     raise
@@ -464,7 +493,10 @@ class Program:
                         raise ProgramError(f"{origin}: chip {qd['chip']} {qd['slice']} instruction {k}: {e}") from None
                 q.append(Inst(issue, known[0], dict(known[1]), node))  # own operands: callers may edit them
         spans: list[tuple[int, int] | None] = []  # per tensor: where its data lies in the body
-        blobs: dict[int, bytes] = {}  # data read so far, by start in the body (one bytes object per span)
+        # data read so far, by start in the body (one object per span): views of ``data`` when it cannot
+        # change (bytes), which saves copying the constants (most of a program file)
+        blobs: dict[int, bytes | memoryview] = {}
+        whole = memoryview(data) if isinstance(data, bytes) and chips is None else None  # (a part: copy its own)
         for td in header["tensors"]:
             span = None
             if "data_len" in td:
@@ -485,7 +517,8 @@ class Program:
             if span is not None:
                 blob = blobs.get(span[0])
                 if blob is None:
-                    blob = blobs[span[0]] = bytes(data[span[0]:span[0] + span[1]])
+                    blob = blobs[span[0]] = (whole[span[0]:span[0] + span[1]] if whole is not None
+                                             else bytes(data[span[0]:span[0] + span[1]]))
             prog.tensors.append(TensorDesc(
                 name=str(td["name"]), role=str(td["role"]), dtype=str(td["dtype"]),
                 shape=tuple(int(x) for x in td["shape"]), chip=int(td["chip"]),

@@ -5,7 +5,7 @@ Each case compiles in a fresh process (``SCRIPT``) and prints the SHA-256 of the
 the emulated outputs; the processes differ in OpenBLAS/OpenMP/MKL thread counts, in the OpenBLAS kernel
 (``OPENBLAS_CORETYPE`` picks another CPU's kernels in a DYNAMIC_ARCH build, as numpy's wheels are: on this
 machine SkylakeX's by default, the generic x86-64 ones, which run anywhere, with Prescott) and in
-``PYTHONHASHSEED``. Within a process the case is compiled and run twice. The slow test runs the same
+``PYTHONHASHSEED``, and in the emulator's MXM worker threads (``LPUC_EMU_THREADS``: none, or three). Within a process the case is compiled and run twice. The slow test runs the same
 script under numpy 1.26 (a venv built once with pip, ``numpy1_python``)."""
 
 from __future__ import annotations
@@ -53,10 +53,10 @@ CASES = ("bert_tiny lpu-v1 fp16", "mlp_tiny 2 tiny chips tp")
 #: process environments: BLAS threads, the OpenBLAS kernel and the string hash seed all differ
 ENVIRONMENTS = {
     "1 thread, hash seed 0": {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-                              "PYTHONHASHSEED": "0"},
+                              "PYTHONHASHSEED": "0", "LPUC_EMU_THREADS": "0"},
     "2 threads, Prescott kernels, hash seed 4711": {"OPENBLAS_NUM_THREADS": "2", "OMP_NUM_THREADS": "2",
                                                     "MKL_NUM_THREADS": "2", "OPENBLAS_CORETYPE": "Prescott",
-                                                    "PYTHONHASHSEED": "4711"},
+                                                    "PYTHONHASHSEED": "4711", "LPUC_EMU_THREADS": "3"},
 }
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 from emulator.units import handles
-from isa import semantics
-from isa.dtypes import BY_CODE, DTYPES
+from emulator.evaluate import assemble_rows
+from emulator.mxmpool import resolve
+from isa import exactdot, semantics
+from isa.dtypes import BY_CODE, DTYPES, from_numpy
 
 
 @handles("IW")
@@ -41,11 +43,14 @@ def install(em, op):
 
 @handles("MATMUL")
 def matmul(em, op):
-    """acc[acc+j] = (mode ? acc[acc+j] : 0) + round_f32(exact x_j[:k] . W[buf][:k])."""
+    """acc[acc+j] = (mode ? acc[acc+j] : 0) + round_f32(exact x_j[:k] . W[buf][:k]).
+
+    The operands and every hazard are settled here; the pass itself may run on a worker thread
+    (``emulator.mxmpool``), which leaves ``op.store`` pending until a reader needs the rows."""
     o = op.inst.ops
     dt = BY_CODE[o["dt"]]
     x = em.stream_in(op, "s")
-    w = em.sources[op.weights].store if op.weights >= 0 else np.zeros((em.lanes, em.lanes), dt.np)
+    w = resolve(em.sources[op.weights].store) if op.weights >= 0 else np.zeros((em.lanes, em.lanes), dt.np)
     if w.dtype != dt.np:
         em.hazard(op, "operand", op.inst.issue, f"buffer {o['buf']} holds {_name(w)} weights, MATMUL.{dt.name} "
                                                 f"needs {dt.name}")
@@ -54,20 +59,47 @@ def matmul(em, op):
         # the sum runs over i < k only: lanes from k on take no part (padding may hold anything, and a
         # +0 product there would turn a sum of -0 products into +0)
         x, w = x[:, :o["k"]], w[:o["k"]]
-    y = semantics.matmul(x, w)
+    if dt.name not in semantics.ACC_DTYPE or x.dtype not in exactdot.SUPPORTED_DTYPES:
+        y = semantics.matmul(x, w)  # (raises what ``exactdot`` says about the operands, here)
+        if o["mode"]:
+            prev = em.read_rows(op.acc, dtype=y.dtype)
+            if prev.dtype != y.dtype:
+                em.hazard(op, "operand", op.inst.issue, f"accumulator rows hold {_name(prev)}, this MATMUL adds "
+                                                        f"{y.dtype}")
+            y = _pass_acc(prev, y)
+        op.store = y
+        return
+    ydt = semantics.ACC_DTYPE[dt.name].np
+    prev = None
     if o["mode"]:
-        prev = em.read_rows(op.acc, dtype=y.dtype)
-        if prev.dtype != y.dtype:
-            em.hazard(op, "operand", op.inst.issue, f"accumulator rows hold {_name(prev)}, this MATMUL adds {y.dtype}")
-            prev = prev.view(y.dtype) if prev.dtype.itemsize == y.dtype.itemsize else np.zeros_like(y)
-        y = semantics.accumulate(prev, y)
-    op.store = y
+        pdt = em.rows_dtype(op.acc, ydt)
+        if pdt != ydt:
+            em.hazard(op, "operand", op.inst.issue, f"accumulator rows hold {from_numpy(pdt)}, this MATMUL adds {ydt}")
+        prev = (op.acc.n, em.row_parts(op.acc), em.lanes)
+    op.store = em.mxm.submit(ydt, _pass, x, w, prev)
+
+
+def _pass(x: np.ndarray, w: np.ndarray, prev: tuple | None) -> np.ndarray:
+    """The MXM pass (a pure function of its arguments: it may run on a worker thread). ``prev``: the
+    accumulator rows to add to, as (rows, parts, lanes) for ``assemble_rows`` (``_pass_acc``)."""
+    y = semantics.matmul(x, w)
+    if prev is not None:
+        y = _pass_acc(assemble_rows(prev[0], prev[1], y.dtype, prev[2]), y)
+    return y
+
+
+def _pass_acc(p: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """y added to the accumulator rows p: rows of another type of y's width bit for bit, of another
+    width as zeros (the caller reported the hazard)."""
+    if p.dtype != y.dtype:
+        p = p.view(y.dtype) if p.dtype.itemsize == y.dtype.itemsize else np.zeros_like(y)
+    return semantics.accumulate(p, y)
 
 
 @handles("ACCR")
 def accr(em, op):
     """d[j] = convert(acc[acc+j]) to `to`."""
-    rows = em.read_rows(op.acc, dtype=np.float32)
+    rows = em.read_rows(op.acc, dtype=np.float32)  # (waits for the MXM passes behind it)
     src = DTYPES["i32"] if rows.dtype == np.int32 else DTYPES["f32"]
     return {"d": semantics.convert(rows, src, BY_CODE[op.inst.ops["to"]])}
 
