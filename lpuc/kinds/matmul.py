@@ -65,8 +65,8 @@ class ChainTask(TaskKind):
             if few and len(ws) > 1 and all(a.tensor.const is not None for a in ws):
                 rules.few_rows.add(st["x"].tensor.id)
                 rules.classed |= {a.tensor.id for a in ws}
-            if not few and all(a.tensor.const is not None for a in ws):
-                rules.many_rows = True
+            if all(a.tensor.const is not None for a in ws):
+                rules.const_rows.add(few)
             for a in ws:
                 rules.weights[a.tensor.id] = rules.tensors[a.tensor.id].vectors(rules.L)
             if len(ws) > 1:  # the groups of one IW flow to the plane together: one hemisphere

@@ -48,7 +48,7 @@ class Rules:
     few_rows: set[int] = field(default_factory=set)
     # their weight pieces: each IW's pieces go to one "install class" of slices (see ``_allocate``)
     classed: set[int] = field(default_factory=set)
-    many_rows: bool = False  # some product by constant weights has more rows than that
+    const_rows: set[bool] = field(default_factory=set)  # of the products by constant weights: few rows?
     vxm_tasks: dict[int, list] = field(default_factory=lambda: defaultdict(list))  # tensor id -> VXM tasks that touch it
     # tensor id -> vectors a block: a segment each, in slices apart from its other blocks (a chunk-major
     # KV cache, whose blocks attention reads at once)
@@ -365,7 +365,7 @@ def _allocate(tg: TaskGraph, chip: ChipConfig, received_first: bool,
     # (GPT-2 small width decode, with the ragged chunks transposed: 52,113 -> 48,973 cycles a token; the
     # classes taken from the VXM end first instead: 53,169, as the slices beside the activations' fill up)
     klass: dict[frozenset[int], set[str]] = {}  # an IW's pieces -> the slices of its class
-    decode = bool(rules.few_rows) and not rules.many_rows  # every product by constant weights a row or two
+    decode = rules.const_rows == {True}  # every product by constant weights a row or two: a decode step
     next_class = {"W": 0, "E": 0}
     # placed tensors by the task after which their words are free (a heap: freeing is order-independent,
     # the free lists coalesce)
