@@ -13,12 +13,12 @@ import numpy as np
 
 from emulator.errors import EmulatorLimit, Hazard, HazardError, InputError
 from emulator.mxmpool import PassPool, Pending, resolve
-from emulator.ops import Op, RunResult, Segment, StoredRows, no_cyclic_gc, same_rows
+from emulator.ops import Op, RunResult, Segment, StoredRows, same_rows
 from emulator.state import EmulatorState
 from emulator.storage import _UINT, EventStore, Origin, byte_plane, compose_rows
 from emulator.streams import Flight
 from isa.dtypes import DType, from_planes, to_planes
-from isa.program import TensorDesc
+from isa.program import TensorDesc, no_cyclic_gc
 
 _LITTLE = sys.byteorder == "little"
 

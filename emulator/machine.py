@@ -36,13 +36,13 @@ from emulator.errors import Hazard
 from emulator.evaluate import EvaluatePhase, chip_to_host, host_to_chip
 from emulator.links import LinkPhase
 from emulator.mxmpool import PassPool
-from emulator.ops import Op, RunResult, Segment, Source, StoredRows, no_cyclic_gc
+from emulator.ops import Op, RunResult, Segment, Source, StoredRows
 from emulator.report import ReportPhase
 from emulator.resolve import ResolvePhase
 from emulator.setup import SetupPhase
 from emulator.storage import EventStore
 from emulator.streams import StreamIndex
-from isa.program import Program
+from isa.program import Program, no_cyclic_gc
 
 __all__ = ["Emulator", "RunResult", "Op", "Source", "Segment", "StoredRows", "host_to_chip", "chip_to_host"]
 

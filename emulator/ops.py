@@ -4,7 +4,6 @@ results, and the row-index helpers every phase uses (a row set as a slice when c
 
 from __future__ import annotations
 
-import gc
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -178,25 +177,6 @@ def environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-
-
-@contextmanager
-def no_cyclic_gc() -> Iterator[None]:
-    """Pause Python's cyclic garbage collector. Set-up and run create tens of thousands of objects that
-    live as long as the emulator (ops, accesses, segments); the collector would walk all of them again
-    and again (about a third of the set-up time) and finds no cycles among them. Reference counting
-    still frees everything else at once. Afterwards the new objects go straight to the oldest
-    generation (freeze + unfreeze moves them there without walking them), where the next full
-    collection looks at them, as it would have anyway."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.freeze()
-            gc.unfreeze()
-            gc.enable()
 
 
 def as_rows(a: np.ndarray) -> slice | np.ndarray:

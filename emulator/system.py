@@ -38,10 +38,10 @@ import numpy as np
 from emulator.errors import EmulatorLimit, Hazard, HazardError, InputError
 from emulator.links import LinkPlan, SendKey, plan_links
 from emulator.machine import Emulator
-from emulator.ops import Op, RunResult, Source, environment, no_cyclic_gc
+from emulator.ops import Op, RunResult, Source, environment
 from emulator.report import ReportPhase, run_figures
 from isa.asm import format_instruction
-from isa.program import Program
+from isa.program import Program, no_cyclic_gc
 from isa.timing import union_length, utilization
 
 

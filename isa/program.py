@@ -84,11 +84,14 @@ class ProgramError(ValueError):
 
 
 @contextmanager
-def _no_cyclic_gc() -> Iterator[None]:
-    """Pause Python's cyclic garbage collector while a program is decoded: the header and the records
-    make hundreds of thousands of objects that live as long as the program, and the collector would
-    walk them again and again (a third of the decode time of a 34k-instruction program) to find no
-    cycle. Afterwards they go straight to the oldest generation (as ``emulator.ops.no_cyclic_gc``)."""
+def no_cyclic_gc() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector. Decoding a program (its header and records), and the
+    emulator's set-up and run, create hundreds of thousands of objects that live as long as the program
+    or the emulator; the collector would walk them again and again (a third of the decode or set-up
+    time of a 34k-instruction program) and finds no cycles among them. Reference counting still frees
+    everything else at once. Afterwards the new objects go straight to the oldest generation (freeze +
+    unfreeze moves them there without walking them), where the next full collection looks at them, as
+    it would have anyway."""
     was = gc.isenabled()
     gc.disable()
     try:
@@ -444,12 +447,12 @@ class Program:
         checksum = _Checksum(data)
         try:
             try:
-                with _no_cyclic_gc():
+                with no_cyclic_gc():
                     header = json.loads(data[16:16 + hlen].decode())
             except (UnicodeDecodeError, json.JSONDecodeError) as e:
                 raise ProgramError(f"{origin}: unreadable header ({e})") from None
             try:
-                with _no_cyclic_gc():
+                with no_cyclic_gc():
                     prog = Program._from_header(header, data, 16 + hlen, len(data) - 32, origin, chips)
             except (KeyError, TypeError, ValueError) as e:
                 if isinstance(e, ProgramError):

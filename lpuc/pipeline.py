@@ -22,10 +22,9 @@ from typing import Any, Callable, TextIO
 
 import onnx
 
-from emulator.ops import no_cyclic_gc
 from isa.asm import disassemble
 from isa.config import ChipConfig, SystemConfig
-from isa.program import Program
+from isa.program import Program, no_cyclic_gc
 from lpuc.errors import CapacityError, CompileError, StreamsError
 from lpuc.ir import Graph
 from lpuc.passes.allocate import Allocation, allocate, check_weights_fit, overload_first
