@@ -188,3 +188,21 @@ def test_cli_text_prompt_on_a_kv_export(tmp_path):
     ids = json.loads(lpuc("generate", *common, "--prompt-ids", "5,17,42").stdout)
     assert text["mode"] == "kv-cache" and text["tokens"] == ids["tokens"] and text["identical_to_onnxruntime"]
     assert text["text"] == " ".join(f"w{t}" for t in ids["tokens"])
+
+
+def test_a_decode_steps_tensors_lie_near_the_vxm():
+    """Every product of the decode program multiplies one row, so its tensors are a few vectors each and
+    every VXM op on them waits for their flights: the allocator keeps them in the free slices nearest
+    the VXM (on average within 8 slices; 4.4 for this export), while the prefill program's tensors
+    spread over the hemispheres as usual (21.6)."""
+    chip = load_chip("lpu-v1")
+    steps = compile_steps(KV / "gpt2_kv_dynamo.onnx", chip, "fp32", 48, 4)
+    vxm = chip.slice("VXM0").position
+
+    def mean_distance(c) -> float:
+        d = [abs(chip.slice(s).position - vxm) for t in c.tasks.tasks for a in t.reads + t.writes
+             if a.tensor.const is None and a.tensor.role != "resident" for s, _ in a.tensor.planes]
+        return float(np.mean(d))
+
+    near, usual = mean_distance(steps.decode), mean_distance(steps.prefill)
+    assert near <= 8 and near < usual / 2, (near, usual)
