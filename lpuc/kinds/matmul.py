@@ -17,7 +17,7 @@ from isa.instructions import BY_MNEMONIC
 from isa.timing import instruction_timing
 from lpuc.kinds.base import PrimKind, TaskKind, register_prim_kind, register_task_kind
 from lpuc.passes import tile as tiling
-from lpuc.passes.install import FEW_ROWS_CYCLES, deinterleave
+from lpuc.passes.install import deinterleave, few_rows
 from lpuc.prim import Prim, Tensor
 from lpuc.tasks import Access, Task
 from lpuc.templates import Builder, Template, region_rows
@@ -59,7 +59,7 @@ class ChainTask(TaskKind):
             st["ws"] = [new.get(id(a), a) for a in st["ws"]]
 
     def allocation_rules(self, task: Task, rules: Any) -> None:
-        few = task.attrs["rows"] * rules.chip.cycles_per_vector(task.attrs["dtype"]) <= FEW_ROWS_CYCLES
+        few = few_rows(task.attrs["rows"], rules.chip.cycles_per_vector(task.attrs["dtype"]))
         for st in task.attrs["steps"]:  # matrix weights: balanced between the hemispheres' planes
             ws = weights(st)
             if few and len(ws) > 1 and all(a.tensor.const is not None for a in ws):
@@ -106,9 +106,8 @@ class MatmulPrim(PrimKind):
         if not p.attrs["tb"]:  # without the rows ``install`` padded the last installs with
             c0, c1 = p.attrs.get("kc", (0, -(-a.shape[-1] // lanes)))
             k = min(a.shape[-1], c1 * lanes) - c0 * lanes
-            if p.attrs.get("tt"):  # the ragged lane chunk, stored transposed: its nr rows are columns
-                N = p.out.shape[-1]
-                parts[-1] = parts[-1][:N - (-(-N // lanes) - 1) * lanes, :k].T
+            if p.attrs.get("tt"):  # the ragged lane chunk, stored transposed: its N mod lanes rows are columns
+                parts[-1] = parts[-1][:p.out.shape[-1] % lanes, :k].T
             parts = [x[..., :k, :] for x in parts]
         b = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0 if p.attrs["tb"] else -1)
         return matmul(a, b, p.attrs["tb"], lanes, p.attrs.get("kc")).reshape(p.out.shape)

@@ -400,17 +400,17 @@ def _allocate(tg: TaskGraph, chip: ChipConfig, received_first: bool,
                 if addr is not None:
                     if n <= TINY:  # pack
                         cost = -load[s.name] * 4
+                    elif near_vxm:
+                        # a decode step's tensors are a few vectors each, and every VXM op on them waits
+                        # for their flights to and from its slices: the distance decides, and a live
+                        # tensor near in the dataflow sharing the slice counts as one slice further
+                        # (GPT-2 small width decode: 47,478 -> 37,356 cycles a token; by distance alone
+                        # 39,003; with the usual cost below, whose history of near tensors and loads
+                        # drove a LayerNorm's statistics 40 slices out, 10-20% of each layer's path)
+                        cost = rank[s.name] + (len(avoid & slice_live[s.name]) if avoid else 0)
                     else:
                         clash = len(avoid & slice_hist[s.name]) if avoid else 0
                         cost = clash * 64 + load[s.name] * 4 + len(choice) // 8 + SPARE_COST * ((s.name in spare) - (s.name in prefer))
-                        if near_vxm:
-                            # a decode step's tensors are a few vectors each, and every VXM op on them waits
-                            # for their flights to and from its slices: the distance decides, and a live
-                            # tensor near in the dataflow sharing the slice counts as one slice further
-                            # (GPT-2 small width decode: 47,478 -> 37,356 cycles a token; by distance alone
-                            # 39,003; with the usual cost above, whose history of near tensors and loads
-                            # drove a LayerNorm's statistics 40 slices out, 10-20% of each layer's path)
-                            cost = rank[s.name] + (len(avoid & slice_live[s.name]) if avoid else 0)
                     choice.append((cost, s.name, b, addr))
                     break
         choice.sort(key=lambda c: (c[0], rank[c[1]]))
@@ -490,11 +490,11 @@ def _allocate(tg: TaskGraph, chip: ChipConfig, received_first: bool,
             rows_per_seg = max(1, (pinned[t.name][0][1] - pinned[t.name][0][0]) // C)
         best = None
         picks = None
+        # a product's activation to the slices without weights, the other tensors elsewhere
+        spare, prefer = (frozenset(), no_weights) if i in rules.few_rows else (no_weights, frozenset())
         while best is None:
             segs = [(r0 * C, min(t.rows, r0 + rows_per_seg) * C) for r0 in range(0, t.rows, rows_per_seg)]
             for h in hemis:
-                # a product's activation to the slices without weights, the other tensors elsewhere
-                spare, prefer = (frozenset(), no_weights) if i in rules.few_rows else (no_weights, frozenset())
                 pick = None
                 if own_class:  # in its install class if there is room (else wherever)
                     pick = choose(h, segs[0][1] - segs[0][0], w, banned_slices | (all_slices - own_class),

@@ -54,6 +54,18 @@ STREAM_SHARE = 4
 FEW_ROWS_CYCLES = 16
 
 
+def few_rows(rows: int, cpv: int) -> bool:
+    """A product of ``rows`` activation rows at ``cpv`` cycles each is all installs (a decode step's):
+    ``rows x cpv <= FEW_ROWS_CYCLES``."""
+    return rows * cpv <= FEW_ROWS_CYCLES
+
+
+def _own_constant_weights(p: Prim, readers: dict[int, list[Prim]]) -> bool:
+    """The matmul's weights are 2-D constants only it reads (a tied embedding keeps its one copy)."""
+    return all(isinstance(w, Tensor) and w.const is not None and len(w.shape) == 2
+               and len(readers.get(w.id, [])) == 1 for w in p.ins[1:])
+
+
 def install_groups(rows: int, cpv: int, width: int, lanes: int, streams: int, part_rows: list[int],
                    pad: bool = False) -> int:
     """Stream groups for installing weight parts of ``part_rows`` rows before multiplies of ``rows``
@@ -62,7 +74,7 @@ def install_groups(rows: int, cpv: int, width: int, lanes: int, streams: int, pa
     # a product of a few rows (a decode step) waits for its installs whatever else it does: it may take
     # twice the streams (the activations and results it moves are a few vectors)
     cap = max(1, streams // (STREAM_SHARE * width))
-    if rows * cpv <= FEW_ROWS_CYCLES:
+    if few_rows(rows, cpv):
         cap = max(cap, streams * 5 // (4 * STREAM_SHARE * width))
     common = lanes
     for r in part_rows:
@@ -114,23 +126,18 @@ def install(pg: PrimGraph, chip: ChipConfig, most: int | None = None) -> PrimGra
     for p in pg.prims:
         if p.kind != "matmul" or p.attrs.get("il", 1) > 1:
             continue
-        ws = p.ins[1:]
         rows = min(region, p.ins[0].shape[-2] if len(p.ins[0].shape) >= 2 else 1)
         # (only where installs are the work: with more rows they hide behind the multiplies, and the
         # examples' 16-token products came out 1-3% slower from the other allocation)
-        if rows * chip.cycles_per_vector(p.ins[0].dtype) <= FEW_ROWS_CYCLES and all(
-                isinstance(w, Tensor) and w.const is not None and len(w.shape) == 2 and len(readers.get(w.id, [])) == 1
-                for w in ws):
+        if few_rows(rows, chip.cycles_per_vector(p.ins[0].dtype)) and _own_constant_weights(p, readers):
             transpose_ragged(pg, p, L)
     readers = pg.readers()
     for p in pg.prims:
         if p.kind != "matmul" or p.attrs.get("il", 1) > 1:
             continue
         a, parts = p.ins[0], p.ins[1:]
-        if not all(isinstance(w, Tensor) and w.const is not None and len(w.shape) == 2 for w in parts):
+        if not _own_constant_weights(p, readers):
             continue
-        if any(len(readers.get(w.id, [])) != 1 for w in parts):
-            continue  # a weight another primitive reads too (a tied embedding) keeps its one copy
         if all(w.shape[0] < L for w in parts):
             # no full install to shorten: a 64-row one saves 48 cycles, and its pieces still take slices
             # and streams (the 8-token examples on lpu-v1 got 1-4% slower)

@@ -17,7 +17,7 @@ import numpy as np
 from isa.config import ChipConfig
 from lpuc.errors import CompileError, UnsupportedOp
 from lpuc.ir import Graph, Node
-from lpuc.passes.install import FEW_ROWS_CYCLES
+from lpuc.passes.install import few_rows
 from lpuc.prim import Imm, Operand, Prim, PrimGraph, Tensor
 from lpuc.templates import region_rows
 
@@ -233,7 +233,7 @@ class Lowering:
         L = self.lanes
         n_parts = min(-(-N // L), int(self.chip.mem["slices_per_hemisphere"]) // (4 * b.dt.width))
         M = a.shape[-2] if len(a.shape) >= 2 else 1
-        if M * self.chip.cycles_per_vector(a.dtype) <= FEW_ROWS_CYCLES and not self.plain:
+        if few_rows(M, self.chip.cycles_per_vector(a.dtype)) and not self.plain:
             # a product of a row or two is all installs, and two chains reading one part's slices cannot
             # install at once: a part per output lane chunk (GPT-2 small width decode: 48,973 -> 47,662
             # cycles a token)
@@ -288,7 +288,7 @@ class Lowering:
         # (GPT-2 small width decode, FFN down projection: 12 chains of 2 or 3 passes -> 15 of 2; 56,963 ->
         # 54,615 cycles a token) -- with interleaved installs; plain ones, 5 times as long, queue worse
         # in more chains (the same model with 256 positions: 117,859 -> 121,283)
-        few = M * self.chip.cycles_per_vector(a.dtype) <= FEW_ROWS_CYCLES and not self.plain
+        few = few_rows(M, self.chip.cycles_per_vector(a.dtype)) and not self.plain
         most = 2 * planes if few else planes
         g = min(most // math.gcd(chains, most), Ck // 2)
         if g < 2:
