@@ -167,24 +167,32 @@ def compile_model(path: "str | Path | onnx.ModelProto", chip: ChipConfig, precis
     g = step("import", lambda: import_onnx(path, input_shapes), dump_graph)
     g = step("fold", lambda: fold_constants(g, empty_ok=kv is not None), dump_graph)
     layout = step("kv_cache", lambda: kv_cache(g, kv, chip.lanes) if kv is not None else None, lambda r: dump_graph(g))
-    check_weights_fit(g, chip, precision)  # a model far too big is refused before the expensive passes
-    def to_tasks(groups: int | None) -> tuple[PrimGraph, TaskGraph]:
-        pg = step("lower", lambda: lower(g, chip, precision, plain=groups == 1), lambda r: r.dump())
+    # a model far too big is refused before the expensive passes; one that fits only in the compact
+    # layout of its constants is compiled in it
+    compact = check_weights_fit(g, chip, precision)
+
+    def to_tasks(groups: int | None, compact: bool) -> tuple[PrimGraph, TaskGraph]:
+        pg = step("lower", lambda: lower(g, chip, precision, plain=groups == 1, compact=compact), lambda r: r.dump())
         pg = step("heads", lambda: heads(pg, chip), lambda r: r.dump())
-        pg = step("install", lambda: install(pg, chip, groups), lambda r: r.dump())
+        pg = step("install", lambda: install(pg, chip, groups, compact), lambda r: r.dump())
         tg = step("tile", lambda: tile(pg, chip), lambda r: r.dump())
         return pg, step("mirror", lambda: mirror(tg, chip), lambda r: r.dump())
 
-    pg, tg = to_tasks(None)
-    try:
-        al = step("allocate", lambda: allocate(tg, chip, pinned=pinned), lambda r: r.dump(tg))
-    except CapacityError:
-        # weights interleaved for fast installs take more slices apart: a chip nearly full may hold them
-        # only as they are (as ``compile_system`` does; GPT-2 small width with a 256-position cache)
-        if not interleaved(pg):
-            raise
-        pg, tg = to_tasks(1)
-        al = step("allocate", lambda: allocate(tg, chip, pinned=pinned), lambda r: r.dump(tg))
+    # when allocation finds no room: weights interleaved for fast installs take more slices apart, so a
+    # chip nearly full may hold them only as they are (as ``compile_system`` does; GPT-2 small width with a
+    # 256-position cache); then the compact layout, if not yet tried
+    attempts = [(None, compact), (1, compact)] + ([] if compact else [(None, True), (1, True)])
+    for k, (groups, compact) in enumerate(attempts):
+        if groups == 1 and k and not interleaved(pg):
+            continue  # the same program as the attempt before
+        pg, tg = to_tasks(groups, compact)
+        try:
+            al = step("allocate", lambda: allocate(tg, chip, pinned=pinned), lambda r: r.dump(tg))
+            break
+        except CapacityError as e:
+            error = e
+    else:
+        raise error
     als = [al]
     sc = schedule_or_reallocate(lambda: step("schedule", lambda: schedule(tg, als[0], chip, scheduler),
                                              lambda r: r.dump(tg)),

@@ -155,18 +155,24 @@ def _too_big(needed: int, chip: ChipConfig, at_least: str = "", why: str = "") -
                               f"has {chip.sram_bytes:,}")
 
 
-def check_weights_fit(g: Graph, chip: ChipConfig, precision: str) -> None:
+def check_weights_fit(g: Graph, chip: ChipConfig, precision: str) -> bool:
     """Refuse, before the expensive passes, a model whose weights alone cannot fit the chip's SRAM
     (GPT-2 small in fp16 on lpu-v1 was refused only by :func:`allocate`, after lowering 124M
     weights: 8-18 s and 2.1-2.9 GB). Every constant is in SRAM from the program's start, so the
-    bytes of the weights the graph reads (``lpuc.passes.partition.weight_bytes``) are a lower bound
-    on the peak :func:`allocate` checks. Cycles and bits are unchanged: the check only raises."""
+    bytes of the weights the graph reads (``lpuc.passes.partition.weight_bytes``) in the compact layout
+    are a lower bound on the peak :func:`allocate` checks. Returns whether only the compact layout
+    (``lpuc.passes.lower.Lowering.compact``) can hold them: their bytes with rows padded to whole lane
+    chunks exceed the SRAM."""
     from lpuc.passes.partition import weight_bytes
 
-    need = weight_bytes(g, list(g.nodes), chip, PRECISIONS[precision])
+    dt = PRECISIONS[precision]
+    if weight_bytes(g, list(g.nodes), chip, dt) <= chip.sram_bytes:
+        return False
+    need = weight_bytes(g, list(g.nodes), chip, dt, compact=True)
     if need > chip.sram_bytes:
-        raise _too_big(need, chip, "at least ", f"its weights alone take that much in {precision} with rows padded to "
-                                               f"{chip.lanes} lanes; ")
+        raise _too_big(need, chip, "at least ", f"its weights alone take that much in {precision}, with rows padded to "
+                                               f"{chip.lanes} lanes but for ragged lane chunks stored transposed; ")
+    return True
 
 
 class _Unmirror(Exception):

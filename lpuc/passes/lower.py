@@ -77,9 +77,13 @@ class Lowering:
     """State shared by the per-op lowering functions."""
 
     def __init__(self, g: Graph, chip: ChipConfig, precision: str, folded: "FoldCache | None" = None,
-                 plain: bool = False):
+                 plain: bool = False, compact: bool = False):
         self.g = g
         self.plain = plain  # weights will be installed plain (``install(most=1)``), not interleaved
+        # constants stored with less lane padding at some cost in cycles, for a model that fits no other
+        # way: embedding tables' ragged lane chunks packed (``lpuc.ops.movement``), matrices' transposed
+        # (``install(compact=True)``)
+        self.compact = compact
         self.folded = folded if folded is not None else FoldCache()
         self.chip = chip
         self.lanes = chip.lanes
@@ -305,7 +309,7 @@ class Lowering:
 
     def view(self, t: Tensor, shape: tuple[int, ...]) -> Tensor:
         """The same vectors under another shape with the same last dimension (no data moves)."""
-        assert int(np.prod(shape)) == int(np.prod(t.shape))
+        assert int(np.prod(shape)) == int(np.prod(t.shape)) and shape[-1:] == t.shape[-1:], (t.shape, shape)
         if t.const is not None:
             return self.pg.const(t.name + ".view", t.const.reshape(shape), t.dtype, splat=t.splat)
         out = self.temp(t.dtype, shape, splat=t.splat)
@@ -366,11 +370,12 @@ def check_supported(node: Node) -> Callable[[Lowering, Node], Any]:
 
 
 def lower(g: Graph, chip: ChipConfig, precision: str = "fp32", folded: "FoldCache | None" = None,
-          plain: bool = False) -> PrimGraph:
+          plain: bool = False, compact: bool = False) -> PrimGraph:
     """``folded``: results of primitives computed at compile time, shared by the chips of one compile
     (every chip of a sequence-parallel split rounds the same weights to the precision); ``plain``: the
-    weights will be installed plain (the ``install`` pass with ``most=1``)."""
-    lw = Lowering(g, chip, precision, folded, plain)
+    weights will be installed plain (the ``install`` pass with ``most=1``); ``compact``: the compact
+    layout of constants (``Lowering.compact``)."""
+    lw = Lowering(g, chip, precision, folded, plain, compact)
     used = {i for n in g.nodes.values() for i in n.inputs} | set(g.outputs)
     for name in g.inputs:
         if name not in used or name in g.resident or g.values[name].const is not None:

@@ -49,15 +49,20 @@ DATA_OPS = {"MatMul", "Gemm", "Gather", "Add", "Sub", "Mul", "Div", "Conv", "Ein
 SMALL_NUMEL = 1
 
 
-def constant_bytes(value: np.ndarray, chip: ChipConfig, precision_dtype: str) -> int:
-    """SRAM bytes of a float constant: in the narrower of its own type and the precision's; a matrix as
-    rows padded to whole lane chunks, in whichever orientation pads less (lowering may store it
-    transposed), other shapes unpadded."""
+def constant_bytes(value: np.ndarray, chip: ChipConfig, precision_dtype: str, compact: bool = False) -> int:
+    """SRAM bytes of a float constant: in the narrower of its own type and the precision's; a matrix
+    ``[r, c]`` as rows padded to whole lane chunks, in whichever orientation pads less (lowering may store
+    it transposed): ``min(r x cdiv(c, L), c x cdiv(r, L))`` words of ``L`` lanes; other shapes unpadded.
+    ``compact``: also the layout of a compact compile (``install.transpose_ragged``: only the ragged last
+    lane chunk transposed), ``r x floor(c / L) + (c mod L) x cdiv(r, L)`` words, if that is less."""
     L = chip.lanes
     w = min(DTYPES[precision_dtype].width, value.dtype.itemsize)
     if value.ndim == 2:
         r, c = value.shape
-        return min(r * -(-c // L), c * -(-r // L)) * L * w
+        words = min(r * -(-c // L), c * -(-r // L))
+        if compact:
+            words = min(words, r * (c // L) + (c % L) * -(-r // L))
+        return words * L * w
     return int(value.size) * w
 
 
@@ -74,15 +79,15 @@ def node_weights(g: Graph, name: str) -> list[str]:
     return out
 
 
-def weight_bytes(g: Graph, nodes: list[str], chip: ChipConfig, precision_dtype: str) -> int:
-    """The bytes of the weights ``nodes`` read, each counted once."""
+def weight_bytes(g: Graph, nodes: list[str], chip: ChipConfig, precision_dtype: str, compact: bool = False) -> int:
+    """The bytes of the weights ``nodes`` read, each counted once (``constant_bytes``)."""
     seen: set[str] = set()
     total = 0
     for name in nodes:
         for w in node_weights(g, name):
             if w not in seen:
                 seen.add(w)
-                total += constant_bytes(g.values[w].const, chip, precision_dtype)
+                total += constant_bytes(g.values[w].const, chip, precision_dtype, compact)
     return total
 
 
