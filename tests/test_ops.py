@@ -348,3 +348,19 @@ def test_layernorm_of_narrow_rows_far_from_zero(tmp_path, chip, d):
     inits = {"g": (1 + 0.1 * RNG.standard_normal(d)).astype(np.float32), "b": (0.1 * RNG.standard_normal(d)).astype(np.float32)}
     run(tmp_path, [helper.make_node("LayerNormalization", ["x", "g", "b"], ["y"], axis=-1, epsilon=1e-5)],
         {"x": x}, inits=inits, chip=chip)
+
+
+@pytest.mark.parametrize("perm", [(0, 2, 3, 1), (2, 0, 3, 1), (0, 3, 2, 1)])
+def test_transpose_of_the_last_axis_to_second_last(tmp_path, perm):
+    """A permutation that moves the last axis to the second last (TorchScript's K^T, perm (0, 2, 3, 1))
+    is a row move and an SXM transpose, not a lane-by-lane relayout (whose pieces took 126 MB in HF
+    BERT-base), except (0, 3, 2, 1), whose other axes are not rows; each verifies."""
+    from lpuc.ops.common import transposes_rows
+
+    x = f32(1, 20, 3, 8)
+    r = run(tmp_path, [helper.make_node("Transpose", ["x"], ["y"], perm=list(perm))], {"x": x})
+    assert r["bit_exact"]
+    c = compile_model(str(tmp_path / "m.onnx"), load_chip("lpu-v1"))
+    kinds = {p.kind for p in c.prims.prims}
+    assert transposes_rows(list(perm)) == (perm != (0, 3, 2, 1))
+    assert ("transpose" in kinds and "relayout" not in kinds) == transposes_rows(list(perm)), kinds

@@ -12,7 +12,7 @@ import numpy as np
 from lpuc.ir import Node
 from lpuc.passes.lower import Lowering
 from lpuc.prim import Imm, Tensor
-from lpuc.ops.common import OPS, op, _out, _idx, _axis, _float_type, _move, _const_input, _transpose
+from lpuc.ops.common import OPS, op, _out, _idx, _axis, _float_type, _move, _const_input, _transpose, transposes_rows
 
 
 @op
@@ -46,7 +46,7 @@ def Transpose(lw: Lowering, node: Node) -> None:
     r = len(shape)
     perm = list(node.attrs.get("perm", list(range(r))[::-1]))
     x = lw.tensor(node.inputs[0])
-    if r > 2 and perm[-1] == r - 2 and perm[-2] == r - 1 and perm[:-2] != list(range(r - 2)):
+    if transposes_rows(perm):
         lw.bind(node.outputs[0], _transpose(lw, x, perm))
         return
     _move(lw, node, np.transpose(_idx(shape), perm))
