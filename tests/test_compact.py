@@ -82,3 +82,23 @@ def test_too_big_even_compact_is_refused_before_lowering(tmp_path):
     chip = _chip(tmp_path, 100)
     with pytest.raises(CapacityError, match="ragged lane chunks stored transposed"):
         compile_model(_model(tmp_path), chip, "fp16")
+
+
+@pytest.mark.slow
+def test_bert_base_with_its_vocabulary_fits_one_chip(tmp_path, monkeypatch):
+    """BERT-base as published (vocab 30522, 12 x 768, FFN 3072, 128 tokens; ``bench/models.py``) in fp16:
+    260 MB padded, so the compact layout, on one lpu-v1, verified (about a minute and 3.7 GB)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent.parent / "bench"))
+    import models
+
+    monkeypatch.setenv("LPUC_BENCH_CACHE", str(tmp_path))
+    path = models.build(models.BERT_BASE, cache=tmp_path)
+    chip = load_chip("lpu-v1")
+    c = compile_model(path, chip, "fp16")
+    assert any(".packed2" in n for n in _read_constants(c))
+    v = verify(c, str(path), "fp16")
+    r = v.report
+    assert v.ok and r["bit_exact"] and r["predicted_cycles"] == r["emulated_cycles"], r
+    assert r["sram_bytes"] <= chip.sram_bytes
