@@ -22,6 +22,10 @@ WORKERS_HELP = ("processes emulating a multi-chip program's chips (auto: one per
                 "100,000 instructions or more, else 1)")
 
 
+HTML_HELP = ("also write the report as one self-contained HTML page: floorplan, timeline, utilization, roofline, "
+             "SRAM over time, energy, ONNX nodes")
+
+
 class UsageError(ValueError):
     """Bad command-line input."""
 
@@ -264,7 +268,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from emulator.trace import trace_events
 
     _check_input(args.program, "a .lpu or .s program file")
-    _check_outputs([("-o", args.output), ("--trace", args.trace)], [args.program] + ([args.inputs] if args.inputs else []))
+    _check_outputs([("-o", args.output), ("--trace", args.trace), ("--html", args.html)],
+                   [args.program] + ([args.inputs] if args.inputs else []))
     prog = _load_program(args.program)
     if args.inputs:
         inputs = _load_npz(args.inputs)
@@ -284,6 +289,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             progress.set("writing the trace")
             text = json.dumps(trace_events(em))
             outputs.append((args.trace, lambda p: p.write_text(text)))
+        if args.html:
+            outputs.append(_html_output(args.html, prog, stats=result.stats, progress=progress))
         _write_all(outputs)
     if args.json:
         doc = {**result.stats, "emulate_s": secs,
@@ -421,9 +428,20 @@ def _system_summary(sc) -> str:
     lines += [
         "utilization        " + ", ".join(f"{u} {100 * v['utilization']:.1f}%" for u, v in util.items()
                                           if u != "ICU"),
+        *_energy_lines(prog),
         f"compile time       {sc.seconds:.2f} s",
     ]
     return "\n".join(lines)
+
+
+def _energy_lines(prog) -> list[str]:
+    """Joules and $ per token beside the latency (``lpuc.report.energy``), or why there are none."""
+    from lpuc.report.energy import estimate
+
+    e = estimate(prog)
+    if e is None:
+        return [f"energy             not estimated: chip config '{prog.chip.name}' has no [energy] table"]
+    return e["lines"]
 
 
 def _summary(c) -> str:
@@ -453,9 +471,38 @@ def _summary(c) -> str:
         f"at most {c.alloc.peak_bytes:,} B of tensors live at once)",
         "utilization        " + ", ".join(f"{u} {100 * v['utilization']:.1f}%" for u, v in util.items()
                                           if u not in ("C2C", "ICU")),
+        *_energy_lines(prog),
         f"compile time       {c.seconds:.2f} s",
     ]
     return "\n".join(lines)
+
+
+def _html_output(path: str, prog, stats: dict | None = None, compare: dict | None = None,
+                 progress: "_Progress | None" = None) -> tuple[str, Callable[[Path], None]]:
+    """The ``--html`` report of ``prog`` (``lpuc.report``) as an output for ``_write_all``."""
+    from lpuc.report import build, write_html
+    from lpuc.report.energy import estimate
+
+    if progress is not None:
+        progress.set("writing the HTML report")
+    cycles = int(stats["cycles"]) if stats else None
+    doc = build(prog, stats=stats, energy=estimate(prog, cycles), compare=compare)
+    return path, lambda p: write_html(doc, p)
+
+
+def _figures_json(c) -> dict:
+    """``lpuc compile --json``: what the text summary says, as one object."""
+    from lpuc.report.energy import estimate
+
+    prog = c.program
+    cycles = int(prog.meta["predicted_cycles"])
+    e = estimate(prog)
+    return {"model": prog.meta.get("model"), "chip": c.chip.name, "chips": int(prog.meta.get("chips") or 1),
+            "precision": prog.meta.get("precision"), "scheduler": prog.meta.get("scheduler"),
+            "instructions": prog.instruction_count, "predicted_cycles": cycles,
+            "latency_us": cycles / c.chip.clock_mhz, "roofline_cycles": int(prog.meta.get("roofline_cycles") or 0),
+            "roofline": prog.meta.get("roofline_parts"), "compile_s": c.seconds,
+            "energy": None if e is None else {k: v for k, v in e.items() if k != "lines"}}
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
@@ -463,18 +510,26 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
     _check_input(args.model, "the .onnx model file in it")
     out = args.output or str(Path(args.model).with_suffix(".lpu"))
-    _check_outputs([("-o", out), ("--emit-asm", args.emit_asm)], [args.model])
+    _check_outputs([("-o", out), ("--emit-asm", args.emit_asm), ("--html", args.html)], [args.model])
+    import io
+
     with _Progress() as progress:
-        c = _compile(args, progress)
+        c = _compile(args, progress, out=io.StringIO() if args.json else sys.stdout)
         progress.set("writing")
         blob = c.program.to_bytes()
         outputs: list[tuple[str | Path, Callable[[Path], None]]] = [(out, lambda p: p.write_bytes(blob))]
         if args.emit_asm:
             text = disassemble(c.program)
             outputs.append((args.emit_asm, lambda p: p.write_text(text)))
+        if args.html:
+            outputs.append(_html_output(args.html, c.program, progress=progress))
         _write_all(outputs)
+    wrote = ", ".join(x for x in (out, args.emit_asm, args.html) if x)
+    if args.json:
+        print(json.dumps({**_figures_json(c), "wrote": wrote.split(", ")}, indent=2))
+        return 0
     print(_summary(c))
-    print(f"wrote              {out}" + (f" and {args.emit_asm}" if args.emit_asm else ""))
+    print(f"wrote              {wrote}")
     return 0
 
 
@@ -494,14 +549,22 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     from lpuc.verification import verify
 
+    from lpuc.report.energy import estimate
+
     _check_input(args.model, "the .onnx model file in it")
+    _check_outputs([("--html", args.html)], [args.model] + ([args.inputs] if args.inputs else []))
     buf = io.StringIO()
     inputs = _load_npz(args.inputs) if args.inputs else None
     with _Progress() as progress:
         c = _compile(args, progress, out=buf if args.json else sys.stdout)
         progress.set("")  # the emulator shows its own progress bar
         v = verify(c, args.model, args.precision, inputs, args.seed, workers=_workers(args, c.program))
+        if args.html:
+            _write_all([_html_output(args.html, c.program, stats={"cycles": v.report["emulated_cycles"]},
+                                     progress=progress)])
     r = v.report
+    e = estimate(c.program, int(r["emulated_cycles"]))
+    r["energy"] = None if e is None else {k: x for k, x in e.items() if k != "lines"}
     if args.json:
         print(json.dumps(r, indent=2))
         return 0 if v.ok else 1
@@ -515,6 +578,63 @@ def cmd_verify(args: argparse.Namespace) -> int:
           f"onnxruntime {r['onnxruntime_s'] * 1e3:.1f} ms")
     print("VERIFIED" if v.ok else "FAILED")
     return 0 if v.ok else 1
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """``lpuc report``: the HTML report of a model (compiled with the compile options) or a program; with
+    ``--compare``, the model compiled once per scheduler, the first one's report with the comparison."""
+    import io
+
+    from lpuc.passes.schedule import SCHEDULERS
+
+    _check_input(args.model, "an .onnx model, a .lpu program or a .s file")
+    _check_outputs([("-o", args.output)], [args.model])
+    is_model = args.model.endswith(".onnx")
+    schedulers = [x for x in (args.compare or "").replace(" ", "").split(",") if x]
+    if args.compare is not None:
+        bad = [x for x in schedulers if x not in SCHEDULERS]
+        if bad or not schedulers:
+            raise UsageError(f"--compare {args.compare}: give schedulers separated by commas, from "
+                             f"{', '.join(SCHEDULERS)}, e.g. naive,asap,list")
+        if len(set(schedulers)) != len(schedulers):
+            raise UsageError(f"--compare {args.compare}: a scheduler is named twice")
+        if not is_model:
+            raise UsageError("--compare compiles the model once per scheduler: give an .onnx model, not a program")
+        if args.chips != "1" or args.system:
+            raise UsageError("--compare works on one chip so far; leave out --chips and --system")
+    compare = None
+    t0 = time.perf_counter()
+    with _Progress() as progress:
+        if is_model:
+            runs = []
+            for name in schedulers or [args.scheduler]:
+                args.scheduler = name
+                runs.append((name, _compile(args, progress, out=io.StringIO() if args.json else sys.stdout)))
+            if schedulers:
+                from lpuc.report.compare import compare as compare_schedules
+
+                progress.set("comparing the schedules")
+                compare = compare_schedules(runs)
+            c = runs[-1][1] if not schedulers else min((r for _, r in runs), key=lambda r: r.cycles)
+            prog = c.program
+        else:
+            prog = _load_program(args.model)
+        path, write = _html_output(args.output, prog, compare=compare, progress=progress)
+        _write_all([(path, write)])
+    secs = time.perf_counter() - t0
+    size = Path(args.output).stat().st_size
+    if args.json:
+        doc = {"wrote": args.output, "bytes": size, "seconds": secs}
+        if compare is not None:
+            doc["compare"] = {k: v for k, v in compare.items() if k not in ("strips", "chains")}
+        print(json.dumps(doc, indent=2))
+        return 0
+    if compare is not None:
+        from lpuc.report.compare import format_compare
+
+        print(format_compare(compare))
+    print(f"wrote              {args.output} ({size:,} bytes in {secs:.2f} s; open it in a browser, no network needed)")
+    return 0
 
 
 def _int_list(text: str, what: str) -> list[int]:
@@ -851,10 +971,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-strict", action="store_true", help="run through hazards like the hardware would")
     r.add_argument("--json", action="store_true", help="print the report as JSON")
     r.add_argument("--workers", default="auto", metavar="N|auto", help=WORKERS_HELP)
+    r.add_argument("--html", metavar="REPORT.html", help=HTML_HELP)
     r.set_defaults(fn=cmd_run)
 
-    def compile_options(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("model", help="ONNX model (external data next to it is loaded)")
+    def compile_options(sp: argparse.ArgumentParser, model: bool = True) -> None:
+        if model:
+            sp.add_argument("model", help="ONNX model (external data next to it is loaded)")
         sp.add_argument("--chip", default="lpu-v1", help="chip config: tiny, lpu-v1 or a .toml path")
         sp.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
                         help="type of the weights and matrix inputs")
@@ -883,6 +1005,8 @@ def build_parser() -> argparse.ArgumentParser:
     compile_options(cp)
     cp.add_argument("-o", "--output", help="program file to write (default: the model with .lpu)")
     cp.add_argument("--emit-asm", metavar="FILE.s", help="also write the program as assembly")
+    cp.add_argument("--html", metavar="REPORT.html", help=HTML_HELP)
+    cp.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     cp.set_defaults(fn=cmd_compile)
 
     vp = command("verify", "compile, emulate and check against onnxruntime")
@@ -891,6 +1015,7 @@ def build_parser() -> argparse.ArgumentParser:
     vp.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     vp.add_argument("--json", action="store_true", help="print one JSON object")
     vp.add_argument("--workers", default="auto", metavar="N|auto", help=WORKERS_HELP)
+    vp.add_argument("--html", metavar="REPORT.html", help=HTML_HELP)
     vp.set_defaults(fn=cmd_verify)
 
     gp = command("generate", "generate tokens with a causal language model (greedy or sampled)")
@@ -915,6 +1040,16 @@ def build_parser() -> argparse.ArgumentParser:
     gp.add_argument("--json", action="store_true", help="print one JSON object")
     gp.add_argument("--workers", default="auto", metavar="N|auto", help=WORKERS_HELP)
     gp.set_defaults(fn=cmd_generate)
+
+    rp = command("report", "write a program's report as one self-contained HTML page, or compare schedulers")
+    rp.add_argument("model", metavar="INPUT", help="ONNX model (compiled first), or a .lpu program (or .s assembly)")
+    rp.add_argument("-o", "--output", required=True, metavar="REPORT.html", help="HTML file to write")
+    rp.add_argument("--compare", metavar="S1,S2,...",
+                    help="compile the model with each of these schedulers (e.g. naive,asap,list) and lay the "
+                         "schedules side by side with why they differ")
+    compile_options(rp, model=False)
+    rp.add_argument("--json", action="store_true", help="print the figures (or the comparison) as JSON")
+    rp.set_defaults(fn=cmd_report)
 
     c = command("chips", "list chip and system configs, or show one chip's floorplan or one system")
     c.add_argument("chip", nargs="?", help="chip or system name, or .toml path (default: list them all)")

@@ -38,6 +38,7 @@ _PAGE = r"""<!DOCTYPE html>
 body{font:13px/1.4 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#222;background:#fafafa}
 header{background:#263238;color:#fff;padding:10px 16px}
 header h1{font-size:18px;margin:0 0 4px}
+header .facts{display:flex;flex-wrap:wrap}
 header .facts span{margin-right:18px;white-space:nowrap}
 section{background:#fff;margin:12px 16px;padding:10px 14px;border:1px solid #ddd;border-radius:4px}
 h2{font-size:15px;margin:0 0 8px}
@@ -329,10 +330,23 @@ const TL = (function timeline() {
   for (const row of C.rows) { const r = el("tr"); r.appendChild(el("td", {}, row.label));
     const best = row.lower_is_better ? Math.min(...row.values) : null;
     for (const v of row.values) r.appendChild(el("td", v === best && row.values.some(x => x !== best) ? {class: "better"} : {},
-      typeof v === "number" ? (Number.isInteger(v) ? fmt(v) : v.toFixed(2)) : v));
+      typeof v === "number" ? (Number.isInteger(v) ? fmt(v) : Math.abs(v) >= 100 ? v.toFixed(1) : String(+v.toPrecision(4))) : v));
     t.appendChild(r); }
   div.appendChild(t);
   for (const line of C.notes) div.appendChild(el("div", {class: "note"}, line));
+  // the schedules side by side on one cycle axis: per unit, the busy fraction of its slices in each bin
+  C.strips.forEach((S, k) => {
+    const cv = el("canvas", {class: "strip"}); div.appendChild(el("div", {}, C.schedulers[k] + ": " + fmt(S.cycles) + " cycles"));
+    div.appendChild(cv);
+    const L = 60, ROWH = 14; cv.width = Math.max(400, div.clientWidth - 10); cv.height = S.rows.length * ROWH + 2;
+    const ctx = cv.getContext("2d"), w = cv.width - L; ctx.font = "10px monospace"; ctx.textBaseline = "middle";
+    S.rows.forEach((r, i) => { const y = i * ROWH; ctx.fillStyle = "#f3f3f3"; ctx.fillRect(L, y, w, ROWH - 1);
+      ctx.fillStyle = "#333"; ctx.fillText(r.unit, 2, y + ROWH / 2); ctx.fillStyle = COLOURS[r.unit] || "#888";
+      const bw = w / r.bins.length;
+      r.bins.forEach((f, b) => { if (f > 0) { ctx.globalAlpha = Math.min(1, 0.15 + 0.85 * f); ctx.fillRect(L + b * bw, y + 1, Math.max(1, bw), ROWH - 3); } });
+      ctx.globalAlpha = 1; });
+    ctx.strokeStyle = "#c62828"; const xe = L + w * S.cycles / S.axis; ctx.beginPath(); ctx.moveTo(xe, 0); ctx.lineTo(xe, cv.height); ctx.stroke();
+  });
 })();
 window.REPORT_READY = {tracks: TL.drawn(), instructions: P.instructions};
 document.body.setAttribute("data-ready", "1");
