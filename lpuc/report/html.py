@@ -163,6 +163,7 @@ const TL = (function timeline() {
     for (let c = Math.ceil(v0 / tick) * tick; c <= v1; c += tick) { const x = LABEL + (c - v0) * scale;
       ctx.fillText(fmt(c), x + 2, 10); ctx.beginPath(); ctx.moveTo(x, AXIS - 4); ctx.lineTo(x, cv.height); ctx.stroke(); }
     const bins = new Float32Array(w + 1);
+    let marks = 0;  // instruction boxes and binned pixel columns drawn (the page's tests read it)
     r.forEach((row, k) => {
       const y = AXIS + k * ROW;
       ctx.fillStyle = k % 2 ? "#fbfbfb" : "#f3f3f3"; ctx.fillRect(LABEL, y, w, ROW - 1);
@@ -177,7 +178,7 @@ const TL = (function timeline() {
           if (e <= v0) continue;
           const x0 = (Math.max(s, v0) - v0) * scale, x1 = (Math.min(e, v1) - v0) * scale;
           if (!row.members && x1 - x0 >= 2) {
-            ctx.fillStyle = colour; ctx.fillRect(LABEL + x0, y + 1, Math.max(1, x1 - x0 - 0.5), ROW - 3);
+            ctx.fillStyle = colour; ctx.fillRect(LABEL + x0, y + 1, Math.max(1, x1 - x0 - 0.5), ROW - 3); marks++;
             if (x1 - x0 > 40) { ctx.fillStyle = "#fff"; ctx.save(); ctx.beginPath(); ctx.rect(LABEL + x0, y, x1 - x0, ROW); ctx.clip();
               ctx.fillText(P.mnemonics[t.op[i]], LABEL + x0 + 2, y + ROW / 2); ctx.restore(); }
           } else {  // per-pixel binning: add the share of each pixel column the instruction covers
@@ -192,10 +193,11 @@ const TL = (function timeline() {
         ctx.fillStyle = colour;
         const n = members.length;
         for (let p = 0; p < w; p++) if (bins[p] > 0) { ctx.globalAlpha = Math.min(1, 0.15 + 0.85 * bins[p] / n);
-          ctx.fillRect(LABEL + p, y + 1, 1, ROW - 3); }
+          ctx.fillRect(LABEL + p, y + 1, 1, ROW - 3); marks++; }
         ctx.globalAlpha = 1;
       }
     });
+    cv.setAttribute("data-marks", marks);
     document.getElementById("range").textContent = "cycles " + fmt(v0) + " .. " + fmt(v1) + " of " + fmt(total) +
       " (" + ((v1 - v0) / P.chip.clock_mhz).toFixed(3) + " us in view)";
   }

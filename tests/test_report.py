@@ -1,0 +1,185 @@
+"""The HTML report (``lpuc report``, ``--html``), the scheduler comparison, energy and cost figures.
+
+The page is loaded in a real headless browser (Debian's ``chromium``; skipped with the reason where none
+is installed, and .ci/run installs it): no console message, the timeline drawn, a screenshot that is not
+one colour."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from lpuc.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+GPT2 = str(ROOT / "examples" / "models" / "gpt2_tiny.onnx")
+MLP = str(ROOT / "examples" / "models" / "mlp_tiny.onnx")
+VADD = str(ROOT / "examples" / "asm" / "vadd.s")
+
+
+def browser() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    pytest.skip("no headless browser: install Debian's chromium (apt-get install chromium) to test the HTML report")
+
+
+def load(page: Path, tmp: Path) -> tuple[str, list[str], Path]:
+    """Load ``page`` headless: (the DOM after the scripts ran, the console messages, a screenshot)."""
+    exe = browser()
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1400,1400",
+             "--enable-logging=stderr", "--v=0", f"--user-data-dir={tmp / 'profile'}"]
+    url = page.resolve().as_uri()
+    dom = subprocess.run([exe, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
+    shot = tmp / "shot.png"
+    pic = subprocess.run([exe, *flags, f"--screenshot={shot}", url], capture_output=True, text=True, timeout=120)
+    # chromium logs every console message (log, warning, error, uncaught exception) as INFO:CONSOLE
+    console = [ln for ln in (dom.stderr + pic.stderr).splitlines() if ":CONSOLE" in ln]
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert shot.is_file(), pic.stderr[-2000:]
+    return dom.stdout, console, shot
+
+
+def colours(png: Path) -> int:
+    """Distinct colours in a PNG."""
+    from PIL import Image
+
+    with Image.open(png) as im:
+        return len(im.convert("RGB").getcolors(maxcolors=1 << 24) or [])
+
+
+def test_report_in_a_browser(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "r.html"
+    assert main(["report", GPT2, "--chip", "tiny", "-o", str(out)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    text = out.read_text()
+    # self-contained: nothing fetched at view time
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text), "the page loads something from the network"
+    dom, console, shot = load(out, tmp_path)
+    assert console == [], console
+    assert 'data-ready="1"' in dom  # every script ran to its end
+    marks = int(re.search(r'id="tl"[^>]*data-marks="(\d+)"', dom).group(1))
+    assert marks > 100  # instructions (or pixel columns of them) drawn on the timeline
+    assert colours(shot) > 20
+
+
+def test_compare_in_a_browser(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "c.html"
+    assert main(["report", MLP, "--chip", "tiny", "--compare", "naive,list", "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "binding chain: waited for port" in text
+    dom, console, _ = load(out, tmp_path)
+    assert console == [], console
+    assert dom.count('class="strip"') == 2  # one strip per scheduler
+
+
+def test_compare_chain_adds_up(capsys) -> None:
+    """The binding chain's dependency latency plus its waits are the predicted cycles, for every scheduler,
+    and the naive scheduler's chain waits for program order."""
+    import lpuc
+    from lpuc.passes.schedule import WAIT_CAUSES
+    from lpuc.report.compare import binding_chain
+
+    for s in ("naive", "asap", "list"):
+        c = lpuc.compile(MLP, chip="tiny", scheduler=s)
+        ch = binding_chain(c)
+        assert ch["latency"] + sum(ch[k] for k in WAIT_CAUSES) == c.cycles
+        if s == "naive":
+            assert ch["order"] > 0
+        else:
+            assert ch["order"] == 0
+        for p in c.sched.placements.values():
+            assert all(v > 0 for v in p.waits.values())
+
+
+def test_report_of_a_program_and_run_html(tmp_path: Path, capsys) -> None:
+    """A hand-written program (no roofline, no ONNX nodes) reports too, from ``report`` and ``run --html``."""
+    out = tmp_path / "v.html"
+    assert main(["report", VADD, "-o", str(out)]) == 0
+    run_html = tmp_path / "run.html"
+    assert main(["run", VADD, "--html", str(run_html)]) == 0
+    doc = json.loads(re.search(r'<script id="data" type="application/json">(.*?)</script>',
+                               run_html.read_text(), re.S).group(1))
+    p = doc["programs"][0]
+    assert p["cycles"] == 16 and p["instructions"] == sum(len(t["start"]) for t in p["tracks"])
+    assert ["emulated cycles", "16"] in doc["facts"]
+
+
+def test_report_figures_match_the_program() -> None:
+    """The node spans and SRAM curve agree with the program: every instruction on a track, node spans
+    inside the program, peak SRAM within the footprint the compiler reports."""
+    import lpuc
+    from lpuc.cli import sram_footprint
+    from lpuc.report.data import program_data
+
+    c = lpuc.compile(GPT2, chip="tiny")
+    d = program_data(c.program)
+    assert sum(len(t["start"]) for t in d["tracks"]) == c.program.instruction_count
+    assert all(0 <= n["first"] <= n["last"] <= c.cycles for n in d["nodes"])
+    peak = max(d["sram"]["bytes"][0])
+    assert 0 < peak <= sram_footprint(c)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["report", GPT2, "-o", "/nonexistent/r.html"], "does not exist"),
+    (["report", GPT2, "--compare", "naive,fast", "-o", "r.html"], "--compare"),
+    (["report", VADD, "--compare", "naive,list", "-o", "r.html"], "give an .onnx model"),
+])
+def test_report_bad_input(argv: list[str], message: str, tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not list(tmp_path.glob("*.html"))
+
+
+def test_energy_in_summaries(tmp_path: Path, capsys) -> None:
+    """compile and verify report joules per token and $ per million tokens (text and --json); the
+    figures follow the table: doubling every per-operation figure and the static power doubles the energy."""
+    assert main(["compile", MLP, "--chip", "tiny", "-o", str(tmp_path / "m.lpu"), "--json"]) == 0
+    e = json.loads(capsys.readouterr().out)["energy"]
+    assert e["joules"] == pytest.approx(sum(e["parts_j"].values()))
+    assert e["usd_per_million_tokens"] > 0 and e["joules_per_token"] == pytest.approx(e["joules"] / e["tokens"])
+    assert main(["compile", MLP, "--chip", "tiny", "-o", str(tmp_path / "m.lpu")]) == 0
+    assert "per million tokens" in capsys.readouterr().out
+
+    import tomllib
+
+    from isa.config import ChipConfig
+    from isa.program import Program
+    from lpuc.report.energy import estimate
+
+    raw = tomllib.loads((ROOT / "isa" / "configs" / "tiny.toml").read_text())
+    prog = Program.load(tmp_path / "m.lpu")
+    base = estimate(prog)["joules"]
+    e2 = raw["energy"]
+    for k in ("sram_read_pj_per_byte", "sram_write_pj_per_byte", "vxm_pj_per_element", "link_pj_per_byte", "static_w"):
+        e2[k] *= 2
+    e2["mac_pj"] = {k: 2 * v for k, v in e2["mac_pj"].items()}
+    prog.system = type(prog.system)(prog.system.name, ChipConfig.from_dict(raw), prog.system.chips, prog.system.links)
+    assert estimate(prog)["joules"] == pytest.approx(2 * base)
+
+
+def test_energy_table_validated() -> None:
+    import tomllib
+
+    from isa.config import ChipConfig, ConfigError
+
+    raw = tomllib.loads((ROOT / "isa" / "configs" / "tiny.toml").read_text())
+    raw["energy"]["mac_pj"].pop("f16")
+    with pytest.raises(ConfigError, match="mac_pj has no figure for f16"):
+        ChipConfig.from_dict(raw)
+    raw = tomllib.loads((ROOT / "isa" / "configs" / "tiny.toml").read_text())
+    raw["energy"]["static_w"] = -1
+    with pytest.raises(ConfigError, match="static_w must be a number >= 0"):
+        ChipConfig.from_dict(raw)
+    raw = tomllib.loads((ROOT / "isa" / "configs" / "tiny.toml").read_text())
+    del raw["cost"]
+    with pytest.raises(ConfigError, match="usd_per_chip_hour"):
+        ChipConfig.from_dict(raw)
