@@ -637,6 +637,86 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _grid_ints(text: str, what: str) -> list[int]:
+    """A sweep axis of positive integers, e.g. ``1,2,4,8``."""
+    try:
+        vals = [int(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        vals = []
+    if not vals or any(v < 1 for v in vals) or len(set(vals)) != len(vals):
+        raise UsageError(f"{what} {text}: give distinct positive integers separated by commas, e.g. 1,2,4,8")
+    return vals
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """``lpuc sweep``: the grid of chips x precisions x sequence lengths (``lpuc.report.sweep``)."""
+    from lpuc.pipeline import PRECISIONS
+    from lpuc.report.sweep import Point, outputs, run_grid
+
+    _check_input(args.model, "the .onnx model file in it")
+    chips = _grid_ints(args.chips, "--chips")
+    precisions = [x for x in args.precision.replace(" ", "").split(",") if x]
+    bad = [x for x in precisions if x not in PRECISIONS]
+    if bad or not precisions or len(set(precisions)) != len(precisions):
+        raise UsageError(f"--precision {args.precision}: give distinct precisions separated by commas, from "
+                         f"{', '.join(PRECISIONS)}")
+    seqs: list[int | None] = _grid_ints(args.seq, "--seq") if args.seq else [None]
+    if args.scheduler not in ("list", "asap", "naive"):
+        raise UsageError(f"--scheduler {args.scheduler}: choose list, asap or naive")
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"-o {args.output}: is a file; give a folder for the sweep's files")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise UsageError(f"-o {args.output}: folder {parent} does not exist; create it first or write elsewhere")
+    if not os.access(out if out.is_dir() else parent, os.W_OK | os.X_OK):
+        raise UsageError(f"-o {args.output}: cannot write there (permission denied)")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise UsageError("lpuc sweep draws its plots with matplotlib: pip install 'lpuc[plot]'") from None
+    if args.executor == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise UsageError("--executor ray needs Ray: pip install 'lpuc[ray]' (or use --executor local)") from None
+    points = [Point(str(Path(args.model).resolve()), args.chip, args.system, n, p, s, args.scheduler, args.parallel,
+                    args.emulate) for n in chips for p in precisions for s in seqs]
+    if args.workers == "auto":
+        workers = min(len(points), os.cpu_count() or 1)
+    else:
+        try:
+            workers = int(args.workers)
+        except ValueError:
+            workers = 0
+        if workers < 1:
+            raise UsageError(f"--workers {args.workers}: give a number of processes (1 or more) or auto")
+    t0 = time.perf_counter()
+    with _Progress() as progress:
+        progress.set(f"sweeping {len(points)} points")
+        rows = run_grid(points, workers, args.executor,
+                        lambda k, n: progress.set(f"sweeping: {k} of {n} points done"))
+        progress.set("writing")
+        grid = {"chip": args.chip, "system": args.system, "chips": chips, "precision": precisions,
+                "seq": seqs, "scheduler": args.scheduler, "parallel": args.parallel, "emulate": args.emulate}
+        files = outputs(args.model, rows, grid)
+        out.mkdir(exist_ok=True)
+        _write_all([(out / name, (lambda data: lambda p: p.write_bytes(data))(data)) for name, data in files.items()])
+    secs = time.perf_counter() - t0
+    built = sum(r["ok"] for r in rows)
+    for r in rows:
+        where = f"{r['chips']} chip(s) {r['precision']}" + (f" seq {r['seq']}" if r["seq"] is not None else "")
+        if r["ok"]:
+            extra = f", {r['mj_per_token']:.4g} mJ/token, ${r['usd_per_million_tokens']:.4g}/M tokens" \
+                if "mj_per_token" in r else ""
+            print(f"{where:<28} {r['cycles']:>10,} cycles  {r['latency_us']:>10.2f} us{extra}")
+        else:
+            print(f"{where:<28} not built: {r['error']}")
+    print(f"{built} of {len(rows)} points built in {secs:.1f} s ({args.executor}, {workers} worker(s)); "
+          f"wrote {', '.join(sorted(files))} in {out}")
+    return 0
+
+
 def _int_list(text: str, what: str) -> list[int]:
     try:
         return [int(x) for x in text.replace(" ", "").split(",") if x != ""]
@@ -1050,6 +1130,27 @@ def build_parser() -> argparse.ArgumentParser:
     compile_options(rp, model=False)
     rp.add_argument("--json", action="store_true", help="print the figures (or the comparison) as JSON")
     rp.set_defaults(fn=cmd_report)
+
+    sw = command("sweep", "compile a model over a grid of chips, precisions and sequence lengths; CSV, JSON, plots")
+    sw.add_argument("model", help="ONNX model (a dynamic sequence axis lets --seq vary it)")
+    sw.add_argument("-o", "--output", required=True, metavar="DIR", help="folder for sweep.csv, sweep.json, the "
+                                                                        "PNG plots and sweep.html")
+    sw.add_argument("--chips", default="1", metavar="N,N,...", help="chip counts, e.g. 1,2,4,8")
+    sw.add_argument("--precision", default="fp32", metavar="P,P,...", help="precisions, e.g. fp16,bf16")
+    sw.add_argument("--seq", metavar="L,L,...", help="sequence lengths of the token inputs, e.g. 32,128,512 "
+                                                     "(default: the model's)")
+    sw.add_argument("--chip", default="lpu-v1", help="chip config: tiny, lpu-v1 or a .toml path")
+    sw.add_argument("--system", metavar="NAME|PATH", help="system config for more than one chip (default: node-lpu-v1 "
+                                                          "for lpu-v1, pair-tiny for tiny)")
+    sw.add_argument("--scheduler", default="list", help="instruction scheduler: list, asap or naive")
+    sw.add_argument("--parallel", default="auto", help="how a model is split over chips (as lpuc compile)")
+    sw.add_argument("--emulate", action="store_true", help="also emulate every point (emulated_cycles)")
+    sw.add_argument("--workers", default="auto", metavar="N|auto",
+                    help="local processes compiling points at once (auto: one per core, at most one per point)")
+    sw.add_argument("--executor", default="local", choices=["local", "ray"],
+                    help="local: a process pool here; ray: Ray tasks on the cluster ray.init() finds "
+                         "(pip install 'lpuc[ray]')")
+    sw.set_defaults(fn=cmd_sweep)
 
     c = command("chips", "list chip and system configs, or show one chip's floorplan or one system")
     c.add_argument("chip", nargs="?", help="chip or system name, or .toml path (default: list them all)")
