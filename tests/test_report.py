@@ -183,3 +183,82 @@ def test_energy_table_validated() -> None:
     del raw["cost"]
     with pytest.raises(ConfigError, match="usd_per_chip_hour"):
         ChipConfig.from_dict(raw)
+
+
+# ------------------------------------------------------------------------------------------------ sweep
+GPT2_DYN = str(ROOT / "examples" / "models" / "gpt2_tiny_dynamic.onnx")
+
+
+def test_sweep_is_deterministic_and_plots(tmp_path: Path, capsys) -> None:
+    """The same grid in one process and in two writes the same files, byte for byte; points that
+    cannot be built are rows with the reason; the plots are PNGs of more than one colour."""
+    pytest.importorskip("matplotlib", reason="lpuc sweep's plots need matplotlib (the plot extra)")
+    argv = ["sweep", MLP, "--chip", "tiny", "--chips", "1,2,4", "--precision", "fp32,bf16"]
+    assert main([*argv, "--workers", "1", "-o", str(tmp_path / "a")]) == 0
+    assert main([*argv, "--workers", "2", "-o", str(tmp_path / "b")]) == 0
+    names = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert names == ["cost_per_token.png", "cycles_vs_chips.png", "latency_vs_throughput.png", "sweep.csv",
+                     "sweep.html", "sweep.json"]
+    for n in names:
+        assert (tmp_path / "a" / n).read_bytes() == (tmp_path / "b" / n).read_bytes(), n
+    rows = json.loads((tmp_path / "a" / "sweep.json").read_text())["rows"]
+    assert [(r["chips"], r["precision"]) for r in rows] == [(c, p) for c in (1, 2, 4) for p in ("fp32", "bf16")]
+    built = [r for r in rows if r["ok"]]
+    assert len(built) == 4 and all(r["error"] == "" for r in built)
+    assert all("pair-tiny has 2 chip(s)" in r["error"] for r in rows if r["chips"] == 4)
+    csv_lines = (tmp_path / "a" / "sweep.csv").read_text().splitlines()
+    assert len(csv_lines) == 1 + len(rows)
+    for n in names:
+        if n.endswith(".png"):
+            assert colours(tmp_path / "a" / n) > 2
+    assert (tmp_path / "a" / "sweep.html").read_text().count("data:image/png;base64,") == 3
+
+
+@pytest.mark.slow
+def test_sweep_sequence_lengths(tmp_path: Path, capsys) -> None:
+    """--seq fixes a dynamic sequence axis: more tokens take more cycles; throughput = tokens / latency;
+    --emulate counts the predicted cycles; a model's fixed length cannot be swept."""
+    pytest.importorskip("matplotlib", reason="lpuc sweep's plots need matplotlib (the plot extra)")
+    assert main(["sweep", GPT2_DYN, "--chip", "tiny", "--precision", "bf16", "--seq", "4,8", "--emulate",
+                 "-o", str(tmp_path / "a")]) == 0
+    rows = json.loads((tmp_path / "a" / "sweep.json").read_text())["rows"]
+    assert [r["seq"] for r in rows] == [4, 8] and all(r["ok"] for r in rows)
+    assert rows[1]["cycles"] > rows[0]["cycles"]
+    assert all(r["emulated_cycles"] == r["cycles"] for r in rows)
+    r = rows[1]
+    assert r["tokens"] == 8 and r["tokens_per_s"] == pytest.approx(8 / r["latency_us"] * 1e6, rel=1e-6)
+    assert main(["sweep", GPT2, "--chip", "tiny", "--seq", "8", "-o", str(tmp_path / "b")]) == 0
+    row = json.loads((tmp_path / "b" / "sweep.json").read_text())["rows"][0]
+    assert not row["ok"] and "fixed length of 16" in row["error"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--chips", "0"], "--chips 0"),
+    (["--precision", "fp8"], "--precision fp8"),
+    (["--seq", "x"], "--seq x"),
+    (["--workers", "0"], "--workers 0"),
+])
+def test_sweep_bad_grid(extra: list[str], message: str, tmp_path: Path, capsys) -> None:
+    assert main(["sweep", MLP, "--chip", "tiny", *extra, "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_sweep_output_is_a_file(tmp_path: Path, capsys) -> None:
+    (tmp_path / "f").write_text("x")
+    assert main(["sweep", MLP, "--chip", "tiny", "-o", str(tmp_path / "f")]) == 2
+    assert "is a file" in capsys.readouterr().err
+
+
+def test_sweep_missing_extras(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Without matplotlib (the plot extra), or with --executor ray without Ray, one line and exit 2."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # (an import of a None entry raises ImportError)
+    assert main(["sweep", MLP, "--chip", "tiny", "--executor", "ray", "-o", str(tmp_path / "o")]) == 2
+    assert "pip install 'lpuc[ray]'" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert main(["sweep", MLP, "--chip", "tiny", "-o", str(tmp_path / "o")]) == 2
+    assert "pip install 'lpuc[plot]'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
