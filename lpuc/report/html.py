@@ -153,6 +153,7 @@ const TL = (function timeline() {
   function lower(a, x) { let lo = 0, hi = a.length; while (lo < hi) { const m = (lo + hi) >> 1; if (a[m] < x) lo = m + 1; else hi = m; } return lo; }
   function size() { const r = rows(); cv.width = Math.max(400, wrap.clientWidth - 2); cv.height = AXIS + r.length * ROW + 4; }
   function draw() {
+    const t0 = performance.now();
     const r = rows(), w = cv.width - LABEL, scale = w / (v1 - v0);
     ctx.fillStyle = "#fff"; ctx.fillRect(0, 0, cv.width, cv.height);
     ctx.font = "10px monospace"; ctx.textBaseline = "middle";
@@ -198,6 +199,7 @@ const TL = (function timeline() {
       }
     });
     cv.setAttribute("data-marks", marks);
+    cv.setAttribute("data-draw-ms", (performance.now() - t0).toFixed(1));  // one redraw: what a zoom or pan costs
     document.getElementById("range").textContent = "cycles " + fmt(v0) + " .. " + fmt(v1) + " of " + fmt(total) +
       " (" + ((v1 - v0) / P.chip.clock_mhz).toFixed(3) + " us in view)";
   }
@@ -352,5 +354,6 @@ const TL = (function timeline() {
 })();
 window.REPORT_READY = {tracks: TL.drawn(), instructions: P.instructions};
 document.body.setAttribute("data-ready", "1");
+document.body.setAttribute("data-load-ms", Math.round(performance.now()));  // page start to everything drawn
 </script></body></html>
 """
