@@ -262,3 +262,21 @@ def test_sweep_missing_extras(tmp_path: Path, monkeypatch, capsys) -> None:
     assert main(["sweep", MLP, "--chip", "tiny", "-o", str(tmp_path / "o")]) == 2
     assert "pip install 'lpuc[plot]'" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_html_on_compile_and_verify(tmp_path: Path, capsys) -> None:
+    """--html on compile and verify writes the page; verify's shows the emulated cycles, equal to the
+    predicted ones, and its --json reports energy per token."""
+    def data(page: Path) -> dict:
+        return json.loads(re.search(r'<script id="data" type="application/json">(.*?)</script>',
+                                    page.read_text(), re.S).group(1))
+
+    assert main(["compile", MLP, "--chip", "tiny", "-o", str(tmp_path / "m.lpu"), "--html", str(tmp_path / "c.html")]) == 0
+    assert "c.html" in capsys.readouterr().out
+    assert main(["verify", MLP, "--chip", "tiny", "--html", str(tmp_path / "v.html"), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["energy"]["joules_per_token"] > 0
+    c, v = data(tmp_path / "c.html"), data(tmp_path / "v.html")
+    assert c["programs"][0]["cycles"] == v["programs"][0]["cycles"] == r["predicted_cycles"]
+    assert ["emulated cycles", f"{r['emulated_cycles']:,}"] in v["facts"]
+    assert c["energy"]["joules"] == pytest.approx(v["energy"]["joules"])

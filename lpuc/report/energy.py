@@ -75,7 +75,8 @@ def operation_counts(prog: Program) -> dict[str, Any]:
 
 def estimate(prog: Program, cycles: int | None = None) -> dict[str, Any] | None:
     """Energy, joules per token and $ per million tokens of one run (module docstring); None when the
-    chip config has no energy table. ``cycles``: the run's (default: the program's predicted cycles)."""
+    chip config has no energy table. ``cycles``: the run's (default: the program's predicted cycles, or
+    for a program without them one past its last busy cycle)."""
     table = prog.chip.energy
     if table is None:
         return None
@@ -83,6 +84,10 @@ def estimate(prog: Program, cycles: int | None = None) -> dict[str, Any] | None:
     chips = int(prog.meta.get("chips") or prog.system.chips)
     if cycles is None:
         cycles = int(prog.meta.get("predicted_cycles") or 0)
+        if not cycles:  # a hand-written program: one past its last busy cycle, as the emulator counts
+            from isa.timing import program_busy
+
+            cycles = program_busy(prog.queues, chip)[1]
     seconds = cycles / (chip.clock_mhz * 1e6)
     ops = operation_counts(prog)
     missing = [d for d in ops["macs"] if d not in table.mac_pj]
