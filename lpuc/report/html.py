@@ -138,8 +138,12 @@ const TL = (function timeline() {
   const cv = document.getElementById("tl"), wrap = document.getElementById("tlwrap"), tip = document.getElementById("tip");
   const ctx = cv.getContext("2d"), LABEL = 96, ROW = 13, AXIS = 22, total = Math.max(P.cycles, 1);
   const multi = P.chips > 1;
+  // a first row of the ONNX nodes' spans (first issue to last end of their instructions), by first cycle
+  const nodeRow = {chip: 0, slice: "ONNX nodes", unit: "NODE", isNodes: true, start: [], end: [], op: [], node: [], names: []};
+  for (const n of P.nodes.slice().sort((a, b) => a.first - b.first)) {
+    nodeRow.start.push(n.first); nodeRow.end.push(Math.max(n.last, n.first + 1)); nodeRow.names.push(n.node); }
   // prefix maximum of end cycles: the first instruction that may reach into the view
-  for (const t of P.tracks) { const m = new Array(t.end.length); let x = -1;
+  for (const t of [nodeRow, ...P.tracks]) { const m = new Array(t.end.length); let x = -1;
     for (let i = 0; i < t.end.length; i++) { x = Math.max(x, t.end[i]); m[i] = x; } t.maxEnd = m; }
   const unitRows = [];
   { const idx = {};
@@ -149,7 +153,8 @@ const TL = (function timeline() {
   let mode = P.tracks.length > 300 ? "unit" : "slice";
   document.getElementById("mode").value = mode;
   let v0 = 0, v1 = total;
-  const rows = () => mode === "slice" ? P.tracks : unitRows;
+  const head = P.nodes.length ? [nodeRow] : [];
+  const rows = () => head.concat(mode === "slice" ? P.tracks : unitRows);
   function lower(a, x) { let lo = 0, hi = a.length; while (lo < hi) { const m = (lo + hi) >> 1; if (a[m] < x) lo = m + 1; else hi = m; } return lo; }
   function size() { const r = rows(); cv.width = Math.max(400, wrap.clientWidth - 2); cv.height = AXIS + r.length * ROW + 4; }
   function draw() {
@@ -178,10 +183,11 @@ const TL = (function timeline() {
           const s = t.start[i], e = t.end[i];
           if (e <= v0) continue;
           const x0 = (Math.max(s, v0) - v0) * scale, x1 = (Math.min(e, v1) - v0) * scale;
-          if (!row.members && x1 - x0 >= 2) {
-            ctx.fillStyle = colour; ctx.fillRect(LABEL + x0, y + 1, Math.max(1, x1 - x0 - 0.5), ROW - 3); marks++;
-            if (x1 - x0 > 40) { ctx.fillStyle = "#fff"; ctx.save(); ctx.beginPath(); ctx.rect(LABEL + x0, y, x1 - x0, ROW); ctx.clip();
-              ctx.fillText(P.mnemonics[t.op[i]], LABEL + x0 + 2, y + ROW / 2); ctx.restore(); }
+          if (!row.members && (x1 - x0 >= 2 || row.isNodes)) {
+            ctx.fillStyle = row.isNodes ? (i % 2 ? "#8e6c8a" : "#c9a0c0") : colour;
+            ctx.fillRect(LABEL + x0, y + 1, Math.max(1, x1 - x0 - 0.5), ROW - 3); marks++;
+            if (x1 - x0 > 40) { ctx.fillStyle = row.isNodes ? "#000" : "#fff"; ctx.save(); ctx.beginPath(); ctx.rect(LABEL + x0, y, x1 - x0, ROW); ctx.clip();
+              ctx.fillText(row.isNodes ? t.names[i] : P.mnemonics[t.op[i]], LABEL + x0 + 2, y + ROW / 2); ctx.restore(); }
           } else {  // per-pixel binning: add the share of each pixel column the instruction covers
             binned = true;
             let p = Math.floor(x0);
@@ -223,6 +229,8 @@ const TL = (function timeline() {
     for (const t of row.members || [row]) {
       const i1 = lower(t.start, c + 1);
       for (let i = i1 - 1; i >= 0 && t.maxEnd[i] > c; i--) if (t.start[i] <= c && t.end[i] > c) {
+        if (t.isNodes) { text = "node " + t.names[i] + "\ncycles " + fmt(t.start[i]) + " .. " + fmt(t.end[i]) + " (" +
+          fmt(t.end[i] - t.start[i]) + ")"; break; }
         const node = t.node[i] >= 0 && P.node_names ? P.node_names[t.node[i]] : "";
         text = (multi ? "chip " + t.chip + " " : "") + t.slice + "  " + P.mnemonics[t.op[i]] + "\ncycles " + fmt(t.start[i]) +
           " .. " + fmt(t.end[i]) + " (" + fmt(t.end[i] - t.start[i]) + ")" + (node ? "\nnode " + node : ""); break; }
