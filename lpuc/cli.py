@@ -712,7 +712,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             print(f"{where:<28} {r['cycles']:>10,} cycles  {r['latency_us']:>10.2f} us{extra}")
         else:
             print(f"{where:<28} not built: {r['error']}")
-    print(f"{built} of {len(rows)} points built in {secs:.1f} s ({args.executor}, {workers} worker(s)); "
+    how = "Ray tasks" if args.executor == "ray" else f"{workers} local process(es)"
+    print(f"{built} of {len(rows)} points built in {secs:.1f} s ({how}); "
           f"wrote {', '.join(sorted(files))} in {out}")
     return 0
 

@@ -280,3 +280,15 @@ def test_html_on_compile_and_verify(tmp_path: Path, capsys) -> None:
     assert c["programs"][0]["cycles"] == v["programs"][0]["cycles"] == r["predicted_cycles"]
     assert ["emulated cycles", f"{r['emulated_cycles']:,}"] in v["facts"]
     assert c["energy"]["joules"] == pytest.approx(v["energy"]["joules"])
+
+
+@pytest.mark.slow
+def test_sweep_on_ray_writes_the_same_files(tmp_path: Path, capsys) -> None:
+    """--executor ray (a local Ray instance) writes what the local pool writes."""
+    pytest.importorskip("ray", reason="--executor ray needs Ray (pip install 'lpuc[ray]')")
+    pytest.importorskip("matplotlib", reason="lpuc sweep's plots need matplotlib (the plot extra)")
+    argv = ["sweep", MLP, "--chip", "tiny", "--chips", "1,2", "--precision", "fp32,bf16"]
+    assert main([*argv, "--executor", "ray", "-o", str(tmp_path / "r")]) == 0
+    assert main([*argv, "--workers", "1", "-o", str(tmp_path / "l")]) == 0
+    for f in (tmp_path / "l").iterdir():
+        assert f.read_bytes() == (tmp_path / "r" / f.name).read_bytes(), f.name
