@@ -292,3 +292,14 @@ def test_sweep_on_ray_writes_the_same_files(tmp_path: Path, capsys) -> None:
     assert main([*argv, "--workers", "1", "-o", str(tmp_path / "l")]) == 0
     for f in (tmp_path / "l").iterdir():
         assert f.read_bytes() == (tmp_path / "r" / f.name).read_bytes(), f.name
+
+
+def test_energy_counts_the_model_macs() -> None:
+    """mlp_tiny's two Gemms, x [4, 32] @ [32, 64] and [4, 64] @ [64, 16], have dimensions that are
+    multiples of tiny's 16 lanes: the MXM does exactly rows x K x N multiply-accumulates, no padding."""
+    import lpuc
+    from lpuc.report.energy import operation_counts
+
+    c = lpuc.compile(MLP, chip="tiny")
+    assert c.chip.lanes == 16
+    assert operation_counts(c.program)["macs"] == {"f32": 4 * 32 * 64 + 4 * 64 * 16}

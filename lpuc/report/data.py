@@ -72,7 +72,7 @@ def program_data(prog: Program) -> dict[str, Any]:
     end_all = 0
     for key in keys:
         c, sname = key
-        starts, ends, ops, nodes = [], [], [], []
+        starts, ends, ops, nodes = [], [], [], []  # in issue order: Program.validate makes it strictly increasing
         ivs = busy.setdefault(key, [])
         for inst in prog.queues[key]:
             rel, shift = relative_timing(inst.spec, inst.ops, chip)
