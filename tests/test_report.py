@@ -303,3 +303,27 @@ def test_energy_counts_the_model_macs() -> None:
     c = lpuc.compile(MLP, chip="tiny")
     assert c.chip.lanes == 16
     assert operation_counts(c.program)["macs"] == {"f32": 4 * 32 * 64 + 4 * 64 * 16}
+
+
+def test_multichip_report_in_a_browser(tmp_path: Path, capsys) -> None:
+    """A two-chip program: a track per chip and slice, link endpoints with their peer, the bytes each
+    link direction sends (n x width x lanes of its SENDs), the system drawn; no console message."""
+    from isa.program import Program
+
+    lpu = tmp_path / "m.lpu"
+    assert main(["compile", MLP, "--chip", "tiny", "--chips", "2", "-o", str(lpu), "--html", str(tmp_path / "m.html")]) == 0
+    prog = Program.load(lpu)
+    doc = json.loads(re.search(r'<script id="data" type="application/json">(.*?)</script>',
+                               (tmp_path / "m.html").read_text(), re.S).group(1))
+    p = doc["programs"][0]
+    assert {t["chip"] for t in p["tracks"]} == {0, 1}
+    from isa.dtypes import BY_CODE
+
+    sends = sum(int(i.ops["n"]) * BY_CODE[int(i.ops["dt"])].width * prog.chip.lanes
+                for q in prog.queues.values() for i in q if i.spec.mnemonic == "SEND")
+    assert sends > 0 and sum(ln["bytes"] for ln in p["links"]) == sends
+    for ln in p["links"]:
+        assert tuple(ln["to"]) == prog.system.peer(*ln["from"])
+    dom, console, _ = load(tmp_path / "m.html", tmp_path)
+    assert console == [], console
+    assert "The system: 2 chips" in dom

@@ -8,6 +8,7 @@ Everything is derived from the single timing model (``isa.timing.relative_timing
   ``end`` is one past its last access (as the Chrome trace, ``emulator.trace``);
 * utilization: per slice, busy cycles = the union of its ports' busy intervals (``isa.timing.utilization``
   per unit kind), divided by the program's cycles;
+* links (a system): per link direction used, the bytes its SENDs send (``n x width x lanes`` each);
 * ONNX nodes: per node, the span ``last end - first issue`` of the instructions serving it, their count
   and their busy slice-cycles ``sum(end - issue)``;
 * SRAM occupancy: a word (chip, slice, address) is occupied from each write to the last read before
@@ -24,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from isa.dtypes import BY_CODE
 from isa.program import Program
 from isa.timing import relative_timing, shift_timing, union_length, utilization
 
@@ -70,6 +72,7 @@ def program_data(prog: Program) -> dict[str, Any]:
                                                 for s in chip.slices_of("MEM")}))}
     words = chip.words_per_slice
     end_all = 0
+    links: list[dict[str, Any]] = []
     for key in keys:
         c, sname = key
         starts, ends, ops, nodes = [], [], [], []  # in issue order: Program.validate makes it strictly increasing
@@ -103,8 +106,16 @@ def program_data(prog: Program) -> dict[str, Any]:
                     ev_cyc.append(a.cycles.astype(np.int64))
                     # a read-modify-write counts as a read then a write (both at the cycle)
                     ev_w.append(np.full(len(a.cycles), 0 if a.mode == "r" else 1, dtype=np.int8))
-        tracks.append({"chip": c, "slice": sname, "unit": unit_of.get(sname, "?"),
-                       "start": starts, "end": ends, "op": ops, "node": nodes})
+        track = {"chip": c, "slice": sname, "unit": unit_of.get(sname, "?"),
+                 "start": starts, "end": ends, "op": ops, "node": nodes}
+        if track["unit"] == "C2C":  # a link endpoint: the chip and link at the other end, and the bytes sent
+            peer = prog.system.peer(c, int(sname[3:])) if prog.system.chips > 1 else None
+            track["peer"] = list(peer) if peer else None
+            sent = sum(int(i.ops["n"]) * BY_CODE[int(i.ops["dt"])].width * chip.lanes
+                       for i in prog.queues[key] if i.spec.mnemonic == "SEND")
+            if peer and sent:
+                links.append({"from": [c, int(sname[3:])], "to": list(peer), "bytes": sent})
+        tracks.append(track)
     cycles = int(prog.meta.get("predicted_cycles") or end_all or 1)
     util = utilization(chip, prog.system.chips, busy, cycles)
     slice_util = {f"{c}:{s}": union_length(ivs) / max(cycles, 1) for (c, s), ivs in busy.items()}
@@ -122,6 +133,7 @@ def program_data(prog: Program) -> dict[str, Any]:
         "slice_util": slice_util,
         "nodes": node_rows,
         "node_names": list(prog.nodes),
+        "links": links,
         "sram": _sram_curve(prog, ev_key, ev_cyc, ev_w, slot, cycles),
         "meta": {k: prog.meta[k] for k in META_KEYS if k in prog.meta},
     }

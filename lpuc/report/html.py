@@ -131,6 +131,27 @@ for (const [k, v] of D.facts) { const s = el("span"); s.textContent = k + ": " +
   lab(2, "west"); lab(chip.positions * W - 24, "east");
   const mid = chip.slices.find(s => s.hemisphere === "C"); if (mid) lab(mid.position * W - 6, "centre");
   document.getElementById("floor").appendChild(svg);
+  if (chips > 1) {  // the system: chips on a circle, each link direction used drawn with its bytes
+    const R = Math.min(160, 40 + 12 * chips), cx = R + 60, cy = R + 30, sys = document.createElementNS(ns, "svg");
+    sys.setAttribute("width", 2 * cx); sys.setAttribute("height", 2 * cy);
+    const at = c => [cx + R * Math.cos(2 * Math.PI * c / chips - Math.PI / 2), cy + R * Math.sin(2 * Math.PI * c / chips - Math.PI / 2)];
+    const most = Math.max(1, ...P.links.map(l => l.bytes));
+    for (const l of P.links) { const [x0, y0] = at(l.from[0]), [x1, y1] = at(l.to[0]);
+      const ln = document.createElementNS(ns, "line"), off = l.from[0] < l.to[0] ? 3 : -3;
+      ln.setAttribute("x1", x0 + off); ln.setAttribute("y1", y0 + off); ln.setAttribute("x2", x1 + off); ln.setAttribute("y2", y1 + off);
+      ln.setAttribute("stroke", COLOURS.C2C); ln.setAttribute("stroke-width", 1 + 5 * l.bytes / most);
+      const t = document.createElementNS(ns, "title");
+      t.textContent = "chip " + l.from[0] + " link " + l.from[1] + " -> chip " + l.to[0] + " link " + l.to[1] + ": " + fmt(l.bytes) + " B sent";
+      ln.appendChild(t); sys.appendChild(ln); }
+    for (let c = 0; c < chips; c++) { const [x, y] = at(c), g = document.createElementNS(ns, "circle");
+      g.setAttribute("cx", x); g.setAttribute("cy", y); g.setAttribute("r", 16); g.setAttribute("fill", "#263238");
+      sys.appendChild(g); const t = document.createElementNS(ns, "text"); t.setAttribute("x", x); t.setAttribute("y", y + 4);
+      t.setAttribute("text-anchor", "middle"); t.setAttribute("fill", "#fff"); t.setAttribute("font-size", "11"); t.textContent = "c" + c;
+      sys.appendChild(t); }
+    const f = document.getElementById("floor");
+    f.appendChild(el("div", {class: "note"}, "The system: " + chips + " chips; a line per link direction used, its width the bytes sent (hover)."));
+    f.appendChild(sys);
+  }
 })();
 
 // ---- timeline
@@ -173,7 +194,8 @@ const TL = (function timeline() {
     r.forEach((row, k) => {
       const y = AXIS + k * ROW;
       ctx.fillStyle = k % 2 ? "#fbfbfb" : "#f3f3f3"; ctx.fillRect(LABEL, y, w, ROW - 1);
-      ctx.fillStyle = "#333"; ctx.fillText((multi ? "c" + row.chip + " " : "") + row.slice, 2, y + ROW / 2);
+      ctx.fillStyle = "#333";
+      ctx.fillText((multi && !row.isNodes ? "c" + row.chip + " " : "") + row.slice + (row.peer ? ">c" + row.peer[0] + "." + row.peer[1] : ""), 2, y + ROW / 2);
       const colour = COLOURS[row.unit] || "#888", members = row.members || [row];
       bins.fill(0);
       let binned = false;
