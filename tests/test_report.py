@@ -327,3 +327,27 @@ def test_multichip_report_in_a_browser(tmp_path: Path, capsys) -> None:
     dom, console, _ = load(tmp_path / "m.html", tmp_path)
     assert console == [], console
     assert "The system: 2 chips" in dom
+
+
+@pytest.mark.slow
+def test_bert_base_width_report_stays_responsive(tmp_path: Path, capsys) -> None:
+    """A BERT-base width program (12 layers, hidden 768, a 1,024-word vocabulary: ~34k instructions on
+    lpu-v1 at fp16) gives a page of a few MB that a headless browser draws in well under the few seconds
+    a user would wait, and whose timeline redraws (a zoom or a pan) in a fraction of a second."""
+    import sys
+    from dataclasses import replace
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from models import BERT_BASE, build
+
+    model = build(replace(BERT_BASE, vocab=1024))
+    out = tmp_path / "bert.html"
+    assert main(["report", str(model), "--precision", "fp16", "-o", str(out)]) == 0
+    capsys.readouterr()
+    assert out.stat().st_size < 4_000_000
+    dom, console, shot = load(out, tmp_path)
+    assert console == [], console
+    doc = re.search(r'data-load-ms="(\d+)"', dom)
+    draw = re.search(r'data-draw-ms="([\d.]+)"', dom)
+    assert doc and int(doc.group(1)) < 5000 and draw and float(draw.group(1)) < 500
+    assert colours(shot) > 20
