@@ -700,8 +700,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         grid = {"chip": args.chip, "system": args.system, "chips": chips, "precision": precisions,
                 "seq": seqs, "scheduler": args.scheduler, "parallel": args.parallel, "emulate": args.emulate}
         files = outputs(args.model, rows, grid)
+        created = not out.exists()
         out.mkdir(exist_ok=True)
-        _write_all([(out / name, (lambda data: lambda p: p.write_bytes(data))(data)) for name, data in files.items()])
+        try:
+            _write_all([(out / name, (lambda data: lambda p: p.write_bytes(data))(data)) for name, data in files.items()])
+        except BaseException:
+            if created:  # all or nothing: no empty folder left behind either
+                out.rmdir()
+            raise
     secs = time.perf_counter() - t0
     built = sum(r["ok"] for r in rows)
     for r in rows:
