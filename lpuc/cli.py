@@ -506,13 +506,13 @@ def _figures_json(c) -> dict:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
+    import io
+
     from isa.asm import disassemble
 
     _check_input(args.model, "the .onnx model file in it")
     out = args.output or str(Path(args.model).with_suffix(".lpu"))
     _check_outputs([("-o", out), ("--emit-asm", args.emit_asm), ("--html", args.html)], [args.model])
-    import io
-
     with _Progress() as progress:
         c = _compile(args, progress, out=io.StringIO() if args.json else sys.stdout)
         progress.set("writing")
@@ -524,12 +524,12 @@ def cmd_compile(args: argparse.Namespace) -> int:
         if args.html:
             outputs.append(_html_output(args.html, c.program, progress=progress))
         _write_all(outputs)
-    wrote = ", ".join(x for x in (out, args.emit_asm, args.html) if x)
+    wrote = [x for x in (out, args.emit_asm, args.html) if x]
     if args.json:
-        print(json.dumps({**_figures_json(c), "wrote": wrote.split(", ")}, indent=2))
+        print(json.dumps({**_figures_json(c), "wrote": wrote}, indent=2))
         return 0
     print(_summary(c))
-    print(f"wrote              {wrote}")
+    print(f"wrote              {', '.join(wrote)}")
     return 0
 
 
@@ -547,9 +547,8 @@ def _error_line(o: dict) -> str:
 def cmd_verify(args: argparse.Namespace) -> int:
     import io
 
-    from lpuc.verification import verify
-
     from lpuc.report.energy import estimate
+    from lpuc.verification import verify
 
     _check_input(args.model, "the .onnx model file in it")
     _check_outputs([("--html", args.html)], [args.model] + ([args.inputs] if args.inputs else []))
