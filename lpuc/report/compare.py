@@ -75,7 +75,12 @@ def binding_chain(c) -> dict[str, Any]:
             break
         out["latency"] += binding[1]
         t = binding[0]
-    assert out["latency"] + sum(out[k] for k in WAIT_CAUSES) == cycles, (out, cycles)
+    if out["latency"] + sum(out[k] for k in WAIT_CAUSES) != cycles:
+        from lpuc.errors import CompileError
+
+        raise CompileError(f"internal: the binding chain of the {sched.scheduler} schedule adds up to "
+                           f"{out['latency'] + sum(out[k] for k in WAIT_CAUSES)} cycles, not {cycles}; please "
+                           f"report this model")
     return out
 
 

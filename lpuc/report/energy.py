@@ -10,6 +10,9 @@ Operations counted, per instruction (the same timing model as everything else, `
 * VXM element operations: ``n x lanes`` for a VXM instruction over ``n`` vectors;
 * link bytes: a SEND of ``n`` vectors of a ``w``-byte type sends ``n x w x lanes`` bytes.
 
+Not counted apart: values moving on the streams, SXM permutes and weight installs (their energy is taken
+to be in the per-operation figures of the units that read and write them, and in the static power).
+
 ``joules = sum(count x pJ) x 1e-12 + static_w x chips x seconds`` with ``seconds = cycles / clock``.
 Tokens of a run: the elements of the program's first integer input (token ids: a prefill of ``S``
 tokens is ``S``, a decode step 1); a program without an integer input counts the rows of its first
