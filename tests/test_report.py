@@ -76,7 +76,7 @@ def test_compare_in_a_browser(tmp_path: Path, capsys) -> None:
     assert "binding chain: waited for port" in text
     dom, console, _ = load(out, tmp_path)
     assert console == [], console
-    assert dom.count('class="strip"') == 2  # one strip per scheduler
+    assert dom.count('class="strip"') == 1 + 2  # the utilization's units over time, then one per scheduler
 
 
 def test_compare_chain_adds_up(capsys) -> None:

@@ -13,9 +13,10 @@ def build(prog: Program, stats: "dict[str, Any] | None" = None, energy: "dict[st
     """The report document of ``prog`` (``lpuc.report.data.program_data``) with the header facts;
     ``stats``: an emulator run's figures (``Emulator.stats``), ``energy``: ``lpuc.report.energy``'s
     estimate, ``compare``: ``lpuc.report.compare``'s table."""
-    from lpuc.report.data import program_data
+    from lpuc.report.data import program_data, unit_strip
 
     d = program_data(prog)
+    d["strip"] = unit_strip(prog, d["cycles"])
     meta = d["meta"]
     chip = prog.chip
     cycles = d["cycles"]

@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 from lpuc.passes.schedule import WAIT_CAUSES
+from lpuc.report.data import unit_strip
 
 
 def binding_chain(c) -> dict[str, Any]:
@@ -141,47 +142,6 @@ def compare(compiled: list[tuple[str, Any]]) -> dict[str, Any]:
     ]
     return {"schedulers": names, "rows": rows, "notes": notes, "chains": chains,
             "strips": [unit_strip(c.program, max(cyc)) for _, c in compiled]}
-
-
-#: bins of a schedule's strip in the comparison (one common cycle axis for all schedulers)
-STRIP_BINS = 800
-
-
-def unit_strip(prog, axis_cycles: int) -> dict[str, Any]:
-    """A schedule's units over time for the side-by-side view: per unit kind, for each of ``STRIP_BINS``
-    bins of ``axis_cycles / STRIP_BINS`` cycles, the busy fraction of its slice-cycles (a slice busy
-    while any of its ports is, as ``isa.timing.utilization``)."""
-    import numpy as np
-
-    from isa.timing import program_busy
-
-    chip = prog.chip
-    busy, _ = program_busy(prog.queues, chip)
-    n = max(int(axis_cycles), 1)
-    edges = np.linspace(0, n, STRIP_BINS + 1).astype(np.int64)
-    rows = []
-    for unit in ("MXM", "VXM", "MEM", "SXM", "C2C"):
-        names = [s.name for s in chip.slices_of(unit)]
-        diff = np.zeros(n + 1, dtype=np.int64)
-        for c in range(prog.system.chips):
-            for name in names:
-                ivs = sorted(busy.get((c, name), []))
-                merged: list[list[int]] = []
-                for s0, e0 in ivs:  # the union of a slice's ports' intervals
-                    if merged and s0 <= merged[-1][1]:
-                        merged[-1][1] = max(merged[-1][1], e0)
-                    else:
-                        merged.append([s0, e0])
-                for s0, e0 in merged:
-                    diff[min(s0, n)] += 1
-                    diff[min(e0, n)] -= 1
-        per_cycle = np.cumsum(diff[:n])
-        sums = np.add.reduceat(per_cycle, edges[:-1]) if n >= STRIP_BINS else np.zeros(STRIP_BINS)
-        width = np.maximum(np.diff(edges), 1)
-        frac = sums / (width * max(len(names) * prog.system.chips, 1))
-        if frac.any():
-            rows.append({"unit": unit, "bins": [round(float(x), 3) for x in frac]})
-    return {"cycles": int(prog.meta.get("predicted_cycles") or 0), "axis": n, "rows": rows}
 
 
 def format_compare(doc: dict[str, Any]) -> str:

@@ -27,7 +27,7 @@ import numpy as np
 
 from isa.dtypes import BY_CODE
 from isa.program import Program
-from isa.timing import relative_timing, shift_timing, union_length, utilization
+from isa.timing import program_busy, relative_timing, shift_timing, union_length, utilization
 
 #: the program ``meta`` entries a report shows (the compiler's, ``lpuc.pipeline``)
 META_KEYS = ("model", "precision", "scheduler", "predicted_cycles", "roofline_cycles", "roofline_parts", "chips",
@@ -196,3 +196,40 @@ def _sram_curve(prog: Program, ev_key: list[np.ndarray], ev_cyc: list[np.ndarray
             np.add.at(per_chip[c], b1[m] + 1, -1)
     occ = np.cumsum(per_chip[:, :bins], axis=1) * chip.lanes
     return {"bin_cycles": width, "bytes": occ.tolist(), "capacity": chip.sram_bytes}
+
+
+#: bins of a units-over-time strip (the page's utilization; the comparison's, on one cycle axis for all)
+STRIP_BINS = 800
+
+
+def unit_strip(prog, axis_cycles: int) -> dict[str, Any]:
+    """A schedule's units over time (the utilization section; side by side in a comparison): per unit kind, for each of ``STRIP_BINS``
+    bins of ``axis_cycles / STRIP_BINS`` cycles, the busy fraction of its slice-cycles (a slice busy
+    while any of its ports is, as ``isa.timing.utilization``)."""
+    chip = prog.chip
+    busy, end = program_busy(prog.queues, chip)
+    n = max(int(axis_cycles), 1)
+    edges = np.linspace(0, n, STRIP_BINS + 1).astype(np.int64)
+    rows = []
+    for unit in ("MXM", "VXM", "MEM", "SXM", "C2C"):
+        names = [s.name for s in chip.slices_of(unit)]
+        diff = np.zeros(n + 1, dtype=np.int64)
+        for c in range(prog.system.chips):
+            for name in names:
+                ivs = sorted(busy.get((c, name), []))
+                merged: list[list[int]] = []
+                for s0, e0 in ivs:  # the union of a slice's ports' intervals
+                    if merged and s0 <= merged[-1][1]:
+                        merged[-1][1] = max(merged[-1][1], e0)
+                    else:
+                        merged.append([s0, e0])
+                for s0, e0 in merged:
+                    diff[min(s0, n)] += 1
+                    diff[min(e0, n)] -= 1
+        per_cycle = np.cumsum(diff[:n])
+        sums = np.add.reduceat(per_cycle, edges[:-1]) if n >= STRIP_BINS else np.zeros(STRIP_BINS)
+        width = np.maximum(np.diff(edges), 1)
+        frac = sums / (width * max(len(names) * prog.system.chips, 1))
+        if frac.any():
+            rows.append({"unit": unit, "bins": [round(float(x), 3) for x in frac]})
+    return {"cycles": int(prog.meta.get("predicted_cycles") or end), "axis": n, "rows": rows}

@@ -97,6 +97,20 @@ const pct = x => (100 * x).toFixed(1) + "%";
 function el(tag, attrs, text) { const e = document.createElement(tag);
   for (const k in attrs || {}) e.setAttribute(k, attrs[k]); if (text !== undefined) e.textContent = text; return e; }
 
+// a unit-over-time strip (``lpuc.report.compare.unit_strip``): per unit, each bin's busy fraction as opacity;
+// a red line where the program ends on the strip's cycle axis
+function strip(parent, S) {
+  const cv = el("canvas", {class: "strip"}); parent.appendChild(cv);
+  const L = 60, ROWH = 14; cv.width = Math.max(400, parent.clientWidth - 10); cv.height = S.rows.length * ROWH + 2;
+  const ctx = cv.getContext("2d"), w = cv.width - L; ctx.font = "10px monospace"; ctx.textBaseline = "middle";
+  S.rows.forEach((r, i) => { const y = i * ROWH; ctx.fillStyle = "#f3f3f3"; ctx.fillRect(L, y, w, ROWH - 1);
+    ctx.fillStyle = "#333"; ctx.fillText(r.unit, 2, y + ROWH / 2); ctx.fillStyle = COLOURS[r.unit] || "#888";
+    const bw = w / r.bins.length;
+    r.bins.forEach((f, b) => { if (f > 0) { ctx.globalAlpha = Math.min(1, 0.15 + 0.85 * f); ctx.fillRect(L + b * bw, y + 1, Math.max(1, bw), ROWH - 3); } });
+    ctx.globalAlpha = 1; });
+  ctx.strokeStyle = "#c62828"; const xe = L + w * S.cycles / S.axis; ctx.beginPath(); ctx.moveTo(xe, 0); ctx.lineTo(xe, cv.height); ctx.stroke();
+}
+
 // ---- header
 document.getElementById("title").textContent = D.title;
 const facts = document.getElementById("facts");
@@ -282,6 +296,11 @@ const TL = (function timeline() {
   const div = document.getElementById("util"); div.appendChild(t);
   div.appendChild(el("div", {class: "note"}, "busy cycles: a slice is busy while any of its ports is, summed over the unit's slices" +
     (P.chips > 1 ? " and chips" : "") + "; utilization = busy / (cycles x slices" + (P.chips > 1 ? " x chips" : "") + ")"));
+  if (P.strip && P.strip.rows.length) {
+    const bins = P.strip.rows[0].bins.length;
+    div.appendChild(el("div", {class: "note"}, "over time: each unit's busy fraction in " + bins + " bins of " +
+      (P.strip.axis / bins).toFixed(1) + " cycles"));
+    strip(div, P.strip); }
 })();
 
 // ---- roofline
@@ -370,16 +389,8 @@ const TL = (function timeline() {
   for (const line of C.notes) div.appendChild(el("div", {class: "note"}, line));
   // the schedules side by side on one cycle axis: per unit, the busy fraction of its slices in each bin
   C.strips.forEach((S, k) => {
-    const cv = el("canvas", {class: "strip"}); div.appendChild(el("div", {}, C.schedulers[k] + ": " + fmt(S.cycles) + " cycles"));
-    div.appendChild(cv);
-    const L = 60, ROWH = 14; cv.width = Math.max(400, div.clientWidth - 10); cv.height = S.rows.length * ROWH + 2;
-    const ctx = cv.getContext("2d"), w = cv.width - L; ctx.font = "10px monospace"; ctx.textBaseline = "middle";
-    S.rows.forEach((r, i) => { const y = i * ROWH; ctx.fillStyle = "#f3f3f3"; ctx.fillRect(L, y, w, ROWH - 1);
-      ctx.fillStyle = "#333"; ctx.fillText(r.unit, 2, y + ROWH / 2); ctx.fillStyle = COLOURS[r.unit] || "#888";
-      const bw = w / r.bins.length;
-      r.bins.forEach((f, b) => { if (f > 0) { ctx.globalAlpha = Math.min(1, 0.15 + 0.85 * f); ctx.fillRect(L + b * bw, y + 1, Math.max(1, bw), ROWH - 3); } });
-      ctx.globalAlpha = 1; });
-    ctx.strokeStyle = "#c62828"; const xe = L + w * S.cycles / S.axis; ctx.beginPath(); ctx.moveTo(xe, 0); ctx.lineTo(xe, cv.height); ctx.stroke();
+    div.appendChild(el("div", {}, C.schedulers[k] + ": " + fmt(S.cycles) + " cycles"));
+    strip(div, S);
   });
 })();
 window.REPORT_READY = {tracks: TL.drawn(), instructions: P.instructions};
