@@ -417,6 +417,7 @@ def _system_summary(sc) -> str:
     lines += [
         f"instructions       {prog.instruction_count}",
         f"predicted cycles   {cycles}  ({cycles / sc.chip.clock_mhz:.3f} us at the clock)",
+        *_energy_lines(prog),
         f"roofline bound     {sc.roofline_cycles} cycles (the largest chip's own bound; predicted / bound = "
         f"{cycles / max(sc.roofline_cycles, 1):.2f})",
     ]
@@ -428,7 +429,6 @@ def _system_summary(sc) -> str:
     lines += [
         "utilization        " + ", ".join(f"{u} {100 * v['utilization']:.1f}%" for u, v in util.items()
                                           if u != "ICU"),
-        *_energy_lines(prog),
         f"compile time       {sc.seconds:.2f} s",
     ]
     return "\n".join(lines)
@@ -462,6 +462,7 @@ def _summary(c) -> str:
         f"{prog.meta['scheduler']} scheduler",
         f"instructions       {prog.instruction_count}",
         f"predicted cycles   {cycles}  ({cycles / c.chip.clock_mhz:.3f} us at the clock)",
+        *_energy_lines(prog),
         f"roofline bound     {rl.cycles} cycles, bound by {rl.bound_by}; predicted / bound = "
         f"{cycles / max(rl.cycles, 1):.2f}",
         "                   " + ", ".join(f"{k} {v}" for k, v in rl.parts.items()),
@@ -471,7 +472,6 @@ def _summary(c) -> str:
         f"at most {c.alloc.peak_bytes:,} B of tensors live at once)",
         "utilization        " + ", ".join(f"{u} {100 * v['utilization']:.1f}%" for u, v in util.items()
                                           if u not in ("C2C", "ICU")),
-        *_energy_lines(prog),
         f"compile time       {c.seconds:.2f} s",
     ]
     return "\n".join(lines)
