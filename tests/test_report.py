@@ -351,3 +351,18 @@ def test_bert_base_width_report_stays_responsive(tmp_path: Path, capsys) -> None
     draw = re.search(r'data-draw-ms="([\d.]+)"', dom)
     assert doc and int(doc.group(1)) < 5000 and draw and float(draw.group(1)) < 500
     assert colours(shot) > 20
+
+
+def test_report_view_from_the_address(tmp_path: Path, capsys) -> None:
+    """report.html#mode=unit&view=A-B opens on tracks per unit and cycles A..B: the zoomed, aggregated
+    drawing runs without a console message and draws."""
+    out = tmp_path / "r.html"
+    assert main(["report", GPT2, "--chip", "tiny", "-o", str(out)]) == 0
+    exe = browser()
+    r = subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0",
+                        f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
+                        out.resolve().as_uri() + "#mode=unit&view=1000-3000"],
+                       capture_output=True, text=True, timeout=120)
+    assert [ln for ln in r.stderr.splitlines() if ":CONSOLE" in ln] == []
+    assert 'data-view="1000-3000 unit"' in r.stdout
+    assert int(re.search(r'data-marks="(\d+)"', r.stdout).group(1)) > 0

@@ -241,6 +241,9 @@ const TL = (function timeline() {
       }
     });
     cv.setAttribute("data-marks", marks);
+    cv.setAttribute("data-view", Math.round(v0) + "-" + Math.round(v1) + " " + mode);
+    clearTimeout(draw.hash);  // (at most every 300 ms: browsers throttle rapid address changes)
+    draw.hash = setTimeout(() => history.replaceState(null, "", "#mode=" + mode + "&view=" + Math.round(v0) + "-" + Math.round(v1)), 300);
     cv.setAttribute("data-draw-ms", (performance.now() - t0).toFixed(1));  // one redraw: what a zoom or pan costs
     document.getElementById("range").textContent = "cycles " + fmt(v0) + " .. " + fmt(v1) + " of " + fmt(total) +
       " (" + ((v1 - v0) / P.chip.clock_mhz).toFixed(3) + " us in view)";
@@ -280,6 +283,12 @@ const TL = (function timeline() {
   document.getElementById("zout").onclick = () => zoom(2, LABEL + (cv.width - LABEL) / 2);
   document.getElementById("mode").onchange = e => { mode = e.target.value; size(); draw(); };
   window.addEventListener("resize", () => { size(); draw(); });
+  // a view given in the address (report.html#mode=unit&view=1000-5000): tracks and cycle range to open with,
+  // so a view can be shared; the address follows the view as it changes
+  { const h = new URLSearchParams(location.hash.slice(1));
+    if (h.get("mode") === "unit" || h.get("mode") === "slice") { mode = h.get("mode"); document.getElementById("mode").value = mode; }
+    const m = /^(\d+)-(\d+)$/.exec(h.get("view") || "");
+    if (m && +m[2] > +m[1]) { v0 = Math.max(0, +m[1]); v1 = Math.min(total, +m[2]); } }
   size(); draw();
   return { show(a, b) { const pad = Math.max(5, (b - a) * 0.05); v0 = Math.max(0, a - pad); v1 = Math.min(total, b + pad); draw();
     document.getElementById("s-timeline").scrollIntoView(); }, drawn: () => P.tracks.length };
