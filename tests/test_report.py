@@ -34,7 +34,7 @@ def load(page: Path, tmp: Path) -> tuple[str, list[str], Path]:
     """Load ``page`` headless: (the DOM after the scripts ran, the console messages, a screenshot)."""
     exe = browser()
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1400,1400",
-             "--enable-logging=stderr", "--v=0", f"--user-data-dir={tmp / 'profile'}"]
+             "--enable-logging=stderr", "--v=0", "--virtual-time-budget=2000", f"--user-data-dir={tmp / 'profile'}"]
     url = page.resolve().as_uri()
     dom = subprocess.run([exe, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
     shot = tmp / "shot.png"
