@@ -271,7 +271,8 @@ def test_html_on_compile_and_verify(tmp_path: Path, capsys) -> None:
         return json.loads(re.search(r'<script id="data" type="application/json">(.*?)</script>',
                                     page.read_text(), re.S).group(1))
 
-    assert main(["compile", MLP, "--chip", "tiny", "-o", str(tmp_path / "m.lpu"), "--html", str(tmp_path / "c.html")]) == 0
+    assert main(["compile", MLP, "--chip", "tiny", "-o", str(tmp_path / "m.lpu"),
+                 "--html", str(tmp_path / "c.html")]) == 0
     assert "c.html" in capsys.readouterr().out
     assert main(["verify", MLP, "--chip", "tiny", "--html", str(tmp_path / "v.html"), "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
@@ -311,7 +312,8 @@ def test_multichip_report_in_a_browser(tmp_path: Path, capsys) -> None:
     from isa.program import Program
 
     lpu = tmp_path / "m.lpu"
-    assert main(["compile", MLP, "--chip", "tiny", "--chips", "2", "-o", str(lpu), "--html", str(tmp_path / "m.html")]) == 0
+    assert main(["compile", MLP, "--chip", "tiny", "--chips", "2", "-o", str(lpu),
+                 "--html", str(tmp_path / "m.html")]) == 0
     prog = Program.load(lpu)
     doc = json.loads(re.search(r'<script id="data" type="application/json">(.*?)</script>',
                                (tmp_path / "m.html").read_text(), re.S).group(1))

@@ -35,7 +35,8 @@ def build(prog: Program, stats: "dict[str, Any] | None" = None, energy: "dict[st
             facts.append(("hazards", str(stats["hazards"])))
     if energy is not None:
         facts += [("energy", f"{energy['joules'] * 1e3:.4g} mJ a run"),
-                  ("per token", f"{energy['joules_per_token'] * 1e3:.4g} mJ, ${energy['usd_per_million_tokens']:.4g} / M tokens")]
+                  ("per token", f"{energy['joules_per_token'] * 1e3:.4g} mJ, "
+                                f"${energy['usd_per_million_tokens']:.4g} / M tokens")]
     name = title or str(meta.get("model") or "program")
     return {"title": f"lpuc report: {name}", "facts": facts, "programs": [d], "energy": energy, "compare": compare}
 

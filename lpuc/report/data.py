@@ -203,9 +203,9 @@ STRIP_BINS = 800
 
 
 def unit_strip(prog, axis_cycles: int) -> dict[str, Any]:
-    """A schedule's units over time (the utilization section; side by side in a comparison): per unit kind, for each of ``STRIP_BINS``
-    bins of ``axis_cycles / STRIP_BINS`` cycles, the busy fraction of its slice-cycles (a slice busy
-    while any of its ports is, as ``isa.timing.utilization``)."""
+    """A schedule's units over time (the utilization section; side by side in a comparison): per unit
+    kind, for each of ``STRIP_BINS`` bins of ``axis_cycles / STRIP_BINS`` cycles, the busy fraction of its
+    slice-cycles (a slice busy while any of its ports is, as ``isa.timing.utilization``)."""
     chip = prog.chip
     busy, end = program_busy(prog.queues, chip)
     n = max(int(axis_cycles), 1)
