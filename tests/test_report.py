@@ -368,3 +368,16 @@ def test_report_view_from_the_address(tmp_path: Path, capsys) -> None:
     assert [ln for ln in r.stderr.splitlines() if ":CONSOLE" in ln] == []
     assert 'data-view="1000-3000 unit"' in r.stdout
     assert int(re.search(r'data-marks="(\d+)"', r.stdout).group(1)) > 0
+
+
+def test_report_compare_json(tmp_path: Path, capsys) -> None:
+    """report --compare --json: the table as rows of one value per scheduler, the page's size."""
+    out = tmp_path / "c.html"
+    assert main(["report", MLP, "--chip", "tiny", "--compare", "asap,list", "--json", "-o", str(out)]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["bytes"] == out.stat().st_size and doc["compare"]["schedulers"] == ["asap", "list"]
+    rows = {r["label"]: r["values"] for r in doc["compare"]["rows"]}
+    assert all(len(v) == 2 for v in rows.values())
+    chain = [k for k in rows if k.startswith("binding chain: ") and k != "binding chain: tasks"]
+    for j in range(2):  # the chain's parts add up to the predicted cycles
+        assert sum(rows[k][j] for k in chain) == rows["predicted cycles"][j]
