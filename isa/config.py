@@ -52,6 +52,67 @@ class Slice:
     hemisphere: str  # "W", "E" or "C" (centre)
 
 
+@dataclass(frozen=True)
+class EnergyTable:
+    """Per-operation energy and cost of a chip (the config's ``[energy]`` and ``[cost]`` tables).
+
+    A program's energy is ``E = sum over operations of count x energy + static_w x chips x seconds``:
+    bytes read from and written to SRAM, multiply-accumulates (``lanes x K`` per activation vector of a
+    MATMUL, by input type), VXM element operations (``lanes`` per vector of an instruction), bytes sent
+    over chip-to-chip links, and the static power of every chip for the program's time. Its cost is
+    ``usd_per_chip_hour x chips x seconds / 3600``.
+    """
+
+    sram_read_pj_per_byte: float
+    sram_write_pj_per_byte: float
+    mac_pj: dict[str, float]  # input dtype -> picojoules per multiply-accumulate
+    vxm_pj_per_element: float
+    link_pj_per_byte: float
+    static_w: float
+    usd_per_chip_hour: float
+
+
+_ENERGY_KEYS = ("sram_read_pj_per_byte", "sram_write_pj_per_byte", "mac_pj", "vxm_pj_per_element",
+                "link_pj_per_byte", "static_w")
+
+
+def _energy_table(raw: dict[str, Any]) -> EnergyTable | None:
+    """The chip's ``EnergyTable``, None when the config has no ``[energy]`` table; ``ConfigError`` when
+    one is incomplete or not a non-negative number (or a ``[cost]`` is missing beside it)."""
+    e = raw.get("energy")
+    if e is None:
+        return None
+    if not isinstance(e, dict):
+        raise ConfigError("chip config key 'energy' must be a table")
+    for key in _ENERGY_KEYS:
+        if key not in e:
+            raise ConfigError(f"chip config is missing energy.{key}")
+    cost = raw.get("cost")
+    if not isinstance(cost, dict) or "usd_per_chip_hour" not in cost:
+        raise ConfigError("chip config has an [energy] table but no cost.usd_per_chip_hour")
+
+    def number(where: str, v: Any) -> float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
+            raise ConfigError(f"{where} must be a number >= 0, not {v!r}")
+        return float(v)
+
+    macs = e["mac_pj"]
+    if not isinstance(macs, dict):
+        raise ConfigError("energy.mac_pj must be a table of input type -> picojoules, e.g. { i8 = 0.1 }")
+    missing = [d for d in raw.get("mxm", {}).get("cycles_per_vector", {}) if d not in macs]
+    if missing:
+        raise ConfigError(f"energy.mac_pj has no figure for {', '.join(missing)} (the MXM takes these types)")
+    return EnergyTable(
+        number("energy.sram_read_pj_per_byte", e["sram_read_pj_per_byte"]),
+        number("energy.sram_write_pj_per_byte", e["sram_write_pj_per_byte"]),
+        {k: number(f"energy.mac_pj.{k}", v) for k, v in macs.items()},
+        number("energy.vxm_pj_per_element", e["vxm_pj_per_element"]),
+        number("energy.link_pj_per_byte", e["link_pj_per_byte"]),
+        number("energy.static_w", e["static_w"]),
+        number("cost.usd_per_chip_hour", cost["usd_per_chip_hour"]),
+    )
+
+
 @dataclass(frozen=True, eq=False)
 class ChipConfig:
     """A parsed chip configuration plus its derived floorplan. Equal configs have equal digests."""
@@ -195,6 +256,11 @@ class ChipConfig:
         the others."""
         return int(self.mxm["weight_buffers"])
 
+    @cached_property
+    def energy(self) -> EnergyTable | None:
+        """The per-operation energy and cost table (``EnergyTable``); None if the config has none."""
+        return _energy_table(self.raw)
+
     def cycles_per_vector(self, dtype: str) -> int:
         """MXM cycles per activation vector for an input dtype (int8 is the full rate)."""
         cpv = self.mxm["cycles_per_vector"]
@@ -245,6 +311,7 @@ def _validate_chip(cfg: ChipConfig) -> None:
             raise ConfigError(f"chip config is missing latency.{key}")
         if int(cfg.raw["latency"][key]) < 1:
             raise ConfigError(f"latency.{key} must be at least 1 cycle")
+    _energy_table(cfg.raw)  # (raises on a bad [energy] or [cost] table)
 
 
 #: Latency keys every chip config must define (see ISA.md for their use).

@@ -22,6 +22,10 @@ WORKERS_HELP = ("processes emulating a multi-chip program's chips (auto: one per
                 "100,000 instructions or more, else 1)")
 
 
+HTML_HELP = ("also write the report as one self-contained HTML page: floorplan, timeline, utilization, roofline, "
+             "SRAM over time, energy, ONNX nodes")
+
+
 class UsageError(ValueError):
     """Bad command-line input."""
 
@@ -264,7 +268,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from emulator.trace import trace_events
 
     _check_input(args.program, "a .lpu or .s program file")
-    _check_outputs([("-o", args.output), ("--trace", args.trace)], [args.program] + ([args.inputs] if args.inputs else []))
+    _check_outputs([("-o", args.output), ("--trace", args.trace), ("--html", args.html)],
+                   [args.program] + ([args.inputs] if args.inputs else []))
     prog = _load_program(args.program)
     if args.inputs:
         inputs = _load_npz(args.inputs)
@@ -284,6 +289,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             progress.set("writing the trace")
             text = json.dumps(trace_events(em))
             outputs.append((args.trace, lambda p: p.write_text(text)))
+        if args.html:
+            outputs.append(_html_output(args.html, prog, stats=result.stats, progress=progress))
         _write_all(outputs)
     if args.json:
         doc = {**result.stats, "emulate_s": secs,
@@ -410,6 +417,7 @@ def _system_summary(sc) -> str:
     lines += [
         f"instructions       {prog.instruction_count}",
         f"predicted cycles   {cycles}  ({cycles / sc.chip.clock_mhz:.3f} us at the clock)",
+        *_energy_lines(prog),
         f"roofline bound     {sc.roofline_cycles} cycles (the largest chip's own bound; predicted / bound = "
         f"{cycles / max(sc.roofline_cycles, 1):.2f})",
     ]
@@ -424,6 +432,16 @@ def _system_summary(sc) -> str:
         f"compile time       {sc.seconds:.2f} s",
     ]
     return "\n".join(lines)
+
+
+def _energy_lines(prog) -> list[str]:
+    """Joules and $ per token beside the latency (``lpuc.report.energy``), or why there are none."""
+    from lpuc.report.energy import estimate
+
+    e = estimate(prog)
+    if e is None:
+        return [f"energy             not estimated: chip config '{prog.chip.name}' has no [energy] table"]
+    return e["lines"]
 
 
 def _summary(c) -> str:
@@ -444,6 +462,7 @@ def _summary(c) -> str:
         f"{prog.meta['scheduler']} scheduler",
         f"instructions       {prog.instruction_count}",
         f"predicted cycles   {cycles}  ({cycles / c.chip.clock_mhz:.3f} us at the clock)",
+        *_energy_lines(prog),
         f"roofline bound     {rl.cycles} cycles, bound by {rl.bound_by}; predicted / bound = "
         f"{cycles / max(rl.cycles, 1):.2f}",
         "                   " + ", ".join(f"{k} {v}" for k, v in rl.parts.items()),
@@ -458,23 +477,59 @@ def _summary(c) -> str:
     return "\n".join(lines)
 
 
+def _html_output(path: str, prog, stats: dict | None = None, compare: dict | None = None,
+                 progress: "_Progress | None" = None) -> tuple[str, Callable[[Path], None]]:
+    """The ``--html`` report of ``prog`` (``lpuc.report``) as an output for ``_write_all``."""
+    from lpuc.report import build, write_html
+    from lpuc.report.energy import estimate
+
+    if progress is not None:
+        progress.set("writing the HTML report")
+    cycles = int(stats["cycles"]) if stats else None
+    doc = build(prog, stats=stats, energy=estimate(prog, cycles), compare=compare)
+    return path, lambda p: write_html(doc, p)
+
+
+def _figures_json(c) -> dict:
+    """``lpuc compile --json``: what the text summary says, as one object."""
+    from lpuc.report.energy import estimate
+
+    prog = c.program
+    cycles = int(prog.meta["predicted_cycles"])
+    e = estimate(prog)
+    return {"model": prog.meta.get("model"), "chip": c.chip.name, "chips": int(prog.meta.get("chips") or 1),
+            "precision": prog.meta.get("precision"), "scheduler": prog.meta.get("scheduler"),
+            "instructions": prog.instruction_count, "predicted_cycles": cycles,
+            "latency_us": cycles / c.chip.clock_mhz, "roofline_cycles": int(prog.meta.get("roofline_cycles") or 0),
+            "roofline": prog.meta.get("roofline_parts"), "compile_s": c.seconds,
+            "energy": None if e is None else {k: v for k, v in e.items() if k != "lines"}}
+
+
 def cmd_compile(args: argparse.Namespace) -> int:
+    import io
+
     from isa.asm import disassemble
 
     _check_input(args.model, "the .onnx model file in it")
     out = args.output or str(Path(args.model).with_suffix(".lpu"))
-    _check_outputs([("-o", out), ("--emit-asm", args.emit_asm)], [args.model])
+    _check_outputs([("-o", out), ("--emit-asm", args.emit_asm), ("--html", args.html)], [args.model])
     with _Progress() as progress:
-        c = _compile(args, progress)
+        c = _compile(args, progress, out=io.StringIO() if args.json else sys.stdout)
         progress.set("writing")
         blob = c.program.to_bytes()
         outputs: list[tuple[str | Path, Callable[[Path], None]]] = [(out, lambda p: p.write_bytes(blob))]
         if args.emit_asm:
             text = disassemble(c.program)
             outputs.append((args.emit_asm, lambda p: p.write_text(text)))
+        if args.html:
+            outputs.append(_html_output(args.html, c.program, progress=progress))
         _write_all(outputs)
+    wrote = [x for x in (out, args.emit_asm, args.html) if x]
+    if args.json:
+        print(json.dumps({**_figures_json(c), "wrote": wrote}, indent=2))
+        return 0
     print(_summary(c))
-    print(f"wrote              {out}" + (f" and {args.emit_asm}" if args.emit_asm else ""))
+    print(f"wrote              {', '.join(wrote)}")
     return 0
 
 
@@ -492,16 +547,23 @@ def _error_line(o: dict) -> str:
 def cmd_verify(args: argparse.Namespace) -> int:
     import io
 
+    from lpuc.report.energy import estimate
     from lpuc.verification import verify
 
     _check_input(args.model, "the .onnx model file in it")
+    _check_outputs([("--html", args.html)], [args.model] + ([args.inputs] if args.inputs else []))
     buf = io.StringIO()
     inputs = _load_npz(args.inputs) if args.inputs else None
     with _Progress() as progress:
         c = _compile(args, progress, out=buf if args.json else sys.stdout)
         progress.set("")  # the emulator shows its own progress bar
         v = verify(c, args.model, args.precision, inputs, args.seed, workers=_workers(args, c.program))
+        if args.html:
+            _write_all([_html_output(args.html, c.program, stats={"cycles": v.report["emulated_cycles"]},
+                                     progress=progress)])
     r = v.report
+    e = estimate(c.program, int(r["emulated_cycles"]))
+    r["energy"] = None if e is None else {k: x for k, x in e.items() if k != "lines"}
     if args.json:
         print(json.dumps(r, indent=2))
         return 0 if v.ok else 1
@@ -515,6 +577,150 @@ def cmd_verify(args: argparse.Namespace) -> int:
           f"onnxruntime {r['onnxruntime_s'] * 1e3:.1f} ms")
     print("VERIFIED" if v.ok else "FAILED")
     return 0 if v.ok else 1
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """``lpuc report``: the HTML report of a model (compiled with the compile options) or a program; with
+    ``--compare``, the model compiled once per scheduler, the first one's report with the comparison."""
+    import io
+
+    from lpuc.passes.schedule import SCHEDULERS
+
+    _check_input(args.model, "an .onnx model, a .lpu program or a .s file")
+    _check_outputs([("-o", args.output)], [args.model])
+    is_model = args.model.endswith(".onnx")
+    schedulers = [x for x in (args.compare or "").replace(" ", "").split(",") if x]
+    if args.compare is not None:
+        bad = [x for x in schedulers if x not in SCHEDULERS]
+        if bad or not schedulers:
+            raise UsageError(f"--compare {args.compare}: give schedulers separated by commas, from "
+                             f"{', '.join(SCHEDULERS)}, e.g. naive,asap,list")
+        if len(set(schedulers)) != len(schedulers):
+            raise UsageError(f"--compare {args.compare}: a scheduler is named twice")
+        if not is_model:
+            raise UsageError("--compare compiles the model once per scheduler: give an .onnx model, not a program")
+        if args.chips != "1" or args.system:
+            raise UsageError("--compare works on one chip so far; leave out --chips and --system")
+    compare = None
+    t0 = time.perf_counter()
+    with _Progress() as progress:
+        if is_model:
+            runs = []
+            for name in schedulers or [args.scheduler]:
+                args.scheduler = name
+                runs.append((name, _compile(args, progress, out=io.StringIO() if args.json else sys.stdout)))
+            if schedulers:
+                from lpuc.report.compare import compare as compare_schedules
+
+                progress.set("comparing the schedules")
+                compare = compare_schedules(runs)
+            c = runs[-1][1] if not schedulers else min((r for _, r in runs), key=lambda r: r.cycles)
+            prog = c.program
+        else:
+            prog = _load_program(args.model)
+        path, write = _html_output(args.output, prog, compare=compare, progress=progress)
+        _write_all([(path, write)])
+    secs = time.perf_counter() - t0
+    size = Path(args.output).stat().st_size
+    if args.json:
+        doc = {"wrote": args.output, "bytes": size, "seconds": secs}
+        if compare is not None:
+            doc["compare"] = {k: v for k, v in compare.items() if k not in ("strips", "chains")}
+        print(json.dumps(doc, indent=2))
+        return 0
+    if compare is not None:
+        from lpuc.report.compare import format_compare
+
+        print(format_compare(compare))
+    print(f"wrote              {args.output} ({size:,} bytes in {secs:.2f} s; open it in a browser, no network needed)")
+    return 0
+
+
+def _grid_ints(text: str, what: str) -> list[int]:
+    """A sweep axis of positive integers, e.g. ``1,2,4,8``."""
+    try:
+        vals = [int(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        vals = []
+    if not vals or any(v < 1 for v in vals) or len(set(vals)) != len(vals):
+        raise UsageError(f"{what} {text}: give distinct positive integers separated by commas, e.g. 1,2,4,8")
+    return vals
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """``lpuc sweep``: the grid of chips x precisions x sequence lengths (``lpuc.report.sweep``)."""
+    from lpuc.pipeline import PRECISIONS
+    from lpuc.report.sweep import Point, outputs, run_grid
+
+    _check_input(args.model, "the .onnx model file in it")
+    chips = _grid_ints(args.chips, "--chips")
+    precisions = [x for x in args.precision.replace(" ", "").split(",") if x]
+    bad = [x for x in precisions if x not in PRECISIONS]
+    if bad or not precisions or len(set(precisions)) != len(precisions):
+        raise UsageError(f"--precision {args.precision}: give distinct precisions separated by commas, from "
+                         f"{', '.join(PRECISIONS)}")
+    seqs: list[int | None] = _grid_ints(args.seq, "--seq") if args.seq else [None]
+    if args.scheduler not in ("list", "asap", "naive"):
+        raise UsageError(f"--scheduler {args.scheduler}: choose list, asap or naive")
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"-o {args.output}: is a file; give a folder for the sweep's files")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise UsageError(f"-o {args.output}: folder {parent} does not exist; create it first or write elsewhere")
+    if not os.access(out if out.is_dir() else parent, os.W_OK | os.X_OK):
+        raise UsageError(f"-o {args.output}: cannot write there (permission denied)")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise UsageError("lpuc sweep draws its plots with matplotlib: pip install 'lpuc[plot]'") from None
+    if args.executor == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise UsageError("--executor ray needs Ray: pip install 'lpuc[ray]' (or use --executor local)") from None
+    points = [Point(str(Path(args.model).resolve()), args.chip, args.system, n, p, s, args.scheduler, args.parallel,
+                    args.emulate) for n in chips for p in precisions for s in seqs]
+    if args.workers == "auto":
+        workers = min(len(points), os.cpu_count() or 1)
+    else:
+        try:
+            workers = int(args.workers)
+        except ValueError:
+            workers = 0
+        if workers < 1:
+            raise UsageError(f"--workers {args.workers}: give a number of processes (1 or more) or auto")
+    t0 = time.perf_counter()
+    with _Progress() as progress:
+        progress.set(f"sweeping {len(points)} points")
+        rows = run_grid(points, workers, args.executor,
+                        lambda k, n: progress.set(f"sweeping: {k} of {n} points done"))
+        progress.set("writing")
+        grid = {"chip": args.chip, "system": args.system, "chips": chips, "precision": precisions,
+                "seq": seqs, "scheduler": args.scheduler, "parallel": args.parallel, "emulate": args.emulate}
+        files = outputs(args.model, rows, grid)
+        created = not out.exists()
+        out.mkdir(exist_ok=True)
+        try:
+            _write_all([(out / name, (lambda data: lambda p: p.write_bytes(data))(data)) for name, data in files.items()])
+        except BaseException:
+            if created:  # all or nothing: no empty folder left behind either
+                out.rmdir()
+            raise
+    secs = time.perf_counter() - t0
+    built = sum(r["ok"] for r in rows)
+    for r in rows:
+        where = f"{r['chips']} chip(s) {r['precision']}" + (f" seq {r['seq']}" if r["seq"] is not None else "")
+        if r["ok"]:
+            extra = f", {r['mj_per_token']:.4g} mJ/token, ${r['usd_per_million_tokens']:.4g}/M tokens" \
+                if "mj_per_token" in r else ""
+            print(f"{where:<28} {r['cycles']:>10,} cycles  {r['latency_us']:>10.2f} us{extra}")
+        else:
+            print(f"{where:<28} not built: {r['error']}")
+    how = "Ray tasks" if args.executor == "ray" else f"{workers} local process(es)"
+    print(f"{built} of {len(rows)} points built in {secs:.1f} s ({how}); "
+          f"wrote {', '.join(sorted(files))} in {out}")
+    return 0
 
 
 def _int_list(text: str, what: str) -> list[int]:
@@ -851,10 +1057,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-strict", action="store_true", help="run through hazards like the hardware would")
     r.add_argument("--json", action="store_true", help="print the report as JSON")
     r.add_argument("--workers", default="auto", metavar="N|auto", help=WORKERS_HELP)
+    r.add_argument("--html", metavar="REPORT.html", help=HTML_HELP)
     r.set_defaults(fn=cmd_run)
 
-    def compile_options(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("model", help="ONNX model (external data next to it is loaded)")
+    def compile_options(sp: argparse.ArgumentParser, model: bool = True) -> None:
+        if model:
+            sp.add_argument("model", help="ONNX model (external data next to it is loaded)")
         sp.add_argument("--chip", default="lpu-v1", help="chip config: tiny, lpu-v1 or a .toml path")
         sp.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
                         help="type of the weights and matrix inputs")
@@ -883,6 +1091,8 @@ def build_parser() -> argparse.ArgumentParser:
     compile_options(cp)
     cp.add_argument("-o", "--output", help="program file to write (default: the model with .lpu)")
     cp.add_argument("--emit-asm", metavar="FILE.s", help="also write the program as assembly")
+    cp.add_argument("--html", metavar="REPORT.html", help=HTML_HELP)
+    cp.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     cp.set_defaults(fn=cmd_compile)
 
     vp = command("verify", "compile, emulate and check against onnxruntime")
@@ -891,6 +1101,7 @@ def build_parser() -> argparse.ArgumentParser:
     vp.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     vp.add_argument("--json", action="store_true", help="print one JSON object")
     vp.add_argument("--workers", default="auto", metavar="N|auto", help=WORKERS_HELP)
+    vp.add_argument("--html", metavar="REPORT.html", help=HTML_HELP)
     vp.set_defaults(fn=cmd_verify)
 
     gp = command("generate", "generate tokens with a causal language model (greedy or sampled)")
@@ -915,6 +1126,37 @@ def build_parser() -> argparse.ArgumentParser:
     gp.add_argument("--json", action="store_true", help="print one JSON object")
     gp.add_argument("--workers", default="auto", metavar="N|auto", help=WORKERS_HELP)
     gp.set_defaults(fn=cmd_generate)
+
+    rp = command("report", "write a program's report as one self-contained HTML page, or compare schedulers")
+    rp.add_argument("model", metavar="INPUT", help="ONNX model (compiled first), or a .lpu program (or .s assembly)")
+    rp.add_argument("-o", "--output", required=True, metavar="REPORT.html", help="HTML file to write")
+    rp.add_argument("--compare", metavar="S1,S2,...",
+                    help="compile the model with each of these schedulers (e.g. naive,asap,list) and lay the "
+                         "schedules side by side with why they differ")
+    compile_options(rp, model=False)
+    rp.add_argument("--json", action="store_true", help="print the figures (or the comparison) as JSON")
+    rp.set_defaults(fn=cmd_report)
+
+    sw = command("sweep", "compile a model over a grid of chips, precisions and sequence lengths; CSV, JSON, plots")
+    sw.add_argument("model", help="ONNX model (a dynamic sequence axis lets --seq vary it)")
+    sw.add_argument("-o", "--output", required=True, metavar="DIR", help="folder for sweep.csv, sweep.json, the "
+                                                                        "PNG plots and sweep.html")
+    sw.add_argument("--chips", default="1", metavar="N,N,...", help="chip counts, e.g. 1,2,4,8")
+    sw.add_argument("--precision", default="fp32", metavar="P,P,...", help="precisions, e.g. fp16,bf16")
+    sw.add_argument("--seq", metavar="L,L,...", help="sequence lengths of the token inputs, e.g. 32,128,512 "
+                                                     "(default: the model's)")
+    sw.add_argument("--chip", default="lpu-v1", help="chip config: tiny, lpu-v1 or a .toml path")
+    sw.add_argument("--system", metavar="NAME|PATH", help="system config for more than one chip (default: node-lpu-v1 "
+                                                          "for lpu-v1, pair-tiny for tiny)")
+    sw.add_argument("--scheduler", default="list", help="instruction scheduler: list, asap or naive")
+    sw.add_argument("--parallel", default="auto", help="how a model is split over chips (as lpuc compile)")
+    sw.add_argument("--emulate", action="store_true", help="also emulate every point (emulated_cycles)")
+    sw.add_argument("--workers", default="auto", metavar="N|auto",
+                    help="local processes compiling points at once (auto: one per core, at most one per point)")
+    sw.add_argument("--executor", default="local", choices=["local", "ray"],
+                    help="local: a process pool here; ray: Ray tasks on the cluster ray.init() finds "
+                         "(pip install 'lpuc[ray]')")
+    sw.set_defaults(fn=cmd_sweep)
 
     c = command("chips", "list chip and system configs, or show one chip's floorplan or one system")
     c.add_argument("chip", nargs="?", help="chip or system name, or .toml path (default: list them all)")

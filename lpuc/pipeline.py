@@ -204,6 +204,7 @@ def compile_model(path: "str | Path | onnx.ModelProto", chip: ChipConfig, precis
     prog = step("codegen", lambda: codegen(tg, sc, chip, meta), lambda r: disassemble(r, with_data=False))
     rl = roofline(tg, sc, chip)
     prog.meta["roofline_cycles"] = rl.cycles
+    prog.meta["roofline_parts"] = dict(rl.parts)  # what binds, for reports of the .lpu alone (lpuc.report)
     rows = _input_rows(g)
     if rows:  # which integer inputs index a table, and its rows: lpuc run draws valid ids from it
         prog.meta["input_rows"] = rows
@@ -490,6 +491,7 @@ def compile_system(path: "str | Path | onnx.ModelProto", system: SystemConfig, c
         if t.role == "output" and t.name in parts[t.chip].stage.blocks:
             t.block = parts[t.chip].stage.blocks[t.name]
     prog.meta["roofline_cycles"] = max(p.roofline.cycles for p in parts)
+    prog.meta["roofline_parts"] = {str(p.stage.chip): dict(p.roofline.parts) for p in parts}
     prog.meta["chips"] = chips
     prog.meta["parallel"] = part.mode
     prog.meta["chips_choice"] = choice

@@ -37,6 +37,11 @@ from lpuc.tasks import Access, Task, TaskGraph
 from lpuc.templates import Template, region_rows
 
 SCHEDULERS = ("list", "asap", "naive")
+#: why a task's anchor is later than the earliest its inputs allow (``Placement.waits``): ``order``, the
+#: naive scheduler's wait for the previous task; ``port``, a slice port (unit, accumulator region, weight
+#: buffer) busy; ``bank``, an SRAM bank read or written by another task; ``stream``, no free stream for a
+#: flight
+WAIT_CAUSES = ("order", "port", "bank", "stream")
 Delta = tuple[tuple[int, ...], ...]  # a dependency's anchor difference per (earlier template, later template)
 
 
@@ -184,6 +189,8 @@ class Placement:
     streams: list[int]
     flip: int = 0  # chains: the first weight buffer is (0 + flip) % weight_buffers
     units: list[str] = field(default_factory=list)  # a VXM task with a run of ops: the ALU of each ("*0", "*1", ...)
+    # cycles the anchor moved past the earliest its inputs allow, by cause (``WAIT_CAUSES``, ``record_wait``)
+    waits: dict[str, int] = field(default_factory=dict)
 
     def slice_of(self, name: str) -> str:
         """The slice a template's slice name stands for: ``*`` the unit, ``*j`` the j-th chosen ALU."""
@@ -546,21 +553,22 @@ class Scheduler:
         units = self.units.get(tpl.unit, [""])
         variants = [(r, f) for r in range(tpl.regions) for f in range(tpl.flips)]
         T = ready
+        waits: dict[str, int] = {}
         for _ in range(10_000_000):
             # what does not depend on the unit first, then the first free (unit, region, buffer), then streams
             hint = self._fixed(tpl, T)
             if hint is not None:
-                T = max(T + 1, hint)
+                T = record_wait(waits, "port" if self._ports_block(tpl, T) else "bank", T, max(T + 1, hint))
                 continue
             pick, h = self._choose_units(tpl, T, units, variants)
             if pick is None:
-                T = max(T + 1, h if h is not None else T + 1)
+                T = record_wait(waits, "port", T, max(T + 1, h if h is not None else T + 1))
                 continue
             streams, h = self._streams(tpl, T)
             if streams is None:
-                T = max(T + 1, h)
+                T = record_wait(waits, "stream", T, max(T + 1, h))
                 continue
-            return Placement(T, pick[0][0], pick[1], streams, pick[2], pick[0] if tpl.multi_alu else [])
+            return Placement(T, pick[0][0], pick[1], streams, pick[2], pick[0] if tpl.multi_alu else [], waits)
         raise CompileError(f"task {task.id} ({task.kind}) found no free slot")
 
     def _commit(self, task: Task, p: Placement) -> None:
@@ -584,13 +592,21 @@ class Scheduler:
             return self.sched
         finish = 0
         for task in self.tg.tasks:
-            ready = self._ready(task)
+            ready = deps_ready = self._ready(task)
             if self.kind == "naive":  # nothing overlaps: wait until the previous task is done
                 ready = max(ready, finish - self.tpl[task.id].begin)
             p = self._fit_one(task, self.tpl[task.id], ready)
+            if ready > deps_ready:
+                record_wait(p.waits, "order", deps_ready, ready)
             self._commit(task, p)
             finish = max(finish, p.start + self.tpl[task.id].end)
         return self.sched
+
+    def _ports_block(self, tpl: Template, T: int) -> bool:
+        """Whether a port of the template's named slices is busy at anchor T (``_fixed`` found a conflict:
+        this tells a port from a bank for ``Placement.waits``)."""
+        return any(self.ports[(sl, port)].conflict(T + s, T + e) is not None
+                   for sl, port, s, e in self._split_ports(tpl)[0])
 
     def _ready(self, task: Task, j: int = 0) -> int:
         """The earliest anchor of the task with its template j, given the placed tasks it depends on."""
@@ -632,6 +648,13 @@ class Scheduler:
                     heapq.heappush(heap, (self._ready(tasks[b]) - prio[b], b))
         if len(self.sched.placements) != len(tasks):
             raise CompileError("the task graph has a dependency cycle")
+
+
+def record_wait(waits: dict[str, int], cause: str, old: int, new: int) -> int:
+    """Count ``new - old`` cycles of a task's anchor search against ``cause`` (``WAIT_CAUSES``); returns
+    ``new``. A task's waits add up to ``start - _ready(task)`` (the earliest anchor its inputs allow)."""
+    waits[cause] = waits.get(cause, 0) + new - old
+    return new
 
 
 def schedule(tg: TaskGraph, alloc: Allocation, chip: ChipConfig, kind: str = "list") -> Schedule:
