@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from emulator.errors import Hazard, shift_fix
 from emulator.expect import StoreExpect, first_unexpected, space_store
 from emulator.ops import Op, Seen, Segment, StoredRows, progression, run_segments, segments
 from emulator.state import EmulatorState
@@ -153,33 +155,38 @@ class ResolvePhase(EmulatorState):
             want = expect.get((op.chip, op.slice.name, op.qidx, acc.field, s - first)) if expect else None
             sole = sole_writers.get((op.id, r, plane), -1)
             fid = None
+            misread = False
             if sole >= 0:  # the usual case: one flight carries every vector of the read
                 c0 = flights[sole].c0
                 src = slice(diag_run.start - c0, diag_run.stop - c0) if run else diags - c0
                 segs = [(sole, whole, src)]
                 seen = [sole]
+                # ... from its first vector (ISA.md, stream hazards), else it reads the wrong vectors
+                if (diag_run.start if run else int(diags[0])) != c0:
+                    self._misread(op, acc, s, first, expect, np.full(n, sole, dtype=np.int64),
+                                  (np.arange(diag_run.start, diag_run.stop) if run else diags) - c0)
+                    misread = True
             else:
                 if diags is None:
                     diags = np.arange(diag_run.start, diag_run.stop, dtype=np.int64)
                 fid, vidx = self.streams.resolve(op.chip, acc.dir, s, pos, diags, run)
-                missing = fid < 0
-                if missing.any():
-                    i = int(np.argmax(missing))
-                    self._stream_fault(op, "stream-empty", int(acc.cycles[i] + t),
-                                       f"no value is passing on {acc.dir}{s} at {op.slice.name} for operand "
-                                       f"'{acc.field}' vector {int(acc.vec[i])}", (acc.field, s - first), expect)
                 if run and isinstance(whole, slice):
                     segs = run_segments(fid, vidx, whole)
                 else:
                     segs = segments(fid, vidx, acc.vec)
                 seen = sorted({f for f, _, _ in segs})  # the flights this read sees, in id order
+                # a read takes vector i of one flight as its vector i: nothing missing, one flight, from
+                # its first vector
+                if n and (int(fid[0]) < 0 or int(vidx[0]) != 0 or len(seen) != 1 or bool((fid < 0).any())):
+                    self._misread(op, acc, s, first, expect, fid, vidx)
+                    misread = True
             if want is not None and len(seen) == 1 and not self._expect_all:
                 w = self.ops[flights[seen[0]].op]  # the usual case: the one writer seen is the one named
                 if w.qidx == want[1] and w.slice.name == want[0] and w.chip == op.chip:
                     want = None
             if want is not None:
                 want = self._expected((op.chip, op.slice.name, op.qidx, acc.field, s - first), want)
-            if want and any(flights[f].op not in want for f in seen):
+            if want and not misread and any(flights[f].op not in want for f in seen):
                 if fid is None:
                     fid = np.full(n, seen[0], dtype=np.int64)
                 ops_of = np.array([flights[f].op if f >= 0 else -1 for f in fid.tolist()])
@@ -187,62 +194,173 @@ class ResolvePhase(EmulatorState):
                 other = self.ops[flights[int(fid[i])].op]
                 named = "; ".join(f"{self.ops[w].slice.name} #{self.ops[w].qidx} {self.text(self.ops[w])}"
                                   for w in sorted(want))
+                # the named value, if it passes this stream at another time: the shift that reads it
+                d0 = int(diagonal(acc.dir, int(acc.cycles[0]) + t, pos))
+                intended = self.streams.nearest(op.chip, acc.dir, s, pos, d0, want)
+                shift = (flights[intended].c0 - d0) or None if intended >= 0 else None
                 self._stream_fault(op, "wrong-producer", int(acc.cycles[i] + t),
                                    f"{acc.dir}{s} carries the value of {other.slice.name} #{other.qidx} "
                                    f"{self.text(other)} instead of {named} for operand '{acc.field}'",
-                                   (acc.field, s - first), expect)
+                                   (acc.field, s - first), expect, shift, stream=f"{acc.dir}{s}")
             for f in seen:
                 op.deps.add(flights[f].op)
             planes.append(segs)
         return planes
 
+    def _misread(self, op: Op, acc: StreamAccess, s: int, first: int, expect: dict, fid: np.ndarray,
+                 vidx: np.ndarray) -> None:
+        """A stream read of op (``acc``, stream ``s``) that does not take vector i of one flight as its
+        vector i (per access i: the flight ``fid[i]`` it sees, -1 for none, and that flight's vector
+        ``vidx[i]``): ``stream-empty`` if some vector finds nothing passing, else ``stream-misaligned``.
+        The flight it meant is the named producer's (compiled programs), else the one it takes most
+        vectors from, else the nearest on the stream (``StreamIndex.nearest``); the shift that lines
+        the read up with it is ``c0 - d0`` cycles (d0: the diagonal of the read's first vector)."""
+        pos, t = op.slice.position, op.inst.issue
+        flights = self.streams.flights
+        d0 = int(diagonal(acc.dir, int(acc.cycles[0]) + t, pos))
+        key = (op.chip, op.slice.name, op.qidx, acc.field, s - first)
+        named = self._expected(key, expect[key]) if expect and key in expect else set()
+        got = fid[fid >= 0]
+        cand = [int(f) for f in np.unique(got) if not named or flights[int(f)].op in named]
+        if cand:
+            intended = max(cand, key=lambda f: (int((got == f).sum()), -f))
+        else:
+            intended = self.streams.nearest(op.chip, acc.dir, s, pos, d0, named or None)
+        shift = flights[intended].c0 - d0 if intended >= 0 else None
+        # the first vector that is not vector i of the intended flight
+        expected_v = diagonal(acc.dir, acc.cycles + t, pos) - d0 if intended >= 0 else None
+        bad = (fid != intended) | (vidx != expected_v) if expected_v is not None else fid < 0
+        i = int(np.argmax(bad))
+        where = f"on {acc.dir}{s} at {op.slice.name} for operand '{acc.field}' vector {int(acc.vec[i])}"
+        if fid[i] < 0:
+            kind = "stream-empty"
+            detail = f"no value is passing {where}"
+        else:
+            kind = "stream-empty" if bool((fid < 0).any()) else "stream-misaligned"
+            w = self.ops[flights[int(fid[i])].op]
+            detail = f"the value passing {where} is vector {int(vidx[i])} of {w.slice.name} #{w.qidx} {self.text(w)}"
+        if intended >= 0 and shift:
+            p = self.ops[flights[intended].op]
+            detail += (f" ({p.slice.name} #{p.qidx}'s vector 0 passes there {abs(shift)} cycle"
+                       f"{'s' if abs(shift) != 1 else ''} {'later' if shift > 0 else 'earlier'})")
+        self._stream_fault(op, kind, int(acc.cycles[i] + t), detail, (acc.field, s - first), expect, shift,
+                           flights[intended].op if intended >= 0 else -1, f"{acc.dir}{s}")
+
     def _stream_fault(self, op: Op, kind: str, cycle: int, detail: str, plane: tuple[str, int],
-                      expect: dict) -> None:
-        """A stream read of op (operand field and stream offset ``plane``) that sees nothing or another
-        value than the one the program names: a hazard, placed by ``_place_stream_faults``."""
+                      expect: dict, shift: int | None = None, producer: int = -1, stream: str = "") -> None:
+        """A stream read of op (operand field and stream offset ``plane``) that sees nothing, the wrong
+        vectors or another value than the one the program names: a hazard, placed by
+        ``_place_stream_faults``. ``shift``: the cycles op would move (> 0: later) to read the value it
+        meant, from ``producer``, if known (that one would move by -shift)."""
         pos = expect.get((op.chip, op.slice.name, op.qidx, *plane)) if expect else None
         named = self._expected((op.chip, op.slice.name, op.qidx, *plane), pos) if pos is not None else set()
-        self._faults.setdefault(op.id, []).append((kind, cycle, detail, plane, named))
+        if producer < 0 and len(named) == 1:
+            producer = next(iter(named))
+        self._faults.setdefault(op.id, []).append(_Fault(op.id, kind, cycle, detail, plane, producer, shift,
+                                                               stream))
 
     def _place_stream_faults(self) -> None:
-        """Report each stream fault (``_stream_fault``) at the instruction that is most likely off. A
-        reader whose other streams carry the values the program names is on time, so the fault is its
-        producer's (a READ a cycle early or late, or dropped); a producer whose value its other readers
-        find is on time, so the fault is the reader's. When both look off elsewhere too, the one with
-        more faults is (faulty planes of the reader, faulty readers of the producer: an ACCR late for
-        all four WRITEs of its planes, say). The first hazard then names the instruction to fix."""
+        """Report the stream faults (``_stream_fault``) at the instructions most likely moved, with the fix.
+
+        A fault of reader R on a value of producer P that needs R moved by s cycles is also explained by
+        P moved by -s. A candidate (X, d) explains the faulty planes it fixes and would break X's planes
+        that are fine (its own read planes and the planes that read its values):
+        score(X, d) = #planes explained - #good planes of X. The best candidate (ties: the reader, then
+        the earlier issue) takes its faults, and so on until none is left; each culprit gets one hazard
+        per kind and reader, its first cycle, with fix "issue |d| cycles later|earlier"."""
         if not self._faults:
             return
-        planes_bad = {oid: len({f[3] for f in faults}) for oid, faults in self._faults.items()}
-        readers: dict[int, set[tuple[str, int]]] = defaultdict(set)  # named producer -> its readers
-        for e in self.prog.meta.get("expect", []):
-            c, sname, k, _, _, ws, wk = _expect_entry(e)
-            w = self._by_pos.get((c, ws, wk)) if self._by_pos is not None else None
-            if w is not None:
-                readers[w].add((sname, k))
-        faulty: dict[int, set[int]] = defaultdict(set)  # named producer -> its readers that fault on it
-        for oid, faults in self._faults.items():
-            for *_, named in faults:
-                if len(named) == 1:
-                    faulty[next(iter(named))].add(oid)
-        for oid, faults in self._faults.items():
-            op = self.ops[oid]
-            r_all = sum(a.dtype.width for a in op.shape.timing.reads if len(a.cycles))
-            r_bad = planes_bad[oid]
-            for kind, cycle, detail, _, named in faults:
-                w = next(iter(named)) if len(named) == 1 else -1
-                blame = False
-                if w >= 0 and w != oid:
-                    p_bad, p_all = len(faulty[w]), len(readers[w])
-                    r_ok, p_ok = r_bad < r_all, p_bad < p_all
-                    blame = (r_ok and not p_ok) or (not r_ok and not p_ok and p_bad > r_bad)
-                if blame:
-                    self.hazard(self.ops[w], kind, cycle, f"{detail}: this instruction's value does not pass "
-                                                          f"there when {op.slice.name} #{op.qidx} {self.text(op)} "
-                                                          f"reads it")
-                else:
-                    self.hazard(op, kind, cycle, detail)
+        faults = [f for fs in self._faults.values() for f in fs]
         self._faults = {}
+        bad_planes = {(f.reader, f.plane) for f in faults}
+        good_reads: dict[int, int] = defaultdict(int)  # X -> its read planes without a fault
+        good_outs: dict[int, int] = defaultdict(int)  # X -> planes without a fault that read X's values
+        flights = self.streams.flights
+        for op in self.ops:
+            if not op.reads:
+                continue
+            first_of: dict[str, int] = {}
+            for acc, planes in op.reads:
+                if acc.field not in first_of:
+                    first_of[acc.field] = Stream.from_code(op.inst.ops[acc.field]).index
+                for p, segs in enumerate(planes):
+                    if (op.id, (acc.field, acc.base + p - first_of[acc.field])) in bad_planes:
+                        continue
+                    good_reads[op.id] += 1
+                    for w in {flights[f].op for f, _, _ in segs}:
+                        good_outs[w] += 1
+        remaining = list(range(len(faults)))
+        while remaining:
+            cands: dict[tuple[int, int | None], list[int]] = defaultdict(list)
+            for i in remaining:
+                f = faults[i]
+                cands[(f.reader, f.shift)].append(i)
+                if f.producer >= 0 and f.producer != f.reader:
+                    cands[(f.producer, -f.shift if f.shift is not None else None)].append(i)
+
+            def rank(c: tuple[int, int | None]) -> tuple[int, bool, int, int]:
+                x, _ = c
+                planes = len({(faults[i].reader, faults[i].plane) for i in cands[c]})
+                as_reader = any(faults[i].reader == x for i in cands[c])
+                return planes - good_reads[x] - good_outs[x], as_reader, -self.ops[x].inst.issue, -x
+
+            x, d = max(cands, key=rank)
+            taken = cands[(x, d)]
+            culprit = self.ops[x]
+            fix = shift_fix(d, culprit.inst.issue) if d else ""
+            groups: dict[tuple[str, int], list[_Fault]] = defaultdict(list)
+            for i in taken:
+                groups[(faults[i].kind, faults[i].reader)].append(faults[i])
+            for (kind, reader), fs in groups.items():
+                fs.sort(key=lambda f: (f.cycle, f.plane))
+                head = fs[0]
+                detail = head.detail
+                if reader != x:
+                    r = self.ops[reader]
+                    detail += f": this instruction's value does not line up with {r.slice.name} #{r.qidx} {self.text(r)}, which reads it"
+                more = sorted({(f.plane, f.stream) for f in fs[1:] if f.plane != head.plane})
+                if more:  # (one hazard for all planes of a read that the one move explains)
+                    detail += f" (and on {', '.join(st for _, st in more)})"
+                self.hazard(culprit, kind, head.cycle, detail, fix)
+            done = set(taken)
+            remaining = [i for i in remaining if i not in done]
+
+    def order_hazards(self) -> None:
+        """Sort the hazards causes first: a hazard of an instruction that no hazard's instruction feeds
+        (through the values it reads, ``Op.deps``, transitively) comes before the ones it may have caused;
+        within each of the two, by (cycle, chip, slice, index)."""
+        by_cycle = (lambda h: (h.cycle, h.chip, h.slice, h.index))
+        self.hazards.sort(key=by_cycle)
+        if len(self.hazards) < 2:
+            return
+        ids = {(op.chip, op.slice.name, op.qidx): op.id for op in self.ops}
+        flagged = {ids[(h.chip, h.slice, h.index)] for h in self.hazards if (h.chip, h.slice, h.index) in ids}
+        # Kahn's order over the dependencies: downstream[o] = some dependency is flagged or downstream
+        n = len(self.ops)
+        users: list[list[int]] = [[] for _ in range(n)]
+        indeg = [0] * n
+        for op in self.ops:
+            for d in op.deps:
+                if 0 <= d < n and d != op.id:
+                    users[d].append(op.id)
+                    indeg[op.id] += 1
+        downstream = [False] * n
+        todo = [o for o in range(n) if indeg[o] == 0]
+        while todo:
+            o = todo.pop()
+            feeds = downstream[o] or o in flagged
+            for u in users[o]:
+                if feeds:
+                    downstream[u] = True
+                indeg[u] -= 1
+                if indeg[u] == 0:
+                    todo.append(u)
+
+        def caused(h: Hazard) -> bool:
+            o = ids.get((h.chip, h.slice, h.index))
+            return o is not None and downstream[o]
+
+        self.hazards.sort(key=lambda h: (caused(h), *by_cycle(h)))
 
     def _check_store(self, op: Op, space: str, seen: list[int], src: np.ndarray | None = None,
                      k: int | tuple[np.ndarray, np.ndarray] | None = None) -> bool:
@@ -442,7 +560,9 @@ class ResolvePhase(EmulatorState):
         order, gap = self._weights_order.get(key, ([], 0))
         k = bisect_right(order, (t, len(self.ops)))  # the installs ready by cycle t (sorted by ready cycle)
         if not k:
-            self.hazard(op, "weights-not-ready", t, f"no IW into buffer {buf} is complete by cycle {t}")
+            # the fix: wait for the first install to be ready
+            fix = shift_fix(order[0][0] - t, t) if order else ""
+            self.hazard(op, "weights-not-ready", t, f"no IW into buffer {buf} is complete by cycle {t}", fix)
         else:
             op.weights = installs[k - 1][3].id
             op.deps.add(op.weights)
@@ -452,8 +572,10 @@ class ResolvePhase(EmulatorState):
             if rdy >= end + gap:
                 break
             if s < end:
+                # an install this MATMUL waits for (none was ready) is its to wait for; else the IW is early
+                fix = shift_fix(rdy - t, t) if not k else f"issue #{iw.qidx} {end - s} cycle(s) later (@{iw.inst.issue + end - s})"
                 self.hazard(op, "weights-changed", max(s, t), f"#{iw.qidx} {self.text(iw)} changes buffer {buf} "
-                                                              f"while this MATMUL uses it (cycles {t}..{end - 1})")
+                                                              f"while this MATMUL uses it (cycles {t}..{end - 1})", fix)
 
     def _resolve_weights_base(self, op: Op, ready: int) -> None:
         key = (op.chip, op.slice.name, op.inst.ops["buf"])
@@ -464,6 +586,21 @@ class ResolvePhase(EmulatorState):
         if before:
             op.weights = before[-1][3].id
             op.deps.add(op.weights)
+
+
+@dataclass(slots=True)
+class _Fault:
+    """One stream read plane that sees nothing, the wrong vectors or the wrong value
+    (``ResolvePhase._stream_fault``)."""
+
+    reader: int  # op id
+    kind: str
+    cycle: int  # the cycle of its first wrong vector
+    detail: str
+    plane: tuple[str, int]  # operand field, stream offset within it
+    producer: int  # op id of the value it meant, -1 if unknown
+    shift: int | None  # cycles the reader would move (> 0: later) to read that value, None if unknown
+    stream: str = ""  # its stream, e.g. "E4"
 
 
 def _expect_entry(e: list[Any]) -> tuple[int, str, int, str, int, str, int]:

@@ -9,7 +9,7 @@ from operator import itemgetter
 
 import numpy as np
 
-from emulator.errors import Hazard
+from emulator.errors import Hazard, shift_fix
 from emulator.ops import Op, Shape, Source, intersect
 from emulator.state import EmulatorState
 from emulator.storage import EventStore
@@ -53,9 +53,10 @@ class SetupPhase(EmulatorState):
     def text(self, op: Op) -> str:
         return format_instruction(op.inst, self.prog.nodes)
 
-    def hazard(self, op: Op, kind: str, cycle: int, detail: str) -> None:
+    def hazard(self, op: Op, kind: str, cycle: int, detail: str, fix: str = "") -> None:
         node = self.prog.nodes[op.inst.node] if op.inst.node >= 0 else ""
-        self.hazards.append(Hazard(kind, int(cycle), op.chip, op.slice.name, op.qidx, self.text(op), node, detail))
+        self.hazards.append(Hazard(kind, int(cycle), op.chip, op.slice.name, op.qidx, self.text(op), node, detail,
+                                   fix))
 
     # ==========================================================================================
     # phase 2: static checks and write registration
@@ -80,7 +81,8 @@ class SetupPhase(EmulatorState):
                         to = f"chip {peer[0]} link {peer[1]}" if peer else "nothing"
                         what = f"link {link} of chip {op.chip} (to {to}): its {port} port"
                     self.hazard(op, "unit-busy", s, f"{what} is busy until cycle {end} with "
-                                                    f"#{owner.qidx} {self.text(owner)}")
+                                                    f"#{owner.qidx} {self.text(owner)}",
+                                shift_fix(end - s, op.inst.issue))
                 if e > end:
                     end, owner = e, op
 

@@ -31,20 +31,44 @@ def test_vadd_is_clean():
     assert r.hazards == [] and r.cycles == 16
 
 
-def test_stream_empty_when_the_add_is_one_cycle_late():
+def test_a_late_add_is_blamed_at_the_add_with_the_fix():
+    """The ADD moved from @5 to @6 takes x's vector 1 as its vector 0 (from cycle 6) and finds nothing as
+    its vector 3; its WRITEs downstream find nothing as their vector 0. One move explains all of it:
+    the first hazard is at the ADD, in cycle 6, with the fix."""
     text = VADD.replace("@5 ADD.f32", "@6 ADD.f32")
     h = hazard_of(text)
-    # the first hazard in time: MEM_E0's WRITE finds nothing on E4 in cycle 8 (z now starts in 9)
-    assert h.kind == "stream-empty" and h.slice == "MEM_E0" and h.cycle == 8 and "WRITE" in h.text
-    # --no-strict behaves like the hardware and lists every hazard: the late ADD's last read (cycle 9)
-    # finds nothing passing and reads zeros
+    assert h.kind == "stream-empty" and h.slice == "VXM0" and h.cycle == 6 and "ADD.f32" in h.text, h
+    assert "vector 1 of MEM_W0 #0" in h.detail and h.fix == "issue 1 cycle earlier (@5)", h
+    # --no-strict behaves like the hardware and lists every hazard, all at the ADD, all with that fix
     r = run(text, strict=False)
-    late = [x for x in r.hazards if x.slice == "VXM0"]
-    assert late and late[0].kind == "stream-empty" and late[0].cycle == 9 and "ADD.f32" in late[0].text
+    assert {(x.slice, x.fix) for x in r.hazards} == {("VXM0", "issue 1 cycle earlier (@5)")}
+    assert sum("MEM_E" in x.detail and "WRITE" in x.detail for x in r.hazards) == 4
     prog = assemble(VADD)
     x, y = prog.tensor("x").const_array(), prog.tensor("y").const_array()
     z = r.outputs["z"]
     assert not np.array_equal(z, x + y)
+
+
+@pytest.mark.parametrize("old, new, where, fix", [
+    ("@5 ADD.f32", "@4 ADD.f32", ("VXM0", 0), "issue 1 cycle later (@5)"),  # early: reads before x passes
+    ("@3 READ addr=0, n=4, s=E0", "@4 READ addr=0, n=4, s=E0", ("MEM_W0", 0), "issue 1 cycle earlier (@3)"),
+    ("@8 WRITE", "@9 WRITE", ("MEM_E0", 1), "issue 1 cycle earlier (@8)"),  # late: vector 1 as vector 0
+    ("@5 ADD.f32", "@15 ADD.f32", ("VXM0", 0), "issue 10 cycles earlier (@5)"),
+])
+def test_the_instruction_that_moved_is_named_first_with_its_fix(old, new, where, fix):
+    h = hazard_of(VADD.replace(old, new))
+    assert (h.slice, h.index) == where and h.fix == fix, h
+    assert fix in str(h)
+
+
+def test_a_read_window_that_starts_mid_flight_is_misaligned():
+    """Each read takes vectors 0..n-1 of one flight (ISA.md, stream hazards). Two WRITEs of 2 vectors
+    taking z's one flight of 4 in halves: every vector passes, but the second takes vector 2 as its
+    vector 0, which is what a WRITE issued 2 cycles late looks like: stream-misaligned, not empty."""
+    text = VADD.replace("@8 WRITE addr=16, n=4, s=E4", "@8 WRITE addr=16, n=2, s=E4\n@10 WRITE addr=18, n=2, s=E4")
+    h = hazard_of(text)
+    assert h.kind == "stream-misaligned" and (h.slice, h.index, h.cycle) == ("MEM_E0", 2, 10), h
+    assert "vector 2 of VXM0 #0" in h.detail and h.fix == "issue 2 cycles earlier (@8)", h
 
 
 def test_report_names_the_onnx_node():
