@@ -180,6 +180,34 @@ def generate() -> str:
         "- **Multi-chip.** All chips run in lockstep from one global cycle counter. C2C links deliver "
         "vectors into FIFOs; NOTIFY/SYNC assert barriers in the schedule.",
         "",
+        "## Hazards",
+        "",
+        "The chip has no interlocks: a mistimed instruction computes with whatever passes or sits there. "
+        "The emulator reports each such case as a hazard (strict mode stops at the first; `--no-strict` "
+        "runs on like the hardware and lists them all). Stream reads follow one rule:",
+        "",
+        "- **A read takes vectors `0..n-1` of one flight.** A *flight* is one write access of one "
+        "instruction to one stream (its vectors pass a position in consecutive cycles). A read of `n` "
+        "vectors must take, as its vector `i`, vector `i` of a single flight, from that flight's first "
+        "vector: its first vector is read in the cycle the flight's first vector passes. A read that finds "
+        "nothing passing for some vector (too early: before the flight; too late: after its last vector) "
+        "is `stream-empty` (`--no-strict` reads zeros); one that finds every vector but starts mid-flight "
+        "or runs into a second flight is `stream-misaligned` (the hardware would compute with shifted "
+        "vectors). To give a value to two readers, each reads it from its first vector; a reader of part "
+        "of a value reads a flight of its own. A compiled program also names the producer of every read "
+        "(`meta.expect`); seeing another is `wrong-producer`.",
+        "- **Blame.** A stream fault of reader R on the value of producer P that needs R moved by `s` "
+        "cycles is also explained by P moved by `-s`. The emulator reports the faults at the instruction "
+        "whose one move explains most of them, less the reads of and from it that are fine (an "
+        "instruction whose other streams are on time did not move), with the fix: `issue 1 cycle earlier "
+        "(@5)`. Hazards are listed causes first: those of instructions that no flagged instruction feeds, "
+        "then the rest, each by cycle.",
+        "- **Other kinds.** `stream-collision` (two writers, one stream, one position, one cycle), "
+        "`unit-busy` (a port still busy; the fix says when it is free), `bank-conflict`, `unwritten-read`, "
+        "`weights-not-ready` and `weights-changed` (the fix: the cycle the install is ready), "
+        "`scatter-race`, `out-of-range`, `unwritten-output`, and the link and barrier kinds of several chips (`link-empty`, `link-overflow`, "
+        "`link-width`, `link-unconnected`, `sync-early`).",
+        "",
         "## Data types",
         "",
         "| type | code | bytes | kind |",

@@ -121,6 +121,26 @@ def test_hazard_exits_2_and_writes_nothing(tmp_path):
     assert r.returncode == 0 and out.exists() and "hazard: stream-empty" in r.stdout
 
 
+def test_no_strict_lists_every_hazard_and_json_gives_them(tmp_path, capsys):
+    """12 READs on one port, each issued while the one before still holds it for a second cycle: 11
+    unit-busy hazards, each with its fix, and 11 stream collisions of their flights on E3: 22, more than
+    the 10 the report once printed, and each is listed."""
+    extra = "".join(f"@{20 + k} READ addr=0, n=2, s=E3\n" for k in range(12))
+    src = tmp_path / "busy.s"
+    src.write_text(VADD.read_text().replace("@0 READ addr=0, n=4, s=E3\n", "@0 READ addr=0, n=4, s=E3\n" + extra))
+    assert main(["run", str(src), "--no-strict"]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("hazard: ")]
+    busy = [ln for ln in lines if "unit-busy" in ln]
+    assert len(lines) == 22 and len(busy) == 11 and all("fix: issue 1 cycle later" in ln for ln in busy)
+    assert main(["run", str(src), "--no-strict", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["hazards"] == 22 and len(doc["hazard_list"]) == 22
+    first = doc["hazard_list"][0]
+    assert first["kind"] == "unit-busy" and first["cycle"] == 21 and first["slice"] == "MEM_W3"
+    assert first["instruction"].startswith("@21 READ") and first["fix"] == "issue 1 cycle later (@22)"
+    assert "the read port is busy until cycle 22" in first["message"]
+
+
 def test_inputs_checked(tmp_path):
     src = tmp_path / "in.s"
     src.write_text(_with_input_x())
