@@ -261,6 +261,7 @@ def _workers(args: argparse.Namespace, prog: "Program") -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from emulator import Emulator
     from emulator.report import format_report
+    from emulator.timeline import text_timeline
     from emulator.trace import trace_events
 
     _check_input(args.program, "a .lpu or .s program file")
@@ -285,6 +286,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             text = json.dumps(trace_events(em))
             outputs.append((args.trace, lambda p: p.write_text(text)))
         _write_all(outputs)
+    timeline = text_timeline(em, args.timeline) if args.timeline else None
     if args.json:
         doc = {**result.stats, "emulate_s": secs,
                "outputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in result.outputs.items()}}
@@ -292,12 +294,16 @@ def cmd_run(args: argparse.Namespace) -> int:
             doc["random_inputs_seed"] = args.seed
         # the count stays under "hazards" (the report's figure); the hazards themselves, causes first
         doc["hazard_list"] = [h.as_dict() for h in result.hazards]
+        if timeline is not None:
+            doc["timeline"] = timeline
         print(json.dumps(doc, indent=2))
     else:
         if not args.inputs:
             print(_describe_inputs(prog, inputs, args.seed))
         print(format_report(result.stats, prog.chip.name))
         print(f"emulated in        {secs:.3f} s")
+        if timeline is not None:
+            print(timeline)
         for h in result.hazards:  # every one, causes first (``Emulator.order_hazards``)
             print(f"hazard: {h}")
         if not args.output:
@@ -305,6 +311,17 @@ def cmd_run(args: argparse.Namespace) -> int:
                 print(f"output {name} {v.dtype} {list(v.shape)}:")
                 print(np.array2string(v, threshold=64, edgeitems=3, precision=6))
     return 0
+
+
+def _columns(text: str) -> int:
+    """--timeline COLUMNS: a positive count."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"'{text}': expected a positive number of columns")
+    return n
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -852,6 +869,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--trace", help="write a Chrome trace-event JSON timeline")
     r.add_argument("--no-strict", action="store_true", help="run through hazards like the hardware would")
     r.add_argument("--json", action="store_true", help="print the report as JSON")
+    r.add_argument("--timeline", nargs="?", type=_columns, const=100, default=None, metavar="COLUMNS",
+                   help="print a text timeline in cycles: a row per busy slice, COLUMNS cycle bins (default 100)")
     r.add_argument("--workers", default="auto", metavar="N|auto", help=WORKERS_HELP)
     r.set_defaults(fn=cmd_run)
 
