@@ -161,8 +161,9 @@ class ResolvePhase(EmulatorState):
                 src = slice(diag_run.start - c0, diag_run.stop - c0) if run else diags - c0
                 segs = [(sole, whole, src)]
                 seen = [sole]
-                # ... from its first vector (ISA.md, stream hazards), else it reads the wrong vectors
-                if (diag_run.start if run else int(diags[0])) != c0:
+                # ... from its first vector (ISA.md, Hazards), else it reads the wrong vectors; a compiled
+                # program names the producer instead, and may split one flight between readers
+                if want is None and (diag_run.start if run else int(diags[0])) != c0:
                     self._misread(op, acc, s, first, expect, np.full(n, sole, dtype=np.int64),
                                   (np.arange(diag_run.start, diag_run.stop) if run else diags) - c0)
                     misread = True
@@ -175,9 +176,10 @@ class ResolvePhase(EmulatorState):
                 else:
                     segs = segments(fid, vidx, acc.vec)
                 seen = sorted({f for f, _, _ in segs})  # the flights this read sees, in id order
-                # a read takes vector i of one flight as its vector i: nothing missing, one flight, from
-                # its first vector
-                if n and (int(fid[0]) < 0 or int(vidx[0]) != 0 or len(seen) != 1 or bool((fid < 0).any())):
+                # nothing missing, and (where the program names no producer) each flight it takes (a tensor
+                # stored in segments is read by several READs back to back) from that flight's first vector
+                if n and (bool((fid < 0).any())
+                          or (want is None and any(_first_row(src) != 0 for _, _, src in segs))):
                     self._misread(op, acc, s, first, expect, fid, vidx)
                     misread = True
             if want is not None and len(seen) == 1 and not self._expect_all:
@@ -209,9 +211,10 @@ class ResolvePhase(EmulatorState):
 
     def _misread(self, op: Op, acc: StreamAccess, s: int, first: int, expect: dict, fid: np.ndarray,
                  vidx: np.ndarray) -> None:
-        """A stream read of op (``acc``, stream ``s``) that does not take vector i of one flight as its
-        vector i (per access i: the flight ``fid[i]`` it sees, -1 for none, and that flight's vector
-        ``vidx[i]``): ``stream-empty`` if some vector finds nothing passing, else ``stream-misaligned``.
+        """A stream read of op (``acc``, stream ``s``) that finds nothing for some vector or takes a flight
+        from another vector than its first (per access i: the flight ``fid[i]`` it sees, -1 for none, and
+        that flight's vector ``vidx[i]``): ``stream-empty`` if some vector finds nothing passing, else
+        ``stream-misaligned``.
         The flight it meant is the named producer's (compiled programs), else the one it takes most
         vectors from, else the nearest on the stream (``StreamIndex.nearest``); the shift that lines
         the read up with it is ``c0 - d0`` cycles (d0: the diagonal of the read's first vector)."""
@@ -265,9 +268,9 @@ class ResolvePhase(EmulatorState):
         A fault of reader R on a value of producer P that needs R moved by s cycles is also explained by
         P moved by -s. A candidate (X, d) explains the faulty planes it fixes and would break X's planes
         that are fine (its own read planes and the planes that read its values):
-        score(X, d) = #planes explained - #good planes of X. The best candidate (ties: the reader, then
-        the earlier issue) takes its faults, and so on until none is left; each culprit gets one hazard
-        per kind and reader, its first cycle, with fix "issue |d| cycles later|earlier"."""
+        score(X, d) = #planes explained - #good planes of X. The candidates, best first (ties: the reader,
+        then the earlier issue), each take the faults no better one took; each culprit gets one hazard per
+        kind and reader, at its first cycle, with fix "issue |d| cycles later|earlier"."""
         if not self._faults:
             return
         faults = [f for fs in self._faults.values() for f in fs]
@@ -289,23 +292,25 @@ class ResolvePhase(EmulatorState):
                     good_reads[op.id] += 1
                     for w in {flights[f].op for f, _, _ in segs}:
                         good_outs[w] += 1
-        remaining = list(range(len(faults)))
-        while remaining:
-            cands: dict[tuple[int, int | None], list[int]] = defaultdict(list)
-            for i in remaining:
-                f = faults[i]
-                cands[(f.reader, f.shift)].append(i)
-                if f.producer >= 0 and f.producer != f.reader:
-                    cands[(f.producer, -f.shift if f.shift is not None else None)].append(i)
+        cands: dict[tuple[int, int | None], list[int]] = defaultdict(list)
+        for i, f in enumerate(faults):
+            cands[(f.reader, f.shift)].append(i)
+            if f.producer >= 0 and f.producer != f.reader:
+                cands[(f.producer, -f.shift if f.shift is not None else None)].append(i)
 
-            def rank(c: tuple[int, int | None]) -> tuple[int, bool, int, int]:
-                x, _ = c
-                planes = len({(faults[i].reader, faults[i].plane) for i in cands[c]})
-                as_reader = any(faults[i].reader == x for i in cands[c])
-                return planes - good_reads[x] - good_outs[x], as_reader, -self.ops[x].inst.issue, -x
+        def rank(c: tuple[int, int | None]) -> tuple[int, bool, int, int]:
+            x, _ = c
+            planes = len({(faults[i].reader, faults[i].plane) for i in cands[c]})
+            as_reader = any(faults[i].reader == x for i in cands[c])
+            return planes - good_reads[x] - good_outs[x], as_reader, -self.ops[x].inst.issue, -x
 
-            x, d = max(cands, key=rank)
-            taken = cands[(x, d)]
+        # the candidates best first, each taking the faults no better one took (scores over all faults:
+        # one pass, so a program with many faults costs O(F log F), not a rescan per culprit)
+        taken_by: dict[int, tuple[int, int | None]] = {}
+        for c in sorted(cands, key=rank, reverse=True):
+            for i in cands[c]:
+                taken_by.setdefault(i, c)
+        for (x, d), taken in _grouped(taken_by).items():
             culprit = self.ops[x]
             fix = shift_fix(d, culprit.inst.issue) if d else ""
             groups: dict[tuple[str, int], list[_Fault]] = defaultdict(list)
@@ -317,13 +322,12 @@ class ResolvePhase(EmulatorState):
                 detail = head.detail
                 if reader != x:
                     r = self.ops[reader]
-                    detail += f": this instruction's value does not line up with {r.slice.name} #{r.qidx} {self.text(r)}, which reads it"
+                    detail += (f": this instruction's value does not line up with {r.slice.name} #{r.qidx} "
+                               f"{self.text(r)}, which reads it")
                 more = sorted({(f.plane, f.stream) for f in fs[1:] if f.plane != head.plane})
                 if more:  # (one hazard for all planes of a read that the one move explains)
                     detail += f" (and on {', '.join(st for _, st in more)})"
                 self.hazard(culprit, kind, head.cycle, detail, fix)
-            done = set(taken)
-            remaining = [i for i in remaining if i not in done]
 
     def order_hazards(self) -> None:
         """Sort the hazards causes first: a hazard of an instruction that no hazard's instruction feeds
@@ -586,6 +590,19 @@ class ResolvePhase(EmulatorState):
         if before:
             op.weights = before[-1][3].id
             op.deps.add(op.weights)
+
+
+def _first_row(src: slice | np.ndarray) -> int:
+    """The first row of a segment's source rows (``emulator.ops.Segment``)."""
+    return int(src.start) if isinstance(src, slice) else int(np.asarray(src).ravel()[0])
+
+
+def _grouped(taken_by: dict[int, tuple[int, int | None]]) -> dict[tuple[int, int | None], list[int]]:
+    """The faults each candidate took, in fault order (``ResolvePhase._place_stream_faults``)."""
+    out: dict[tuple[int, int | None], list[int]] = defaultdict(list)
+    for i in sorted(taken_by):
+        out[taken_by[i]].append(i)
+    return out
 
 
 @dataclass(slots=True)

@@ -186,16 +186,19 @@ def generate() -> str:
         "The emulator reports each such case as a hazard (strict mode stops at the first; `--no-strict` "
         "runs on like the hardware and lists them all). Stream reads follow one rule:",
         "",
-        "- **A read takes vectors `0..n-1` of one flight.** A *flight* is one write access of one "
+        "- **A read takes each flight from its first vector.** A *flight* is one write access of one "
         "instruction to one stream (its vectors pass a position in consecutive cycles). A read of `n` "
-        "vectors must take, as its vector `i`, vector `i` of a single flight, from that flight's first "
-        "vector: its first vector is read in the cycle the flight's first vector passes. A read that finds "
-        "nothing passing for some vector (too early: before the flight; too late: after its last vector) "
-        "is `stream-empty` (`--no-strict` reads zeros); one that finds every vector but starts mid-flight "
-        "or runs into a second flight is `stream-misaligned` (the hardware would compute with shifted "
-        "vectors). To give a value to two readers, each reads it from its first vector; a reader of part "
-        "of a value reads a flight of its own. A compiled program also names the producer of every read "
-        "(`meta.expect`); seeing another is `wrong-producer`.",
+        "vectors takes, as its vectors `0..n-1`, vectors `0, 1, ...` of one flight, read in the cycles they "
+        "pass; it may run on into flights that follow back to back (a tensor stored in segments, read by "
+        "one READ per segment), each again from its first vector, and may stop before a flight's last. A "
+        "read that finds nothing passing for some vector (too early: before the flight; too late: after "
+        "its last vector) is `stream-empty` (`--no-strict` reads zeros); one that finds every vector but "
+        "starts a flight mid-way (it is late, or it runs from the tail of the flight before) is "
+        "`stream-misaligned` (the hardware would compute with shifted vectors). To give a value to two "
+        "readers, each reads it from its first vector; a reader of part of a value reads a flight of its "
+        "own. A compiled program names the producer of every read instead (`meta.expect`), and may split one "
+        "flight between readers (the WRITEs of a tensor stored in segments): its reads are checked for "
+        "empty vectors and against the producer named, and seeing another is `wrong-producer`.",
         "- **Blame.** A stream fault of reader R on the value of producer P that needs R moved by `s` "
         "cycles is also explained by P moved by `-s`. The emulator reports the faults at the instruction "
         "whose one move explains most of them, less the reads of and from it that are fine (an "
