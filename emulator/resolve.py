@@ -161,12 +161,6 @@ class ResolvePhase(EmulatorState):
                 src = slice(diag_run.start - c0, diag_run.stop - c0) if run else diags - c0
                 segs = [(sole, whole, src)]
                 seen = [sole]
-                # ... from its first vector (ISA.md, Hazards), else it reads the wrong vectors; a compiled
-                # program names the producer instead, and may split one flight between readers
-                if want is None and (diag_run.start if run else int(diags[0])) != c0:
-                    self._misread(op, acc, s, first, expect, np.full(n, sole, dtype=np.int64),
-                                  (np.arange(diag_run.start, diag_run.stop) if run else diags) - c0)
-                    misread = True
             else:
                 if diags is None:
                     diags = np.arange(diag_run.start, diag_run.stop, dtype=np.int64)
@@ -176,10 +170,11 @@ class ResolvePhase(EmulatorState):
                 else:
                     segs = segments(fid, vidx, acc.vec)
                 seen = sorted({f for f, _, _ in segs})  # the flights this read sees, in id order
-                # nothing missing, and (where the program names no producer) each flight it takes (a tensor
-                # stored in segments is read by several READs back to back) from that flight's first vector
+                # nothing missing, and (where the program names no producer) a read that takes several flights
+                # takes each from its first vector (a tensor stored in segments is read by several READs back
+                # to back); a read within one flight may take any part of it
                 if n and (bool((fid < 0).any())
-                          or (want is None and any(_first_row(src) != 0 for _, _, src in segs))):
+                          or (want is None and len(segs) > 1 and any(_first_row(src) != 0 for _, _, src in segs))):
                     self._misread(op, acc, s, first, expect, fid, vidx)
                     misread = True
             if want is not None and len(seen) == 1 and not self._expect_all:
@@ -211,29 +206,50 @@ class ResolvePhase(EmulatorState):
 
     def _misread(self, op: Op, acc: StreamAccess, s: int, first: int, expect: dict, fid: np.ndarray,
                  vidx: np.ndarray) -> None:
-        """A stream read of op (``acc``, stream ``s``) that finds nothing for some vector or takes a flight
-        from another vector than its first (per access i: the flight ``fid[i]`` it sees, -1 for none, and
-        that flight's vector ``vidx[i]``): ``stream-empty`` if some vector finds nothing passing, else
-        ``stream-misaligned``.
-        The flight it meant is the named producer's (compiled programs), else the one it takes most
-        vectors from, else the nearest on the stream (``StreamIndex.nearest``); the shift that lines
-        the read up with it is ``c0 - d0`` cycles (d0: the diagonal of the read's first vector)."""
+        """A stream read of op (``acc``, stream ``s``) that finds nothing for some vector, or takes one
+        flight then another with the second not from its first vector (per access i: the flight
+        ``fid[i]`` it sees, -1 for none, and that flight's vector ``vidx[i]``): ``stream-empty`` if some
+        vector finds nothing passing, else ``stream-misaligned``.
+
+        The flight F it meant is the named producer's (compiled programs), else the one it takes most
+        vectors from (ties: the earlier), else the nearest on the stream (``StreamIndex.nearest``). With
+        a..b the accesses that take F, the smallest move of the reader that keeps every access on F:
+        +a cycles (it is early) when F's vector 0 is at access a > 0, else -(n-1-b) cycles (late) when
+        accesses follow b, else +a; for no F seen, c0(F) - d0 (d0: the diagonal of its first access)."""
         pos, t = op.slice.position, op.inst.issue
         flights = self.streams.flights
+        n = len(fid)
         d0 = int(diagonal(acc.dir, int(acc.cycles[0]) + t, pos))
         key = (op.chip, op.slice.name, op.qidx, acc.field, s - first)
         named = self._expected(key, expect[key]) if expect and key in expect else set()
         got = fid[fid >= 0]
         cand = [int(f) for f in np.unique(got) if not named or flights[int(f)].op in named]
+        shift: int | None = None
+        span = ""
         if cand:
             intended = max(cand, key=lambda f: (int((got == f).sum()), -f))
+            hit = np.flatnonzero(fid == intended)
+            ia, ib = int(hit[0]), int(hit[-1])
+            if ia > 0 and int(vidx[ia]) == 0:
+                shift = ia
+            elif ib < n - 1:
+                shift = -(n - 1 - ib)
+            elif ia > 0:
+                shift = ia
+            p = self.ops[flights[intended].op]
+            va, vb = int(vidx[ia]), int(vidx[ib])
+            span = (f" (it takes vector{'s' if ib > ia else ''} {va}{f'..{vb}' if vb != va else ''} of "
+                    f"{p.slice.name} #{p.qidx} {p.inst.spec.mnemonic} as its vector{'s' if ib > ia else ''} "
+                    f"{ia}{f'..{ib}' if ib != ia else ''})")
         else:
             intended = self.streams.nearest(op.chip, acc.dir, s, pos, d0, named or None)
-        shift = flights[intended].c0 - d0 if intended >= 0 else None
-        # the first vector that is not vector i of the intended flight
-        expected_v = diagonal(acc.dir, acc.cycles + t, pos) - d0 if intended >= 0 else None
-        bad = (fid != intended) | (vidx != expected_v) if expected_v is not None else fid < 0
-        i = int(np.argmax(bad))
+            if intended >= 0:
+                shift = flights[intended].c0 - d0
+                p = self.ops[flights[intended].op]
+                span = (f" ({p.slice.name} #{p.qidx} {p.inst.spec.mnemonic}'s vector 0 passes there "
+                        f"{abs(shift)} cycle{'s' if abs(shift) != 1 else ''} {'later' if shift > 0 else 'earlier'})")
+        # the first access that does not take the intended flight
+        i = int(np.argmax(fid != intended)) if bool((fid != intended).any()) else 0
         where = f"on {acc.dir}{s} at {op.slice.name} for operand '{acc.field}' vector {int(acc.vec[i])}"
         if fid[i] < 0:
             kind = "stream-empty"
@@ -242,12 +258,9 @@ class ResolvePhase(EmulatorState):
             kind = "stream-empty" if bool((fid < 0).any()) else "stream-misaligned"
             w = self.ops[flights[int(fid[i])].op]
             detail = f"the value passing {where} is vector {int(vidx[i])} of {w.slice.name} #{w.qidx} {self.text(w)}"
-        if intended >= 0 and shift:
-            p = self.ops[flights[intended].op]
-            detail += (f" ({p.slice.name} #{p.qidx}'s vector 0 passes there {abs(shift)} cycle"
-                       f"{'s' if abs(shift) != 1 else ''} {'later' if shift > 0 else 'earlier'})")
-        self._stream_fault(op, kind, int(acc.cycles[i] + t), detail, (acc.field, s - first), expect, shift,
-                           flights[intended].op if intended >= 0 else -1, f"{acc.dir}{s}")
+        # (the cycle of the read's first vector: the whole read is off, and its cause comes first)
+        self._stream_fault(op, kind, int(acc.cycles[0] + t), detail + span, (acc.field, s - first), expect,
+                           shift or None, flights[intended].op if intended >= 0 else -1, f"{acc.dir}{s}")
 
     def _stream_fault(self, op: Op, kind: str, cycle: int, detail: str, plane: tuple[str, int],
                       expect: dict, shift: int | None = None, producer: int = -1, stream: str = "") -> None:

@@ -38,7 +38,8 @@ def test_a_late_add_is_blamed_at_the_add_with_the_fix():
     text = VADD.replace("@5 ADD.f32", "@6 ADD.f32")
     h = hazard_of(text)
     assert h.kind == "stream-empty" and h.slice == "VXM0" and h.cycle == 6 and "ADD.f32" in h.text, h
-    assert "vector 1 of MEM_W0 #0" in h.detail and h.fix == "issue 1 cycle earlier (@5)", h
+    assert "vector 3 (it takes vectors 1..3 of MEM_W0 #0 READ as its vectors 0..2)" in h.detail, h
+    assert h.fix == "issue 1 cycle earlier (@5)", h
     # --no-strict behaves like the hardware and lists every hazard, all at the ADD, all with that fix
     r = run(text, strict=False)
     assert {(x.slice, x.fix) for x in r.hazards} == {("VXM0", "issue 1 cycle earlier (@5)")}
@@ -61,14 +62,20 @@ def test_the_instruction_that_moved_is_named_first_with_its_fix(old, new, where,
     assert fix in str(h)
 
 
-def test_a_read_window_that_starts_mid_flight_is_misaligned():
-    """Each read takes vectors 0..n-1 of one flight (ISA.md, stream hazards). Two WRITEs of 2 vectors
-    taking z's one flight of 4 in halves: every vector passes, but the second takes vector 2 as its
-    vector 0, which is what a WRITE issued 2 cycles late looks like: stream-misaligned, not empty."""
-    text = VADD.replace("@8 WRITE addr=16, n=4, s=E4", "@8 WRITE addr=16, n=2, s=E4\n@10 WRITE addr=18, n=2, s=E4")
-    h = hazard_of(text)
-    assert h.kind == "stream-misaligned" and (h.slice, h.index, h.cycle) == ("MEM_E0", 2, 10), h
-    assert "vector 2 of VXM0 #0" in h.detail and h.fix == "issue 2 cycles earlier (@8)", h
+def test_a_read_that_runs_from_the_tail_of_one_flight_into_the_next_is_misaligned():
+    """A read may take part of one flight (two WRITEs taking z's flight in halves are fine), but one that
+    runs on into a second flight takes that one from its first vector. MEM_W4 READs a u8 tensor onto E4
+    so that its flight passes MEM_E0 right after z's (cycles 12..15): the WRITE one cycle late takes
+    z's vectors 1..3 and then the READ's vector 0, every vector full, and wrong: stream-misaligned."""
+    halves = VADD.replace("@8 WRITE addr=16, n=4, s=E4", "@8 WRITE addr=16, n=2, s=E4\n@10 WRITE addr=18, n=2, s=E4")
+    assert run(halves).hazards == []
+    w = ", ".join(str(k) for k in range(64))
+    two = VADD.replace(".queue MEM_W3\n", f".tensor w const u8 [4, 16] planes=MEM_W4@0 = [{w}]\n"
+                                         f".queue MEM_W4\n@5 READ addr=0, n=4, s=E4\n.queue MEM_W3\n")
+    assert run(two).hazards == []
+    h = hazard_of(two.replace("@8 WRITE addr=16, n=4, s=E4", "@9 WRITE addr=16, n=4, s=E4"))
+    assert h.kind == "stream-misaligned" and (h.slice, h.index, h.cycle) == ("MEM_E0", 1, 9), h
+    assert "vector 3 is vector 0 of MEM_W4 #0" in h.detail and h.fix == "issue 1 cycle earlier (@8)", h
 
 
 def test_report_names_the_onnx_node():
