@@ -206,8 +206,8 @@ class ResolvePhase(EmulatorState):
 
     def _misread(self, op: Op, acc: StreamAccess, s: int, first: int, expect: dict, fid: np.ndarray,
                  vidx: np.ndarray) -> None:
-        """A stream read of op (``acc``, stream ``s``) that finds nothing for some vector, or takes one
-        flight then another with the second not from its first vector (per access i: the flight
+        """A stream read of op (``acc``, stream ``s``) that finds nothing for some vector, or takes several
+        flights, one of them not from its first vector (per access i: the flight
         ``fid[i]`` it sees, -1 for none, and that flight's vector ``vidx[i]``): ``stream-empty`` if some
         vector finds nothing passing, else ``stream-misaligned``.
 
