@@ -78,6 +78,23 @@ def test_a_read_that_runs_from_the_tail_of_one_flight_into_the_next_is_misaligne
     assert "vector 3 is vector 0 of MEM_W4 #0" in h.detail and h.fix == "issue 1 cycle earlier (@8)", h
 
 
+def test_hazards_are_listed_causes_first():
+    """A hazard of an instruction that a flagged instruction feeds comes after every hazard of one that
+    none feeds, whatever their cycles: the WRITE of z (fed by the ADD) goes after the ADD's."""
+    from emulator.errors import Hazard
+
+    em = Emulator(Program.from_bytes(assemble(VADD).to_bytes()))
+    write = Hazard("unit-busy", 3, 0, "MEM_E0", 1, "WRITE", "", "effect")
+    add = Hazard("unit-busy", 9, 0, "VXM0", 0, "ADD", "", "cause")
+    other = Hazard("unit-busy", 5, 0, "MEM_W3", 0, "READ", "", "unrelated")  # feeds the ADD, unflagged below
+    em.hazards = [write, add]
+    em.order_hazards()
+    assert [h.detail for h in em.hazards] == ["cause", "effect"]
+    em.hazards = [write, add, other]  # MEM_W3's READ feeds the ADD: now the ADD's is an effect too
+    em.order_hazards()
+    assert [h.detail for h in em.hazards] == ["unrelated", "effect", "cause"]
+
+
 def test_report_names_the_onnx_node():
     text = VADD.replace("@5 ADD.f32 a=E0, b=W0, n=4, d=E4", '@4 ADD.f32 a=E0, b=W0, n=4, d=E4 {"Add_7"}')
     h = hazard_of(text)
