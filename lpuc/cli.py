@@ -264,6 +264,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from emulator.timeline import text_timeline
     from emulator.trace import trace_events
 
+    columns = _columns(args.timeline) if args.timeline is not None else 0  # (checked before any work)
     _check_input(args.program, "a .lpu or .s program file")
     _check_outputs([("-o", args.output), ("--trace", args.trace)], [args.program] + ([args.inputs] if args.inputs else []))
     prog = _load_program(args.program)
@@ -286,7 +287,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             text = json.dumps(trace_events(em))
             outputs.append((args.trace, lambda p: p.write_text(text)))
         _write_all(outputs)
-    timeline = text_timeline(em, args.timeline) if args.timeline else None
+    timeline = text_timeline(em, columns) if columns else None
     if args.json:
         doc = {**result.stats, "emulate_s": secs,
                "outputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in result.outputs.items()}}
@@ -314,13 +315,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _columns(text: str) -> int:
-    """--timeline COLUMNS: a positive count."""
+    """--timeline COLUMNS: a positive count (bad input: one line, exit 2)."""
     try:
         n = int(text)
     except ValueError:
         n = 0
     if n < 1:
-        raise argparse.ArgumentTypeError(f"'{text}': expected a positive number of columns")
+        raise UsageError(f"--timeline {text}: give a number of columns (1 or more)")
     return n
 
 
@@ -869,7 +870,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--trace", help="write a Chrome trace-event JSON timeline")
     r.add_argument("--no-strict", action="store_true", help="run through hazards like the hardware would")
     r.add_argument("--json", action="store_true", help="print the report as JSON")
-    r.add_argument("--timeline", nargs="?", type=_columns, const=100, default=None, metavar="COLUMNS",
+    r.add_argument("--timeline", nargs="?", const="100", default=None, metavar="COLUMNS",
                    help="print a text timeline in cycles: a row per busy slice, COLUMNS cycle bins (default 100)")
     r.add_argument("--workers", default="auto", metavar="N|auto", help=WORKERS_HELP)
     r.set_defaults(fn=cmd_run)

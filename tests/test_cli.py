@@ -151,6 +151,8 @@ def test_timeline_of_vadd_shows_each_slice_cycle_by_cycle(capsys):
     assert rows["MEM_W0"] == "...RRRRR........" and rows["VXM0"] == ".....AAAAAA....."
     assert rows["MEM_E0"] == "...RRRRRWWWWW..." and len(rows) == 9
     assert "legend: R READ  A ADD  W WRITE  . idle" in out
+    bad = lpuc("run", str(VADD), "--timeline", "0")
+    assert bad.returncode == 2 and bad.stderr.strip() == "lpuc run: error: --timeline 0: give a number of columns (1 or more)"
 
 
 def test_timeline_aggregates_a_big_program(tmp_path, capsys):
