@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -18,6 +18,8 @@ class Hazard:
     node: str  # ONNX node it serves ("" if none)
     detail: str
     fix: str = ""  # what to change, when one change explains the hazard: "issue 1 cycle later (@6)"
+    # an instruction with a hazard feeds this one (``Emulator.order_hazards``): listed after the causes
+    caused: bool = field(default=False, compare=False, repr=False)
 
     def __str__(self) -> str:
         where = f"cycle {self.cycle}, chip {self.chip}, {self.slice} #{self.index}: {self.text}"

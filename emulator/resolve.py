@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from emulator.errors import Hazard, shift_fix
+from emulator.errors import shift_fix
 from emulator.expect import StoreExpect, first_unexpected, space_store
 from emulator.ops import Op, Seen, Segment, StoredRows, progression, run_segments, segments
 from emulator.state import EmulatorState
@@ -373,11 +373,10 @@ class ResolvePhase(EmulatorState):
                 if indeg[u] == 0:
                     todo.append(u)
 
-        def caused(h: Hazard) -> bool:
+        for h in self.hazards:  # (kept on the hazard: a system of chips merges its chips' lists)
             o = ids.get((h.chip, h.slice, h.index))
-            return o is not None and downstream[o]
-
-        self.hazards.sort(key=lambda h: (caused(h), *by_cycle(h)))
+            h.caused = o is not None and downstream[o]
+        self.hazards.sort(key=lambda h: (h.caused, *by_cycle(h)))
 
     def _check_store(self, op: Op, space: str, seen: list[int], src: np.ndarray | None = None,
                      k: int | tuple[np.ndarray, np.ndarray] | None = None) -> bool:
@@ -590,7 +589,8 @@ class ResolvePhase(EmulatorState):
                 break
             if s < end:
                 # an install this MATMUL waits for (none was ready) is its to wait for; else the IW is early
-                fix = shift_fix(rdy - t, t) if not k else f"issue #{iw.qidx} {end - s} cycle(s) later (@{iw.inst.issue + end - s})"
+                fix = shift_fix(rdy - t, t) if not k else \
+                    f"issue #{iw.qidx} {end - s} cycle(s) later (@{iw.inst.issue + end - s})"
                 self.hazard(op, "weights-changed", max(s, t), f"#{iw.qidx} {self.text(iw)} changes buffer {buf} "
                                                               f"while this MATMUL uses it (cycles {t}..{end - 1})", fix)
 
