@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from emulator.errors import shift_fix
+from emulator.errors import Hazard, shift_fix
 from emulator.expect import StoreExpect, first_unexpected, space_store
 from emulator.ops import Op, Seen, Segment, StoredRows, progression, run_segments, segments
 from emulator.state import EmulatorState
@@ -40,7 +40,12 @@ class ResolvePhase(EmulatorState):
             self._expect_all = {key: ws for key, ws in self._expect_all.items() if len(ws) > 1}
         self._by_pos: dict[tuple[int, str, int], int] | None = None
         self._store_expect = StoreExpect(self.prog.meta, self.ops, self.host_sources, self.prog.nodes)
-        self._faults: dict[int, list[tuple[str, int, str, tuple[str, int], set[int]]]] = {}
+        self._faults: dict[int, list[_Fault]] = {}
+        for op, owner, s, end, what in self._busy_pairs:  # (``SetupPhase._check_busy``) placed with the rest
+            held = f"{what} is busy until cycle {end}"
+            self._faults.setdefault(op.id, []).append(_Fault(
+                op.id, "unit-busy", s, f"{held} with #{owner.qidx} {self.text(owner)}", ("busy", owner.id), owner.id,
+                end - s, "", f"{held} with this instruction when #{op.qidx} {self.text(op)} issues in cycle {s}"))
         found = self._lookup_all()
         sole = self._sole_writers()
         n_ops = len(self.ops)
@@ -149,7 +154,7 @@ class ResolvePhase(EmulatorState):
         planes = []
         # the program names producers by stream offset within the field's streams (an IW reading g
         # groups has g x width of them)
-        first = Stream.from_code(op.inst.ops[acc.field]).index if expect else 0
+        first = Stream.from_code(op.inst.ops[acc.field]).index
         for plane in range(acc.dtype.width):
             s = acc.base + plane
             want = expect.get((op.chip, op.slice.name, op.qidx, acc.field, s - first)) if expect else None
@@ -326,14 +331,17 @@ class ResolvePhase(EmulatorState):
         for (x, d), taken in _grouped(taken_by).items():
             culprit = self.ops[x]
             fix = shift_fix(d, culprit.inst.issue) if d else ""
-            groups: dict[tuple[str, int], list[_Fault]] = defaultdict(list)
-            for i in taken:
-                groups[(faults[i].kind, faults[i].reader)].append(faults[i])
-            for (kind, reader), fs in groups.items():
+            groups: dict[tuple[str, int, Any], list[_Fault]] = defaultdict(list)
+            for i in taken:  # (a stream fault's planes share a hazard; other faults have one each)
+                f = faults[i]
+                groups[(f.kind, f.reader, None if f.stream else f.plane)].append(f)
+            for (kind, reader, _), fs in groups.items():
                 fs.sort(key=lambda f: (f.cycle, f.plane))
                 head = fs[0]
                 detail = head.detail
-                if reader != x:
+                if reader != x and head.as_producer:
+                    detail = head.as_producer
+                elif reader != x:
                     r = self.ops[reader]
                     detail += (f": this instruction's value does not line up with {r.slice.name} #{r.qidx} "
                                f"{self.text(r)}, which reads it")
@@ -346,7 +354,13 @@ class ResolvePhase(EmulatorState):
         """Sort the hazards causes first: a hazard of an instruction that no hazard's instruction feeds
         (through the values it reads, ``Op.deps``, transitively) comes before the ones it may have caused;
         within each of the two, by (cycle, chip, slice, index)."""
-        by_cycle = (lambda h: (h.cycle, h.chip, h.slice, h.index))
+        # one instruction's hazards of one cycle: the set-up's checks first, in the order they run (a port
+        # still busy, a collision, a bank, an address), then what its reads see
+        rank = {"unit-busy": 0, "stream-collision": 1, "bank-conflict": 2, "out-of-range": 3}
+
+        def by_cycle(h: Hazard) -> tuple[int, int, str, int, int]:
+            return h.cycle, h.chip, h.slice, h.index, rank.get(h.kind, 4)
+
         self.hazards.sort(key=by_cycle)
         if len(self.hazards) < 2:
             return
@@ -631,6 +645,7 @@ class _Fault:
     producer: int  # op id of the value it meant, -1 if unknown
     shift: int | None  # cycles the reader would move (> 0: later) to read that value, None if unknown
     stream: str = ""  # its stream, e.g. "E4"
+    as_producer: str = ""  # the detail when the producer is blamed (else the reader's, plus who reads it)
 
 
 def _expect_entry(e: list[Any]) -> tuple[int, str, int, str, int, str, int]:

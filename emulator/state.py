@@ -47,6 +47,7 @@ class EmulatorState:
     _expect_all: dict[Any, Any]
     _store_expect: Any  # emulator.expect.StoreExpect
     _faults: dict[int, list[Any]]
+    _busy_pairs: list[Any]
 
     # (defined by the phases; declared here so each phase can call the others')
     def text(self, op: Op) -> str: ...
