@@ -200,7 +200,8 @@ def generate() -> str:
         "cycles is also explained by P moved by `-s`. The emulator reports the faults at the instruction "
         "whose one move explains most of them, less the reads of and from it that are fine (an "
         "instruction whose other streams are on time did not move), with the fix: `issue 1 cycle earlier "
-        "(@5)`. Hazards are listed causes first: those of instructions that no flagged instruction feeds, "
+        "(@5)`. A port still busy (`unit-busy`) is one more such fault: the later instruction waits until "
+        "the port is free, or the one holding it finishes that much earlier. Hazards are listed causes first: those of instructions that no flagged instruction feeds, "
         "then the rest, each by cycle.",
         "- **Other kinds.** `stream-collision` (two writers, one stream, one position, one cycle), "
         "`unit-busy` (a port still busy; the fix says when it is free), `bank-conflict`, `unwritten-read`, "
