@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -17,11 +17,28 @@ class Hazard:
     text: str  # the instruction's assembly text
     node: str  # ONNX node it serves ("" if none)
     detail: str
+    fix: str = ""  # what to change, when one change explains the hazard: "issue 1 cycle later (@6)"
+    # an instruction with a hazard feeds this one (``Emulator.order_hazards``): listed after the causes
+    caused: bool = field(default=False, compare=False, repr=False)
 
     def __str__(self) -> str:
         where = f"cycle {self.cycle}, chip {self.chip}, {self.slice} #{self.index}: {self.text}"
         node = f" (node {self.node})" if self.node else ""
-        return f"{self.kind}: {self.detail} at {where}{node}"
+        fix = f"; fix: {self.fix}" if self.fix else ""
+        return f"{self.kind}: {self.detail} at {where}{node}{fix}"
+
+    def as_dict(self) -> dict[str, object]:
+        """The hazard as JSON-ready fields (``lpuc run --json``)."""
+        return {"kind": self.kind, "cycle": self.cycle, "chip": self.chip, "slice": self.slice,
+                "index": self.index, "instruction": self.text, "node": self.node, "message": self.detail,
+                "fix": self.fix}
+
+
+def shift_fix(delta: int, issue: int) -> str:
+    """The fix that moves an instruction issued in cycle ``issue`` by ``delta`` cycles (> 0: later):
+    "issue |delta| cycle(s) later|earlier (@issue + delta)"."""
+    n = abs(delta)
+    return f"issue {n} cycle{'s' if n != 1 else ''} {'later' if delta > 0 else 'earlier'} (@{issue + delta})"
 
 
 class HazardError(RuntimeError):

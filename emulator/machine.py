@@ -82,7 +82,7 @@ class Emulator(SetupPhase, ResolvePhase, LinkPhase, EvaluatePhase, ReportPhase):
             self._register_writes()
             self._resolve_reads()
             self._check_links_and_barriers()
-        self.hazards.sort(key=lambda h: (h.cycle, h.chip, h.slice, h.index))
+        self.order_hazards()
         self.mxm = PassPool(workers=0)  # MXM passes on this thread until a run starts its workers
         # resident tensors before the first run: their data, zeros without (``EvaluatePhase._place_resident``)
         self.resident: dict[str, np.ndarray] = {

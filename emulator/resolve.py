@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from emulator.errors import Hazard, shift_fix
 from emulator.expect import StoreExpect, first_unexpected, space_store
 from emulator.ops import Op, Seen, Segment, StoredRows, progression, run_segments, segments
 from emulator.state import EmulatorState
@@ -38,7 +40,12 @@ class ResolvePhase(EmulatorState):
             self._expect_all = {key: ws for key, ws in self._expect_all.items() if len(ws) > 1}
         self._by_pos: dict[tuple[int, str, int], int] | None = None
         self._store_expect = StoreExpect(self.prog.meta, self.ops, self.host_sources, self.prog.nodes)
-        self._faults: dict[int, list[tuple[str, int, str, tuple[str, int], set[int]]]] = {}
+        self._faults: dict[int, list[_Fault]] = {}
+        for op, owner, s, end, what in self._busy_pairs:  # (``SetupPhase._check_busy``) placed with the rest
+            held = f"{what} is busy until cycle {end}"
+            self._faults.setdefault(op.id, []).append(_Fault(
+                op.id, "unit-busy", s, f"{held} with #{owner.qidx} {self.text(owner)}", ("busy", owner.id), owner.id,
+                end - s, "", f"{held} with this instruction when #{op.qidx} {self.text(op)} issues in cycle {s}"))
         found = self._lookup_all()
         sole = self._sole_writers()
         n_ops = len(self.ops)
@@ -147,12 +154,13 @@ class ResolvePhase(EmulatorState):
         planes = []
         # the program names producers by stream offset within the field's streams (an IW reading g
         # groups has g x width of them)
-        first = Stream.from_code(op.inst.ops[acc.field]).index if expect else 0
+        first = Stream.from_code(op.inst.ops[acc.field]).index
         for plane in range(acc.dtype.width):
             s = acc.base + plane
             want = expect.get((op.chip, op.slice.name, op.qidx, acc.field, s - first)) if expect else None
             sole = sole_writers.get((op.id, r, plane), -1)
             fid = None
+            misread = False
             if sole >= 0:  # the usual case: one flight carries every vector of the read
                 c0 = flights[sole].c0
                 src = slice(diag_run.start - c0, diag_run.stop - c0) if run else diags - c0
@@ -162,24 +170,25 @@ class ResolvePhase(EmulatorState):
                 if diags is None:
                     diags = np.arange(diag_run.start, diag_run.stop, dtype=np.int64)
                 fid, vidx = self.streams.resolve(op.chip, acc.dir, s, pos, diags, run)
-                missing = fid < 0
-                if missing.any():
-                    i = int(np.argmax(missing))
-                    self._stream_fault(op, "stream-empty", int(acc.cycles[i] + t),
-                                       f"no value is passing on {acc.dir}{s} at {op.slice.name} for operand "
-                                       f"'{acc.field}' vector {int(acc.vec[i])}", (acc.field, s - first), expect)
                 if run and isinstance(whole, slice):
                     segs = run_segments(fid, vidx, whole)
                 else:
                     segs = segments(fid, vidx, acc.vec)
                 seen = sorted({f for f, _, _ in segs})  # the flights this read sees, in id order
+                # nothing missing, and (where the program names no producer) a read that takes several flights
+                # takes each from its first vector (a tensor stored in segments is read by several READs back
+                # to back); a read within one flight may take any part of it
+                if n and (bool((fid < 0).any())
+                          or (want is None and len(segs) > 1 and any(_first_row(src) != 0 for _, _, src in segs))):
+                    self._misread(op, acc, s, first, expect, fid, vidx)
+                    misread = True
             if want is not None and len(seen) == 1 and not self._expect_all:
                 w = self.ops[flights[seen[0]].op]  # the usual case: the one writer seen is the one named
                 if w.qidx == want[1] and w.slice.name == want[0] and w.chip == op.chip:
                     want = None
             if want is not None:
                 want = self._expected((op.chip, op.slice.name, op.qidx, acc.field, s - first), want)
-            if want and any(flights[f].op not in want for f in seen):
+            if want and not misread and any(flights[f].op not in want for f in seen):
                 if fid is None:
                     fid = np.full(n, seen[0], dtype=np.int64)
                 ops_of = np.array([flights[f].op if f >= 0 else -1 for f in fid.tolist()])
@@ -187,62 +196,201 @@ class ResolvePhase(EmulatorState):
                 other = self.ops[flights[int(fid[i])].op]
                 named = "; ".join(f"{self.ops[w].slice.name} #{self.ops[w].qidx} {self.text(self.ops[w])}"
                                   for w in sorted(want))
+                # the named value, if it passes this stream at another time: the shift that reads it
+                d0 = int(diagonal(acc.dir, int(acc.cycles[0]) + t, pos))
+                intended = self.streams.nearest(op.chip, acc.dir, s, pos, d0, want)
+                shift = (flights[intended].c0 - d0) or None if intended >= 0 else None
                 self._stream_fault(op, "wrong-producer", int(acc.cycles[i] + t),
                                    f"{acc.dir}{s} carries the value of {other.slice.name} #{other.qidx} "
                                    f"{self.text(other)} instead of {named} for operand '{acc.field}'",
-                                   (acc.field, s - first), expect)
+                                   (acc.field, s - first), expect, shift, stream=f"{acc.dir}{s}")
             for f in seen:
                 op.deps.add(flights[f].op)
             planes.append(segs)
         return planes
 
+    def _misread(self, op: Op, acc: StreamAccess, s: int, first: int, expect: dict, fid: np.ndarray,
+                 vidx: np.ndarray) -> None:
+        """A stream read of op (``acc``, stream ``s``) that finds nothing for some vector, or takes several
+        flights, one of them not from its first vector (per access i: the flight
+        ``fid[i]`` it sees, -1 for none, and that flight's vector ``vidx[i]``): ``stream-empty`` if some
+        vector finds nothing passing, else ``stream-misaligned``.
+
+        The flight F it meant is the named producer's (compiled programs), else the one it takes most
+        vectors from (ties: the earlier), else the nearest on the stream (``StreamIndex.nearest``). With
+        a..b the accesses that take F, the smallest move of the reader that keeps every access on F:
+        +a cycles (it is early) when F's vector 0 is at access a > 0, else -(n-1-b) cycles (late) when
+        accesses follow b, else +a; for no F seen, c0(F) - d0 (d0: the diagonal of its first access)."""
+        pos, t = op.slice.position, op.inst.issue
+        flights = self.streams.flights
+        n = len(fid)
+        d0 = int(diagonal(acc.dir, int(acc.cycles[0]) + t, pos))
+        key = (op.chip, op.slice.name, op.qidx, acc.field, s - first)
+        named = self._expected(key, expect[key]) if expect and key in expect else set()
+        got = fid[fid >= 0]
+        cand = [int(f) for f in np.unique(got) if not named or flights[int(f)].op in named]
+        shift: int | None = None
+        span = ""
+        if cand:
+            intended = max(cand, key=lambda f: (int((got == f).sum()), -f))
+            hit = np.flatnonzero(fid == intended)
+            ia, ib = int(hit[0]), int(hit[-1])
+            if ia > 0 and int(vidx[ia]) == 0:
+                shift = ia
+            elif ib < n - 1:
+                shift = -(n - 1 - ib)
+            elif ia > 0:
+                shift = ia
+            p = self.ops[flights[intended].op]
+            va, vb = int(vidx[ia]), int(vidx[ib])
+            span = (f" (it takes vector{'s' if ib > ia else ''} {va}{f'..{vb}' if vb != va else ''} of "
+                    f"{p.slice.name} #{p.qidx} {p.inst.spec.mnemonic} as its vector{'s' if ib > ia else ''} "
+                    f"{ia}{f'..{ib}' if ib != ia else ''})")
+        else:
+            intended = self.streams.nearest(op.chip, acc.dir, s, pos, d0, named or None)
+            if intended >= 0:
+                shift = flights[intended].c0 - d0
+                p = self.ops[flights[intended].op]
+                span = (f" ({p.slice.name} #{p.qidx} {p.inst.spec.mnemonic}'s vector 0 passes there "
+                        f"{abs(shift)} cycle{'s' if abs(shift) != 1 else ''} {'later' if shift > 0 else 'earlier'})")
+        # the first access that does not take the intended flight
+        i = int(np.argmax(fid != intended)) if bool((fid != intended).any()) else 0
+        where = f"on {acc.dir}{s} at {op.slice.name} for operand '{acc.field}' vector {int(acc.vec[i])}"
+        if fid[i] < 0:
+            kind = "stream-empty"
+            detail = f"no value is passing {where}"
+        else:
+            kind = "stream-empty" if bool((fid < 0).any()) else "stream-misaligned"
+            w = self.ops[flights[int(fid[i])].op]
+            detail = f"the value passing {where} is vector {int(vidx[i])} of {w.slice.name} #{w.qidx} {self.text(w)}"
+        # (the cycle of the read's first vector: the whole read is off, and its cause comes first)
+        self._stream_fault(op, kind, int(acc.cycles[0] + t), detail + span, (acc.field, s - first), expect,
+                           shift or None, flights[intended].op if intended >= 0 else -1, f"{acc.dir}{s}")
+
     def _stream_fault(self, op: Op, kind: str, cycle: int, detail: str, plane: tuple[str, int],
-                      expect: dict) -> None:
-        """A stream read of op (operand field and stream offset ``plane``) that sees nothing or another
-        value than the one the program names: a hazard, placed by ``_place_stream_faults``."""
+                      expect: dict, shift: int | None = None, producer: int = -1, stream: str = "") -> None:
+        """A stream read of op (operand field and stream offset ``plane``) that sees nothing, the wrong
+        vectors or another value than the one the program names: a hazard, placed by
+        ``_place_stream_faults``. ``shift``: the cycles op would move (> 0: later) to read the value it
+        meant, from ``producer``, if known (that one would move by -shift)."""
         pos = expect.get((op.chip, op.slice.name, op.qidx, *plane)) if expect else None
         named = self._expected((op.chip, op.slice.name, op.qidx, *plane), pos) if pos is not None else set()
-        self._faults.setdefault(op.id, []).append((kind, cycle, detail, plane, named))
+        if producer < 0 and len(named) == 1:
+            producer = next(iter(named))
+        self._faults.setdefault(op.id, []).append(_Fault(op.id, kind, cycle, detail, plane, producer, shift,
+                                                               stream))
 
     def _place_stream_faults(self) -> None:
-        """Report each stream fault (``_stream_fault``) at the instruction that is most likely off. A
-        reader whose other streams carry the values the program names is on time, so the fault is its
-        producer's (a READ a cycle early or late, or dropped); a producer whose value its other readers
-        find is on time, so the fault is the reader's. When both look off elsewhere too, the one with
-        more faults is (faulty planes of the reader, faulty readers of the producer: an ACCR late for
-        all four WRITEs of its planes, say). The first hazard then names the instruction to fix."""
+        """Report the stream faults (``_stream_fault``) at the instructions most likely moved, with the fix.
+
+        A fault of reader R on a value of producer P that needs R moved by s cycles is also explained by
+        P moved by -s. A candidate (X, d) explains the faulty planes it fixes and would break X's planes
+        that are fine (its own read planes and the planes that read its values):
+        score(X, d) = #planes explained - #good planes of X. The candidates, best first (ties: the reader,
+        then the earlier issue), each take the faults no better one took; each culprit gets one hazard per
+        kind and reader, at its first cycle, with fix "issue |d| cycles later|earlier"."""
         if not self._faults:
             return
-        planes_bad = {oid: len({f[3] for f in faults}) for oid, faults in self._faults.items()}
-        readers: dict[int, set[tuple[str, int]]] = defaultdict(set)  # named producer -> its readers
-        for e in self.prog.meta.get("expect", []):
-            c, sname, k, _, _, ws, wk = _expect_entry(e)
-            w = self._by_pos.get((c, ws, wk)) if self._by_pos is not None else None
-            if w is not None:
-                readers[w].add((sname, k))
-        faulty: dict[int, set[int]] = defaultdict(set)  # named producer -> its readers that fault on it
-        for oid, faults in self._faults.items():
-            for *_, named in faults:
-                if len(named) == 1:
-                    faulty[next(iter(named))].add(oid)
-        for oid, faults in self._faults.items():
-            op = self.ops[oid]
-            r_all = sum(a.dtype.width for a in op.shape.timing.reads if len(a.cycles))
-            r_bad = planes_bad[oid]
-            for kind, cycle, detail, _, named in faults:
-                w = next(iter(named)) if len(named) == 1 else -1
-                blame = False
-                if w >= 0 and w != oid:
-                    p_bad, p_all = len(faulty[w]), len(readers[w])
-                    r_ok, p_ok = r_bad < r_all, p_bad < p_all
-                    blame = (r_ok and not p_ok) or (not r_ok and not p_ok and p_bad > r_bad)
-                if blame:
-                    self.hazard(self.ops[w], kind, cycle, f"{detail}: this instruction's value does not pass "
-                                                          f"there when {op.slice.name} #{op.qidx} {self.text(op)} "
-                                                          f"reads it")
-                else:
-                    self.hazard(op, kind, cycle, detail)
+        faults = [f for fs in self._faults.values() for f in fs]
         self._faults = {}
+        bad_planes = {(f.reader, f.plane) for f in faults}
+        good_reads: dict[int, int] = defaultdict(int)  # X -> its read planes without a fault
+        good_outs: dict[int, int] = defaultdict(int)  # X -> planes without a fault that read X's values
+        flights = self.streams.flights
+        for op in self.ops:
+            if not op.reads:
+                continue
+            first_of: dict[str, int] = {}
+            for acc, planes in op.reads:
+                if acc.field not in first_of:
+                    first_of[acc.field] = Stream.from_code(op.inst.ops[acc.field]).index
+                for p, segs in enumerate(planes):
+                    if (op.id, (acc.field, acc.base + p - first_of[acc.field])) in bad_planes:
+                        continue
+                    good_reads[op.id] += 1
+                    for w in {flights[f].op for f, _, _ in segs}:
+                        good_outs[w] += 1
+        cands: dict[tuple[int, int | None], list[int]] = defaultdict(list)
+        for i, f in enumerate(faults):
+            cands[(f.reader, f.shift)].append(i)
+            if f.producer >= 0 and f.producer != f.reader:
+                cands[(f.producer, -f.shift if f.shift is not None else None)].append(i)
+
+        def rank(c: tuple[int, int | None]) -> tuple[int, bool, int, int]:
+            x, _ = c
+            planes = len({(faults[i].reader, faults[i].plane) for i in cands[c]})
+            as_reader = any(faults[i].reader == x for i in cands[c])
+            return planes - good_reads[x] - good_outs[x], as_reader, -self.ops[x].inst.issue, -x
+
+        # the candidates best first, each taking the faults no better one took (scores over all faults:
+        # one pass, so a program with many faults costs O(F log F), not a rescan per culprit)
+        taken_by: dict[int, tuple[int, int | None]] = {}
+        for c in sorted(cands, key=rank, reverse=True):
+            for i in cands[c]:
+                taken_by.setdefault(i, c)
+        for (x, d), taken in _grouped(taken_by).items():
+            culprit = self.ops[x]
+            fix = shift_fix(d, culprit.inst.issue) if d else ""
+            groups: dict[tuple[str, int, Any], list[_Fault]] = defaultdict(list)
+            for i in taken:  # (a stream fault's planes share a hazard; other faults have one each)
+                f = faults[i]
+                groups[(f.kind, f.reader, None if f.stream else f.plane)].append(f)
+            for (kind, reader, _), fs in groups.items():
+                fs.sort(key=lambda f: (f.cycle, f.plane))
+                head = fs[0]
+                detail = head.detail
+                if reader != x and head.as_producer:
+                    detail = head.as_producer
+                elif reader != x:
+                    r = self.ops[reader]
+                    detail += (f": this instruction's value does not line up with {r.slice.name} #{r.qidx} "
+                               f"{self.text(r)}, which reads it")
+                more = sorted({(f.plane, f.stream) for f in fs[1:] if f.plane != head.plane})
+                if more:  # (one hazard for all planes of a read that the one move explains)
+                    detail += f" (and on {', '.join(st for _, st in more)})"
+                self.hazard(culprit, kind, head.cycle, detail, fix)
+
+    def order_hazards(self) -> None:
+        """Sort the hazards causes first: a hazard of an instruction that no hazard's instruction feeds
+        (through the values it reads, ``Op.deps``, transitively) comes before the ones it may have caused;
+        within each of the two, by (cycle, chip, slice, index)."""
+        # one instruction's hazards of one cycle: the set-up's checks first, in the order they run (a port
+        # still busy, a collision, a bank, an address), then what its reads see
+        rank = {"unit-busy": 0, "stream-collision": 1, "bank-conflict": 2, "out-of-range": 3}
+
+        def by_cycle(h: Hazard) -> tuple[int, int, str, int, int]:
+            return h.cycle, h.chip, h.slice, h.index, rank.get(h.kind, 4)
+
+        self.hazards.sort(key=by_cycle)
+        if len(self.hazards) < 2:
+            return
+        ids = {(op.chip, op.slice.name, op.qidx): op.id for op in self.ops}
+        flagged = {ids[(h.chip, h.slice, h.index)] for h in self.hazards if (h.chip, h.slice, h.index) in ids}
+        # Kahn's order over the dependencies: downstream[o] = some dependency is flagged or downstream
+        n = len(self.ops)
+        users: list[list[int]] = [[] for _ in range(n)]
+        indeg = [0] * n
+        for op in self.ops:
+            for d in op.deps:
+                if 0 <= d < n and d != op.id:
+                    users[d].append(op.id)
+                    indeg[op.id] += 1
+        downstream = [False] * n
+        todo = [o for o in range(n) if indeg[o] == 0]
+        while todo:
+            o = todo.pop()
+            feeds = downstream[o] or o in flagged
+            for u in users[o]:
+                if feeds:
+                    downstream[u] = True
+                indeg[u] -= 1
+                if indeg[u] == 0:
+                    todo.append(u)
+
+        for h in self.hazards:  # (kept on the hazard: a system of chips merges its chips' lists)
+            o = ids.get((h.chip, h.slice, h.index))
+            h.caused = o is not None and downstream[o]
+        self.hazards.sort(key=lambda h: (h.caused, *by_cycle(h)))
 
     def _check_store(self, op: Op, space: str, seen: list[int], src: np.ndarray | None = None,
                      k: int | tuple[np.ndarray, np.ndarray] | None = None) -> bool:
@@ -442,7 +590,9 @@ class ResolvePhase(EmulatorState):
         order, gap = self._weights_order.get(key, ([], 0))
         k = bisect_right(order, (t, len(self.ops)))  # the installs ready by cycle t (sorted by ready cycle)
         if not k:
-            self.hazard(op, "weights-not-ready", t, f"no IW into buffer {buf} is complete by cycle {t}")
+            # the fix: wait for the first install to be ready
+            fix = shift_fix(order[0][0] - t, t) if order else ""
+            self.hazard(op, "weights-not-ready", t, f"no IW into buffer {buf} is complete by cycle {t}", fix)
         else:
             op.weights = installs[k - 1][3].id
             op.deps.add(op.weights)
@@ -452,8 +602,11 @@ class ResolvePhase(EmulatorState):
             if rdy >= end + gap:
                 break
             if s < end:
+                # an install this MATMUL waits for (none was ready) is its to wait for; else the IW is early
+                fix = shift_fix(rdy - t, t) if not k else \
+                    f"issue #{iw.qidx} {end - s} cycle(s) later (@{iw.inst.issue + end - s})"
                 self.hazard(op, "weights-changed", max(s, t), f"#{iw.qidx} {self.text(iw)} changes buffer {buf} "
-                                                              f"while this MATMUL uses it (cycles {t}..{end - 1})")
+                                                              f"while this MATMUL uses it (cycles {t}..{end - 1})", fix)
 
     def _resolve_weights_base(self, op: Op, ready: int) -> None:
         key = (op.chip, op.slice.name, op.inst.ops["buf"])
@@ -464,6 +617,35 @@ class ResolvePhase(EmulatorState):
         if before:
             op.weights = before[-1][3].id
             op.deps.add(op.weights)
+
+
+def _first_row(src: slice | np.ndarray) -> int:
+    """The first row of a segment's source rows (``emulator.ops.Segment``)."""
+    return int(src.start) if isinstance(src, slice) else int(np.asarray(src).ravel()[0])
+
+
+def _grouped(taken_by: dict[int, tuple[int, int | None]]) -> dict[tuple[int, int | None], list[int]]:
+    """The faults each candidate took, in fault order (``ResolvePhase._place_stream_faults``)."""
+    out: dict[tuple[int, int | None], list[int]] = defaultdict(list)
+    for i in sorted(taken_by):
+        out[taken_by[i]].append(i)
+    return out
+
+
+@dataclass(slots=True)
+class _Fault:
+    """One stream read plane that sees nothing, the wrong vectors or the wrong value
+    (``ResolvePhase._stream_fault``)."""
+
+    reader: int  # op id
+    kind: str
+    cycle: int  # the cycle of its first wrong vector
+    detail: str
+    plane: tuple[str, int]  # operand field, stream offset within it
+    producer: int  # op id of the value it meant, -1 if unknown
+    shift: int | None  # cycles the reader would move (> 0: later) to read that value, None if unknown
+    stream: str = ""  # its stream, e.g. "E4"
+    as_producer: str = ""  # the detail when the producer is blamed (else the reader's, plus who reads it)
 
 
 def _expect_entry(e: list[Any]) -> tuple[int, str, int, str, int, str, int]:

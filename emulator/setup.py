@@ -53,15 +53,19 @@ class SetupPhase(EmulatorState):
     def text(self, op: Op) -> str:
         return format_instruction(op.inst, self.prog.nodes)
 
-    def hazard(self, op: Op, kind: str, cycle: int, detail: str) -> None:
+    def hazard(self, op: Op, kind: str, cycle: int, detail: str, fix: str = "") -> None:
         node = self.prog.nodes[op.inst.node] if op.inst.node >= 0 else ""
-        self.hazards.append(Hazard(kind, int(cycle), op.chip, op.slice.name, op.qidx, self.text(op), node, detail))
+        self.hazards.append(Hazard(kind, int(cycle), op.chip, op.slice.name, op.qidx, self.text(op), node, detail,
+                                   fix))
 
     # ==========================================================================================
     # phase 2: static checks and write registration
     # ==========================================================================================
     def _check_busy(self) -> None:
-        """An instruction issued while a port of its slice is still busy is a hazard."""
+        """An instruction issued while a port of its slice is still busy is a hazard: of the later one
+        (it waits end - s cycles) or of the one holding the port (it finishes end - s cycles earlier),
+        whichever one move explains more faults (``ResolvePhase._place_stream_faults``)."""
+        self._busy_pairs: list[tuple[Op, Op, int, int, str]] = []  # (later, holder, its issue, end, port)
         per_port: dict[tuple[int, str, str], list[tuple[int, int, int, Op]]] = defaultdict(list)
         for op in self.ops:
             t = op.inst.issue
@@ -79,8 +83,7 @@ class SetupPhase(EmulatorState):
                         peer = self.system.peer(op.chip, link)
                         to = f"chip {peer[0]} link {peer[1]}" if peer else "nothing"
                         what = f"link {link} of chip {op.chip} (to {to}): its {port} port"
-                    self.hazard(op, "unit-busy", s, f"{what} is busy until cycle {end} with "
-                                                    f"#{owner.qidx} {self.text(owner)}")
+                    self._busy_pairs.append((op, owner, s, end, what))
                 if e > end:
                     end, owner = e, op
 

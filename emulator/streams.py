@@ -140,6 +140,25 @@ class StreamIndex:
         sole = (ncand == 1) & (lane.c0[one] <= dmin) & (dmax <= lane.c1[one]) & (dmin <= dmax)
         return np.where(sole, lane.ids[one], -1)
 
+    def nearest(self, chip: int, direction: str, stream: int, pos: int, d: int,
+                of_ops: set[int] | None = None) -> int:
+        """The flight a read at ``pos`` whose first vector is on diagonal ``d`` most likely meant: among
+        the flights of the stream written upstream of it or at it (of the instructions ``of_ops``, if
+        given), the one with the least |c0 - d| (the earlier one on a tie); -1 if there is none. Only
+        hazards ask, so a scan of the lane is fine."""
+        lane = self._sorted.get((chip, direction, stream))
+        if lane is None:
+            return -1
+        ok = (lane.pos <= pos) if direction == "E" else (lane.pos >= pos)
+        if of_ops is not None:
+            ok &= np.isin(np.array([self.flights[i].op for i in lane.ids.tolist()], dtype=np.int64),
+                          list(of_ops))
+        idx = np.flatnonzero(ok)
+        if not len(idx):
+            return -1
+        dist = np.abs(lane.c0[idx] - d) * 2 + (lane.c0[idx] > d)  # (ties: the earlier flight)
+        return int(lane.ids[idx[int(np.argmin(dist))]])
+
     @staticmethod
     def _candidates(lane: _Lane, direction: str, pos: int, dmin: int, dmax: int) -> np.ndarray:
         """Indices into ``lane`` of the flights that may reach diagonals dmin..dmax at ``pos``: written

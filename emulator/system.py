@@ -381,7 +381,8 @@ class SystemEmulator(ReportPhase):
             self.ops.extend(ops)
             self.per_chip[c] = _ChipInfo(ops, setups[c]["cycles"])
         self.cycles = max((i.cycles for i in self.per_chip.values()), default=0)
-        self.hazards.sort(key=lambda h: (h.cycle, h.chip, h.slice, h.index))
+        # causes first (``Emulator.order_hazards``), then by cycle
+        self.hazards.sort(key=lambda h: (h.caused, h.cycle, h.chip, h.slice, h.index))
         self._figures: dict[int, dict[str, Any]] = {}
 
     def text(self, op: Op) -> str:
@@ -442,7 +443,7 @@ class SystemEmulator(ReportPhase):
         for c in chips:
             hazards.extend(self._figures[c]["hazards"])
             outputs_by_chip.update({(c, name): v for name, v in self._figures[c]["outputs"].items()})
-        hazards.sort(key=lambda h: (h.cycle, h.chip, h.slice, h.index))
+        hazards.sort(key=lambda h: (h.caused, h.cycle, h.chip, h.slice, h.index))  # (causes first)
         self.hazards = hazards
         if self.strict and hazards:
             raise HazardError(hazards[0], len(hazards) - 1)

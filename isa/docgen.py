@@ -180,6 +180,35 @@ def generate() -> str:
         "- **Multi-chip.** All chips run in lockstep from one global cycle counter. C2C links deliver "
         "vectors into FIFOs; NOTIFY/SYNC assert barriers in the schedule.",
         "",
+        "## Hazards",
+        "",
+        "The chip has no interlocks: a mistimed instruction computes with whatever passes or sits there. "
+        "The emulator reports each such case as a hazard (strict mode stops at the first; `--no-strict` "
+        "runs on like the hardware and lists them all). Stream reads follow one rule:",
+        "",
+        "- **What a stream read may take.** A *flight* is one write access of one instruction to one "
+        "stream (its vectors pass a position in consecutive cycles). A read of `n` vectors takes one "
+        "value per cycle as it passes. It must find a value for every vector: one that finds nothing "
+        "passing (too early: before the flight; too late: after its last vector) is `stream-empty` "
+        "(`--no-strict` reads zeros). It may take any part of one flight (two WRITEs may store a flight's "
+        "halves), or several flights back to back, each from its first vector (one READ per segment of a "
+        "tensor); one that runs from the middle of a flight into the next (a read a cycle late over two "
+        "flights) is `stream-misaligned`. A compiled program names the producer of every read instead "
+        "(`meta.expect`) and is checked against it: seeing another is `wrong-producer`. A stream hazard's "
+        "cycle is the cycle of the read's first vector.",
+        "- **Blame.** A stream fault of reader R on the value of producer P that needs R moved by `s` "
+        "cycles is also explained by P moved by `-s`. The emulator reports the faults at the instruction "
+        "whose one move explains most of them, less the reads of and from it that are fine (an "
+        "instruction whose other streams are on time did not move), with the fix: `issue 1 cycle earlier "
+        "(@5)`. A port still busy (`unit-busy`) is one more such fault: the later instruction waits until "
+        "the port is free, or the one holding it finishes that much earlier. Hazards are listed causes first: those of instructions that no flagged instruction feeds, "
+        "then the rest, each by cycle.",
+        "- **Other kinds.** `stream-collision` (two writers, one stream, one position, one cycle), "
+        "`unit-busy` (a port still busy; the fix says when it is free), `bank-conflict`, `unwritten-read`, "
+        "`weights-not-ready` and `weights-changed` (the fix: the cycle the install is ready), "
+        "`scatter-race`, `out-of-range`, `unwritten-output`, and the link and barrier kinds of several chips (`link-empty`, `link-overflow`, "
+        "`link-width`, `link-unconnected`, `sync-early`).",
+        "",
         "## Data types",
         "",
         "| type | code | bytes | kind |",

@@ -265,8 +265,10 @@ def _workers(args: argparse.Namespace, prog: "Program") -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from emulator import Emulator
     from emulator.report import format_report
+    from emulator.timeline import text_timeline
     from emulator.trace import trace_events
 
+    columns = _columns(args.timeline) if args.timeline is not None else 0  # (checked before any work)
     _check_input(args.program, "a .lpu or .s program file")
     _check_outputs([("-o", args.output), ("--trace", args.trace), ("--html", args.html)],
                    [args.program] + ([args.inputs] if args.inputs else []))
@@ -292,24 +294,42 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.html:
             outputs.append(_html_output(args.html, prog, stats=result.stats, progress=progress))
         _write_all(outputs)
+    timeline = text_timeline(em, columns) if columns else None
     if args.json:
         doc = {**result.stats, "emulate_s": secs,
                "outputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in result.outputs.items()}}
         if not args.inputs:
             doc["random_inputs_seed"] = args.seed
+        # the count stays under "hazards" (the report's figure); the hazards themselves, causes first
+        doc["hazard_list"] = [h.as_dict() for h in result.hazards]
+        if timeline is not None:
+            doc["timeline"] = timeline
         print(json.dumps(doc, indent=2))
     else:
         if not args.inputs:
             print(_describe_inputs(prog, inputs, args.seed))
         print(format_report(result.stats, prog.chip.name))
         print(f"emulated in        {secs:.3f} s")
-        for h in result.hazards[:10]:
+        if timeline is not None:
+            print(timeline)
+        for h in result.hazards:  # every one, causes first (``Emulator.order_hazards``)
             print(f"hazard: {h}")
         if not args.output:
             for name, v in result.outputs.items():
                 print(f"output {name} {v.dtype} {list(v.shape)}:")
                 print(np.array2string(v, threshold=64, edgeitems=3, precision=6))
     return 0
+
+
+def _columns(text: str) -> int:
+    """--timeline COLUMNS: a positive count (bad input: one line, exit 2)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise UsageError(f"--timeline {text}: give a number of columns (1 or more)")
+    return n
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -1056,6 +1076,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--trace", help="write a Chrome trace-event JSON timeline")
     r.add_argument("--no-strict", action="store_true", help="run through hazards like the hardware would")
     r.add_argument("--json", action="store_true", help="print the report as JSON")
+    r.add_argument("--timeline", nargs="?", const="100", default=None, metavar="COLUMNS",
+                   help="print a text timeline in cycles: a row per busy slice, COLUMNS cycle bins (default 100)")
     r.add_argument("--workers", default="auto", metavar="N|auto", help=WORKERS_HELP)
     r.add_argument("--html", metavar="REPORT.html", help=HTML_HELP)
     r.set_defaults(fn=cmd_run)

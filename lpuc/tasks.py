@@ -52,10 +52,27 @@ class Task:
         return self.prim.node if self.prim else ""
 
     def __repr__(self) -> str:
-        a = " ".join(f"{k}={v}" for k, v in self.attrs.items() if not isinstance(v, (np.ndarray, list)))
+        # a VXM op's operands name what it computes: r<k> is read k (the list after the colon), #v an
+        # immediate, ~ the previous op's result on the stream (a run of ops); attributes without a value
+        # (None) say nothing and are left out
+        a = " ".join(f"{k}={_with_operands(v, self.attrs) if k == 'op' else v}" for k, v in self.attrs.items()
+                     if v is not None and not isinstance(v, (np.ndarray, list))
+                     and not (k == "op" and self.attrs.get("ops")))  # (a run: ops= lists every op)
         if self.attrs.get("ops"):  # a run of VXM ops, op1>op2>..., on as many ALUs
-            a += " ops=" + ">".join(st["op"] for st in self.attrs["ops"])
+            a += " ops=" + ">".join(_with_operands(st["op"], st) for st in self.attrs["ops"])
         return f"task {self.id} {self.kind} {a}: {self.reads} -> {self.writes}"
+
+
+def _with_operands(op: str, attrs: dict[str, Any]) -> str:
+    """``op`` with its operands when the task records them: MUL(r0, #0.0447...)."""
+    operands = attrs.get("operands")
+    if not operands:
+        return op
+
+    def one(kind: str, val: Any) -> str:
+        return {"read": f"r{val}", "imm": f"#{val}", "stream": "~"}.get(kind, f"{kind}:{val}")
+
+    return f"{op}({', '.join(one(k, v) for k, v in operands)})"
 
 
 class TaskGraph:

@@ -121,6 +121,68 @@ def test_hazard_exits_2_and_writes_nothing(tmp_path):
     assert r.returncode == 0 and out.exists() and "hazard: stream-empty" in r.stdout
 
 
+def test_no_strict_lists_every_hazard_and_json_gives_them(tmp_path, capsys):
+    """12 READs on one port, each issued while the one before still holds it for a second cycle: 11
+    unit-busy hazards, each with its fix, and 11 stream collisions of their flights on E3: 22, more than
+    the 10 the report once printed, and each is listed."""
+    extra = "".join(f"@{20 + k} READ addr=0, n=2, s=E3\n" for k in range(12))
+    src = tmp_path / "busy.s"
+    src.write_text(VADD.read_text().replace("@0 READ addr=0, n=4, s=E3\n", "@0 READ addr=0, n=4, s=E3\n" + extra))
+    assert main(["run", str(src), "--no-strict"]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("hazard: ")]
+    busy = [ln for ln in lines if "unit-busy" in ln]
+    assert len(lines) == 22 and len(busy) == 11 and all("fix: issue 1 cycle later" in ln for ln in busy)
+    assert main(["run", str(src), "--no-strict", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["hazards"] == 22 and len(doc["hazard_list"]) == 22
+    first = doc["hazard_list"][0]
+    assert first["kind"] == "unit-busy" and first["cycle"] == 21 and first["slice"] == "MEM_W3"
+    assert first["instruction"].startswith("@21 READ") and first["fix"] == "issue 1 cycle later (@22)"
+    assert "the read port is busy until cycle 22" in first["message"]
+
+
+def test_timeline_of_vadd_shows_each_slice_cycle_by_cycle(capsys):
+    """vadd.s takes 16 cycles: 1 cycle per column. MEM_W0 READs in 3 (busy to its last vector, cycle
+    7), the ADD runs from 5 to 10, MEM_E0 READs in 3 and WRITEs from 8 (vadd.s's comments)."""
+    assert main(["run", str(VADD), "--timeline"]) == 0
+    out = capsys.readouterr().out
+    rows = {ln.split()[0]: ln.split()[1] for ln in out.splitlines() if ln.startswith(("MEM_", "VXM"))}
+    assert "timeline: 16 cycles, 1 cycle per column" in out
+    assert rows["MEM_W0"] == "...RRRRR........" and rows["VXM0"] == ".....AAAAAA....."
+    assert rows["MEM_E0"] == "...RRRRRWWWWW..." and len(rows) == 9
+    assert "legend: R READ  A ADD  W WRITE  . idle" in out
+    bad = lpuc("run", str(VADD), "--timeline", "0")
+    assert bad.returncode == 2 and bad.stderr.strip() == "lpuc run: error: --timeline 0: give a number of columns (1 or more)"
+
+
+def test_timeline_aggregates_a_big_program(tmp_path, capsys):
+    from emulator import Emulator
+    from emulator.timeline import text_timeline
+
+    import lpuc
+
+    prog = lpuc.compile(ROOT / "examples" / "models" / "mlp_tiny.onnx", chip="tiny").program
+    em = Emulator(prog)
+    text = text_timeline(em, columns=50, max_rows=4)
+    lines = text.splitlines()
+    assert "slices of one kind share a row" in lines[0]
+    per = -(-em.cycles // 50)
+    assert f"{em.cycles} cycles, {per} cycles per column" in lines[0]
+    rows = [ln for ln in lines[3:] if not ln.startswith("legend")]
+    names = [ln.split()[0] for ln in rows]
+    assert "VXM*" in names and "MXM_W*" in names and len(rows) <= 8
+    assert all(len(ln.split()[2 if "(" in ln else 1]) == -(-em.cycles // per) for ln in rows)
+    # a row of one slice on its own: its percentage is its busy cycles over the program's
+    one = text_timeline(em, columns=50).splitlines()
+    vxm = next(ln for ln in one if ln.startswith("VXM0"))
+    busy = sorted((op.inst.issue, op.end) for op in em.ops if op.slice.name == "VXM0")
+    n, reach = 0, 0
+    for s, e in busy:
+        n += max(e - max(s, reach), 0)
+        reach = max(reach, e)
+    assert vxm.endswith(f"{100 * n / em.cycles:5.1f}%")
+
+
 def test_inputs_checked(tmp_path):
     src = tmp_path / "in.s"
     src.write_text(_with_input_x())

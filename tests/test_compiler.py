@@ -84,6 +84,37 @@ def test_dump_after_every_pass(capsys):
         assert text.startswith(f"=== after {p} ===") and len(text.splitlines()) > 3, p
 
 
+@pytest.mark.parametrize("scheduler", ["list", "naive"])
+def test_schedule_dump_says_why_each_task_waits_and_lists_the_critical_path(scheduler):
+    """Each task's line says when its inputs were ready and what held it after that; the critical
+    path runs from a task that starts as early as it can to the task that ends last, each step named
+    by the one after it (its inputs' task, or the holder of what it waited for)."""
+    import io
+    import re
+
+    buf = io.StringIO()
+    c = compile_model(MODELS / "mlp_tiny.onnx", load_chip("tiny"), scheduler=scheduler, dump_after="schedule", out=buf)
+    text = buf.getvalue()
+    tasks = [ln for ln in text.splitlines() if ln.startswith("@")]
+    assert tasks and all(re.search(r"\| inputs ready @\d+", ln) for ln in tasks)
+    starts = {int(m.group(3)): (int(m.group(1)), int(m.group(2))) for m in
+              (re.match(r"@\s*(\d+)\.\.(\d+)\s+\S+\s+\S+\s+task (\d+)", ln) for ln in tasks)}
+    # a task that starts after its inputs are ready says what held it
+    for ln in tasks:
+        first = int(re.match(r"@\s*(\d+)", ln).group(1))
+        ready = int(re.search(r"inputs ready @(\d+)", ln).group(1))
+        assert first == ready or "held by" in ln or "waits for the task before it" in ln, ln
+    path = text.split("critical path: ")[1].splitlines()
+    steps = [re.match(r"\s+task (\d+)\s.*?: (.*)$", ln) for ln in path[1:] if ln.startswith("  task")]
+    assert steps and int(path[0].split()[0]) == len(steps)
+    ids = [int(m.group(1)) for m in steps]
+    assert max(e for _, e in starts.values()) == starts[ids[-1]][1]  # it ends where the program does
+    assert steps[0].group(2) == "starts as early as it can"
+    for prev, m in zip(ids, steps[1:]):
+        assert f"task {prev}" in m.group(2), (prev, m.group(0))
+    assert c.program is not None
+
+
 # ------------------------------------------------------------------------------------------------
 # the command line and bad input
 # ------------------------------------------------------------------------------------------------

@@ -29,7 +29,8 @@ def test_example_runs_in_documented_cycles(path):
     if path.stem == "softmax":
         pytest.importorskip("isa.transcendental")
     prog = Program.from_bytes(assemble_file(path).to_bytes())
-    result = Emulator(prog).run()
+    inputs = {t.name: np.random.default_rng(0).uniform(1, 2, t.shape).astype(t.dt.np) for t in prog.io("input")}
+    result = Emulator(prog).run(inputs or None)
     assert result.hazards == []
     assert result.cycles == documented_cycles(path)
     # disassembly assembles back to the identical program
@@ -45,6 +46,25 @@ def test_vadd_bits():
     prog, out = _run("vadd")
     x, y = prog.tensor("x").const_array(), prog.tensor("y").const_array()
     np.testing.assert_array_equal(out["z"].view(np.uint32), (x + y).view(np.uint32))
+
+
+def test_vadd_in_bits_and_a_late_plane_shows():
+    """vadd_in.s adds inputs; with values whose four bytes all differ, a READ of x's byte plane 1 one
+    cycle late (run through with --no-strict) changes every row's plane-1 bytes: row r gets row r-1's,
+    row 0 zeros. vadd.s's integers have zero low planes, so the same mistake would leave z as it is."""
+    path = Path(__file__).parent.parent / "examples" / "asm" / "vadd_in.s"
+    rng = np.random.default_rng(7)
+    x, y = rng.uniform(1, 2, (4, 16)).astype(np.float32), rng.uniform(-2, -1, (4, 16)).astype(np.float32)
+    prog = assemble_file(path)
+    z = Emulator(prog).run({"x": x, "y": y}).outputs["z"]
+    np.testing.assert_array_equal(z.view(np.uint32), (x + y).view(np.uint32))
+    late = assemble(path.read_text().replace("@2 READ addr=0, n=4, s=E1", "@3 READ addr=0, n=4, s=E1"))
+    r = Emulator(late, strict=False).run({"x": x, "y": y})
+    assert r.hazards and (r.hazards[0].slice, r.hazards[0].fix) == ("MEM_W1", "issue 1 cycle earlier (@2)")
+    shifted = x.view(np.uint32).copy()
+    prev = np.vstack([np.zeros((1, 16), np.uint32), shifted[:-1]])
+    shifted = (shifted & ~np.uint32(0xFF00)) | (prev & np.uint32(0xFF00))
+    np.testing.assert_array_equal(r.outputs["z"].view(np.uint32), (shifted.view(np.float32) + y).view(np.uint32))
 
 
 def test_matmul_bits():

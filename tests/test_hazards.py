@@ -31,20 +31,68 @@ def test_vadd_is_clean():
     assert r.hazards == [] and r.cycles == 16
 
 
-def test_stream_empty_when_the_add_is_one_cycle_late():
+def test_a_late_add_is_blamed_at_the_add_with_the_fix():
+    """The ADD moved from @5 to @6 takes x's vector 1 as its vector 0 (from cycle 6) and finds nothing as
+    its vector 3; its WRITEs downstream find nothing as their vector 0. One move explains all of it:
+    the first hazard is at the ADD, in cycle 6, with the fix."""
     text = VADD.replace("@5 ADD.f32", "@6 ADD.f32")
     h = hazard_of(text)
-    # the first hazard in time: MEM_E0's WRITE finds nothing on E4 in cycle 8 (z now starts in 9)
-    assert h.kind == "stream-empty" and h.slice == "MEM_E0" and h.cycle == 8 and "WRITE" in h.text
-    # --no-strict behaves like the hardware and lists every hazard: the late ADD's last read (cycle 9)
-    # finds nothing passing and reads zeros
+    assert h.kind == "stream-empty" and h.slice == "VXM0" and h.cycle == 6 and "ADD.f32" in h.text, h
+    assert "vector 3 (it takes vectors 1..3 of MEM_W0 #0 READ as its vectors 0..2)" in h.detail, h
+    assert h.fix == "issue 1 cycle earlier (@5)", h
+    # --no-strict behaves like the hardware and lists every hazard, all at the ADD, all with that fix
     r = run(text, strict=False)
-    late = [x for x in r.hazards if x.slice == "VXM0"]
-    assert late and late[0].kind == "stream-empty" and late[0].cycle == 9 and "ADD.f32" in late[0].text
+    assert {(x.slice, x.fix) for x in r.hazards} == {("VXM0", "issue 1 cycle earlier (@5)")}
+    assert sum("MEM_E" in x.detail and "WRITE" in x.detail for x in r.hazards) == 4
     prog = assemble(VADD)
     x, y = prog.tensor("x").const_array(), prog.tensor("y").const_array()
     z = r.outputs["z"]
     assert not np.array_equal(z, x + y)
+
+
+@pytest.mark.parametrize("old, new, where, fix", [
+    ("@5 ADD.f32", "@4 ADD.f32", ("VXM0", 0), "issue 1 cycle later (@5)"),  # early: reads before x passes
+    ("@3 READ addr=0, n=4, s=E0", "@4 READ addr=0, n=4, s=E0", ("MEM_W0", 0), "issue 1 cycle earlier (@3)"),
+    ("@8 WRITE", "@9 WRITE", ("MEM_E0", 1), "issue 1 cycle earlier (@8)"),  # late: vector 1 as vector 0
+    ("@5 ADD.f32", "@15 ADD.f32", ("VXM0", 0), "issue 10 cycles earlier (@5)"),
+])
+def test_the_instruction_that_moved_is_named_first_with_its_fix(old, new, where, fix):
+    h = hazard_of(VADD.replace(old, new))
+    assert (h.slice, h.index) == where and h.fix == fix, h
+    assert fix in str(h)
+
+
+def test_a_read_that_runs_from_the_tail_of_one_flight_into_the_next_is_misaligned():
+    """A read may take part of one flight (two WRITEs taking z's flight in halves are fine), but one that
+    runs on into a second flight takes that one from its first vector. MEM_W4 READs a u8 tensor onto E4
+    so that its flight passes MEM_E0 right after z's (cycles 12..15): the WRITE one cycle late takes
+    z's vectors 1..3 and then the READ's vector 0, every vector full, and wrong: stream-misaligned."""
+    halves = VADD.replace("@8 WRITE addr=16, n=4, s=E4", "@8 WRITE addr=16, n=2, s=E4\n@10 WRITE addr=18, n=2, s=E4")
+    assert run(halves).hazards == []
+    w = ", ".join(str(k) for k in range(64))
+    two = VADD.replace(".queue MEM_W3\n", f".tensor w const u8 [4, 16] planes=MEM_W4@0 = [{w}]\n"
+                                         f".queue MEM_W4\n@5 READ addr=0, n=4, s=E4\n.queue MEM_W3\n")
+    assert run(two).hazards == []
+    h = hazard_of(two.replace("@8 WRITE addr=16, n=4, s=E4", "@9 WRITE addr=16, n=4, s=E4"))
+    assert h.kind == "stream-misaligned" and (h.slice, h.index, h.cycle) == ("MEM_E0", 1, 9), h
+    assert "vector 3 is vector 0 of MEM_W4 #0" in h.detail and h.fix == "issue 1 cycle earlier (@8)", h
+
+
+def test_hazards_are_listed_causes_first():
+    """A hazard of an instruction that a flagged instruction feeds comes after every hazard of one that
+    none feeds, whatever their cycles: the WRITE of z (fed by the ADD) goes after the ADD's."""
+    from emulator.errors import Hazard
+
+    em = Emulator(Program.from_bytes(assemble(VADD).to_bytes()))
+    write = Hazard("unit-busy", 3, 0, "MEM_E0", 1, "WRITE", "", "effect")
+    add = Hazard("unit-busy", 9, 0, "VXM0", 0, "ADD", "", "cause")
+    other = Hazard("unit-busy", 5, 0, "MEM_W3", 0, "READ", "", "unrelated")  # feeds the ADD, unflagged below
+    em.hazards = [write, add]
+    em.order_hazards()
+    assert [h.detail for h in em.hazards] == ["cause", "effect"]
+    em.hazards = [write, add, other]  # MEM_W3's READ feeds the ADD: now the ADD's is an effect too
+    em.order_hazards()
+    assert [h.detail for h in em.hazards] == ["unrelated", "effect", "cause"]
 
 
 def test_report_names_the_onnx_node():

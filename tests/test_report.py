@@ -94,8 +94,10 @@ def test_compare_chain_adds_up(capsys) -> None:
             assert ch["order"] > 0
         else:
             assert ch["order"] == 0
-        for p in c.sched.placements.values():
-            assert all(v > 0 for v in p.waits.values())
+        for tid, p in c.sched.placements.items():
+            ready = c.sched.ready(c.tasks, tid)[0]
+            waits = p.wait_cycles(ready)
+            assert all(v > 0 for v in waits.values()) and sum(waits.values()) == p.start - ready
 
 
 def test_report_of_a_program_and_run_html(tmp_path: Path, capsys) -> None:

@@ -37,7 +37,7 @@ from lpuc.tasks import Access, Task, TaskGraph
 from lpuc.templates import Template, region_rows
 
 SCHEDULERS = ("list", "asap", "naive")
-#: why a task's anchor is later than the earliest its inputs allow (``Placement.waits``): ``order``, the
+#: why a task's anchor is later than the earliest its inputs allow (``Placement.wait_cycles``): ``order``, the
 #: naive scheduler's wait for the previous task; ``port``, a slice port (unit, accumulator region, weight
 #: buffer) busy; ``bank``, an SRAM bank read or written by another task; ``stream``, no free stream for a
 #: flight
@@ -189,8 +189,23 @@ class Placement:
     streams: list[int]
     flip: int = 0  # chains: the first weight buffer is (0 + flip) % weight_buffers
     units: list[str] = field(default_factory=list)  # a VXM task with a run of ops: the ALU of each ("*0", "*1", ...)
-    # cycles the anchor moved past the earliest its inputs allow, by cause (``WAIT_CAUSES``, ``record_wait``)
-    waits: dict[str, int] = field(default_factory=dict)
+    # why the task starts after its inputs are ready: per step of the fit, (what held it, the anchor it
+    # moved to), what being ``Scheduler._held`` (``explain`` reads them)
+    waits: tuple = ()
+    origin: int = 0  # the anchor the fit started from (the naive scheduler's: after the task before it)
+
+    def wait_cycles(self, ready: int) -> dict[str, int]:
+        """The cycles the anchor moved past ``ready`` (the earliest its inputs allow, ``Schedule.ready``) by
+        cause (``WAIT_CAUSES``): ``order`` up to ``origin``, then each step of ``waits`` against the kind of
+        what held it; they add up to ``start - ready``."""
+        out: dict[str, int] = {}
+        if self.origin > ready:
+            out["order"] = self.origin - ready
+        prev = self.origin
+        for held, anchor in self.waits:
+            out[held[0]] = out.get(held[0], 0) + anchor - prev
+            prev = anchor
+        return out
 
     def slice_of(self, name: str) -> str:
         """The slice a template's slice name stands for: ``*`` the unit, ``*j`` the j-th chosen ALU."""
@@ -212,14 +227,132 @@ class Schedule:
     deps: dict[int, list[tuple[int, Delta]]] = field(default_factory=dict)
     variants: dict[int, list[Template]] = field(default_factory=dict)
 
+    weight_buffers: int = 2  # (the chip's: ``explain`` names a chain's weight buffer ports)
+
     def dump(self, tg: TaskGraph) -> str:
+        """One line per task (first..last busy cycle, kind, unit, task, node) and why it starts then
+        (``explain``), then the critical path (``critical_path``)."""
+        why = self.explain(tg)
         lines = []
         for t in sorted(tg.tasks, key=lambda t: (self.placements[t.id].start, t.id)):
             p = self.placements[t.id]
             tpl = self.templates[t.id]
             lines.append(f"@{p.start + tpl.begin:>7}..{p.start + tpl.end:<7} {t.kind:<9} {p.unit:<7} task {t.id} "
-                         f"{t.node}")
+                         f"{t.node}  | {why[t.id]}")
+        path = self.critical_path(tg)
+        if path:
+            first, last = path[0][0], path[-1][0]
+            begin = self.placements[first].start + self.templates[first].begin
+            end = self.placements[last].start + self.templates[last].end
+            lines.append(f"critical path: {len(path)} tasks, cycles {begin}..{end}")
+            for tid, reason in path:
+                t = tg.tasks[tid]
+                p, tpl = self.placements[tid], self.templates[tid]
+                lines.append(f"  task {tid:<5} {t.kind:<9} {p.unit:<7} @{p.start + tpl.begin}..{p.start + tpl.end} "
+                             f"{t.node}: {reason}")
         return "\n".join(lines)
+
+    # ---------------------------------------------------------------- why a task starts when it does
+    def ready(self, tg: TaskGraph, tid: int) -> tuple[int, int | None]:
+        """(earliest anchor its inputs and release allow, the task whose dependency sets it or None):
+        max(-begin, release, max over dependencies a of start(a) + delta[chosen a][chosen tid])
+        (``Scheduler._ready`` with the templates chosen)."""
+        def chosen(x: int) -> int:
+            return next(j for j, v in enumerate(self.variants[x]) if v is self.templates[x])
+
+        j = chosen(tid)
+        t, by = max(-self.templates[tid].begin, tg.tasks[tid].attrs.get("release", 0)), None
+        for a, delta in self.deps.get(tid, []):
+            r = self.placements[a].start + delta[chosen(a)][j]
+            if r > t or (r == t and by is not None and a > by):
+                t, by = r, a
+        return t, by
+
+    def _holders(self, tg: TaskGraph) -> dict[tuple, int]:
+        """What each placed task holds, keyed as ``Scheduler._held`` names a conflict: (port, slice,
+        port, end cycle), (bank, slice, r|w, end cycle), (stream, direction, stream, last diagonal) ->
+        the task."""
+        out: dict[tuple, int] = {}
+        for t in tg.tasks:
+            p, tpl = self.placements[t.id], self.templates[t.id]
+            T = p.start
+            for sl, port, s, e in tpl.ports:
+                if e > s:
+                    out[("port", p.slice_of(sl), _port(port, p.region, p.flip, self.weight_buffers), T + e)] = t.id
+            for sl, kind, _, _, s, e in tpl.banks:
+                out[("bank", sl, kind, T + e)] = t.id
+            for f, base in zip(tpl.flights, p.streams):
+                for k, _, _, _, e1 in f.parts:
+                    out[("stream", f.dir, base + k, T + e1)] = t.id
+        return out
+
+    def _held_text(self, held: tuple, anchor: int, tid: int, holders: dict[tuple, int]) -> str:
+        """One wait of a task, as text: what held it (and whose it was) and when it could start after it."""
+        kind, a, b, c = held
+        owner = holders.get(held)
+        whose = f" (task {owner})" if owner is not None else ""
+        start = anchor + self.templates[tid].begin
+        if kind == "port":
+            return f"port {a}.{b} busy until {c}{whose} -> @{start}"
+        if kind == "bank":
+            return f"a {'read' if b == 'r' else 'write'} of an SRAM bank of {a} until {c}{whose} -> @{start}"
+        return f"stream {a}{b}{whose} -> @{start}"
+
+    def explain(self, tg: TaskGraph) -> dict[int, str]:
+        """Per task: when its inputs were ready (and from which task), and what held it after that
+        (port, bank, stream or link port, until which cycle, whose) with the cycle it could start then."""
+        holders = self._holders(tg)
+        out = {}
+        for t in tg.tasks:
+            p, tpl = self.placements[t.id], self.templates[t.id]
+            r, by = self.ready(tg, t.id)
+            text = f"inputs ready @{r + tpl.begin}" + (f" (task {by})" if by is not None else "")
+            waits: list[tuple[tuple, int]] = []
+            for held, anchor in p.waits:  # consecutive waits for one resource: the last says until when
+                if waits and waits[-1][0][:3] == held[:3]:
+                    waits[-1] = (held, anchor)
+                else:
+                    waits.append((held, anchor))
+            if waits:
+                shown = [self._held_text(h, a, t.id, holders) for h, a in waits[:3]]
+                more = f", ... ({len(waits) - 3} more)" if len(waits) > 3 else ""
+                text += "; held by " + ", ".join(shown) + more
+            last = p.waits[-1][1] if p.waits else r
+            if p.start > max(last, r):
+                text += f"; waits for the task before it (scheduler {self.scheduler}) -> @{p.start + tpl.begin}"
+            out[t.id] = text
+        return out
+
+    def critical_path(self, tg: TaskGraph) -> list[tuple[int, str]]:
+        """The tasks that set the program's end, first to last: from the task that ends last, each step
+        back goes to what set its start: the holder of the resource it waited for last, else the task
+        its inputs came from; (task, why it starts then)."""
+        if not tg.tasks:
+            return []
+        holders = self._holders(tg)
+        tid: int | None = max(tg.tasks, key=lambda t: (self.placements[t.id].start + self.templates[t.id].end,
+                                                        -t.id)).id
+        path: list[tuple[int, str]] = []
+        seen: set[int] = set()
+        while tid is not None and tid not in seen:
+            seen.add(tid)
+            p = self.placements[tid]
+            r, by = self.ready(tg, tid)
+            if p.waits and p.start > r:
+                held = p.waits[-1][0]
+                nxt = holders.get(held, by)
+                reason = "held by " + self._held_text(held, p.start, tid, holders)
+            elif by is not None and p.start == r:
+                nxt, reason = by, f"inputs from task {by}"
+            elif p.start > r:  # (naive: after every task before it in program order has finished)
+                nxt = max(range(tid), key=lambda a: (self.placements[a].start + self.templates[a].end, a),
+                          default=None)
+                reason = f"waits for task {nxt} before it to finish (scheduler {self.scheduler})"
+            else:
+                nxt, reason = None, "starts as early as it can"
+            path.append((tid, reason))
+            tid = nxt
+        return path[::-1]
 
 
 def _signature(task: Task) -> tuple[tuple, list[int]]:
@@ -283,7 +416,7 @@ class Scheduler:
         # (slice, "r"/"w") -> bank class (ks, ko) -> cycles: in cycle c the access uses bank (ks*c + ko) mod B
         self.banks: dict[tuple[str, str], dict[tuple[int, int], Intervals]] = defaultdict(dict)
         self.rects: dict[tuple[str, int], Rects] = defaultdict(Rects)
-        self.sched = Schedule(kind, region_rows=region_rows(chip))
+        self.sched = Schedule(kind, region_rows=region_rows(chip), weight_buffers=chip.weight_buffers)
         # every task's possible templates, the first the default; the list scheduler picks one per task
         # (``chosen``; ``tpl`` holds it). A chain may run on either hemisphere's planes
         # (``TaskKind.variants``, ``lpuc.kinds.matmul``): weights are balanced between the hemispheres over
@@ -313,6 +446,7 @@ class Scheduler:
         self.sched.deps = self.deps
         alus = [s.name for s in chip.slices_of("VXM")]
         planes = chip.slices_of("MXM")
+        self._held: tuple = ()  # what the last conflict found (``_fit_one`` keeps it in ``Placement.waits``)
         self.units = {
             "VXM": alus,
             "MXM_W": [p.name for p in planes if p.hemisphere == "W"],
@@ -419,6 +553,7 @@ class Scheduler:
         for sl, port, s, e in self._split_ports(tpl)[0]:
             c = self.ports[(sl, port)].conflict(T + s, T + e)
             if c is not None:
+                self._held = ("port", sl, port, c)
                 return c - s
         for sl, kind, ks, ko, s, e in tpl.banks:
             other = self.banks.get((sl, "w" if kind == "r" else "r"))
@@ -426,6 +561,7 @@ class Scheduler:
                 continue
             c = _bank_conflict(other, ks, (ko - ks * T) % self.B, T + s, T + e)
             if c is not None:
+                self._held = ("bank", sl, "w" if kind == "r" else "r", c)
                 if ks > 0:  # the next anchor may interleave with the other accesses' banks
                     h = self._banks_block(tpl, T + 1)
                     # if another access wants the opposite parity, nothing fits until one of the two
@@ -443,6 +579,7 @@ class Scheduler:
                 continue
             c = self.ports[(unit if sl == name else sl, _port(port, region, flip, self.buffers))].conflict(T + s, T + e)
             if c is not None:
+                self._held = ("port", unit if sl == name else sl, _port(port, region, flip, self.buffers), c)
                 return c - s
         return None
 
@@ -451,6 +588,7 @@ class Scheduler:
         else (None, a later anchor worth trying)."""
         names = sorted({p[0] for p in self._split_ports(tpl)[1] if p[0].startswith("*")}, key=lambda x: int(x[1:]))
         picked: list[str] = []
+        held = self._held
         for name in names:
             hint = None
             for unit in units:
@@ -460,8 +598,10 @@ class Scheduler:
                 if h is None:
                     picked.append(unit)
                     break
-                hint = h if hint is None else min(hint, h)
+                if hint is None or h < hint:
+                    hint, held = h, self._held
             else:
+                self._held = held
                 return None, hint
         return picked, None
 
@@ -493,6 +633,8 @@ class Scheduler:
                     c = self.rects[(f.dir, base + k)].conflict(d0, d1, p0, p1)
                     if c is not None:
                         shift = c + 1 - e0  # the anchor that moves this part past the conflict
+                        if hint is None or shift < hint:
+                            self._held = ("stream", f.dir, base + k, c)
                         break
                 if own:
                     continue
@@ -529,12 +671,15 @@ class Scheduler:
             alus, h = self._alus_for_ops(tpl, T, units)
             return ((alus, 0, 0), None) if alus is not None else (None, h)
         hint = None
+        held = self._held
         for unit in units:
             for region, flip in variants:
                 h = self._unit(tpl, T, unit, region, flip)
                 if h is None:
                     return ([unit], region, flip), None
-                hint = h if hint is None else min(hint, h)
+                if hint is None or h < hint:  # (the unit free first is what the task waits for)
+                    hint, held = h, self._held
+        self._held = held
         return None, hint
 
     def _fit(self, task: Task) -> Placement:
@@ -553,22 +698,26 @@ class Scheduler:
         units = self.units.get(tpl.unit, [""])
         variants = [(r, f) for r in range(tpl.regions) for f in range(tpl.flips)]
         T = ready
-        waits: dict[str, int] = {}
+        waits = []  # (what held the task, the anchor it moved to): only when it waits
         for _ in range(10_000_000):
             # what does not depend on the unit first, then the first free (unit, region, buffer), then streams
             hint = self._fixed(tpl, T)
             if hint is not None:
-                T = record_wait(waits, "port" if self._ports_block(tpl, T) else "bank", T, max(T + 1, hint))
+                T = max(T + 1, hint)
+                waits.append((self._held, T))
                 continue
             pick, h = self._choose_units(tpl, T, units, variants)
             if pick is None:
-                T = record_wait(waits, "port", T, max(T + 1, h if h is not None else T + 1))
+                T = max(T + 1, h if h is not None else T + 1)
+                waits.append((self._held, T))
                 continue
             streams, h = self._streams(tpl, T)
             if streams is None:
-                T = record_wait(waits, "stream", T, max(T + 1, h))
+                T = max(T + 1, h)
+                waits.append((self._held, T))
                 continue
-            return Placement(T, pick[0][0], pick[1], streams, pick[2], pick[0] if tpl.multi_alu else [], waits)
+            return Placement(T, pick[0][0], pick[1], streams, pick[2], pick[0] if tpl.multi_alu else [],
+                             tuple(waits), ready)
         raise CompileError(f"task {task.id} ({task.kind}) found no free slot")
 
     def _commit(self, task: Task, p: Placement) -> None:
@@ -592,21 +741,13 @@ class Scheduler:
             return self.sched
         finish = 0
         for task in self.tg.tasks:
-            ready = deps_ready = self._ready(task)
+            ready = self._ready(task)
             if self.kind == "naive":  # nothing overlaps: wait until the previous task is done
                 ready = max(ready, finish - self.tpl[task.id].begin)
             p = self._fit_one(task, self.tpl[task.id], ready)
-            if ready > deps_ready:
-                record_wait(p.waits, "order", deps_ready, ready)
             self._commit(task, p)
             finish = max(finish, p.start + self.tpl[task.id].end)
         return self.sched
-
-    def _ports_block(self, tpl: Template, T: int) -> bool:
-        """Whether a port of the template's named slices is busy at anchor T (``_fixed`` found a conflict:
-        this tells a port from a bank for ``Placement.waits``)."""
-        return any(self.ports[(sl, port)].conflict(T + s, T + e) is not None
-                   for sl, port, s, e in self._split_ports(tpl)[0])
 
     def _ready(self, task: Task, j: int = 0) -> int:
         """The earliest anchor of the task with its template j, given the placed tasks it depends on."""
@@ -648,13 +789,6 @@ class Scheduler:
                     heapq.heappush(heap, (self._ready(tasks[b]) - prio[b], b))
         if len(self.sched.placements) != len(tasks):
             raise CompileError("the task graph has a dependency cycle")
-
-
-def record_wait(waits: dict[str, int], cause: str, old: int, new: int) -> int:
-    """Count ``new - old`` cycles of a task's anchor search against ``cause`` (``WAIT_CAUSES``); returns
-    ``new``. A task's waits add up to ``start - _ready(task)`` (the earliest anchor its inputs allow)."""
-    waits[cause] = waits.get(cause, 0) + new - old
-    return new
 
 
 def schedule(tg: TaskGraph, alloc: Allocation, chip: ChipConfig, kind: str = "list") -> Schedule:

@@ -2,8 +2,8 @@
 with the reasons for the differences.
 
 Why a schedule takes the cycles it takes, from what the scheduler recorded (``lpuc.passes.schedule``:
-every task's dependencies and, in ``Placement.waits``, the cycles its anchor moved past the earliest its
-inputs allowed, by cause). The task that finishes last ends the program; its anchor is
+every task's dependencies and, in ``Placement.waits``, what held its anchor past the earliest its inputs
+allowed: ``Placement.wait_cycles``, the cycles by cause). The task that finishes last ends the program; its anchor is
 
     start(t) = ready(t) + waits(t),   ready(t) = max over dependencies a of start(a) + delta(a, t)
 
@@ -51,8 +51,8 @@ def binding_chain(c) -> dict[str, Any]:
     while True:
         out["tasks"].append(t)
         p = P[t]
-        waits = dict(p.waits)
-        ready = p.start - sum(waits.values())
+        ready = sched.ready(tg, t)[0]
+        waits = p.wait_cycles(ready)
         if waits.get("order") and prev_end[t] >= 0:
             # the naive scheduler held t until the task before it that ended last (a) was done:
             # start(t) = start(a) + end(a) - begin(t) + the other waits; the chain goes on at a, and the
@@ -88,8 +88,8 @@ def binding_chain(c) -> dict[str, Any]:
 def total_waits(c) -> dict[str, int]:
     """Every task's waits summed by cause (task-cycles)."""
     tot = {k: 0 for k in WAIT_CAUSES}
-    for p in c.sched.placements.values():
-        for k, v in p.waits.items():
+    for tid, p in c.sched.placements.items():
+        for k, v in p.wait_cycles(c.sched.ready(c.tasks, tid)[0]).items():
             tot[k] += v
     return tot
 
