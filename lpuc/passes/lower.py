@@ -88,7 +88,7 @@ class Lowering:
         self.env: dict[str, Tensor] = {}
         self.node: Node | None = None
         self._n = 0
-        self.converted: dict[tuple[int, str], Tensor] = {}  # (tensor id, dtype) -> its conversion
+        self.converted: dict[tuple[int, str, int], Tensor] = {}  # (tensor id, dtype, rnd) -> its conversion
 
     # ------------------------------------------------------------------------------ values
     def const(self, name: str) -> np.ndarray | None:
@@ -168,20 +168,21 @@ class Lowering:
         value = self.folded.evaluate(prim, self.lanes)
         return self.pg.const(f"{prim.out.name}.folded", value, prim.out.dtype, splat=prim.out.splat)
 
-    def convert(self, t: Tensor, to: str) -> Tensor:
-        """t in dtype ``to``; a tensor converted once serves every later use (Q, K and V read one input)."""
+    def convert(self, t: Tensor, to: str, rnd: int = 0) -> Tensor:
+        """t in dtype ``to``; a tensor converted once serves every later use (Q, K and V read one input).
+        ``rnd``: the CONVERT rounding (0 truncation as ONNX Cast, 1 nearest even with saturation)."""
         if t.dtype == to:
             return t
-        done = self.converted.get((t.id, to))
+        done = self.converted.get((t.id, to, rnd))
         if done is not None:
             return done
         out = self.temp(to, t.shape, splat=t.splat)
-        prim = Prim("convert", [t], out, {"to": to}, self._node_name())
+        prim = Prim("convert", [t], out, {"to": to, "rnd": rnd} if rnd else {"to": to}, self._node_name())
         if t.const is not None:
             out = self._fold(prim)
         else:
             self.pg.prims.append(prim)
-        self.converted[(t.id, to)] = out
+        self.converted[(t.id, to, rnd)] = out
         if to == "f32" and t.dtype in ("f16", "bf16"):
             # widening is exact, so narrowing the result back gives t itself (a value gathered from other
             # chips in fp16 and multiplied in fp16: no conversion either way on the critical path)
