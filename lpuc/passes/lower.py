@@ -14,6 +14,7 @@ import math
 
 import numpy as np
 
+from isa import semantics
 from isa.config import ChipConfig
 from lpuc.errors import CompileError, UnsupportedOp
 from lpuc.ir import Graph, Node
@@ -217,12 +218,14 @@ class Lowering:
             acc = self.ewise(combine, [acc, p])
         return acc
 
-    def matmul(self, a: Tensor, b: Tensor, tb: bool, dtype: str | None = None) -> Tensor:
-        """a [.., M, K] @ b [.., K, N] (or b [.., N, K] with tb) on the MXM, f32 result. The operands
-        are converted to ``dtype``, by default the precision's (an exact product such as a prefix
-        sum of integers asks for f32 whatever the precision)."""
+    def matmul(self, a: Tensor, b: Tensor, tb: bool, dtype: str | None = None, wdtype: str | None = None) -> Tensor:
+        """a [.., M, K] @ b [.., K, N] (or b [.., N, K] with tb) on the MXM, f32 result (i32 for 8-bit
+        integer operands: the exact sums). The activations are converted to ``dtype``, by default the
+        precision's (an exact product such as a prefix sum of integers asks for f32 whatever the
+        precision), the weights to ``wdtype`` (default ``dtype``; MATMUL pairs u8 with i8 and the two
+        fp8 types, ``isa.semantics.mxm_operands_pair``)."""
         a = self.convert(a, dtype or self.mxm_dtype)
-        b = self.convert(b, dtype or self.mxm_dtype)
+        b = self.convert(b, wdtype or dtype or self.mxm_dtype)
         K = a.shape[-1]
         bk = b.shape[-1] if tb else (b.shape[-2] if len(b.shape) >= 2 else b.shape[0])
         if K != bk:
@@ -230,7 +233,8 @@ class Lowering:
         N = b.shape[-2] if tb else b.shape[-1]
         batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) if len(b.shape) > 2 else a.shape[:-2]
         out_shape = tuple(batch) + ((a.shape[-2],) if len(a.shape) >= 2 else ()) + (N,)
-        out = self.temp("f32", out_shape)
+        acc = semantics.ACC_DTYPE[a.dtype].name
+        out = self.temp(acc, out_shape)
         L = self.lanes
         n_parts = min(-(-N // L), int(self.chip.mem["slices_per_hemisphere"]) // (4 * b.dt.width))
         M = a.shape[-2] if len(a.shape) >= 2 else 1
@@ -259,7 +263,7 @@ class Lowering:
                 rows = b.const[c0 * L:c1 * L]
                 parts = [self.pg.const(f"{b.name}[{c0 * L}:{c1 * L}][{j}:]", rows[:, j:j + per], b.dtype)
                          for j in range(0, N, per)]
-                partials.append(self.temp("f32", out_shape))
+                partials.append(self.temp(acc, out_shape))
                 self.pg.add("matmul", [a, *parts], partials[-1], self._node_name(), tb=tb, split=per // L, kc=(c0, c1))
             acc = partials[0]
             for part in partials[1:]:
