@@ -19,6 +19,7 @@ as the ONNX operator defines it.
 
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 
 from lpuc.ir import Node
@@ -28,6 +29,7 @@ from lpuc.ops.common import op, _out, _idx, _axis
 
 #: ONNX 8-bit integer element types the MXM takes, by numpy dtype
 _INT8 = (np.dtype(np.int8), np.dtype(np.uint8))
+_FP8 = (np.dtype(ml_dtypes.float8_e4m3fn), np.dtype(ml_dtypes.float8_e5m2))
 
 
 def _scalar(lw: Lowering, name: str) -> Operand | None:
@@ -102,16 +104,15 @@ def dequantize(lw: Lowering, x: Tensor, scale: Operand, zp: Operand | None, out:
     return y if out == "f32" else lw.convert(y, out)
 
 
-def int_matmul(lw: Lowering, a: Tensor, za: Operand | None, b: np.ndarray, zb: np.ndarray | None,
-               what: str) -> Tensor:
+def int_matmul(lw: Lowering, a: Tensor, za: Operand | None, b: np.ndarray, zb: np.ndarray | None) -> Tensor:
     """(a - za) @ b in i32: one u8/i8 MXM product of the stored 8-bit values, minus za * colsum(b)."""
     if np.dtype(b.dtype) not in _INT8:
-        raise lw.unsupported(f"{what}: {b.dtype} weights (scheme not supported; 8-bit weights only)")
+        raise lw.unsupported(f"{b.dtype} weights are not supported (8-bit weights only)")
     if zb is not None and np.any(zb != 0):
-        raise lw.unsupported(f"{what}: asymmetric weights (non-zero weight zero point) are not supported; "
+        raise lw.unsupported("asymmetric weights (non-zero weight zero point) are not supported; "
                              f"quantize the weights symmetrically (onnxruntime's default for int8)")
     if b.ndim != 2:
-        raise lw.unsupported(f"{what}: weights of rank {b.ndim} (a 2-D [K, N] weight only)")
+        raise lw.unsupported(f"weights of rank {b.ndim} are not supported (a 2-D [K, N] weight only)")
     bt = _const(lw, "w", b, chip_dtype(b.dtype, lw.where))
     y = lw.matmul(a, bt, False, dtype=a.dtype, wdtype=bt.dtype)
     if za is None or (isinstance(za, Imm) and za.value == 0):
@@ -177,8 +178,9 @@ def QuantizeLinear(lw: Lowering, node: Node) -> None:
     """y = sat(RNE(x / scale) + zp), per tensor or per axis; u8/i8 (or fp8 with zp 0) results."""
     x = lw.tensor(node.inputs[0])
     to_np = lw.g.values[node.outputs[0]].dtype
-    if np.dtype(to_np) not in _INT8:
-        raise lw.unsupported(f"quantization to {to_np} is not supported (uint8 and int8)")
+    if np.dtype(to_np) not in _INT8 + _FP8:
+        raise lw.unsupported(f"{np.dtype(to_np).name} quantization is not supported (uint8, int8, float8 "
+                             f"e4m3fn/e5m2)")
     if node.attrs.get("saturate", 1) != 1:
         raise lw.unsupported("saturate=0 is not supported")
     scale, zp, _ = _quant_params(lw, node, x.shape)
@@ -189,8 +191,9 @@ def QuantizeLinear(lw: Lowering, node: Node) -> None:
 def DequantizeLinear(lw: Lowering, node: Node) -> None:
     """y = (x - zp) * scale, per tensor or per axis (8-bit and i32 inputs)."""
     x_np = lw.g.values[node.inputs[0]].dtype
-    if np.dtype(x_np) not in _INT8 + (np.dtype(np.int32),):
-        raise lw.unsupported(f"dequantization of {x_np} is not supported (uint8, int8, int32)")
+    if np.dtype(x_np) not in _INT8 + (np.dtype(np.int32),) + _FP8:
+        raise lw.unsupported(f"{np.dtype(x_np).name} quantization is not supported (uint8, int8, int32, float8 "
+                             f"e4m3fn/e5m2)")
     x = lw.tensor(node.inputs[0])
     scale, zp, _ = _quant_params(lw, node, x.shape)
     out = chip_dtype(lw.g.values[node.outputs[0]].dtype, lw.where)
@@ -208,7 +211,7 @@ def MatMulInteger(lw: Lowering, node: Node) -> None:
     zb = lw.const(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] else None
     if len(node.inputs) > 3 and node.inputs[3] and zb is None:
         raise lw.unsupported("a computed weight zero point is not supported")
-    _out(lw, node, int_matmul(lw, a, za, b, zb, node.name))
+    _out(lw, node, int_matmul(lw, a, za, b, zb))
 
 
 @op
@@ -222,7 +225,7 @@ def QLinearMatMul(lw: Lowering, node: Node) -> None:
     sy, zy = lw.const(node.inputs[6]), lw.const(node.inputs[7])
     if any(v is None for v in (sa, b, sb, zb, sy, zy)):
         raise lw.unsupported("QLinearMatMul needs constant weights, scales and output zero point")
-    acc = int_matmul(lw, a, za, b, zb, node.name)
+    acc = int_matmul(lw, a, za, b, zb)
     mult = (np.float32(sa.reshape(())) * sb.astype(np.float32).reshape(-1)) / np.float32(sy.reshape(()))
     m: Operand = Imm(float(mult[0])) if mult.size == 1 else \
         _const(lw, "mult", mult.astype(np.float32).reshape((1,) * (len(acc.shape) - 1) + (-1,)), "f32")
@@ -261,7 +264,7 @@ def qdq_matmul(lw: Lowering, node: Node) -> Tensor | None:
                              f"only)")
     if pb.attrs.get("block_size", 0):
         raise lw.unsupported(f"blocked weight quantization (block_size={pb.attrs['block_size']}) is not supported")
-    acc = int_matmul(lw, a, za, qb, zb, node.name)
+    acc = int_matmul(lw, a, za, qb, zb)
     mult = np.float32(sa.reshape(())) * sb.astype(np.float32).reshape(-1)
     m: Operand = Imm(float(mult[0])) if mult.size == 1 else \
         _const(lw, "mult", mult.reshape((1,) * (len(acc.shape) - 1) + (-1,)), "f32")

@@ -149,9 +149,10 @@ def fold_constants(g: Graph, empty_ok: bool = False) -> Graph:
 
 
 def _quantized_weights(node: Node, g: Graph) -> bool:
-    """A DequantizeLinear of 8-bit constants is lowered (and folded there, in the chip's arithmetic) rather
-    than folded here: a MatMul of its output then multiplies the 8-bit values on the MXM."""
-    return node.op == "DequantizeLinear" and np.dtype(g.values[node.inputs[0]].dtype) in (np.int8, np.uint8)
+    """A DequantizeLinear of integer constants is lowered (and folded there, in the chip's arithmetic)
+    rather than folded here: a MatMul of its output then multiplies the 8-bit values on the MXM, and a
+    scheme the chip does not run (4-bit, blocked) is refused by name instead of silently made float."""
+    return node.op == "DequantizeLinear" and np.dtype(g.values[node.inputs[0]].dtype).kind != "f"  # (int4: "V")
 
 
 def _known_if_empty(v: Value) -> bool:

@@ -31,6 +31,8 @@ try:
     import ml_dtypes
 
     CHIP_DTYPE[np.dtype(ml_dtypes.bfloat16)] = "bf16"
+    CHIP_DTYPE[np.dtype(ml_dtypes.float8_e4m3fn)] = "f8e4m3"
+    CHIP_DTYPE[np.dtype(ml_dtypes.float8_e5m2)] = "f8e5m2"
 except ImportError:  # pragma: no cover
     pass
 

@@ -1,0 +1,158 @@
+"""onnxruntime-quantized models through the compiler and the emulator: dynamic quantization
+(DynamicQuantizeLinear + MatMulInteger, u8 activations x i8 weights) and static QDQ with per-channel
+weights, made at test time from the committed float tiny exports with onnxruntime's own quantizers;
+QuantizeLinear / DequantizeLinear / QLinearMatMul in small graphs; refused schemes (one line, exit 2).
+
+Each compiled program runs in the emulator and is compared with onnxruntime running the same
+quantized model (within 1e-3 of max|onnxruntime|) and bit for bit with the compiler's reference."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from isa.config import load_chip
+from lpuc.pipeline import compile_model
+from lpuc.verification import verify
+
+ROOT = Path(__file__).parent.parent
+MODELS = ROOT / "examples" / "models"
+CHIP = load_chip("tiny")
+
+
+class _Calibration:
+    """onnxruntime's CalibrationDataReader: four batches of token ids (masks 1)."""
+
+    def __init__(self, model: onnx.ModelProto):
+        rng = np.random.default_rng(0)
+        self.batches = []
+        for _ in range(4):
+            feeds = {}
+            for i in model.graph.input:
+                shape = [d.dim_value for d in i.type.tensor_type.shape.dim]
+                feeds[i.name] = rng.integers(0, 90, shape).astype(np.int64) if "ids" in i.name \
+                    else np.ones(shape, np.int64)
+            self.batches.append(feeds)
+        self.it = iter(self.batches)
+
+    def get_next(self):
+        return next(self.it, None)
+
+
+def quantized(name: str, scheme: str, out: Path) -> Path:
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    src, dst = MODELS / f"{name}.onnx", out / f"{name}_{scheme}.onnx"
+    if scheme == "dynamic":
+        quantize_dynamic(str(src), str(dst))
+    elif scheme == "dynamic_u8_weights":  # asymmetric uint8 weights: refused
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QUInt8)
+    else:
+        reader = _Calibration(onnx.load(src))
+        quantize_static(str(src), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=True)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def qdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("quant")
+
+
+def _check(report: dict, int_key: str) -> None:
+    assert report["bit_exact"] and report["predicted_cycles"] == report["emulated_cycles"]
+    for o in report["outputs"].values():
+        assert o["ok"] and o["rtol"] == 0.0
+        assert o["max_abs_err"] <= o["atol"]
+    passes = report["mxm_passes"]
+    # every weight product runs on 8-bit integers; only attention (activation x activation) stays float
+    assert passes.get(int_key, 0) > 0, passes
+    assert sum(v for k, v in passes.items() if k not in ("u8", "i8", "u8xi8", "i8xu8")) < passes[int_key], passes
+
+
+@pytest.mark.parametrize("name,scheme,int_key", [("gpt2_tiny", "dynamic", "u8xi8"), ("bert_tiny", "qdq", "i8"),
+                                                 ("llama_tiny", "dynamic", "u8xi8")])
+def test_onnxruntime_quantized_model(name, scheme, int_key, qdir):
+    path = quantized(name, scheme, qdir)
+    ops = {n.op_type for n in onnx.load(path).graph.node}
+    assert ({"MatMulInteger", "DynamicQuantizeLinear"} if scheme == "dynamic" else {"QuantizeLinear"}) <= ops
+    if scheme == "qdq":
+        per_channel = [n for n in onnx.load(path).graph.node if n.op_type == "DequantizeLinear"
+                       and any(a.name == "axis" for a in n.attribute)]
+        assert per_channel, "the QDQ model has no per-channel weights"
+    c = compile_model(str(path), CHIP)
+    v = verify(c, str(path), "fp32", seed=1)
+    _check(v.report, int_key)
+    assert v.ok
+
+
+def _model(nodes, inputs, outputs, inits, opset: int = 21) -> onnx.ModelProto:
+    g = helper.make_graph(nodes, "q", inputs, outputs, inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def test_qlinear_matmul_and_quantize_dequantize():
+    """x -> QuantizeLinear (u8, zp 131) -> QLinearMatMul (i8 weights, per column scales) -> DequantizeLinear."""
+    rng = np.random.default_rng(4)
+    K, N = 40, 24
+    w = rng.integers(-127, 128, (K, N)).astype(np.int8)
+    inits = [numpy_helper.from_array(np.array(0.02, np.float32), "sx"), numpy_helper.from_array(np.array(131, np.uint8), "zx"),
+             numpy_helper.from_array(w, "w"), numpy_helper.from_array((rng.random(N) * 0.01 + 0.001).astype(np.float32), "sw"),
+             numpy_helper.from_array(np.zeros(N, np.int8), "zw"), numpy_helper.from_array(np.array(0.5, np.float32), "sy"),
+             numpy_helper.from_array(np.array(7, np.uint8), "zy")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["xq"]),
+             helper.make_node("QLinearMatMul", ["xq", "sx", "zx", "w", "sw", "zw", "sy", "zy"], ["yq"]),
+             helper.make_node("DequantizeLinear", ["yq", "sy", "zy"], ["y"])]
+    m = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5, K])],
+               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5, N])], inits)
+    c = compile_model(m, CHIP)
+    x = (rng.standard_normal((2, 5, K)) * 2).astype(np.float32)
+    v = verify(c, m, "fp32", inputs={"x": x})
+    assert v.ok, v.report["outputs"]
+    assert v.report["mxm_passes"] == {"u8xi8": v.report["mxm_passes"]["u8xi8"]}
+    # the requantized integers are exact: onnxruntime's y is a multiple of sy, so is ours, equal
+    assert v.report["outputs"]["y"]["max_abs_err"] == 0.0
+
+
+def lpuc(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lpuc", *args], capture_output=True, text=True, cwd=ROOT)
+
+
+def _refused(path: Path, *needles: str) -> None:
+    r = lpuc("compile", str(path), "--chip", "tiny", "-o", str(path.with_suffix(".lpu")))
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    for n in needles:
+        assert n in r.stderr, r.stderr
+
+
+def test_asymmetric_weights_are_refused_by_node(qdir):
+    path = quantized("gpt2_tiny", "dynamic_u8_weights", qdir)
+    node = next(n.name for n in onnx.load(path).graph.node if n.op_type == "MatMulInteger")
+    _refused(path, node, "asymmetric weights")
+
+
+def _dq_matmul(tmp: Path, w: onnx.TensorProto, dq_attrs: dict, scale: np.ndarray, name: str) -> Path:
+    inits = [w, numpy_helper.from_array(scale, "s")]
+    nodes = [helper.make_node("DequantizeLinear", ["w", "s"], ["wf"], name="dq_w", **dq_attrs),
+             helper.make_node("MatMul", ["x", "wf"], ["y"], name="mm")]
+    m = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 32])],
+               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 16])], inits)
+    path = tmp / name
+    onnx.save(m, path)
+    return path
+
+
+def test_4bit_and_blocked_weights_are_refused_by_node(tmp_path):
+    rng = np.random.default_rng(2)
+    w4 = numpy_helper.from_array(rng.integers(-8, 8, (32, 16)).astype(ml_dtypes.int4), "w")
+    _refused(_dq_matmul(tmp_path, w4, {}, np.array(0.1, np.float32), "w4.onnx"), "dq_w", "int4")
+    w8 = numpy_helper.from_array(rng.integers(-127, 128, (32, 16)).astype(np.int8), "w")
+    blocked = _dq_matmul(tmp_path, w8, {"axis": 0, "block_size": 8}, np.full((4, 16), 0.1, np.float32), "blk.onnx")
+    _refused(blocked, "dq_w", "block_size=8")
