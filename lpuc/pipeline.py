@@ -36,7 +36,7 @@ from lpuc.passes.hybrid import hybrid
 from lpuc.passes.hybrid import parse as hybrid_spec
 from lpuc.passes.install import install
 from lpuc.passes.kv_cache import KVLayout, KVStep, kv_cache
-from lpuc.passes.lower import PRECISIONS, FoldCache, lower
+from lpuc.passes.lower import PRECISIONS, FoldCache, float_dtype, lower
 from lpuc.passes.mirror import mirror
 from lpuc.passes.partition import Partition, Stage, chips_needed, partition, weight_bytes
 from lpuc.passes.schedule import SCHEDULERS, Schedule, schedule
@@ -364,7 +364,7 @@ def compile_system(path: "str | Path | onnx.ModelProto", system: SystemConfig, c
                            f"(pp) so far")
     name = Path(path).name if isinstance(path, (str, Path)) else (path.graph.name or "model")
     meta = {"model": name, "precision": precision, "scheduler": scheduler}
-    dtype = PRECISIONS[precision]
+    dtype = float_dtype(precision)  # (a quantized precision's partial sums travel as floats)
     wire = dtype if link_dtype == "auto" else link_dtype
 
     def split(n: int, mode: str) -> Partition:

@@ -64,6 +64,8 @@ from lpuc.ir import Graph
 from lpuc.pipeline import Compiled, SystemCompiled
 
 TOLERANCE = {"fp32": (1e-4, 1e-3), "fp16": (5e-3, 1e-2), "bf16": (3e-2, 3e-2)}
+#: --precision int8/fp8 on a float model: atol = this fraction of max|onnxruntime| per output, rtol 0
+QUANTIZED_PRECISION_ATOL = {"int8": 5e-2, "fp8": 1e-1}  # (e4m3 keeps 3 fraction bits: 2^-4 relative per operand)
 #: a model quantized by onnxruntime (8-bit products) is compared within this fraction of max|onnxruntime|
 #: per output (atol = QUANT_ATOL * max|ref|, rtol 0): onnxruntime rounds some requantizations differently
 #: (its fused QLinearMatMul multiplies by sa*sb/sy where the model's Q(DQ(.)) divides by sy), and one step
@@ -321,16 +323,17 @@ def verify(c: "Compiled | SystemCompiled", model_path: "str | Path | onnx.ModelP
         raise InputError(f"onnxruntime fails on these inputs: {first}") from e
     onnxruntime_s = time.perf_counter() - t0
     ref = c.reference(feeds)
-    atol, rtol = TOLERANCE[precision]
+    atol, rtol = TOLERANCE.get(precision, (0.0, 0.0))
     outputs = {}
     bit_exact = True
     all_ok = True
     for o, want in zip(sess.get_outputs(), ort_out):
         got = result.outputs[o.name]
         bit_exact &= got.tobytes() == np.ascontiguousarray(ref[o.name]).tobytes()
-        if quantized:
+        if quantized or precision in QUANTIZED_PRECISION_ATOL:
             finite = np.abs(want[np.isfinite(want)]) if np.issubdtype(want.dtype, np.floating) else np.abs(want)
-            atol, rtol = QUANT_ATOL * float(finite.max() if finite.size else 0.0), 0.0
+            frac = QUANTIZED_PRECISION_ATOL.get(precision, QUANT_ATOL)
+            atol, rtol = frac * float(finite.max() if finite.size else 0.0), 0.0
         outputs[o.name] = compare(got, want, atol, rtol)
         all_ok &= outputs[o.name]["ok"]
     predicted = int(c.program.meta["predicted_cycles"])

@@ -16,6 +16,7 @@ import numpy as np
 
 from isa import semantics
 from isa.config import ChipConfig
+from isa.dtypes import DTYPES
 from lpuc.errors import CompileError, UnsupportedOp
 from lpuc.ir import Graph, Node
 from lpuc.passes.install import few_rows
@@ -36,7 +37,16 @@ try:
 except ImportError:  # pragma: no cover
     pass
 
-PRECISIONS = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}
+#: precision -> the type constant weights are stored in for the MXM
+PRECISIONS = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "i8", "fp8": "f8e4m3"}
+#: quantized precisions -> (the type of their float MXM products: activation x activation such as attention,
+#: and embedding tables; the quantized type's largest magnitude, the scales' denominator)
+QUANTIZED = {"int8": ("f16", 127.0), "fp8": ("f16", 448.0)}
+
+
+def float_dtype(precision: str) -> str:
+    """The float type products of a precision run in (a quantized precision's unquantized products)."""
+    return QUANTIZED[precision][0] if precision in QUANTIZED else PRECISIONS[precision]
 
 
 def chip_dtype(dt: np.dtype, what: str) -> str:
@@ -86,7 +96,8 @@ class Lowering:
         self.folded = folded if folded is not None else FoldCache()
         self.chip = chip
         self.lanes = chip.lanes
-        self.mxm_dtype = PRECISIONS[precision]
+        self.mxm_dtype = float_dtype(precision)
+        self.quant = precision if precision in QUANTIZED else None  # products with constant weights quantized
         self.pg = PrimGraph()
         self.env: dict[str, Tensor] = {}
         self.node: Node | None = None
@@ -226,6 +237,9 @@ class Lowering:
         precision's (an exact product such as a prefix sum of integers asks for f32 whatever the
         precision), the weights to ``wdtype`` (default ``dtype``; MATMUL pairs u8 with i8 and the two
         fp8 types, ``isa.semantics.mxm_operands_pair``)."""
+        if self.quant and dtype is None and wdtype is None and b.const is not None and b.dt.kind == "float" \
+                and len(b.shape) == 2:
+            return self._quantized_matmul(a, b, tb)
         a = self.convert(a, dtype or self.mxm_dtype)
         b = self.convert(b, wdtype or dtype or self.mxm_dtype)
         K = a.shape[-1]
@@ -272,6 +286,33 @@ class Lowering:
                 acc = self.ewise("ADD", [acc, part])
             return acc
         return self.pg.add("matmul", [a, b], out, self._node_name(), tb=tb)
+
+    def _quantized_matmul(self, a: Tensor, b: Tensor, tb: bool) -> Tensor:
+        """a @ b with float constant weights at ``--precision int8`` or ``fp8``:
+
+            y[m, n] = f32(qa[m, :] @ qb[:, n]) * sa[m] * sb[n]
+
+        Weights per output channel, symmetric: sb[n] = max_k |b[k, n]| / Q, qb = convert_rnd1(b / sb) (Q = 127
+        for i8, 448 for f8e4m3), folded at compile time with the chip's CONVERT. Activations per token (per
+        row of a), symmetric, on the VXM: sa[m] = max_k |a[m, k]| / Q, qa = convert_rnd1(a / sa) (a zero row
+        gives 0/0 = nan, which CONVERT makes 0). The MXM sums i8 x i8 exactly in i32 (f8e4m3: exact products,
+        one f32 rounding per pass); the VXM rescales in f32."""
+        qdt = PRECISIONS[self.quant]
+        Q = QUANTIZED[self.quant][1]
+        w = np.asarray(b.const, dtype=np.float32)
+        axis = 1 if tb else 0  # the contraction axis of the stored weights
+        sb = (np.abs(w).max(axis=axis) / np.float32(Q)).astype(np.float32)
+        sb = np.where(sb == 0, np.float32(1), sb)  # an all-zero channel: any scale quantizes it exactly
+        scaled = w / (sb[:, None] if tb else sb[None, :])
+        qb = semantics.convert(np.ascontiguousarray(scaled, dtype=np.float32), DTYPES["f32"], DTYPES[qdt], 1)
+        wq = self.pg.const(f"{b.name}.{qdt}", qb, qdt)
+        af = a if a.dtype == "f32" else self.convert(a, "f32")
+        sa = self.ewise("DIV", [self.reduce_last("max", self.ewise("ABS", [af])), Imm(Q)])
+        qa = self.convert(self.ewise("DIV", [af, sa]), qdt, rnd=1)
+        acc = self.matmul(qa, wq, tb, dtype=qdt)
+        y = self.ewise("MUL", [self.convert(acc, "f32") if acc.dtype != "f32" else acc, sa])
+        scale = self.pg.const(f"{b.name}.scale", sb.reshape((1,) * (len(y.shape) - 1) + (-1,)), "f32")
+        return self.ewise("MUL", [y, scale])
 
     def _k_groups(self, a: Tensor, N: int, K: int) -> list[tuple[int, int]]:
         """The K lane chunks ``[c0, c1)`` of each partial product a matmul with constant weights is cut into.
