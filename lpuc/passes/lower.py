@@ -98,6 +98,7 @@ class Lowering:
         self.lanes = chip.lanes
         self.mxm_dtype = float_dtype(precision)
         self.quant = precision if precision in QUANTIZED else None  # products with constant weights quantized
+        self.quantized: dict[tuple[int, str], tuple[Tensor, Tensor]] = {}  # (tensor id, type) -> (values, scales)
         self.pg = PrimGraph()
         self.env: dict[str, Tensor] = {}
         self.node: Node | None = None
@@ -294,8 +295,8 @@ class Lowering:
 
         Weights per output channel, symmetric: sb[n] = max_k |b[k, n]| / Q, qb = convert_rnd1(b / sb) (Q = 127
         for i8, 448 for f8e4m3), folded at compile time with the chip's CONVERT. Activations per token (per
-        row of a), symmetric, on the VXM: sa[m] = max_k |a[m, k]| / Q, qa = convert_rnd1(a / sa) (a zero row
-        gives 0/0 = nan, which CONVERT makes 0). The MXM sums i8 x i8 exactly in i32 (f8e4m3: exact products,
+        row of a), symmetric, on the VXM: sa[m] = max(max_k |a[m, k]| / Q, 2^-126), qa = convert_rnd1(a / sa)
+        (the floor keeps a zero row's 0 / sa a zero, not the nan of 0/0, which fp8 would keep). The MXM sums i8 x i8 exactly in i32 (f8e4m3: exact products,
         one f32 rounding per pass); the VXM rescales in f32."""
         qdt = PRECISIONS[self.quant]
         Q = QUANTIZED[self.quant][1]
@@ -306,9 +307,13 @@ class Lowering:
         scaled = w / (sb[:, None] if tb else sb[None, :])
         qb = semantics.convert(np.ascontiguousarray(scaled, dtype=np.float32), DTYPES["f32"], DTYPES[qdt], 1)
         wq = self.pg.const(f"{b.name}.{qdt}", qb, qdt)
-        af = a if a.dtype == "f32" else self.convert(a, "f32")
-        sa = self.ewise("DIV", [self.reduce_last("max", self.ewise("ABS", [af])), Imm(Q)])
-        qa = self.convert(self.ewise("DIV", [af, sa]), qdt, rnd=1)
+        got = self.quantized.get((a.id, qdt))  # Q, K and V quantize one input once
+        if got is None:
+            af = a if a.dtype == "f32" else self.convert(a, "f32")
+            sa = self.ewise("MAX", [self.ewise("DIV", [self.reduce_last("max", self.ewise("ABS", [af])), Imm(Q)]),
+                                    Imm(float(np.finfo(np.float32).tiny))])
+            got = self.quantized[(a.id, qdt)] = (self.convert(self.ewise("DIV", [af, sa]), qdt, rnd=1), sa)
+        qa, sa = got
         acc = self.matmul(qa, wq, tb, dtype=qdt)
         y = self.ewise("MUL", [self.convert(acc, "f32") if acc.dtype != "f32" else acc, sa])
         scale = self.pg.const(f"{b.name}.scale", sb.reshape((1,) * (len(y.shape) - 1) + (-1,)), "f32")
