@@ -333,3 +333,17 @@ def test_matmul_u8_fp8_run_at_the_configured_rate(dtype):
     last_pass = r.issue + (n - 1) * cpv + h.LAT["mxm_matmul"]
     q = [i for _, s, i in r.builder.insts if i.spec.mnemonic == "ACCR"]
     assert q[0].issue == last_pass + 1
+
+
+@pytest.mark.parametrize("fmt", FP8)
+def test_fp8_through_the_switch_and_the_links(fmt):
+    """PERMUTE, TRANSPOSE and SEND/RECV move fp8 vectors bit for bit (every pattern, nan payloads included)."""
+    a = all_fp8(fmt)
+    rev = list(range(LANES))[::-1]
+    assert (raw(h.run_permute(fmt, a, rev)) == raw(a)[:, ::-1]).all()
+    blk = a[:LANES] if len(a) >= LANES else a
+    t = h.run_transpose(fmt, blk, LANES)
+    exp = np.zeros((LANES, LANES), np.uint8)
+    exp[:, :len(blk)] = raw(blk)[:, :LANES].T
+    assert (raw(t) == exp).all()
+    assert (raw(h.link_transfer(fmt, a).out) == raw(a)).all()
