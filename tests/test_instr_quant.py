@@ -18,7 +18,7 @@ import pytest
 import harness as h
 from emulator.errors import HazardError
 from test_instr_mxm import frac_to_f32_bits
-from test_instr_vxm import INT_RANGE, NP, check, raw, round_bits, typed, widen64
+from test_instr_vxm import INT_RANGE, NP, check, raw, round_bits, widen64
 
 LANES = h.LANES
 FP8 = ("f8e4m3", "f8e5m2")

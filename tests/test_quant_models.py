@@ -234,3 +234,20 @@ def test_int8_language_model_error_and_top1(name):
         got = c.run({"input_ids": ids})["logits"]
         agree.append((got.argmax(-1) == sess.run(None, {"input_ids": ids})[0].argmax(-1)).mean())
     assert np.mean(agree) >= 0.95, agree
+
+
+@pytest.mark.parametrize("elem", (TensorProto.FLOAT8E4M3FN, TensorProto.FLOAT8E5M2))
+def test_fp8_quantize_dequantize(elem):
+    """QuantizeLinear to fp8 (saturating, nearest even) and back, per output column, against onnxruntime."""
+    rng = np.random.default_rng(6)
+    scale = (rng.random(24) * 0.05 + 0.01).astype(np.float32)
+    zp = helper.make_tensor("z", elem, [24], [0.0] * 24)
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], axis=1),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"], axis=1)]
+    m = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [6, 24])],
+               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [6, 24])],
+               [numpy_helper.from_array(scale, "s"), zp])
+    x = (rng.standard_normal((6, 24)) * 40).astype(np.float32)  # beyond e4m3's 448 * scale: saturates
+    c = compile_model(m, CHIP)
+    v = verify(c, m, "fp32", inputs={"x": x})
+    assert v.ok and v.report["outputs"]["y"]["max_abs_err"] == 0.0, v.report["outputs"]

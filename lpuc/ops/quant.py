@@ -94,13 +94,13 @@ def quantize(lw: Lowering, x: Tensor, scale: Operand, zp: Operand | None, to: st
 
 def dequantize(lw: Lowering, x: Tensor, scale: Operand, zp: Operand | None, out: str) -> Tensor:
     """y = (x - zp) * scale: the subtraction exact in i32, one f32 rounding in the multiply."""
-    if x.dt.kind == "float":  # fp8
-        return lw.ewise("MUL", [lw.convert(x, "f32"), scale], "f32") if out == "f32" else \
-            lw.convert(lw.ewise("MUL", [lw.convert(x, "f32"), scale], "f32"), out)
-    xi = lw.convert(x, "i32")
-    if zp is not None and not (isinstance(zp, Imm) and zp.value == 0):
-        xi = lw.ewise("SUB", [xi, zp], "i32")
-    y = lw.ewise("MUL", [lw.convert(xi, "f32"), scale], "f32")
+    if x.dt.kind == "float":  # fp8 (ONNX: its zero point is 0); the widening to f32 is exact
+        y = lw.ewise("MUL", [lw.convert(x, "f32"), scale], "f32")
+    else:
+        xi = lw.convert(x, "i32")
+        if zp is not None and not (isinstance(zp, Imm) and zp.value == 0):
+            xi = lw.ewise("SUB", [xi, zp], "i32")
+        y = lw.ewise("MUL", [lw.convert(xi, "f32"), scale], "f32")
     return y if out == "f32" else lw.convert(y, out)
 
 
@@ -110,7 +110,7 @@ def int_matmul(lw: Lowering, a: Tensor, za: Operand | None, b: np.ndarray, zb: n
         raise lw.unsupported(f"{b.dtype} weights are not supported (8-bit weights only)")
     if zb is not None and np.any(zb != 0):
         raise lw.unsupported("asymmetric weights (non-zero weight zero point) are not supported; "
-                             f"quantize the weights symmetrically (onnxruntime's default for int8)")
+                             "quantize the weights symmetrically (onnxruntime's default for int8)")
     if b.ndim != 2:
         raise lw.unsupported(f"weights of rank {b.ndim} are not supported (a 2-D [K, N] weight only)")
     bt = _const(lw, "w", b, chip_dtype(b.dtype, lw.where))
