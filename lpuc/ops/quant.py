@@ -157,11 +157,20 @@ def _quant_params(lw: Lowering, node: Node, x_shape: tuple[int, ...]) -> tuple[O
     axis = _axis(int(node.attrs.get("axis", 1)), max(1, len(x_shape)))
     if node.attrs.get("block_size", 0):
         raise lw.unsupported(f"blocked quantization (block_size={node.attrs['block_size']}) is not supported")
+    def computed(name: str) -> Tensor:
+        """A run-time scale or zero point: a scalar splat, or per axis shaped to broadcast along it."""
+        t = lw.tensor(name)
+        if int(np.prod(t.shape)) == 1:
+            return _as_row(lw, t, len(x_shape))
+        bshape = tuple(t.shape[0] if a == axis else 1 for a in range(len(x_shape)))
+        t = lw.move(t, _idx(bshape), bshape)
+        return lw.splat(t) if bshape[-1] == 1 and x_shape[-1] > 1 else t
+
     sc = lw.const(node.inputs[1])
     if sc is not None:
         scale: Operand = _per_axis(lw, sc.astype(np.float32), x_shape, axis, "f32")
     else:
-        scale = _as_row(lw, lw.tensor(node.inputs[1]), len(x_shape))
+        scale = computed(node.inputs[1])
     zname = node.inputs[2] if len(node.inputs) > 2 else ""
     zc = lw.const(zname) if zname else None
     if not zname:
@@ -169,7 +178,7 @@ def _quant_params(lw: Lowering, node: Node, x_shape: tuple[int, ...]) -> tuple[O
     elif zc is not None:
         zp = None if not np.any(zc) else _per_axis(lw, zc.astype(np.int32), x_shape, axis, "i32")
     else:
-        zp = lw.convert(_as_row(lw, lw.tensor(zname), len(x_shape)), "i32")
+        zp = lw.convert(computed(zname), "i32")
     return scale, zp, zc
 
 
