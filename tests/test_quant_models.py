@@ -251,3 +251,25 @@ def test_fp8_quantize_dequantize(elem):
     c = compile_model(m, CHIP)
     v = verify(c, m, "fp32", inputs={"x": x})
     assert v.ok and v.report["outputs"]["y"]["max_abs_err"] == 0.0, v.report["outputs"]
+
+
+def test_fp8_qdq_matmul_runs_fp8_passes():
+    """MatMul(DQ(Q(x)), DQ(w)) with e4m3fn activations and per-column e4m3fn weights: fp8 MXM passes."""
+    rng = np.random.default_rng(8)
+    K, N = 40, 24
+    w = (rng.standard_normal((K, N)) * 3).astype(ml_dtypes.float8_e4m3fn)
+    sw = (rng.random(N) * 0.02 + 0.005).astype(np.float32)
+    z8 = helper.make_tensor("z", TensorProto.FLOAT8E4M3FN, [], [0.0])
+    zw = helper.make_tensor("zw", TensorProto.FLOAT8E4M3FN, [N], [0.0] * N)
+    nodes = [helper.make_node("QuantizeLinear", ["x", "sx", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "sx", "z"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["w", "sw", "zw"], ["wd"], axis=1),
+             helper.make_node("MatMul", ["xd", "wd"], ["y"])]
+    m = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, K])],
+               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [5, N])],
+               [numpy_helper.from_array(np.array(0.01, np.float32), "sx"), z8, zw,
+                numpy_helper.from_array(w, "w"), numpy_helper.from_array(sw, "sw")])
+    c = compile_model(m, CHIP)
+    v = verify(c, m, "fp32", inputs={"x": rng.standard_normal((5, K)).astype(np.float32)})
+    assert v.ok, v.report["outputs"]
+    assert v.report["mxm_passes"] == {"f8e4m3": v.report["mxm_passes"]["f8e4m3"]}

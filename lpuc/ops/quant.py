@@ -249,7 +249,8 @@ def QLinearMatMul(lw: Lowering, node: Node) -> None:
 def qdq_matmul(lw: Lowering, node: Node) -> Tensor | None:
     """A MatMul of DequantizeLinear(qa, sa, za) (per tensor) by DequantizeLinear(qb, sb, 0) of constant
     8-bit weights (per tensor, or per output column: axis 1 of [K, N]) as one integer product:
-    y = f32((qa - za) @ qb) * (sa * sb[n]). None if the MatMul is not of that form."""
+    y = f32((qa - za) @ qb) * (sa * sb[n]); with fp8 qa and qb (e4m3fn, e5m2) one fp8 product with f32
+    passes, y = (qa @ qb) * (sa * sb[n]). None if the MatMul is not of that form."""
     prods = [lw.g.producer(i) for i in node.inputs]
     if any(p is None or p.op != "DequantizeLinear" for p in prods):
         return None
@@ -258,7 +259,8 @@ def qdq_matmul(lw: Lowering, node: Node) -> Tensor | None:
     if qb is None or pa.inputs[0] not in lw.env and lw.const(pa.inputs[0]) is None:
         return None
     a = lw.tensor(pa.inputs[0])
-    if np.dtype(lw.g.values[pa.inputs[0]].dtype) not in _INT8:
+    fp8 = np.dtype(lw.g.values[pa.inputs[0]].dtype) in _FP8 and np.dtype(qb.dtype) in _FP8
+    if np.dtype(lw.g.values[pa.inputs[0]].dtype) not in _INT8 and not fp8:
         return None
     sa = lw.const(pa.inputs[1])
     if sa is None or sa.size != 1:
@@ -273,7 +275,11 @@ def qdq_matmul(lw: Lowering, node: Node) -> Tensor | None:
                              f"only)")
     if pb.attrs.get("block_size", 0):
         raise lw.unsupported(f"blocked weight quantization (block_size={pb.attrs['block_size']}) is not supported")
-    acc = int_matmul(lw, a, za, qb, zb)
+    if fp8:  # (ONNX: float8 zero points are 0) exact products, one f32 rounding per pass
+        acc = lw.matmul(a, _const(lw, "w", qb, chip_dtype(qb.dtype, lw.where)), False, dtype=a.dtype,
+                        wdtype=chip_dtype(qb.dtype, lw.where))
+    else:
+        acc = int_matmul(lw, a, za, qb, zb)
     mult = np.float32(sa.reshape(())) * sb.astype(np.float32).reshape(-1)
     m: Operand = Imm(float(mult[0])) if mult.size == 1 else \
         _const(lw, "mult", mult.reshape((1,) * (len(acc.shape) - 1) + (-1,)), "f32")
