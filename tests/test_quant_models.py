@@ -199,6 +199,37 @@ def _model_fp8(x: np.ndarray, w: np.ndarray, lanes: int) -> np.ndarray:
     return (acc * sa).astype(f32) * sb
 
 
+def _model_int8_groups(x: np.ndarray, w: np.ndarray, groups: list[tuple[int, int]]) -> np.ndarray:
+    """A product cut into K groups (lane ranges): a scale per token and group, partial products rescaled
+    and added in group order (f32), then the per-channel weight scale."""
+    f32 = np.float32
+    sb = (np.abs(w).max(axis=0) / f32(127)).astype(f32)
+    sb[sb == 0] = 1
+    qb = np.clip(np.rint(w / sb), -128, 127).astype(np.int64)
+    y = None
+    for k0, k1 in groups:
+        xg = x[:, k0:k1]
+        sa = np.maximum((np.abs(xg).max(axis=1, keepdims=True) / f32(127)).astype(f32), np.finfo(f32).tiny)
+        qa = np.clip(np.rint(xg / sa), -128, 127).astype(np.int64)
+        part = (qa @ qb[k0:k1]).astype(f32) * sa
+        y = part if y is None else (y + part).astype(f32)
+    return y * sb
+
+
+def test_int8_split_product_takes_a_scale_per_k_group():
+    """5 rows x K = 80 (five 16-lane chunks) -> N = 16 on the tiny chip's 2 planes: one chain, so the product
+    is cut into K groups of chunks [0, 2) and [2, 5) (``Lowering._k_groups``), each with its own token scales."""
+    rng = np.random.default_rng(12)
+    m, w = _float_matmul_model(80, 16, 5, rng)
+    x = rng.standard_normal((5, 80)).astype(np.float32)
+    x[:, 40:] *= 30  # the second group's values are larger: a shared scale would differ
+    c = compile_model(m, CHIP, precision="int8")
+    got = c.run({"x": x})["y"]
+    want = _model_int8_groups(x, w, [(0, 32), (32, 80)])
+    assert (got.view(np.uint32) == want.view(np.uint32)).all(), np.abs(got - want).max()
+    assert not (got.view(np.uint32) == _model_int8(x, w).view(np.uint32)).all()
+
+
 @pytest.mark.parametrize("precision", ("int8", "fp8"))
 def test_precision_quantizes_matmul_bit_exactly(precision):
     rng = np.random.default_rng(9)

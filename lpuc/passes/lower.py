@@ -296,7 +296,11 @@ class Lowering:
         Weights per output channel, symmetric: sb[n] = max_k |b[k, n]| / Q, qb = convert_rnd1(b / sb) (Q = 127
         for i8, 448 for f8e4m3), folded at compile time with the chip's CONVERT. Activations per token (per
         row of a), symmetric, on the VXM: sa[m] = max(max_k |a[m, k]| / Q, 2^-126), qa = convert_rnd1(a / sa)
-        (the floor keeps a zero row's 0 / sa a zero, not the nan of 0/0, which fp8 would keep). The MXM sums i8 x i8 exactly in i32 (f8e4m3: exact products,
+        (the floor keeps a zero row's 0 / sa a zero, not the nan of 0/0, which fp8 would keep). A product
+        that ``_k_groups`` cuts into K groups G takes a scale per token and group, sa_G[m] over the group's
+        lanes, and y = (sum over G in order of f32(qa_G @ qb_G) * sa_G) * sb (f32): each group's partial
+        product waits for its own lane chunks only (BERT-base width: the FFN down projection starts while
+        the up projection runs; 292,125 -> 280,664 cycles). The MXM sums i8 x i8 exactly in i32 (f8e4m3: exact products,
         one f32 rounding per pass); the VXM rescales in f32."""
         qdt = PRECISIONS[self.quant]
         Q = QUANTIZED[self.quant][1]
@@ -306,18 +310,39 @@ class Lowering:
         sb = np.where(sb == 0, np.float32(1), sb)  # an all-zero channel: any scale quantizes it exactly
         scaled = w / (sb[:, None] if tb else sb[None, :])
         qb = semantics.convert(np.ascontiguousarray(scaled, dtype=np.float32), DTYPES["f32"], DTYPES[qdt], 1)
+        scale = self.pg.const(f"{b.name}.scale", sb.reshape((1,) * (len(a.shape) - 1) + (-1,)), "f32")
+        K, L = a.shape[-1], self.lanes
+        groups = self._k_groups(a, w.shape[1], K) if not tb else [(0, -(-K // L))]
+        if len(groups) > 1:
+            # a product split into K groups (``_k_groups``) takes a scale per token and group: each group's
+            # partial product then waits only for its own lane chunks of a, not for the whole row's maximum
+            y = None
+            for c0, c1 in groups:
+                k0, k1 = c0 * L, min(K, c1 * L)
+                shape = a.shape[:-1] + (k1 - k0,)
+                index = np.arange(int(np.prod(a.shape)), dtype=np.int64).reshape(a.shape)[..., k0:k1]
+                qa, sa = self._quantize_rows(self.move(a, index, shape), qdt, Q)
+                wg = self.pg.const(f"{b.name}.{qdt}[{k0}:{k1}]", np.ascontiguousarray(qb[k0:k1]), qdt)
+                acc = self.matmul(qa, wg, tb, dtype=qdt)
+                part = self.ewise("MUL", [self.convert(acc, "f32") if acc.dtype != "f32" else acc, sa])
+                y = part if y is None else self.ewise("ADD", [y, part])  # f32, in group order
+            return self.ewise("MUL", [y, scale])
         wq = self.pg.const(f"{b.name}.{qdt}", qb, qdt)
-        got = self.quantized.get((a.id, qdt))  # Q, K and V quantize one input once
+        qa, sa = self._quantize_rows(a, qdt, Q)
+        acc = self.matmul(qa, wq, tb, dtype=qdt)
+        y = self.ewise("MUL", [self.convert(acc, "f32") if acc.dtype != "f32" else acc, sa])
+        return self.ewise("MUL", [y, scale])
+
+    def _quantize_rows(self, a: Tensor, qdt: str, Q: float) -> tuple[Tensor, Tensor]:
+        """(qa, sa): sa[m] = max(max_k |a[m, k]| / Q, 2^-126), qa = convert_rnd1(a / sa) to ``qdt``; once per
+        tensor (Q, K and V quantize one input once)."""
+        got = self.quantized.get((a.id, qdt))
         if got is None:
             af = a if a.dtype == "f32" else self.convert(a, "f32")
             sa = self.ewise("MAX", [self.ewise("DIV", [self.reduce_last("max", self.ewise("ABS", [af])), Imm(Q)]),
                                     Imm(float(np.finfo(np.float32).tiny))])
             got = self.quantized[(a.id, qdt)] = (self.convert(self.ewise("DIV", [af, sa]), qdt, rnd=1), sa)
-        qa, sa = got
-        acc = self.matmul(qa, wq, tb, dtype=qdt)
-        y = self.ewise("MUL", [self.convert(acc, "f32") if acc.dtype != "f32" else acc, sa])
-        scale = self.pg.const(f"{b.name}.scale", sb.reshape((1,) * (len(y.shape) - 1) + (-1,)), "f32")
-        return self.ewise("MUL", [y, scale])
+        return got
 
     def _k_groups(self, a: Tensor, N: int, K: int) -> list[tuple[int, int]]:
         """The K lane chunks ``[c0, c1)`` of each partial product a matmul with constant weights is cut into.
