@@ -9,8 +9,13 @@
 3. BERT-base width (12 layers, 768 wide, 128 tokens, 1024-word vocabulary: bench/run.py's
    bert-base-v1k) at fp16 and int8 on lpu-v1, against the MXM bound: the product MACs over the four
    planes' lanes x lanes multiply-accumulates a cycle (int8: cycles_per_vector 1; fp16: 4).
+4. GPT-2 small width KV-cache decode (bench/generate.py's model, 128 positions) at fp16 and int8: cycles
+   a step, us/token, the decode roofline, and whether the tokens are onnxruntime's.
 
-    python bench/quant.py [--no-bert]
+A ``## Notes`` section at the end of the existing bench/quant.md (written by hand: the analysis of the
+figures) is kept.
+
+    python bench/quant.py [--no-bert] [--no-decode]
 """
 
 from __future__ import annotations
@@ -114,6 +119,7 @@ def mxm_bound(path: Path, chip, cpv: int) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--no-bert", action="store_true", help="skip the BERT-base width rows")
+    ap.add_argument("--no-decode", action="store_true", help="skip the GPT-2 small width decode rows")
     ap.add_argument("--out", default=str(ROOT / "bench" / "quant.md"))
     args = ap.parse_args()
     chip = load_chip("lpu-v1")
@@ -167,7 +173,28 @@ def main() -> int:
                          f"{r['compiled'].roofline_cycles:,} | {r['err']:.2e} | {_passes(r['passes'])} | "
                          f"{r['compile_s']:.1f} | {r['emulate_s']:.1f} |")
             print(lines[-1], flush=True)
-    Path(args.out).write_text("\n".join(lines) + "\n")
+    if not args.no_decode:
+        from lpuc.generate_kv import compile_steps, generate_kv
+
+        path = M.build(replace(M.GPT2_BASE, kind="gpt2_kv", vocab=1024))
+        prompt = [5, 17, 42, 8]
+        lines += ["", "## GPT-2 small width decode (KV cache, 12 layers, 768 wide, 1024-word vocabulary, 128 positions, "
+                  "one lpu-v1)", "", f"Prompt {prompt}, 3 new tokens (`lpuc.generate_kv`, as `bench/generate.py`).", "",
+                  "| precision | cycles a decode step | us/token | decode roofline | tokens | as onnxruntime's float model |",
+                  "|---|---|---|---|---|---|"]
+        for prec in ("fp16", "int8"):
+            steps = compile_steps(str(path), chip, prec, 128, len(prompt))
+            gen = generate_kv(steps, str(path), prompt, 3)
+            r = gen.report()
+            b = r["decode_roofline"]
+            lines.append(f"| {prec} | {gen.cycles:,} | {gen.step_us:.1f} | {b['cycles']:,} ({b['bound_by']}) | "
+                         f"{', '.join(map(str, gen.tokens))} | {r['identical_to_onnxruntime']} |")
+            print(lines[-1], flush=True)
+    out = Path(args.out)
+    old = out.read_text() if out.exists() else ""
+    if "\n## Notes" in old:  # the hand-written analysis stays
+        lines += ["", old[old.index("\n## Notes") + 1:].rstrip("\n")]
+    out.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")
     return 0
 
