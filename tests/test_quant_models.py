@@ -217,11 +217,12 @@ def _model_int8_groups(x: np.ndarray, w: np.ndarray, groups: list[tuple[int, int
 
 
 def test_int8_split_product_takes_a_scale_per_k_group():
-    """5 rows x K = 80 (five 16-lane chunks) -> N = 16 on the tiny chip's 2 planes: one chain, so the product
-    is cut into K groups of chunks [0, 2) and [2, 5) (``Lowering._k_groups``), each with its own token scales."""
+    """20 rows x K = 80 (five 16-lane chunks) -> N = 16 on the tiny chip's 2 planes: one chain, so the product
+    is cut into K groups of chunks [0, 2) and [2, 5) (``Lowering._k_groups``), each with its own token scales.
+    (20 rows: a product of a row or two, ``few_rows``, keeps one scale per token.)"""
     rng = np.random.default_rng(12)
-    m, w = _float_matmul_model(80, 16, 5, rng)
-    x = rng.standard_normal((5, 80)).astype(np.float32)
+    m, w = _float_matmul_model(80, 16, 20, rng)
+    x = rng.standard_normal((20, 80)).astype(np.float32)
     x[:, 40:] *= 30  # the second group's values are larger: a shared scale would differ
     c = compile_model(m, CHIP, precision="int8")
     got = c.run({"x": x})["y"]
@@ -304,3 +305,13 @@ def test_fp8_qdq_matmul_runs_fp8_passes():
     v = verify(c, m, "fp32", inputs={"x": rng.standard_normal((5, K)).astype(np.float32)})
     assert v.ok, v.report["outputs"]
     assert v.report["mxm_passes"] == {"f8e4m3": v.report["mxm_passes"]["f8e4m3"]}
+
+
+def test_int8_split_product_of_few_rows_keeps_one_scale_per_token():
+    """5 rows (a decode-like product, ``few_rows``): the K groups only spread the installs; one scale per token."""
+    rng = np.random.default_rng(13)
+    m, w = _float_matmul_model(80, 16, 5, rng)
+    x = rng.standard_normal((5, 80)).astype(np.float32)
+    x[:, 40:] *= 30
+    got = compile_model(m, CHIP, precision="int8").run({"x": x})["y"]
+    assert (got.view(np.uint32) == _model_int8(x, w).view(np.uint32)).all()

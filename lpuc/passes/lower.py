@@ -300,7 +300,10 @@ class Lowering:
         that ``_k_groups`` cuts into K groups G takes a scale per token and group, sa_G[m] over the group's
         lanes, and y = (sum over G in order of f32(qa_G @ qb_G) * sa_G) * sb (f32): each group's partial
         product waits for its own lane chunks only (BERT-base width: the FFN down projection starts while
-        the up projection runs; 292,125 -> 280,664 cycles). The MXM sums i8 x i8 exactly in i32 (f8e4m3: exact products,
+        the up projection runs; 292,125 -> 280,664 cycles) -- except in a product of a row or two
+        (``few_rows``, a decode step), whose K groups only spread the installs over the planes and whose
+        critical path would take a quantization per group (GPT-2 small width decode: 48,677 cycles a token
+        with them). The MXM sums i8 x i8 exactly in i32 (f8e4m3: exact products,
         one f32 rounding per pass); the VXM rescales in f32."""
         qdt = PRECISIONS[self.quant]
         Q = QUANTIZED[self.quant][1]
@@ -313,7 +316,8 @@ class Lowering:
         scale = self.pg.const(f"{b.name}.scale", sb.reshape((1,) * (len(a.shape) - 1) + (-1,)), "f32")
         K, L = a.shape[-1], self.lanes
         groups = self._k_groups(a, w.shape[1], K) if not tb else [(0, -(-K // L))]
-        if len(groups) > 1:
+        M = a.shape[-2] if len(a.shape) >= 2 else 1
+        if len(groups) > 1 and not few_rows(M, self.chip.cycles_per_vector(qdt)):
             # a product split into K groups (``_k_groups``) takes a scale per token and group: each group's
             # partial product then waits only for its own lane chunks of a, not for the whole row's maximum
             y = None
