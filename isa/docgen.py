@@ -24,7 +24,7 @@ _UNIT_TEXT = {
     "VXM": "Vector ALUs at the centre of the chip. Each ALU is its own queue; an instruction applies one "
            "operation to n vectors, one per cycle.",
     "MXM": "Matrix planes. Each holds `mxm.weight_buffers` weight buffers of lanes x lanes elements and "
-           "`mxm.acc_rows` accumulator vectors (f32, or i32 for i8 inputs). Weight buffers hold zeros until "
+           "`mxm.acc_rows` accumulator vectors (f32, or i32 for u8/i8 inputs). Weight buffers hold zeros until "
            "an IW installs them.",
     "SXM": "Switch units next to the matrix planes: lane permutations and block transposes.",
     "C2C": "Chip-to-chip link endpoints, one per slice; link k of a chip is slice `C2C<k>`. A link carries "
@@ -222,6 +222,12 @@ def generate() -> str:
         "",
         "- f32 `+ - * /` and `sqrt` are IEEE 754 binary32, round to nearest even, subnormals kept.",
         "- f16 and bf16 operands are widened exactly to f32, computed as f32 and rounded once to the type.",
+        "- fp8 (`f8e4m3` = ml_dtypes float8_e4m3fn: max 448, no inf, one nan per sign; `f8e5m2` = "
+        "float8_e5m2: max 57344, inf and nan) are storage and MXM operand types: the VXM only moves them "
+        "(MOV, SELECT, PERMUTE, TRANSPOSE, SEND, RECV) and converts them (CONVERT).",
+        "- CONVERT rounds as its `rnd` operand says: 0 (the default) truncates float->int toward zero and "
+        "lets float results overflow to inf (ONNX Cast); 1 rounds to nearest even and saturates to the "
+        "type's finite range (ONNX QuantizeLinear). Each conversion rounds once, from the exact value.",
         "- A nan result is always the canonical quiet nan (sign 0, payload 0), because machines differ in the "
         "nan an invalid operation produces. Bit-copying instructions (MOV, SELECT, PERMUTE, TRANSPOSE, "
         "memory and link transfers) keep nan payloads.",
@@ -230,7 +236,11 @@ def generate() -> str:
         "`isa/transcendental.py` (range reduction and a polynomial in f32 operations only); their measured "
         "error against float64 is in `docs/transcendentals.md`.",
         "- MATMUL rounds the exact dot product of each pass once to f32 and accumulates passes with f32 "
-        "additions in program order (`isa/exactdot.py`). i8 products accumulate exactly in i32.",
+        "additions in program order (`isa/exactdot.py`). u8/i8 products accumulate exactly in i32, and u8 "
+        "and i8 operands mix (u8 activations x i8 weights as ONNX MatMulInteger); fp8 operands mix "
+        "(e4m3 x e5m2) and their exact products are rounded once to f32 like f16. Zero points are not an "
+        "MXM operand: the compiler subtracts za*colsum(B) on the VXM (colsum of constant weights folded "
+        "when compiling).",
         "- Cross-lane reductions use a fixed pairwise tree (see RSUM).",
         "",
         "## Encoding",

@@ -31,6 +31,11 @@ _ALL = (
     DType(3, "f16", 2, np.dtype(np.float16), "float"),
     DType(4, "bf16", 2, np.dtype(ml_dtypes.bfloat16), "float"),
     DType(5, "f32", 4, np.dtype(np.float32), "float"),
+    # fp8 (OCP 8-bit floats, as ml_dtypes defines them): e4m3fn has no infinity (S.1111.111 is its only
+    # nan, max 448), e5m2 is IEEE-like (max 57344, inf and nan). Storage, transport and MXM operand
+    # types: the VXM only moves and converts them.
+    DType(6, "f8e4m3", 1, np.dtype(ml_dtypes.float8_e4m3fn), "float"),
+    DType(7, "f8e5m2", 1, np.dtype(ml_dtypes.float8_e5m2), "float"),
 )
 
 DTYPES: dict[str, DType] = {d.name: d for d in _ALL}

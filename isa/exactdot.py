@@ -3,8 +3,9 @@
 Semantics
 =========
 
-``matmul_pass(x, w)`` with ``x`` of shape (n, K) and ``w`` of shape (K, N), both of the
-same dtype, returns ``y`` of shape (n, N):
+``matmul_pass(x, w)`` with ``x`` of shape (n, K) and ``w`` of shape (K, N) returns ``y`` of
+shape (n, N). The operands share a dtype, or both are 8-bit integers (uint8/int8 in any mix)
+or both fp8 (float8_e4m3fn/float8_e5m2 in any mix):
 
 * **float16 / bfloat16 / float32** inputs, float32 output::
 
@@ -36,8 +37,15 @@ same dtype, returns ``y`` of shape (n, N):
   Every nan produced is the canonical quiet nan ``0x7FC00000`` (input nan payloads
   are not propagated), so outputs are bit-identical everywhere.
 
-* **int8** inputs, int32 output: the exact integer dot product.  ``K <= 65536`` is
-  required (then ``|S| <= 2**30``, no wrapping can occur).
+* **fp8** inputs (e4m3fn, e5m2, mixed), float32 output: exactly the float16 rule above
+  applied to the operands widened to float16.  Every e4m3fn and e5m2 value (nan, and
+  e5m2's inf, included) is a float16 value (e4m3fn: 4 exponent bits, 3 fraction bits,
+  smallest subnormal 2**-9; e5m2: float16's exponent range with 2 fraction bits), so the
+  widening is exact and the products and their exact sum are those of the fp8 values.
+
+* **8-bit integer** inputs (int8, uint8, mixed), int32 output: the exact integer dot
+  product of the values as integers.  ``K <= 65536`` is required, ``K <= 32768`` for
+  uint8 x uint8 (then ``|S| < 2**31``, no wrapping can occur).
 
 The result depends only on the input values: not on the BLAS library, its summation
 order or blocking, the number of threads, or FMA use.
@@ -170,14 +178,19 @@ __all__ = [
     "FLOAT_DTYPES",
     "SUPPORTED_DTYPES",
     "MAX_K_INT8",
+    "INT8_DTYPES",
+    "FP8_DTYPES",
     "MAX_K_FLOAT",
 ]
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 FLOAT_DTYPES: tuple[np.dtype, ...] = (np.dtype(np.float16), BF16, np.dtype(np.float32))
-SUPPORTED_DTYPES: tuple[np.dtype, ...] = FLOAT_DTYPES + (np.dtype(np.int8),)
+INT8_DTYPES: tuple[np.dtype, ...] = (np.dtype(np.int8), np.dtype(np.uint8))
+FP8_DTYPES: tuple[np.dtype, ...] = (np.dtype(ml_dtypes.float8_e4m3fn), np.dtype(ml_dtypes.float8_e5m2))
+SUPPORTED_DTYPES: tuple[np.dtype, ...] = FLOAT_DTYPES + INT8_DTYPES + FP8_DTYPES
 
-MAX_K_INT8 = 65536
+MAX_K_INT8 = 65536  # int8 x int8 and uint8 x int8: |S| <= 255 * 128 * 65536 < 2**31
+MAX_K_UINT8 = 32768  # uint8 x uint8: |S| <= 255**2 * 32768 < 2**31
 MAX_K_FLOAT = 1 << 20  # the proof's constants (T >= 1.9 b_true, level shrink) need K*u tiny
 
 NAN_BITS = np.uint32(0x7FC00000)
@@ -356,10 +369,12 @@ def _validate(x: np.ndarray, w: np.ndarray) -> None:
         raise ValueError(f"matmul_pass needs 2-D operands, got shapes {x.shape} and {w.shape}")
     if x.shape[1] != w.shape[0]:
         raise ValueError(f"inner dimensions differ: {x.shape} @ {w.shape}")
-    if x.dtype != w.dtype:
-        raise TypeError(f"operands must share a dtype, got {x.dtype} and {w.dtype}")
-    if x.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"unsupported dtype {x.dtype}; expected one of {SUPPORTED_DTYPES}")
+    if x.dtype not in SUPPORTED_DTYPES or w.dtype not in SUPPORTED_DTYPES:
+        bad = x.dtype if x.dtype not in SUPPORTED_DTYPES else w.dtype
+        raise TypeError(f"unsupported dtype {bad}; expected one of {SUPPORTED_DTYPES}")
+    if x.dtype != w.dtype and not any(x.dtype in c and w.dtype in c for c in (INT8_DTYPES, FP8_DTYPES)):
+        raise TypeError(f"operands must share a dtype or both be 8-bit integers or both fp8, got {x.dtype} "
+                        f"and {w.dtype}")
 
 
 def _to_f64(a: np.ndarray) -> F64Array:
@@ -424,13 +439,20 @@ def _zero_sign_block(bx: npt.NDArray[np.bool_], bw: npt.NDArray[np.bool_]) -> U3
 # --------------------------------------------------------------------------- main entry
 
 
+def _int_magnitude(dt: np.dtype) -> int:
+    info = np.iinfo(dt)
+    return max(-int(info.min), int(info.max))
+
+
 def _matmul_int8(x: np.ndarray, w: np.ndarray) -> npt.NDArray[np.int32]:
     K = x.shape[1]
-    if K > MAX_K_INT8:
-        raise ValueError(f"int8 matmul_pass needs K <= {MAX_K_INT8}, got {K}")
-    # Products are integers |p| <= 2**14 and every partial sum an integer of magnitude
-    # <= 2**14 * K: exact in float32 for K <= 1024 (<= 2**24), in float64 always.
-    ft = np.float32 if K <= 1024 else np.float64
+    limit = MAX_K_UINT8 if x.dtype == w.dtype == np.uint8 else MAX_K_INT8
+    if K > limit:
+        raise ValueError(f"8-bit integer matmul_pass needs K <= {limit} for {x.dtype} x {w.dtype}, got {K}")
+    # Products are integers |p| <= mx * mw (2**14 for int8 x int8, 255**2 < 2**16 for uint8 x uint8)
+    # and every partial sum an integer of magnitude <= mx * mw * K: exact in float32 while that is
+    # <= 2**24, in float64 always (<= 2**31).
+    ft = np.float32 if _int_magnitude(x.dtype) * _int_magnitude(w.dtype) * K <= 1 << 24 else np.float64
     y = np.matmul(x.astype(ft), w.astype(ft))
     return y.astype(np.int32)
 
@@ -671,10 +693,12 @@ def matmul_pass(x: np.ndarray, w: np.ndarray, *, stats: PassStats | None = None)
     x = np.asarray(x)
     w = np.asarray(w)
     _validate(x, w)
-    if x.dtype == np.int8:
+    if x.dtype in INT8_DTYPES:
         if stats is not None:
             stats.elements = x.shape[0] * w.shape[1]
         return _matmul_int8(x, w)
+    if x.dtype in FP8_DTYPES:
+        x, w = x.astype(np.float16), w.astype(np.float16)  # exact (module docstring)
     K = x.shape[1]
     if K > MAX_K_FLOAT:
         raise ValueError(f"float matmul_pass needs K <= {MAX_K_FLOAT}, got {K}")
@@ -760,7 +784,7 @@ def matmul_pass_reference(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     _validate(x, w)
     n, K = x.shape
     N = w.shape[1]
-    if x.dtype == np.int8:
+    if x.dtype in INT8_DTYPES:
         if K > MAX_K_INT8:
             raise ValueError("K too large")
         xl = [[int(v) for v in row] for row in x.tolist()]

@@ -134,6 +134,15 @@ class Instr:
 FLOATS = ("f16", "bf16", "f32")
 INTS = ("u8", "i8", "i32")
 ALL_TYPES = INTS + FLOATS
+FP8 = ("f8e4m3", "f8e5m2")
+#: Types the bit-copying instructions (MOV, SELECT, PERMUTE, TRANSPOSE, SEND, RECV) and CONVERT take:
+#: fp8 is a storage and MXM operand type, the VXM computes in the wider types.
+MOVE_TYPES = ALL_TYPES + FP8
+#: MXM operand types. The weight buffer's type (IW) and the activations' type (MATMUL) must be equal
+#: or lie in one class: 8-bit integers {u8, i8} (exact products, i32 sums) or fp8 {f8e4m3, f8e5m2}
+#: (exact products, f32 result); f16, bf16 and f32 pair only with themselves.
+MXM_TYPES = ("i8",) + FLOATS + ("u8",) + FP8
+MXM_CLASSES = (("u8", "i8"), FP8)
 
 # ------------------------------------------------------------------------------------------------
 # MEM: SRAM slices
@@ -196,7 +205,7 @@ _VXM_COMPARE = {
 _VXM_UNARY = {
     # mnemonic: (formula, dtypes, latency key)
     "MOV": ("a  (a bit copy, nan payloads kept; also moves a value onto another stream or direction)",
-            ALL_TYPES, "vxm_alu"),
+            MOVE_TYPES, "vxm_alu"),
     "NEG": ("-a (ints wrap)", ("i8", "i32") + FLOATS, "vxm_alu"),
     "ABS": ("|a| (ints wrap: |MIN| = MIN)", ("i8", "i32") + FLOATS, "vxm_alu"),
     "RELU": ("a > 0 ? a : (a is nan ? a : +0)", ("i8", "i32") + FLOATS, "vxm_alu"),
@@ -259,16 +268,25 @@ VXM.append(Instr(
     "SELECT", "VXM", (DT, _f("c", "stream", STREAM_BITS, "condition stream (u8)"), A, B, N, D),
     "Elementwise choice: c ? a : b.",
     "for j < n, lane l: d[j][l] = c[j][l] != 0 ? a[j][l] : b[j][l]  (bits copied unchanged)",
-    dtypes=ALL_TYPES, group="select", **_vxm_io("vxm_alu", ("c", "a", "b"))))
+    dtypes=MOVE_TYPES, group="select", **_vxm_io("vxm_alu", ("c", "a", "b"))))
 VXM.append(Instr(
-    "CONVERT", "VXM", (DT, _f("to", "dtype", 3, "result type"), A, N, D),
+    "CONVERT", "VXM", (DT, _f("to", "dtype", 3, "result type"), A, N, D,
+                       _f("rnd", "uint", 1, "rounding: 0 truncate toward zero (ONNX Cast), 1 nearest even "
+                                            "with saturation (ONNX QuantizeLinear)", default=0)),
     "Convert each element from dt to another type.",
-    "for j < n, lane l: d[j][l] = convert(a[j][l]) where float->float rounds to nearest even "
-    "(overflow to inf, nan stays nan); float->int truncates toward zero and saturates, nan -> 0; "
-    "int->float converts to f32 (nearest even), then to the type (nearest even); int->int "
-    "saturates; a nan result is the canonical quiet nan (so CONVERT to the same float type is not a "
-    "bit copy: it canonicalises nans)",
-    dtypes=ALL_TYPES, group="convert", **_vxm_io("vxm_convert", ("a",), "to")))
+    "for j < n, lane l: d[j][l] = convert(a[j][l]). "
+    "rnd = 0 (ONNX Cast): float->float rounds to nearest even, a magnitude at or beyond the overflow "
+    "threshold (max + half an ulp of max; a tie there rounds to even, i.e. overflows) becomes inf, or nan "
+    "for f8e4m3 (it has no inf), and inf stays inf (nan for f8e4m3); float->int truncates toward zero and "
+    "saturates, nan -> 0; int->float converts to f32 (nearest even), then to the type as float->float. "
+    "rnd = 1 (ONNX QuantizeLinear/DynamicQuantizeLinear, saturate=1): float->int rounds to nearest even "
+    "(ties to even: 2.5 -> 2, -0.5 -> 0) and saturates, nan -> 0; float->float and int->float round to "
+    "nearest even and saturate: a finite result beyond the type's largest finite value, and an infinity, "
+    "become that value with the sign kept (f8e4m3: +-448, f8e5m2: +-57344, f16: +-65504); nan stays nan. "
+    "Both: f16/bf16/fp8 sources are widened exactly to f32 first (so each conversion rounds once); "
+    "int->int saturates; a nan result is the canonical quiet nan (f8e4m3 0x7f, f8e5m2 0x7e; so CONVERT "
+    "to the same float type is not a bit copy: it canonicalises nans)",
+    dtypes=MOVE_TYPES, group="convert", **_vxm_io("vxm_convert", ("a",), "to")))
 for _m, _sem in _VXM_REDUCE.items():
     VXM.append(Instr(
         _m, "VXM", (DT, A, N, _f("m", "uint", 11, "number of lanes reduced (lanes 0..m-1)"), D),
@@ -282,7 +300,7 @@ for _m, _sem in _VXM_REDUCE.items():
 
 # ------------------------------------------------------------------------------------------------
 # MXM: matrix planes. Each plane holds `weight_buffers` lanes x lanes weight buffers and
-# `acc_rows` accumulator vectors (f32, or i32 for i8 inputs).
+# `acc_rows` accumulator vectors (f32, or i32 for u8/i8 inputs).
 # ------------------------------------------------------------------------------------------------
 _BUF = _f("buf", "uint", 2, "weight buffer")
 _ACC = _f("acc", "uint", 16, "first accumulator row")
@@ -300,11 +318,12 @@ MXM = [
         "if clr: W[buf] = 0. for i < n: v = s-vector i with lanes outside [lo, hi) set to 0; "
         "if t = 0: W[buf][r0+i, :] = v else W[buf][:, r0+i] = v (r0 + n <= lanes; hi = 0 means lanes). "
         "Without clr the install starts from the buffer's contents (zeros if nothing was installed); "
-        "the buffer takes the type dt and is ready for MATMUL from cycle t + cdiv(n, g) - 1 + L.mxm_install",
+        "the buffer takes the type dt and is ready for MATMUL from cycle t + cdiv(n, g) - 1 + L.mxm_install; "
+        "an IW without clr into a buffer of another type is an operand hazard",
         reads=(StreamIO("s", "dt", "0", "n", "1", "g"),),
         store=(StoreIO("weights", "w", "buf", "cdiv(n, g) - 1 + L.mxm_install", "1"),),
         busy=(Busy("install", "0", "cdiv(n, g)"),),
-        dtypes=("i8",) + FLOATS, group="mxm",
+        dtypes=MXM_TYPES, group="mxm",
     ),
     Instr(
         "MATMUL", "MXM",
@@ -313,7 +332,11 @@ MXM = [
          _f("k", "uint", 11, "activation lanes used, the rest count as 0 (0 means lanes)", default=0)),
         "Multiply n activation vectors by the installed weights into accumulator rows.",
         "for j < n: y[c] = round_f32(EXACT sum over i < K of x_j[i] * W[buf][i, c]) with K = k or lanes "
-        "(i8: exact i32 sum); acc[acc+j] = mode ? acc[acc+j] + y : y (f32 addition, or i32 wrapping). "
+        "(u8/i8: exact i32 sum); acc[acc+j] = mode ? acc[acc+j] + y : y (f32 addition, or i32 wrapping). "
+        "Operand types: dt is the activations' type, the buffer keeps the type of its IW; they must be equal "
+        "or of one class: 8-bit integers (u8 x i8, i8 x u8, u8 x u8: values as their integers, products "
+        "exact, i32 sum, no wrap for any K <= lanes) or fp8 (f8e4m3 x f8e5m2 and back: exact products, f32 "
+        "result as for f16); any other pair is an operand hazard. "
         "x_j is taken from the stream into the activation buffer in cycle t + j; pass j reads the "
         "accumulator row and writes it in cycle t + j*cpv + L.mxm_matmul. An exact zero sum is +0 "
         "unless every product is -0. The weights are those of the last IW into buf ready by cycle t; "
@@ -323,7 +346,7 @@ MXM = [
         store=(StoreIO("weights", "r", "buf", "0", "1"),
                StoreIO("acc", "rw", "acc + j", "L.mxm_matmul", "n", "cpv")),
         busy=(Busy("compute", "0", "n*cpv"),),
-        dtypes=("i8",) + FLOATS, group="mxm",
+        dtypes=MXM_TYPES, group="mxm",
     ),
     Instr(
         "ACCR", "MXM",
@@ -349,7 +372,7 @@ SXM = [
         reads=(StreamIO("idx", "i32", "0", "1"), StreamIO("a", "dt", "1")),
         writes=(StreamIO("d", "dt", "1 + L.sxm_permute"),),
         busy=(Busy("sxm", "0", "n + 1"),),
-        dtypes=ALL_TYPES, group="sxm",
+        dtypes=MOVE_TYPES, group="sxm",
     ),
     Instr(
         "TRANSPOSE", "SXM", (DT, A, N, _f("m", "uint", 11, "vectors written"), D),
@@ -359,7 +382,7 @@ SXM = [
         reads=(StreamIO("a", "dt", "0"),),
         writes=(StreamIO("d", "dt", "n + L.sxm_transpose", "m"),),
         busy=(Busy("sxm", "0", "n + m"),),
-        dtypes=ALL_TYPES, group="sxm",
+        dtypes=MOVE_TYPES, group="sxm",
     ),
 ]
 
@@ -376,7 +399,7 @@ C2C = [
         reads=(StreamIO("s", "dt", "0"),),
         store=(StoreIO("link", "w", "", "cv + c2c_latency", "n", "cv"),),
         busy=(Busy("tx", "0", "n*cv"),),
-        dtypes=ALL_TYPES, group="c2c",
+        dtypes=MOVE_TYPES, group="c2c",
     ),
     Instr(
         "RECV", "C2C", (DT, D, N),
@@ -387,7 +410,7 @@ C2C = [
         writes=(StreamIO("d", "dt", "L.c2c_recv"),),
         store=(StoreIO("link", "r", "", "0"),),
         busy=(Busy("rx", "0", "n"),),
-        dtypes=ALL_TYPES, group="c2c",
+        dtypes=MOVE_TYPES, group="c2c",
     ),
 ]
 

@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 
 from isa.dtypes import DType, DTYPES
+from isa.instructions import MXM_CLASSES
 
 F32 = np.dtype(np.float32)
 
@@ -30,13 +31,15 @@ def canon_nan(x: np.ndarray) -> np.ndarray:
             x.view(np.uint32)[m] = 0x7FC00000
         elif x.dtype == np.float16:
             x.view(np.uint16)[m] = 0x7E00
+        elif x.dtype.itemsize == 1:  # fp8: e4m3fn's one nan pattern, e5m2's quiet nan
+            x.view(np.uint8)[m] = 0x7F if x.dtype == DTYPES["f8e4m3"].np else 0x7E
         else:  # bfloat16
             x.view(np.uint16)[m] = 0x7FC0
     return x
 
 
 def widen(a: np.ndarray, dt: DType) -> np.ndarray:
-    """Exact widening of f16/bf16 to f32 (f32 passes through)."""
+    """Exact widening of f16/bf16/fp8 to f32 (f32 passes through)."""
     return a.astype(np.float32) if dt.np != F32 else a
 
 
@@ -155,21 +158,35 @@ def select(c: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------
 # conversion
 # ------------------------------------------------------------------------------------------------
-def convert(a: np.ndarray, src: DType, dst: DType) -> np.ndarray:
-    """Type conversion with the CONVERT rules of the ISA."""
-    if src.kind == "float" and dst.kind == "float":
-        return narrow(widen(a, src), dst)
+def convert(a: np.ndarray, src: DType, dst: DType, rnd: int = 0) -> np.ndarray:
+    """Type conversion with the CONVERT rules of the ISA.
+
+    rnd = 0: float->int ``d = sat(trunc(a))``, float->float ``d = RNE(a)`` overflowing to inf (nan for
+    f8e4m3). rnd = 1: float->int ``d = sat(RNE(a))``, ->float ``d = RNE(clamp(a, -max, max))`` (nan kept).
+    nan -> 0 for int results; int->int saturates."""
+    if dst.kind == "float":
+        x = widen(a, src) if src.kind == "float" else a.astype(np.float32)  # int -> f32 rounds to nearest even
+        if rnd:
+            # Clamping in f32 before the one rounding equals rounding then saturating: the type's max is
+            # an f32 value, and every f32 between max and the overflow threshold rounds to max anyway.
+            big = np.float32(_finfo_max(dst))
+            with np.errstate(invalid="ignore"):
+                x = np.clip(x, -big, big)  # (nan passes through np.clip)
+        return narrow(x, dst)
+    info = np.iinfo(dst.np)
     if src.kind == "float":
-        info = np.iinfo(dst.np)
         with np.errstate(all="ignore"):
             x = widen(a, src).astype(np.float64)  # exact
-            t = np.trunc(x)
+            t = np.rint(x) if rnd else np.trunc(x)  # np.rint rounds half to even
             t = np.where(t != t, 0.0, np.clip(t, info.min, info.max))
         return t.astype(dst.np)
-    if dst.kind == "float":
-        return narrow(a.astype(np.float32), dst)
-    info = np.iinfo(dst.np)
     return np.clip(a.astype(np.int64), info.min, info.max).astype(dst.np)
+
+
+def _finfo_max(dt: DType) -> float:
+    import ml_dtypes
+
+    return float(ml_dtypes.finfo(dt.np).max)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -234,7 +251,7 @@ def install(w: np.ndarray, vecs: np.ndarray, r0: int, t: int, lo: int, hi: int) 
 
 
 def matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """y[j, c] = round_f32(exact sum_k x[j, k] * w[k, c]) (i8: exact i32)."""
+    """y[j, c] = round_f32(exact sum_k x[j, k] * w[k, c]) (u8/i8 operands: exact i32)."""
     from isa import exactdot
 
     return exactdot.matmul_pass(x, w)
@@ -247,4 +264,12 @@ def accumulate(acc: np.ndarray, y: np.ndarray) -> np.ndarray:
     return canon_nan(r) if r.dtype.kind == "f" else r
 
 
-ACC_DTYPE = {"i8": DTYPES["i32"], "f16": DTYPES["f32"], "bf16": DTYPES["f32"], "f32": DTYPES["f32"]}
+#: accumulator type of a MATMUL, by the activations' type
+ACC_DTYPE = {"u8": DTYPES["i32"], "i8": DTYPES["i32"], "f16": DTYPES["f32"], "bf16": DTYPES["f32"],
+             "f32": DTYPES["f32"], "f8e4m3": DTYPES["f32"], "f8e5m2": DTYPES["f32"]}
+
+
+def mxm_operands_pair(act: DType, buf: DType) -> bool:
+    """True if activations of type ``act`` may multiply a weight buffer of type ``buf`` (MATMUL): equal
+    types, or both in one class of ``isa.instructions.MXM_CLASSES`` (8-bit ints, fp8)."""
+    return act == buf or any(act.name in c and buf.name in c for c in MXM_CLASSES)

@@ -1086,8 +1086,9 @@ def build_parser() -> argparse.ArgumentParser:
         if model:
             sp.add_argument("model", help="ONNX model (external data next to it is loaded)")
         sp.add_argument("--chip", default="lpu-v1", help="chip config: tiny, lpu-v1 or a .toml path")
-        sp.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
-                        help="type of the weights and matrix inputs")
+        sp.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16", "int8", "fp8"],
+                        help="type of the weights and matrix inputs (int8: per-channel symmetric i8 weights, "
+                             "per-token i8 activations, i32 sums; fp8: the same in f8e4m3 with f32 sums)")
         sp.add_argument("--input-shape", action="append", metavar="NAME=D1xD2",
                         help="fix a dynamic input shape, e.g. input_ids=1x128 (repeatable)")
         sp.add_argument("--scheduler", default="list", choices=["list", "asap", "naive"], help="instruction scheduler")

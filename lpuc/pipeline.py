@@ -36,7 +36,7 @@ from lpuc.passes.hybrid import hybrid
 from lpuc.passes.hybrid import parse as hybrid_spec
 from lpuc.passes.install import install
 from lpuc.passes.kv_cache import KVLayout, KVStep, kv_cache
-from lpuc.passes.lower import PRECISIONS, FoldCache, lower
+from lpuc.passes.lower import PRECISIONS, FoldCache, float_dtype, lower
 from lpuc.passes.mirror import mirror
 from lpuc.passes.partition import Partition, Stage, chips_needed, partition, weight_bytes
 from lpuc.passes.schedule import SCHEDULERS, Schedule, schedule
@@ -182,8 +182,9 @@ def compile_model(path: "str | Path | onnx.ModelProto", chip: ChipConfig, precis
     # chip nearly full may hold them only as they are (as ``compile_system`` does; GPT-2 small width with a
     # 256-position cache); then the compact layout, if not yet tried
     attempts = [(None, compact), (1, compact)] + ([] if compact else [(None, True), (1, True)])
-    for k, (groups, compact) in enumerate(attempts):
-        if groups == 1 and k and not interleaved(pg):
+    pg: PrimGraph | None = None
+    for groups, compact in attempts:
+        if groups == 1 and pg is not None and not interleaved(pg):
             continue  # the same program as the attempt before
         pg, tg = to_tasks(groups, compact)
         try:
@@ -373,7 +374,7 @@ def compile_system(path: "str | Path | onnx.ModelProto", system: SystemConfig, c
                            f"(pp) so far")
     name = Path(path).name if isinstance(path, (str, Path)) else (path.graph.name or "model")
     meta = {"model": name, "precision": precision, "scheduler": scheduler}
-    dtype = PRECISIONS[precision]
+    dtype = float_dtype(precision)  # (a quantized precision's partial sums travel as floats)
     wire = dtype if link_dtype == "auto" else link_dtype
 
     def split(n: int, mode: str) -> Partition:

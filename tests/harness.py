@@ -332,7 +332,7 @@ def _first_free(used: set[int], width: int) -> int:
 
 def vxm(mnemonic: str, dtype: str, a: Any, b: Any = None, c: Any = None, imm: Any = None, *,
         to: str | None = None, m: int | None = None, strict: bool = True, imm_raw: int | None = None,
-        alu: int = 0, c_delay: bool = False) -> Run:
+        alu: int = 0, c_delay: bool = False, rnd: int | None = None) -> Run:
     """One VXM instruction over the vectors ``a`` (and ``b``, or the immediate, and ``c``).
 
     a comes from the west hemisphere on an E group, b from the east on a W group, c (u8) from a free
@@ -415,6 +415,8 @@ def vxm(mnemonic: str, dtype: str, a: Any, b: Any = None, c: Any = None, imm: An
         ops["m"] = LANES if m is None else m
     if "to" in spec.field_names:
         ops["to"] = to
+    if rnd is not None:
+        ops["rnd"] = rnd
     # schedule: everything meets at the VXM in cycle T
     vx = f"VXM{alu}"
     feeders = [s_ for t_ in (ta, tb) if t_ is not None for s_, _ in t_.planes]
@@ -577,22 +579,23 @@ class Mxm:
         return ty
 
 
-ACC_TYPE = {"i8": "i32", "f16": "f32", "bf16": "f32", "f32": "f32"}
+ACC_TYPE = {"i8": "i32", "u8": "i32", "f16": "f32", "bf16": "f32", "f32": "f32", "f8e4m3": "f32", "f8e5m2": "f32"}
 
 
 def matmul(dtype: str, x: Any, w: Any, *, to: str | None = None, plane: str = "MXM_W0", transposed: bool = False,
-           g: int = 1, lo: int = 0, hi: int = 0, k: int = 0, strict: bool = True) -> Run:
+           g: int = 1, lo: int = 0, hi: int = 0, k: int = 0, strict: bool = True, wdtype: str | None = None) -> Run:
     """y = x @ W on one plane: IW (clr) of the lanes x lanes weights (W rows, or with ``transposed``
-    the columns of W given as rows of W.T), one MATMUL of x (over its first ``k`` lanes if k > 0),
-    ACCR of every row."""
+    the columns of W given as rows of W.T; of type ``wdtype``, default ``dtype``), one MATMUL of x
+    (type ``dtype``, over its first ``k`` lanes if k > 0), ACCR of every row."""
     bld = Builder()
     mx = Mxm(bld, plane)
-    wv = as_vectors(w, dtype)
+    wdtype = wdtype or dtype
+    wv = as_vectors(w, wdtype)
     xv = as_vectors(x, dtype)
-    wd = DTYPES[dtype].width
+    wd = DTYPES[wdtype].width
     t_iw = mx.first_cycle(wd * g)
     install = wv.T if transposed else wv
-    ready = mx.iw(dtype, np.ascontiguousarray(install), t_iw, g=g, transposed=int(transposed), lo=lo, hi=hi)
+    ready = mx.iw(wdtype, np.ascontiguousarray(install), t_iw, g=g, transposed=int(transposed), lo=lo, hi=hi)
     last = mx.matmul(dtype, xv, ready, k=k)
     to = to or ACC_TYPE[dtype]
     mx.accr(0, len(xv), to, last + 1)

@@ -75,8 +75,8 @@ def test_compile_takes_a_model_proto_a_chip_config_and_input_shapes():
 def test_compile_errors_are_the_cli_errors():
     with pytest.raises(ConfigError, match="no chip config 'huge'"):
         lpuc.compile(MLP, chip="huge")
-    with pytest.raises(CompileError, match="unknown precision 'fp8'"):
-        lpuc.compile(MLP, chip="tiny", precision="fp8")
+    with pytest.raises(CompileError, match="unknown precision 'fp4'"):
+        lpuc.compile(MLP, chip="tiny", precision="fp4")
     with pytest.raises(CompileError, match="every dim must be >= 1"):
         lpuc.compile(MLP, chip="tiny", input_shapes={"x": (4, 0)})
     with pytest.raises(ConfigError, match="not int"):

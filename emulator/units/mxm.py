@@ -51,9 +51,9 @@ def matmul(em, op):
     dt = BY_CODE[o["dt"]]
     x = em.stream_in(op, "s")
     w = resolve(em.sources[op.weights].store) if op.weights >= 0 else np.zeros((em.lanes, em.lanes), dt.np)
-    if w.dtype != dt.np:
+    if w.dtype != dt.np and not semantics.mxm_operands_pair(dt, DTYPES[_name(w)]):
         em.hazard(op, "operand", op.inst.issue, f"buffer {o['buf']} holds {_name(w)} weights, MATMUL.{dt.name} "
-                                                f"needs {dt.name}")
+                                                f"does not take them (types of one class only)")
         w = w.astype(dt.np)
     if 0 < o["k"] < em.lanes:
         # the sum runs over i < k only: lanes from k on take no part (padding may hold anything, and a

@@ -51,9 +51,9 @@ def select(em, op):
 
 @handles("CONVERT")
 def convert(em, op):
-    """d = convert(a) from dt to `to`."""
+    """d = convert(a) from dt to `to`, rounding as `rnd` says."""
     o = op.inst.ops
-    return {"d": semantics.convert(em.stream_in(op, "a"), BY_CODE[o["dt"]], BY_CODE[o["to"]])}
+    return {"d": semantics.convert(em.stream_in(op, "a"), BY_CODE[o["dt"]], BY_CODE[o["to"]], o["rnd"])}
 
 
 @handles(*_family("reduce"))

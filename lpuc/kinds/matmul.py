@@ -12,7 +12,7 @@ import numpy as np
 
 from isa import semantics
 from isa.config import ChipConfig
-from isa.dtypes import DTYPES
+from isa.dtypes import DTYPES, from_numpy
 from isa.instructions import BY_MNEMONIC
 from isa.timing import instruction_timing
 from lpuc.kinds.base import PrimKind, TaskKind, register_prim_kind, register_task_kind
@@ -153,7 +153,8 @@ def matmul(a: np.ndarray, b: np.ndarray, tb: bool, lanes: int, kc: tuple[int, in
     a = np.broadcast_to(a, tuple(batch) + a.shape[-2:])
     b = np.broadcast_to(b, tuple(batch) + b.shape[-2:])
     K = a.shape[-1]
-    out = np.empty(tuple(batch) + (a.shape[-2], b.shape[-1]), dtype=np.float32)
+    acc_dt = semantics.ACC_DTYPE[from_numpy(a.dtype)].np  # f32, or i32 for 8-bit integers
+    out = np.empty(tuple(batch) + (a.shape[-2], b.shape[-1]), dtype=acc_dt)
     for idx in np.ndindex(*batch) if batch else [()]:
         acc = None
         for k0 in range(0, K, lanes):
@@ -253,6 +254,8 @@ def chain_template(task: Task, chip: ChipConfig, region_rows: int, side: str | N
     steps = task.attrs["steps"]
     rows = task.attrs["rows"]
     dt = DTYPES[task.attrs["dtype"]]
+    wdt = DTYPES[task.attrs.get("wdtype", dt.name)]  # the weights' type, of dt's class (ISA: MATMUL)
+    acc_to = DTYPES[task.writes[0].tensor.dtype]  # f32, or i32 for the exact sums of 8-bit integers
     cpv = chip.cycles_per_vector(dt.name)
     wside = side or chip.slice(steps[0]["ws"][0].tensor.planes[0][0]).hemisphere
     plane = chip.slices_of("MXM")[0 if wside == "W" else -1].name
@@ -272,7 +275,7 @@ def chain_template(task: Task, chip: ChipConfig, region_rows: int, side: str | N
         ws = weights(st)
         g = len(ws)
         n = install_rows(st)
-        iw = b.inst("*", t_iw, "IW", dt=dt.code, buf=i % nbuf, s=0, n=n, r0=0, g=g, t=st["t"], clr=1,
+        iw = b.inst("*", t_iw, "IW", dt=wdt.code, buf=i % nbuf, s=0, n=n, r0=0, g=g, t=st["t"], clr=1,
                     lo=st.get("lo", 0), hi=st["hi"])
         iw.buf_flip = True
         probe = instruction_timing(BY_MNEMONIC["IW"], {**iw.ops, "s": 0}, t_iw, chip)
@@ -297,7 +300,7 @@ def chain_template(task: Task, chip: ChipConfig, region_rows: int, side: str | N
     t_accr = last_rows + 1  # row j is read in t + j, after the last multiply wrote it in ... + j*cpv
     while t_accr in used:
         t_accr += 1
-    accr = b.inst("*", t_accr, "ACCR", acc=0, n=rows, to=DTYPES["f32"].code, d=0)
+    accr = b.inst("*", t_accr, "ACCR", acc=0, n=rows, to=acc_to.code, d=0)
     accr.acc_region = True
     probe = instruction_timing(BY_MNEMONIC["ACCR"], {**accr.ops, "d": 0}, t_accr, chip)
     b.write_groups(task.writes, x, int(probe.writes[0].cycles[0]), accr, "d")
@@ -390,7 +393,8 @@ def tile_matmul(tiler: Tiler, p: Prim) -> None:
                     steps.append({"ws": ws, "x": x, "t": t, "hi": hi, "k": kk if kk < L else 0})
                 o = tiler.acc(out, (beta * M + m0) * Cn + j, Cn, rows)
                 reads = [a for s in steps for a in weights(s)] + [s["x"] for s in steps]
-                tiler.tg.add("chain", reads, [o], p, steps=steps, rows=rows, dtype=a.dtype)
+                more = {"wdtype": b.dtype} if b.dtype != a.dtype else {}  # (u8 x i8, e4m3 x e5m2)
+                tiler.tg.add("chain", reads, [o], p, steps=steps, rows=rows, dtype=a.dtype, **more)
 
 
 def _keys(tiler: Tiler, y: Tensor, p: Prim) -> tuple[int, int, int, Any]:

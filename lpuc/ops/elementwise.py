@@ -278,5 +278,9 @@ def Cast(lw: Lowering, node: Node) -> None:
     to = chip_dtype(to_np, lw.where)
     if to_np == np.bool_:
         _out(lw, node, lw.ewise("NE", [x, Imm(0)], x.dtype, out_dtype="u8"))
+    elif to in ("f8e4m3", "f8e5m2"):
+        # ONNX: a cast to float8 saturates by default (saturate=1: CONVERT rnd 1, nearest even clamped to the
+        # largest finite value); saturate=0 overflows to inf, or nan for e4m3fn (rnd 0)
+        _out(lw, node, lw.convert(x, to, rnd=int(node.attrs.get("saturate", 1))))
     else:
         _out(lw, node, lw.convert(x, to))

@@ -8,10 +8,15 @@ from lpuc.ir import Node
 from lpuc.passes.lower import Lowering
 from lpuc.prim import Imm, Tensor
 from lpuc.ops.common import op, _out, _idx, _transpose
+from lpuc.ops.quant import qdq_matmul
 
 
 @op
 def MatMul(lw: Lowering, node: Node) -> None:
+    y = qdq_matmul(lw, node)  # DequantizeLinear outputs multiplied: an integer product on the MXM
+    if y is not None:
+        _out(lw, node, y)
+        return
     a_name, b_name = node.inputs
     a = lw.tensor(a_name)
     tb = False

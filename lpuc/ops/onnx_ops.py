@@ -6,7 +6,7 @@ emits chip primitives and binds its outputs. The functions live by kind: ``eleme
 they share. Importing this module fills the table.
 """
 
-from lpuc.ops import elementwise, linalg, movement, reduce  # noqa: F401  (each registers its ops)
+from lpuc.ops import elementwise, linalg, movement, quant, reduce  # noqa: F401  (each registers its ops)
 from lpuc.ops.common import OPS
 
 __all__ = ["OPS"]

@@ -125,7 +125,8 @@ def fold_constants(g: Graph, empty_ok: bool = False) -> Graph:
             g.replace_uses(outs[0], node.inputs[0])
             g.remove_node(node.name)
             continue
-        if node.op not in _NO_FOLD and all(g.is_const(i) for i in node.inputs if i) and node.inputs:
+        if node.op not in _NO_FOLD and all(g.is_const(i) for i in node.inputs if i) and node.inputs \
+                and not _quantized_weights(node, g):
             for o, r in zip(node.outputs, _evaluate(node, g)):
                 if o:
                     v = g.values[o]
@@ -145,6 +146,13 @@ def fold_constants(g: Graph, empty_ok: bool = False) -> Graph:
             raise CompileError(f"value '{v.name}' has an empty dimension {list(v.shape)}; empty tensors "
                                f"are not supported on the chip")
     return g
+
+
+def _quantized_weights(node: Node, g: Graph) -> bool:
+    """A DequantizeLinear of integer constants is lowered (and folded there, in the chip's arithmetic)
+    rather than folded here: a MatMul of its output then multiplies the 8-bit values on the MXM, and a
+    scheme the chip does not run (4-bit, blocked) is refused by name instead of silently made float."""
+    return node.op == "DequantizeLinear" and np.dtype(g.values[node.inputs[0]].dtype).kind != "f"  # (int4: "V")
 
 
 def _known_if_empty(v: Value) -> bool:

@@ -113,7 +113,7 @@ def _trace(t: Tensor, producer: dict[int, Prim]) -> tuple[Tensor, np.ndarray, st
         if p is None or p.kind not in MOVES or len(p.ins) != 1 or not isinstance(p.ins[0], Tensor):
             return cur, emap, to
         if p.kind == "convert":
-            if to is not None:
+            if to is not None or p.attrs.get("rnd", 0):  # (a rounding convert is not moved)
                 return cur, emap, to
             to = p.attrs["to"]
         m = _element_map(p)
