@@ -49,7 +49,7 @@ class _Calibration:
 def quantized(name: str, scheme: str, out: Path) -> Path:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
-    src, dst = MODELS / f"{name}.onnx", out / f"{name}_{scheme}.onnx"
+    src, dst = MODELS / f"{name}.onnx", out / f"{Path(name).name}_{scheme}.onnx"
     if scheme == "dynamic":
         quantize_dynamic(str(src), str(dst))
     elif scheme == "dynamic_u8_weights":  # asymmetric uint8 weights: refused
@@ -77,7 +77,9 @@ def _check(report: dict, int_key: str) -> None:
 
 
 @pytest.mark.parametrize("name,scheme,int_key", [("gpt2_tiny", "dynamic", "u8xi8"), ("bert_tiny", "qdq", "i8"),
-                                                 ("llama_tiny", "dynamic", "u8xi8")])
+                                                 ("llama_tiny", "dynamic", "u8xi8"),
+                                                 # Hugging Face GPT-2 (torch.onnx dynamo): Conv1D as Gemm
+                                                 ("zoo/gpt2_dynamo", "qdq", "i8")])
 def test_onnxruntime_quantized_model(name, scheme, int_key, qdir):
     path = quantized(name, scheme, qdir)
     ops = {n.op_type for n in onnx.load(path).graph.node}

@@ -46,11 +46,14 @@ def MatMul(lw: Lowering, node: Node) -> None:
 def Gemm(lw: Lowering, node: Node) -> None:
     alpha = float(node.attrs.get("alpha", 1.0))
     beta = float(node.attrs.get("beta", 1.0))
-    a = lw.tensor(node.inputs[0])
-    if node.attrs.get("transA", 0):
-        a = lw.move(a, _idx(a.shape).T, a.shape[::-1])
-    b = lw.tensor(node.inputs[1])
-    y = lw.matmul(a, b, tb=bool(node.attrs.get("transB", 0)))
+    tb = bool(node.attrs.get("transB", 0))
+    # DequantizeLinear outputs multiplied (onnxruntime's QDQ GPT-2: Conv1D as Gemm): an integer product
+    y = None if node.attrs.get("transA", 0) else qdq_matmul(lw, node, tb)
+    if y is None:
+        a = lw.tensor(node.inputs[0])
+        if node.attrs.get("transA", 0):
+            a = lw.move(a, _idx(a.shape).T, a.shape[::-1])
+        y = lw.matmul(a, lw.tensor(node.inputs[1]), tb=tb)
     if alpha != 1.0:
         y = lw.ewise("MUL", [y, Imm(alpha)])
     if len(node.inputs) > 2 and node.inputs[2]:

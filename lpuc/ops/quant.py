@@ -246,16 +246,21 @@ def QLinearMatMul(lw: Lowering, node: Node) -> None:
     _out(lw, node, lw.convert(qi, to))
 
 
-def qdq_matmul(lw: Lowering, node: Node) -> Tensor | None:
-    """A MatMul of DequantizeLinear(qa, sa, za) (per tensor) by DequantizeLinear(qb, sb, 0) of constant
-    8-bit weights (per tensor, or per output column: axis 1 of [K, N]) as one integer product:
+def qdq_matmul(lw: Lowering, node: Node, trans_b: bool = False) -> Tensor | None:
+    """A MatMul (or a Gemm's product: its first two inputs, ``trans_b`` its transB) of
+    DequantizeLinear(qa, sa, za) (per tensor) by DequantizeLinear(qb, sb, 0) of constant 8-bit weights (per
+    tensor, or per output column: axis 1 of [K, N], axis 0 of a transposed [N, K]) as one integer product:
     y = f32((qa - za) @ qb) * (sa * sb[n]); with fp8 qa and qb (e4m3fn, e5m2) one fp8 product with f32
-    passes, y = (qa @ qb) * (sa * sb[n]). None if the MatMul is not of that form."""
-    prods = [lw.g.producer(i) for i in node.inputs]
+    passes, y = (qa @ qb) * (sa * sb[n]). None if the product is not of that form."""
+    prods = [lw.g.producer(i) for i in node.inputs[:2]]
     if any(p is None or p.op != "DequantizeLinear" for p in prods):
         return None
     pa, pb = prods
     qb = lw.const(pb.inputs[0])
+    if qb is not None and trans_b:
+        if qb.ndim != 2:
+            return None
+        qb = qb.T
     if qb is None or pa.inputs[0] not in lw.env and lw.const(pa.inputs[0]) is None:
         return None
     a = lw.tensor(pa.inputs[0])
@@ -270,9 +275,10 @@ def qdq_matmul(lw: Lowering, node: Node) -> Tensor | None:
     zb = lw.const(pb.inputs[2]) if len(pb.inputs) > 2 and pb.inputs[2] else None
     if sb is None:
         return None
-    if sb.size > 1 and (qb.ndim != 2 or _axis(int(pb.attrs.get("axis", 1)), qb.ndim) != 1):
-        raise lw.unsupported(f"weights quantized per axis {pb.attrs.get('axis', 1)} (per output column, axis 1, "
-                             f"only)")
+    out_axis = 0 if trans_b else 1  # the weights' output columns, as the node holds them
+    if sb.size > 1 and (qb.ndim != 2 or _axis(int(pb.attrs.get("axis", 1)), qb.ndim) != out_axis):
+        raise lw.unsupported(f"weights quantized per axis {pb.attrs.get('axis', 1)} (per output column, axis "
+                             f"{out_axis}, only)")
     if pb.attrs.get("block_size", 0):
         raise lw.unsupported(f"blocked weight quantization (block_size={pb.attrs['block_size']}) is not supported")
     if fp8:  # (ONNX: float8 zero points are 0) exact products, one f32 rounding per pass
