@@ -236,7 +236,7 @@ def test_sweep_sequence_lengths(tmp_path: Path, capsys) -> None:
 
 @pytest.mark.parametrize("extra, message", [
     (["--chips", "0"], "--chips 0"),
-    (["--precision", "fp8"], "--precision fp8"),
+    (["--precision", "fp4"], "--precision fp4"),
     (["--seq", "x"], "--seq x"),
     (["--workers", "0"], "--workers 0"),
 ])

@@ -163,7 +163,7 @@ def vxm_template(task: Task, chip: ChipConfig) -> Template:
         ops: dict[str, int] = {"dt": dt.code, "n": n}
         if st["op"] == "CONVERT":
             ops["to"] = DTYPES[st["to"]].code
-            ops["rnd"] = st.get("rnd", 0)
+            ops["rnd"] = st.get("rnd") or 0
         if spec.group == "reduce":
             ops["m"] = st["m"]
         names = [f.name for f in spec.fields if f.kind in ("stream", "sorimm") and f.name != "d"]
@@ -231,7 +231,7 @@ def tile_ewise(tiler: Tiler, p: Prim, op: str | None = None, dtype: str | None =
         ostep = int(order[s + 1] - order[s]) if n > 1 else 1
         tiler.tg.add("vxm", reads, [tiler.acc(out, order[s], ostep, n)], p, op=op or p.attrs["op"],
                     dtype=dtype or p.attrs.get("dtype", out.dtype), operands=operands,
-                    to=p.attrs.get("to"), rnd=p.attrs.get("rnd", 0), m=p.attrs.get("m"))
+                    to=p.attrs.get("to"), rnd=p.attrs.get("rnd"), m=p.attrs.get("m"))
 
 
 def ewise_operands(tiler: Tiler, p: Prim, fold: bool, dry: bool = False) -> tuple[list, list[tuple[Tensor, np.ndarray]]] | None:

@@ -178,7 +178,7 @@ class Tiler:
                     operands.append(("read", len(uniq) - 1))
             op, dtype = prim_kind(p.kind).vxm_op(p)
             steps.append({"op": op, "dtype": dtype, "operands": operands, "to": p.attrs.get("to"),
-                          "rnd": p.attrs.get("rnd", 0), "m": p.attrs.get("m")})
+                          "rnd": p.attrs.get("rnd"), "m": p.attrs.get("m")})
         order, arrays, runs = self.best_runs(out, [v for _, v in uniq])
         for s, e in split_runs(runs, self.block):
             n = e - s
