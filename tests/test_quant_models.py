@@ -54,9 +54,10 @@ def quantized(name: str, scheme: str, out: Path) -> Path:
         quantize_dynamic(str(src), str(dst))
     elif scheme == "dynamic_u8_weights":  # asymmetric uint8 weights: refused
         quantize_dynamic(str(src), str(dst), weight_type=QuantType.QUInt8)
-    else:
+    else:  # "qdq": onnxruntime's defaults; "qdq_u8": u8 activations with zero points (attention: both sides)
         reader = _Calibration(onnx.load(src))
-        quantize_static(str(src), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=True)
+        extra = {"activation_type": QuantType.QUInt8} if scheme == "qdq_u8" else {}
+        quantize_static(str(src), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=True, **extra)
     return dst
 
 
@@ -65,32 +66,39 @@ def qdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("quant")
 
 
-def _check(report: dict, int_key: str) -> None:
+def _check(report: dict, int_key: str, all_integer: bool = False) -> None:
     assert report["bit_exact"] and report["predicted_cycles"] == report["emulated_cycles"]
     for o in report["outputs"].values():
         assert o["ok"] and o["rtol"] == 0.0
         assert o["max_abs_err"] <= o["atol"]
     passes = report["mxm_passes"]
-    # every weight product runs on 8-bit integers; only attention (activation x activation) stays float
+    # every weight product runs on 8-bit integers; attention (activation x activation) too where the model
+    # quantizes it (QDQ: ``all_integer``), else it stays float
     assert passes.get(int_key, 0) > 0, passes
-    assert sum(v for k, v in passes.items() if k not in ("u8", "i8", "u8xi8", "i8xu8")) < passes[int_key], passes
+    floats = sum(v for k, v in passes.items() if k not in ("u8", "i8", "u8xi8", "i8xu8"))
+    assert floats == 0 if all_integer else floats < passes[int_key], passes
 
 
 @pytest.mark.parametrize("name,scheme,int_key", [("gpt2_tiny", "dynamic", "u8xi8"), ("bert_tiny", "qdq", "i8"),
                                                  ("llama_tiny", "dynamic", "u8xi8"),
                                                  # Hugging Face GPT-2 (torch.onnx dynamo): Conv1D as Gemm
-                                                 ("zoo/gpt2_dynamo", "qdq", "i8")])
+                                                 ("zoo/gpt2_dynamo", "qdq", "i8"),
+                                                 # attention's zero points on both operands
+                                                 ("bert_tiny", "qdq_u8", "u8xi8")])
 def test_onnxruntime_quantized_model(name, scheme, int_key, qdir):
     path = quantized(name, scheme, qdir)
     ops = {n.op_type for n in onnx.load(path).graph.node}
     assert ({"MatMulInteger", "DynamicQuantizeLinear"} if scheme == "dynamic" else {"QuantizeLinear"}) <= ops
-    if scheme == "qdq":
+    if scheme == "qdq_u8":  # the attention products' zero points are not 0
+        zps = [numpy_helper.to_array(i) for i in onnx.load(path).graph.initializer if i.name.endswith("zero_point")]
+        assert any(z.dtype == np.uint8 and np.any(z != 0) for z in zps)
+    if scheme.startswith("qdq"):
         per_channel = [n for n in onnx.load(path).graph.node if n.op_type == "DequantizeLinear"
                        and any(a.name == "axis" for a in n.attribute)]
         assert per_channel, "the QDQ model has no per-channel weights"
     c = compile_model(str(path), CHIP)
     v = verify(c, str(path), "fp32", seed=1)
-    _check(v.report, int_key)
+    _check(v.report, int_key, all_integer=scheme.startswith("qdq"))
     assert v.ok
 
 

@@ -127,6 +127,43 @@ def int_matmul(lw: Lowering, a: Tensor, za: Operand | None, b: np.ndarray, zb: n
     return lw.ewise("SUB", [y, corr], "i32")
 
 
+def _runtime_qdq_matmul(lw: Lowering, pa: Node, pb: Node) -> Tensor | None:
+    """A MatMul of two run-time DequantizeLinear outputs, per tensor (a QDQ model's attention: Q K^T and
+    P V) as one 8-bit product with exact i32 sums:
+
+        (qa - za) @ (qb - zb) = qa @ qb - za * colsum(qb) - zb * rowsum(qa) + K * za * zb
+
+    (colsum over the K rows of qb, on the MXM as ones[1, K] @ qb; rowsum over qa's K lanes on the VXM),
+    then y = f32(that) * (sa * sb). None if the product is not of that form (scales or zero points not
+    constant scalars, or other than 8-bit integer operands)."""
+    names = (pa.inputs[0], pb.inputs[0])
+    if any(n not in lw.env for n in names):
+        return None
+    qa, qb = (lw.tensor(n) for n in names)
+    if any(np.dtype(lw.g.values[n].dtype) not in _INT8 for n in names) or len(qa.shape) < 2 or len(qb.shape) < 2:
+        return None
+    consts = []
+    for p in (pa, pb):
+        sc = lw.const(p.inputs[1])
+        zp = lw.const(p.inputs[2]) if len(p.inputs) > 2 and p.inputs[2] else np.zeros(1, np.int32)
+        if sc is None or zp is None or sc.size != 1 or zp.size != 1:
+            return None
+        consts.append((np.float32(sc.reshape(())), int(zp.reshape(()))))
+    (sa, za), (sb, zb) = consts
+    K = qa.shape[-1]
+    y = lw.matmul(qa, qb, False, dtype=qa.dtype, wdtype=qb.dtype)  # i32
+    if zb:
+        rows = lw.reduce_last("sum", lw.convert(qa, "i32"))  # [.., M, 1]
+        y = lw.ewise("SUB", [y, lw.ewise("MUL", [rows, Imm(zb)], "i32")], "i32")
+    if za:
+        ones = _const(lw, "ones", np.ones((1, K), np.uint8), "u8")
+        cols = lw.matmul(ones, qb, False, dtype="u8", wdtype=qb.dtype)  # [.., 1, N]: sum over K of qb
+        y = lw.ewise("SUB", [y, lw.ewise("MUL", [cols, Imm(za)], "i32")], "i32")
+    if za and zb:
+        y = lw.ewise("ADD", [y, Imm(K * za * zb)], "i32")
+    return lw.ewise("MUL", [lw.convert(y, "f32"), Imm(float(sa * sb))], "f32")
+
+
 # ------------------------------------------------------------------------------------------------
 # the ops
 # ------------------------------------------------------------------------------------------------
@@ -261,6 +298,8 @@ def qdq_matmul(lw: Lowering, node: Node, trans_b: bool = False) -> Tensor | None
         if qb.ndim != 2:
             return None
         qb = qb.T
+    if qb is None and not trans_b:
+        return _runtime_qdq_matmul(lw, pa, pb)
     if qb is None or pa.inputs[0] not in lw.env and lw.const(pa.inputs[0]) is None:
         return None
     a = lw.tensor(pa.inputs[0])
