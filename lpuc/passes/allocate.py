@@ -166,9 +166,9 @@ def check_weights_fit(g: Graph, chip: ChipConfig, precision: str) -> bool:
     from lpuc.passes.partition import weight_bytes
 
     dt = PRECISIONS[precision]
-    if weight_bytes(g, list(g.nodes), chip, dt) <= chip.sram_bytes:
+    if weight_bytes(g, list(g.nodes), chip, dt, tables=True) <= chip.sram_bytes:
         return False
-    need = weight_bytes(g, list(g.nodes), chip, dt, compact=True)
+    need = weight_bytes(g, list(g.nodes), chip, dt, compact=True, tables=True)
     if need > chip.sram_bytes:
         raise _too_big(need, chip, "at least ", f"its weights alone take that much in {precision}, with rows padded to "
                                                f"{chip.lanes} lanes but for ragged lane chunks stored transposed; ")

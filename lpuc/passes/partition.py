@@ -49,19 +49,28 @@ DATA_OPS = {"MatMul", "Gemm", "Gather", "Add", "Sub", "Mul", "Div", "Conv", "Ein
 SMALL_NUMEL = 1
 
 
-def constant_bytes(value: np.ndarray, chip: ChipConfig, precision_dtype: str, compact: bool = False) -> int:
+def constant_bytes(value: np.ndarray, chip: ChipConfig, precision_dtype: str, compact: bool = False,
+                   table: bool = False) -> int:
     """SRAM bytes of a float constant: in the narrower of its own type and the precision's; a matrix
     ``[r, c]`` as rows padded to whole lane chunks, in whichever orientation pads less (lowering may store
     it transposed): ``min(r x cdiv(c, L), c x cdiv(r, L))`` words of ``L`` lanes; other shapes unpadded.
     ``compact``: also the layout of a compact compile (``install.transpose_ragged``: only the ragged last
-    lane chunk transposed), ``r x floor(c / L) + (c mod L) x cdiv(r, L)`` words, if that is less."""
+    lane chunk transposed), ``r x floor(c / L) + (c mod L) x cdiv(r, L)`` words, if that is less.
+    ``table``: a Gather's table, whose rows are gathered as they are: ``r x cdiv(c, L)`` words, compact
+    ``r x floor(c / L) + cdiv(r, k)`` with its ragged chunks packed k to a vector (``ops.movement._packed_lookup``)."""
     L = chip.lanes
     w = min(DTYPES[precision_dtype].width, value.dtype.itemsize)
     if value.ndim == 2:
         r, c = value.shape
+        nr = c % L
+        if table:
+            words = r * -(-c // L)
+            if compact and nr and 2 * nr <= L:
+                words = r * (c // L) + -(-r // (1 << ((L // nr).bit_length() - 1)))
+            return words * L * w
         words = min(r * -(-c // L), c * -(-r // L))
         if compact:
-            words = min(words, r * (c // L) + (c % L) * -(-r // L))
+            words = min(words, r * (c // L) + nr * -(-r // L))
         return words * L * w
     return int(value.size) * w
 
@@ -79,15 +88,19 @@ def node_weights(g: Graph, name: str) -> list[str]:
     return out
 
 
-def weight_bytes(g: Graph, nodes: list[str], chip: ChipConfig, precision_dtype: str, compact: bool = False) -> int:
-    """The bytes of the weights ``nodes`` read, each counted once (``constant_bytes``)."""
+def weight_bytes(g: Graph, nodes: list[str], chip: ChipConfig, precision_dtype: str, compact: bool = False,
+                 tables: bool = False) -> int:
+    """The bytes of the weights ``nodes`` read, each counted once (``constant_bytes``); ``tables``: an
+    embedding table (a Gather's 2-D data along axis 0) in the layout its lookups need."""
     seen: set[str] = set()
     total = 0
     for name in nodes:
+        n = g.nodes[name]
         for w in node_weights(g, name):
             if w not in seen:
                 seen.add(w)
-                total += constant_bytes(g.values[w].const, chip, precision_dtype, compact)
+                table = tables and n.op == "Gather" and w == n.inputs[0] and n.attrs.get("axis", 0) == 0
+                total += constant_bytes(g.values[w].const, chip, precision_dtype, compact, table)
     return total
 
 
