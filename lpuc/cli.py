@@ -251,15 +251,7 @@ def _workers(args: argparse.Namespace, prog: "Program") -> int:
     from emulator.system import pool_workers
 
     w = getattr(args, "workers", "auto")
-    if w == "auto":
-        return pool_workers(prog)
-    try:
-        n = int(w)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise UsageError(f"--workers {w}: give a number of processes (1 or more) or auto")
-    return n
+    return pool_workers(prog) if w == "auto" else _count(w, "--workers", "processes", " or auto")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -323,12 +315,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _columns(text: str) -> int:
     """--timeline COLUMNS: a positive count (bad input: one line, exit 2)."""
+    return _count(text, "--timeline", "columns")
+
+
+def _count(text: str, option: str, what: str, alternative: str = "") -> int:
+    """A positive count given to ``option``; else one line naming it (exit 2)."""
     try:
         n = int(text)
     except ValueError:
         n = 0
     if n < 1:
-        raise UsageError(f"--timeline {text}: give a number of columns (1 or more)")
+        raise UsageError(f"{option} {text}: give a number of {what} (1 or more){alternative}")
     return n
 
 
