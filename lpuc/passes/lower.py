@@ -332,13 +332,13 @@ class Lowering:
                 qa, sa = self._quantize_rows(self.move(a, index, shape), qdt, Q)
                 wg = self.pg.const(f"{b.name}.{qdt}[{k0}:{k1}]", np.ascontiguousarray(qb[k0:k1]), qdt)
                 acc = self.matmul(qa, wg, tb, dtype=qdt)
-                part = self.ewise("MUL", [self.convert(acc, "f32") if acc.dtype != "f32" else acc, sa])
+                part = self.ewise("MUL", [self.convert(acc, "f32"), sa])
                 y = part if y is None else self.ewise("ADD", [y, part])  # f32, in group order
             return self.ewise("MUL", [y, scale])
         wq = self.pg.const(f"{b.name}.{qdt}", qb, qdt)
         qa, sa = self._quantize_rows(a, qdt, Q)
         acc = self.matmul(qa, wq, tb, dtype=qdt)
-        y = self.ewise("MUL", [self.convert(acc, "f32") if acc.dtype != "f32" else acc, sa])
+        y = self.ewise("MUL", [self.convert(acc, "f32"), sa])
         return self.ewise("MUL", [y, scale])
 
     def _quantize_rows(self, a: Tensor, qdt: str, Q: float) -> tuple[Tensor, Tensor]:
