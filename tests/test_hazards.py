@@ -263,3 +263,35 @@ def test_wrong_producer_when_the_program_names_the_expected_writer():
     # names the reader and the value it found
     h = hazard_of(with_expect([["VXM0", 0, "a", 0, "MEM_W1", 0]]))
     assert h.kind == "wrong-producer" and h.slice == "MEM_W1" and "MEM_W0 #0" in h.detail and "VXM0 #0" in h.detail
+
+
+@pytest.mark.parametrize("model,chip,precision", [("gpt2_tiny", "lpu-v1", "fp16"), ("llama_tiny", "tiny", "fp32"),
+                                                  ("bert_tiny", "lpu-v1", "int8")])
+def test_compiled_reads_take_whole_flights(model, chip, precision):
+    """Every stream read of a compiled program takes whole flights, each from its first vector to its last
+    (a tensor in segments: several flights back to back). So a read moved by any number of cycles meets a
+    vector no flight carries (stream-empty) or one of a producer the program does not name for it
+    (wrong-producer): with the named producer (``meta.expect``) this checks the exact vector each read takes,
+    as the read rule of hand-written programs does (ISA.md, Hazards). A compiler change that read a part of
+    a flight would need the vector index recorded too; this test says so first."""
+    from isa.config import load_chip
+    from lpuc.pipeline import compile_model
+
+    root = Path(__file__).parent.parent
+    c = compile_model(root / "examples" / "models" / f"{model}.onnx", load_chip(chip), precision)
+    em = Emulator(Program.from_bytes(c.program.to_bytes()))
+    flights = em.streams.flights
+    reads = 0
+    for op in em.ops:
+        for acc, planes in op.reads:
+            for segs in planes:
+                taken = 0
+                for f, _, src in segs:
+                    rows = np.arange(src.start, src.stop) if isinstance(src, slice) else np.asarray(src).ravel()
+                    length = flights[f].c1 - flights[f].c0 + 1
+                    assert rows[0] == 0 and len(rows) == length and (np.diff(rows) == 1).all(), \
+                        (op.slice.name, op.qidx, op.inst.spec.mnemonic, acc.field, list(rows[:4]), length)
+                    taken += len(rows)
+                assert taken == len(acc.cycles)
+                reads += 1
+    assert reads > 1000
