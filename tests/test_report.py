@@ -74,9 +74,30 @@ def test_compare_in_a_browser(tmp_path: Path, capsys) -> None:
     assert main(["report", MLP, "--chip", "tiny", "--compare", "naive,list", "-o", str(out)]) == 0
     text = capsys.readouterr().out
     assert "binding chain: waited for port" in text
+    assert "phases by ONNX op" in text and "the ONNX nodes whose spans differ most" in text
     dom, console, _ = load(out, tmp_path)
     assert console == [], console
     assert dom.count('class="strip"') == 1 + 2  # the utilization's units over time, then one per scheduler
+    assert "phases by ONNX op" in dom and "node_linear (Gemm)" in dom
+
+
+def test_compare_phases_add_up() -> None:
+    """Per ONNX op, the phase row is its nodes' spans summed, per scheduler, and ``saved`` is the first
+    scheduler's less each one's; the list scheduler saves cycles on the products (Gemm) against naive."""
+    import lpuc
+    from lpuc.report.compare import phases
+    from lpuc.report.data import node_spans
+
+    compiled = [(s, lpuc.compile(MLP, chip="tiny", scheduler=s)) for s in ("naive", "list")]
+    ph = phases(compiled)
+    spans = [node_spans(c.program) for _, c in compiled]
+    g = compiled[0][1].graph
+    for row in ph["by_op"]:
+        want = [sum(b - a for n, (a, b) in sp.items() if g.nodes[n].op == row["phase"]) for sp in spans]
+        assert row["spans"] == want and row["saved"] == [want[0] - x for x in want]
+    gemm = next(r for r in ph["by_op"] if r["phase"] == "Gemm")
+    assert gemm["saved"][1] > 0 and ph["by_op"][0] is gemm  # (rows by the largest difference first)
+    assert ph["nodes"] and all(r["saved"][0] == 0 for r in ph["nodes"])
 
 
 def test_compare_chain_adds_up(capsys) -> None:

@@ -24,7 +24,10 @@ from __future__ import annotations
 from typing import Any
 
 from lpuc.passes.schedule import WAIT_CAUSES
-from lpuc.report.data import unit_strip
+from lpuc.report.data import node_spans, unit_strip
+
+#: the ONNX nodes the comparison lists one by one (those whose spans differ most between the schedulers)
+PHASE_NODES = 12
 
 
 def binding_chain(c) -> dict[str, Any]:
@@ -140,8 +143,40 @@ def compare(compiled: list[tuple[str, Any]]) -> dict[str, Any]:
         "read or wrote the SRAM bank; stream = no free stream for a flight; order = the naive scheduler "
         "waited for the previous task to finish.",
     ]
-    return {"schedulers": names, "rows": rows, "notes": notes, "chains": chains,
+    return {"schedulers": names, "rows": rows, "notes": notes, "chains": chains, "phases": phases(compiled),
             "strips": [unit_strip(c.program, max(cyc)) for _, c in compiled]}
+
+
+def phases(compiled: list[tuple[str, Any]]) -> dict[str, Any]:
+    """What each scheduler saves phase by phase. A phase is an ONNX node's work: its span, from the first
+    instruction serving it to the end of the last (``node_spans``), per scheduler. ``by_op``: per ONNX op
+    type, the spans of its nodes summed (node-cycles; spans overlap, so they do not add up to the program);
+    ``nodes``: the ``PHASE_NODES`` nodes whose spans differ most between the schedulers; each row's
+    ``saved``: the first scheduler's span less each scheduler's."""
+    spans = [node_spans(c.program) for _, c in compiled]
+    graph = compiled[0][1].graph
+    names = [n for n in spans[0] if all(n in sp for sp in spans)]
+
+    def op_of(name: str) -> str:
+        node = graph.nodes.get(name)
+        return node.op if node is not None else "?"
+
+    def span(sp: dict[str, tuple[int, int]], name: str) -> int:
+        return sp[name][1] - sp[name][0]
+
+    by_op: dict[str, list[int]] = {}
+    for name in names:
+        totals = by_op.setdefault(op_of(name), [0] * len(spans))
+        for k, sp in enumerate(spans):
+            totals[k] += span(sp, name)
+    rows = [{"phase": op, "spans": v, "saved": [v[0] - x for x in v]}
+            for op, v in sorted(by_op.items(), key=lambda kv: -(max(kv[1]) - min(kv[1])))]
+    nodes = sorted(names, key=lambda n: -(max(span(sp, n) for sp in spans) - min(span(sp, n) for sp in spans)))
+    node_rows = []
+    for name in nodes[:PHASE_NODES]:
+        v = [span(sp, name) for sp in spans]
+        node_rows.append({"phase": f"{name} ({op_of(name)})", "spans": v, "saved": [v[0] - x for x in v]})
+    return {"by_op": rows, "nodes": node_rows}
 
 
 def format_compare(doc: dict[str, Any]) -> str:
@@ -154,4 +189,16 @@ def format_compare(doc: dict[str, Any]) -> str:
         for v in r["values"]:
             cells.append(f"{v:>14,}" if isinstance(v, int) else f"{v:>14}")
         lines.append(f"{r['label']:<{w}}" + "".join(cells))
+    ph = doc.get("phases")
+    if ph:
+        first = names[0]
+        for title, rows in ((f"phases by ONNX op: node spans summed (node-cycles; in brackets the change against {first})",
+                             ph["by_op"]), (f"the ONNX nodes whose spans differ most (cycles; the change against {first})",
+                                            ph["nodes"])):
+            lines.append(title)
+            wp = max([len(r["phase"]) for r in rows] + [8]) + 2
+            for r in rows:
+                cells = "".join(f"{v:>12,} ({-d:+,})" if k else f"{v:>12,}         "
+                                for k, (v, d) in enumerate(zip(r["spans"], r["saved"])))
+                lines.append(f"  {r['phase']:<{wp}}{cells}")
     return "\n".join(lines + doc["notes"])

@@ -50,6 +50,22 @@ def _words(prog: Program, roles: tuple[str, ...]) -> dict[tuple[int, str], set[i
     return out
 
 
+def node_spans(prog: Program) -> dict[str, tuple[int, int]]:
+    """ONNX node name -> (first issue, last end) of the instructions serving it (``program_data``'s spans,
+    without the rest of its figures)."""
+    out: dict[str, tuple[int, int]] = {}
+    for q in prog.queues.values():
+        for inst in q:
+            if inst.node < 0:
+                continue
+            rel, _ = relative_timing(inst.spec, inst.ops, prog.chip)
+            name = prog.nodes[inst.node] if inst.node < len(prog.nodes) else str(inst.node)
+            t, e = inst.issue, inst.issue + max(rel.end, 1)
+            first, last = out.get(name, (t, e))
+            out[name] = (min(first, t), max(last, e))
+    return out
+
+
 def program_data(prog: Program) -> dict[str, Any]:
     """The report's figures of ``prog`` (module docstring), as plain JSON-able values."""
     chip = prog.chip

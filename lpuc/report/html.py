@@ -395,6 +395,19 @@ const TL = (function timeline() {
       typeof v === "number" ? (Number.isInteger(v) ? fmt(v) : Math.abs(v) >= 100 ? v.toFixed(1) : String(+v.toPrecision(4))) : v));
     t.appendChild(r); }
   div.appendChild(t);
+  // what each scheduler saves phase by phase (``lpuc.report.compare.phases``): an ONNX node's span
+  if (C.phases) for (const [title, rows] of [["phases by ONNX op: node spans summed (node-cycles), change against " +
+      C.schedulers[0], C.phases.by_op], ["the ONNX nodes whose spans differ most (cycles), change against " +
+      C.schedulers[0], C.phases.nodes]]) {
+    div.appendChild(el("div", {class: "note"}, title));
+    const pt = el("table", {class: "cmp"}), ph = el("tr"); ph.appendChild(el("th", {}, "phase"));
+    for (const s of C.schedulers) ph.appendChild(el("th", {}, s)); pt.appendChild(ph);
+    for (const r of rows) { const tr = el("tr"); tr.appendChild(el("td", {}, r.phase));
+      r.spans.forEach((v, k) => tr.appendChild(el("td", k && r.saved[k] > 0 ? {class: "better"} : {},
+        fmt(v) + (k ? " (" + (r.saved[k] > 0 ? "-" : "+") + fmt(Math.abs(r.saved[k])) + ")" : ""))));
+      pt.appendChild(tr); }
+    div.appendChild(pt);
+  }
   for (const line of C.notes) div.appendChild(el("div", {class: "note"}, line));
   // the schedules side by side on one cycle axis: per unit, the busy fraction of its slices in each bin
   C.strips.forEach((S, k) => {
