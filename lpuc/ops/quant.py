@@ -189,8 +189,8 @@ def DynamicQuantizeLinear(lw: Lowering, node: Node) -> None:
         _out(lw, node, zp, 2)
 
 
-def _quant_params(lw: Lowering, node: Node, x_shape: tuple[int, ...]) -> tuple[Operand, Operand | None, np.ndarray | None]:
-    """(scale, zero point, per-axis zero point constant or None) of a Quantize/DequantizeLinear node."""
+def _quant_params(lw: Lowering, node: Node, x_shape: tuple[int, ...]) -> tuple[Operand, Operand | None]:
+    """(scale, zero point or None for none or all zeros) of a Quantize/DequantizeLinear node."""
     axis = _axis(int(node.attrs.get("axis", 1)), max(1, len(x_shape)))
     if node.attrs.get("block_size", 0):
         raise lw.unsupported(f"blocked quantization (block_size={node.attrs['block_size']}) is not supported")
@@ -216,7 +216,7 @@ def _quant_params(lw: Lowering, node: Node, x_shape: tuple[int, ...]) -> tuple[O
         zp = None if not np.any(zc) else _per_axis(lw, zc.astype(np.int32), x_shape, axis, "i32")
     else:
         zp = lw.convert(computed(zname), "i32")
-    return scale, zp, zc
+    return scale, zp
 
 
 @op
@@ -229,7 +229,7 @@ def QuantizeLinear(lw: Lowering, node: Node) -> None:
                              f"e4m3fn/e5m2)")
     if node.attrs.get("saturate", 1) != 1:
         raise lw.unsupported("saturate=0 is not supported")
-    scale, zp, _ = _quant_params(lw, node, x.shape)
+    scale, zp = _quant_params(lw, node, x.shape)
     _out(lw, node, quantize(lw, x, scale, zp, chip_dtype(to_np, lw.where)))
 
 
@@ -241,7 +241,7 @@ def DequantizeLinear(lw: Lowering, node: Node) -> None:
         raise lw.unsupported(f"{np.dtype(x_np).name} quantization is not supported (uint8, int8, int32, float8 "
                              f"e4m3fn/e5m2)")
     x = lw.tensor(node.inputs[0])
-    scale, zp, _ = _quant_params(lw, node, x.shape)
+    scale, zp = _quant_params(lw, node, x.shape)
     out = chip_dtype(lw.g.values[node.outputs[0]].dtype, lw.where)
     _out(lw, node, dequantize(lw, x, scale, zp, out))
 
