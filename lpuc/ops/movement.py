@@ -12,6 +12,7 @@ import numpy as np
 from lpuc.ir import Node
 from lpuc.passes.lower import Lowering
 from lpuc.prim import Imm, Tensor
+from lpuc.passes.install import packed_tails
 from lpuc.ops.common import OPS, op, _out, _idx, _axis, _float_type, _move, _const_input, _transpose, transposes_rows
 
 
@@ -111,8 +112,7 @@ def _gather_rows(lw: Lowering, node: Node, table: Tensor, ids: Tensor) -> Tensor
     n = int(np.prod(ids.shape))
     flat = lw.move(ids, np.arange(n), (n,)) if ids.shape != (n,) else ids
     rows, width = table.shape
-    nr = width % lw.lanes
-    if lw.compact and table.const is not None and nr and 2 * nr <= lw.lanes and rows > 1:
+    if lw.compact and table.const is not None and packed_tails(width, lw.lanes) > 1 and rows > 1:
         out = _packed_lookup(lw, node, table, flat)
     else:
         out = _lookup(lw, node, table, flat)
@@ -153,7 +153,7 @@ def _packed_lookup(lw: Lowering, node: Node, table: Tensor, flat: Tensor) -> Ten
     rows, width = table.shape
     nr = width % lw.lanes
     head = width - nr
-    k = 1 << ((lw.lanes // nr).bit_length() - 1)
+    k = packed_tails(width, lw.lanes)
     c = table.const
     tail = c[:, head:]
     if rows % k:

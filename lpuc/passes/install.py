@@ -61,6 +61,14 @@ def few_rows(rows: int, cpv: int) -> bool:
     return rows * cpv <= FEW_ROWS_CYCLES
 
 
+def packed_tails(width: int, lanes: int) -> int:
+    """How many rows of a table ``width`` wide the compact layout packs into one vector's lanes: the
+    largest power of two ``k <= lanes / nr`` of the ragged last lane chunk's ``nr = width mod lanes``
+    columns, where ``k >= 2``; else 1 (nothing to pack). (``lpuc.ops.movement._packed_lookup``)"""
+    nr = width % lanes
+    return 1 << ((lanes // nr).bit_length() - 1) if nr and 2 * nr <= lanes else 1
+
+
 def _own_constant_weights(p: Prim, readers: dict[int, list[Prim]]) -> bool:
     """The matmul's weights are 2-D constants only it reads (a tied embedding keeps its one copy)."""
     return all(isinstance(w, Tensor) and w.const is not None and len(w.shape) == 2

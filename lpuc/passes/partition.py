@@ -31,6 +31,7 @@ from isa.config import ChipConfig
 from isa.dtypes import DTYPES
 from lpuc.errors import CapacityError, CompileError
 from lpuc.ir import Graph
+from lpuc.passes.install import packed_tails
 
 #: the share of a chip's SRAM the weights of a stage may take. 1: the weights are a lower bound of what
 #: a stage needs, and the allocator, which places activations too, has the last word (BERT-base width
@@ -64,9 +65,8 @@ def constant_bytes(value: np.ndarray, chip: ChipConfig, precision_dtype: str, co
         r, c = value.shape
         nr = c % L
         if table:
-            words = r * -(-c // L)
-            if compact and nr and 2 * nr <= L:
-                words = r * (c // L) + -(-r // (1 << ((L // nr).bit_length() - 1)))
+            k = packed_tails(c, L) if compact else 1
+            words = r * -(-c // L) if k == 1 else r * (c // L) + -(-r // k)
             return words * L * w
         words = min(r * -(-c // L), c * -(-r // L))
         if compact:
