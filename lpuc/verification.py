@@ -63,6 +63,7 @@ from isa.dtypes import BY_CODE
 from isa.program import Program
 from isa.timing import program_busy, utilization
 from lpuc.ir import Graph
+from lpuc.passes.fold_constants import typed_result
 from lpuc.pipeline import Compiled, SystemCompiled
 
 TOLERANCE = {"fp32": (1e-4, 1e-3), "fp16": (5e-3, 1e-2), "bf16": (3e-2, 3e-2)}
@@ -351,6 +352,7 @@ def verify(c: "Compiled | SystemCompiled", model_path: "str | Path | onnx.ModelP
     all_ok = True
     for o, want in zip(sess.get_outputs(), ort_out):
         got = result.outputs[o.name]
+        want = typed_result(want, got.dtype)  # (float8 comes back from onnxruntime as uint8 codes)
         bit_exact &= got.tobytes() == np.ascontiguousarray(ref[o.name]).tobytes()
         if quantized or precision in QUANTIZED_PRECISION_ATOL:
             finite = np.abs(want[np.isfinite(want)]) if np.issubdtype(want.dtype, np.floating) else np.abs(want)

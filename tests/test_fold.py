@@ -127,3 +127,46 @@ def test_unsupported_op_without_static_shape_is_named_as_unsupported(tmp_path):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "op NonMaxSuppression is not supported" in lines[0], r.stderr
     assert not (tmp_path / "m.lpu").exists()
+
+
+@pytest.mark.parametrize("saturate", [None, 0, 1])
+def test_castlike_keeps_saturate(saturate: int | None) -> None:
+    """A CastLike becomes a Cast with its ``saturate``: a float8 overflow is the largest finite value
+    (saturate=1, the default) or nan (e4m3fn, saturate=0), for a constant input (folded by onnxruntime)
+    as for a computed one (CONVERT rnd 1 or 0), as onnxruntime gives it."""
+    import ml_dtypes
+
+    f8 = np.dtype(ml_dtypes.float8_e4m3fn)
+    kw = {} if saturate is None else {"saturate": saturate}
+    x = np.array([[0.75, 500.0, -1e4, 3.0]], np.float32)
+    nodes = [helper.make_node("Add", ["x", "zero"], ["xc"]),
+             helper.make_node("CastLike", ["xc", "like"], ["y"], **kw),
+             helper.make_node("CastLike", ["c", "like"], ["yc"], **kw)]
+    graph = helper.make_graph(
+        nodes, "castlike", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT8E4M3FN, [1, 4]),
+         helper.make_tensor_value_info("yc", TensorProto.FLOAT8E4M3FN, [1, 4])],
+        [numpy_helper.from_array(np.zeros((1, 4), np.float32), "zero"), numpy_helper.from_array(x, "c"),
+         numpy_helper.from_array(np.zeros(1, f8), "like")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    want = x.clip(-448, 448).astype(f8) if saturate in (None, 1) else np.array([[0.75, np.nan, np.nan, 3.0]], f8)
+    from lpuc.backend import prepare
+
+    y, yc = prepare(model).run([x])
+    for got in (y, yc):
+        assert got.dtype == f8 and np.array_equal(got.astype(np.float32), want.astype(np.float32), equal_nan=True), got
+
+
+def test_verify_float8_output(tmp_path: Path) -> None:
+    """onnxruntime hands a float8 output back as its uint8 codes: verify compares values, not codes
+    (448 is code 0x7E), and agrees exactly with a Cast the chip computes."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT8E4M3FN, [2, 4])
+    nodes = [helper.make_node("Add", ["x", "x"], ["s"]), helper.make_node("Cast", ["s"], ["y"], to=TensorProto.FLOAT8E4M3FN)]
+    model = helper.make_model(helper.make_graph(nodes, "f8", [x], [y]), opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    path = tmp_path / "f8.onnx"
+    onnx.save(model, path)
+    r = verify(compile_model(path, load_chip("lpu-v1")), str(path), "fp32", seed=2).report
+    assert r["ok"] and r["outputs"]["y"]["max_abs_err"] == 0.0, r["outputs"]

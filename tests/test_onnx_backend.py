@@ -108,7 +108,7 @@ EXCLUDED = {
 
 #: the same type reasons, for the CastLike twins of the Cast tests (and their expanded forms)
 EXCLUDED_PATTERNS = {
-    "CastLike to or from types the chip does not have": r"castlike_(no_saturate_)?\w*(DOUBLE|FLOAT8|FLOAT4|INT4|UINT4|INT2|UINT2|E8M0)\w*",
+    "CastLike to or from types the chip does not have": r"castlike_(no_saturate_)?\w*(DOUBLE|FLOAT8E4M3FNUZ|FLOAT8E5M2FNUZ|FLOAT4|INT4|UINT4|INT2|UINT2|E8M0)\w*",
 }
 
 backend_test = onnx.backend.test.BackendTest(LpucBackend, __name__)

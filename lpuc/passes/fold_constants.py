@@ -67,6 +67,14 @@ def _run_reference(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list
     return ReferenceEvaluator(model).run(None, feeds)
 
 
+def typed_result(r: np.ndarray, dtype) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """An engine's result as the value's type: onnxruntime's Python API hands float8 tensors back as their
+    uint8 codes, which must be reinterpreted (``view``), not converted by value (code 0x7E is 448, not 126)."""
+    if dtype is not None and r.dtype == np.uint8 and np.dtype(dtype) != np.uint8 and np.dtype(dtype).itemsize == 1:
+        return r.view(dtype)
+    return r
+
+
 def _evaluate(node: Node, g: Graph) -> list[np.ndarray]:
     """The node's outputs for its constant inputs: onnxruntime first (the oracle lpuc is checked
     against), onnx's reference evaluator where onnxruntime cannot build or run the node (an op or a
@@ -75,7 +83,8 @@ def _evaluate(node: Node, g: Graph) -> list[np.ndarray]:
     errors = []
     for engine in (_run_onnxruntime, _run_reference):
         try:
-            return [np.asarray(r) for r in engine(model, feeds)]
+            return [typed_result(np.asarray(r), g.values[o].dtype if o else None)
+                    for r, o in zip(engine(model, feeds), node.outputs)]
         except Exception as e:  # each engine raises its own types; the first message is the useful one
             errors.append(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
     raise CompileError(f"node {node.name} ({node.op}): constant folding failed in onnxruntime ({errors[0]}) "
@@ -111,16 +120,15 @@ def fold_constants(g: Graph, empty_ok: bool = False) -> Graph:
             g.values[outs[0]].const = np.array(g.values[node.inputs[0]].size, dtype=np.int64)
             g.remove_node(node.name)
             continue
-        if node.op == "CastLike":  # only the type of input 1 matters: make it a Cast
+        if node.op == "CastLike":  # only the type of input 1 matters: make it a Cast (with its ``saturate``,
+            # which decides a float8 overflow: the largest finite value or inf/nan); a constant input is then
+            # folded by onnxruntime below like any Cast
             v = g.values[outs[0]]
-            if g.is_const(node.inputs[0]):
-                v.const = g.values[node.inputs[0]].const.astype(v.dtype)
-                v.shape = tuple(v.const.shape)
-                g.remove_node(node.name)
-                continue
             g.remove_node(node.name)
-            node = g.add_node(Node(node.name, "Cast", [node.inputs[0]], outs,
-                                   {"to": helper.np_dtype_to_tensor_dtype(v.dtype)}))
+            attrs = {"to": helper.np_dtype_to_tensor_dtype(v.dtype)}
+            if "saturate" in node.attrs:
+                attrs["saturate"] = node.attrs["saturate"]
+            node = g.add_node(Node(node.name, "Cast", [node.inputs[0]], outs, attrs))
         if _is_noop(node, g) and not (set(outs) & set(g.outputs)):
             g.replace_uses(outs[0], node.inputs[0])
             g.remove_node(node.name)
