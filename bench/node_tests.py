@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 OPS = ("MatMul Gemm Add Sub Mul Div Pow Sqrt Reciprocal Neg Exp Tanh Erf Sigmoid Relu Gelu Softmax "
        "LayerNormalization RMSNormalization ReduceMean ReduceSum ReduceMax Transpose Reshape Flatten Squeeze "
        "Unsqueeze Split Concat Slice Gather GatherElements Expand Where Equal IsNaN And Cast Constant "
-       "ConstantOfShape Range Trilu").split()
+       "ConstantOfShape Range Trilu Pad").split()
 
 
 def cases() -> list[tuple[str, str, object]]:

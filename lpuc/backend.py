@@ -48,7 +48,7 @@ def _load(path: "str | Path") -> onnx.ModelProto:
 _SHAPE_OPERANDS = {
     "Reshape": (1,), "Expand": (1,), "Slice": (1, 2, 3, 4), "Squeeze": (1,), "Unsqueeze": (1,),
     "ReduceSum": (1,), "ReduceMean": (1,), "ReduceMax": (1,), "ReduceMin": (1,), "ReduceSumSquare": (1,),
-    "Split": (1,),
+    "Split": (1,), "Pad": (1, 2, 3),
     "ConstantOfShape": (0,), "Range": (0, 1, 2), "Tile": (1,), "Trilu": (1,), "CumSum": (1,),
 }
 

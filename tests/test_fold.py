@@ -170,3 +170,26 @@ def test_verify_float8_output(tmp_path: Path) -> None:
     onnx.save(model, path)
     r = verify(compile_model(path, load_chip("lpu-v1")), str(path), "fp32", seed=2).report
     assert r["ok"] and r["outputs"]["y"]["max_abs_err"] == 0.0, r["outputs"]
+
+
+def test_empty_slice_inferred_at_run_time_shapes(tmp_path: Path) -> None:
+    """Phi-3's TorchScript export splits each head into a rotated part and a pass-through part,
+    x[..., :16] and x[..., 16:]; with the rotary over the whole 16-wide head the second is empty. When
+    its shape is inferred in the fold pass (the export's shapes come from folded Shape arithmetic), a
+    dimension of 0 is static: the slice is known (no elements), and the Concat takes the first part alone."""
+    consts = [helper.make_node("Constant", [], [k], value=numpy_helper.from_array(v, k)) for k, v in {
+        "s0": np.array([0], np.int64), "e0": np.array([16], np.int64), "s1": np.array([16], np.int64),
+        "e1": np.array([np.iinfo(np.int64).max], np.int64), "ax": np.array([2], np.int64)}.items()]
+    nodes = consts + [helper.make_node("Mul", ["x", "x"], ["m"]),
+                      helper.make_node("Slice", ["m", "s0", "e0", "ax"], ["rot"]),
+                      helper.make_node("Slice", ["m", "s1", "e1", "ax"], ["rest"]),
+                      helper.make_node("Neg", ["rot"], ["r"]),
+                      helper.make_node("Concat", ["r", "rest"], ["y"], axis=-1)]
+    path = _save(tmp_path, nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 16])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 16])], {})
+    g = import_onnx(str(path))
+    g.values["rest"].shape = None  # as in the export: known only once the fold pass infers it
+    fold.fold_constants(g)
+    assert g.values["rest"].const is not None and g.values["rest"].const.shape == (1, 4, 0)
+    assert not any(n.op == "Slice" and "rest" in n.outputs for n in g.nodes.values())
+    assert _verify(path)["outputs"]["y"]["max_abs_err"] == 0.0

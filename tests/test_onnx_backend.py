@@ -21,7 +21,7 @@ SUPPORTED = (
     "cumsum", "div", "einsum", "equal", "erf", "exp", "expand", "flatten", "floor", "gather", "gather_elements",
     "gathernd", "gelu", "gemm", "greater", "greater_equal", "identity", "isnan", "layer_normalization", "less",
     "less_equal", "log", "matmul", "max", "mean", "min", "mod", "mul", "neg", "not", "or", "pow", "range",
-    "reciprocal", "reduce_max", "reduce_mean", "reduce_min", "reduce_sum", "reduce_sum_square", "relu",
+    "pad", "constant_pad", "edge_pad", "reflect_pad", "wrap_pad", "reciprocal", "reduce_max", "reduce_mean", "reduce_min", "reduce_sum", "reduce_sum_square", "relu",
     "reshape", "rms_normalization", "sigmoid", "sign", "slice", "softmax", "split", "sqrt", "squeeze", "sub",
     "sum", "tanh", "transpose", "tril", "triu", "unsqueeze", "where", "xor",
     "quantizelinear", "dequantizelinear", "dynamicquantizelinear", "matmulinteger", "qlinearmatmul",
@@ -74,8 +74,8 @@ EXCLUDED = {
     ],
     "Einsum with a label repeated in one operand (a diagonal): not lowered": ["einsum_batch_diagonal"],
     "ops outside the supported transformer set, used inside expanded functions or on sequences (Ceil, "
-    "Pad, SplitToSequence, Identity of a sequence/optional, LogSoftmax)": [
-        "constant_pad", "constant_pad_axes", "constant_pad_negative_axes", "identity_opt", "identity_sequence",
+    "SplitToSequence, Identity of a sequence/optional, LogSoftmax)": [
+        "identity_opt", "identity_sequence",
         "range_bfloat16_type_positive_delta_expanded", "range_float16_type_positive_delta_expanded",
         "range_float_type_positive_delta_expanded", "range_int32_type_negative_delta_expanded",
         "split_to_sequence_1", "split_to_sequence_2", "split_to_sequence_nokeepdims",

@@ -364,3 +364,36 @@ def test_transpose_of_the_last_axis_to_second_last(tmp_path, perm):
     kinds = {p.kind for p in c.prims.prims}
     assert transposes_rows(list(perm)) == (perm != (0, 3, 2, 1))
     assert ("transpose" in kinds and "relayout" not in kinds) == transposes_rows(list(perm)), kinds
+
+
+# ------------------------------------------------------------------------------------------------
+# Pad (MobileBERT's embeddings pad the shifted token sequences; Whisper and ViT front ends pad too)
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode,pads,value", [
+    ("constant", [0, 1, 0, 2], None),  # zeros after and before
+    ("constant", [1, 0, 0, 3], 2.5),  # a constant other than 0
+    ("constant", [0, -1, 0, 2], None),  # a negative pad crops
+    ("edge", [2, 1, 1, 2], None),
+    ("reflect", [1, 2, 2, 1], None),
+    ("wrap", [1, 3, 2, 2], None),
+])
+@pytest.mark.parametrize("chip,precision", [("lpu-v1", "fp32"), ("tiny", "fp16")])
+def test_pad_every_mode_against_onnxruntime(tmp_path, mode, pads, value, chip, precision):
+    x = f32(4, 6)
+    inits = {"pads": np.array(pads, np.int64)}
+    ins = ["x1", "pads"]
+    if value is not None:
+        inits["value"] = np.array(value, np.float32)
+        ins.append("value")
+    # (an Add first: a Pad of a graph input alone would be a data move the host could make)
+    r = run(tmp_path, [node("Add", ["x", "x"], ["x1"]), node("Pad", ins, mode=mode)], {"x": x}, inits=inits,
+            chip=chip, precision=precision)
+    assert r["outputs"]["y"]["max_abs_err"] == 0.0
+
+
+def test_pad_axes_input_and_wide_reflect_refused(tmp_path):
+    x = f32(2, 3, 5)
+    run(tmp_path, [node("Add", ["x", "x"], ["x1"]), node("Pad", ["x1", "pads", "", "axes"])], {"x": x},
+        inits={"pads": np.array([1, 0, 2, 1], np.int64), "axes": np.array([-1, 0], np.int64)}, opset=18)
+    unsupported(tmp_path, [node("Pad", ["x", "pads"], mode="reflect")], {"x": x}, "reflect pads of 5",
+                inits={"pads": np.array([0, 0, 5, 0, 0, 0], np.int64)})

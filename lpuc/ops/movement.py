@@ -73,6 +73,56 @@ def Slice(lw: Lowering, node: Node) -> None:
 
 
 @op
+def Pad(lw: Lowering, node: Node) -> None:
+    """y[i] = x[src(i)] per padded axis a with (b, e) = (pads[a], pads[rank + a]) and n = x.shape[a]:
+    output position i of the axis reads input position p = i - b (negative b, e crop), mapped by ``mode``:
+    ``constant``: p if 0 <= p < n, else the constant ``value`` (default 0); ``edge``: clip(p, 0, n - 1);
+    ``reflect``: p mirrored at 0 and n - 1 without repeating the edge (period 2(n - 1)); ``wrap``: p mod n.
+    One element map, as Slice and Concat: a data move, no arithmetic."""
+    x = lw.tensor(node.inputs[0])
+    shape, rank = x.shape, len(x.shape)
+    mode = node.attrs.get("mode", "constant")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if mode not in ("constant", "edge", "reflect", "wrap"):
+        raise lw.unsupported(f"mode '{mode}' is not an ONNX Pad mode (constant, edge, reflect, wrap)")
+    pads = [int(v) for v in _const_input(lw, node, 1, "pads")]
+    axes = lw.const(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] else np.arange(rank)
+    axes = [_axis(int(a), rank) for a in axes]
+    if len(pads) != 2 * len(axes):
+        raise lw.unsupported(f"pads has {len(pads)} values for {len(axes)} axes (needs two per axis)")
+    idx = _idx(shape)
+    fill = np.zeros(shape, bool)  # output elements that take the constant
+    for k, a in enumerate(axes):
+        b, e, n = pads[k], pads[len(axes) + k], shape[a]
+        p = np.arange(-b, n + e)
+        if mode == "constant":
+            src, out = np.clip(p, 0, n - 1), (p < 0) | (p >= n)
+        elif mode == "edge":
+            src, out = np.clip(p, 0, n - 1), np.zeros(len(p), bool)
+        elif mode == "wrap":
+            src, out = p % n, np.zeros(len(p), bool)
+        else:  # reflect: onnxruntime refuses a pad wider than n - 1 (it would repeat an edge)
+            if max(b, e) > 0 and (n < 2 or max(b, e) > n - 1):
+                raise lw.unsupported(f"reflect pads of {max(b, e)} on an axis of {n} (at most {n - 1})")
+            m = np.abs(p) % max(1, 2 * (n - 1))
+            src, out = np.where(m > n - 1, 2 * (n - 1) - m, m), np.zeros(len(p), bool)
+        idx, fill = np.take(idx, src, axis=a), np.take(fill, src, axis=a)
+        view = [None] * rank
+        view[a] = slice(None)
+        fill = fill | out[tuple(view)]
+    value = 0.0
+    if mode == "constant" and len(node.inputs) > 2 and node.inputs[2]:
+        value = float(_const_input(lw, node, 2, "constant_value").reshape(-1)[0])
+    out_shape = lw.shape(node.outputs[0])
+    if value == 0.0 or not fill.any():  # (move's index -1 is a zero)
+        lw.bind(node.outputs[0], lw.move(x, np.where(fill, -1, idx).reshape(out_shape), out_shape))
+        return
+    c = lw.pg.const(f"{node.name}.value", np.full((1,), value), x.dtype)
+    size = int(np.prod(shape))
+    lw.bind(node.outputs[0], lw.move_many([x, c], np.where(fill, size, idx).reshape(out_shape), out_shape))
+
+
+@op
 def Split(lw: Lowering, node: Node) -> None:
     shape = lw.shape(node.inputs[0])
     axis = _axis(node.attrs.get("axis", 0), len(shape))

@@ -144,6 +144,8 @@ def fold_constants(g: Graph, empty_ok: bool = False) -> Graph:
             continue
         if any(g.values[o].shape is None for o in outs):
             _infer_shapes(node, g)
+            if not empty_ok and outs and all([_known_if_empty(g.values[o]) for o in outs]):
+                g.remove_node(node.name)  # (its inferred outputs are empty: known, nothing to compute)
     _dead_code(g)
     used = set(g.outputs) | {x for n in g.nodes.values() for x in n.inputs + n.outputs if x}
     for v in (g.values[name] for name in used):
@@ -194,8 +196,10 @@ def _infer_shapes(node: Node, g: Graph) -> None:
         raise CompileError(f"node {node.name} ({node.op}): cannot infer output shapes ({e})") from None
     for o in node.outputs:
         if o and o in res:
+            # (a dimension of 0 is known: an empty result, e.g. Phi-3's rotary pass-through x[..., 16:] of a
+            # 16-wide head, which later concatenates to nothing)
             dims = [d.dim_value if d.HasField("dim_value") else -1 for d in res[o].tensor_type.shape.dim]
-            if any(d <= 0 for d in dims):
+            if any(d < 0 for d in dims):
                 # e.g. NonMaxSuppression: the output's size depends on the data, and the op is not lowered
                 check_supported(node)
                 raise CompileError(f"node {node.name} ({node.op}): output '{o}' has no static shape")
