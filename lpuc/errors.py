@@ -12,12 +12,14 @@ class UnsupportedOp(CompileError):
 class CapacityError(CompileError):
     """The model does not fit the chip's SRAM. ``part``: the same, said of one chip's part of a split
     (without advice on the chip count, which the split's caller gives); ``interleaved``: weights were
-    interleaved for fast installs (``lpuc.passes.install``), so plain installs may still fit."""
+    interleaved for fast installs (``lpuc.passes.install``), so plain installs may still fit; ``chip``:
+    the chip of a split whose part does not fit."""
 
-    def __init__(self, message: str, part: str = "", interleaved: bool = False):
+    def __init__(self, message: str, part: str = "", interleaved: bool = False, chip: int | None = None):
         super().__init__(message)
         self.part = part or message
         self.interleaved = interleaved
+        self.chip = chip
 
 
 class StreamsError(CompileError):

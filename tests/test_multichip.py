@@ -157,3 +157,39 @@ def test_a_transfer_uses_every_link_between_the_chips():
     assert sum(i.ops["n"] for i in q[(0, "C2C0")] + q[(0, "C2C1")]) == 16  # [4, 64] f32 on 16 lanes: 16 vectors
     r = verify(sc, str(MODELS / "mlp_tiny.onnx"), "fp32", seed=3).report
     assert r["ok"], r
+
+
+def test_only_the_chip_too_full_installs_plainly(tmp_path, monkeypatch):
+    """Weights interleaved for fast installs take more slices apart, so a chip nearly full may hold
+    them only as they are (one stream group). Only that chip gives them up: here chip 0's allocation
+    is made to refuse interleaved pieces (as HF GPT-2 small's chip 0, beside its 77 MB token table,
+    does), and chip 1 keeps its interleaved installs; the program still verifies."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    import lpuc.pipeline as pipeline
+    from lpuc.passes.allocate import allocate as real_allocate
+
+    rng = np.random.default_rng(1)
+    ws = [numpy_helper.from_array((rng.standard_normal((640, 640)) / 25).astype(np.float32), f"w{k}") for k in range(4)]
+    nodes, h = [], "x"
+    for k in range(4):  # 16 rows: products short enough (16 x 4 cycles) for interleaved installs
+        nodes.append(helper.make_node("MatMul", [h, f"w{k}"], [f"h{k}"]))
+        h = f"h{k}"
+    g = helper.make_graph(nodes, "four", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [16, 640])],
+                          [helper.make_tensor_value_info(h, TensorProto.FLOAT, [16, 640])], ws)
+    path = tmp_path / "four.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), path)
+
+    def allocate(tg, chip, **kw):  # the first chip (it receives nothing) refuses interleaved pieces
+        if not tg.received and any("::" in t.name for t in tg.tensors):
+            raise CapacityError("no room for the interleaved pieces (test)")
+        return real_allocate(tg, chip, **kw)
+
+    monkeypatch.setattr(pipeline, "allocate", allocate)
+    sc = compile_system(path, load_system("node-lpu-v1"), 2, precision="fp16", parallel="pp")
+    il = [{p.attrs.get("il", 1) for p in part.prims.prims if p.kind == "matmul"} for part in sc.parts]
+    assert il[0] == {1} and max(il[1]) > 1, il
+    r = verify(sc, str(path), "fp16", seed=2).report
+    assert r["ok"], r
