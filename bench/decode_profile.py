@@ -13,6 +13,24 @@ measures of the gap:
   how much a schedule must add to the critical path when a product has more chains than planes;
 * ``waits``: along the schedule's longest path (from the last task back, each task to the dependency
   that made it ready last), the cycles tasks start after their inputs are ready, by task kind and node.
+
+What stands between the step (37,356) and 1.3x its roofline (33,838), measured 2026-12-08: the planes can
+install only ``weight_buffers`` passes of a product before its input exists (2 x 4 planes), so every
+product's other installs come after it, at g = 5 rows a cycle a plane (``install.install_groups``); summed
+over the step that is the ``waves`` figure (7,221), and critical path + waves is 1.28x. The rest (~4,100)
+is lost to rigid chain templates meeting busy MEM ports (an activation read by every chain of a product,
+install classes in use) and streams. Tried and dropped:
+
+* g = 8 (16 of 32 streams a plane): 2 layers 7,005 -> 6,847 cycles, but at 12 layers the pieces no longer
+  fit their install classes (16 slices each, two a hemisphere) and the compile falls back to plain installs
+  (99,014);
+* install classes as windows sliding round the hemisphere's weight slices (every slice in two classes, so
+  all fill evenly): 2 layers 7,300 at g = 5, 7,464 at g = 8 -- classes then reach the slices beside the
+  VXM, far from the planes, and the critical path grows (4,755 -> 5,274);
+* 1, 3 or 4 slices kept for activations instead of 2: 37,065 (-0.8%), 47,123, 48,162 (capacity fallbacks).
+
+A shorter critical path (e.g. the LayerNorms' 12 VXM tasks a step, ~200 cycles each) makes tokens faster
+but the ratio worse, since the roofline is that path.
 """
 
 from __future__ import annotations
