@@ -29,7 +29,7 @@ install classes in use) and streams. Tried and dropped:
   VXM, far from the planes, and the critical path grows (4,755 -> 5,274);
 * 1, 3 or 4 slices kept for activations instead of 2: 37,065 (-0.8%), 47,123, 48,162 (capacity fallbacks).
 
-A shorter critical path (e.g. the LayerNorms' 12 VXM tasks a step, ~200 cycles each) makes tokens faster
+A shorter critical path (e.g. each LayerNorm: 12 VXM tasks in a row, ~200 cycles) makes tokens faster
 but the ratio worse, since the roofline is that path.
 """
 
