@@ -440,6 +440,9 @@ def _system_summary(sc) -> str:
     ]
     for part in sc.parts:
         st = part.stage
+        if not part.tasks.tasks:  # (what the split gave it is computed on other chips, or dead)
+            lines.append(f"  chip {st.chip}          idle: the {sc.partition.mode} split gave it no work")
+            continue
         lines.append(f"  chip {st.chip}          {len(st.nodes)} nodes, weights {st.weight_bytes:,} B, "
                      f"{SRAM_LABEL.strip()} {sram_footprint(part, sc.chip):,} B, done in cycle "
                      f"{prog.meta['chip_cycles'][st.chip]}, receives {st.receive_bytes:,} B")
@@ -731,6 +734,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if r["ok"]:
             extra = f", {r['mj_per_token']:.4g} mJ/token, ${r['usd_per_million_tokens']:.4g}/M tokens" \
                 if "mj_per_token" in r else ""
+            if r.get("chips_used", r["chips"]) < r["chips"]:
+                extra += f" ({r['chips_used']} of {r['chips']} chips given work)"
             print(f"{where:<28} {r['cycles']:>10,} cycles  {r['latency_us']:>10.2f} us{extra}")
         else:
             print(f"{where:<28} not built: {r['error']}")

@@ -302,3 +302,17 @@ def test_pipeline_spreads_a_transfer_over_two_hop_paths():
     assert forwards(sc) > 0
     sends = [t for p in sc.parts for t in p.tasks.tasks if t.kind == "send" and t.attrs["to"] == 1]
     assert {t.attrs["dst"] for t in sends} == {1, 2}  # direct, and via chip 2
+
+
+def test_a_split_that_gives_a_chip_nothing_says_so():
+    """GPT-2 tiny's weights (64 and 256 wide) are narrower than the lanes: tp keeps them whole and chip 0
+    alone computes. The compile says chip 1 is idle (its choice text, the summary, ``chips_used``) rather
+    than let two chips look used; a sweep row reports ``chips_used`` beside the cost of both."""
+    from lpuc.report.sweep import Point, run_point
+
+    model = Path(__file__).parent.parent / "examples" / "models" / "gpt2_tiny_dynamic.onnx"
+    sc = compile_system(model, load_system("node-lpu-v1"), 2, precision="fp16", parallel="tp",
+                        input_shapes={"input_ids": (1, 8)})
+    assert sc.program.meta["chips_used"] == 1 and "(chip 1 idle)" in sc.program.meta["chips_choice"]
+    row = run_point(Point(str(model), "lpu-v1", None, 2, "fp16", 8, "list", "tp", False))
+    assert row["ok"] and row["chips"] == 2 and row["chips_used"] == 1, row

@@ -7,7 +7,10 @@ A point's figures (all from the compiler's timing model, exact: the emulator cou
 * ``cycles``: predicted cycles of one run; ``latency_us = cycles / clock_mhz``;
 * ``tokens``: tokens one run processes (``lpuc.report.energy.tokens_of``: the sequence length for a
   model fed token ids); ``tokens_per_s = tokens / latency`` at batch 1;
-* ``mj_per_token`` and ``usd_per_million_tokens``: ``lpuc.report.energy.estimate``.
+* ``mj_per_token`` and ``usd_per_million_tokens``: ``lpuc.report.energy.estimate`` (every chip of the
+  point counts: they are the system's);
+* ``chips_used``: the chips the split gave work (a tensor-parallel split of weights narrower than the
+  lanes keeps them whole, and chip 0 alone computes).
 
 A point that cannot be built (too big for the chips, a system with fewer chips, a fixed sequence length
 that is not the one asked) is a row whose ``error`` says why. Rows come in grid order (chips, then
@@ -27,7 +30,7 @@ from typing import Any, Callable
 
 #: the CSV's columns, in order
 COLUMNS = ("chips", "precision", "seq", "ok", "error", "cycles", "latency_us", "tokens", "tokens_per_s",
-           "mj_per_token", "usd_per_million_tokens", "instructions", "roofline_cycles", "bound_by", "parallel",
+           "mj_per_token", "usd_per_million_tokens", "instructions", "roofline_cycles", "bound_by", "parallel", "chips_used",
            "emulated_cycles")
 
 
@@ -118,6 +121,9 @@ def _build(pt: Point) -> dict[str, Any]:
         "roofline_cycles": int(prog.meta.get("roofline_cycles") or 0),
         "bound_by": max(parts, key=parts.get) if parts else "",
         "parallel": prog.meta.get("parallel", ""),
+        # chips the split gave work (a tp split of weights narrower than the lanes leaves all to chip 0;
+        # the cost columns still count every chip of the point: they are the system's)
+        "chips_used": int(prog.meta.get("chips_used", pt.chips)),
     }
     if e is not None:
         out.update(tokens=e["tokens"], tokens_per_s=round(e["tokens"] / (cycles / clock) * 1e6, 3),
