@@ -397,3 +397,33 @@ def test_pad_axes_input_and_wide_reflect_refused(tmp_path):
         inits={"pads": np.array([1, 0, 2, 1], np.int64), "axes": np.array([-1, 0], np.int64)}, opset=18)
     unsupported(tmp_path, [node("Pad", ["x", "pads"], mode="reflect")], {"x": x}, "reflect pads of 5",
                 inits={"pads": np.array([0, 0, 5, 0, 0, 0], np.int64)})
+
+
+# ------------------------------------------------------------------------------------------------
+# forms of the TorchScript exports that cost a decode step extra tasks
+# ------------------------------------------------------------------------------------------------
+def test_one_over_sqrt_is_recip_run_exactly(tmp_path):
+    """TorchScript writes RMSNorm's rsqrt as Div(1, Sqrt(v)): lowered as RECIP (IEEE 1/x, the same bits as
+    DIV of 1), which then runs with the SQRT as one VXM task; equal to onnxruntime bit for bit."""
+    from lpuc.pipeline import compile_model
+
+    x = np.abs(f32(8, 32)) + 0.1
+    nodes = [node("Add", ["x", "x"], ["v"]), node("Sqrt", ["v"], ["s"]), node("Div", ["one", "s"], ["y"])]
+    r = run(tmp_path, nodes, {"x": x}, inits={"one": np.array(1.0, np.float32)})
+    assert r["outputs"]["y"]["max_abs_err"] == 0.0
+    c = compile_model(str(tmp_path / "m.onnx"), load_chip("lpu-v1"))
+    ops = [st["op"] for t in c.tasks.tasks if t.kind == "vxm" for st in (t.attrs.get("ops") or [t.attrs])]
+    assert "RECIP" in ops and "DIV" not in ops
+
+
+def test_column_read_as_a_row_is_one_transpose(tmp_path):
+    """transformers' TorchScript export reads the padding mask [1, 1, 1, P, 1] (one element a row) as the
+    row [P]: one SXM transpose between two views, not P lane moves and P - 1 OR merges."""
+    from lpuc.pipeline import compile_model
+
+    x = f32(1, 1, 1, 40, 1)
+    nodes = [node("Neg", ["x"], ["n"]), node("Reshape", ["n", "shape"], ["y"])]
+    r = run(tmp_path, nodes, {"x": x}, inits={"shape": np.array([40], np.int64)})
+    assert r["outputs"]["y"]["max_abs_err"] == 0.0
+    kinds = {t.kind for t in compile_model(str(tmp_path / "m.onnx"), load_chip("lpu-v1")).tasks.tasks}
+    assert "transpose" in kinds and "permute" not in kinds, kinds

@@ -24,6 +24,12 @@ def _binary(mnemonic: str) -> Callable[[Lowering, Node], None]:
             _out(lw, node, acc if len(node.inputs) > 1 else lw.ewise("MOV", [acc]))
             return
         a, b = (lw.operand(i, dt) for i in node.inputs[:2])
+        if mnemonic == "DIV" and isinstance(a, Imm) and not isinstance(b, Imm) and DTYPES[dt].kind == "float" \
+                and float(a.value) == 1.0:
+            # 1 / x is RECIP's own IEEE division, bit for bit, and one op on one tensor (TorchScript writes
+            # RMSNorm's rsqrt as Div(1, Sqrt(v)): the Sqrt and the RECIP then run as one VXM task)
+            _out(lw, node, lw.ewise("RECIP", [b], dt, out_dtype=_float_type(lw, node.outputs[0])))
+            return
         if isinstance(a, Imm):  # keep the tensor first; SUB/DIV need the operand order
             if mnemonic in ("ADD", "MUL", "MAX", "MIN", "EQ", "AND", "OR", "XOR"):
                 a, b = b, a

@@ -431,11 +431,36 @@ class Lowering:
             if np.array_equal(index, np.swapaxes(expect, -1, -2)):
                 out = self.temp(dtype, shape)
                 return self.pg.add("transpose", ts, out, self._node_name())
+        rc = _transposed_rows(ts[0].shape, index, shape) if len(ts) == 1 and not ts[0].splat else None
+        if rc is not None:
+            # a transpose under other shapes, e.g. a column [.., R, 1] read as the row [.., R] (the padding
+            # mask of transformers' TorchScript export, [1, 1, 1, P, 1] -> [P], in a decode step: one SXM
+            # transpose instead of P lane moves and their OR merges)
+            b, R, C = rc
+            src = self.view(ts[0], (b, R, C)) if ts[0].shape != (b, R, C) else ts[0]
+            out = self.temp(dtype, (b, C, R))
+            self.pg.add("transpose", [src], out, self._node_name())
+            return self.view(out, shape) if shape != (b, C, R) else out
         out = self.temp(dtype, shape)
         return self.pg.add("relayout", ts, out, self._node_name(), emap=index.reshape(-1))
 
     def _node_name(self) -> str:
         return self.node.name if self.node else ""
+
+
+def _transposed_rows(src: tuple[int, ...], index: np.ndarray, shape: tuple[int, ...]) -> tuple[int, int, int] | None:
+    """(b, R, C) when ``out.flat = src.flat[index]`` swaps the last two axes of ``src`` read as [b, R, C]
+    (C its last dimension, R the one before) and ``shape`` is that [b, C, R] with only leading dimensions
+    regrouped (its last is R): an SXM transpose between two views. Else None."""
+    if not src or not shape:
+        return None
+    C = src[-1]
+    R = src[-2] if len(src) >= 2 else 1
+    b = int(np.prod(src[:-2])) if len(src) > 2 else 1
+    if shape[-1] != R or R == 1 or int(np.prod(shape)) != b * R * C or index.size != b * R * C:
+        return None
+    expect = np.swapaxes(np.arange(b * R * C).reshape(b, R, C), -1, -2).reshape(-1)
+    return (b, R, C) if np.array_equal(index.reshape(-1), expect) else None
 
 
 def check_supported(node: Node) -> Callable[[Lowering, Node], Any]:
