@@ -554,14 +554,25 @@ class ResolvePhase(EmulatorState):
                 n_blocks = store.blocks
                 block = [b if nc == 0 and 0 <= b < n_blocks else -1 for b, nc in zip(first_blk, n_changes)]
             ops, n_ops = self.ops, len(self.ops)
+            want, sole_named = self._store_expect.want, self._store_expect.sole
             for key, e0, e1, r0, r1, nu, nj, bk, ev0 in zip(keys, starts.tolist(), ends.tolist(), first_run,
                                                              last_run, n_unwritten, n_jumps, block, first_event):
-                if r1 - r0 == 1:  # one run: one source (the usual case)
-                    writers = [run_src[r0]] if run_src[r0] >= 0 else []
-                else:
-                    writers = sorted({s for s in run_src[r0:r1] if s >= 0})
                 rows_seen = (slice(ev0, ev0 + e1 - e0) if nj == 0 else event[e0:e1]) if e1 > e0 else event[e0:e1]
                 op = ops[key[0]]
+                if r1 - r0 == 1:  # one run: one source (the usual case)
+                    w = run_src[r0]
+                    if nu == 0 and kind == "sram" and op.shape.one_read:
+                        # a READ whose every word one writer wrote: settled as below when the program
+                        # names no writers for it or names just that one (no hazard; that dependency)
+                        k4 = (op.chip, sname, op.qidx, "sram")
+                        if k4 not in want or sole_named.get(k4) == w:
+                            if w < n_ops:
+                                op.deps.add(w)
+                            op.sram = (store, rows_seen, bk)
+                            continue
+                    writers = [w] if w >= 0 else []
+                else:
+                    writers = sorted({s for s in run_src[r0:r1] if s >= 0})
                 if kind == "sram" and op.shape.one_read:
                     # The op's only read (a READ): settle it now, as ``_resolve_reads`` would (same
                     # hazard, same dependencies in the same order), without keeping what it saw.
