@@ -43,11 +43,21 @@ def widen(a: np.ndarray, dt: DType) -> np.ndarray:
     return a.astype(np.float32) if dt.np != F32 else a
 
 
-def narrow(x: np.ndarray, dt: DType) -> np.ndarray:
-    """Round an f32 result to ``dt`` (nearest even) and canonicalise nans."""
+def narrow(x: np.ndarray, dt: DType, fresh: bool = False) -> np.ndarray:
+    """Round an f32 result to ``dt`` (nearest even) and canonicalise nans. ``fresh``: x is an array
+    just computed that nobody else holds, so an f32 result is canonicalised in place, not copied
+    (otherwise the caller's array is never changed)."""
+    if fresh and x.dtype == dt.np:
+        return canon_nan(x)
     with np.errstate(all="ignore"):  # overflow to inf is the defined result, not an accident
         out = x.astype(dt.np)  # astype copies, so the caller's array is never changed
     return canon_nan(out)
+
+
+def _fresh(r: np.ndarray, *inputs: object) -> bool:
+    """Whether ``r`` is a new array of its own: it owns its memory and is none of the inputs (a function
+    that returned its argument, or a view of it, must not have it changed in place)."""
+    return r.flags.owndata and not any(r is i for i in inputs)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -83,9 +93,10 @@ _INT_BINARY: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
 def binary(op: str, dt: DType, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """d = a (op) b elementwise in ``dt`` (b may be a scalar of ``dt``)."""
     if dt.kind == "float":
+        wa, wb = widen(a, dt), widen(np.asarray(b, dtype=dt.np), dt)
         with np.errstate(all="ignore"):
-            r = _FLOAT_BINARY[op](widen(a, dt), widen(np.asarray(b, dtype=dt.np), dt))
-        return narrow(np.asarray(r, dtype=F32), dt)
+            r = np.asarray(_FLOAT_BINARY[op](wa, wb), dtype=F32)
+        return narrow(r, dt, fresh=_fresh(r, a, b, wa, wb))
     with np.errstate(all="ignore"):
         r = _INT_BINARY[op](a, np.asarray(b, dtype=dt.np))
     return np.asarray(r, dtype=dt.np)
@@ -143,9 +154,10 @@ def unary(op: str, dt: DType, a: np.ndarray) -> np.ndarray:
     if op == "isnan":
         return (a != a).astype(np.uint8)
     if dt.kind == "float":
+        wa = widen(a, dt)
         with np.errstate(all="ignore"):
-            r = _UNARY[op](widen(a, dt))
-        return narrow(np.asarray(r, dtype=F32), dt)
+            r = np.asarray(_UNARY[op](wa), dtype=F32)
+        return narrow(r, dt, fresh=_fresh(r, a, wa))
     with np.errstate(all="ignore"):
         return np.asarray(_UNARY[op](a), dtype=dt.np)
 
@@ -237,11 +249,13 @@ def transpose(a: np.ndarray, m: int) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------
 # matrix unit
 # ------------------------------------------------------------------------------------------------
-def install(w: np.ndarray, vecs: np.ndarray, r0: int, t: int, lo: int, hi: int) -> np.ndarray:
-    """Return the weight buffer after installing ``vecs`` (IW semantics; ``w`` is not modified)."""
-    lanes = w.shape[0]
+def install(w: np.ndarray | None, vecs: np.ndarray, r0: int, t: int, lo: int, hi: int, lanes: int = 0,
+            dtype: np.dtype | None = None) -> np.ndarray:
+    """Return the weight buffer after installing ``vecs`` (IW semantics; ``w`` is not modified). ``w``
+    None: a buffer of zeros (``lanes`` x ``lanes`` of ``dtype``), made here rather than copied."""
+    out = np.zeros((lanes, lanes), dtype=dtype) if w is None else w.copy()
+    lanes = out.shape[0]
     hi = hi or lanes
-    out = w.copy()
     dst = out[:, r0:r0 + len(vecs)].T if t else out[r0:r0 + len(vecs), :]  # a view into out
     # the masked vectors go straight into the buffer (no masked copy of them first)
     dst[:, lo:hi] = vecs[:, lo:hi]
