@@ -67,7 +67,9 @@ def f32_to_f16(x: np.ndarray) -> np.ndarray:
     with ties to even (and may carry into the exponent: the largest values round to inf); a
     subnormal (or zero) result is the low bits of the f32 sum a + 0.5, whose rounding is the same
     RNE at 2**-24; a >= 2**16 is inf, and nan is 0x7E00 without its sign (``canon_nan``)."""
-    u = x.view(np.uint32)
+    if x.ndim == 0:  # (operations on 0-d arrays give numpy scalars, which warn where they wrap)
+        return f32_to_f16(x.reshape(1)).reshape(())
+    u = np.ascontiguousarray(x).view(np.uint32)  # (C order: flat positions index every array alike)
     a = u & np.uint32(0x7FFFFFFF)
     n = a >> np.uint32(13)
     n &= np.uint32(1)
