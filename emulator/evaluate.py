@@ -86,18 +86,8 @@ class EvaluatePhase(EmulatorState):
 
     def _run(self, inputs: dict[str, np.ndarray] | None, progress: bool | None) -> RunResult:
         self._place_inputs(inputs or {})
-        from emulator.units import HANDLERS
-
         order = self._order()
-        self._handlers = HANDLERS
-        # plain lists: they are read and written per instruction, from Python
-        self._state = [0] * len(self.ops)  # 0 todo, 1 visiting, 2 running, 3 done
-        # results are dropped once every instruction that reads them has run (memory stays bounded)
-        self._pending = [0] * len(self.ops)
-        for op in self.ops:
-            for d in op.deps:
-                if d < len(self.ops) and d != op.id:
-                    self._pending[d] += 1
+        self._prepare()
         show = sys.stderr.isatty() if progress is None else progress
         t0 = time.perf_counter()
         last = t0
@@ -154,11 +144,31 @@ class EvaluatePhase(EmulatorState):
             stack.pop()
             self._execute(cur)
 
+    def _prepare(self) -> None:
+        """What evaluating each instruction uses, made once per run as plain lists (read and written per
+        instruction, from Python): its handler; the instructions whose results it may release (its
+        dependencies other than itself and other chips' sources, in ``deps`` order); per instruction,
+        how many instructions read its results (``_pending``: results are dropped once every reader
+        has run, so memory stays bounded); its state (0 todo, 1 visiting, 2 running, 3 done)."""
+        from emulator.units import HANDLERS
+
+        n = len(self.ops)
+        self._handlers = HANDLERS
+        self._handler_of = [HANDLERS[op.inst.spec.mnemonic] for op in self.ops]
+        self._releases = [[d for d in op.deps if d < n and d != op.id] for op in self.ops]
+        self._drops_store = [op.inst.spec.mnemonic in ("IW", "MATMUL") for op in self.ops]
+        self._state = [0] * n
+        self._pending = [0] * n
+        pending = self._pending
+        for ds in self._releases:
+            for d in ds:
+                pending[d] += 1
+
     def _execute(self, op: Op) -> None:
         """Run the handler of op (state 1: every dependency is done) and drop what nobody needs now."""
         self._state[op.id] = 2
         op.out = {}
-        result = self._handlers[op.inst.spec.mnemonic](self, op)
+        result = self._handler_of[op.id](self, op)
         if result:
             op.out.update(result)
         self._state[op.id] = 3
@@ -168,16 +178,14 @@ class EvaluatePhase(EmulatorState):
         """Drop the results nobody will read any more: stream outputs, and the weight buffers and
         accumulator rows of IW and MATMUL. SRAM words (WRITE) stay: a GATHER or the host may read
         them without a declared dependency."""
-        n = len(self.ops)
-        for d in op.deps:
-            if d >= n or d == op.id:
-                continue
-            self._pending[d] -= 1
-            if self._pending[d] == 0:
+        pending = self._pending
+        for d in self._releases[op.id]:
+            pending[d] -= 1
+            if pending[d] == 0:
                 src = self.ops[d]
                 src.out = {}
                 src.origin = None
-                if src.inst.spec.mnemonic in ("IW", "MATMUL"):
+                if self._drops_store[d]:
                     src.store = None
 
     def ensure(self, ids: np.ndarray) -> None:

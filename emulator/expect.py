@@ -68,6 +68,10 @@ class StoreExpect:
         self.ops = ops
         self.nodes = nodes  # (not the emulator's ``text``: a reference to the emulator would make a cycle)
         self._by_pos = {(op.chip, op.slice.name, op.qidx): op.id for op in ops} if self.want else {}
+        # reads that name one instruction (the usual entry) -> its op id, -1 if it is not in the program
+        self.sole: dict[tuple[Any, ...], int] = {
+            key: self._by_pos.get((key[0], str(ws[0][0]), int(ws[0][1])), -1)
+            for key, ws in self.want.items() if len(key) == 4 and len(ws) == 1 and isinstance(ws[0], list)}
         self.host: dict[str, set[int]] = {}  # a host tensor's name -> its images (a segment and plane each)
         self.host_name: dict[int, str] = {}
         for (name, _, _), src in host_sources.items():

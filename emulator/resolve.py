@@ -53,8 +53,11 @@ class ResolvePhase(EmulatorState):
             shape = op.shape
             rel = shape.timing
             if shape.reads:
-                for r, acc in enumerate(rel.reads):
-                    op.reads.append((acc, self._resolve_stream_read(op, r, acc, expect, sole)))
+                for r, (acc, soles) in enumerate(zip(rel.reads, sole[op.id])):
+                    planes = self._sole_read(op, r, acc, expect, soles)
+                    if planes is None:
+                        planes = self._resolve_stream_read(op, r, acc, expect, soles)
+                    op.reads.append((acc, planes))
             for k, kind in shape.kinds:
                 st = rel.store[k]
                 if kind == "op":
@@ -98,44 +101,83 @@ class ResolvePhase(EmulatorState):
                         self._check_store(op, kind, [op.weights] if op.weights >= 0 else [])
         self._place_stream_faults()
 
-    def _sole_writers(self) -> dict[tuple[int, int, int], int]:
-        """(op id, index in op.timing.reads, plane) -> the flight that alone carries every vector of that
-        stream read, or -1 when it takes a closer look (``StreamIndex.sole_writers``, all reads of a
-        stream at once). A read of consecutive diagonals that finds other flights on them (passing by
-        downstream of it, say) asks again counting only flights that can reach it
-        (``StreamIndex.sole_writers_upstream``, again all such reads of a stream at once)."""
-        per_stream: dict[tuple[int, str, int], list[tuple[tuple[int, int, int], int, int, int, bool]]] = \
-            defaultdict(list)
+    def _sole_writers(self) -> dict[int, list[list[int]]]:
+        """Per op id, per stream read (index in op.timing.reads), per byte plane: the flight that alone
+        carries every vector of that read, or -1 when it takes a closer look (``StreamIndex.sole_writers``,
+        all reads of a stream at once). A read of consecutive diagonals that finds other flights on them
+        (passing by downstream of it, say) asks again counting only flights that can reach it
+        (``StreamIndex.sole_writers_upstream``, again all such reads of a stream at once). Every plane of
+        every read has a slot in one array (a read's planes consecutive), filled stream by stream."""
+        per_stream: dict[tuple[int, str, int], list[tuple[int, int, int, int, bool]]] = defaultdict(list)
+        layout: list[tuple[int, list[tuple[int, int]]]] = []  # (op id, per read: its first slot, planes)
+        slot = 0
         for op in self.ops:
             if not op.shape.reads:
                 continue
             pos, t = op.slice.position, op.inst.issue
-            for r, ((n, c0, c1, run, _), acc) in enumerate(zip(op.shape.reads, op.shape.timing.reads)):
-                if not n:
-                    continue
-                # cycles form an arithmetic progression (isa.instructions.StreamIO): the ends bound them
-                if acc.dir == "E":
-                    lo, hi = c0 + t - pos, c1 + t - pos  # (``diagonal``)
-                else:
-                    lo, hi = c0 + t + pos, c1 + t + pos
-                if lo > hi:
-                    lo, hi = hi, lo
-                for plane in range(acc.dtype.width):
-                    per_stream[(op.chip, acc.dir, acc.base + plane)].append(((op.id, r, plane), pos, lo, hi, run))
-        out: dict[tuple[int, int, int], int] = {}
+            starts = []
+            for (n, c0, c1, run, _), acc in zip(op.shape.reads, op.shape.timing.reads):
+                width = acc.dtype.width
+                starts.append((slot, width))
+                if n:
+                    # cycles form an arithmetic progression (isa.instructions.StreamIO): the ends bound them
+                    if acc.dir == "E":
+                        lo, hi = c0 + t - pos, c1 + t - pos  # (``diagonal``)
+                    else:
+                        lo, hi = c0 + t + pos, c1 + t + pos
+                    if lo > hi:
+                        lo, hi = hi, lo
+                    for plane in range(width):
+                        per_stream[(op.chip, acc.dir, acc.base + plane)].append((slot + plane, pos, lo, hi, run))
+                slot += width
+            layout.append((op.id, starts))
+        found_all = np.full(slot, -1, dtype=np.int64)
         for (chip, direction, s), items in per_stream.items():
-            keys, pos, lo, hi, run = zip(*items)
+            slots, pos, lo, hi, run = zip(*items)
             pos_a, lo_a, hi_a = np.array(pos), np.array(lo), np.array(hi)
             found = self.streams.sole_writers(chip, direction, s, pos_a, lo_a, hi_a)
             again = np.flatnonzero((found < 0) & np.array(run, dtype=bool))
             if len(again):
                 found[again] = self.streams.sole_writers_upstream(chip, direction, s, pos_a[again], lo_a[again],
                                                                   hi_a[again])
-            out.update(zip(keys, found.tolist()))
-        return out
+            found_all[np.array(slots, dtype=np.int64)] = found
+        flat = found_all.tolist()
+        return {oid: [flat[a:a + w] for a, w in starts] for oid, starts in layout}
+
+    def _sole_read(self, op: Op, r: int, acc: StreamAccess, expect: dict, soles: list[int]
+                   ) -> list[list[Segment]] | None:
+        """The usual stream read, settled without a closer look: consecutive diagonals, each plane
+        carried whole by one flight (``soles``) that is the writer the program names for it, if it
+        names one. Its segments per plane (as ``_resolve_stream_read`` makes them, and the same
+        dependencies in the same order), or None for any other read (that one decides)."""
+        n, c0r, _, run, whole = op.shape.reads[r]
+        if not run or min(soles) < 0 or (expect and self._expect_all):
+            return None
+        pos, t = op.slice.position, op.inst.issue
+        d0 = c0r + t - pos if acc.dir == "E" else c0r + t + pos  # (``diagonal``)
+        flights = self.streams.flights
+        planes = []
+        if expect:
+            sname, qidx, chip, fld = op.slice.name, op.qidx, op.chip, acc.field
+            first = Stream.from_code(op.inst.ops[fld]).index
+            off = acc.base - first
+            ops = self.ops
+            for plane, f in enumerate(soles):
+                want = expect.get((chip, sname, qidx, fld, off + plane))
+                if want is not None:
+                    w = ops[flights[f].op]
+                    if not (w.qidx == want[1] and w.slice.name == want[0] and w.chip == chip):
+                        return None
+        deps = op.deps
+        for f in soles:
+            fl = flights[f]
+            a = d0 - fl.c0
+            planes.append([(f, whole, slice(a, a + n))])
+            deps.add(fl.op)
+        return planes
 
     def _resolve_stream_read(self, op: Op, r: int, acc: StreamAccess, expect: dict,
-                             sole_writers: dict[tuple[int, int, int], int]) -> list[list[Segment]]:
+                             soles: list[int]) -> list[list[Segment]]:
         """Segments of every byte plane of stream read ``r`` of op (``acc``: its relative access); the
         writers become dependencies."""
         pos, t = op.slice.position, op.inst.issue
@@ -158,7 +200,7 @@ class ResolvePhase(EmulatorState):
         for plane in range(acc.dtype.width):
             s = acc.base + plane
             want = expect.get((op.chip, op.slice.name, op.qidx, acc.field, s - first)) if expect else None
-            sole = sole_writers.get((op.id, r, plane), -1)
+            sole = soles[plane]
             fid = None
             misread = False
             if sole >= 0:  # the usual case: one flight carries every vector of the read
@@ -512,14 +554,25 @@ class ResolvePhase(EmulatorState):
                 n_blocks = store.blocks
                 block = [b if nc == 0 and 0 <= b < n_blocks else -1 for b, nc in zip(first_blk, n_changes)]
             ops, n_ops = self.ops, len(self.ops)
+            want, sole_named = self._store_expect.want, self._store_expect.sole
             for key, e0, e1, r0, r1, nu, nj, bk, ev0 in zip(keys, starts.tolist(), ends.tolist(), first_run,
                                                              last_run, n_unwritten, n_jumps, block, first_event):
-                if r1 - r0 == 1:  # one run: one source (the usual case)
-                    writers = [run_src[r0]] if run_src[r0] >= 0 else []
-                else:
-                    writers = sorted({s for s in run_src[r0:r1] if s >= 0})
                 rows_seen = (slice(ev0, ev0 + e1 - e0) if nj == 0 else event[e0:e1]) if e1 > e0 else event[e0:e1]
                 op = ops[key[0]]
+                if r1 - r0 == 1:  # one run: one source (the usual case)
+                    w = run_src[r0]
+                    if nu == 0 and kind == "sram" and op.shape.one_read:
+                        # a READ whose every word one writer wrote: settled as below when the program
+                        # names no writers for it or names just that one (no hazard; that dependency)
+                        k4 = (op.chip, sname, op.qidx, "sram")
+                        if k4 not in want or sole_named.get(k4) == w:
+                            if w < n_ops:
+                                op.deps.add(w)
+                            op.sram = (store, rows_seen, bk)
+                            continue
+                    writers = [w] if w >= 0 else []
+                else:
+                    writers = sorted({s for s in run_src[r0:r1] if s >= 0})
                 if kind == "sram" and op.shape.one_read:
                     # The op's only read (a READ): settle it now, as ``_resolve_reads`` would (same
                     # hazard, same dependencies in the same order), without keeping what it saw.

@@ -44,6 +44,9 @@ class EmulatorState:
     mxm: PassPool  # where MXM passes run (``emulator.mxmpool``)
     _state: list[int]
     _pending: list[int]
+    _handler_of: list[Handler]  # per op id (``EvaluatePhase._prepare``)
+    _releases: list[list[int]]
+    _drops_store: list[bool]
     _expect_all: dict[Any, Any]
     _store_expect: Any  # emulator.expect.StoreExpect
     _faults: dict[int, list[Any]]

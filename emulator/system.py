@@ -105,17 +105,9 @@ class ChipEmulator(Emulator):
                 op.deps.add(sid)
 
     def begin(self, inputs: dict[str, np.ndarray]) -> None:
-        from emulator.units import HANDLERS
-
         self._place_inputs(inputs)
-        self._handlers = HANDLERS
-        self._state = [0] * len(self.ops)
-        self._pending = [0] * len(self.ops)
+        self._prepare()
         n = len(self.ops)
-        for op in self.ops:
-            for d in op.deps:
-                if d < n and d != op.id:
-                    self._pending[d] += 1
         # evaluation is event driven: an instruction runs once every instruction it depends on has run
         # and every SEND value it RECVs has arrived; the ready ones run in dependency order
         # (``_order``), so that a round runs exactly what a scan of the whole list would, in its order

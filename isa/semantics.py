@@ -21,6 +21,7 @@ from isa.dtypes import DType, DTYPES
 from isa.instructions import MXM_CLASSES
 
 F32 = np.dtype(np.float32)
+F16 = np.dtype(np.float16)
 
 
 def canon_nan(x: np.ndarray) -> np.ndarray:
@@ -43,11 +44,57 @@ def widen(a: np.ndarray, dt: DType) -> np.ndarray:
     return a.astype(np.float32) if dt.np != F32 else a
 
 
-def narrow(x: np.ndarray, dt: DType) -> np.ndarray:
-    """Round an f32 result to ``dt`` (nearest even) and canonicalise nans."""
+def narrow(x: np.ndarray, dt: DType, fresh: bool = False) -> np.ndarray:
+    """Round an f32 result to ``dt`` (nearest even) and canonicalise nans. ``fresh``: x is an array
+    just computed that nobody else holds, so an f32 result is canonicalised in place, not copied
+    (otherwise the caller's array is never changed)."""
+    if fresh and x.dtype == dt.np:
+        return canon_nan(x)
+    if x.dtype == F32 and dt.np == F16:
+        return f32_to_f16(x)
     with np.errstate(all="ignore"):  # overflow to inf is the defined result, not an accident
         out = x.astype(dt.np)  # astype copies, so the caller's array is never changed
     return canon_nan(out)
+
+
+def f32_to_f16(x: np.ndarray) -> np.ndarray:
+    """``narrow`` of f32 values to f16: ``x.astype(float16)`` (IEEE round to nearest even, overflow to
+    inf) with every nan made 0x7E00, bit for bit (checked on all 2**32 patterns), in a few integer
+    passes over the bits (numpy's own cast converts lane by lane in software: CONVERT to f16 took
+    220 us per 128 x 320 block with it, 165 us with this, in an emulation of BERT-base).
+
+    With a = |x| as bits: a result of normal range drops the 13 low bits of a rebiased by
+    (15 - 127) << 23, adding 0xFFF plus the lowest kept bit first, so that a carry rounds to nearest
+    with ties to even (and may carry into the exponent: the largest values round to inf); a
+    subnormal (or zero) result is the low bits of the f32 sum a + 0.5, whose rounding is the same
+    RNE at 2**-24; a >= 2**16 is inf, and nan is 0x7E00 without its sign (``canon_nan``)."""
+    if x.ndim == 0:  # (operations on 0-d arrays give numpy scalars, which warn where they wrap)
+        return f32_to_f16(x.reshape(1)).reshape(())
+    u = np.ascontiguousarray(x).view(np.uint32)  # (C order: flat positions index every array alike)
+    a = u & np.uint32(0x7FFFFFFF)
+    n = a >> np.uint32(13)
+    n &= np.uint32(1)
+    n += a
+    n += np.uint32(0xC8000FFF)  # ((15 - 127) << 23) + 0xFFF, modulo 2**32
+    n >>= np.uint32(13)
+    sub = np.flatnonzero(a < np.uint32(113 << 23))  # below 2**-14: subnormal or zero
+    if len(sub):
+        a_sub = a.reshape(-1)[sub].view(np.float32)
+        n.reshape(-1)[sub] = (a_sub + np.float32(0.5)).view(np.uint32) - np.uint32(126 << 23)
+    sign = u >> np.uint32(16)
+    sign &= np.uint32(0x8000)
+    n |= sign
+    big = np.flatnonzero(a >= np.uint32(143 << 23))  # 2**16 and up: inf, or nan
+    if len(big):
+        n.reshape(-1)[big] = np.where(a.reshape(-1)[big] > np.uint32(0x7F800000), np.uint32(0x7E00),
+                                      np.uint32(0x7C00) | sign.reshape(-1)[big])
+    return n.astype(np.uint16).view(np.float16)
+
+
+def _fresh(r: np.ndarray, *inputs: object) -> bool:
+    """Whether ``r`` is a new array of its own: it owns its memory and is none of the inputs (a function
+    that returned its argument, or a view of it, must not have it changed in place)."""
+    return r.flags.owndata and not any(r is i for i in inputs)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -83,9 +130,10 @@ _INT_BINARY: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
 def binary(op: str, dt: DType, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """d = a (op) b elementwise in ``dt`` (b may be a scalar of ``dt``)."""
     if dt.kind == "float":
+        wa, wb = widen(a, dt), widen(np.asarray(b, dtype=dt.np), dt)
         with np.errstate(all="ignore"):
-            r = _FLOAT_BINARY[op](widen(a, dt), widen(np.asarray(b, dtype=dt.np), dt))
-        return narrow(np.asarray(r, dtype=F32), dt)
+            r = np.asarray(_FLOAT_BINARY[op](wa, wb), dtype=F32)
+        return narrow(r, dt, fresh=_fresh(r, a, b, wa, wb))
     with np.errstate(all="ignore"):
         r = _INT_BINARY[op](a, np.asarray(b, dtype=dt.np))
     return np.asarray(r, dtype=dt.np)
@@ -143,9 +191,10 @@ def unary(op: str, dt: DType, a: np.ndarray) -> np.ndarray:
     if op == "isnan":
         return (a != a).astype(np.uint8)
     if dt.kind == "float":
+        wa = widen(a, dt)
         with np.errstate(all="ignore"):
-            r = _UNARY[op](widen(a, dt))
-        return narrow(np.asarray(r, dtype=F32), dt)
+            r = np.asarray(_UNARY[op](wa), dtype=F32)
+        return narrow(r, dt, fresh=_fresh(r, a, wa))
     with np.errstate(all="ignore"):
         return np.asarray(_UNARY[op](a), dtype=dt.np)
 
@@ -237,11 +286,13 @@ def transpose(a: np.ndarray, m: int) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------
 # matrix unit
 # ------------------------------------------------------------------------------------------------
-def install(w: np.ndarray, vecs: np.ndarray, r0: int, t: int, lo: int, hi: int) -> np.ndarray:
-    """Return the weight buffer after installing ``vecs`` (IW semantics; ``w`` is not modified)."""
-    lanes = w.shape[0]
+def install(w: np.ndarray | None, vecs: np.ndarray, r0: int, t: int, lo: int, hi: int, lanes: int = 0,
+            dtype: np.dtype | None = None) -> np.ndarray:
+    """Return the weight buffer after installing ``vecs`` (IW semantics; ``w`` is not modified). ``w``
+    None: a buffer of zeros (``lanes`` x ``lanes`` of ``dtype``), made here rather than copied."""
+    out = np.zeros((lanes, lanes), dtype=dtype) if w is None else w.copy()
+    lanes = out.shape[0]
     hi = hi or lanes
-    out = w.copy()
     dst = out[:, r0:r0 + len(vecs)].T if t else out[r0:r0 + len(vecs), :]  # a view into out
     # the masked vectors go straight into the buffer (no masked copy of them first)
     dst[:, lo:hi] = vecs[:, lo:hi]

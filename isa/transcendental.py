@@ -646,34 +646,58 @@ _ERF_PIECES = (
 )
 
 
+# the lower bounds of the pieces as bits (ascending): an element takes the last piece it reaches
+_ERF_LO_BITS = tuple(lo.view(_I) for lo, *_ in _ERF_PIECES)
+
+
 def _erf_block(x: np.ndarray) -> np.ndarray:
     ix = x.view(_I)
     sign = ix & _SIGN
     ia = ix & _ABS
-    a = ia.view(np.float32)
-    z = a * a
-    q = _horner(_ERF_Q, z)
-    # Normal a below 2^-100 is scaled by 2^24 (and the result back by
-    # 2^-24, both exact) so that a*Q(z) does not round on the subnormal
-    # grid; subnormal a needs no scaling (a + a*Q is then exact but for
-    # the single rounding of a*Q).
-    tiny = _lt_mask(ia, _ERF_TINY) & ~_lt_mask(ia, _MIN_NORMAL)
-    up = ((tiny & _I(24 << 23)) + _I(0x3F800000)).view(np.float32)
-    dn = ((tiny & _I(-24 << 23)) + _I(0x3F800000)).view(np.float32)
-    sa = a * up
-    q *= sa
-    q += sa
-    q *= dn
-    y = q.view(_I)
-    ac = np.minimum(a, _ERF_CLAMP)  # keeps the last polynomial in range
-    for lo, c, hi_c, lo_c, coefs in _ERF_PIECES:
+    # Each element's branch: 0 for a < 0.5, k for piece k - 1 (the last piece whose lower bound a
+    # reaches; nan reaches them all). The elements are grouped by branch (a stable sort) and each
+    # group computes its own branch only: the same operations on the same values as computing every
+    # branch for every element and picking one, so the same bits.
+    branch = np.zeros(len(ia), dtype=np.uint8)
+    for lo_bits in _ERF_LO_BITS:
+        branch += ia >= lo_bits
+    order = np.argsort(branch, kind="stable")
+    ia_g = ia[order]
+    y_g = np.empty(len(ia), dtype=_I)
+    start = 0
+    for k, count in enumerate(np.bincount(branch, minlength=len(_ERF_PIECES) + 1).tolist()):
+        if not count:
+            continue
+        part = slice(start, start + count)
+        start += count
+        iak = ia_g[part]
+        a = iak.view(np.float32)
+        if k == 0:
+            z = a * a
+            q = _horner(_ERF_Q, z)
+            # Normal a below 2^-100 is scaled by 2^24 (and the result back by
+            # 2^-24, both exact) so that a*Q(z) does not round on the subnormal
+            # grid; subnormal a needs no scaling (a + a*Q is then exact but for
+            # the single rounding of a*Q).
+            tiny = _lt_mask(iak, _ERF_TINY) & ~_lt_mask(iak, _MIN_NORMAL)
+            up = ((tiny & _I(24 << 23)) + _I(0x3F800000)).view(np.float32)
+            dn = ((tiny & _I(-24 << 23)) + _I(0x3F800000)).view(np.float32)
+            sa = a * up
+            q *= sa
+            q += sa
+            q *= dn
+            y_g[part] = q.view(_I)
+            continue
+        _, c, hi_c, lo_c, coefs = _ERF_PIECES[k - 1]
+        ac = np.minimum(a, _ERF_CLAMP)  # keeps the last polynomial in range
         t = ac - c
         p = _horner(coefs, t)
         p *= t
         p += lo_c
         p += hi_c
-        # keep the previous choice where a < lo, else take this piece
-        y = _select(_lt_mask(ia, lo), y, p)
+        y_g[part] = p.view(_I)
+    y = np.empty_like(y_g)
+    y[order] = y_g
     # Saturation: the last piece is accurate to ~0.6 ulp, so just below 1 it
     # could flicker between 1 and 1 - 2^-24.  Results are capped at
     # 1 - 2^-24, and exactly 1 is returned from the first float32 whose erf
@@ -702,8 +726,9 @@ def erf_f32(x: np.ndarray) -> np.ndarray:
     with n = 8, 8, 8, 8, 9, 10 coefficients (degree 7..9, Horner);
     erf = H + (L + t*P(t)) with H + L = erf(c) as an unevaluated float32
     pair, capped at 1 - 2^-24; a >= 3.919206 (0x407AD445, the first float32
-    whose erf rounds to 1) gives exactly 1.  Every branch
-    is computed for every element and the right one picked with bit masks.
+    whose erf rounds to 1) gives exactly 1.  Each element computes its own
+    branch only (the elements grouped by branch: the same operations on the
+    same values as computing every branch and picking one with bit masks).
     The sign bit of x is then OR-ed in, so erf(-x) == -erf(x) bitwise and
     erf(+-0) = +-0.
 

@@ -36,9 +36,8 @@ def install(em, op):
         # array changes once it is produced.
         op.store = vecs
         return
-    if base is None:
-        base = np.zeros((lanes, lanes), dtype=dt.np)  # weight buffers hold zeros until installed
-    op.store = semantics.install(base, vecs, o["r0"], o["t"], min(o["lo"], lanes), hi)
+    # (base None: weight buffers hold zeros until installed)
+    op.store = semantics.install(base, vecs, o["r0"], o["t"], min(o["lo"], lanes), hi, lanes, dt.np)
 
 
 @handles("MATMUL")
