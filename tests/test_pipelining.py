@@ -230,3 +230,44 @@ def test_pv_heads_of_each_chunk_in_two_products(tmp_path):
     assert sorted(len(t.attrs["steps"]) for t in chains) == [1, 1, 2, 2, 3, 3]
     v = verify(c, path, "fp16")
     assert v.ok and v.report["bit_exact"], v.report
+
+
+def _sdpa_dynamo_model(E: int, H: int, T: int) -> onnx.ModelProto:
+    """Attention as torch.onnx's dynamo exporter decomposes scaled_dot_product_attention (HF BERT): the
+    heads split (Reshape, Transpose [0, 2, 1, 3]), then Q scaled by sqrt(1/sqrt(D)), and K^T made as a
+    tensor of its own (a Reshape to 3-D, Transpose [0, 2, 1], a Reshape back) and scaled the same."""
+    rng = np.random.default_rng(11)
+    D = E // H
+    inits = [onnx.numpy_helper.from_array((rng.standard_normal((E, E)) / np.sqrt(E)).astype(np.float32), n)
+             for n in ("wq", "wk", "wv")]
+    inits += [onnx.numpy_helper.from_array(np.array(v, np.int64), n)
+              for n, v in (("heads", [1, T, H, D]), ("merged", [1, T, E]), ("flat", [H, T, D]), ("back", [1, H, D, T]))]
+    inits.append(onnx.numpy_helper.from_array(np.array(np.sqrt(1 / np.sqrt(D)), np.float32), "s"))
+    mk = helper.make_node
+    nodes = [mk("MatMul", ["x", "wq"], ["q"]), mk("MatMul", ["x", "wk"], ["k"]), mk("MatMul", ["x", "wv"], ["v"])]
+    for n in ("q", "k", "v"):
+        nodes += [mk("Reshape", [n, "heads"], [n + "4"]), mk("Transpose", [n + "4"], [n + "h"], perm=[0, 2, 1, 3])]
+    nodes += [mk("Mul", ["qh", "s"], ["qs"]), mk("Reshape", ["kh", "flat"], ["k3"]),
+              mk("Transpose", ["k3"], ["kt3"], perm=[0, 2, 1]), mk("Reshape", ["kt3", "back"], ["kt"]),
+              mk("Mul", ["kt", "s"], ["ks"]), mk("MatMul", ["qs", "ks"], ["sc"]), mk("Softmax", ["sc"], ["p"], axis=-1),
+              mk("MatMul", ["p", "vh"], ["c"]), mk("Transpose", ["c"], ["ct"], perm=[0, 2, 1, 3]),
+              mk("Reshape", ["ct", "merged"], ["y"])]
+    g = helper.make_graph(nodes, "sdpa", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, T, E])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, T, E])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+
+
+@pytest.mark.parametrize("chip", ["tiny", "lpu-v1"])
+def test_scaled_heads_and_explicit_k_transpose_are_read_in_place(tmp_path, chip):
+    """The scalar Muls commute with the head split (each element is multiplied by the same constant
+    either way, bit for bit), so Q and K are scaled whole and read in place by the head products; K^T
+    as its own tensor is K's head split transposed: no lane moves, no SXM transposes for Q K^T."""
+    path = tmp_path / "sdpa.onnx"
+    onnx.save(_sdpa_dynamo_model(64, 4, 16), str(path))  # (D = 16: a head inside one of tiny's 16-lane chunks)
+    c = compile_model(path, load_chip(chip), "fp16")
+    modes = Counter(p.attrs["mode"] for p in c.prims.prims if p.kind == "mmheads")
+    assert modes["qk"] == 1 and modes["pv"] >= 1, modes
+    kinds = Counter(p.kind for p in c.prims.prims)
+    assert kinds["relayout"] == 0 and kinds["transpose"] == 0, kinds
+    v = verify(c, path, "fp16")
+    assert v.ok and v.report["bit_exact"], v.report

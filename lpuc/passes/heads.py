@@ -30,7 +30,9 @@ from isa.config import ChipConfig
 from lpuc.prim import Imm, Prim, PrimGraph, Tensor
 from lpuc.templates import region_rows
 
-MOVES = ("view", "copy", "relayout", "convert")
+MOVES = ("view", "copy", "relayout", "convert", "transpose")
+#: ops of a tensor and an immediate that a head split may be traced through (``_scalar_op``)
+SCALAR_OPS = ("MUL", "DIV", "ADD", "SUB")
 #: at most this many query rows (a decode step, a speculative verify pass), Q K^T and P V install each
 #: lane chunk of K and V once for all its heads (``qkg``, ``pvg``)
 GROUPED_ROWS = 8
@@ -99,26 +101,41 @@ def _element_map(p: Prim) -> np.ndarray:
     """out element e = in element map[e] (one input)."""
     if "emap" in p.attrs:
         return np.asarray(p.attrs["emap"], dtype=np.int64)
+    if p.kind == "transpose":  # the last two axes swapped (an SXM transpose)
+        x = p.ins[0]
+        return np.swapaxes(np.arange(int(np.prod(x.shape)), dtype=np.int64).reshape(x.shape), -1, -2).reshape(-1)
     return np.arange(int(np.prod(p.out.shape)), dtype=np.int64)
 
 
-def _trace(t: Tensor, producer: dict[int, Prim]) -> tuple[Tensor, np.ndarray, str | None]:
-    """Follow single-input moves and conversions back from t: (source, map of t's elements into the
-    source's, the dtype t was converted to on the way or None)."""
+def _scalar_op(p: Prim) -> bool:
+    """p is an elementwise op of one tensor and immediates, ``out[e] = f(in[e], c)`` (exporters scale
+    Q and K by sqrt(1/sqrt(D)) after splitting the heads): it commutes with any data movement, bit for bit."""
+    return p.kind == "ewise" and p.attrs.get("op") in SCALAR_OPS and isinstance(p.ins[0], Tensor) \
+        and all(isinstance(x, Imm) for x in p.ins[1:]) and p.ins[0].shape == p.out.shape and not p.out.splat
+
+
+def _trace(t: Tensor, producer: dict[int, Prim], scalars: bool = False) -> tuple[Tensor, np.ndarray, tuple[Prim, ...]]:
+    """Follow single-input moves and conversions (with ``scalars``, also ``_scalar_op`` s) back from t:
+    (source, map of t's elements into the source's, the conversions and scalar ops on the way, source
+    first: t = moves of steps(source))."""
     emap = np.arange(int(np.prod(t.shape)), dtype=np.int64)
-    to = None
+    steps: list[Prim] = []
     cur = t
     while True:
         p = producer.get(cur.id)
+        if p is not None and scalars and _scalar_op(p):
+            steps.append(p)
+            cur = p.ins[0]
+            continue
         if p is None or p.kind not in MOVES or len(p.ins) != 1 or not isinstance(p.ins[0], Tensor):
-            return cur, emap, to
+            return cur, emap, tuple(steps[::-1])
         if p.kind == "convert":
-            if to is not None or p.attrs.get("rnd", 0):  # (a rounding convert is not moved)
-                return cur, emap, to
-            to = p.attrs["to"]
+            if any(q.kind == "convert" for q in steps) or p.attrs.get("rnd", 0):  # (a rounding convert is not moved)
+                return cur, emap, tuple(steps[::-1])
+            steps.append(p)
         m = _element_map(p)
         if (m < 0).any():
-            return cur, emap, to
+            return cur, emap, tuple(steps[::-1])
         emap = m[emap]
         cur = p.ins[0]
 
@@ -129,26 +146,32 @@ def _head_split(B: int, H: int, T: int, D: int, E: int, off: int) -> np.ndarray:
     return ((b * T + t) * E + off + h * D + d).reshape(-1)
 
 
-def _as_heads(t: Tensor, producer: dict[int, Prim], H: int, T: int, D: int,
-              L: int = 0) -> tuple[Tensor, int, str | None, bool] | None:
-    """(source [.., T, E], lane offset of head 0, conversion, False) if t [.., H, T, D] is a head split
-    of it; with ``L``, also (source [1, C, T, L], offset, conversion, True) if t is a head split of a
+def _as_heads(t: Tensor, producer: dict[int, Prim], H: int, T: int, D: int, L: int = 0,
+              transposed: bool = False) -> tuple[Tensor, int, tuple[Prim, ...], bool] | None:
+    """(source [.., T, E], lane offset of head 0, the steps to apply to it (``_trace``), False) if t
+    [.., H, T, D] is a head split of it (``transposed``: t [.., H, D, T], each head transposed: an
+    exported K^T); with ``L``, also (source [1, C, T, L], offset, steps, True) if t is a head split of a
     chunk-major source (block c holds lane chunk c of every row: a KV cache, ``lpuc.passes.kv_cache``)."""
-    src, emap, to = _trace(t, producer)
+    src, emap, steps = _trace(t, producer, scalars=True)
     if src is t or len(src.shape) < 2 or src.shape[-2] != T or src.splat:
         return None
     E = src.shape[-1]
     B = int(np.prod(src.shape[:-2])) if len(src.shape) > 2 else 1
     off = int(emap[0]) if len(emap) else 0
-    if B * H * T * D == len(emap) and off < E and np.array_equal(emap, _head_split(B, H, T, D, E, off)):
-        return src, off, to, False
+    want = _head_split(B, H, T, D, E, off) if B * H * T * D == len(emap) and off < E else None
+    if want is not None and transposed:
+        want = np.swapaxes(want.reshape(B, H, T, D), -1, -2).reshape(-1)
+    if want is not None and np.array_equal(emap, want):
+        return src, off, steps, False
+    if transposed:
+        return None
     if L and len(src.shape) == 4 and src.shape[0] == 1 and src.shape[-1] == L and len(emap) == H * T * D:
         C = src.shape[1]
         off = (off // (T * L)) * L + off % L
         e = off + np.arange(H)[:, None, None] * D + np.arange(D)[None, None, :]  # [H, 1, D]
         want = ((e // L) * T + np.arange(T)[None, :, None]) * L + e % L
         if int(e.max()) < C * L and np.array_equal(emap, want.reshape(-1)):
-            return src, off, to, True
+            return src, off, steps, True
     return None
 
 
@@ -239,20 +262,25 @@ def heads(pg: PrimGraph, chip: ChipConfig) -> PrimGraph:
     producer = {p.out.id: p for p in pg.prims}
     readers = pg.readers()
     outputs = {t.id for t in pg.outputs + pg.resident}
-    converted: dict[tuple[int, str], Tensor] = {}
+    converted: dict[tuple, Tensor] = {}  # (tensor, step) -> the step applied to it
     new_prims: list[Prim] = []
     summed: set[int] = set()  # merged PV results written by the sum of two head groups' products
 
-    def source(src: Tensor, to: str | None) -> Tensor:
-        """src, converted to ``to`` once (placed before the product)."""
-        if to is None or to == src.dtype:
-            return src
-        key = (src.id, to)
-        if key not in converted:
-            out = pg.tensor(f"{src.name}.{to}", to, src.shape)
-            new_prims.append(Prim("convert", [src], out, {"to": to}, producer[src.id].node if src.id in producer else ""))
-            converted[key] = out
-        return converted[key]
+    def source(src: Tensor, steps: tuple[Prim, ...]) -> Tensor:
+        """src with the conversions and scalar ops of ``steps`` applied in order, once each (placed
+        before the product): the same elementwise values the moved copies held, before the moves."""
+        cur = src
+        for st in steps:
+            if st.kind == "convert" and st.attrs["to"] == cur.dtype:
+                continue
+            key = (cur.id, st.kind, repr(sorted(st.attrs.items())), tuple(repr(x) for x in st.ins[1:]))
+            if key not in converted:
+                suffix = st.attrs["to"] if st.kind == "convert" else st.attrs["op"].lower()
+                out = pg.tensor(f"{cur.name}.{suffix}", st.out.dtype, cur.shape)
+                new_prims.append(Prim(st.kind, [cur, *st.ins[1:]], out, dict(st.attrs), st.node))
+                converted[key] = out
+            cur = converted[key]
+        return cur
 
     def fits(off: int, H: int, D: int) -> bool:  # every head inside one lane chunk
         return all((off + h * D) // L == (off + h * D + D - 1) // L for h in range(H))
@@ -264,13 +292,18 @@ def heads(pg: PrimGraph, chip: ChipConfig) -> PrimGraph:
                 and p.out.shape[-2] <= rows:
             a, b = p.ins
             H, T = p.out.shape[-3], p.out.shape[-2]
-            if p.attrs["tb"] and a.shape[-3:-1] == (H, T) and T <= L:  # S = Q K^T, per head
+            kt = None  # K^T given as a tensor of its own ([.., H, D, N]: the dynamo export of BERT's SDPA)
+            if not p.attrs["tb"] and a.shape[-3:-1] == (H, T) and T <= L and len(b.shape) >= 3 \
+                    and b.shape[-3] == H and b.shape[-2] == a.shape[-1]:
+                kt = _as_heads(b, producer, H, b.shape[-1], a.shape[-1], transposed=True)
+            if (p.attrs["tb"] or kt) and a.shape[-3:-1] == (H, T) and T <= L:  # S = Q K^T, per head
                 D = a.shape[-1]
+                N = b.shape[-1] if kt else b.shape[-2]
                 qa = _as_heads(a, producer, H, T, D)
-                ka = _as_heads(b, producer, H, b.shape[-2], D, L) if len(b.shape) >= 3 and b.shape[-3] == H else None
+                ka = kt or (_as_heads(b, producer, H, N, D, L) if len(b.shape) >= 3 and b.shape[-3] == H else None)
                 if qa and ka and ka[3] and (T > GROUPED_ROWS or int(np.prod(qa[0].shape[:-2])) != 1):
                     ka = None  # (a chunk-major cache: grouped products of one batch only)
-                if qa and ka and b.shape[-2] <= L and qa[1] % L == ka[1] % L and fits(qa[1], H, D) and fits(ka[1], H, D) \
+                if qa and ka and N <= L and qa[1] % L == ka[1] % L and fits(qa[1], H, D) and fits(ka[1], H, D) \
                         and (ka[3] or qa[0].shape[:-2] == ka[0].shape[:-2]):
                     q, k = source(qa[0], qa[2]), source(ka[0], ka[2])
                     if q.dtype == k.dtype == a.dtype and T <= GROUPED_ROWS:
@@ -301,7 +334,7 @@ def heads(pg: PrimGraph, chip: ChipConfig) -> PrimGraph:
                         cur = readers[cur.id][0].out
                         got = _trace(cur, producer)
                         E = cur.shape[-1]
-                        if got[0] is p.out and len(cur.shape) >= 2 and cur.shape[-2] == T and E == H * D and got[2] is None:
+                        if got[0] is p.out and len(cur.shape) >= 2 and cur.shape[-2] == T and E == H * D and not got[2]:
                             Bc = int(np.prod(cur.shape[:-2])) if len(cur.shape) > 2 else 1
                             inv = np.empty_like(got[1])
                             inv[got[1]] = np.arange(len(got[1]))  # C element -> merged element
