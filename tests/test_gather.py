@@ -38,6 +38,7 @@ def _check(tmp_path: Path, node, data: np.ndarray, data_const: bool, ishape, out
     r = verify(c, str(path), precision, inputs=feeds).report
     assert r["bit_exact"] and r["predicted_cycles"] == r["emulated_cycles"], r
     assert all(o["ok"] for o in r["outputs"].values()), r["outputs"]
+    return c
 
 
 # on tiny (8 streams a direction) only axis 1 with one index per row fits: the other shapes flatten
@@ -83,3 +84,14 @@ def test_one_run_time_index_vector_selects_from_two_tables(tmp_path, chip):
     c = compile_model(path, load_chip(chip))
     r = verify(c, str(path), "fp32", inputs={"start": np.array([11], np.int64)}).report
     assert r["ok"] and r["outputs"]["y"]["max_abs_err"] == 0, r
+
+
+@pytest.mark.parametrize("n,slabs", [(1, 3), (16, 2)])
+def test_a_decode_step_looks_up_half_segment_slabs(tmp_path, n, slabs):
+    """A table larger than a segment a plane is gathered slab by slab; a step of a row or two (decode)
+    takes slabs of half a segment, which leave room beside the interleaved weight pieces of the same
+    chip (6000 rows x 640 lanes in fp32 on lpu-v1: 4096-row slabs for 16 rows, 2048 for one)."""
+    data = np.random.default_rng(9).standard_normal((6000, 640)).astype(np.float32)
+    node = helper.make_node("Gather", ["data", "ind"], ["g"], axis=0)
+    c = _check(tmp_path, node, data, True, [1, n], [1, n, 640], "lpu-v1", "fp32", 0, 6000)
+    assert sum(p.kind == "gather" for p in c.prims.prims) == slabs

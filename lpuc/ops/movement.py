@@ -12,7 +12,7 @@ import numpy as np
 from lpuc.ir import Node
 from lpuc.passes.lower import Lowering
 from lpuc.prim import Imm, Tensor
-from lpuc.passes.install import packed_tails
+from lpuc.passes.install import few_rows, packed_tails
 from lpuc.ops.common import OPS, op, _out, _idx, _axis, _float_type, _move, _const_input, _transpose, transposes_rows
 
 
@@ -175,6 +175,12 @@ def _lookup(lw: Lowering, node: Node, table: Tensor, flat: Tensor) -> Tensor:
     rows, width = table.shape
     chunks = -(-width // lw.lanes)
     per_part = max(1, lw.chip.segment_words // chunks)
+    if few_rows(n, lw.chip.cycles_per_vector(lw.mxm_dtype)):
+        # a step of a row or two (decode) installs its weights interleaved, whose pieces each want slices
+        # of their own: slabs of half a segment leave room beside them, and merging the slabs costs a few
+        # vectors (HF GPT-2 small on 2 lpu-v1: chip 0, which holds the 50257-row table, keeps its fast
+        # installs; 79,904 -> 48,498 cycles a token)
+        per_part = max(1, per_part // 2)
     if rows <= per_part or table.const is None:
         out = lw.temp(table.dtype, (n, width))
         lw.pg.add("gather", [table, flat], out, node.name)
