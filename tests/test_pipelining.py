@@ -271,3 +271,33 @@ def test_scaled_heads_and_explicit_k_transpose_are_read_in_place(tmp_path, chip)
     assert kinds["relayout"] == 0 and kinds["transpose"] == 0, kinds
     v = verify(c, path, "fp16")
     assert v.ok and v.report["bit_exact"], v.report
+
+
+def test_k_transposed_from_a_chunk_major_cache_through_converts_and_a_scale():
+    """A decode step of the dynamo export of HF GPT-2 small reads K^T [1, H, D, P] from the resident cache
+    (chunk-major [1, C, P, L]: block c holds lane chunk c of every position) through moves, an SXM
+    transpose, a convert to f32, a Mul by sqrt(1/sqrt(D)) and a convert back: traced to the cache with
+    those three steps, so the grouped Q K^T reads the cache in place (GPT-2 small on 2 lpu-v1: 88,815 ->
+    51,160 cycles a token)."""
+    from lpuc.passes.heads import _as_heads
+    from lpuc.prim import Imm, Prim, PrimGraph
+
+    H, D, P, L = 12, 64, 128, 320
+    C = -(-H * D // L)
+    pg = PrimGraph()
+    cache = pg.tensor("present.0.key", "f16", (1, C, P, L), role="resident")
+    e = np.arange(H)[:, None, None] * D + np.arange(D)[None, :, None]  # [H, D, 1]: a lane of the row
+    emap = ((e // L) * P + np.arange(P)[None, None, :]) * L + e % L  # K^T[h, d, p] in the cache
+    kt = pg.tensor("kt", "f16", (1, H, D, P))
+    f32 = pg.tensor("kt.f32", "f32", kt.shape)
+    scaled = pg.tensor("kt.scaled", "f32", kt.shape)
+    b = pg.tensor("b", "f16", kt.shape)
+    pg.prims = [Prim("relayout", [cache], kt, {"emap": emap.reshape(-1)}, "t"),
+                Prim("convert", [kt], f32, {"to": "f32"}, "c"),
+                Prim("ewise", [f32, Imm(0.35355339)], scaled, {"op": "MUL", "dtype": "f32"}, "m"),
+                Prim("convert", [scaled], b, {"to": "f16"}, "c2")]
+    producer = {p.out.id: p for p in pg.prims}
+    got = _as_heads(b, producer, H, P, D, L, transposed=True)
+    assert got is not None and got[0] is cache and got[1] == 0 and got[3]
+    assert [p.kind for p in got[2]] == ["convert", "ewise", "convert"]
+    assert _as_heads(b, producer, H, P, D, L) is None  # (not a head split without the transpose)

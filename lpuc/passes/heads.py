@@ -130,8 +130,8 @@ def _trace(t: Tensor, producer: dict[int, Prim], scalars: bool = False) -> tuple
         if p is None or p.kind not in MOVES or len(p.ins) != 1 or not isinstance(p.ins[0], Tensor):
             return cur, emap, tuple(steps[::-1])
         if p.kind == "convert":
-            if any(q.kind == "convert" for q in steps) or p.attrs.get("rnd", 0):  # (a rounding convert is not moved)
-                return cur, emap, tuple(steps[::-1])
+            if p.attrs.get("rnd", 0) or (not scalars and any(q.kind == "convert" for q in steps)):
+                return cur, emap, tuple(steps[::-1])  # (a rounding convert is not moved)
             steps.append(p)
         m = _element_map(p)
         if (m < 0).any():
@@ -163,13 +163,13 @@ def _as_heads(t: Tensor, producer: dict[int, Prim], H: int, T: int, D: int, L: i
         want = np.swapaxes(want.reshape(B, H, T, D), -1, -2).reshape(-1)
     if want is not None and np.array_equal(emap, want):
         return src, off, steps, False
-    if transposed:
-        return None
     if L and len(src.shape) == 4 and src.shape[0] == 1 and src.shape[-1] == L and len(emap) == H * T * D:
         C = src.shape[1]
         off = (off // (T * L)) * L + off % L
         e = off + np.arange(H)[:, None, None] * D + np.arange(D)[None, None, :]  # [H, 1, D]
-        want = ((e // L) * T + np.arange(T)[None, :, None]) * L + e % L
+        want = ((e // L) * T + np.arange(T)[None, :, None]) * L + e % L  # [H, T, D]
+        if transposed:
+            want = np.swapaxes(want, -1, -2)
         if int(e.max()) < C * L and np.array_equal(emap, want.reshape(-1)):
             return src, off, steps, True
     return None
@@ -295,7 +295,7 @@ def heads(pg: PrimGraph, chip: ChipConfig) -> PrimGraph:
             kt = None  # K^T given as a tensor of its own ([.., H, D, N]: the dynamo export of BERT's SDPA)
             if not p.attrs["tb"] and a.shape[-3:-1] == (H, T) and T <= L and len(b.shape) >= 3 \
                     and b.shape[-3] == H and b.shape[-2] == a.shape[-1]:
-                kt = _as_heads(b, producer, H, b.shape[-1], a.shape[-1], transposed=True)
+                kt = _as_heads(b, producer, H, b.shape[-1], a.shape[-1], L, transposed=True)
             if (p.attrs["tb"] or kt) and a.shape[-3:-1] == (H, T) and T <= L:  # S = Q K^T, per head
                 D = a.shape[-1]
                 N = b.shape[-1] if kt else b.shape[-2]
