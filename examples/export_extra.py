@@ -16,6 +16,10 @@ Run from the repository root with torch and transformers installed (a scratch ve
 
     python examples/export_extra.py --out /tmp/extra [--only phi3,gemma3]
 
+``--gpt2-small`` also exports Hugging Face GPT-2 small itself with a KV cache (12 layers, 768 wide, vocabulary
+50257, 1024 positions, its LM head tied to the token table; transformers' own random initialisation): 500 and 650 MB,
+``gpt2_small_kv_<exporter>.onnx``, for ``lpuc generate ... --chips auto``.
+
 A family an exporter cannot export (Mixtral's and Qwen2-MoE's ``grouped_mm``, ``aten::histc``; Cohere's
 TorchScript export) is reported and skipped, as in the zoo.
 """
@@ -139,6 +143,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, help="directory for the .onnx files (created)")
     ap.add_argument("--only", help="comma-separated family names (forward and KV lists)")
+    ap.add_argument("--gpt2-small", action="store_true", help="also HF GPT-2 small at full size with a KV cache")
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -162,7 +167,24 @@ def main() -> int:
         manifest = json.loads((out / "manifest.json").read_text())
         failed.update({f"{k}.onnx": v["export_error"] for k, v in manifest.items() if "export_error" in v})
     (out / "export_failures.json").write_text(json.dumps(failed, indent=1, sort_keys=True) + "\n")
+    if a.gpt2_small:
+        export_gpt2_small(out)
     return 0
+
+
+def export_gpt2_small(out: Path) -> None:
+    """HF GPT-2 small (``GPT2Config()``: 124M parameters, tied LM head) with a KV cache, both exporters,
+    in ``export_kv``'s interface with positions up to 1024 (tokens are checked by ``lpuc generate``)."""
+    import transformers as tf
+
+    ekv.MAX_POS = 1024  # (the Dims of the exported sequence and past lengths)
+    em.seed_everything(0)
+    model = tf.GPT2LMHeadModel(tf.GPT2Config()).eval()
+    wrapper = ekv.KVWrapper(model, model.config.n_layer).eval()
+    for exporter in ("dynamo", "torchscript"):
+        path = out / f"gpt2_small_kv_{exporter}.onnx"
+        ekv.export(wrapper, model.config, path, exporter)
+        print(f"ok   {path.name}: {path.stat().st_size:,} B", flush=True)
 
 
 if __name__ == "__main__":
