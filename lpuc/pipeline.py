@@ -459,17 +459,19 @@ def compile_system(path: "str | Path | onnx.ModelProto", system: SystemConfig, c
                 continue
             cycles = max(int(p.program.meta["predicted_cycles"]) for p in parts)
             done.append((cycles, mode, part, parts))
-            idle = [p.stage.chip for p in parts if not p.tasks.tasks]
-            # (a split may give a chip nothing to do: tp of a model whose weights are narrower than the
-            # lanes keeps them whole, and chip 0 alone computes; say so rather than let n chips look used)
-            why.append(f"{mode} {cycles:,} cycles" + (f" (chip{'s' if len(idle) > 1 else ''} "
-                                                      f"{', '.join(map(str, idle))} idle)" if idle else ""))
+            why.append(f"{mode} {cycles:,} cycles{idle_note(parts)}")
         if not done:
             raise CapacityError(f"on {n} chip(s): " + "; ".join(why))
         cycles, mode, part, parts = min(done, key=lambda d: d[0])
+        return part, parts, (f"{mode} chosen: " + ", ".join(why) if len(modes) > 1
+                             else f"{mode} split{idle_note(parts)}")
+
+    def idle_note(parts: list[ChipPart]) -> str:
+        """' (chip k idle)' for the chips a split gave no work, else ''. (tp of a model whose weights are
+        narrower than the lanes keeps them whole, and chip 0 alone computes: say so rather than let n
+        chips look used.)"""
         idle = [p.stage.chip for p in parts if not p.tasks.tasks]
-        return part, parts, (f"{mode} chosen: " + ", ".join(why) if len(modes) > 1 else f"{mode} split"
-                             + (f" (chip{'s' if len(idle) > 1 else ''} {', '.join(map(str, idle))} idle)" if idle else ""))
+        return f" (chip{'s' if len(idle) > 1 else ''} {', '.join(map(str, idle))} idle)" if idle else ""
 
     total = weight_bytes(g, list(g.nodes), chip, dtype)
     if chips == "auto":
